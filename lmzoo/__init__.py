@@ -1,0 +1,24 @@
+"""lmzoo: the mainstream open LLMs as configurations of one readable PyTorch Transformer."""
+
+from lmzoo.config import ModelConfig, RopeScaling
+from lmzoo.errors import (
+    CheckpointError,
+    ConfigError,
+    ContextLengthError,
+    GenerationError,
+    LmzooError,
+    ModelNotFoundError,
+    TokenizerError,
+    UnsupportedModelError,
+)
+from lmzoo.generate import generate, stream_generate
+from lmzoo.io.load import from_pretrained
+from lmzoo.nn.transformer import Transformer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelConfig", "RopeScaling", "Transformer", "from_pretrained", "generate", "stream_generate",
+    "LmzooError", "ModelNotFoundError", "UnsupportedModelError", "CheckpointError", "ConfigError",
+    "ContextLengthError", "GenerationError", "TokenizerError",
+]

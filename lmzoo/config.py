@@ -1,0 +1,198 @@
+"""`ModelConfig`: every architectural switch of a decoder-only Transformer, as named fields.
+
+The seeds' observation is that LLaMA, Qwen, Mistral, Baichuan, Yi, ... are one network that differs
+in a handful of switches. Each switch is a field here; each *choice* is a plain string (so a config
+round-trips through JSON) resolved in exactly one place in `lmzoo.nn`. Model and loader code never
+look at a model's name.
+
+Field names follow litgpt/HF where a convention exists:
+
+    n_embd            model width d
+    n_head            query heads
+    n_kv_head         key/value heads (== n_head: MHA, 1: MQA, otherwise GQA)
+    head_dim          per-head width (defaults to n_embd // n_head)
+    intermediate_size MLP hidden width
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmzoo.errors import ConfigError
+
+NORMS = ("rmsnorm", "layernorm")
+MLPS = ("swiglu", "geglu", "gelu", "relu")  # gated (swiglu/geglu) or plain two-layer
+POSITIONS = ("rope", "none")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
+
+
+@dataclass(kw_only=True)
+class RopeScaling:
+    """Context-extension rule applied to RoPE's inverse frequencies.
+
+    kind:
+      linear   positions divided by `factor` (Chen et al. 2023, "position interpolation")
+      dynamic  NTK-aware base rescaled once the sequence exceeds `original_max_position`
+      llama3   Llama 3.1's piecewise wavelength rule (`low_freq_factor`, `high_freq_factor`)
+      yarn     YaRN (Peng et al. 2023): NTK-by-parts ramp between `beta_fast` and `beta_slow`,
+               plus the attention temperature `mscale` applied to cos/sin
+    """
+
+    kind: str = "none"
+    factor: float = 1.0
+    original_max_position: int | None = None
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None  # YaRN's mscale; None -> 0.1 * ln(factor) + 1
+    truncate: bool = True  # YaRN: round the correction range to whole dims (HF default)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROPE_SCALINGS:
+            raise ConfigError(f"rope_scaling.kind={self.kind!r} is not one of {ROPE_SCALINGS}")
+        if self.kind != "none" and self.factor <= 0:
+            raise ConfigError(f"rope_scaling.factor must be > 0, got {self.factor}")
+        if self.kind in ("llama3", "yarn", "dynamic") and not self.original_max_position:
+            raise ConfigError(f"rope_scaling kind {self.kind!r} needs original_max_position")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = "custom"
+    # --- sizes -------------------------------------------------------------------------------
+    vocab_size: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_kv_head: int | None = None  # None -> n_head (MHA)
+    head_dim: int | None = None  # None -> n_embd // n_head
+    intermediate_size: int
+    max_seq_len: int = 2048  # context length the model was trained for
+    # --- normalisation -----------------------------------------------------------------------
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    # --- MLP ---------------------------------------------------------------------------------
+    mlp: str = "swiglu"
+    mlp_bias: bool = False
+    # --- attention ---------------------------------------------------------------------------
+    qkv_bias: bool = False  # bias on the q, k, v projections (Qwen1.5/2/2.5)
+    attn_out_bias: bool = False  # bias on the output projection
+    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
+    sliding_window: int | None = None  # keys older than this many positions are not seen
+    # which layers use the window; None -> all layers (Mistral). Qwen2 windows only some layers.
+    sliding_window_layers: tuple[int, ...] | None = None
+    attn_scale: float | None = None  # softmax scale; None -> 1/sqrt(head_dim)
+    # --- position ----------------------------------------------------------------------------
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    rotary_percentage: float = 1.0  # fraction of each head's dims that RoPE rotates
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # --- embeddings / head -------------------------------------------------------------------
+    tie_embeddings: bool = False
+    # --- token ids the checkpoint declares (used by generation, not by the network) -----------
+    bos_token_id: int | None = None
+    eos_token_id: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if isinstance(self.eos_token_id, int):
+            self.eos_token_id = (self.eos_token_id,)
+        self.eos_token_id = tuple(self.eos_token_id or ())
+        if self.sliding_window_layers is not None:
+            self.sliding_window_layers = tuple(self.sliding_window_layers)
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.n_head <= 0 or self.n_embd % self.n_head:
+                raise ConfigError(
+                    f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; set head_dim"
+                )
+            self.head_dim = self.n_embd // self.n_head
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def positive(**kw: int) -> None:
+            for k, v in kw.items():
+                if not isinstance(v, int) or v <= 0:
+                    raise ConfigError(f"{k} must be a positive integer, got {v!r}")
+
+        positive(
+            vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd,
+            n_head=self.n_head, n_kv_head=self.n_kv_head, head_dim=self.head_dim,
+            intermediate_size=self.intermediate_size, max_seq_len=self.max_seq_len,
+        )
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
+            )
+        for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS)):
+            if getattr(self, fname) not in allowed:
+                raise ConfigError(f"{fname}={getattr(self, fname)!r} is not one of {allowed}")
+        if self.position == "rope" and (self.rope_dim % 2 or self.rope_dim <= 0):
+            raise ConfigError(
+                f"RoPE needs an even, positive rotary width; head_dim={self.head_dim} x "
+                f"rotary_percentage={self.rotary_percentage} gives {self.rope_dim}"
+            )
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"sliding_window must be > 0 or None, got {self.sliding_window}")
+        if self.sliding_window_layers is not None:
+            bad = [i for i in self.sliding_window_layers if not 0 <= i < self.n_layer]
+            if bad:
+                raise ConfigError(f"sliding_window_layers {bad} outside 0..{self.n_layer - 1}")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def q_size(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.n_kv_head * self.head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """Number of leading dims of each head that RoPE rotates."""
+        return int(self.head_dim * self.rotary_percentage)
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.mlp in ("swiglu", "geglu")
+
+    def layer_window(self, layer: int) -> int | None:
+        """Sliding-window size used by `layer`, or None for full causal attention."""
+        if self.sliding_window is None:
+            return None
+        if self.sliding_window_layers is None or layer in self.sliding_window_layers:
+            return self.sliding_window
+        return None
+
+    # --- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["eos_token_id"] = list(self.eos_token_id)
+        if self.sliding_window_layers is not None:
+            d["sliding_window_layers"] = list(self.sliding_window_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,36 @@
+"""Exception types. Every user mistake raises a subclass of `LmzooError` with a one-line message
+that names what was wrong and what was expected; the CLI prints that line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class LmzooError(Exception):
+    """Base class for errors caused by input (paths, checkpoints, configs, parameters)."""
+
+
+class ModelNotFoundError(LmzooError, FileNotFoundError):
+    """A model path that does not exist, or a directory without the files a checkpoint needs."""
+
+
+class UnsupportedModelError(LmzooError, ValueError):
+    """A checkpoint whose architecture (`model_type`, GGUF architecture, setting) we do not run."""
+
+
+class CheckpointError(LmzooError, ValueError):
+    """A truncated or corrupt file, missing or unexpected tensors, or a tensor of the wrong shape."""
+
+
+class ConfigError(LmzooError, ValueError):
+    """An invalid ModelConfig value."""
+
+
+class ContextLengthError(LmzooError, ValueError):
+    """A prompt (plus requested new tokens) longer than the model or cache can hold."""
+
+
+class GenerationError(LmzooError, ValueError):
+    """An invalid sampling or generation parameter (temperature < 0, top_p outside (0, 1], ...)."""
+
+
+class TokenizerError(LmzooError, ValueError):
+    """A tokenizer that cannot be found or built, or a chat template that cannot be rendered."""

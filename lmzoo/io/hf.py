@@ -1,0 +1,200 @@
+"""Hugging Face checkpoints -> lmzoo: one adapter per `model_type`.
+
+An adapter is two things:
+  * `config(hf: dict) -> ModelConfig`   translate config.json into our named switches
+  * `weights`: canonical name -> the HF tensor names that make it, concatenated along dim 0
+     (how q/k/v and gate/up are fused). `{i}` stands for the layer index.
+
+Adding a family that reuses LLaMA's tensor names is a row in `ADAPTERS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lmzoo.config import ModelConfig, RopeScaling
+from lmzoo.errors import UnsupportedModelError
+
+L = "model.layers.{i}."
+LLAMA_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "embed.weight": ("model.embed_tokens.weight",),
+    "norm.weight": ("model.norm.weight",),
+    "lm_head.weight": ("lm_head.weight",),
+    "layers.{i}.attn_norm.weight": (L + "input_layernorm.weight",),
+    "layers.{i}.mlp_norm.weight": (L + "post_attention_layernorm.weight",),
+    "layers.{i}.attn.qkv.weight": tuple(L + f"self_attn.{p}_proj.weight" for p in "qkv"),
+    "layers.{i}.attn.qkv.bias": tuple(L + f"self_attn.{p}_proj.bias" for p in "qkv"),
+    "layers.{i}.attn.o.weight": (L + "self_attn.o_proj.weight",),
+    "layers.{i}.attn.o.bias": (L + "self_attn.o_proj.bias",),
+    "layers.{i}.attn.q_norm.weight": (L + "self_attn.q_norm.weight",),
+    "layers.{i}.attn.k_norm.weight": (L + "self_attn.k_norm.weight",),
+    "layers.{i}.mlp.gate_up.weight": (L + "mlp.gate_proj.weight", L + "mlp.up_proj.weight"),
+    "layers.{i}.mlp.gate_up.bias": (L + "mlp.gate_proj.bias", L + "mlp.up_proj.bias"),
+    "layers.{i}.mlp.down.weight": (L + "mlp.down_proj.weight",),
+    "layers.{i}.mlp.down.bias": (L + "mlp.down_proj.bias",),
+}
+
+# Baichuan-7B: LLaMA with q, k, v stored fused as W_pack (3d, d), rows in q, k, v order.
+BAICHUAN_WEIGHTS = {
+    **LLAMA_WEIGHTS,
+    "layers.{i}.attn.qkv.weight": (L + "self_attn.W_pack.weight",),
+}
+
+
+def _rope_scaling(hf: dict, theta_default: float = 10000.0) -> tuple[float, RopeScaling]:
+    """Read RoPE theta and scaling from either the transformers 4.x (`rope_theta`, `rope_scaling`)
+    or the 5.x (`rope_parameters`) layout."""
+    params = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    params = {**legacy, **params}
+    theta = float(params.get("rope_theta", hf.get("rope_theta", theta_default)))
+    kind = params.get("rope_type", params.get("type", "default")) or "default"
+    max_pos = hf.get("max_position_embeddings")
+    if kind == "default":
+        return theta, RopeScaling()
+    factor = params.get("factor")
+    if kind == "linear":
+        return theta, RopeScaling(kind="linear", factor=float(factor))
+    if kind == "dynamic":
+        # HF's dynamic NTK rescales relative to max_position_embeddings
+        return theta, RopeScaling(kind="dynamic", factor=float(factor), original_max_position=max_pos)
+    if kind == "llama3":
+        return theta, RopeScaling(
+            kind="llama3",
+            factor=float(factor),
+            original_max_position=int(params["original_max_position_embeddings"]),
+            low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        )
+    if kind == "yarn":
+        orig = int(params.get("original_max_position_embeddings") or max_pos)
+        if factor is None:
+            factor = max_pos / orig
+        attention_factor = params.get("attention_factor")
+        mscale, mscale_all = params.get("mscale"), params.get("mscale_all_dim")
+        if attention_factor is None and mscale and mscale_all:
+            import math
+
+            def g(s: float, m: float) -> float:
+                return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+            attention_factor = g(factor, mscale) / g(factor, mscale_all)
+        return theta, RopeScaling(
+            kind="yarn",
+            factor=float(factor),
+            original_max_position=orig,
+            beta_fast=float(params.get("beta_fast") or 32),
+            beta_slow=float(params.get("beta_slow") or 1),
+            attention_factor=None if attention_factor is None else float(attention_factor),
+            truncate=bool(params.get("truncate", True)),
+        )
+    raise UnsupportedModelError(
+        f"rope scaling type {kind!r} is not supported; supported: default, linear, dynamic, llama3, yarn"
+    )
+
+
+def _token_ids(hf: dict) -> dict[str, Any]:
+    eos = hf.get("eos_token_id")
+    return {
+        "bos_token_id": hf.get("bos_token_id"),
+        "eos_token_id": tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ()),
+        "pad_token_id": hf.get("pad_token_id"),
+    }
+
+
+def _windowed_layers(hf: dict) -> tuple[int | None, tuple[int, ...] | None]:
+    """Sliding window and the layers that use it (Mistral: all; Qwen2/3: `layer_types` or
+    layers >= max_window_layers when use_sliding_window is set)."""
+    window = hf.get("sliding_window")
+    if "use_sliding_window" in hf and not hf["use_sliding_window"]:
+        return None, None
+    if not window:
+        return None, None
+    n = hf["num_hidden_layers"]
+    types = hf.get("layer_types")
+    if types:
+        layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+        return (window, layers) if layers else (None, None)
+    if "max_window_layers" in hf:
+        layers = tuple(range(hf["max_window_layers"], n))
+        return (window, layers) if layers else (None, None)
+    return window, None
+
+
+def llama_config(hf: dict, **overrides: Any) -> ModelConfig:
+    theta, scaling = _rope_scaling(hf)
+    window, window_layers = _windowed_layers(hf)
+    kw: dict[str, Any] = dict(
+        name=hf.get("_name_or_path") or hf.get("model_type", "llama"),
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_embd=hf["hidden_size"],
+        n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim") or None,
+        intermediate_size=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        mlp="swiglu",
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        qkv_bias=bool(hf.get("attention_bias", False)),
+        attn_out_bias=bool(hf.get("attention_bias", False)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        sliding_window=window,
+        sliding_window_layers=window_layers,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        **_token_ids(hf),
+    )
+    act = hf.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise UnsupportedModelError(f"hidden_act={act!r} is not supported for this family; expected 'silu'")
+    kw.update(overrides)
+    return ModelConfig(**kw)
+
+
+def qwen2_config(hf: dict) -> ModelConfig:
+    # Qwen1.5/2/2.5: bias on q, k, v only
+    return llama_config(hf, qkv_bias=True, attn_out_bias=False)
+
+
+def qwen3_config(hf: dict) -> ModelConfig:
+    bias = bool(hf.get("attention_bias", False))
+    return llama_config(hf, qk_norm=True, qkv_bias=bias, attn_out_bias=bias)
+
+
+def baichuan_config(hf: dict) -> ModelConfig:
+    if "max_position_embeddings" not in hf:
+        # Baichuan-13B / Baichuan2-13B declare `model_max_length` and use ALiBi, not RoPE
+        raise UnsupportedModelError(
+            "this baichuan checkpoint uses ALiBi (13B layout, no max_position_embeddings); "
+            "only the RoPE layout of Baichuan-7B is supported"
+        )
+    return llama_config(hf)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    config: Callable[[dict], ModelConfig]
+    weights: dict[str, tuple[str, ...]]
+    # checkpoint tensors that carry no weights we need (recomputed buffers)
+    ignore: tuple[str, ...] = field(default=("rotary_emb.inv_freq",))
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "llama": Adapter(llama_config, LLAMA_WEIGHTS),
+    "mistral": Adapter(llama_config, LLAMA_WEIGHTS),
+    "qwen2": Adapter(qwen2_config, LLAMA_WEIGHTS),
+    "qwen3": Adapter(qwen3_config, LLAMA_WEIGHTS),
+    "baichuan": Adapter(baichuan_config, BAICHUAN_WEIGHTS),
+}
+
+
+def get_adapter(model_type: str | None) -> Adapter:
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type]

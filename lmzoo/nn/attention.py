@@ -1,0 +1,109 @@
+"""Multi-head attention with grouped key/value heads (MHA / GQA / MQA), optional per-head q/k norm,
+sliding windows and a preallocated KV cache.
+
+Shapes:  x (B, T, d)  ->  q (B, n_head, T, hd),  k, v (B, n_kv_head, T, hd)
+GQA (Ainslie et al. 2023): each group of n_head / n_kv_head query heads shares one k/v head;
+SDPA's `enable_gqa` broadcasts the groups without materialising repeated k/v.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.config import ModelConfig
+from lmzoo.nn.norm import RMSNorm
+from lmzoo.nn.rope import apply_rope
+
+
+class KVCache(nn.Module):
+    """Static cache: (B, n_kv_head, max_len, hd) buffers written in place at slot indices.
+
+    Slots are shared by the batch (left padding keeps every row aligned); positions for RoPE are
+    per row and handled by the caller.
+    """
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, *, dtype, device) -> None:
+        super().__init__()
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
+        self.window = cfg.layer_window(layer)
+        self.scale = cfg.attn_scale
+        # fused projection: rows [0, q) are q, then k, then v
+        self.qkv = nn.Linear(cfg.n_embd, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.q_size, cfg.n_embd, bias=cfg.attn_out_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+        self.cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim)
+        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.cache is not None:
+            k, v = self.cache.update(start, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            scale=self.scale,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        return self.o(y.transpose(1, 2).reshape(B, T, self.q_size))
+
+
+def build_mask(
+    *,
+    q_start: int,
+    T: int,
+    key_valid: torch.Tensor | None,
+    window: int | None,
+    device,
+) -> torch.Tensor:
+    """Boolean mask (B or 1, 1, T, L) of which cache slots each query may attend to.
+
+    Query t sits at slot q_start + t; key slot j is visible when j <= slot (causal), when it is not
+    padding (key_valid, (B, L)), and when slot - j < window. A padded query still sees itself so that
+    no row of the softmax is empty.
+    """
+    L = q_start + T
+    q_slot = torch.arange(q_start, L, device=device)[:, None]
+    k_slot = torch.arange(L, device=device)[None, :]
+    allowed = k_slot <= q_slot
+    if window is not None:
+        allowed = allowed & (q_slot - k_slot < window)
+    allowed = allowed[None, None]  # (1, 1, T, L)
+    if key_valid is not None:
+        allowed = (allowed & key_valid[:, None, None, :L].bool()) | (k_slot == q_slot)
+    return allowed

@@ -1,0 +1,41 @@
+"""Feed-forward blocks, chosen by `ModelConfig.mlp`.
+
+gated (swiglu, geglu; Shazeer 2020 "GLU Variants Improve Transformer"):
+    down( act(x W_gate) * (x W_up) )      W_gate and W_up are stored fused as `gate_up` (2I, d)
+plain (gelu, relu; GPT-2 / OPT):
+    down( act(x W_up) )
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.config import ModelConfig
+
+ACTIVATIONS = {
+    "swiglu": F.silu,
+    "geglu": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.gated_mlp
+        self.act = ACTIVATIONS[cfg.mlp]
+        width = cfg.intermediate_size * (2 if self.gated else 1)
+        self.gate_up = nn.Linear(cfg.n_embd, width, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.gate_up(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.down(h)

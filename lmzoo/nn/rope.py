@@ -1,0 +1,112 @@
+"""Rotary position embedding (RoPE, Su et al. 2021) and its context-extension variants.
+
+Each pair of dims (i, i + d/2) of a head is rotated by the angle  pos * inv_freq[i], with
+inv_freq[i] = theta^(-2i/d). This is the "rotate-half" (GPT-NeoX / HF LLaMA) layout:
+
+    x = [x1 | x2]      (each d/2 wide)
+    rope(x) = [x1*cos - x2*sin | x2*cos + x1*sin]
+
+Scaling variants change only inv_freq (and, for YaRN, a scalar applied to cos/sin):
+    linear   inv_freq / factor
+    dynamic  theta' = theta * (factor*L/L0 - (factor-1))^(d/(d-2)) once L > L0  (NTK-aware)
+    llama3   low frequencies / factor, high ones kept, a smooth ramp between
+    yarn     NTK-by-parts ramp between extrapolated and interpolated frequencies
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmzoo.config import ModelConfig
+
+
+def _base_inv_freq(theta: float, dim: int, device=None) -> torch.Tensor:
+    exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
+    return 1.0 / (theta**exponent)
+
+
+def inv_frequencies(cfg: ModelConfig, seq_len: int | None = None, device=None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies (rope_dim/2,) and the cos/sin multiplier for `cfg` at `seq_len`."""
+    s = cfg.rope_scaling
+    dim = cfg.rope_dim
+    theta = cfg.rope_theta
+    if s.kind == "none":
+        return _base_inv_freq(theta, dim, device), 1.0
+    if s.kind == "linear":
+        return _base_inv_freq(theta, dim, device) / s.factor, 1.0
+    if s.kind == "dynamic":
+        L0 = s.original_max_position
+        L = max(seq_len or L0, L0)
+        theta = theta * ((s.factor * L / L0) - (s.factor - 1)) ** (dim / (dim - 2))
+        return _base_inv_freq(theta, dim, device), 1.0
+    if s.kind == "llama3":
+        inv = _base_inv_freq(theta, dim, device)
+        low_wavelen = s.original_max_position / s.low_freq_factor
+        high_wavelen = s.original_max_position / s.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > low_wavelen, inv / s.factor, inv)
+        smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if s.kind == "yarn":
+        pos_freqs = theta ** (torch.arange(0, dim, 2, device=device).float() / dim)
+        extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (s.factor * pos_freqs)
+
+        def correction_dim(n_rot: float) -> float:
+            return dim * math.log(s.original_max_position / (n_rot * 2 * math.pi)) / (2 * math.log(theta))
+
+        low, high = correction_dim(s.beta_fast), correction_dim(s.beta_slow)
+        if s.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001  # avoid a zero-width ramp
+        ramp = ((torch.arange(dim // 2, device=device).float() - low) / (high - low)).clamp(0, 1)
+        extrapolation_weight = 1 - ramp
+        inv = interpolation * (1 - extrapolation_weight) + extrapolation * extrapolation_weight
+        mscale = s.attention_factor
+        if mscale is None:
+            mscale = 1.0 if s.factor <= 1 else 0.1 * math.log(s.factor) + 1.0
+        return inv, float(mscale)
+    raise ValueError(f"unknown rope scaling {s.kind!r}")
+
+
+class RotaryEmbedding(nn.Module):
+    """Turns position ids (B, T) into cos/sin tables (B, T, rope_dim)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.reset_buffers()
+
+    def reset_buffers(self, device=None) -> None:
+        inv, self.scaling = inv_frequencies(self.cfg, device=device)
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inv, scaling = self.inv_freq, self.scaling
+        s = self.cfg.rope_scaling
+        if s.kind == "dynamic":
+            seq_len = int(positions.max()) + 1
+            if seq_len > s.original_max_position:
+                inv, scaling = inv_frequencies(self.cfg, seq_len, device=positions.device)
+        # angles in float32 regardless of the model dtype (bf16 angles lose whole radians)
+        freqs = positions[..., None].float() * inv.float()  # (B, T, rope_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, rope_dim)
+        return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x (B, n_head, T, head_dim); the rest pass through."""
+    rot = cos.shape[-1]
+    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, rot) broadcasts over heads
+    xr, xp = (x[..., :rot], x[..., rot:]) if rot < x.shape[-1] else (x, None)
+    x1, x2 = xr.chunk(2, dim=-1)
+    out = xr * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return out if xp is None else torch.cat((out, xp), dim=-1)

@@ -1,0 +1,122 @@
+"""The one decoder-only Transformer every family is a configuration of.
+
+    input_ids (B, T)
+      -> embed                                   (B, T, d)
+      -> n_layer x Block:
+           x = x + attn(attn_norm(x))            pre-norm residual (LLaMA)
+           x = x + mlp(mlp_norm(x))
+      -> norm -> lm_head                         (B, T, vocab)
+
+With a cache set up (`setup_cache`), `forward(ids, start=s)` writes slots [s, s+T) and attends to
+slots [0, s+T); `attention_mask` (B, s+T) marks real tokens (0 = left padding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmzoo.config import ModelConfig
+from lmzoo.errors import ContextLengthError
+from lmzoo.nn.attention import Attention, KVCache, build_mask
+from lmzoo.nn.mlp import MLP
+from lmzoo.nn.norm import build_norm
+from lmzoo.nn.rope import RotaryEmbedding
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, start: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, start)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope = RotaryEmbedding(cfg)
+        self.windows = sorted({cfg.layer_window(i) for i in range(cfg.n_layer)}, key=str)
+        self.cache_batch = 0
+        self.cache_len = 0
+
+    # --- cache ---------------------------------------------------------------------------------
+    def setup_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> None:
+        """Preallocate a static KV cache for `batch` rows of up to `max_len` tokens."""
+        if max_len > self.config.max_seq_len:
+            raise ContextLengthError(
+                f"cache length {max_len} exceeds the model's context of {self.config.max_seq_len} tokens"
+            )
+        p = self.embed.weight
+        dtype, device = dtype or p.dtype, device or p.device
+        if batch == self.cache_batch and max_len <= self.cache_len and self.layers[0].attn.cache is not None:
+            k = self.layers[0].attn.cache.k
+            if k.dtype == dtype and k.device == torch.device(device):
+                return  # reuse: stale slots are never attended to (masks stop at s+T)
+        c = self.config
+        for layer in self.layers:
+            layer.attn.cache = KVCache(batch, c.n_kv_head, max_len, c.head_dim, dtype=dtype, device=device)
+        self.cache_batch, self.cache_len = batch, max_len
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attn.cache = None
+        self.cache_batch = self.cache_len = 0
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        start: int = 0,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T = input_ids.shape
+        end = start + T
+        cached = self.layers[0].attn.cache is not None
+        if cached:
+            if B != self.cache_batch or end > self.cache_len:
+                raise ContextLengthError(
+                    f"batch {B} x length {end} does not fit the cache of batch {self.cache_batch} "
+                    f"x length {self.cache_len}"
+                )
+        elif start:
+            raise ValueError("start > 0 needs a KV cache; call setup_cache first")
+        if end > self.config.max_seq_len:
+            raise ContextLengthError(
+                f"sequence of {end} tokens exceeds the model's context of {self.config.max_seq_len}"
+            )
+        if position_ids is None:
+            if attention_mask is not None:
+                # left padding: a row's first real token is position 0
+                pos = attention_mask.long().cumsum(-1) - 1
+                position_ids = pos.clamp(min=0)[:, start:end]
+            else:
+                position_ids = torch.arange(start, end, device=input_ids.device)[None].expand(B, T)
+
+        x = self.embed(input_ids)
+        cos, sin = self.rope(position_ids, x.dtype)
+        masks = {}
+        for w in self.windows:
+            if attention_mask is None and w is None and (start == 0 or T == 1):
+                masks[w] = None  # plain causal: let SDPA pick its fused path
+            else:
+                masks[w] = build_mask(
+                    q_start=start, T=T, key_valid=attention_mask, window=w, device=x.device
+                )
+        for layer in self.layers:
+            x = layer(x, cos, sin, masks[layer.attn.window], start)
+        return self.lm_head(self.norm(x))
