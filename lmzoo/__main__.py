@@ -1,0 +1,3 @@
+from lmzoo.cli import main
+
+main()
