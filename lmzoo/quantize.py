@@ -1,0 +1,199 @@
+"""Weight-only quantisation as a transform on a built model (the gpt-fast habit: the model code knows
+nothing about it).
+
+    quantize(model, mode="int8")                   per-output-channel int8 (group = whole row)
+    quantize(model, mode="int4", group_size=32)    group-wise asymmetric int4: w = scale * q + min
+
+Every `nn.Linear` inside the blocks (and the LM head) becomes an `Int8Linear` / `Int4Linear` holding
+integer weights and float scales. Decode speed on CPU comes from `lmzoo/kernels/quant_cpu.cpp`
+(compiled on first use with torch.utils.cpp_extension): matrix-vector products that dequantise in
+registers. torchao's weight-only int8 on CPU dequantises to a float copy per call (slower than fp32
+here) and its int4 layout needs a GPU library, hence our own kernels on CPU. Elsewhere (GPU, bf16
+activations, long prefills) the layer dequantises into a temporary float weight and calls F.linear.
+
+The int4 layout is GGUF's Q4_0/Q4_1 block layout, so GGUF tensors can be loaded straight into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.errors import ConfigError
+
+log = logging.getLogger(__name__)
+_KERNELS: object | None = None
+_KERNELS_TRIED = False
+KERNEL_MAX_ROWS = 16  # above this many activation rows (prefill) dequantise + GEMM instead
+
+
+def cpu_kernels():
+    """The compiled CPU kernels, or None when no compiler is available (then: dequantise + GEMM)."""
+    global _KERNELS, _KERNELS_TRIED
+    if _KERNELS_TRIED:
+        return _KERNELS
+    _KERNELS_TRIED = True
+    try:
+        from torch.utils.cpp_extension import load
+
+        flags = ["-O3"]
+        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+            flags += ["-mavx2", "-mfma"]
+        src = Path(__file__).parent / "kernels" / "quant_cpu.cpp"
+        _KERNELS = load(name="lmzoo_quant_cpu", sources=[str(src)], extra_cflags=flags, verbose=False)
+    except Exception as e:  # no compiler / ninja: still correct, just slower
+        warnings.warn(f"lmzoo: quantised CPU kernels unavailable ({str(e).splitlines()[0][:200]}); "
+                      "using dequantise + matmul")
+        _KERNELS = None
+    return _KERNELS
+
+
+def _groups(in_features: int, group_size: int | None, multiple: int) -> int:
+    g = in_features if group_size is None else group_size
+    if g <= 0 or in_features % g or g % multiple:
+        raise ConfigError(
+            f"group_size {group_size} must divide in_features={in_features} and be a multiple of {multiple}"
+        )
+    return g
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (scale * q)^T + bias with q int8 (N, K) and scale (N, K // group_size)."""
+
+    def __init__(self, in_features: int, out_features: int, *, group_size: int | None = None,
+                 bias: bool = False, device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size = _groups(in_features, group_size, 8)
+        G = in_features // self.group_size
+        self.register_buffer("q", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.ones(out_features, G, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, *, group_size: int | None = None) -> "Int8Linear":
+        N, K = lin.weight.shape
+        m = cls(K, N, group_size=group_size, bias=lin.bias is not None, device=lin.weight.device)
+        w = lin.weight.detach().float().view(N, K // m.group_size, m.group_size)
+        scale = w.abs().amax(-1).clamp(min=1e-12) / 127.0  # symmetric: absmax -> 127
+        m.q.copy_((w / scale[..., None]).round().clamp(-127, 127).to(torch.int8).view(N, K))
+        m.scale.copy_(scale)
+        if lin.bias is not None:
+            m.bias.data.copy_(lin.bias.detach().float())
+        return m
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        N, K, g = self.out_features, self.in_features, self.group_size
+        return (self.q.view(N, K // g, g).to(dtype) * self.scale[..., None].to(dtype)).view(N, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, K = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, K)
+        k = cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = k.int8_linear(x2.contiguous(), self.q, self.scale, self.group_size)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x2, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8, group={self.group_size}"
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) values 0..15 -> (N, K/2) uint8 in 32-element blocks: byte j = q[j] | q[j+16] << 4."""
+    N, K = q.shape
+    b = q.to(torch.uint8).view(N, K // 32, 2, 16)
+    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(N, K // 2)
+
+
+def unpack_int4(p: torch.Tensor) -> torch.Tensor:
+    N, H = p.shape
+    b = p.view(N, H // 16, 16)
+    return torch.stack((b & 0x0F, b >> 4), dim=2).reshape(N, H * 2)
+
+
+class Int4Linear(nn.Module):
+    """y = x @ (scale * q + min)^T + bias, q in 0..15 packed two per byte, per group of K."""
+
+    def __init__(self, in_features: int, out_features: int, *, group_size: int = 32,
+                 bias: bool = False, device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size = _groups(in_features, group_size, 32)
+        G = in_features // self.group_size
+        self.register_buffer("q", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scale", torch.ones(out_features, G, device=device))
+        self.register_buffer("min", torch.zeros(out_features, G, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, *, group_size: int = 32) -> "Int4Linear":
+        N, K = lin.weight.shape
+        m = cls(K, N, group_size=group_size, bias=lin.bias is not None, device=lin.weight.device)
+        w = lin.weight.detach().float().view(N, K // m.group_size, m.group_size)
+        lo, hi = w.amin(-1), w.amax(-1)
+        scale = (hi - lo).clamp(min=1e-12) / 15.0
+        q = ((w - lo[..., None]) / scale[..., None]).round().clamp(0, 15).view(N, K)
+        m.q.copy_(pack_int4(q))
+        m.scale.copy_(scale)
+        m.min.copy_(lo)
+        if lin.bias is not None:
+            m.bias.data.copy_(lin.bias.detach().float())
+        return m
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        N, K, g = self.out_features, self.in_features, self.group_size
+        q = unpack_int4(self.q).view(N, K // g, g).to(dtype)
+        return (q * self.scale[..., None].to(dtype) + self.min[..., None].to(dtype)).view(N, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, K = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, K)
+        k = cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = k.int4_linear(x2.contiguous(), self.q, self.scale, self.min, self.group_size)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x2, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int4, group={self.group_size}"
+
+
+MODES = ("int8", "int4")
+
+
+def quantize(model: nn.Module, *, mode: str = "int8", group_size: int | None = None,
+             include_head: bool = True) -> nn.Module:
+    """Replace the model's Linear layers by weight-only quantised ones, in place; returns the model.
+
+    mode: "int8" (group_size None = per output channel) or "int4" (group_size default 32).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"quantisation mode {mode!r} is not one of {MODES}")
+    if getattr(model, "quantization", None):
+        raise ConfigError(f"model is already quantised ({model.quantization}); load it again to re-quantise")
+    if mode == "int4" and group_size is None:
+        group_size = 32
+
+    def convert(lin: nn.Linear) -> nn.Module:
+        if mode == "int8":
+            return Int8Linear.from_linear(lin, group_size=group_size)
+        return Int4Linear.from_linear(lin, group_size=group_size)
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and (include_head or child is not getattr(model, "lm_head", None)):
+                setattr(module, child_name, convert(child))
+    model.quantization = f"{mode}" + (f"/g{group_size}" if group_size else "")
+    return model

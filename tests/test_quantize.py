@@ -1,0 +1,73 @@
+"""Weight-only int8 / int4 transforms: kernels vs the dequantised reference, model-level agreement,
+bad input."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lmzoo
+from lmzoo.errors import ConfigError
+from lmzoo.quantize import Int4Linear, Int8Linear, cpu_kernels, pack_int4, quantize, unpack_int4
+
+
+@pytest.mark.parametrize("M", [1, 3, 40])  # decode rows use the kernel, prefill rows dequantise
+@pytest.mark.parametrize(
+    "cls,kw", [(Int8Linear, {}), (Int8Linear, {"group_size": 64}),
+               (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 128})],
+)
+def test_quantised_linear_matches_dequantised_weight(M, cls, kw):
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 96, bias=True)
+    q = cls.from_linear(lin, **kw)
+    x = torch.randn(2, M, 256)
+    with torch.inference_mode():
+        y = q(x)
+        ref = nn.functional.linear(x, q.dequantize(), q.bias)
+    assert y.shape == (2, M, 96)
+    assert (y - ref).abs().max() < 1e-4
+    # and the quantisation error itself is what the bit width allows
+    err = (q.dequantize() - lin.weight).abs().max()
+    step = (lin.weight.abs().max() / 127) if cls is Int8Linear else (2 * lin.weight.abs().max() / 15)
+    assert err <= step / 2 + 1e-6
+
+
+def test_cpu_kernels_compile():
+    # the fast path must be there on the machines we ship for (a compiler is part of set-up)
+    assert cpu_kernels() is not None
+
+
+def test_int4_pack_roundtrip():
+    q = torch.randint(0, 16, (5, 64))
+    assert torch.equal(unpack_int4(pack_int4(q)), q.to(torch.uint8))
+
+
+def _model():
+    cfg = lmzoo.ModelConfig(vocab_size=128, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=128)
+    torch.manual_seed(0)
+    m = lmzoo.Transformer(cfg).eval()
+    return m
+
+
+def test_int8_model_close_to_fp32():
+    m = _model()
+    q = quantize(copy.deepcopy(m), mode="int8")
+    assert all(not isinstance(x, nn.Linear) for x in q.modules())
+    ids = torch.randint(0, 128, (1, 16))
+    with torch.inference_mode():
+        a, b = m(ids), q(ids)
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    g_ref = lmzoo.generate(m, ids, max_new_tokens=10, eos_token_id=[])
+    g = lmzoo.generate(q, ids, max_new_tokens=10, eos_token_id=[])
+    assert (g == g_ref).float().mean() >= 0.8
+
+
+def test_quantise_errors():
+    m = quantize(_model(), mode="int8")
+    with pytest.raises(ConfigError, match="already quantised"):
+        quantize(m, mode="int4")
+    with pytest.raises(ConfigError, match="not one of"):
+        quantize(_model(), mode="int3")
+    with pytest.raises(ConfigError, match="group_size"):
+        quantize(_model(), mode="int4", group_size=48)
