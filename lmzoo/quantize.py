@@ -5,8 +5,8 @@ nothing about it).
     quantize(model, mode="int4", group_size=32)    group-wise asymmetric int4: w = scale * q + min
 
 Every `nn.Linear` inside the blocks (and the LM head) becomes an `Int8Linear` / `Int4Linear` holding
-integer weights and float scales. Decode speed on CPU comes from `lmzoo/kernels/quant_cpu.cpp`
-(compiled on first use with torch.utils.cpp_extension): matrix-vector products that dequantise in
+integer weights and float scales. Decode speed on CPU comes from `lmzoo/kernels/cpu.cpp`
+(compiled on first use, see lmzoo/kernels): matrix-vector products that dequantise in
 registers. torchao's weight-only int8 on CPU dequantises to a float copy per call (slower than fp32
 here) and its int4 layout needs a GPU library, hence our own kernels on CPU. Elsewhere (GPU, bf16
 activations, long prefills) the layer dequantises into a temporary float weight and calls F.linear.
@@ -16,41 +16,14 @@ The int4 layout is GGUF's Q4_0/Q4_1 block layout, so GGUF tensors can be loaded 
 
 from __future__ import annotations
 
-import logging
-import warnings
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.errors import ConfigError
+from lmzoo.kernels import cpu_kernels
 
-log = logging.getLogger(__name__)
-_KERNELS: object | None = None
-_KERNELS_TRIED = False
 KERNEL_MAX_ROWS = 16  # above this many activation rows (prefill) dequantise + GEMM instead
-
-
-def cpu_kernels():
-    """The compiled CPU kernels, or None when no compiler is available (then: dequantise + GEMM)."""
-    global _KERNELS, _KERNELS_TRIED
-    if _KERNELS_TRIED:
-        return _KERNELS
-    _KERNELS_TRIED = True
-    try:
-        from torch.utils.cpp_extension import load
-
-        flags = ["-O3"]
-        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-            flags += ["-mavx2", "-mfma"]
-        src = Path(__file__).parent / "kernels" / "quant_cpu.cpp"
-        _KERNELS = load(name="lmzoo_quant_cpu", sources=[str(src)], extra_cflags=flags, verbose=False)
-    except Exception as e:  # no compiler / ninja: still correct, just slower
-        warnings.warn(f"lmzoo: quantised CPU kernels unavailable ({str(e).splitlines()[0][:200]}); "
-                      "using dequantise + matmul")
-        _KERNELS = None
-    return _KERNELS
 
 
 def _groups(in_features: int, group_size: int | None, multiple: int) -> int:

@@ -1,0 +1,46 @@
+"""CPU decode acceleration as a transform on a built model.
+
+A decode step multiplies one activation row per sequence by every weight matrix: a GEMV, bounded by
+how fast the weights stream from memory. On the 2-core machines we measured, PyTorch's BLAS GEMV
+reached 13-18 GB/s on decode-sized fp32 matrices, single-threaded, while the memory system delivers
+~30 GB/s to two threads; `f32_linear` in lmzoo/kernels/cpu.cpp streams each row once through FMA
+lanes with the rows split across threads, and reaches 26-31 GB/s on the same matrices
+(benchmarks/RESULTS.md). Prefill (many rows) is compute-bound and stays with BLAS.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.kernels import cpu_kernels
+
+GEMV_MAX_ROWS = 16
+
+
+class GemvLinear(nn.Linear):
+    """nn.Linear whose few-row fp32 CPU products go through lmzoo's GEMV kernel (same weights,
+    same state dict; other inputs take F.linear)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            rows = x.numel() // x.shape[-1]
+            k = cpu_kernels() if rows <= GEMV_MAX_ROWS else None
+            if k is not None and self.weight.is_contiguous():
+                y = k.f32_linear(x.reshape(rows, x.shape[-1]).contiguous(), self.weight)
+                if self.bias is not None:
+                    y = y + self.bias
+                return y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
+
+
+def use_cpu_kernels(model: nn.Module) -> nn.Module:
+    """Swap every plain nn.Linear for GemvLinear in place (a class change: no weights move).
+    Does nothing when the kernels cannot be built."""
+    if cpu_kernels() is None:
+        return model
+    for m in model.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = GemvLinear
+    return model
