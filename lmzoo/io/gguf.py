@@ -1,0 +1,196 @@
+"""GGUF files (llama.cpp's format) -> lmzoo.
+
+The `gguf` package memory-maps the file and dequantises its block types (Q8_0, Q4_0, Q4_1, Q4_K,
+Q6_K, ...) to float32; tensors are read one at a time, so peak memory is about one float copy of the
+weights. GGUF stores each tensor's dims innermost-first (ne[0] = columns), and the reader already
+hands back (rows, cols) arrays, i.e. the PyTorch (out_features, in_features) layout.
+
+llama.cpp's converter permutes the rows of W_q and W_k of `llama` models so that its rotary kernel
+can rotate *adjacent* pairs (GPT-J style); we rotate halves (GPT-NeoX style), so the permutation is
+undone here. Per head, the converter maps row r = i*2 + j  (i < hd/2, j in {0, 1}) from j*hd/2 + i:
+
+    HF rows of one head:    [x0 x1 ... x(hd/2-1) | y0 y1 ... y(hd/2-1)]      (halves)
+    GGUF rows of one head:  [x0 y0 x1 y1 ...]                                 (pairs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmzoo.config import ModelConfig, RopeScaling
+from lmzoo.errors import CheckpointError, UnsupportedModelError
+
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+
+B = "blk.{i}."
+GGUF_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "embed.weight": ("token_embd.weight",),
+    "norm.weight": ("output_norm.weight",),
+    "lm_head.weight": ("output.weight",),
+    "layers.{i}.attn_norm.weight": (B + "attn_norm.weight",),
+    "layers.{i}.mlp_norm.weight": (B + "ffn_norm.weight",),
+    "layers.{i}.attn.qkv.weight": (B + "attn_q.weight", B + "attn_k.weight", B + "attn_v.weight"),
+    "layers.{i}.attn.qkv.bias": (B + "attn_q.bias", B + "attn_k.bias", B + "attn_v.bias"),
+    "layers.{i}.attn.o.weight": (B + "attn_output.weight",),
+    "layers.{i}.attn.q_norm.weight": (B + "attn_q_norm.weight",),
+    "layers.{i}.attn.k_norm.weight": (B + "attn_k_norm.weight",),
+    "layers.{i}.mlp.gate_up.weight": (B + "ffn_gate.weight", B + "ffn_up.weight"),
+    "layers.{i}.mlp.down.weight": (B + "ffn_down.weight",),
+}
+
+
+@dataclass(frozen=True)
+class GGUFArch:
+    """What differs between the GGUF architectures we read (all LLaMA-shaped)."""
+
+    permuted_qk: bool  # llama.cpp permuted W_q/W_k rows (its `llama` converter does; qwen2/3 do not)
+    qkv_bias: bool = False
+    qk_norm: bool = False
+
+
+ARCHES = {
+    "llama": GGUFArch(permuted_qk=True),
+    "qwen2": GGUFArch(permuted_qk=False, qkv_bias=True),
+    "qwen3": GGUFArch(permuted_qk=False, qk_norm=True),
+}
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's pairwise row order (see module docstring). w: (n_head*hd, ...)."""
+    rows = w.shape[0]
+    hd = rows // n_head
+    return w.reshape(n_head, hd // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _open(path: Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable GGUF file ({msg}); it may be truncated or corrupt") from None
+
+
+def _field(reader, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except Exception:
+        return default
+
+
+def gguf_metadata(path) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file (token lists included)."""
+    reader = _open(Path(path))
+    return {k: _field(reader, k) for k in reader.fields if not k.startswith("GGUF.")}
+
+
+def gguf_config(reader, path: Path) -> tuple[ModelConfig, GGUFArch]:
+    arch_name = _field(reader, "general.architecture")
+    if arch_name not in ARCHES:
+        raise UnsupportedModelError(
+            f"GGUF architecture {arch_name!r} is not supported; supported: {', '.join(sorted(ARCHES))}"
+        )
+    arch = ARCHES[arch_name]
+    a = arch_name + "."
+
+    def need(key: str):
+        v = _field(reader, a + key)
+        if v is None:
+            raise CheckpointError(f"{path.name}: GGUF metadata lacks {a + key}")
+        return v
+
+    n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
+    head_dim = int(_field(reader, a + "attention.key_length", n_embd // n_head))
+    rope_dim = int(_field(reader, a + "rope.dimension_count", head_dim))
+    names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in names:
+        raise UnsupportedModelError(
+            f"{path.name} carries per-frequency RoPE factors (rope_freqs, Llama 3.1 style); not supported yet"
+        )
+    scaling = RopeScaling()
+    kind = _field(reader, a + "rope.scaling.type")
+    if kind in ("linear", "yarn"):
+        factor = float(_field(reader, a + "rope.scaling.factor", 1.0))
+        orig = _field(reader, a + "rope.scaling.original_context_length")
+        scaling = RopeScaling(kind=kind, factor=factor, original_max_position=int(orig) if orig else None)
+    elif kind not in (None, "none"):
+        raise UnsupportedModelError(f"{path.name}: GGUF rope scaling {kind!r} is not supported")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    emb = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if emb is None:
+        raise CheckpointError(f"{path.name} has no token_embd.weight tensor")
+    vocab = int(_field(reader, a + "vocab_size", 0) or int(emb.shape[1]) or len(tokens.data))
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    cfg = ModelConfig(
+        name=str(_field(reader, "general.name", path.stem)),
+        vocab_size=vocab,
+        n_layer=int(need("block_count")),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_kv_head=int(_field(reader, a + "attention.head_count_kv", n_head)),
+        head_dim=head_dim,
+        intermediate_size=int(need("feed_forward_length")),
+        max_seq_len=int(_field(reader, a + "context_length", 2048)),
+        norm_eps=float(_field(reader, a + "attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(_field(reader, a + "rope.freq_base", 10000.0)),
+        rotary_percentage=rope_dim / head_dim,
+        rope_scaling=scaling,
+        qkv_bias=arch.qkv_bias,
+        qk_norm=arch.qk_norm,
+        tie_embeddings="output.weight" not in names,
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=() if eos is None else (int(eos),),
+        pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
+    )
+    return cfg, arch
+
+
+class GGUFSource:
+    """name -> float32 tensor, dequantised on demand (and Q/K rows restored for `llama`)."""
+
+    def __init__(self, reader, cfg: ModelConfig, arch: GGUFArch, path: Path) -> None:
+        self._tensors = {t.name: t for t in reader.tensors}
+        self._cfg, self._arch, self._path = cfg, arch, path
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def get(self, name: str) -> torch.Tensor:
+        from gguf import quants
+
+        t = self._tensors[name]
+        kind = t.tensor_type.name
+        if kind not in SUPPORTED_TYPES:
+            raise UnsupportedModelError(
+                f"{self._path.name}: tensor {name} has type {kind}; supported: {', '.join(SUPPORTED_TYPES)}"
+            )
+        try:
+            arr = quants.dequantize(t.data, t.tensor_type)
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # ne is innermost-first
+            w = torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))  # own, writable copy
+        except Exception as e:
+            raise CheckpointError(f"{self._path.name}: cannot decode tensor {name} ({e})") from None
+        if self._arch.permuted_qk and name.endswith(("attn_q.weight", "attn_q.bias")):
+            w = unpermute_qk(w, self._cfg.n_head)
+        elif self._arch.permuted_qk and name.endswith(("attn_k.weight", "attn_k.bias")):
+            w = unpermute_qk(w, self._cfg.n_kv_head)
+        return w
+
+
+def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
+    from lmzoo.io.load import instantiate
+
+    path = Path(path)
+    reader = _open(path)
+    cfg, arch = gguf_config(reader, path)
+    source = GGUFSource(reader, cfg, arch, path)
+    return instantiate(cfg, source, GGUF_WEIGHTS, dtype=dtype, device=device)
