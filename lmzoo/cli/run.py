@@ -1,0 +1,164 @@
+"""`lmzoo generate` and `lmzoo chat`: stream text from a model (default: SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lmzoo.cli import app
+
+ModelOpt = typer.Option(None, "--model", "-m", help="HF checkpoint directory or .gguf file [default: SmolLM2-135M-Instruct]")
+MaxNewOpt = typer.Option(256, "--max-new-tokens", "-n", help="Stop after this many new tokens.")
+TempOpt = typer.Option(0.0, "--temperature", "-t", help="0 = greedy; > 0 samples.")
+TopKOpt = typer.Option(None, "--top-k", help="Sample among the k most likely tokens.")
+TopPOpt = typer.Option(None, "--top-p", help="Sample among the smallest set with this much probability, in (0, 1].")
+RepOpt = typer.Option(1.0, "--repetition-penalty", help="> 1 discourages repeating tokens (CTRL / HF rule).")
+SeedOpt = typer.Option(None, "--seed", help="Random seed for sampling.")
+StopOpt = typer.Option(None, "--stop", help="Stop when the output contains this string (repeatable).")
+DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: checkpoint's; float32 for GGUF]")
+
+
+@contextmanager
+def _status(msg: str):
+    """A spinner on stderr when it is a terminal; silence otherwise."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        with Console(stderr=True).status(msg):
+            yield
+    else:
+        yield
+
+
+def _load(model: Optional[Path], dtype: Optional[str]):
+    import lmzoo
+    from lmzoo.tokenizer import load_tokenizer
+
+    if model is None:
+        from lmzoo.assets import default_model_path
+
+        model = default_model_path()
+    with _status(f"loading {model.name}"):
+        m = lmzoo.from_pretrained(model, dtype=dtype)
+        tok = load_tokenizer(model)
+    return m, tok
+
+
+def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+            seed, stop, out=sys.stdout) -> tuple[list[int], str]:
+    """Generate from `ids`, printing text as it comes; returns (new ids, text without stop string)."""
+    import torch
+
+    import lmzoo
+    from lmzoo.generate import SamplingParams
+
+    SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
+                   repetition_penalty=repetition_penalty, seed=seed)  # validate before any work
+    eos = sorted(set(tok.eos_token_ids) | set(model.config.eos_token_id))
+    dec = tok.stream_decoder()
+    new: list[int] = []
+    text = ""
+    printed = 0
+    hold = max((len(s) for s in stop), default=0)  # hold back text that may start a stop string
+    for nxt in lmzoo.stream_generate(
+        model, torch.tensor([ids]), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos,
+        stop=stop or None, tokenizer=tok,
+    ):
+        t = int(nxt[0])
+        new.append(t)
+        if t in eos:
+            break
+        text += dec.step(t)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+            break
+        safe = len(text) - hold
+        if safe > printed:
+            out.write(text[printed:safe])
+            out.flush()
+            printed = safe
+    out.write(text[printed:])
+    out.flush()
+    return new, text
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="The prompt."),
+    model: Optional[Path] = ModelOpt,
+    max_new_tokens: int = MaxNewOpt,
+    temperature: float = TempOpt,
+    top_k: Optional[int] = TopKOpt,
+    top_p: Optional[float] = TopPOpt,
+    repetition_penalty: float = RepOpt,
+    seed: Optional[int] = SeedOpt,
+    stop: Optional[list[str]] = StopOpt,
+    chat: bool = typer.Option(True, "--chat/--raw", help="Apply the model's chat template (when it has one) or send the prompt as is."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message (chat mode)."),
+    dtype: Optional[str] = DtypeOpt,
+    stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
+) -> None:
+    """Complete PROMPT, streaming the answer to stdout."""
+    m, tok = _load(model, dtype)
+    if chat and tok.chat_template:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special_tokens=False)
+    else:
+        ids = tok.encode(prompt)
+    t = time.perf_counter()
+    new, _ = _stream(m, tok, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                     top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [])
+    sys.stdout.write("\n")
+    if stats:
+        dt = time.perf_counter() - t
+        print(f"[{len(ids)} prompt tokens, {len(new)} new tokens, {len(new) / dt:.1f} tok/s]", file=sys.stderr)
+
+
+@app.command()
+def chat(
+    model: Optional[Path] = ModelOpt,
+    max_new_tokens: int = MaxNewOpt,
+    temperature: float = TempOpt,
+    top_k: Optional[int] = TopKOpt,
+    top_p: Optional[float] = TopPOpt,
+    repetition_penalty: float = RepOpt,
+    seed: Optional[int] = SeedOpt,
+    stop: Optional[list[str]] = StopOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    dtype: Optional[str] = DtypeOpt,
+) -> None:
+    """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
+    from lmzoo.errors import ContextLengthError, TokenizerError
+
+    m, tok = _load(model, dtype)
+    if not tok.chat_template:
+        raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write(">>> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            break
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        ids = tok.encode(tok.apply_chat_template(history, add_generation_prompt=True), add_special_tokens=False)
+        if len(ids) >= m.config.max_seq_len:
+            raise ContextLengthError(
+                f"the conversation is {len(ids)} tokens, longer than the context of {m.config.max_seq_len}"
+            )
+        _, answer = _stream(m, tok, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [])
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": answer})

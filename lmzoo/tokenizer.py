@@ -1,0 +1,300 @@
+"""Tokenizers and chat templates.
+
+Sources, in the order `load_tokenizer` looks for them:
+  * tokenizer.json              `tokenizers` (the Rust library HF's fast tokenizers are)
+  * tokenizer.model             SentencePiece (LLaMA-1/2, Baichuan, Yi, Mistral v1 ...)
+  * a .gguf file                the vocabulary, merges and token types llama.cpp embeds, rebuilt as a
+                                `tokenizers` byte-level BPE with the pre-tokenizer its `pre` names
+Special tokens, BOS/EOS and the chat template come from tokenizer_config.json /
+special_tokens_map.json (or the GGUF metadata). Chat templates are rendered with jinja2 the way HF
+renders them: a sandboxed environment, trim_blocks + lstrip_blocks, `raise_exception`, `tojson`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+from lmzoo.errors import TokenizerError
+
+# Tokens that end an assistant turn in common chat formats; counted as EOS when the template uses them.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|user|>")
+
+# llama.cpp `tokenizer.ggml.pre` -> the regex that splits text before byte-level BPE
+_LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GGUF_PRE = {
+    "default": ("bytelevel", None), "gpt2": ("bytelevel", None), "gpt-2": ("bytelevel", None),
+    # StarCoder-family vocabularies (SmolLM among them) split every digit first
+    "smollm": ("digits", None), "starcoder": ("digits", None), "refact": ("digits", None),
+    "llama-bpe": ("regex", _LLAMA3_RE), "llama3": ("regex", _LLAMA3_RE),
+    "qwen2": ("regex", _QWEN2_RE), "deepseek-r1-qwen": ("regex", _QWEN2_RE),
+}
+
+
+class Tokenizer:
+    """Text <-> ids, special tokens, chat template. Build with `load_tokenizer`."""
+
+    def __init__(self, *, backend=None, sp=None, bos_token: str | None = None, eos_token: str | None = None,
+                 pad_token: str | None = None, add_bos: bool = False, chat_template: str | None = None,
+                 special_tokens: Iterable[str] = ()) -> None:
+        if (backend is None) == (sp is None):
+            raise ValueError("give exactly one of backend (tokenizers) or sp (sentencepiece)")
+        self._tok, self._sp = backend, sp
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.add_bos = add_bos
+        self.chat_template = chat_template
+        self.special_tokens = [t for t in special_tokens if t]
+        self._special_ids = {i for i in (self.token_to_id(t) for t in self.special_tokens) if i is not None}
+
+    # --- vocabulary -------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True) if self._tok else self._sp.get_piece_size()
+
+    def token_to_id(self, token: str | None) -> int | None:
+        if token is None:
+            return None
+        if self._tok:
+            return self._tok.token_to_id(token)
+        i = self._sp.piece_to_id(token)
+        return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.token_to_id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.token_to_id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.token_to_id(self.pad_token)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """EOS plus the end-of-turn tokens the chat template emits (e.g. <|im_end|>)."""
+        ids = [self.eos_token_id] if self.eos_token_id is not None else []
+        for t in END_OF_TURN:
+            i = self.token_to_id(t)
+            if i is not None and i not in ids and (self.chat_template and t in self.chat_template):
+                ids.append(i)
+        return ids
+
+    # --- encode / decode --------------------------------------------------------------------------
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        if self._tok:
+            ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        else:
+            ids = self._sp_encode(text)
+        if add_special_tokens and self.add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
+            if self._sp is not None or not self._post_adds_bos():
+                ids = [self.bos_token_id] + ids
+        return ids
+
+    def _post_adds_bos(self) -> bool:
+        probe = self._tok.encode("a", add_special_tokens=True).ids
+        return bool(probe) and probe[0] == self.bos_token_id
+
+    def _sp_encode(self, text: str) -> list[int]:
+        """SentencePiece with special tokens kept whole (as HF's slow tokenizers split on them)."""
+        ids: list[int] = []
+        parts = [text]
+        for s in sorted(self.special_tokens, key=len, reverse=True):
+            parts = [q for p in parts for q in _split_keep(p, s)]
+        for p in parts:
+            if p in self.special_tokens:
+                ids.append(self.token_to_id(p))
+            elif p:
+                ids.extend(self._sp.encode(p))
+        return ids
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if self._tok:
+            return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids and not self._sp.is_control(i)]
+        return self._sp.decode(ids)
+
+    def stream_decoder(self, *, skip_special_tokens: bool = True) -> "StreamDecoder":
+        return StreamDecoder(self, skip_special_tokens=skip_special_tokens)
+
+    # --- chat -------------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
+                            **kwargs: Any) -> str:
+        if not self.chat_template:
+            raise TokenizerError("this tokenizer has no chat template; use a raw prompt instead")
+        return render_chat_template(
+            self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+            pad_token=self.pad_token or "", **kwargs,
+        )
+
+
+class StreamDecoder:
+    """Incremental decoding for streaming: feed ids one at a time, get the new text (possibly "")
+    that is complete so far — multi-byte characters split across tokens are held back."""
+
+    def __init__(self, tok: Tokenizer, *, skip_special_tokens: bool = True) -> None:
+        self._tok, self._skip = tok, skip_special_tokens
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    def step(self, token_id: int) -> str:
+        self._ids.append(int(token_id))
+        text = self._tok.decode(self._ids, skip_special_tokens=self._skip)
+        if text.endswith("\ufffd"):  # an unfinished UTF-8 sequence: wait for the next token
+            return ""
+        new = text[len(self._emitted):] if text.startswith(self._emitted) else text
+        self._emitted = text
+        # keep the window short: re-decoding is only needed around the last few tokens
+        if len(self._ids) > 16:
+            self._ids, self._emitted = self._ids[-4:], self._tok.decode(self._ids[-4:], skip_special_tokens=self._skip)
+        return new
+
+
+def _split_keep(text: str, sep: str) -> list[str]:
+    out: list[str] = []
+    for i, piece in enumerate(text.split(sep)):
+        if i:
+            out.append(sep)
+        if piece:
+            out.append(piece)
+    return out
+
+
+def render_chat_template(template: str, messages: list[dict[str, Any]], **variables: Any) -> str:
+    """Render an HF chat template exactly as transformers does (sandboxed jinja2)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(messages=messages, **variables)
+    except jinja2.exceptions.TemplateError as e:
+        raise TokenizerError(f"chat template failed to render: {e}") from None
+
+
+# --- loading ------------------------------------------------------------------------------------
+def _token_str(v: Any) -> str | None:
+    if isinstance(v, dict):  # {"content": "<s>", ...} form
+        return v.get("content")
+    return v
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """Tokenizer for an HF checkpoint directory or a .gguf file."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return _from_gguf(p)
+    if not p.is_dir():
+        raise TokenizerError(f"tokenizer path {str(p)!r} does not exist")
+    cfg: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        f = p / name
+        if f.exists():
+            try:
+                cfg.update(json.loads(f.read_text()))
+            except json.JSONDecodeError as e:
+                raise TokenizerError(f"{f} is not valid JSON ({e})") from None
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # named templates: take "default"
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template is None and (p / "chat_template.jinja").exists():
+        template = (p / "chat_template.jinja").read_text()
+    added = cfg.get("added_tokens_decoder", {})
+    specials = [_token_str(v) for v in added.values() if isinstance(v, dict) and v.get("special")]
+    specials += [_token_str(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
+    specials += [_token_str(t) for t in cfg.get("additional_special_tokens", [])]
+    common = dict(bos_token=_token_str(cfg.get("bos_token")), eos_token=_token_str(cfg.get("eos_token")),
+                  pad_token=_token_str(cfg.get("pad_token")), chat_template=template)
+    if (p / "tokenizer.json").exists():
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            backend = HFTokenizer.from_file(str(p / "tokenizer.json"))
+        except Exception as e:
+            raise TokenizerError(f"{p / 'tokenizer.json'} cannot be read ({e})") from None
+        specials += [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", False)),
+                         special_tokens=dict.fromkeys(s for s in specials if s), **common)
+    if (p / "tokenizer.model").exists():
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.Load(str(p / "tokenizer.model"))
+        except Exception as e:
+            raise TokenizerError(f"{p / 'tokenizer.model'} is not a SentencePiece model ({e})") from None
+        if common["bos_token"] is None and sp.bos_id() >= 0:
+            common["bos_token"] = sp.id_to_piece(sp.bos_id())
+        if common["eos_token"] is None and sp.eos_id() >= 0:
+            common["eos_token"] = sp.id_to_piece(sp.eos_id())
+        return Tokenizer(sp=sp, add_bos=bool(cfg.get("add_bos_token", True)),
+                         special_tokens=dict.fromkeys(s for s in specials if s), **common)
+    raise TokenizerError(f"{p} has no tokenizer: expected tokenizer.json or tokenizer.model")
+
+
+def _from_gguf(path: Path) -> Tokenizer:
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from lmzoo.io.gguf import gguf_metadata
+
+    meta = gguf_metadata(path)
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise TokenizerError(f"{path.name} embeds no vocabulary (tokenizer.ggml.tokens)")
+    if kind != "gpt2":
+        raise TokenizerError(
+            f"{path.name}: GGUF tokenizer model {kind!r} is not supported; supported: 'gpt2' (byte-level BPE)"
+        )
+    pre = meta.get("tokenizer.ggml.pre") or "default"
+    if pre not in GGUF_PRE:
+        raise TokenizerError(f"{path.name}: GGUF pre-tokenizer {pre!r} is not supported; supported: {sorted(GGUF_PRE)}")
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    how, pattern = GGUF_PRE[pre]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=how != "regex")
+    if how == "bytelevel":
+        backend.pre_tokenizer = byte_level
+    elif how == "digits":
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False), byte_level])
+    backend.decoder = decoders.ByteLevel()
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    CONTROL, USER_DEFINED = 3, 4
+    specials = [tokens[i] for i, t in enumerate(types) if t == CONTROL]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                        for i, t in enumerate(types) if t == USER_DEFINED])
+
+    def tok(key: str) -> str | None:
+        i = meta.get(key)
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    return Tokenizer(
+        backend=backend, bos_token=tok("tokenizer.ggml.bos_token_id"), eos_token=tok("tokenizer.ggml.eos_token_id"),
+        pad_token=tok("tokenizer.ggml.padding_token_id"), add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        chat_template=meta.get("tokenizer.chat_template"), special_tokens=specials,
+    )
