@@ -14,7 +14,11 @@ ATOL = 1e-4
 @torch.no_grad()
 def perturb_(model: torch.nn.Module, *, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
-    for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+    # persistent float buffers travel with the checkpoint and are perturbed too; non-persistent ones
+    # (RoPE's inv_freq) are recomputed from the config on load, so perturbing them would desync
+    state = model.state_dict(keep_vars=True)
+    buffers = [b for name, b in model.named_buffers() if name in state and b.is_floating_point()]
+    for t in list(model.parameters()) + buffers:
         if t.is_floating_point() and t.numel():
             t.add_(torch.randn(t.shape, generator=g, dtype=t.dtype) * scale)
     return model

@@ -57,7 +57,7 @@ def _rope_scaling(hf: dict, theta_default: float = 10000.0) -> tuple[float, Rope
     if kind == "linear":
         return theta, RopeScaling(kind="linear", factor=float(factor))
     if kind == "dynamic":
-        # HF's dynamic NTK rescales relative to max_position_embeddings
+        # HF's dynamic NTK rescales relative to max_position_embeddings (the trained context)
         return theta, RopeScaling(kind="dynamic", factor=float(factor), original_max_position=max_pos)
     if kind == "llama3":
         return theta, RopeScaling(
@@ -151,6 +151,9 @@ def llama_config(hf: dict, **overrides: Any) -> ModelConfig:
     act = hf.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise UnsupportedModelError(f"hidden_act={act!r} is not supported for this family; expected 'silu'")
+    if scaling.kind == "dynamic":
+        # the trained context stretched by `factor` is what dynamic NTK is meant to reach
+        kw["max_seq_len"] = int(kw["max_seq_len"] * scaling.factor)
     kw.update(overrides)
     return ModelConfig(**kw)
 

@@ -60,8 +60,10 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
-        start: int = 0,
+        start: int | None = None,
     ) -> torch.Tensor:
+        """start=None: no cache. Otherwise write k/v at cache slots [start, start+T) and attend to
+        slots [0, start+T)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim)
@@ -71,7 +73,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.cache is not None:
+        if start is not None:
             k, v = self.cache.update(start, k, v)
         y = F.scaled_dot_product_attention(
             q, k, v,

@@ -7,8 +7,9 @@
            x = x + mlp(mlp_norm(x))
       -> norm -> lm_head                         (B, T, vocab)
 
-With a cache set up (`setup_cache`), `forward(ids, start=s)` writes slots [s, s+T) and attends to
-slots [0, s+T); `attention_mask` (B, s+T) marks real tokens (0 = left padding).
+`forward(ids)` is a plain causal pass. With a cache set up (`setup_cache`), `forward(ids, start=s)`
+writes slots [s, s+T) and attends to slots [0, s+T); `attention_mask` (B, s+T) marks real tokens
+(0 = left padding).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Block(nn.Module):
         self.mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, start: int = 0):
+    def forward(self, x, cos, sin, mask, start: int | None = None):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, start)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -63,7 +64,8 @@ class Transformer(nn.Module):
         dtype, device = dtype or p.dtype, device or p.device
         if batch == self.cache_batch and max_len <= self.cache_len and self.layers[0].attn.cache is not None:
             k = self.layers[0].attn.cache.k
-            if k.dtype == dtype and k.device == torch.device(device):
+            usable = not k.is_inference() or torch.is_inference_mode_enabled()
+            if usable and k.dtype == dtype and k.device == torch.device(device):
                 return  # reuse: stale slots are never attended to (masks stop at s+T)
         c = self.config
         for layer in self.layers:
@@ -80,21 +82,22 @@ class Transformer(nn.Module):
         self,
         input_ids: torch.Tensor,
         *,
-        start: int = 0,
+        start: int | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T = input_ids.shape
+        cached = start is not None
+        start = start or 0
         end = start + T
-        cached = self.layers[0].attn.cache is not None
         if cached:
+            if self.layers[0].attn.cache is None:
+                raise ValueError("forward(start=...) needs a KV cache; call setup_cache first")
             if B != self.cache_batch or end > self.cache_len:
                 raise ContextLengthError(
                     f"batch {B} x length {end} does not fit the cache of batch {self.cache_batch} "
                     f"x length {self.cache_len}"
                 )
-        elif start:
-            raise ValueError("start > 0 needs a KV cache; call setup_cache first")
         if end > self.config.max_seq_len:
             raise ContextLengthError(
                 f"sequence of {end} tokens exceeds the model's context of {self.config.max_seq_len}"
@@ -118,5 +121,5 @@ class Transformer(nn.Module):
                     q_start=start, T=T, key_valid=attention_mask, window=w, device=x.device
                 )
         for layer in self.layers:
-            x = layer(x, cos, sin, masks[layer.attn.window], start)
+            x = layer(x, cos, sin, masks[layer.attn.window], start if cached else None)
         return self.lm_head(self.norm(x))
