@@ -66,9 +66,10 @@ def build_state_dict(
         tensors = [source.get(p) for p in parts]
         t = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
         if tuple(t.shape) != tuple(param.shape):
+            got = " + ".join(f"{p} {tuple(x.shape)}" for p, x in zip(parts, tensors))
             raise CheckpointError(
-                f"tensor {'+'.join(parts)} has shape {tuple(t.shape)}, expected {tuple(param.shape)} "
-                f"for {name} from the config"
+                f"shape mismatch: {got} gives {tuple(t.shape)}, but the config needs {tuple(param.shape)} "
+                f"for {name}; the config and the weights disagree"
             )
         state[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         used.update(parts)

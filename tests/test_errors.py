@@ -1,0 +1,158 @@
+"""Bad input gets a specific exception with one line naming what was wrong and what was expected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file, save_file
+
+import lmzoo
+from lmzoo.errors import (
+    CheckpointError, ContextLengthError, GenerationError, ModelNotFoundError, UnsupportedModelError,
+)
+
+CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, max_position_embeddings=32)
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tf.LlamaConfig(**CFG)).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(ModelNotFoundError) as e:
+        lmzoo.from_pretrained(tmp_path / "nope")
+    assert "does not exist" in one_line(e)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ModelNotFoundError) as e:
+        lmzoo.from_pretrained(tmp_path)
+    assert "config.json" in one_line(e)
+
+
+def test_directory_without_weights(ckpt):
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert "no weights" in one_line(e)
+
+
+def test_unsupported_model_type(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedModelError) as e:
+        lmzoo.from_pretrained(ckpt)
+    msg = one_line(e)
+    assert "'bert'" in msg and "llama" in msg and "qwen2" in msg  # lists what is supported
+
+
+def test_malformed_config(ckpt):
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert "not valid JSON" in one_line(e)
+
+
+def test_truncated_safetensors(ckpt):
+    f = ckpt / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert "model.safetensors" in one_line(e)
+
+
+def test_corrupt_safetensors_header(ckpt):
+    f = ckpt / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[8:16] = b"garbage!"
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert "safetensors" in one_line(e)
+
+
+def _rewrite(ckpt, fn):
+    f = ckpt / "model.safetensors"
+    state = load_file(f)
+    fn(state)
+    save_file(state, str(f))
+
+
+def test_missing_tensor(ckpt):
+    _rewrite(ckpt, lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert "missing" in one_line(e) and "model.layers.1.mlp.up_proj.weight" in str(e.value)
+
+
+def test_extra_tensor(ckpt):
+    _rewrite(ckpt, lambda s: s.update({"model.layers.7.self_attn.q_proj.weight": torch.zeros(2, 2)}))
+    with pytest.raises(CheckpointError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert "does not use" in one_line(e) and "layers.7" in str(e.value)
+
+
+def test_shape_mismatch(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["intermediate_size"] = 40
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        lmzoo.from_pretrained(ckpt)
+    msg = one_line(e)
+    assert "shape" in msg and "(48, 32)" in msg and "(40, 32)" in msg
+
+
+@pytest.fixture
+def model():
+    cfg = lmzoo.ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=4, intermediate_size=48, max_seq_len=16)
+    return lmzoo.Transformer(cfg).eval()
+
+
+def test_prompt_longer_than_context(model):
+    with pytest.raises(ContextLengthError) as e:
+        lmzoo.generate(model, torch.zeros((1, 17), dtype=torch.long), max_new_tokens=2)
+    assert "17" in one_line(e) and "16" in str(e.value)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(temperature=-0.5), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_k=0), "top_k"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"),
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+])
+def test_invalid_sampling(model, kw, needle):
+    with pytest.raises(GenerationError) as e:
+        lmzoo.generate(model, torch.zeros((1, 3), dtype=torch.long), **{"max_new_tokens": 2, **kw})
+    assert needle in one_line(e)
+
+
+def test_token_ids_outside_vocab(model):
+    with pytest.raises(GenerationError) as e:
+        lmzoo.generate(model, torch.tensor([[1, 64]]), max_new_tokens=2)
+    assert "[0, 64)" in one_line(e)
+
+
+def test_cache_too_small(model):
+    model.setup_cache(1, 8)
+    with pytest.raises(ContextLengthError) as e:
+        model(torch.zeros((1, 9), dtype=torch.long), start=0)
+    assert "does not fit the cache" in one_line(e)
+    with pytest.raises(ContextLengthError):
+        model.setup_cache(1, 17)
