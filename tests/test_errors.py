@@ -114,7 +114,7 @@ def test_shape_mismatch(ckpt):
     with pytest.raises(CheckpointError) as e:
         lmzoo.from_pretrained(ckpt)
     msg = one_line(e)
-    assert "shape" in msg and "(48, 32)" in msg and "(40, 32)" in msg
+    assert "shape" in msg and "(48, 32)" in msg and "(80, 32)" in msg  # gate+up fused: 2 x 40
 
 
 @pytest.fixture
