@@ -43,6 +43,8 @@ def max_logit_diff(ref, ours, ids: torch.Tensor) -> float:
 
 @torch.no_grad()
 def greedy_ref(ref, ids: torch.Tensor, n: int, attention_mask=None) -> torch.Tensor:
+    if attention_mask is None:  # explicit: HF would otherwise treat id == pad_token_id as padding
+        attention_mask = torch.ones_like(ids)
     out = ref.generate(
         ids, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
         eos_token_id=None, pad_token_id=0,

