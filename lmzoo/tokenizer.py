@@ -102,16 +102,25 @@ class Tokenizer:
         return bool(probe) and probe[0] == self.bos_token_id
 
     def _sp_encode(self, text: str) -> list[int]:
-        """SentencePiece with special tokens kept whole (as HF's slow tokenizers split on them)."""
+        """SentencePiece with special tokens kept whole. As HF's LlamaTokenizer (legacy=False), text
+        that follows a special token gets no dummy-prefix space: "</s> x" -> [</s>, ▁x]."""
         ids: list[int] = []
         parts = [text]
         for s in sorted(self.special_tokens, key=len, reverse=True):
             parts = [q for p in parts for q in _split_keep(p, s)]
+        after_special = False
         for p in parts:
             if p in self.special_tokens:
                 ids.append(self.token_to_id(p))
+                after_special = True
             elif p:
-                ids.extend(self._sp.encode(p))
+                if after_special:
+                    # encode behind the unk piece and drop it: suppresses the dummy prefix
+                    unk = self._sp.id_to_piece(self._sp.unk_id())
+                    ids.extend(self._sp.encode(unk + p)[len(self._sp.encode(unk)):])
+                else:
+                    ids.extend(self._sp.encode(p))
+                after_special = False
         return ids
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:

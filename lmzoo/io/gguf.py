@@ -1,9 +1,9 @@
 """GGUF files (llama.cpp's format) -> lmzoo.
 
-The `gguf` package memory-maps the file and dequantises its block types (Q8_0, Q4_0, Q4_1, Q4_K,
+lmzoo.io.gguf_file reads the container and memory-maps the tensors; the `gguf` package dequantises its block types (Q8_0, Q4_0, Q4_1, Q4_K,
 Q6_K, ...) to float32; tensors are read one at a time, so peak memory is about one float copy of the
-weights. GGUF stores each tensor's dims innermost-first (ne[0] = columns), and the reader already
-hands back (rows, cols) arrays, i.e. the PyTorch (out_features, in_features) layout.
+weights. GGUF stores each tensor's dims innermost-first (ne[0] = columns); reversed, that is PyTorch's
+(out_features, in_features) layout.
 
 llama.cpp's converter permutes the rows of W_q and W_k of `llama` models so that its rotary kernel
 can rotate *adjacent* pairs (GPT-J style); we rotate halves (GPT-NeoX style), so the permutation is
@@ -24,6 +24,7 @@ import torch
 
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import CheckpointError, UnsupportedModelError
+from lmzoo.io.gguf_file import GGUFFile
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 
@@ -67,37 +68,16 @@ def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, hd // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _open(path: Path):
-    import gguf
-
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise CheckpointError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable GGUF file ({msg}); it may be truncated or corrupt") from None
-
-
-def _field(reader, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    try:
-        return f.contents()
-    except Exception:
-        return default
+def _field(reader: GGUFFile, key: str, default: Any = None) -> Any:
+    return reader.metadata.get(key, default)
 
 
 def gguf_metadata(path) -> dict[str, Any]:
     """All key/value metadata of a GGUF file (token lists included)."""
-    reader = _open(Path(path))
-    return {k: _field(reader, k) for k in reader.fields if not k.startswith("GGUF.")}
+    return GGUFFile(path).metadata
 
 
-def gguf_config(reader, path: Path) -> tuple[ModelConfig, GGUFArch]:
+def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
     arch_name = _field(reader, "general.architecture")
     if arch_name not in ARCHES:
         raise UnsupportedModelError(
@@ -115,7 +95,7 @@ def gguf_config(reader, path: Path) -> tuple[ModelConfig, GGUFArch]:
     n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
     head_dim = int(_field(reader, a + "attention.key_length", n_embd // n_head))
     rope_dim = int(_field(reader, a + "rope.dimension_count", head_dim))
-    names = {t.name for t in reader.tensors}
+    names = set(reader.tensors)
     if "rope_freqs.weight" in names:
         raise UnsupportedModelError(
             f"{path.name} carries per-frequency RoPE factors (rope_freqs, Llama 3.1 style); not supported yet"
@@ -128,11 +108,10 @@ def gguf_config(reader, path: Path) -> tuple[ModelConfig, GGUFArch]:
         scaling = RopeScaling(kind=kind, factor=factor, original_max_position=int(orig) if orig else None)
     elif kind not in (None, "none"):
         raise UnsupportedModelError(f"{path.name}: GGUF rope scaling {kind!r} is not supported")
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    emb = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    emb = reader.tensors.get("token_embd.weight")
     if emb is None:
         raise CheckpointError(f"{path.name} has no token_embd.weight tensor")
-    vocab = int(_field(reader, a + "vocab_size", 0) or int(emb.shape[1]) or len(tokens.data))
+    vocab = int(_field(reader, a + "vocab_size", 0) or emb.shape[0])
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
     cfg = ModelConfig(
         name=str(_field(reader, "general.name", path.stem)),
@@ -161,28 +140,23 @@ def gguf_config(reader, path: Path) -> tuple[ModelConfig, GGUFArch]:
 class GGUFSource:
     """name -> float32 tensor, dequantised on demand (and Q/K rows restored for `llama`)."""
 
-    def __init__(self, reader, cfg: ModelConfig, arch: GGUFArch, path: Path) -> None:
-        self._tensors = {t.name: t for t in reader.tensors}
-        self._cfg, self._arch, self._path = cfg, arch, path
+    def __init__(self, reader: GGUFFile, cfg: ModelConfig, arch: GGUFArch) -> None:
+        self._file, self._cfg, self._arch = reader, cfg, arch
 
     def keys(self) -> list[str]:
-        return list(self._tensors)
+        return list(self._file.tensors)
 
     def get(self, name: str) -> torch.Tensor:
-        from gguf import quants
-
-        t = self._tensors[name]
-        kind = t.tensor_type.name
-        if kind not in SUPPORTED_TYPES:
+        t = self._file.tensors[name]
+        if t.type_name not in SUPPORTED_TYPES:
             raise UnsupportedModelError(
-                f"{self._path.name}: tensor {name} has type {kind}; supported: {', '.join(SUPPORTED_TYPES)}"
+                f"{self._file.path.name}: tensor {name} has type {t.type_name}; "
+                f"supported: {', '.join(SUPPORTED_TYPES)}"
             )
         try:
-            arr = quants.dequantize(t.data, t.tensor_type)
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # ne is innermost-first
-            w = torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))  # own, writable copy
+            w = torch.from_numpy(self._file.array(t))
         except Exception as e:
-            raise CheckpointError(f"{self._path.name}: cannot decode tensor {name} ({e})") from None
+            raise CheckpointError(f"{self._file.path.name}: cannot decode tensor {name} ({e})") from None
         if self._arch.permuted_qk and name.endswith(("attn_q.weight", "attn_q.bias")):
             w = unpermute_qk(w, self._cfg.n_head)
         elif self._arch.permuted_qk and name.endswith(("attn_k.weight", "attn_k.bias")):
@@ -194,7 +168,7 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
     from lmzoo.io.load import instantiate
 
     path = Path(path)
-    reader = _open(path)
+    reader = GGUFFile(path)
     cfg, arch = gguf_config(reader, path)
-    source = GGUFSource(reader, cfg, arch, path)
+    source = GGUFSource(reader, cfg, arch)
     return instantiate(cfg, source, GGUF_WEIGHTS, dtype=dtype, device=device)
