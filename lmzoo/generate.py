@@ -49,12 +49,8 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return logits.scatter(1, seen, score)
 
 
-def sample_next(
-    logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None
-) -> torch.Tensor:
-    """logits (B, vocab) float32 -> next ids (B,). Order as HF: temperature, top-k, top-p."""
-    if p.greedy:
-        return logits.argmax(-1)
+def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (HF's order); removed tokens get -inf."""
     logits = logits / p.temperature
     if p.top_k is not None and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]
@@ -65,7 +61,16 @@ def sample_next(
         remove = cum <= 1 - p.top_p  # drop the low tail whose mass is <= 1 - top_p
         remove[:, -1] = False  # always keep the most likely token
         logits = logits.masked_fill(remove.scatter(1, idx, remove), float("-inf"))
-    probs = logits.softmax(-1)
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
+    """logits (B, vocab) float32 -> next ids (B,)."""
+    if p.greedy:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

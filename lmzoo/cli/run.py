@@ -35,6 +35,16 @@ def _status(msg: str):
         yield
 
 
+def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens) -> None:
+    """Reject bad sampling values before spending seconds on loading."""
+    from lmzoo.errors import GenerationError
+    from lmzoo.generate import SamplingParams
+
+    SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    if max_new_tokens < 1:
+        raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+
+
 def _load(model: Optional[Path], dtype: Optional[str]):
     import lmzoo
     from lmzoo.tokenizer import load_tokenizer
@@ -55,10 +65,7 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
     import torch
 
     import lmzoo
-    from lmzoo.generate import SamplingParams
 
-    SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
-                   repetition_penalty=repetition_penalty, seed=seed)  # validate before any work
     eos = sorted(set(tok.eos_token_ids) | set(model.config.eos_token_id))
     dec = tok.stream_decoder()
     new: list[int] = []
@@ -106,6 +113,7 @@ def generate(
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
 ) -> None:
     """Complete PROMPT, streaming the answer to stdout."""
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     m, tok = _load(model, dtype)
     if chat and tok.chat_template:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -137,6 +145,7 @@ def chat(
     """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
     from lmzoo.errors import ContextLengthError, TokenizerError
 
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     m, tok = _load(model, dtype)
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
