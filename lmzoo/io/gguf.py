@@ -164,11 +164,83 @@ class GGUFSource:
         return w
 
 
-def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu"):
+def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_quantized: bool = False):
+    """keep_quantized: block-quantised weight matrices become int8/int4 layers (lmzoo.quantize)
+    holding the file's own codes and scales — same function, a fraction of the memory."""
     from lmzoo.io.load import instantiate
 
     path = Path(path)
     reader = GGUFFile(path)
     cfg, arch = gguf_config(reader, path)
     source = GGUFSource(reader, cfg, arch)
+    if keep_quantized and dtype == torch.float32:
+        return _load_quantized(reader, cfg, arch, source, device)
     return instantiate(cfg, source, GGUF_WEIGHTS, dtype=dtype, device=device)
+
+
+# layer attribute -> GGUF tensors stacked along rows
+_LINEARS = {
+    ("attn", "qkv"): ("attn_q", "attn_k", "attn_v"),
+    ("attn", "o"): ("attn_output",),
+    ("mlp", "gate_up"): ("ffn_gate", "ffn_up"),
+    ("mlp", "down"): ("ffn_down",),
+}
+
+
+def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFSource, device):
+    from torch import nn
+
+    from lmzoo.io.gguf_quant import QUANTISED, RowConcat, quantised_linear
+    from lmzoo.nn.transformer import Transformer
+
+    def row_order(name: str, n_rows: int):
+        heads = {"attn_q": cfg.n_head, "attn_k": cfg.n_kv_head}.get(name.split(".")[-2])
+        if not arch.permuted_qk or heads is None:
+            return None
+        return unpermute_qk(torch.arange(n_rows), heads).numpy()
+
+    def build(names: list[str]):
+        ts = [f.tensors.get(n) for n in names]
+        if any(t is None or t.type_name not in QUANTISED for t in ts):
+            return None  # float tensors (or missing ones) take the ordinary path
+        mod = quantised_linear(f, ts, [row_order(n, t.shape[0]) for n, t in zip(names, ts)])
+        biases = [n.replace(".weight", ".bias") for n in names]
+        if all(b in f.tensors for b in biases):
+            parts = mod.parts if isinstance(mod, RowConcat) else [mod]
+            vals = [source.get(b) for b in biases]
+            if len(parts) == 1:
+                vals = [torch.cat(vals)]
+            for part, v in zip(parts, vals):
+                part.bias = nn.Parameter(v)
+        return mod
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    for i, layer in enumerate(model.layers):
+        for (parent, child), stems in _LINEARS.items():
+            mod = build([f"blk.{i}.{s}.weight" for s in stems])
+            if mod is not None:
+                setattr(getattr(layer, parent), child, mod)
+    head = build(["output.weight" if "output.weight" in f.tensors else "token_embd.weight"])
+    if head is not None:
+        model.lm_head = head  # a tied head gets its own quantised copy; the embedding stays float
+    # everything still on the meta device (embedding, norms, float linears) loads as floats
+    from lmzoo.io.load import _template
+
+    state = {}
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if not p.is_meta or name.startswith("rope."):
+            continue
+        template, layer = _template(name)
+        parts = [q.replace("{i}", layer or "") for q in GGUF_WEIGHTS[template]]
+        missing = [q for q in parts if q not in f.tensors]
+        if missing:
+            raise CheckpointError(f"{f.path.name} is missing tensor(s) {missing}")
+        ts = [source.get(q) for q in parts]
+        state[name] = torch.cat(ts) if len(ts) > 1 else ts[0]
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_embeddings and head is None:
+        model.lm_head.weight = model.embed.weight
+    model.rope.reset_buffers(device="cpu")
+    model.quantization = "gguf"
+    return model.to(device).eval()

@@ -126,14 +126,17 @@ def resolve_dtype(dtype) -> torch.dtype | None:
     raise ValueError(f"unknown dtype {dtype!r}; expected one of float32, float16, bfloat16")
 
 
-def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True) -> Transformer:
+def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
+                    keep_quantized: bool = True) -> Transformer:
     """Load a model from an HF checkpoint directory or a `.gguf` file.
 
     dtype: None keeps the checkpoint's dtype (float32 for GGUF); device: None -> cpu.
     cpu_kernels: on CPU, route few-row fp32 products through lmzoo's GEMV kernel
     (lmzoo.accelerate; about 1.8x faster decode on 2 cores, same weights and results).
+    keep_quantized: GGUF only — block-quantised matrices stay int8/int4 (the file's own codes, so
+    the same function as dequantising them) instead of being expanded to float.
     """
-    model = _load(path, dtype, device)
+    model = _load(path, dtype, device, keep_quantized)
     if cpu_kernels and model.embed.weight.device.type == "cpu":
         from lmzoo.accelerate import use_cpu_kernels
 
@@ -141,7 +144,7 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True) 
     return model
 
 
-def _load(path, dtype, device) -> Transformer:
+def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
     from lmzoo.io.checkpoint import open_checkpoint_dir
     from lmzoo.io.hf import get_adapter
 
@@ -154,7 +157,7 @@ def _load(path, dtype, device) -> Transformer:
         if _is_gguf(p) or p.suffix.lower() == ".gguf":  # a .gguf with a bad magic is reported as corrupt
             from lmzoo.io.gguf import load_gguf
 
-            return load_gguf(p, dtype=dtype or torch.float32, device=device)
+            return load_gguf(p, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
         raise ModelNotFoundError(f"{p} is a file but not a GGUF file; expected a .gguf file or a checkpoint directory")
     cfg_path = p / "config.json"
     if not cfg_path.exists():

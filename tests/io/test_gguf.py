@@ -68,28 +68,36 @@ def write_gguf(path, tensors: dict[str, np.ndarray], kind: str, *, arch: str = "
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(D // H)
     for name, a in tensors.items():
-        if a.ndim == 1 or kind == "F32":
-            w.add_tensor(name, a.astype(np.float32))
-        elif kind == "F16":
-            w.add_tensor(name, a.astype(np.float16))
-        elif kind in ("Q4_K", "Q6_K"):
-            # the gguf package cannot quantise K-quants: random (valid) blocks with sane scales
-            qk, size = gguf_ref.QK[kind]
-            raw = rng.integers(0, 256, (a.shape[0], a.shape[1] // qk * size), dtype=np.uint8)
-            blocks = raw.reshape(-1, size)
-            small = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
-            if kind == "Q4_K":
-                blocks[:, 0:2] = small
-                blocks[:, 2:4] = small
-            else:
-                blocks[:, 208:210] = small
-            w.add_tensor(name, raw, raw_dtype=T[kind])
+        if kind == "Q4_K_M":  # llama.cpp's mix: Q6_K for attn_v / ffn_down, Q4_K elsewhere
+            k = "Q6_K" if ("attn_v" in name or "ffn_down" in name) else "Q4_K"
+            write_tensor(w, name, a, k, rng)
         else:
-            w.add_tensor(name, gguf.quants.quantize(a.astype(np.float32), T[kind]), raw_dtype=T[kind])
+            write_tensor(w, name, a, kind, rng)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def write_tensor(w, name: str, a: np.ndarray, kind: str, rng) -> None:
+    if a.ndim == 1 or kind == "F32":
+        w.add_tensor(name, a.astype(np.float32))
+    elif kind == "F16":
+        w.add_tensor(name, a.astype(np.float16))
+    elif kind in ("Q4_K", "Q6_K"):
+        # the gguf package cannot quantise K-quants: random (valid) blocks with sane scales
+        qk, size = gguf_ref.QK[kind]
+        raw = rng.integers(0, 256, (a.shape[0], a.shape[1] // qk * size), dtype=np.uint8)
+        blocks = raw.reshape(-1, size)
+        small = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
+        if kind == "Q4_K":
+            blocks[:, 0:2] = small
+            blocks[:, 2:4] = small
+        else:
+            blocks[:, 208:210] = small
+        w.add_tensor(name, raw, raw_dtype=T[kind])
+    else:
+        w.add_tensor(name, gguf.quants.quantize(a.astype(np.float32), T[kind]), raw_dtype=T[kind])
 
 
 def test_f32_matches_transformers(tmp_path):
@@ -103,19 +111,27 @@ def test_f32_matches_transformers(tmp_path):
     assert torch.equal(greedy_ours(ours, ids, 20), greedy_ref(ref, ids, 20))
 
 
-@pytest.mark.parametrize("kind", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("kind", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q4_K_M"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_quantised_types_match_numpy_reference(tmp_path, kind, tied):
+@pytest.mark.parametrize("keep_quantized", [True, False])
+def test_quantised_types_match_numpy_reference(tmp_path, kind, tied, keep_quantized):
     p = tmp_path / f"m-{kind}.gguf"
     write_gguf(p, gguf_tensors(hf_model(tied)), kind, rng=np.random.default_rng(0))
-    ours = lmzoo.from_pretrained(p)
+    ours = lmzoo.from_pretrained(p, keep_quantized=keep_quantized)
     assert ours.config.tie_embeddings == tied
+    quantised_layers = [m for m in ours.modules() if type(m).__name__ in ("Int8Linear", "Int4Linear")]
+    # block formats stay integer codes (no float copy); float formats stay float
+    expected = 4 * L + 1 + (2 * L if kind == "Q4_K_M" else 0)  # mixed qkv: three parts side by side
+    assert len(quantised_layers) == (expected if keep_quantized and kind != "F16" else 0)
     meta, w = gguf_ref.load_weights(p)
     ids = [3, 17, 42, 5, 88, 1, 60, 9]
     ref = gguf_ref.llama_logits(meta, w, ids)
     with torch.no_grad():
         got = ours(torch.tensor([ids]))[0].double().numpy()
-    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+        decode = ours(torch.tensor([ids[:1]]))[0].double().numpy()  # one row: the CPU kernel path
+    scale = max(1.0, np.abs(ref).max())
+    assert np.abs(got - ref).max() <= 1e-4 * scale
+    assert np.abs(decode - gguf_ref.llama_logits(meta, w, ids[:1])).max() <= 1e-4 * scale
 
 
 def test_truncated_file(tmp_path):

@@ -1,0 +1,115 @@
+"""GGUF block-quantised tensors straight into lmzoo's quantised layers, with no float copy of the
+weights: each block format is re-expressed as integer codes + per-group scale (and min):
+
+    Q8_0  32-blocks: d, 32 x int8            w = d * q             -> Int8Linear, group 32
+    Q6_K  256-blocks: 16 x (16 six-bit q, int8 scale), d
+                                            w = d * sc * (q - 32)  -> Int8Linear, group 16
+    Q4_0  32-blocks: d, 16 bytes of nibbles  w = d * q - 8 d       -> Int4Linear, group 32
+    Q4_1  32-blocks: d, m, nibbles           w = d * q + m         -> Int4Linear, group 32
+    Q4_K  256-blocks: d, dmin, 8 x 6-bit (sc, m), 128 bytes of nibbles
+                                            w = d*sc * q - dmin*m  -> Int4Linear, group 32
+
+Q4_0/Q4_1 nibbles already sit in Int4Linear's layout (byte j: element j low, j+16 high); Q4_K
+keeps each 32-element sub-block's nibbles in either the low or the high half of 32 bytes, so those
+are repacked. Formats: ggml-quants.c (llama.cpp).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmzoo.io.gguf_file import GGUFFile, GGUFTensor
+from lmzoo.quantize import Int4Linear, Int8Linear, pack_int4
+
+QUANTISED = ("Q8_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K")
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)[..., 0]
+
+
+def _codes(raw: np.ndarray, kind: str, K: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
+    """raw (N, bytes) -> (int8|int4, codes (N, K), scale (N, G), min (N, G) or None)."""
+    N = raw.shape[0]
+    if kind == "Q8_0":
+        b = raw.reshape(N, K // 32, 34)
+        return "int8", b[..., 2:].view(np.int8).reshape(N, K), _f16(b[..., 0:2]), None
+    if kind == "Q6_K":
+        b = raw.reshape(N * K // 256, 210)
+        ql, qh = b[:, :128], b[:, 128:192]
+        parts = []
+        for h in range(2):
+            L, H = ql[:, h * 64:(h + 1) * 64], qh[:, h * 32:(h + 1) * 32]
+            parts += [(L[:, :32] & 0xF) | (((H >> 0) & 3) << 4), (L[:, 32:] & 0xF) | (((H >> 2) & 3) << 4),
+                      (L[:, :32] >> 4) | (((H >> 4) & 3) << 4), (L[:, 32:] >> 4) | (((H >> 6) & 3) << 4)]
+        q = (np.concatenate(parts, axis=1).astype(np.int16) - 32).astype(np.int8)
+        sc = b[:, 192:208].view(np.int8).astype(np.float32)  # one scale per 16 elements, in order
+        d = np.ascontiguousarray(b[:, 208:210]).view(np.float16).astype(np.float32)  # (blocks, 1)
+        return "int8", q.reshape(N, K), (d * sc).reshape(N, K // 16), None
+    if kind in ("Q4_0", "Q4_1"):
+        size = 18 if kind == "Q4_0" else 20
+        b = raw.reshape(N, K // 32, size)
+        d = _f16(b[..., 0:2])
+        if kind == "Q4_0":
+            return "int4", b[..., 2:18].reshape(N, K // 2), d, -8.0 * d
+        return "int4", b[..., 4:20].reshape(N, K // 2), d, _f16(b[..., 2:4])
+    if kind == "Q4_K":
+        b = raw.reshape(N * K // 256, 144)
+        d = np.ascontiguousarray(b[:, 0:2]).view(np.float16).astype(np.float32)
+        dmin = np.ascontiguousarray(b[:, 2:4]).view(np.float16).astype(np.float32)
+        s = b[:, 4:16].astype(np.int32)
+        scales, mins = [], []
+        for j in range(8):
+            if j < 4:
+                sc, m = s[:, j] & 63, s[:, j + 4] & 63
+            else:
+                sc = (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4)
+                m = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
+            scales.append(d[:, 0] * sc)
+            mins.append(-dmin[:, 0] * m)
+        qs = b[:, 16:144].reshape(-1, 4, 32)  # 4 chunks of 32 bytes = 8 sub-blocks
+        vals = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)  # sub-block order
+        codes = torch.from_numpy(vals.reshape(N, K).astype(np.int64))
+        return ("int4", pack_int4(codes).numpy(), np.stack(scales, 1).reshape(N, K // 32),
+                np.stack(mins, 1).reshape(N, K // 32))
+    raise ValueError(kind)
+
+
+class RowConcat(nn.Module):
+    """Output rows from several layers side by side: a fused projection (qkv, gate|up) whose parts
+    were quantised with different formats (e.g. attn_v in Q6_K beside attn_q/attn_k in Q4_K)."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.ndarray | None]) -> nn.Module:
+    """One layer from one or more GGUF tensors stacked along rows (all must be QUANTISED kinds)."""
+    kinds = {t.type_name for t in tensors}
+    if len(kinds) > 1:
+        return RowConcat([quantised_linear(f, [t], [o]) for t, o in zip(tensors, row_orders)])
+    kind = kinds.pop()
+    K = tensors[0].ne[0]
+    raws = []
+    for t, order in zip(tensors, row_orders):
+        r = f.raw(t)
+        raws.append(r[order] if order is not None else r)
+    raw = np.ascontiguousarray(np.concatenate(raws, axis=0))
+    N = raw.shape[0]
+    width, q, scale, mn = _codes(raw, kind, K)
+    G = scale.shape[1]
+    if width == "int8":
+        m = Int8Linear(K, N, group_size=K // G)
+        m.q.copy_(torch.from_numpy(np.ascontiguousarray(q)))
+    else:
+        m = Int4Linear(K, N, group_size=K // G)
+        m.q.copy_(torch.from_numpy(np.ascontiguousarray(q)))
+        m.min.copy_(torch.from_numpy(np.ascontiguousarray(mn, dtype=np.float32)))
+    m.scale.copy_(torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32)))
+    return m
