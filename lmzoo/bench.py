@@ -69,8 +69,9 @@ def _worker_lmzoo(a) -> dict:
     import lmzoo
 
     t = time.perf_counter()
-    model = lmzoo.from_pretrained(a.model, dtype=torch.float32)
-    if a.quantize:
+    # float weights unless asked: the same numbers the other backends compute with
+    model = lmzoo.from_pretrained(a.model, dtype=torch.float32, keep_quantized=a.quantize == "gguf")
+    if a.quantize in ("int8", "int4"):
         from lmzoo.quantize import cpu_kernels, quantize
 
         cpu_kernels()  # compile/load outside the timed region
@@ -199,9 +200,21 @@ def _run_backend(name: str, a, python: str) -> dict | str:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def read_bandwidth_gbs(threads: int) -> float:
+    """This machine's memory read bandwidth right now (sum over 512 MB), the bound for decode."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(128 * 1024 * 1024)
+    x.sum()
+    best = min(_timed(lambda: x.sum(), repeat=5), 1e9)
+    return x.numel() * 4 / best / 1e9
+
+
 def format_table(results: dict, a) -> str:
     lines = [
-        f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, threads={a.threads}; "
+        f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, threads={a.threads}, "
+        f"memory read {a.bandwidth:.1f} GB/s; "
         f"model={a.shape or a.model}; batch={a.batch} prompt={a.prompt_len} new={a.new_tokens} "
         f"prefill={a.prefill_len}; fp32 greedy" + (f"; lmzoo {a.quantize}" if a.quantize else ""),
         "| backend | load s | prefill tok/s | TTFT ms | decode tok/s | decode vs transformers | peak RSS MB |",
@@ -225,7 +238,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--shape", choices=sorted(SHAPES), help="benchmark a random checkpoint of this shape")
     ap.add_argument("--backends", default="transformers,lmzoo,litgpt",
                     help="comma-separated; litgpt runs only when LITGPT_PYTHON is set")
-    ap.add_argument("--quantize", choices=["int8", "int4"], help="quantise lmzoo's weights")
+    ap.add_argument("--quantize", choices=["int8", "int4", "gguf"],
+                    help="lmzoo only: quantise weights (int8 per channel, int4 group 32), or keep a GGUF's own blocks")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -265,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not Path(a.model).exists():
         print(f"lmzoo bench: error: model path {a.model!r} does not exist", file=sys.stderr)
         return 2
+    a.bandwidth = read_bandwidth_gbs(a.threads)
     results = {}
     for b in a.backends.split(","):
         if b == "litgpt":

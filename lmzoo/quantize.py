@@ -23,7 +23,7 @@ from torch import nn
 from lmzoo.errors import ConfigError
 from lmzoo.kernels import cpu_kernels
 
-KERNEL_MAX_ROWS = 16  # above this many activation rows (prefill) dequantise + GEMM instead
+KERNEL_MAX_ROWS = 64  # above this many activation rows (long prefill) dequantise + GEMM instead
 
 
 def _groups(in_features: int, group_size: int | None, multiple: int) -> int:

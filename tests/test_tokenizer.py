@@ -5,15 +5,23 @@ templates rendered as HF renders them, and streaming decode."""
 from __future__ import annotations
 
 import codecs
+import contextlib
+import io
 import importlib.metadata
 import json
 import shutil
-import this
 
 import pytest
 
 from lmzoo.errors import TokenizerError
 from lmzoo.tokenizer import load_tokenizer
+
+def zen() -> str:
+    """The Zen of Python (the `this` module prints it on import; keep that quiet)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this
+    return codecs.decode(this.s, "rot13")
+
 
 TEXTS = ["What is the capital of France?", "Hello  world\n\n\tcode: x = 12345;", "你好，世界！今天天气很好。",
          "emoji 😀🎉 and naïve café", "def f(x):\n    return x ** 2\n"]
@@ -74,7 +82,7 @@ def sp_dir(tmp_path_factory):
     import sentencepiece as spm
 
     d = tmp_path_factory.mktemp("sp")
-    corpus = "\n".join([codecs.decode(this.s, "rot13")] * 3 + TEXTS)
+    corpus = "\n".join([zen()] * 3 + TEXTS)
     (d / "corpus.txt").write_text(corpus)
     spm.SentencePieceTrainer.train(
         input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=600, model_type="bpe",
