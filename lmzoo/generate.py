@@ -138,7 +138,7 @@ def stream_generate(
     seen = input_ids
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     out_ids: list[list[int]] = [[] for _ in range(B)]
-    logits = model(input_ids, start=0, attention_mask=mask)[:, -1].float()
+    logits = model(input_ids, start=0, attention_mask=mask, last_only=True)[:, -1].float()
     pos = T0
     for step in range(max_new_tokens):
         if params.repetition_penalty != 1.0:

@@ -79,8 +79,8 @@ def speculative_generate(
     draft.setup_cache(1, cache_len)
 
     # prefill both; the target's first token is free
-    nxt = target(input_ids, start=0)[:, -1].argmax(-1)
-    draft(input_ids, start=0)
+    nxt = target(input_ids, start=0, last_only=True)[:, -1].argmax(-1)
+    draft(input_ids, start=0, last_only=True)
     out = [int(nxt)]
     stats.target_passes += 1
     stats.emitted += 1
@@ -92,7 +92,7 @@ def speculative_generate(
             break
         # 1) draft proposes n_draft tokens; first catch its cache up on tokens it has not seen
         catch_up = torch.tensor([out[len(out) - 1 - (pos - draft_pos):]], device=input_ids.device)
-        logits = draft(catch_up, start=draft_pos)[:, -1]
+        logits = draft(catch_up, start=draft_pos, last_only=True)[:, -1]
         proposal = []
         for i in range(n_draft):
             d = int(logits.argmax(-1))

@@ -85,7 +85,10 @@ class Transformer(nn.Module):
         start: int | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """Logits (B, T, vocab); with last_only, (B, 1, vocab) for the last position only (what
+        generation needs: the head is the largest matrix, so a prefill skips T-1 rows of it)."""
         B, T = input_ids.shape
         cached = start is not None
         start = start or 0
@@ -122,4 +125,6 @@ class Transformer(nn.Module):
                 )
         for layer in self.layers:
             x = layer(x, cos, sin, masks[layer.attn.window], start if cached else None)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))
