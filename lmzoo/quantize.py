@@ -35,8 +35,37 @@ def _groups(in_features: int, group_size: int | None, multiple: int) -> int:
     return g
 
 
-class Int8Linear(nn.Module):
+class _QuantLinear(nn.Module):
+    """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM."""
+
+    bits = ""
+
+    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, K = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, K)
+        k = cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = self._kernel(k, x2.contiguous())
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x2, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.bits}, group={self.group_size}"
+
+
+class Int8Linear(_QuantLinear):
     """y = x @ (scale * q)^T + bias with q int8 (N, K) and scale (N, K // group_size)."""
+
+    bits = "int8"
 
     def __init__(self, in_features: int, out_features: int, *, group_size: int | None = None,
                  bias: bool = False, device=None) -> None:
@@ -64,20 +93,8 @@ class Int8Linear(nn.Module):
         N, K, g = self.out_features, self.in_features, self.group_size
         return (self.q.view(N, K // g, g).to(dtype) * self.scale[..., None].to(dtype)).view(N, K)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, K = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, K)
-        k = cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS:
-            y = k.int8_linear(x2.contiguous(), self.q, self.scale, self.group_size)
-            if self.bias is not None:
-                y = y + self.bias
-        else:
-            y = F.linear(x2, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        return y.view(*lead, self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8, group={self.group_size}"
+    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        return k.int8_linear(x2, self.q, self.scale, self.group_size)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -93,8 +110,10 @@ def unpack_int4(p: torch.Tensor) -> torch.Tensor:
     return torch.stack((b & 0x0F, b >> 4), dim=2).reshape(N, H * 2)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_QuantLinear):
     """y = x @ (scale * q + min)^T + bias, q in 0..15 packed two per byte, per group of K."""
+
+    bits = "int4"
 
     def __init__(self, in_features: int, out_features: int, *, group_size: int = 32,
                  bias: bool = False, device=None) -> None:
@@ -127,20 +146,8 @@ class Int4Linear(nn.Module):
         q = unpack_int4(self.q).view(N, K // g, g).to(dtype)
         return (q * self.scale[..., None].to(dtype) + self.min[..., None].to(dtype)).view(N, K)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, K = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, K)
-        k = cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS:
-            y = k.int4_linear(x2.contiguous(), self.q, self.scale, self.min, self.group_size)
-            if self.bias is not None:
-                y = y + self.bias
-        else:
-            y = F.linear(x2, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        return y.view(*lead, self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int4, group={self.group_size}"
+    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        return k.int4_linear(x2, self.q, self.scale, self.min, self.group_size)
 
 
 MODES = ("int8", "int4")

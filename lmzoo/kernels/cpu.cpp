@@ -63,51 +63,20 @@ inline __m256 dot_i4_block_vec(const float* x, const uint8_t* q, __m256 acc) {
 }
 #endif
 
-// dot(x[0:len], q[0:len]) for int8 q, len % 8 == 0
+#ifndef LMZOO_AVX2
+// portable fallbacks (the compiler vectorises what it can)
 inline float dot_i8(const float* x, const int8_t* q, int64_t len) {
-#ifdef LMZOO_AVX2
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= len; k += 16) {
-    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
-    __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k + 8))));
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, acc1);
-  }
-  for (; k < len; k += 8) {
-    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, acc0);
-  }
-  return hsum(_mm256_add_ps(acc0, acc1));
-#else
   float s = 0.f;
   for (int64_t k = 0; k < len; ++k) s += x[k] * (float)q[k];
   return s;
-#endif
 }
 
-// dot of one 32-element int4 block (16 bytes) with x[0:32]
 inline float dot_i4_block(const float* x, const uint8_t* q) {
-#ifdef LMZOO_AVX2
-  __m128i b = _mm_loadu_si128((const __m128i*)q);
-  __m128i m = _mm_set1_epi8(0x0F);
-  __m128i lo = _mm_and_si128(b, m);
-  __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-  __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-  __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-  __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-  __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-  __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(x), w0);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), w1, acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 16), w2, acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 24), w3, acc);
-  return hsum(acc);
-#else
   float s = 0.f;
   for (int j = 0; j < 16; ++j) s += x[j] * (float)(q[j] & 0x0F) + x[j + 16] * (float)(q[j] >> 4);
   return s;
-#endif
 }
+#endif
 
 void check(const torch::Tensor& x, int64_t K) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
