@@ -24,7 +24,7 @@ from typing import Any
 from lmzoo.errors import ConfigError
 
 NORMS = ("rmsnorm", "layernorm")
-MLPS = ("swiglu", "geglu", "gelu", "relu")  # gated (swiglu/geglu) or plain two-layer
+MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")  # gated (swiglu/geglu) or plain two-layer
 POSITIONS = ("rope", "none")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
 
@@ -91,6 +91,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rotary_percentage: float = 1.0  # fraction of each head's dims that RoPE rotates
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # --- residual layout ---------------------------------------------------------------------
+    # sequential (LLaMA):  x = x + attn(n1(x));  x = x + mlp(n2(x))
+    # parallel (GPT-NeoX, GPT-J, Falcon):  x = x + attn(n1(x)) + mlp(n2(x))
+    parallel_residual: bool = False
     # --- embeddings / head -------------------------------------------------------------------
     tie_embeddings: bool = False
     # --- token ids the checkpoint declares (used by generation, not by the network) -----------

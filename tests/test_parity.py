@@ -49,6 +49,11 @@ CASES = {
                                  dict(num_hidden_layers=3, use_sliding_window=True, sliding_window=5,
                                       max_window_layers=1)),
     "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(head_dim=10, tie_word_embeddings=False)),
+    # GPT-NeoX family: per-head fused qkv, LayerNorm with bias, GELU, partial rotary
+    "gpt-neox-parallel": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM,
+                          dict(rotary_pct=0.25, use_parallel_residual=True, layer_norm_eps=1e-5)),
+    "gpt-neox-sequential": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM,
+                            dict(rotary_pct=0.5, use_parallel_residual=False, hidden_act="gelu_new")),
 }
 
 

@@ -48,7 +48,7 @@ def _rope_scaling(hf: dict, theta_default: float = 10000.0) -> tuple[float, Rope
     params = dict(hf.get("rope_parameters") or {})
     legacy = hf.get("rope_scaling") or {}
     params = {**legacy, **params}
-    theta = float(params.get("rope_theta", hf.get("rope_theta", theta_default)))
+    theta = float(params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", theta_default))))
     kind = params.get("rope_type", params.get("type", "default")) or "default"
     max_pos = hf.get("max_position_embeddings")
     if kind == "default":
@@ -178,12 +178,69 @@ def baichuan_config(hf: dict) -> ModelConfig:
     return llama_config(hf)
 
 
+def _rotary_fraction(hf: dict) -> float:
+    params = hf.get("rope_parameters") or {}
+    return float(params.get("partial_rotary_factor", hf.get("rotary_pct", hf.get("partial_rotary_factor", 1.0))))
+
+
+_GELU = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+         "relu": "relu"}
+
+
+def _plain_mlp(hf: dict, key: str = "hidden_act") -> str:
+    act = hf.get(key, "gelu")
+    if act not in _GELU:
+        raise UnsupportedModelError(f"{key}={act!r} is not supported; supported: {sorted(_GELU)}")
+    return _GELU[act]
+
+
+def gpt_neox_config(hf: dict) -> ModelConfig:
+    """GPT-NeoX / Pythia / Dolly 2.0 / RedPajama-INCITE / StableLM-alpha: LayerNorm, GELU MLP with
+    biases, partial rotary, parallel (default) or sequential residual."""
+    theta, scaling = _rope_scaling(hf)
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "gpt_neox",
+        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
+        n_head=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5),
+        mlp=_plain_mlp(hf), mlp_bias=True,
+        qkv_bias=bool(hf.get("attention_bias", True)), attn_out_bias=bool(hf.get("attention_bias", True)),
+        rope_theta=theta, rope_scaling=scaling, rotary_percentage=_rotary_fraction(hf),
+        parallel_residual=bool(hf.get("use_parallel_residual", True)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        **_token_ids(hf),
+    )
+
+
+def per_head_qkv(t, cfg: ModelConfig):
+    """Fused qkv stored head by head, (n_head, 3, head_dim, ...), -> our (3, n_head, head_dim, ...):
+    rows of all q heads, then all k heads, then all v heads."""
+    return t.view(cfg.n_head, 3, cfg.head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
+N = "gpt_neox.layers.{i}."
+GPT_NEOX_WEIGHTS = {
+    "embed.weight": ("gpt_neox.embed_in.weight",),
+    "norm.weight": ("gpt_neox.final_layer_norm.weight",),
+    "norm.bias": ("gpt_neox.final_layer_norm.bias",),
+    "lm_head.weight": ("embed_out.weight",),
+    **{f"layers.{{i}}.{ours}.{wb}": (N + f"{theirs}.{wb}",)
+       for ours, theirs in (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm"),
+                            ("attn.qkv", "attention.query_key_value"), ("attn.o", "attention.dense"),
+                            ("mlp.gate_up", "mlp.dense_h_to_4h"), ("mlp.down", "mlp.dense_4h_to_h"))
+       for wb in ("weight", "bias")},
+}
+
+
 @dataclass(frozen=True)
 class Adapter:
     config: Callable[[dict], ModelConfig]
     weights: dict[str, tuple[str, ...]]
     # checkpoint tensors that carry no weights we need (recomputed buffers)
     ignore: tuple[str, ...] = field(default=("rotary_emb.inv_freq",))
+    # canonical template -> fn(tensor, cfg): layout changes applied after assembling
+    transforms: dict[str, Callable] = field(default_factory=dict)
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -192,6 +249,11 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2": Adapter(qwen2_config, LLAMA_WEIGHTS),
     "qwen3": Adapter(qwen3_config, LLAMA_WEIGHTS),
     "baichuan": Adapter(baichuan_config, BAICHUAN_WEIGHTS),
+    "gpt_neox": Adapter(
+        gpt_neox_config, GPT_NEOX_WEIGHTS,
+        ignore=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),
+        transforms={"layers.{i}.attn.qkv.weight": per_head_qkv, "layers.{i}.attn.qkv.bias": per_head_qkv},
+    ),
 }
 
 

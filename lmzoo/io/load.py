@@ -41,10 +41,14 @@ def build_state_dict(
     weights: dict[str, tuple[str, ...]],
     *,
     ignore: tuple[str, ...] = (),
+    transforms: dict | None = None,
     dtype: torch.dtype,
     device: torch.device | str,
 ) -> dict[str, torch.Tensor]:
-    """Map `source` tensors onto `model`'s parameter names; strict about missing, extra and shape."""
+    """Map `source` tensors onto `model`'s parameter names; strict about missing, extra and shape.
+
+    transforms: canonical template -> fn(tensor, cfg) applied after assembling (layout changes
+    such as un-interleaving a per-head fused qkv)."""
     cfg: ModelConfig = model.config
     expected = dict(model.state_dict(keep_vars=True))
     if cfg.tie_embeddings:
@@ -65,6 +69,8 @@ def build_state_dict(
             continue
         tensors = [source.get(p) for p in parts]
         t = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+        if transforms and template in transforms:
+            t = transforms[template](t, cfg)
         if tuple(t.shape) != tuple(param.shape):
             got = " + ".join(f"{p} {tuple(x.shape)}" for p, x in zip(parts, tensors))
             raise CheckpointError(
@@ -98,12 +104,14 @@ def instantiate(
     weights: dict[str, tuple[str, ...]],
     *,
     ignore: tuple[str, ...] = (),
+    transforms: dict | None = None,
     dtype: torch.dtype,
     device,
 ) -> Transformer:
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = build_state_dict(model, source, weights, ignore=ignore, dtype=dtype, device=device)
+    state = build_state_dict(model, source, weights, ignore=ignore, transforms=transforms, dtype=dtype,
+                             device=device)
     model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
@@ -172,7 +180,8 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
         dtype = resolve_dtype(hf.get("torch_dtype") or hf.get("dtype") or "float32")
     source = open_checkpoint_dir(p)
     try:
-        return instantiate(cfg, source, adapter.weights, ignore=adapter.ignore, dtype=dtype, device=device)
+        return instantiate(cfg, source, adapter.weights, ignore=adapter.ignore, transforms=adapter.transforms,
+                           dtype=dtype, device=device)
     finally:
         source.close()
 

@@ -2,7 +2,7 @@
 
 gated (swiglu, geglu; Shazeer 2020 "GLU Variants Improve Transformer"):
     down( act(x W_gate) * (x W_up) )      W_gate and W_up are stored fused as `gate_up` (2I, d)
-plain (gelu, relu; GPT-2 / OPT):
+plain (gelu, gelu_tanh, relu; GPT-NeoX / GPT-2 / OPT):
     down( act(x W_up) )
 """
 
@@ -18,6 +18,7 @@ ACTIVATIONS = {
     "swiglu": F.silu,
     "geglu": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
 

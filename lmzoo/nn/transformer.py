@@ -5,6 +5,8 @@
       -> n_layer x Block:
            x = x + attn(attn_norm(x))            pre-norm residual (LLaMA)
            x = x + mlp(mlp_norm(x))
+         or, with parallel_residual (GPT-NeoX):
+           x = x + attn(attn_norm(x)) + mlp(mlp_norm(x))
       -> norm -> lm_head                         (B, T, vocab)
 
 `forward(ids)` is a plain causal pass. With a cache set up (`setup_cache`), `forward(ids, start=s)`
@@ -32,9 +34,13 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer)
         self.mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
+        self.parallel = cfg.parallel_residual
 
     def forward(self, x, cos, sin, mask, start: int | None = None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, start)
+        a = self.attn(self.attn_norm(x), cos, sin, mask, start)
+        if self.parallel:  # both branches read the same input (GPT-NeoX / GPT-J)
+            return x + a + self.mlp(self.mlp_norm(x))
+        x = x + a
         return x + self.mlp(self.mlp_norm(x))
 
 
