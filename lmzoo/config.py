@@ -25,7 +25,7 @@ from lmzoo.errors import ConfigError
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")  # gated (swiglu/geglu) or plain two-layer
-POSITIONS = ("rope", "none")
+POSITIONS = ("rope", "alibi", "none")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
 
 
@@ -87,7 +87,7 @@ class ModelConfig:
     sliding_window_layers: tuple[int, ...] | None = None
     attn_scale: float | None = None  # softmax scale; None -> 1/sqrt(head_dim)
     # --- position ----------------------------------------------------------------------------
-    position: str = "rope"
+    position: str = "rope"  # rope | alibi (BLOOM, Baichuan-13B) | none
     rope_theta: float = 10000.0
     rotary_percentage: float = 1.0  # fraction of each head's dims that RoPE rotates
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
@@ -96,6 +96,7 @@ class ModelConfig:
     # parallel (GPT-NeoX, GPT-J, Falcon):  x = x + attn(n1(x)) + mlp(n2(x))
     parallel_residual: bool = False
     # --- embeddings / head -------------------------------------------------------------------
+    embed_norm: bool = False  # a norm right after the token embedding (BLOOM)
     tie_embeddings: bool = False
     # --- token ids the checkpoint declares (used by generation, not by the network) -----------
     bos_token_id: int | None = None

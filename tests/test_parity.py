@@ -54,6 +54,8 @@ CASES = {
                           dict(rotary_pct=0.25, use_parallel_residual=True, layer_norm_eps=1e-5)),
     "gpt-neox-sequential": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM,
                             dict(rotary_pct=0.5, use_parallel_residual=False, hidden_act="gelu_new")),
+    # BLOOM: ALiBi with 6 heads (not a power of two: the interleaved extra slopes), embedding LayerNorm
+    "bloom": (tf.BloomConfig, tf.BloomForCausalLM, dict(n_layer=2, n_head=6, layer_norm_epsilon=1e-5)),
 }
 
 

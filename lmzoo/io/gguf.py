@@ -241,6 +241,6 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings and head is None:
         model.lm_head.weight = model.embed.weight
-    model.rope.reset_buffers(device="cpu")
+    model.reset_buffers(device="cpu")
     model.quantization = "gguf"
     return model.to(device).eval()

@@ -233,6 +233,39 @@ GPT_NEOX_WEIGHTS = {
 }
 
 
+def bloom_config(hf: dict) -> ModelConfig:
+    """BLOOM / BLOOMZ: LayerNorm after the embedding, pre-LN blocks, GELU (tanh), ALiBi, biases."""
+    if hf.get("apply_residual_connection_post_layernorm"):
+        raise UnsupportedModelError("BLOOM with apply_residual_connection_post_layernorm=True is not supported")
+    d = hf.get("hidden_size") or hf["n_embed"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "bloom",
+        vocab_size=hf["vocab_size"], n_layer=hf.get("n_layer") or hf["num_hidden_layers"], n_embd=d,
+        n_head=hf.get("n_head") or hf["num_attention_heads"], intermediate_size=4 * d,
+        max_seq_len=hf.get("seq_length", 2048),  # trained length; ALiBi itself has no limit
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), embed_norm=True,
+        mlp="gelu_tanh", mlp_bias=True, qkv_bias=True, attn_out_bias=True, position="alibi",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        **_token_ids(hf),
+    )
+
+
+BL = "transformer.h.{i}."
+BLOOM_WEIGHTS = {
+    "embed.weight": ("transformer.word_embeddings.weight",),
+    "embed_norm.weight": ("transformer.word_embeddings_layernorm.weight",),
+    "embed_norm.bias": ("transformer.word_embeddings_layernorm.bias",),
+    "norm.weight": ("transformer.ln_f.weight",),
+    "norm.bias": ("transformer.ln_f.bias",),
+    "lm_head.weight": ("lm_head.weight",),
+    **{f"layers.{{i}}.{ours}.{wb}": (BL + f"{theirs}.{wb}",)
+       for ours, theirs in (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm"),
+                            ("attn.qkv", "self_attention.query_key_value"), ("attn.o", "self_attention.dense"),
+                            ("mlp.gate_up", "mlp.dense_h_to_4h"), ("mlp.down", "mlp.dense_4h_to_h"))
+       for wb in ("weight", "bias")},
+}
+
+
 @dataclass(frozen=True)
 class Adapter:
     config: Callable[[dict], ModelConfig]
@@ -249,6 +282,10 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2": Adapter(qwen2_config, LLAMA_WEIGHTS),
     "qwen3": Adapter(qwen3_config, LLAMA_WEIGHTS),
     "baichuan": Adapter(baichuan_config, BAICHUAN_WEIGHTS),
+    "bloom": Adapter(
+        bloom_config, BLOOM_WEIGHTS,
+        transforms={"layers.{i}.attn.qkv.weight": per_head_qkv, "layers.{i}.attn.qkv.bias": per_head_qkv},
+    ),
     "gpt_neox": Adapter(
         gpt_neox_config, GPT_NEOX_WEIGHTS,
         ignore=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),

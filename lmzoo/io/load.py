@@ -115,7 +115,7 @@ def instantiate(
     model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    model.rope.reset_buffers(device=device)
+    model.reset_buffers(device=device)
     return model.eval()
 
 

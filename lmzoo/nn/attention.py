@@ -72,7 +72,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:  # RoPE; ALiBi arrives inside `mask` as an additive bias
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if start is not None:
             k, v = self.cache.update(start, k, v)
         y = F.scaled_dot_product_attention(

@@ -21,6 +21,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ContextLengthError
+from lmzoo.nn.alibi import alibi_bias, alibi_slopes
 from lmzoo.nn.attention import Attention, KVCache, build_mask
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import build_norm
@@ -49,15 +50,26 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.embed_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.embed_norm else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.rope = RotaryEmbedding(cfg)
+        self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
+        if cfg.position == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         self.windows = sorted({cfg.layer_window(i) for i in range(cfg.n_layer)}, key=str)
         self.cache_batch = 0
         self.cache_len = 0
+
+    def reset_buffers(self, device=None) -> None:
+        """Recompute the non-persistent buffers (RoPE frequencies, ALiBi slopes), e.g. after a
+        meta-device build."""
+        if self.rope is not None:
+            self.rope.reset_buffers(device=device)
+        if self.config.position == "alibi":
+            self.alibi_slopes = alibi_slopes(self.config.n_head, device=device)
 
     # --- cache ---------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> None:
@@ -120,15 +132,26 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(start, end, device=input_ids.device)[None].expand(B, T)
 
         x = self.embed(input_ids)
-        cos, sin = self.rope(position_ids, x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        cos = sin = bias = None
+        if self.rope is not None:
+            cos, sin = self.rope(position_ids, x.dtype)
+        elif self.config.position == "alibi":
+            # key positions of every visible slot, counted from each row's first real token
+            keys = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] if attention_mask is not None \
+                else torch.arange(end, device=x.device)[None]
+            bias = alibi_bias(self.alibi_slopes, keys)  # (B or 1, n_head, 1, end)
         masks = {}
         for w in self.windows:
-            if attention_mask is None and w is None and (start == 0 or T == 1):
+            if attention_mask is None and w is None and bias is None and (start == 0 or T == 1):
                 masks[w] = None  # plain causal: let SDPA pick its fused path
             else:
                 masks[w] = build_mask(
                     q_start=start, T=T, key_valid=attention_mask, window=w, device=x.device
                 )
+                if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
+                    masks[w] = bias.to(x.dtype).masked_fill(~masks[w], float("-inf"))
         for layer in self.layers:
             x = layer(x, cos, sin, masks[layer.attn.window], start if cached else None)
         if last_only:
