@@ -95,9 +95,12 @@ class ModelConfig:
     # sequential (LLaMA):  x = x + attn(n1(x));  x = x + mlp(n2(x))
     # parallel (GPT-NeoX, GPT-J, Falcon):  x = x + attn(n1(x)) + mlp(n2(x))
     parallel_residual: bool = False
+    # one norm feeds both parallel branches (GPT-J, CodeGen, Falcon-7B); no separate mlp norm
+    shared_norm: bool = False
     # --- embeddings / head -------------------------------------------------------------------
     embed_norm: bool = False  # a norm right after the token embedding (BLOOM)
     tie_embeddings: bool = False
+    lm_head_bias: bool = False  # GPT-J, CodeGen
     # --- token ids the checkpoint declares (used by generation, not by the network) -----------
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
@@ -151,6 +154,8 @@ class ModelConfig:
             bad = [i for i in self.sliding_window_layers if not 0 <= i < self.n_layer]
             if bad:
                 raise ConfigError(f"sliding_window_layers {bad} outside 0..{self.n_layer - 1}")
+        if self.shared_norm and not self.parallel_residual:
+            raise ConfigError("shared_norm needs parallel_residual=True (one norm feeding both branches)")
         if self.norm_eps <= 0:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
 

@@ -56,6 +56,12 @@ CASES = {
                             dict(rotary_pct=0.5, use_parallel_residual=False, hidden_act="gelu_new")),
     # BLOOM: ALiBi with 6 heads (not a power of two: the interleaved extra slopes), embedding LayerNorm
     "bloom": (tf.BloomConfig, tf.BloomForCausalLM, dict(n_layer=2, n_head=6, layer_norm_epsilon=1e-5)),
+    # GPT-J: pair-interleaved rotary on 4 of 8 head dims, one LayerNorm for both branches, biased head
+    "gptj": (tf.GPTJConfig, tf.GPTJForCausalLM,
+             dict(n_embd=48, n_layer=2, n_head=6, rotary_dim=4, n_positions=128, n_inner=72,
+                  bos_token_id=1, eos_token_id=2)),
+    # Phi-3 (4k): fused qkv_proj and gate_up_proj, sliding window
+    "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(pad_token_id=0, eos_token_id=2, sliding_window=9)),
 }
 
 

@@ -219,6 +219,75 @@ def per_head_qkv(t, cfg: ModelConfig):
     return t.view(cfg.n_head, 3, cfg.head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
 
+def rope_pairs_to_halves(t, cfg: ModelConfig):
+    """Fused qkv whose q and k rotate adjacent pairs (GPT-J's rotate_every_two) -> our rotate-half
+    order. Within each head's first rope_dim rows, pair (2i, 2i+1) becomes (i, i + rope_dim/2); the
+    same permutation on q and k leaves every q.k product unchanged, so RoPE on halves then computes
+    exactly what the interleaved original did."""
+    import torch
+
+    r, hd = cfg.rope_dim, cfg.head_dim
+    order = torch.cat([torch.arange(0, r, 2), torch.arange(1, r, 2), torch.arange(r, hd)])
+    q, k, v = t.split((cfg.q_size, cfg.kv_size, cfg.kv_size), dim=0)
+
+    def per_head(x, heads):
+        return x.view(heads, hd, *x.shape[1:])[:, order].reshape(x.shape)
+
+    return torch.cat([per_head(q, cfg.n_head), per_head(k, cfg.n_kv_head), v], dim=0)
+
+
+def gptj_config(hf: dict) -> ModelConfig:
+    """GPT-J: one LayerNorm feeding parallel attention and MLP, pair-interleaved RoPE on the first
+    rotary_dim dims of each head, no attention biases, a biased LM head."""
+    d, H = hf["n_embd"], hf["n_head"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "gptj",
+        vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_embd=d, n_head=H,
+        intermediate_size=hf.get("n_inner") or 4 * d, max_seq_len=hf.get("n_positions", 2048),
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        mlp=_plain_mlp(hf, "activation_function"), mlp_bias=True,
+        rotary_percentage=(hf.get("rotary_dim") or d // H) / (d // H),
+        parallel_residual=True, shared_norm=True, lm_head_bias=True,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        **_token_ids(hf),
+    )
+
+
+J = "transformer.h.{i}."
+GPTJ_WEIGHTS = {
+    "embed.weight": ("transformer.wte.weight",),
+    "norm.weight": ("transformer.ln_f.weight",),
+    "norm.bias": ("transformer.ln_f.bias",),
+    "lm_head.weight": ("lm_head.weight",),
+    "lm_head.bias": ("lm_head.bias",),
+    "layers.{i}.attn_norm.weight": (J + "ln_1.weight",),
+    "layers.{i}.attn_norm.bias": (J + "ln_1.bias",),
+    "layers.{i}.attn.qkv.weight": tuple(J + f"attn.{p}_proj.weight" for p in "qkv"),
+    "layers.{i}.attn.o.weight": (J + "attn.out_proj.weight",),
+    "layers.{i}.mlp.gate_up.weight": (J + "mlp.fc_in.weight",),
+    "layers.{i}.mlp.gate_up.bias": (J + "mlp.fc_in.bias",),
+    "layers.{i}.mlp.down.weight": (J + "mlp.fc_out.weight",),
+    "layers.{i}.mlp.down.bias": (J + "mlp.fc_out.bias",),
+}
+
+
+def phi3_config(hf: dict) -> ModelConfig:
+    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    if params.get("rope_type", params.get("type", "default")) not in ("default", None):
+        raise UnsupportedModelError(
+            f"Phi-3 rope type {params.get('rope_type', params.get('type'))!r} (LongRoPE) is not supported yet; "
+            "the 4k-context Phi-3 models (default RoPE) are"
+        )
+    return llama_config(hf, rotary_percentage=_rotary_fraction(hf))
+
+
+PHI3_WEIGHTS = {
+    **{k: v for k, v in LLAMA_WEIGHTS.items() if "qkv" not in k and "gate_up" not in k},
+    "layers.{i}.attn.qkv.weight": (L + "self_attn.qkv_proj.weight",),
+    "layers.{i}.mlp.gate_up.weight": (L + "mlp.gate_up_proj.weight",),
+}
+
+
 N = "gpt_neox.layers.{i}."
 GPT_NEOX_WEIGHTS = {
     "embed.weight": ("gpt_neox.embed_in.weight",),
@@ -286,6 +355,11 @@ ADAPTERS: dict[str, Adapter] = {
         bloom_config, BLOOM_WEIGHTS,
         transforms={"layers.{i}.attn.qkv.weight": per_head_qkv, "layers.{i}.attn.qkv.bias": per_head_qkv},
     ),
+    "gptj": Adapter(
+        gptj_config, GPTJ_WEIGHTS, ignore=("attn.bias", "attn.masked_bias", "embed_positions"),
+        transforms={"layers.{i}.attn.qkv.weight": rope_pairs_to_halves},
+    ),
+    "phi3": Adapter(phi3_config, PHI3_WEIGHTS),
     "gpt_neox": Adapter(
         gpt_neox_config, GPT_NEOX_WEIGHTS,
         ignore=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),

@@ -33,14 +33,15 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.attn = Attention(cfg, layer)
-        self.mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp_norm = None if cfg.shared_norm else build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.parallel = cfg.parallel_residual
 
     def forward(self, x, cos, sin, mask, start: int | None = None):
-        a = self.attn(self.attn_norm(x), cos, sin, mask, start)
+        h = self.attn_norm(x)
+        a = self.attn(h, cos, sin, mask, start)
         if self.parallel:  # both branches read the same input (GPT-NeoX / GPT-J)
-            return x + a + self.mlp(self.mlp_norm(x))
+            return x + a + self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
         x = x + a
         return x + self.mlp(self.mlp_norm(x))
 
@@ -53,7 +54,7 @@ class Transformer(nn.Module):
         self.embed_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.embed_norm else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
