@@ -25,7 +25,7 @@ from lmzoo.errors import ConfigError
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")  # gated (swiglu/geglu) or plain two-layer
-POSITIONS = ("rope", "alibi", "none")
+POSITIONS = ("rope", "alibi", "learned", "none")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
 
 
@@ -87,7 +87,8 @@ class ModelConfig:
     sliding_window_layers: tuple[int, ...] | None = None
     attn_scale: float | None = None  # softmax scale; None -> 1/sqrt(head_dim)
     # --- position ----------------------------------------------------------------------------
-    position: str = "rope"  # rope | alibi (BLOOM, Baichuan-13B) | none
+    position: str = "rope"  # rope | alibi (BLOOM, Baichuan-13B) | learned (GPT-2, OPT) | none
+    position_offset: int = 0  # learned tables indexed at position + offset (OPT: 2)
     rope_theta: float = 10000.0
     rotary_percentage: float = 1.0  # fraction of each head's dims that RoPE rotates
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)

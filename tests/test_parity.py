@@ -62,6 +62,12 @@ CASES = {
                   bos_token_id=1, eos_token_id=2)),
     # Phi-3 (4k): fused qkv_proj and gate_up_proj, sliding window
     "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(pad_token_id=0, eos_token_id=2, sliding_window=9)),
+    # GPT-2 / Cerebras-GPT: learned positions, Conv1D (transposed) weights, fused c_attn
+    "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel,
+             dict(n_embd=48, n_layer=2, n_head=6, n_positions=128, n_inner=72, bos_token_id=1, eos_token_id=2)),
+    # OPT: learned positions offset by 2, ReLU
+    "opt": (tf.OPTConfig, tf.OPTForCausalLM,
+            dict(ffn_dim=72, word_embed_proj_dim=48, pad_token_id=1, bos_token_id=2, eos_token_id=2)),
 }
 
 

@@ -288,6 +288,79 @@ PHI3_WEIGHTS = {
 }
 
 
+def transpose(t, cfg: ModelConfig):
+    """GPT-2's Conv1D stores weights as (in, out); nn.Linear wants (out, in)."""
+    return t.t().contiguous()
+
+
+def gpt2_config(hf: dict) -> ModelConfig:
+    """GPT-2 / Cerebras-GPT: learned absolute positions, pre-LN, GELU (tanh) MLP, biases, tied head."""
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+        raise UnsupportedModelError("GPT-2 attention variants scale_attn_by_inverse_layer_idx / "
+                                    "reorder_and_upcast_attn are not supported")
+    d = hf["n_embd"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "gpt2",
+        vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_embd=d, n_head=hf["n_head"],
+        intermediate_size=hf.get("n_inner") or 4 * d, max_seq_len=hf.get("n_positions", 1024),
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        mlp=_plain_mlp(hf, "activation_function"), mlp_bias=True, qkv_bias=True, attn_out_bias=True,
+        position="learned", tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        **_token_ids(hf),
+    )
+
+
+G = "transformer.h.{i}."
+GPT2_WEIGHTS = {
+    "embed.weight": ("transformer.wte.weight",),
+    "pos_embed.weight": ("transformer.wpe.weight",),
+    "norm.weight": ("transformer.ln_f.weight",),
+    "norm.bias": ("transformer.ln_f.bias",),
+    "lm_head.weight": ("lm_head.weight",),
+    **{f"layers.{{i}}.{ours}.{wb}": (G + f"{theirs}.{wb}",)
+       for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2"), ("attn.qkv", "attn.c_attn"),
+                            ("attn.o", "attn.c_proj"), ("mlp.gate_up", "mlp.c_fc"), ("mlp.down", "mlp.c_proj"))
+       for wb in ("weight", "bias")},
+}
+GPT2_TRANSFORMS = {f"layers.{{i}}.{m}.weight": transpose for m in ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down")}
+
+
+def opt_config(hf: dict) -> ModelConfig:
+    """OPT: learned positions offset by 2, ReLU MLP, pre-LN (every size but 350m)."""
+    d = hf["hidden_size"]
+    if not hf.get("do_layer_norm_before", True) or hf.get("word_embed_proj_dim", d) != d:
+        raise UnsupportedModelError(
+            "OPT with post-LayerNorm / project_in-out (OPT-350m layout) is not supported yet; "
+            "the pre-LN OPT sizes are"
+        )
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "opt",
+        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d,
+        n_head=hf["num_attention_heads"], intermediate_size=hf["ffn_dim"],
+        max_seq_len=hf.get("max_position_embeddings", 2048), position="learned", position_offset=2,
+        norm="layernorm", norm_eps=1e-5, mlp=_plain_mlp(hf, "activation_function"),
+        mlp_bias=bool(hf.get("enable_bias", True)), qkv_bias=bool(hf.get("enable_bias", True)),
+        attn_out_bias=bool(hf.get("enable_bias", True)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        **_token_ids(hf),
+    )
+
+
+O = "model.decoder.layers.{i}."
+OPT_WEIGHTS = {
+    "embed.weight": ("model.decoder.embed_tokens.weight",),
+    "pos_embed.weight": ("model.decoder.embed_positions.weight",),
+    "norm.weight": ("model.decoder.final_layer_norm.weight",),
+    "norm.bias": ("model.decoder.final_layer_norm.bias",),
+    "lm_head.weight": ("lm_head.weight",),
+    **{f"layers.{{i}}.{ours}.{wb}": tuple(O + f"{t}.{wb}" for t in theirs)
+       for ours, theirs in (("attn_norm", ("self_attn_layer_norm",)), ("mlp_norm", ("final_layer_norm",)),
+                            ("attn.qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                            ("attn.o", ("self_attn.out_proj",)), ("mlp.gate_up", ("fc1",)), ("mlp.down", ("fc2",)))
+       for wb in ("weight", "bias")},
+}
+
+
 N = "gpt_neox.layers.{i}."
 GPT_NEOX_WEIGHTS = {
     "embed.weight": ("gpt_neox.embed_in.weight",),
@@ -360,6 +433,9 @@ ADAPTERS: dict[str, Adapter] = {
         transforms={"layers.{i}.attn.qkv.weight": rope_pairs_to_halves},
     ),
     "phi3": Adapter(phi3_config, PHI3_WEIGHTS),
+    "gpt2": Adapter(gpt2_config, GPT2_WEIGHTS, ignore=("attn.bias", "attn.masked_bias"),
+                    transforms=GPT2_TRANSFORMS),
+    "opt": Adapter(opt_config, OPT_WEIGHTS),
     "gpt_neox": Adapter(
         gpt_neox_config, GPT_NEOX_WEIGHTS,
         ignore=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),

@@ -52,6 +52,8 @@ class Transformer(nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.embed_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.embed_norm else None
+        if cfg.position == "learned":  # absolute position table (GPT-2, OPT)
+            self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.position_offset, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.lm_head_bias)
@@ -133,6 +135,8 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(start, end, device=input_ids.device)[None].expand(B, T)
 
         x = self.embed(input_ids)
+        if self.config.position == "learned":
+            x = x + self.pos_embed(position_ids + self.config.position_offset)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         cos = sin = bias = None
