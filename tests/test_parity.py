@@ -68,6 +68,12 @@ CASES = {
     # OPT: learned positions offset by 2, ReLU
     "opt": (tf.OPTConfig, tf.OPTForCausalLM,
             dict(ffn_dim=72, word_embed_proj_dim=48, pad_token_id=1, bos_token_id=2, eos_token_id=2)),
+    # GLM-4 / ChatGLM (transformers `glm`): pair-interleaved RoPE on half of each head, q/k/v bias
+    "glm": (tf.GlmConfig, tf.GlmForCausalLM, dict(head_dim=8, pad_token_id=0, eos_token_id=2)),
+    # StableLM: LayerNorm, partial rotary, q/k/v bias, parallel residual with one norm
+    "stablelm-parallel": (tf.StableLmConfig, tf.StableLmForCausalLM,
+                          dict(partial_rotary_factor=0.25, use_qkv_bias=True, use_parallel_residual=True)),
+    "stablelm": (tf.StableLmConfig, tf.StableLmForCausalLM, dict(partial_rotary_factor=0.5)),
 }
 
 
@@ -189,3 +195,40 @@ def test_bfloat16_load(tmp_path):
     ids = random_ids(V, (1, 12))
     # both compute in bf16 with the same op order (RMSNorm in fp32): agreement within bf16 rounding
     assert max_logit_diff(ref, ours, ids) <= 0.05
+
+
+def test_chatglm_original_layout(tmp_path):
+    """ChatGLM2/3 and GLM-4 ship THUDM's own layout (`chatglm` remote code, no transformers class).
+    It is the network transformers' `glm` implements, so the reference is a `glm` model whose weights
+    are written under chatglm's names and config keys."""
+    ref = build_reference("glm", tmp_path / "ref")
+    c = ref.config
+    d = tmp_path / "chatglm"
+    d.mkdir()
+    sd = ref.state_dict()
+    state = {"transformer.embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
+             "transformer.encoder.final_layernorm.weight": sd["model.norm.weight"],
+             "transformer.output_layer.weight": sd["lm_head.weight"]}
+    for i in range(c.num_hidden_layers):
+        a, b = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
+        for wb in ("weight", "bias"):
+            state[b + f"self_attention.query_key_value.{wb}"] = torch.cat(
+                [sd[a + f"self_attn.{p}_proj.{wb}"] for p in "qkv"])
+        state[b + "self_attention.dense.weight"] = sd[a + "self_attn.o_proj.weight"]
+        state[b + "mlp.dense_h_to_4h.weight"] = sd[a + "mlp.gate_up_proj.weight"]
+        state[b + "mlp.dense_4h_to_h.weight"] = sd[a + "mlp.down_proj.weight"]
+        state[b + "input_layernorm.weight"] = sd[a + "input_layernorm.weight"]
+        state[b + "post_attention_layernorm.weight"] = sd[a + "post_attention_layernorm.weight"]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "chatglm", "num_layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
+        "ffn_hidden_size": c.intermediate_size, "kv_channels": c.head_dim,
+        "num_attention_heads": c.num_attention_heads, "multi_query_attention": True,
+        "multi_query_group_num": c.num_key_value_heads, "seq_length": c.max_position_embeddings,
+        "layernorm_epsilon": c.rms_norm_eps, "padded_vocab_size": c.vocab_size, "add_qkv_bias": True,
+        "add_bias_linear": False, "rmsnorm": True, "post_layer_norm": True, "torch_dtype": "float32",
+    }))
+    ours = lmzoo.from_pretrained(d)
+    ids = random_ids(V, (2, 16))
+    assert max_logit_diff(ref, ours, ids) <= ATOL
+    assert torch.equal(greedy_ours(ours, ids[:, :5], 20), greedy_ref(ref, ids[:, :5], 20))

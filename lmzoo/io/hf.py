@@ -178,9 +178,9 @@ def baichuan_config(hf: dict) -> ModelConfig:
     return llama_config(hf)
 
 
-def _rotary_fraction(hf: dict) -> float:
+def _rotary_fraction(hf: dict, default: float = 1.0) -> float:
     params = hf.get("rope_parameters") or {}
-    return float(params.get("partial_rotary_factor", hf.get("rotary_pct", hf.get("partial_rotary_factor", 1.0))))
+    return float(params.get("partial_rotary_factor", hf.get("rotary_pct", hf.get("partial_rotary_factor", default))))
 
 
 _GELU = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -361,6 +361,79 @@ OPT_WEIGHTS = {
 }
 
 
+def glm_config(hf: dict) -> ModelConfig:
+    """GLM-4 / ChatGLM in transformers' `glm` layout: LLaMA block with q/k/v biases, fused gate_up,
+    pair-interleaved RoPE on the first half of each head (re-ordered at load, see rope_pairs_to_halves)."""
+    bias = bool(hf.get("attention_bias", True))
+    return llama_config(hf, qkv_bias=bias, attn_out_bias=False, rotary_percentage=_rotary_fraction(hf, 0.5))
+
+
+GLM_WEIGHTS = {
+    **{k: v for k, v in LLAMA_WEIGHTS.items() if "gate_up" not in k},
+    "layers.{i}.mlp.gate_up.weight": (L + "mlp.gate_up_proj.weight",),
+}
+GLM_TRANSFORMS = {"layers.{i}.attn.qkv.weight": rope_pairs_to_halves,
+                  "layers.{i}.attn.qkv.bias": rope_pairs_to_halves}
+
+
+def chatglm_config(hf: dict) -> ModelConfig:
+    """ChatGLM2-6B / ChatGLM3-6B / GLM-4-9B in THUDM's original (remote-code) layout: the same network
+    as `glm` — multi-query groups, q/k/v bias, RoPE on half of each head in adjacent pairs, RMSNorm."""
+    if not hf.get("rmsnorm", True) or hf.get("apply_residual_connection_post_layernorm") or \
+            not hf.get("post_layer_norm", True):
+        raise UnsupportedModelError("this chatglm variant (LayerNorm / post-LN residual) is not supported; "
+                                    "ChatGLM2/3 and GLM-4 are")
+    H = hf["num_attention_heads"]
+    kv = hf["multi_query_group_num"] if hf.get("multi_query_attention") else H
+    bias = bool(hf.get("add_qkv_bias", True))
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "chatglm",
+        vocab_size=hf.get("padded_vocab_size") or hf["vocab_size"], n_layer=hf["num_layers"],
+        n_embd=hf["hidden_size"], n_head=H, n_kv_head=kv, head_dim=hf.get("kv_channels"),
+        intermediate_size=hf["ffn_hidden_size"], max_seq_len=hf.get("seq_length", 2048),
+        norm="rmsnorm", norm_eps=hf.get("layernorm_epsilon", 1e-5), mlp="swiglu",
+        mlp_bias=bool(hf.get("add_bias_linear", False)), qkv_bias=bias,
+        attn_out_bias=bool(hf.get("add_bias_linear", False)),
+        rope_theta=10000.0 * float(hf.get("rope_ratio", 1.0)), rotary_percentage=0.5,
+        tie_embeddings=False, **_token_ids(hf),
+    )
+
+
+C = "transformer.encoder.layers.{i}."
+CHATGLM_WEIGHTS = {
+    "embed.weight": ("transformer.embedding.word_embeddings.weight",),
+    "norm.weight": ("transformer.encoder.final_layernorm.weight",),
+    "lm_head.weight": ("transformer.output_layer.weight",),
+    "layers.{i}.attn_norm.weight": (C + "input_layernorm.weight",),
+    "layers.{i}.mlp_norm.weight": (C + "post_attention_layernorm.weight",),
+    "layers.{i}.attn.qkv.weight": (C + "self_attention.query_key_value.weight",),
+    "layers.{i}.attn.qkv.bias": (C + "self_attention.query_key_value.bias",),
+    "layers.{i}.attn.o.weight": (C + "self_attention.dense.weight",),
+    "layers.{i}.mlp.gate_up.weight": (C + "mlp.dense_h_to_4h.weight",),
+    "layers.{i}.mlp.down.weight": (C + "mlp.dense_4h_to_h.weight",),
+}
+
+
+def stablelm_config(hf: dict) -> ModelConfig:
+    """StableLM (`stablelm`): LLaMA block with LayerNorm, partial rotary, optional q/k/v bias, optional
+    parallel residual with one shared norm."""
+    if hf.get("qk_layernorm"):
+        raise UnsupportedModelError("StableLM with qk_layernorm (per-head LayerNorm, StableLM-2-12B) is not "
+                                    "supported yet")
+    parallel = bool(hf.get("use_parallel_residual", False))
+    return llama_config(hf, norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5),
+                        qkv_bias=bool(hf.get("use_qkv_bias", False)), attn_out_bias=False,
+                        rotary_percentage=_rotary_fraction(hf), parallel_residual=parallel, shared_norm=parallel)
+
+
+STABLELM_WEIGHTS = {
+    **LLAMA_WEIGHTS,
+    "norm.bias": ("model.norm.bias",),
+    "layers.{i}.attn_norm.bias": (L + "input_layernorm.bias",),
+    "layers.{i}.mlp_norm.bias": (L + "post_attention_layernorm.bias",),
+}
+
+
 N = "gpt_neox.layers.{i}."
 GPT_NEOX_WEIGHTS = {
     "embed.weight": ("gpt_neox.embed_in.weight",),
@@ -436,6 +509,9 @@ ADAPTERS: dict[str, Adapter] = {
     "gpt2": Adapter(gpt2_config, GPT2_WEIGHTS, ignore=("attn.bias", "attn.masked_bias"),
                     transforms=GPT2_TRANSFORMS),
     "opt": Adapter(opt_config, OPT_WEIGHTS),
+    "glm": Adapter(glm_config, GLM_WEIGHTS, transforms=GLM_TRANSFORMS),
+    "chatglm": Adapter(chatglm_config, CHATGLM_WEIGHTS, transforms=GLM_TRANSFORMS),
+    "stablelm": Adapter(stablelm_config, STABLELM_WEIGHTS),
     "gpt_neox": Adapter(
         gpt_neox_config, GPT_NEOX_WEIGHTS,
         ignore=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),
