@@ -74,6 +74,14 @@ CASES = {
     "stablelm-parallel": (tf.StableLmConfig, tf.StableLmForCausalLM,
                           dict(partial_rotary_factor=0.25, use_qkv_bias=True, use_parallel_residual=True)),
     "stablelm": (tf.StableLmConfig, tf.StableLmForCausalLM, dict(partial_rotary_factor=0.5)),
+    # Falcon: 7B layout (multi-query, parallel on one LayerNorm), 40B/180B layout (grouped kv heads,
+    # ln_attn + ln_mlp), and a sequential MHA layout with biases
+    "falcon-7b": (tf.FalconConfig, tf.FalconForCausalLM,
+                  dict(multi_query=True, parallel_attn=True, new_decoder_architecture=False, bias=False)),
+    "falcon-40b": (tf.FalconConfig, tf.FalconForCausalLM,
+                   dict(new_decoder_architecture=True, num_kv_heads=2, parallel_attn=True, bias=False)),
+    "falcon-mha-seq": (tf.FalconConfig, tf.FalconForCausalLM,
+                       dict(multi_query=False, parallel_attn=False, new_decoder_architecture=False, bias=True)),
 }
 
 

@@ -434,6 +434,72 @@ STABLELM_WEIGHTS = {
 }
 
 
+def grouped_qkv(t, cfg: ModelConfig):
+    """Falcon's fused qkv, grouped per key/value head: (n_kv_head, g + 2, head_dim, ...) with the g
+    query heads of the group, then its k and v. Covers Falcon-40B/180B (g = n_head / n_kv_head),
+    Falcon-7B multi-query (one group) and MHA checkpoints (g = 1, i.e. per-head q, k, v)."""
+    import torch
+
+    g, hd = cfg.n_head // cfg.n_kv_head, cfg.head_dim
+    x = t.view(cfg.n_kv_head, g + 2, hd, *t.shape[1:])
+    q = x[:, :g].reshape(cfg.q_size, *t.shape[1:])
+    return torch.cat([q, x[:, g].reshape(cfg.kv_size, *t.shape[1:]), x[:, g + 1].reshape(cfg.kv_size, *t.shape[1:])])
+
+
+def _falcon_layout(hf: dict) -> tuple[bool, int]:
+    new = bool(hf.get("new_decoder_architecture", False))
+    n_ln = hf.get("num_ln_in_parallel_attn") or (2 if new else 1)
+    return new, n_ln
+
+
+def falcon_config(hf: dict) -> ModelConfig:
+    """Falcon: RoPE, LayerNorm, GELU MLP; 7B = multi-query + parallel attention/MLP on one norm;
+    40B/180B = the new decoder architecture (grouped kv heads, ln_attn + ln_mlp, parallel)."""
+    if hf.get("alibi"):
+        raise UnsupportedModelError("Falcon with ALiBi (RW-style, scores scaled after the bias) is not supported yet")
+    new, n_ln = _falcon_layout(hf)
+    parallel = new or bool(hf.get("parallel_attn", True))
+    if new and not hf.get("parallel_attn", True):
+        raise UnsupportedModelError("Falcon new_decoder_architecture without parallel_attn is not supported")
+    H = hf.get("num_attention_heads") or hf["n_head"]
+    kv = (hf.get("num_kv_heads") or H) if (new or not hf.get("multi_query", True)) else 1
+    d = hf["hidden_size"]
+    theta, scaling = _rope_scaling(hf)
+    bias = bool(hf.get("bias", False))
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "falcon",
+        vocab_size=hf["vocab_size"], n_layer=hf.get("num_hidden_layers") or hf["n_layer"], n_embd=d,
+        n_head=H, n_kv_head=kv, intermediate_size=hf.get("ffn_hidden_size") or 4 * d,
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp=_plain_mlp(hf, "activation"),
+        mlp_bias=bias, qkv_bias=bias, attn_out_bias=bias, rope_theta=theta, rope_scaling=scaling,
+        parallel_residual=parallel, shared_norm=parallel and n_ln == 1,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), **_token_ids(hf),
+    )
+
+
+def falcon_weights(hf: dict) -> dict[str, tuple[str, ...]]:
+    F = "transformer.h.{i}."
+    new, n_ln = _falcon_layout(hf)
+    parallel = new or bool(hf.get("parallel_attn", True))
+    if parallel and n_ln == 2:
+        norms = {"attn_norm": "ln_attn", "mlp_norm": "ln_mlp"}
+    elif parallel:
+        norms = {"attn_norm": "input_layernorm"}
+    else:
+        norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+    linears = {"attn.qkv": "self_attention.query_key_value", "attn.o": "self_attention.dense",
+               "mlp.gate_up": "mlp.dense_h_to_4h", "mlp.down": "mlp.dense_4h_to_h"}
+    return {
+        "embed.weight": ("transformer.word_embeddings.weight",),
+        "norm.weight": ("transformer.ln_f.weight",),
+        "norm.bias": ("transformer.ln_f.bias",),
+        "lm_head.weight": ("lm_head.weight",),
+        **{f"layers.{{i}}.{ours}.{wb}": (F + f"{theirs}.{wb}",)
+           for ours, theirs in {**norms, **linears}.items() for wb in ("weight", "bias")},
+    }
+
+
 N = "gpt_neox.layers.{i}."
 GPT_NEOX_WEIGHTS = {
     "embed.weight": ("gpt_neox.embed_in.weight",),
@@ -484,7 +550,8 @@ BLOOM_WEIGHTS = {
 @dataclass(frozen=True)
 class Adapter:
     config: Callable[[dict], ModelConfig]
-    weights: dict[str, tuple[str, ...]]
+    # canonical -> checkpoint names; or a function of config.json when the names depend on a layout flag
+    weights: dict[str, tuple[str, ...]] | Callable[[dict], dict[str, tuple[str, ...]]]
     # checkpoint tensors that carry no weights we need (recomputed buffers)
     ignore: tuple[str, ...] = field(default=("rotary_emb.inv_freq",))
     # canonical template -> fn(tensor, cfg): layout changes applied after assembling
@@ -512,6 +579,8 @@ ADAPTERS: dict[str, Adapter] = {
     "glm": Adapter(glm_config, GLM_WEIGHTS, transforms=GLM_TRANSFORMS),
     "chatglm": Adapter(chatglm_config, CHATGLM_WEIGHTS, transforms=GLM_TRANSFORMS),
     "stablelm": Adapter(stablelm_config, STABLELM_WEIGHTS),
+    "falcon": Adapter(falcon_config, falcon_weights,
+                      transforms={"layers.{i}.attn.qkv.weight": grouped_qkv, "layers.{i}.attn.qkv.bias": grouped_qkv}),
     "gpt_neox": Adapter(
         gpt_neox_config, GPT_NEOX_WEIGHTS,
         ignore=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),

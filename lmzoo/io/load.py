@@ -180,7 +180,8 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
         dtype = resolve_dtype(hf.get("torch_dtype") or hf.get("dtype") or "float32")
     source = open_checkpoint_dir(p)
     try:
-        return instantiate(cfg, source, adapter.weights, ignore=adapter.ignore, transforms=adapter.transforms,
+        weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
+        return instantiate(cfg, source, weights, ignore=adapter.ignore, transforms=adapter.transforms,
                            dtype=dtype, device=device)
     finally:
         source.close()
