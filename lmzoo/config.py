@@ -92,6 +92,13 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rotary_percentage: float = 1.0  # fraction of each head's dims that RoPE rotates
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # --- mixture of experts (0 experts: dense MLP everywhere) -------------------------------------
+    n_experts: int = 0
+    n_experts_per_tok: int = 0
+    moe_intermediate_size: int | None = None  # expert width; None -> intermediate_size
+    moe_renormalize: bool = True  # renormalise the top-k router probabilities (Mixtral: yes)
+    shared_expert_size: int = 0  # an always-on expert with a sigmoid gate (Qwen2-MoE); 0 = none
+    moe_layers: tuple[int, ...] | None = None  # layers with MoE; None -> all (when n_experts > 0)
     # --- residual layout ---------------------------------------------------------------------
     # sequential (LLaMA):  x = x + attn(n1(x));  x = x + mlp(n2(x))
     # parallel (GPT-NeoX, GPT-J, Falcon):  x = x + attn(n1(x)) + mlp(n2(x))
@@ -115,6 +122,10 @@ class ModelConfig:
         self.eos_token_id = tuple(self.eos_token_id or ())
         if self.sliding_window_layers is not None:
             self.sliding_window_layers = tuple(self.sliding_window_layers)
+        if self.moe_layers is not None:
+            self.moe_layers = tuple(self.moe_layers)
+        if self.n_experts and self.moe_intermediate_size is None:
+            self.moe_intermediate_size = self.intermediate_size
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -155,6 +166,10 @@ class ModelConfig:
             bad = [i for i in self.sliding_window_layers if not 0 <= i < self.n_layer]
             if bad:
                 raise ConfigError(f"sliding_window_layers {bad} outside 0..{self.n_layer - 1}")
+        if self.n_experts and not 0 < self.n_experts_per_tok <= self.n_experts:
+            raise ConfigError(
+                f"n_experts_per_tok={self.n_experts_per_tok} must be in 1..n_experts={self.n_experts}"
+            )
         if self.shared_norm and not self.parallel_residual:
             raise ConfigError("shared_norm needs parallel_residual=True (one norm feeding both branches)")
         if self.norm_eps <= 0:
@@ -178,6 +193,9 @@ class ModelConfig:
     def gated_mlp(self) -> bool:
         return self.mlp in ("swiglu", "geglu")
 
+    def layer_is_moe(self, layer: int) -> bool:
+        return bool(self.n_experts) and (self.moe_layers is None or layer in self.moe_layers)
+
     def layer_window(self, layer: int) -> int | None:
         """Sliding-window size used by `layer`, or None for full causal attention."""
         if self.sliding_window is None:
@@ -190,8 +208,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eos_token_id"] = list(self.eos_token_id)
-        if self.sliding_window_layers is not None:
-            d["sliding_window_layers"] = list(self.sliding_window_layers)
+        for k in ("sliding_window_layers", "moe_layers"):
+            if d[k] is not None:
+                d[k] = list(d[k])
         return d
 
     @classmethod

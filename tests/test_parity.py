@@ -82,6 +82,15 @@ CASES = {
                    dict(new_decoder_architecture=True, num_kv_heads=2, parallel_attn=True, bias=False)),
     "falcon-mha-seq": (tf.FalconConfig, tf.FalconForCausalLM,
                        dict(multi_query=False, parallel_attn=False, new_decoder_architecture=False, bias=True)),
+    # MoE: Mixtral (top-2 of 4, renormalised), Qwen2-MoE (top-2 of 5, shared expert with sigmoid gate,
+    # one dense layer), Qwen3-MoE (q/k norm, renormalised)
+    "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2-moe": (tf.Qwen2MoeConfig, tf.Qwen2MoeForCausalLM,
+                  dict(num_hidden_layers=3, num_experts=5, num_experts_per_tok=2, moe_intermediate_size=24,
+                       shared_expert_intermediate_size=40, mlp_only_layers=[1], norm_topk_prob=False)),
+    "qwen3-moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM,
+                  dict(head_dim=10, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+                       norm_topk_prob=True)),
 }
 
 
@@ -89,6 +98,7 @@ def build_reference(name: str, tmp_path):
     cfg_cls, model_cls, over = CASES[name]
     cfg = cfg_cls(**{**BASE, **over})
     cfg._attn_implementation = "eager"
+    cfg._experts_implementation = "eager"  # the grouped-mm kernel fails on CPU for unaligned sizes
     torch.manual_seed(0)
     ref = perturb_(model_cls(cfg)).eval()
     ref.generation_config.pad_token_id = 0

@@ -225,14 +225,14 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
     if head is not None:
         model.lm_head = head  # a tied head gets its own quantised copy; the embedding stays float
     # everything still on the meta device (embedding, norms, float linears) loads as floats
-    from lmzoo.io.load import _template
+    from lmzoo.io.load import _fill, _template
 
     state = {}
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if not p.is_meta or name.startswith("rope."):
             continue
-        template, layer = _template(name)
-        parts = [q.replace("{i}", layer or "") for q in GGUF_WEIGHTS[template]]
+        template, index = _template(name)
+        parts = [_fill(q, index) for q in GGUF_WEIGHTS[template]]
         missing = [q for q in parts if q not in f.tensors]
         if missing:
             raise CheckpointError(f"{f.path.name} is missing tensor(s) {missing}")

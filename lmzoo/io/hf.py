@@ -168,6 +168,54 @@ def qwen3_config(hf: dict) -> ModelConfig:
     return llama_config(hf, qk_norm=True, qkv_bias=bias, attn_out_bias=bias)
 
 
+def mixtral_config(hf: dict) -> ModelConfig:
+    """Mixtral: Mistral with every MLP a sparse MoE, softmax top-k renormalised."""
+    return llama_config(hf, n_experts=hf["num_local_experts"], n_experts_per_tok=hf["num_experts_per_tok"],
+                        moe_intermediate_size=hf["intermediate_size"], moe_renormalize=True)
+
+
+def _qwen_moe(hf: dict, **overrides: Any) -> ModelConfig:
+    n = hf["num_hidden_layers"]
+    step, dense = hf.get("decoder_sparse_step", 1) or 1, set(hf.get("mlp_only_layers") or [])
+    moe = tuple(i for i in range(n) if i not in dense and (i + 1) % step == 0)
+    return llama_config(hf, n_experts=hf.get("num_experts") or hf["num_local_experts"],
+                        n_experts_per_tok=hf["num_experts_per_tok"],
+                        moe_intermediate_size=hf["moe_intermediate_size"],
+                        moe_renormalize=bool(hf.get("norm_topk_prob", False)),
+                        moe_layers=None if len(moe) == n else moe, **overrides)
+
+
+def qwen2_moe_config(hf: dict) -> ModelConfig:
+    """Qwen1.5-MoE / Qwen2-MoE: Qwen2 attention; routed experts plus a shared expert behind a sigmoid gate."""
+    return _qwen_moe(hf, qkv_bias=True, attn_out_bias=False,
+                     shared_expert_size=hf.get("shared_expert_intermediate_size") or 0)
+
+
+def qwen3_moe_config(hf: dict) -> ModelConfig:
+    bias = bool(hf.get("attention_bias", False))
+    return _qwen_moe(hf, qk_norm=True, qkv_bias=bias, attn_out_bias=bias)
+
+
+B_MOE = L + "block_sparse_moe."
+MIXTRAL_WEIGHTS = {
+    **{k: v for k, v in LLAMA_WEIGHTS.items() if ".mlp." not in k},
+    "layers.{i}.mlp.router.weight": (B_MOE + "gate.weight",),
+    "layers.{i}.mlp.experts.{e}.gate_up.weight": (B_MOE + "experts.{e}.w1.weight", B_MOE + "experts.{e}.w3.weight"),
+    "layers.{i}.mlp.experts.{e}.down.weight": (B_MOE + "experts.{e}.w2.weight",),
+}
+QWEN_MOE_WEIGHTS = {
+    **LLAMA_WEIGHTS,  # dense layers keep the LLaMA MLP names
+    "layers.{i}.mlp.router.weight": (L + "mlp.gate.weight",),
+    "layers.{i}.mlp.experts.{e}.gate_up.weight": (L + "mlp.experts.{e}.gate_proj.weight",
+                                                  L + "mlp.experts.{e}.up_proj.weight"),
+    "layers.{i}.mlp.experts.{e}.down.weight": (L + "mlp.experts.{e}.down_proj.weight",),
+    "layers.{i}.mlp.shared.gate_up.weight": (L + "mlp.shared_expert.gate_proj.weight",
+                                             L + "mlp.shared_expert.up_proj.weight"),
+    "layers.{i}.mlp.shared.down.weight": (L + "mlp.shared_expert.down_proj.weight",),
+    "layers.{i}.mlp.shared_gate.weight": (L + "mlp.shared_expert_gate.weight",),
+}
+
+
 def baichuan_config(hf: dict) -> ModelConfig:
     if "max_position_embeddings" not in hf:
         # Baichuan-13B / Baichuan2-13B declare `model_max_length` and use ALiBi, not RoPE
@@ -564,6 +612,9 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2": Adapter(qwen2_config, LLAMA_WEIGHTS),
     "qwen3": Adapter(qwen3_config, LLAMA_WEIGHTS),
     "baichuan": Adapter(baichuan_config, BAICHUAN_WEIGHTS),
+    "mixtral": Adapter(mixtral_config, MIXTRAL_WEIGHTS),
+    "qwen2_moe": Adapter(qwen2_moe_config, QWEN_MOE_WEIGHTS),
+    "qwen3_moe": Adapter(qwen3_moe_config, QWEN_MOE_WEIGHTS),
     "bloom": Adapter(
         bloom_config, BLOOM_WEIGHTS,
         transforms={"layers.{i}.attn.qkv.weight": per_head_qkv, "layers.{i}.attn.qkv.bias": per_head_qkv},

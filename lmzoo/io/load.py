@@ -24,15 +24,27 @@ class Source(Protocol):
     def get(self, name: str) -> torch.Tensor: ...
 
 
-_LAYER = re.compile(r"\.(\d+)\.")
+_INDEX = re.compile(r"(?<=\.)(\d+)(?=\.)")
+_PLACEHOLDERS = ("{i}", "{e}")  # layer, then expert
 
 
-def _template(name: str) -> tuple[str, str | None]:
-    """'layers.3.attn.o.weight' -> ('layers.{i}.attn.o.weight', '3')."""
-    m = _LAYER.search(name)
-    if not m:
-        return name, None
-    return name[: m.start()] + ".{i}." + name[m.end() :], m.group(1)
+def _template(name: str) -> tuple[str, dict[str, str]]:
+    """'layers.3.mlp.experts.5.down.weight' -> ('layers.{i}.mlp.experts.{e}.down.weight',
+    {'{i}': '3', '{e}': '5'})."""
+    values: dict[str, str] = {}
+
+    def sub(m: re.Match) -> str:
+        key = _PLACEHOLDERS[len(values)]
+        values[key] = m.group(1)
+        return key
+
+    return _INDEX.sub(sub, name, count=len(_PLACEHOLDERS)), values
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    for k, v in values.items():
+        template = template.replace(k, v)
+    return template
 
 
 def build_state_dict(
@@ -58,11 +70,11 @@ def build_state_dict(
     state: dict[str, torch.Tensor] = {}
     missing: list[str] = []
     for name, param in expected.items():
-        template, layer = _template(name)
+        template, index = _template(name)
         if template not in weights:
             missing.append(f"{name} (no mapping)")
             continue
-        parts = [p.replace("{i}", layer or "") for p in weights[template]]
+        parts = [_fill(p, index) for p in weights[template]]
         absent = [p for p in parts if p not in available]
         if absent:
             missing.extend(absent)

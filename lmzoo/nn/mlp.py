@@ -24,13 +24,14 @@ ACTIVATIONS = {
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, *, width: int | None = None) -> None:
+        """width: hidden width; default cfg.intermediate_size (MoE experts pass their own)."""
         super().__init__()
         self.gated = cfg.gated_mlp
         self.act = ACTIVATIONS[cfg.mlp]
-        width = cfg.intermediate_size * (2 if self.gated else 1)
-        self.gate_up = nn.Linear(cfg.n_embd, width, bias=cfg.mlp_bias)
-        self.down = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.mlp_bias)
+        hidden = width or cfg.intermediate_size
+        self.gate_up = nn.Linear(cfg.n_embd, hidden * (2 if self.gated else 1), bias=cfg.mlp_bias)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gate_up(x)

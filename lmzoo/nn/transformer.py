@@ -24,6 +24,7 @@ from lmzoo.errors import ContextLengthError
 from lmzoo.nn.alibi import alibi_bias, alibi_slopes
 from lmzoo.nn.attention import Attention, KVCache, build_mask
 from lmzoo.nn.mlp import MLP
+from lmzoo.nn.moe import MoE
 from lmzoo.nn.norm import build_norm
 from lmzoo.nn.rope import RotaryEmbedding
 
@@ -34,7 +35,7 @@ class Block(nn.Module):
         self.attn_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.mlp_norm = None if cfg.shared_norm else build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg)
         self.parallel = cfg.parallel_residual
 
     def forward(self, x, cos, sin, mask, start: int | None = None):
