@@ -35,7 +35,7 @@ def test_json_round_trip():
     again = ModelConfig.from_dict(json.loads(cfg.to_json()))
     assert again == cfg
     with pytest.raises(ConfigError, match="unknown ModelConfig fields"):
-        ModelConfig.from_dict({**cfg.to_dict(), "n_experts": 8})
+        ModelConfig.from_dict({**cfg.to_dict(), "n_bananas": 8})
 
 
 def test_derived_fields():
