@@ -60,6 +60,10 @@ CASES = {
     "gptj": (tf.GPTJConfig, tf.GPTJForCausalLM,
              dict(n_embd=48, n_layer=2, n_head=6, rotary_dim=4, n_positions=128, n_inner=72,
                   bos_token_id=1, eos_token_id=2)),
+    # CodeGen / MOSS: GPT-J block with the 4-way model-parallel qkv layout (8 heads, 2 per quarter)
+    "codegen": (tf.CodeGenConfig, tf.CodeGenForCausalLM,
+                dict(hidden_size=64, num_attention_heads=8, n_layer=2, rotary_dim=4, n_positions=128, n_ctx=128, n_inner=72,
+                     bos_token_id=1, eos_token_id=2)),
     # Phi-3 (4k): fused qkv_proj and gate_up_proj, sliding window
     "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(pad_token_id=0, eos_token_id=2, sliding_window=9)),
     # GPT-2 / Cerebras-GPT: learned positions, Conv1D (transposed) weights, fused c_attn

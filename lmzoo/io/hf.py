@@ -319,6 +319,32 @@ GPTJ_WEIGHTS = {
 }
 
 
+def codegen_qkv(t, cfg: ModelConfig):
+    """CodeGen's qkv_proj was written for 4-way model parallelism: rows (4, [q, v, k], d/4, ...), each
+    quarter holding n_head/4 heads. -> [q; k; v], then GPT-J's pair-interleaved RoPE -> halves."""
+    import torch
+
+    x = t.view(4, 3, cfg.n_embd // 4, *t.shape[1:])
+    q, v, k = (x[:, j].reshape(cfg.n_embd, *t.shape[1:]) for j in range(3))
+    return rope_pairs_to_halves(torch.cat([q, k, v]), cfg)
+
+
+def codegen_config(hf: dict) -> ModelConfig:
+    """CodeGen / MOSS: GPT-J's block (one LayerNorm, parallel attention + MLP, biased head) with the
+    model-parallel qkv layout."""
+    if hf["n_head"] % 4:
+        raise UnsupportedModelError(f"CodeGen needs n_head divisible by 4 (its qkv layout), got {hf['n_head']}")
+    hd = hf["n_embd"] // hf["n_head"]
+    rot = min(hf.get("rotary_dim") or hd, hf.get("n_ctx", hf.get("n_positions", 2048)) // hf["n_head"])
+    return gptj_config({**hf, "rotary_dim": rot})
+
+
+CODEGEN_WEIGHTS = {
+    **{k: v for k, v in GPTJ_WEIGHTS.items() if "attn.qkv" not in k},
+    "layers.{i}.attn.qkv.weight": (J + "attn.qkv_proj.weight",),
+}
+
+
 def phi3_config(hf: dict) -> ModelConfig:
     params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
     if params.get("rope_type", params.get("type", "default")) not in ("default", None):
@@ -623,6 +649,8 @@ ADAPTERS: dict[str, Adapter] = {
         gptj_config, GPTJ_WEIGHTS, ignore=("attn.bias", "attn.masked_bias", "embed_positions"),
         transforms={"layers.{i}.attn.qkv.weight": rope_pairs_to_halves},
     ),
+    "codegen": Adapter(codegen_config, CODEGEN_WEIGHTS, ignore=("attn.causal_mask", "attn.bias", "attn.masked_bias"),
+                       transforms={"layers.{i}.attn.qkv.weight": codegen_qkv}),
     "phi3": Adapter(phi3_config, PHI3_WEIGHTS),
     "gpt2": Adapter(gpt2_config, GPT2_WEIGHTS, ignore=("attn.bias", "attn.masked_bias"),
                     transforms=GPT2_TRANSFORMS),
