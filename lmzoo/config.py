@@ -26,7 +26,7 @@ from lmzoo.errors import ConfigError
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")  # gated (swiglu/geglu) or plain two-layer
 POSITIONS = ("rope", "alibi", "learned", "none")
-ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 
 @dataclass(kw_only=True)
@@ -39,6 +39,8 @@ class RopeScaling:
       llama3   Llama 3.1's piecewise wavelength rule (`low_freq_factor`, `high_freq_factor`)
       yarn     YaRN (Peng et al. 2023): NTK-by-parts ramp between `beta_fast` and `beta_slow`,
                plus the attention temperature `mscale` applied to cos/sin
+      longrope LongRoPE (Ding et al. 2024; Phi-3): per-frequency divisors, `short_factor` up to
+               `original_max_position` tokens and `long_factor` beyond, plus an attention factor
     """
 
     kind: str = "none"
@@ -50,14 +52,29 @@ class RopeScaling:
     beta_slow: float = 1.0
     attention_factor: float | None = None  # YaRN's mscale; None -> 0.1 * ln(factor) + 1
     truncate: bool = True  # YaRN: round the correction range to whole dims (HF default)
+    short_factor: tuple[float, ...] = ()  # LongRoPE
+    long_factor: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        self.short_factor, self.long_factor = tuple(self.short_factor), tuple(self.long_factor)
+        self._validate()
+
+    @property
+    def refill_at(self) -> int | None:
+        """Cache slot at which a generation must recompute its whole cache. LongRoPE switches every
+        frequency once the sequence outgrows the trained context; the reference (Phi-3 in HF) then
+        drops the cache and re-encodes everything with the long factors, once."""
+        return self.original_max_position if self.kind == "longrope" else None
+
+    def _validate(self) -> None:
         if self.kind not in ROPE_SCALINGS:
             raise ConfigError(f"rope_scaling.kind={self.kind!r} is not one of {ROPE_SCALINGS}")
         if self.kind != "none" and self.factor <= 0:
             raise ConfigError(f"rope_scaling.factor must be > 0, got {self.factor}")
-        if self.kind in ("llama3", "yarn", "dynamic") and not self.original_max_position:
+        if self.kind in ("llama3", "yarn", "dynamic", "longrope") and not self.original_max_position:
             raise ConfigError(f"rope_scaling kind {self.kind!r} needs original_max_position")
+        if self.kind == "longrope" and (not self.short_factor or len(self.short_factor) != len(self.long_factor)):
+            raise ConfigError("longrope needs short_factor and long_factor of equal, non-zero length")
 
 
 @dataclass(kw_only=True)
@@ -155,6 +172,10 @@ class ModelConfig:
         for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS)):
             if getattr(self, fname) not in allowed:
                 raise ConfigError(f"{fname}={getattr(self, fname)!r} is not one of {allowed}")
+        s = self.rope_scaling
+        if s.kind == "longrope" and len(s.short_factor) != self.rope_dim // 2:
+            raise ConfigError(f"longrope factors have {len(s.short_factor)} entries; RoPE has {self.rope_dim // 2} "
+                              "frequencies")
         if self.position == "rope" and (self.rope_dim % 2 or self.rope_dim <= 0):
             raise ConfigError(
                 f"RoPE needs an even, positive rotary width; head_dim={self.head_dim} x "

@@ -135,6 +135,7 @@ def stream_generate(
     if attention_mask is not None and not bool(attention_mask.all()):
         mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
     model.setup_cache(B, T0 + max_new_tokens)
+    refill_at = cfg.rope_scaling.refill_at if cfg.position == "rope" else None
     seen = input_ids
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     out_ids: list[list[int]] = [[] for _ in range(B)]
@@ -160,7 +161,10 @@ def stream_generate(
         seen = torch.cat([seen, nxt[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits = model(nxt[:, None], start=pos, attention_mask=mask)[:, -1].float()
+        if pos == refill_at and T0 <= refill_at:  # re-encode everything (see RopeScaling.refill_at)
+            logits = model(seen, start=0, attention_mask=mask, last_only=True)[:, -1].float()
+        else:
+            logits = model(nxt[:, None], start=pos, attention_mask=mask)[:, -1].float()
         pos += 1
 
 

@@ -68,6 +68,12 @@ def speculative_generate(
     if T0 > ctx:
         raise ContextLengthError(f"prompt of {T0} tokens is longer than the context of {ctx} tokens")
     max_new_tokens = min(max_new_tokens, ctx - T0)
+    refill = target.config.rope_scaling.refill_at if target.config.position == "rope" else None
+    if refill is not None and T0 <= refill < T0 + max_new_tokens:
+        raise GenerationError(
+            f"speculative decoding cannot cross the LongRoPE switch at {refill} tokens (the target must "
+            "re-encode its cache there); use lmzoo.generate for this length"
+        )
     if max_new_tokens <= 0:
         return input_ids.new_zeros((1, 0))
     eos = set(target.config.eos_token_id if eos_token_id is None else

@@ -66,6 +66,13 @@ CASES = {
                      bos_token_id=1, eos_token_id=2)),
     # Phi-3 (4k): fused qkv_proj and gate_up_proj, sliding window
     "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(pad_token_id=0, eos_token_id=2, sliding_window=9)),
+    # Phi-3 128k style: LongRoPE, short factors within 16 positions, long factors beyond
+    "phi3-longrope": (tf.Phi3Config, tf.Phi3ForCausalLM,
+                      dict(pad_token_id=0, eos_token_id=2, original_max_position_embeddings=16,
+                           max_position_embeddings=128,
+                           rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                            "original_max_position_embeddings": 16,
+                                            "short_factor": [1.0, 1.1, 1.3, 1.7], "long_factor": [1.0, 2.0, 4.0, 9.0]})),
     # GPT-2 / Cerebras-GPT: learned positions, Conv1D (transposed) weights, fused c_attn
     "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel,
              dict(n_embd=48, n_layer=2, n_head=6, n_positions=128, n_inner=72, bos_token_id=1, eos_token_id=2)),
@@ -118,16 +125,16 @@ def pair(request, tmp_path_factory):
     return request.param, ref, ours
 
 
-# Dynamic NTK recomputes RoPE frequencies from the current length (HF does the same), so past
-# max_position_embeddings=16 cached keys and a full recompute legitimately differ, and so does a
-# row batched with longer rows. Its cache and batch checks therefore stay within 16 positions;
-# its logits and greedy checks run past 16, where the rescaling is active.
-WITHIN = {"llama-rope-dynamic": 16}
+# Dynamic NTK and LongRoPE recompute RoPE frequencies from the current length (HF does the same), so
+# past 16 positions cached keys and a full recompute legitimately differ, and so does a row batched
+# with longer rows. Their cache and batch checks therefore stay within 16 positions; their logits
+# and greedy checks run past 16, where the long-context rule is active.
+WITHIN = {"llama-rope-dynamic": 16, "phi3-longrope": 16}
 
 
 def test_logits(pair):
     name, ref, ours = pair
-    T = 30 if "dynamic" in name else 24
+    T = 30 if name in WITHIN else 24
     ids = random_ids(V, (2, T))
     assert max_logit_diff(ref, ours, ids) <= ATOL
 

@@ -89,8 +89,15 @@ def _rope_scaling(hf: dict, theta_default: float = 10000.0) -> tuple[float, Rope
             attention_factor=None if attention_factor is None else float(attention_factor),
             truncate=bool(params.get("truncate", True)),
         )
+    if kind in ("longrope", "su"):
+        orig = int(params.get("original_max_position_embeddings") or hf.get("original_max_position_embeddings"))
+        return theta, RopeScaling(
+            kind="longrope", factor=float(factor or max_pos / orig), original_max_position=orig,
+            short_factor=tuple(params["short_factor"]), long_factor=tuple(params["long_factor"]),
+            attention_factor=params.get("attention_factor"),
+        )
     raise UnsupportedModelError(
-        f"rope scaling type {kind!r} is not supported; supported: default, linear, dynamic, llama3, yarn"
+        f"rope scaling type {kind!r} is not supported; supported: default, linear, dynamic, llama3, yarn, longrope"
     )
 
 
@@ -346,12 +353,7 @@ CODEGEN_WEIGHTS = {
 
 
 def phi3_config(hf: dict) -> ModelConfig:
-    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
-    if params.get("rope_type", params.get("type", "default")) not in ("default", None):
-        raise UnsupportedModelError(
-            f"Phi-3 rope type {params.get('rope_type', params.get('type'))!r} (LongRoPE) is not supported yet; "
-            "the 4k-context Phi-3 models (default RoPE) are"
-        )
+    """Phi-3: LLaMA block with fused qkv / gate_up; the 128k models use LongRoPE."""
     return llama_config(hf, rotary_percentage=_rotary_fraction(hf))
 
 

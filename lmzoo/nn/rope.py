@@ -11,6 +11,7 @@ Scaling variants change only inv_freq (and, for YaRN, a scalar applied to cos/si
     dynamic  theta' = theta * (factor*L/L0 - (factor-1))^(d/(d-2)) once L > L0  (NTK-aware)
     llama3   low frequencies / factor, high ones kept, a smooth ramp between
     yarn     NTK-by-parts ramp between extrapolated and interpolated frequencies
+    longrope per-frequency divisors (short set within the trained context, long set beyond)
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def inv_frequencies(cfg: ModelConfig, seq_len: int | None = None, device=None) -
         if mscale is None:
             mscale = 1.0 if s.factor <= 1 else 0.1 * math.log(s.factor) + 1.0
         return inv, float(mscale)
+    if s.kind == "longrope":
+        long = seq_len is not None and seq_len > s.original_max_position
+        ext = torch.tensor(s.long_factor if long else s.short_factor, dtype=torch.float32, device=device)
+        exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
+        mscale = s.attention_factor
+        if mscale is None:
+            mscale = 1.0 if s.factor <= 1 else math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_position))
+        return 1.0 / (ext * theta**exponent), float(mscale)
     raise ValueError(f"unknown rope scaling {s.kind!r}")
 
 
@@ -92,7 +101,8 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         inv, scaling = self.inv_freq, self.scaling
         s = self.cfg.rope_scaling
-        if s.kind == "dynamic":
+        if s.kind in ("dynamic", "longrope"):
+            # both depend on the current length (as HF computes them, per forward pass)
             seq_len = int(positions.max()) + 1
             if seq_len > s.original_max_position:
                 inv, scaling = inv_frequencies(self.cfg, seq_len, device=positions.device)
