@@ -92,13 +92,19 @@ class ModelConfig:
     # --- normalisation -----------------------------------------------------------------------
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
+    # "pre": x + f(norm(x)) (GPT-2 onwards); "post": norm(x + f(x)) (the original Transformer, OPT-350m)
+    norm_placement: str = "pre"
+    final_norm: bool = True  # a norm before the LM head (post-norm models have none)
     # --- MLP ---------------------------------------------------------------------------------
     mlp: str = "swiglu"
     mlp_bias: bool = False
     # --- attention ---------------------------------------------------------------------------
     qkv_bias: bool = False  # bias on the q, k, v projections (Qwen1.5/2/2.5)
     attn_out_bias: bool = False  # bias on the output projection
-    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
+    qk_norm: bool = False  # normalise q and k per head before RoPE
+    # "rmsnorm": one RMSNorm shared by all heads (Qwen3); "layernorm_per_head": a bias-free LayerNorm
+    # with its own weight for every head (StableLM-2-12B)
+    qk_norm_kind: str = "rmsnorm"
     sliding_window: int | None = None  # keys older than this many positions are not seen
     # which layers use the window; None -> all layers (Mistral). Qwen2 windows only some layers.
     sliding_window_layers: tuple[int, ...] | None = None
@@ -124,6 +130,9 @@ class ModelConfig:
     shared_norm: bool = False
     # --- embeddings / head -------------------------------------------------------------------
     embed_norm: bool = False  # a norm right after the token embedding (BLOOM)
+    # token-embedding width when it differs from n_embd: project_in after the embedding, project_out
+    # before the (tied) head (OPT-350m); None = n_embd
+    embed_dim: int | None = None
     tie_embeddings: bool = False
     lm_head_bias: bool = False  # GPT-J, CodeGen
     # --- token ids the checkpoint declares (used by generation, not by the network) -----------
@@ -169,7 +178,8 @@ class ModelConfig:
             raise ConfigError(
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
             )
-        for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS)):
+        for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS),
+                               ("norm_placement", ("pre", "post")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head"))):
             if getattr(self, fname) not in allowed:
                 raise ConfigError(f"{fname}={getattr(self, fname)!r} is not one of {allowed}")
         s = self.rope_scaling
@@ -191,6 +201,8 @@ class ModelConfig:
             raise ConfigError(
                 f"n_experts_per_tok={self.n_experts_per_tok} must be in 1..n_experts={self.n_experts}"
             )
+        if self.norm_placement == "post" and self.parallel_residual:
+            raise ConfigError("norm_placement='post' with parallel_residual is not a known layout")
         if self.shared_norm and not self.parallel_residual:
             raise ConfigError("shared_norm needs parallel_residual=True (one norm feeding both branches)")
         if self.norm_eps <= 0:

@@ -79,12 +79,19 @@ CASES = {
     # OPT: learned positions offset by 2, ReLU
     "opt": (tf.OPTConfig, tf.OPTForCausalLM,
             dict(ffn_dim=72, word_embed_proj_dim=48, pad_token_id=1, bos_token_id=2, eos_token_id=2)),
+    # OPT-350m layout: post-LayerNorm, 32-wide word embeddings projected in and out, no final norm
+    "opt-350m-layout": (tf.OPTConfig, tf.OPTForCausalLM,
+                        dict(ffn_dim=72, word_embed_proj_dim=32, do_layer_norm_before=False, pad_token_id=1,
+                             bos_token_id=2, eos_token_id=2)),
     # GLM-4 / ChatGLM (transformers `glm`): pair-interleaved RoPE on half of each head, q/k/v bias
     "glm": (tf.GlmConfig, tf.GlmForCausalLM, dict(head_dim=8, pad_token_id=0, eos_token_id=2)),
     # StableLM: LayerNorm, partial rotary, q/k/v bias, parallel residual with one norm
     "stablelm-parallel": (tf.StableLmConfig, tf.StableLmForCausalLM,
                           dict(partial_rotary_factor=0.25, use_qkv_bias=True, use_parallel_residual=True)),
     "stablelm": (tf.StableLmConfig, tf.StableLmForCausalLM, dict(partial_rotary_factor=0.5)),
+    # StableLM-2-12B style: per-head LayerNorm on q and k
+    "stablelm-qk-norm": (tf.StableLmConfig, tf.StableLmForCausalLM,
+                         dict(partial_rotary_factor=0.25, qk_layernorm=True, use_parallel_residual=True)),
     # Falcon: 7B layout (multi-query, parallel on one LayerNorm), 40B/180B layout (grouped kv heads,
     # ln_attn + ln_mlp), and a sequential MHA layout with biases
     "falcon-7b": (tf.FalconConfig, tf.FalconForCausalLM,

@@ -402,14 +402,14 @@ GPT2_TRANSFORMS = {f"layers.{{i}}.{m}.weight": transpose for m in ("attn.qkv", "
 
 
 def opt_config(hf: dict) -> ModelConfig:
-    """OPT: learned positions offset by 2, ReLU MLP, pre-LN (every size but 350m)."""
+    """OPT: learned positions offset by 2, ReLU MLP; pre-LN, except OPT-350m: post-LN with a narrower
+    word embedding projected in and out."""
     d = hf["hidden_size"]
-    if not hf.get("do_layer_norm_before", True) or hf.get("word_embed_proj_dim", d) != d:
-        raise UnsupportedModelError(
-            "OPT with post-LayerNorm / project_in-out (OPT-350m layout) is not supported yet; "
-            "the pre-LN OPT sizes are"
-        )
+    pre = bool(hf.get("do_layer_norm_before", True))
     return ModelConfig(
+        norm_placement="pre" if pre else "post",
+        final_norm=pre and not hf.get("_remove_final_layer_norm", False),
+        embed_dim=hf.get("word_embed_proj_dim") or d,
         name=hf.get("_name_or_path") or "opt",
         vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d,
         n_head=hf["num_attention_heads"], intermediate_size=hf["ffn_dim"],
@@ -425,6 +425,8 @@ def opt_config(hf: dict) -> ModelConfig:
 O = "model.decoder.layers.{i}."
 OPT_WEIGHTS = {
     "embed.weight": ("model.decoder.embed_tokens.weight",),
+    "project_in.weight": ("model.decoder.project_in.weight",),
+    "project_out.weight": ("model.decoder.project_out.weight",),
     "pos_embed.weight": ("model.decoder.embed_positions.weight",),
     "norm.weight": ("model.decoder.final_layer_norm.weight",),
     "norm.bias": ("model.decoder.final_layer_norm.bias",),
@@ -493,21 +495,24 @@ CHATGLM_WEIGHTS = {
 def stablelm_config(hf: dict) -> ModelConfig:
     """StableLM (`stablelm`): LLaMA block with LayerNorm, partial rotary, optional q/k/v bias, optional
     parallel residual with one shared norm."""
-    if hf.get("qk_layernorm"):
-        raise UnsupportedModelError("StableLM with qk_layernorm (per-head LayerNorm, StableLM-2-12B) is not "
-                                    "supported yet")
     parallel = bool(hf.get("use_parallel_residual", False))
     return llama_config(hf, norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5),
+                        qk_norm=bool(hf.get("qk_layernorm", False)), qk_norm_kind="layernorm_per_head",
                         qkv_bias=bool(hf.get("use_qkv_bias", False)), attn_out_bias=False,
                         rotary_percentage=_rotary_fraction(hf), parallel_residual=parallel, shared_norm=parallel)
 
 
-STABLELM_WEIGHTS = {
-    **LLAMA_WEIGHTS,
-    "norm.bias": ("model.norm.bias",),
-    "layers.{i}.attn_norm.bias": (L + "input_layernorm.bias",),
-    "layers.{i}.mlp_norm.bias": (L + "post_attention_layernorm.bias",),
-}
+def stablelm_weights(hf: dict) -> dict[str, tuple[str, ...]]:
+    H, KV = hf["num_attention_heads"], hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    return {
+        **LLAMA_WEIGHTS,
+        "norm.bias": ("model.norm.bias",),
+        "layers.{i}.attn_norm.bias": (L + "input_layernorm.bias",),
+        "layers.{i}.mlp_norm.bias": (L + "post_attention_layernorm.bias",),
+        # per-head norms: one weight vector per head, stacked
+        "layers.{i}.attn.q_norm.weight": tuple(L + f"self_attn.q_layernorm.norms.{h}.weight" for h in range(H)),
+        "layers.{i}.attn.k_norm.weight": tuple(L + f"self_attn.k_layernorm.norms.{h}.weight" for h in range(KV)),
+    }
 
 
 def grouped_qkv(t, cfg: ModelConfig):
@@ -659,7 +664,7 @@ ADAPTERS: dict[str, Adapter] = {
     "opt": Adapter(opt_config, OPT_WEIGHTS),
     "glm": Adapter(glm_config, GLM_WEIGHTS, transforms=GLM_TRANSFORMS),
     "chatglm": Adapter(chatglm_config, CHATGLM_WEIGHTS, transforms=GLM_TRANSFORMS),
-    "stablelm": Adapter(stablelm_config, STABLELM_WEIGHTS),
+    "stablelm": Adapter(stablelm_config, stablelm_weights),
     "falcon": Adapter(falcon_config, falcon_weights,
                       transforms={"layers.{i}.attn.qkv.weight": grouped_qkv, "layers.{i}.attn.qkv.bias": grouped_qkv}),
     "gpt_neox": Adapter(

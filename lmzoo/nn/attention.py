@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.nn.norm import RMSNorm
+from lmzoo.nn.norm import PerHeadLayerNorm, RMSNorm
 from lmzoo.nn.rope import apply_rope
 
 
@@ -47,7 +47,10 @@ class Attention(nn.Module):
         # fused projection: rows [0, q) are q, then k, then v
         self.qkv = nn.Linear(cfg.n_embd, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.q_size, cfg.n_embd, bias=cfg.attn_out_bias)
-        if cfg.qk_norm:
+        if cfg.qk_norm and cfg.qk_norm_kind == "layernorm_per_head":
+            self.q_norm = PerHeadLayerNorm(cfg.n_head, cfg.head_dim, eps=cfg.norm_eps)
+            self.k_norm = PerHeadLayerNorm(cfg.n_kv_head, cfg.head_dim, eps=cfg.norm_eps)
+        elif cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         else:

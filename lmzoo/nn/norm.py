@@ -32,3 +32,17 @@ def build_norm(kind: str, dim: int, *, eps: float) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps)
     raise ValueError(f"unknown norm {kind!r}")
+
+
+class PerHeadLayerNorm(nn.Module):
+    """A bias-free LayerNorm with a separate weight for every head (StableLM-2's q/k norm).
+    Input (..., n_head, head_dim); weight stored flat as (n_head * head_dim,)."""
+
+    def __init__(self, n_head: int, head_dim: int, *, eps: float) -> None:
+        super().__init__()
+        self.n_head, self.head_dim, self.eps = n_head, head_dim, eps
+        self.weight = nn.Parameter(torch.ones(n_head * head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.layer_norm(x, (self.head_dim,), eps=self.eps)
+        return x * self.weight.view(self.n_head, self.head_dim)

@@ -37,8 +37,12 @@ class Block(nn.Module):
         self.mlp_norm = None if cfg.shared_norm else build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg)
         self.parallel = cfg.parallel_residual
+        self.post_norm = cfg.norm_placement == "post"
 
     def forward(self, x, cos, sin, mask, start: int | None = None):
+        if self.post_norm:  # x = norm(x + f(x)): the norms sit after each residual add
+            x = self.attn_norm(x + self.attn(x, cos, sin, mask, start))
+            return self.mlp_norm(x + self.mlp(x))
         h = self.attn_norm(x)
         a = self.attn(h, cos, sin, mask, start)
         if self.parallel:  # both branches read the same input (GPT-NeoX / GPT-J)
@@ -51,13 +55,17 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        e = cfg.embed_dim or cfg.n_embd
+        self.embed = nn.Embedding(cfg.vocab_size, e)
+        # narrower token embeddings than the residual stream (OPT-350m): project in and back out
+        self.project_in = nn.Linear(e, cfg.n_embd, bias=False) if e != cfg.n_embd else None
+        self.project_out = nn.Linear(cfg.n_embd, e, bias=False) if e != cfg.n_embd else None
         self.embed_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.embed_norm else None
         if cfg.position == "learned":  # absolute position table (GPT-2, OPT)
             self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.position_offset, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.final_norm else None
+        self.lm_head = nn.Linear(e, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
@@ -136,6 +144,8 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(start, end, device=input_ids.device)[None].expand(B, T)
 
         x = self.embed(input_ids)
+        if self.project_in is not None:
+            x = self.project_in(x)
         if self.config.position == "learned":
             x = x + self.pos_embed(position_ids + self.config.position_offset)
         if self.embed_norm is not None:
@@ -162,4 +172,8 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, masks[layer.attn.window], start if cached else None)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.project_out is not None:
+            x = self.project_out(x)
+        return self.lm_head(x)
