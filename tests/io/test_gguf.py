@@ -111,7 +111,7 @@ def test_f32_matches_transformers(tmp_path):
     assert torch.equal(greedy_ours(ours, ids, 20), greedy_ref(ref, ids, 20))
 
 
-@pytest.mark.parametrize("kind", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q4_K_M"])
+@pytest.mark.parametrize("kind", ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q4_K_M"])
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("keep_quantized", [True, False])
 def test_quantised_types_match_numpy_reference(tmp_path, kind, tied, keep_quantized):
@@ -122,7 +122,7 @@ def test_quantised_types_match_numpy_reference(tmp_path, kind, tied, keep_quanti
     quantised_layers = [m for m in ours.modules() if type(m).__name__ in ("Int8Linear", "Int4Linear")]
     # block formats stay integer codes (no float copy); float formats stay float
     expected = 4 * L + 1 + (2 * L if kind == "Q4_K_M" else 0)  # mixed qkv: three parts side by side
-    assert len(quantised_layers) == (expected if keep_quantized and kind != "F16" else 0)
+    assert len(quantised_layers) == (expected if keep_quantized and kind not in ("F16", "BF16") else 0)
     meta, w = gguf_ref.load_weights(p)
     ids = [3, 17, 42, 5, 88, 1, 60, 9]
     ref = gguf_ref.llama_logits(meta, w, ids)
