@@ -109,6 +109,14 @@ class ModelConfig:
     # which layers use the window; None -> all layers (Mistral). Qwen2 windows only some layers.
     sliding_window_layers: tuple[int, ...] | None = None
     attn_scale: float | None = None  # softmax scale; None -> 1/sqrt(head_dim)
+    # "standard" (per-head q/k/v projections) or "mla" (DeepSeek's multi-head latent attention;
+    # head_dim becomes qk_nope_head_dim + qk_rope_head_dim and RoPE covers qk_rope_head_dim)
+    attention: str = "standard"
+    q_lora_rank: int | None = None
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
     # --- position ----------------------------------------------------------------------------
     position: str = "rope"  # rope | alibi (BLOOM, Baichuan-13B) | learned (GPT-2, OPT) | none
     position_offset: int = 0  # learned tables indexed at position + offset (OPT: 2)
@@ -120,7 +128,17 @@ class ModelConfig:
     n_experts_per_tok: int = 0
     moe_intermediate_size: int | None = None  # expert width; None -> intermediate_size
     moe_renormalize: bool = True  # renormalise the top-k router probabilities (Mixtral: yes)
-    shared_expert_size: int = 0  # an always-on expert with a sigmoid gate (Qwen2-MoE); 0 = none
+    shared_expert_size: int = 0  # an always-on expert (Qwen2-MoE, DeepSeekMoE); 0 = none
+    shared_expert_gate: bool = True  # its output scaled by sigmoid(x w) (Qwen2-MoE) or not (DeepSeek)
+    # router: "softmax" probabilities (Mixtral, Qwen, DeepSeek-V2) or "sigmoid" scores (DeepSeek-V3);
+    # experts come in router_groups groups and only the best router_topk_groups groups are eligible,
+    # a group scored by its best expert ("max", V2) or its best two ("top2", V3)
+    router: str = "softmax"
+    router_groups: int = 1
+    router_topk_groups: int = 1
+    router_group_score: str = "max"
+    router_bias: bool = False  # V3: a learned bias added to the scores for *selection* only
+    routed_scaling: float = 1.0  # routed experts' weights multiplied by this
     moe_layers: tuple[int, ...] | None = None  # layers with MoE; None -> all (when n_experts > 0)
     # --- residual layout ---------------------------------------------------------------------
     # sequential (LLaMA):  x = x + attn(n1(x));  x = x + mlp(n2(x))
@@ -152,6 +170,9 @@ class ModelConfig:
             self.moe_layers = tuple(self.moe_layers)
         if self.n_experts and self.moe_intermediate_size is None:
             self.moe_intermediate_size = self.intermediate_size
+        if self.attention == "mla":
+            self.head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
+            self.n_kv_head = self.n_head
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -179,7 +200,9 @@ class ModelConfig:
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
             )
         for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS),
-                               ("norm_placement", ("pre", "post")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head"))):
+                               ("norm_placement", ("pre", "post")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head")),
+                               ("attention", ("standard", "mla")), ("router", ("softmax", "sigmoid")),
+                               ("router_group_score", ("max", "top2"))):
             if getattr(self, fname) not in allowed:
                 raise ConfigError(f"{fname}={getattr(self, fname)!r} is not one of {allowed}")
         s = self.rope_scaling
@@ -197,6 +220,10 @@ class ModelConfig:
             bad = [i for i in self.sliding_window_layers if not 0 <= i < self.n_layer]
             if bad:
                 raise ConfigError(f"sliding_window_layers {bad} outside 0..{self.n_layer - 1}")
+        if self.attention == "mla" and min(self.kv_lora_rank, self.qk_rope_head_dim, self.v_head_dim) <= 0:
+            raise ConfigError("attention='mla' needs kv_lora_rank, qk_rope_head_dim and v_head_dim > 0")
+        if self.n_experts and self.n_experts % self.router_groups:
+            raise ConfigError(f"n_experts={self.n_experts} is not divisible by router_groups={self.router_groups}")
         if self.n_experts and not 0 < self.n_experts_per_tok <= self.n_experts:
             raise ConfigError(
                 f"n_experts_per_tok={self.n_experts_per_tok} must be in 1..n_experts={self.n_experts}"
@@ -219,7 +246,9 @@ class ModelConfig:
 
     @property
     def rope_dim(self) -> int:
-        """Number of leading dims of each head that RoPE rotates."""
+        """Number of leading dims of each head that RoPE rotates (MLA: the decoupled rope part)."""
+        if self.attention == "mla":
+            return self.qk_rope_head_dim
         return int(self.head_dim * self.rotary_percentage)
 
     @property

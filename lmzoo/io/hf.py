@@ -223,6 +223,95 @@ QWEN_MOE_WEIGHTS = {
 }
 
 
+def deepseek_config(hf: dict) -> ModelConfig:
+    """DeepSeek-V2 / V2-Lite / V3 / R1: MLA attention; DeepSeekMoE after the first
+    first_k_dense_replace dense layers — shared experts, group-limited routing, V3's sigmoid scores
+    with a selection-only bias, routed scaling."""
+    import math
+
+    theta, scaling = _rope_scaling(hf)
+    qk_dim = hf["qk_nope_head_dim"] + hf["qk_rope_head_dim"]
+    scale = qk_dim ** -0.5
+    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    if scaling.kind == "yarn" and params.get("mscale_all_dim"):
+        m = 0.1 * params["mscale_all_dim"] * math.log(scaling.factor) + 1.0 if scaling.factor > 1 else 1.0
+        scale *= m * m  # YaRN's temperature applied to the softmax as well (DeepSeek)
+    n, first_dense = hf["num_hidden_layers"], hf.get("first_k_dense_replace", 0) or 0
+    freq = hf.get("moe_layer_freq", 1) or 1
+    moe = tuple(i for i in range(first_dense, n) if i % freq == 0)
+    v3 = hf.get("scoring_func", "softmax" if hf.get("model_type") == "deepseek_v2" else "sigmoid") == "sigmoid" \
+        or hf.get("topk_method") == "noaux_tc"
+    groups = hf.get("n_group") or 1
+    if not v3 and hf.get("topk_method", "greedy") == "greedy":
+        groups = 1
+    E = hf.get("n_routed_experts") or hf.get("num_local_experts") or hf.get("num_experts") or 0
+    return llama_config(
+        hf, attention="mla", q_lora_rank=hf.get("q_lora_rank") or None, kv_lora_rank=hf["kv_lora_rank"],
+        qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
+        v_head_dim=hf["v_head_dim"], head_dim=qk_dim, n_kv_head=hf["num_attention_heads"],
+        qkv_bias=bool(hf.get("attention_bias", False)), attn_out_bias=bool(hf.get("attention_bias", False)),
+        attn_scale=scale, rope_theta=theta, rope_scaling=scaling,
+        n_experts=E, n_experts_per_tok=hf.get("num_experts_per_tok") or 0,
+        moe_intermediate_size=hf.get("moe_intermediate_size"), moe_layers=moe if E else None,
+        moe_renormalize=bool(v3 and hf.get("norm_topk_prob", False)),
+        shared_expert_size=(hf.get("n_shared_experts") or 0) * (hf.get("moe_intermediate_size") or 0),
+        shared_expert_gate=False, router="sigmoid" if v3 else "softmax", router_groups=groups,
+        router_topk_groups=hf.get("topk_group") or 1, router_group_score="top2" if v3 else "max",
+        router_bias=v3, routed_scaling=float(hf.get("routed_scaling_factor", 1.0)),
+    )
+
+
+def rope_pairs_to_halves_mla(t, cfg: ModelConfig, *, rows_per_head: int, rope_offset: int, heads: int):
+    """Within each head's block of rows, the rope part [rope_offset, rope_offset + rope_dim) goes from
+    DeepSeek's adjacent pairs to halves (the q.k products are unchanged, see rope_pairs_to_halves)."""
+    import torch
+
+    r = cfg.qk_rope_head_dim
+    order = torch.arange(rows_per_head)
+    order[rope_offset:rope_offset + r] = rope_offset + torch.cat([torch.arange(0, r, 2), torch.arange(1, r, 2)])
+    return t.view(heads, rows_per_head, *t.shape[1:])[:, order].reshape(t.shape)
+
+
+def _mla_q(t, cfg: ModelConfig):
+    return rope_pairs_to_halves_mla(t, cfg, rows_per_head=cfg.head_dim, rope_offset=cfg.qk_nope_head_dim,
+                                    heads=cfg.n_head)
+
+
+def _mla_kv_a(t, cfg: ModelConfig):
+    return rope_pairs_to_halves_mla(t, cfg, rows_per_head=t.shape[0], rope_offset=cfg.kv_lora_rank, heads=1)
+
+
+def deepseek_weights(hf: dict) -> dict[str, tuple[str, ...]]:
+    A = L + "self_attn."
+    attn = {"attn.kv_a.weight": "kv_a_proj_with_mqa.weight", "attn.kv_a_norm.weight": "kv_a_layernorm.weight",
+            "attn.kv_b.weight": "kv_b_proj.weight", "attn.o.weight": "o_proj.weight"}
+    if hf.get("q_lora_rank"):
+        attn.update({"attn.q_a.weight": "q_a_proj.weight", "attn.q_a_norm.weight": "q_a_layernorm.weight",
+                     "attn.q_b.weight": "q_b_proj.weight"})
+    else:
+        attn["attn.q.weight"] = "q_proj.weight"
+    if hf.get("attention_bias"):
+        attn.update({"attn.kv_a.bias": "kv_a_proj_with_mqa.bias", "attn.o.bias": "o_proj.bias"})
+        if hf.get("q_lora_rank"):
+            attn["attn.q_a.bias"] = "q_a_proj.bias"
+    return {
+        **{k: v for k, v in LLAMA_WEIGHTS.items() if ".attn." not in k},
+        **{f"layers.{{i}}.{ours}": (A + theirs,) for ours, theirs in attn.items()},
+        "layers.{i}.mlp.router.weight": (L + "mlp.gate.weight",),
+        "layers.{i}.mlp.router_bias": (L + "mlp.gate.e_score_correction_bias",),
+        "layers.{i}.mlp.experts.{e}.gate_up.weight": (L + "mlp.experts.{e}.gate_proj.weight",
+                                                      L + "mlp.experts.{e}.up_proj.weight"),
+        "layers.{i}.mlp.experts.{e}.down.weight": (L + "mlp.experts.{e}.down_proj.weight",),
+        "layers.{i}.mlp.shared.gate_up.weight": (L + "mlp.shared_experts.gate_proj.weight",
+                                                 L + "mlp.shared_experts.up_proj.weight"),
+        "layers.{i}.mlp.shared.down.weight": (L + "mlp.shared_experts.down_proj.weight",),
+    }
+
+
+DEEPSEEK_TRANSFORMS = {"layers.{i}.attn.q.weight": _mla_q, "layers.{i}.attn.q_b.weight": _mla_q,
+                       "layers.{i}.attn.kv_a.weight": _mla_kv_a, "layers.{i}.attn.kv_a.bias": _mla_kv_a}
+
+
 def baichuan_config(hf: dict) -> ModelConfig:
     if "max_position_embeddings" not in hf:
         # Baichuan-13B / Baichuan2-13B declare `model_max_length` and use ALiBi, not RoPE
@@ -648,6 +737,8 @@ ADAPTERS: dict[str, Adapter] = {
     "mixtral": Adapter(mixtral_config, MIXTRAL_WEIGHTS),
     "qwen2_moe": Adapter(qwen2_moe_config, QWEN_MOE_WEIGHTS),
     "qwen3_moe": Adapter(qwen3_moe_config, QWEN_MOE_WEIGHTS),
+    "deepseek_v2": Adapter(deepseek_config, deepseek_weights, transforms=DEEPSEEK_TRANSFORMS),
+    "deepseek_v3": Adapter(deepseek_config, deepseek_weights, transforms=DEEPSEEK_TRANSFORMS),
     "bloom": Adapter(
         bloom_config, BLOOM_WEIGHTS,
         transforms={"layers.{i}.attn.qkv.weight": per_head_qkv, "layers.{i}.attn.qkv.bias": per_head_qkv},

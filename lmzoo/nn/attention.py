@@ -24,11 +24,13 @@ class KVCache(nn.Module):
     per row and handled by the caller.
     """
 
-    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, *, dtype, device) -> None:
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, *, v_dim: int | None = None,
+                 dtype, device) -> None:
         super().__init__()
         shape = (batch, n_kv_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape[:-1] + (v_dim or head_dim,), dtype=dtype, device=device),
+                             persistent=False)
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + k.shape[2]
@@ -56,6 +58,9 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
         self.cache: KVCache | None = None
+
+    def make_cache(self, batch: int, max_len: int, *, dtype, device) -> KVCache:
+        return KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype=dtype, device=device)
 
     def forward(
         self,

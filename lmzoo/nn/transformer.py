@@ -22,7 +22,8 @@ from torch import nn
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ContextLengthError
 from lmzoo.nn.alibi import alibi_bias, alibi_slopes
-from lmzoo.nn.attention import Attention, KVCache, build_mask
+from lmzoo.nn.attention import Attention, build_mask
+from lmzoo.nn.mla import MLAttention
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.moe import MoE
 from lmzoo.nn.norm import build_norm
@@ -33,7 +34,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.attn_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-        self.attn = Attention(cfg, layer)
+        self.attn = MLAttention(cfg, layer) if cfg.attention == "mla" else Attention(cfg, layer)
         self.mlp_norm = None if cfg.shared_norm else build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg)
         self.parallel = cfg.parallel_residual
@@ -97,9 +98,8 @@ class Transformer(nn.Module):
             usable = not k.is_inference() or torch.is_inference_mode_enabled()
             if usable and k.dtype == dtype and k.device == torch.device(device):
                 return  # reuse: stale slots are never attended to (masks stop at s+T)
-        c = self.config
         for layer in self.layers:
-            layer.attn.cache = KVCache(batch, c.n_kv_head, max_len, c.head_dim, dtype=dtype, device=device)
+            layer.attn.cache = layer.attn.make_cache(batch, max_len, dtype=dtype, device=device)
         self.cache_batch, self.cache_len = batch, max_len
 
     def clear_cache(self) -> None:
