@@ -104,11 +104,22 @@ class ModelConfig:
     qk_norm: bool = False  # normalise q and k per head before RoPE
     # "rmsnorm": one RMSNorm shared by all heads (Qwen3); "layernorm_per_head": a bias-free LayerNorm
     # with its own weight for every head (StableLM-2-12B)
-    qk_norm_kind: str = "rmsnorm"
+    qk_norm_kind: str = "rmsnorm"  # ... or "l2": weightless RMS normalisation (Llama 4)
+    qk_norm_layers: tuple[int, ...] | None = None  # None -> every layer
     sliding_window: int | None = None  # keys older than this many positions are not seen
     # which layers use the window; None -> all layers (Mistral). Qwen2 windows only some layers.
     sliding_window_layers: tuple[int, ...] | None = None
     attn_scale: float | None = None  # softmax scale; None -> 1/sqrt(head_dim)
+    # chunked attention (Llama 4): a query sees only keys of its own attention_chunk-sized block of
+    # positions, on chunked_layers (None -> all layers when attention_chunk is set)
+    attention_chunk: int | None = None
+    chunked_layers: tuple[int, ...] | None = None
+    # layers that use no position encoding at all (Llama 4's NoPE layers); None -> none
+    nope_layers: tuple[int, ...] | None = None
+    # NoPE layers' query temperature (Llama 4, arXiv 2501.19399):
+    #   q *= 1 + attn_temperature_scale * log(1 + floor((pos + 1) / attn_temperature_floor)); 0 = off
+    attn_temperature_floor: int = 0
+    attn_temperature_scale: float = 0.0
     # "standard" (per-head q/k/v projections) or "mla" (DeepSeek's multi-head latent attention;
     # head_dim becomes qk_nope_head_dim + qk_rope_head_dim and RoPE covers qk_rope_head_dim)
     attention: str = "standard"
@@ -139,6 +150,7 @@ class ModelConfig:
     router_group_score: str = "max"
     router_bias: bool = False  # V3: a learned bias added to the scores for *selection* only
     routed_scaling: float = 1.0  # routed experts' weights multiplied by this
+    moe_scale_input: bool = False  # Llama 4: each expert sees weight * x instead of weighting its output
     moe_layers: tuple[int, ...] | None = None  # layers with MoE; None -> all (when n_experts > 0)
     # --- residual layout ---------------------------------------------------------------------
     # sequential (LLaMA):  x = x + attn(n1(x));  x = x + mlp(n2(x))
@@ -166,8 +178,9 @@ class ModelConfig:
         self.eos_token_id = tuple(self.eos_token_id or ())
         if self.sliding_window_layers is not None:
             self.sliding_window_layers = tuple(self.sliding_window_layers)
-        if self.moe_layers is not None:
-            self.moe_layers = tuple(self.moe_layers)
+        for k in ("moe_layers", "chunked_layers", "nope_layers", "qk_norm_layers"):
+            if getattr(self, k) is not None:
+                setattr(self, k, tuple(getattr(self, k)))
         if self.n_experts and self.moe_intermediate_size is None:
             self.moe_intermediate_size = self.intermediate_size
         if self.attention == "mla":
@@ -200,7 +213,7 @@ class ModelConfig:
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
             )
         for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS),
-                               ("norm_placement", ("pre", "post")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head")),
+                               ("norm_placement", ("pre", "post")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
                                ("attention", ("standard", "mla")), ("router", ("softmax", "sigmoid")),
                                ("router_group_score", ("max", "top2"))):
             if getattr(self, fname) not in allowed:
@@ -255,6 +268,14 @@ class ModelConfig:
     def gated_mlp(self) -> bool:
         return self.mlp in ("swiglu", "geglu")
 
+    def layer_chunk(self, layer: int) -> int | None:
+        if self.attention_chunk is None:
+            return None
+        return self.attention_chunk if self.chunked_layers is None or layer in self.chunked_layers else None
+
+    def layer_uses_rope(self, layer: int) -> bool:
+        return self.position == "rope" and (self.nope_layers is None or layer not in self.nope_layers)
+
     def layer_is_moe(self, layer: int) -> bool:
         return bool(self.n_experts) and (self.moe_layers is None or layer in self.moe_layers)
 
@@ -270,7 +291,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eos_token_id"] = list(self.eos_token_id)
-        for k in ("sliding_window_layers", "moe_layers"):
+        for k in ("sliding_window_layers", "moe_layers", "chunked_layers", "nope_layers", "qk_norm_layers"):
             if d[k] is not None:
                 d[k] = list(d[k])
         return d

@@ -37,9 +37,14 @@ class TensorSource:
         return self._handles[path]
 
     def get(self, name: str) -> torch.Tensor:
+        """A tensor by name; "name[3]" reads row 3 of a stacked tensor (per-expert slices of a 3-D
+        experts tensor) without reading the rest."""
+        name, index = split_index(name)
         path = self._files[name]
         try:
             h = self._handle(path)
+            if index is not None:
+                return h.get_slice(name)[index] if hasattr(h, "get_slice") else h[name][index]
             return h.get_tensor(name) if hasattr(h, "get_tensor") else h[name]
         except CheckpointError:
             raise
@@ -48,6 +53,14 @@ class TensorSource:
 
     def close(self) -> None:
         self._handles.clear()
+
+
+def split_index(name: str) -> tuple[str, int | None]:
+    """'experts.gate_up_proj[3]' -> ('experts.gate_up_proj', 3)."""
+    if name.endswith("]") and "[" in name:
+        base, idx = name[:-1].rsplit("[", 1)
+        return base, int(idx)
+    return name, None
 
 
 def _one_line(e: BaseException) -> str:

@@ -670,6 +670,49 @@ def falcon_weights(hf: dict) -> dict[str, tuple[str, ...]]:
     }
 
 
+def llama4_config(hf: dict) -> ModelConfig:
+    """Llama 4 (text): MoE on some layers (top-k sigmoid router scaling each expert's *input*, plus an
+    ungated shared expert), NoPE layers with query temperature, chunked attention on RoPE layers,
+    weightless q/k norm on RoPE layers, pair-interleaved RoPE (re-ordered at load)."""
+    n = hf["num_hidden_layers"]
+    rope_on = hf.get("no_rope_layers") or [1] * n
+    rope_layers = tuple(i for i in range(n) if rope_on[i])
+    types = hf.get("layer_types") or []
+    chunked = tuple(i for i, t in enumerate(types) if t == "chunked_attention")
+    E = hf.get("num_local_experts") or 0
+    temp = bool(hf.get("attn_temperature_tuning", False))
+    return llama_config(
+        hf, intermediate_size=hf.get("intermediate_size_mlp") or hf["intermediate_size"],
+        nope_layers=tuple(i for i in range(n) if not rope_on[i]) or None,
+        attention_chunk=hf.get("attention_chunk_size") if chunked else None, chunked_layers=chunked or None,
+        qk_norm=bool(hf.get("use_qk_norm", False)), qk_norm_kind="l2", qk_norm_layers=rope_layers,
+        attn_temperature_floor=int(hf.get("floor_scale", 8192)) if temp else 0,
+        attn_temperature_scale=float(hf.get("attn_scale", 0.1)) if temp else 0.0,
+        n_experts=E, n_experts_per_tok=hf.get("num_experts_per_tok") or 0,
+        moe_intermediate_size=hf["intermediate_size"], moe_layers=tuple(hf.get("moe_layers") or ()) if E else None,
+        moe_renormalize=False, router="sigmoid", moe_scale_input=True,
+        shared_expert_size=hf["intermediate_size"] if E else 0, shared_expert_gate=False,
+    )
+
+
+FF = L + "feed_forward."
+LLAMA4_WEIGHTS = {
+    **{k: v for k, v in LLAMA_WEIGHTS.items() if ".mlp." not in k},
+    "layers.{i}.mlp.gate_up.weight": (FF + "gate_proj.weight", FF + "up_proj.weight"),
+    "layers.{i}.mlp.down.weight": (FF + "down_proj.weight",),
+    "layers.{i}.mlp.router.weight": (FF + "router.weight",),
+    # experts are stored stacked, (E, d, 2I) and (E, I, d): one slice per expert, transposed
+    "layers.{i}.mlp.experts.{e}.gate_up.weight": (FF + "experts.gate_up_proj[{e}]",),
+    "layers.{i}.mlp.experts.{e}.down.weight": (FF + "experts.down_proj[{e}]",),
+    "layers.{i}.mlp.shared.gate_up.weight": (FF + "shared_expert.gate_proj.weight",
+                                             FF + "shared_expert.up_proj.weight"),
+    "layers.{i}.mlp.shared.down.weight": (FF + "shared_expert.down_proj.weight",),
+}
+LLAMA4_TRANSFORMS = {"layers.{i}.attn.qkv.weight": rope_pairs_to_halves,
+                     "layers.{i}.mlp.experts.{e}.gate_up.weight": transpose,
+                     "layers.{i}.mlp.experts.{e}.down.weight": transpose}
+
+
 N = "gpt_neox.layers.{i}."
 GPT_NEOX_WEIGHTS = {
     "embed.weight": ("gpt_neox.embed_in.weight",),
@@ -738,6 +781,7 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2_moe": Adapter(qwen2_moe_config, QWEN_MOE_WEIGHTS),
     "qwen3_moe": Adapter(qwen3_moe_config, QWEN_MOE_WEIGHTS),
     "deepseek_v2": Adapter(deepseek_config, deepseek_weights, transforms=DEEPSEEK_TRANSFORMS),
+    "llama4_text": Adapter(llama4_config, LLAMA4_WEIGHTS, transforms=LLAMA4_TRANSFORMS),
     "deepseek_v3": Adapter(deepseek_config, deepseek_weights, transforms=DEEPSEEK_TRANSFORMS),
     "bloom": Adapter(
         bloom_config, BLOOM_WEIGHTS,

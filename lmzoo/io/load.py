@@ -16,6 +16,7 @@ import torch
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import CheckpointError, ModelNotFoundError
+from lmzoo.io.checkpoint import split_index
 from lmzoo.nn.transformer import Transformer
 
 
@@ -75,7 +76,7 @@ def build_state_dict(
             missing.append(f"{name} (no mapping)")
             continue
         parts = [_fill(p, index) for p in weights[template]]
-        absent = [p for p in parts if p not in available]
+        absent = [p for p in parts if split_index(p)[0] not in available]
         if absent:
             missing.extend(absent)
             continue
@@ -90,7 +91,7 @@ def build_state_dict(
                 f"for {name}; the config and the weights disagree"
             )
         state[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-        used.update(parts)
+        used.update(split_index(p)[0] for p in parts)
     if missing:
         raise CheckpointError(
             f"checkpoint is missing {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.nn.norm import PerHeadLayerNorm, RMSNorm
+from lmzoo.nn.norm import L2Norm, PerHeadLayerNorm, RMSNorm
 from lmzoo.nn.rope import apply_rope
 
 
@@ -45,14 +45,22 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
         self.window = cfg.layer_window(layer)
+        self.chunk = cfg.layer_chunk(layer)
+        self.rope = cfg.layer_uses_rope(layer)
+        # query temperature on NoPE layers (Llama 4)
+        self.temp_floor = cfg.attn_temperature_floor if not self.rope else 0
+        self.temp_scale = cfg.attn_temperature_scale
         self.scale = cfg.attn_scale
         # fused projection: rows [0, q) are q, then k, then v
         self.qkv = nn.Linear(cfg.n_embd, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.q_size, cfg.n_embd, bias=cfg.attn_out_bias)
-        if cfg.qk_norm and cfg.qk_norm_kind == "layernorm_per_head":
+        norm_here = cfg.qk_norm and (cfg.qk_norm_layers is None or layer in cfg.qk_norm_layers)
+        if norm_here and cfg.qk_norm_kind == "l2":
+            self.q_norm = self.k_norm = L2Norm(eps=cfg.norm_eps)
+        elif norm_here and cfg.qk_norm_kind == "layernorm_per_head":
             self.q_norm = PerHeadLayerNorm(cfg.n_head, cfg.head_dim, eps=cfg.norm_eps)
             self.k_norm = PerHeadLayerNorm(cfg.n_kv_head, cfg.head_dim, eps=cfg.norm_eps)
-        elif cfg.qk_norm:
+        elif norm_here:
             self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         else:
@@ -79,8 +87,12 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.temp_floor:  # scale by absolute (cache slot) position, as the reference does
+            slot = torch.arange(T, device=x.device, dtype=torch.float32) + (start or 0)
+            t = torch.log1p(torch.floor((slot + 1.0) / self.temp_floor)) * self.temp_scale + 1.0
+            q = (q * t.view(1, T, 1, 1)).to(q.dtype)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
-        if cos is not None:  # RoPE; ALiBi arrives inside `mask` as an additive bias
+        if cos is not None and self.rope:  # RoPE; ALiBi arrives inside `mask` as an additive bias
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if start is not None:
             k, v = self.cache.update(start, k, v)
@@ -101,6 +113,8 @@ def build_mask(
     key_valid: torch.Tensor | None,
     window: int | None,
     device,
+    chunk: int | None = None,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B or 1, 1, T, L) of which cache slots each query may attend to.
 
@@ -115,6 +129,9 @@ def build_mask(
     if window is not None:
         allowed = allowed & (q_slot - k_slot < window)
     allowed = allowed[None, None]  # (1, 1, T, L)
+    if chunk is not None:  # same block of `chunk` positions only; positions (B or 1, L) per slot
+        block = torch.div(positions, chunk, rounding_mode="floor")
+        allowed = allowed & (block[:, None, q_start:L, None] == block[:, None, None, :L])
     if key_valid is not None:
         allowed = (allowed & key_valid[:, None, None, :L].bool()) | (k_slot == q_slot)
     return allowed

@@ -32,6 +32,7 @@ class MLAttention(nn.Module):
         self.qk_dim = self.nope + self.rope_dim
         self.kv_rank = cfg.kv_lora_rank
         self.window = cfg.layer_window(layer)
+        self.chunk = None
         self.scale = cfg.attn_scale
         if cfg.q_lora_rank:
             self.q_a = nn.Linear(cfg.n_embd, cfg.q_lora_rank, bias=cfg.qkv_bias)

@@ -59,7 +59,11 @@ class MoE(nn.Module):
         out = torch.zeros_like(x)
         for e in chosen.unique().tolist():
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            y = self.experts[e](x[token]) * weights[token, slot, None].to(x.dtype)
+            w = weights[token, slot, None].to(x.dtype)
+            if self.cfg.moe_scale_input:  # Llama 4: the expert sees w * x
+                y = self.experts[e](x[token] * w)
+            else:
+                y = self.experts[e](x[token]) * w
             out.index_add_(0, token, y)
         if self.shared is not None:
             s = self.shared(x)

@@ -46,3 +46,15 @@ class PerHeadLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.nn.functional.layer_norm(x, (self.head_dim,), eps=self.eps)
         return x * self.weight.view(self.n_head, self.head_dim)
+
+
+class L2Norm(nn.Module):
+    """Weightless RMS normalisation, x / sqrt(mean(x^2) + eps) in float32 (Llama 4's q/k norm)."""
+
+    def __init__(self, *, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)

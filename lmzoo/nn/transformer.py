@@ -72,7 +72,8 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
         if cfg.position == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
-        self.windows = sorted({cfg.layer_window(i) for i in range(cfg.n_layer)}, key=str)
+        # distinct (window, chunk) attention patterns; one mask is built per pattern per forward
+        self.patterns = sorted({(cfg.layer_window(i), cfg.layer_chunk(i)) for i in range(cfg.n_layer)}, key=str)
         self.cache_batch = 0
         self.cache_len = 0
 
@@ -159,17 +160,22 @@ class Transformer(nn.Module):
                 else torch.arange(end, device=x.device)[None]
             bias = alibi_bias(self.alibi_slopes, keys)  # (B or 1, n_head, 1, end)
         masks = {}
-        for w in self.windows:
-            if attention_mask is None and w is None and bias is None and (start == 0 or T == 1):
-                masks[w] = None  # plain causal: let SDPA pick its fused path
-            else:
-                masks[w] = build_mask(
-                    q_start=start, T=T, key_valid=attention_mask, window=w, device=x.device
-                )
-                if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
-                    masks[w] = bias.to(x.dtype).masked_fill(~masks[w], float("-inf"))
+        slot_pos = None
+        for w, c in self.patterns:
+            if attention_mask is None and w is None and c is None and bias is None and (start == 0 or T == 1):
+                masks[w, c] = None  # plain causal: let SDPA pick its fused path
+                continue
+            if c is not None and slot_pos is None:  # every slot's position, counted per row
+                slot_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] \
+                    if attention_mask is not None else torch.arange(end, device=x.device)[None]
+            m = build_mask(q_start=start, T=T, key_valid=attention_mask, window=w, device=x.device,
+                           chunk=c, positions=slot_pos)
+            if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
+                m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
+            masks[w, c] = m
         for layer in self.layers:
-            x = layer(x, cos, sin, masks[layer.attn.window], start if cached else None)
+            x = layer(x, cos, sin, masks[layer.attn.window, getattr(layer.attn, "chunk", None)],
+                      start if cached else None)
         if last_only:
             x = x[:, -1:]
         if self.norm is not None:
