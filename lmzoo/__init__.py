@@ -11,6 +11,7 @@ from lmzoo.errors import (
     TokenizerError,
     UnsupportedModelError,
 )
+from lmzoo.estimate import ParamCount, count_params
 from lmzoo.generate import generate, stream_generate
 from lmzoo.io.load import from_pretrained
 from lmzoo.nn.transformer import Transformer
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ModelConfig", "RopeScaling", "Transformer", "from_pretrained", "generate", "stream_generate",
+    "count_params", "ParamCount",
     "LmzooError", "ModelNotFoundError", "UnsupportedModelError", "CheckpointError", "ConfigError",
     "ContextLengthError", "GenerationError", "TokenizerError",
 ]
