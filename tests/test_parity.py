@@ -313,3 +313,34 @@ def test_chatglm_original_layout(tmp_path):
     ids = random_ids(V, (2, 16))
     assert max_logit_diff(ref, ours, ids) <= ATOL
     assert torch.equal(greedy_ours(ours, ids[:, :5], 20), greedy_ref(ref, ids[:, :5], 20))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_baichuan_13b_alibi(version, tmp_path):
+    """Baichuan-13B (ALiBi) and Baichuan2-13B (ALiBi + NormHead) against tests/baichuan_ref.py."""
+    from tests import baichuan_ref
+
+    cfg = {"model_type": "baichuan", "vocab_size": V, "hidden_size": 48, "intermediate_size": 72,
+           "num_hidden_layers": 2, "num_attention_heads": 6, "model_max_length": 64, "rms_norm_eps": 1e-6,
+           "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": "float32"}
+    if version == 2:
+        cfg["z_loss_weight"] = 0  # how Baichuan2 configs look
+    g = torch.Generator().manual_seed(0)
+    shapes = {"model.embed_tokens.weight": (V, 48), "model.norm.weight": (48,), "lm_head.weight": (V, 48)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (48,), p + "post_attention_layernorm.weight": (48,),
+                   p + "self_attn.W_pack.weight": (144, 48), p + "self_attn.o_proj.weight": (48, 48),
+                   p + "mlp.gate_proj.weight": (72, 48), p + "mlp.up_proj.weight": (72, 48),
+                   p + "mlp.down_proj.weight": (48, 72)}
+    state = {k: (1.0 if len(s) == 1 else 0.0) + torch.randn(s, generator=g) * 0.2 for k, s in shapes.items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ours = lmzoo.from_pretrained(tmp_path)
+    ids = random_ids(V, (2, 20))
+    ref = baichuan_ref.forward(state, cfg, ids, norm_head=version == 2)
+    with torch.no_grad():
+        assert (ours(ids) - ref).abs().max() <= ATOL
+    assert torch.equal(greedy_ours(ours, ids[:, :6], 20),
+                       baichuan_ref.greedy(state, cfg, ids[:, :6], 20, norm_head=version == 2))
+    assert cache_vs_recompute(ours, random_ids(V, (2, 30), seed=3), n_prefill=7) <= ATOL

@@ -313,13 +313,23 @@ DEEPSEEK_TRANSFORMS = {"layers.{i}.attn.q.weight": _mla_q, "layers.{i}.attn.q_b.
 
 
 def baichuan_config(hf: dict) -> ModelConfig:
-    if "max_position_embeddings" not in hf:
-        # Baichuan-13B / Baichuan2-13B declare `model_max_length` and use ALiBi, not RoPE
-        raise UnsupportedModelError(
-            "this baichuan checkpoint uses ALiBi (13B layout, no max_position_embeddings); "
-            "only the RoPE layout of Baichuan-7B is supported"
-        )
-    return llama_config(hf)
+    """Baichuan-7B / Baichuan2-7B: LLaMA with fused W_pack. Baichuan-13B / Baichuan2-13B declare
+    `model_max_length` instead of `max_position_embeddings` and use ALiBi instead of RoPE."""
+    if "max_position_embeddings" in hf:
+        return llama_config(hf)
+    return llama_config({**hf, "max_position_embeddings": hf.get("model_max_length", 4096)}, position="alibi")
+
+
+def baichuan2_norm_head(t, cfg: ModelConfig):
+    """Baichuan2's NormHead divides every LM-head row by its L2 norm at inference; folded in at load."""
+    import torch
+
+    return torch.nn.functional.normalize(t.float(), dim=-1).to(t.dtype)
+
+
+def baichuan_transforms(hf: dict) -> dict:
+    # Baichuan2 checkpoints carry its training setting `z_loss_weight`; Baichuan (1) ones do not
+    return {"lm_head.weight": baichuan2_norm_head} if "z_loss_weight" in hf else {}
 
 
 def _rotary_fraction(hf: dict, default: float = 1.0) -> float:
@@ -767,8 +777,9 @@ class Adapter:
     weights: dict[str, tuple[str, ...]] | Callable[[dict], dict[str, tuple[str, ...]]]
     # checkpoint tensors that carry no weights we need (recomputed buffers)
     ignore: tuple[str, ...] = field(default=("rotary_emb.inv_freq",))
-    # canonical template -> fn(tensor, cfg): layout changes applied after assembling
-    transforms: dict[str, Callable] = field(default_factory=dict)
+    # canonical template -> fn(tensor, cfg): layout changes applied after assembling; or a function
+    # of config.json returning that dict
+    transforms: dict[str, Callable] | Callable[[dict], dict[str, Callable]] = field(default_factory=dict)
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -776,7 +787,7 @@ ADAPTERS: dict[str, Adapter] = {
     "mistral": Adapter(llama_config, LLAMA_WEIGHTS),
     "qwen2": Adapter(qwen2_config, LLAMA_WEIGHTS),
     "qwen3": Adapter(qwen3_config, LLAMA_WEIGHTS),
-    "baichuan": Adapter(baichuan_config, BAICHUAN_WEIGHTS),
+    "baichuan": Adapter(baichuan_config, BAICHUAN_WEIGHTS, transforms=baichuan_transforms),
     "mixtral": Adapter(mixtral_config, MIXTRAL_WEIGHTS),
     "qwen2_moe": Adapter(qwen2_moe_config, QWEN_MOE_WEIGHTS),
     "qwen3_moe": Adapter(qwen3_moe_config, QWEN_MOE_WEIGHTS),

@@ -194,7 +194,8 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
     source = open_checkpoint_dir(p)
     try:
         weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
-        return instantiate(cfg, source, weights, ignore=adapter.ignore, transforms=adapter.transforms,
+        transforms = adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms
+        return instantiate(cfg, source, weights, ignore=adapter.ignore, transforms=transforms,
                            dtype=dtype, device=device)
     finally:
         source.close()
