@@ -344,3 +344,33 @@ def test_baichuan_13b_alibi(version, tmp_path):
     assert torch.equal(greedy_ours(ours, ids[:, :6], 20),
                        baichuan_ref.greedy(state, cfg, ids[:, :6], 20, norm_head=version == 2))
     assert cache_vs_recompute(ours, random_ids(V, (2, 30), seed=3), n_prefill=7) <= ATOL
+
+
+def test_qwen_first_generation(tmp_path):
+    """Qwen (v1) against tests/qwen_ref.py, an independent implementation of its published code."""
+    from lmzoo.errors import ContextLengthError
+    from tests import qwen_ref
+
+    cfg = {"model_type": "qwen", "vocab_size": V, "hidden_size": 48, "intermediate_size": 144,
+           "num_hidden_layers": 2, "num_attention_heads": 6, "seq_length": 40, "layer_norm_epsilon": 1e-6,
+           "rotary_pct": 0.5, "rotary_emb_base": 10000, "use_dynamic_ntk": True, "use_logn_attn": True,
+           "kv_channels": 8, "torch_dtype": "float32"}
+    g = torch.Generator().manual_seed(0)
+    shapes = {"transformer.wte.weight": (V, 48), "transformer.ln_f.weight": (48,), "lm_head.weight": (V, 48)}
+    for i in range(2):
+        p = f"transformer.h.{i}."
+        shapes |= {p + "ln_1.weight": (48,), p + "ln_2.weight": (48,), p + "attn.c_attn.weight": (144, 48),
+                   p + "attn.c_attn.bias": (144,), p + "attn.c_proj.weight": (48, 48),
+                   p + "mlp.w1.weight": (72, 48), p + "mlp.w2.weight": (72, 48), p + "mlp.c_proj.weight": (48, 72)}
+    state = {k: (1.0 if k.endswith("ln_1.weight") or k.endswith("ln_2.weight") or "ln_f" in k else 0.0)
+             + torch.randn(s, generator=g) * 0.2 for k, s in shapes.items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ours = lmzoo.from_pretrained(tmp_path)
+    ids = random_ids(V, (2, 24))
+    with torch.no_grad():
+        assert (ours(ids) - qwen_ref.forward(state, cfg, ids)).abs().max() <= ATOL
+    assert cache_vs_recompute(ours, random_ids(V, (2, 30), seed=3), n_prefill=7) <= ATOL
+    # beyond seq_length Qwen switches on dynamic NTK / logn scaling, which lmzoo does not implement:
+    with pytest.raises(ContextLengthError):
+        lmzoo.generate(ours, random_ids(V, (1, 41)), max_new_tokens=1)

@@ -312,6 +312,41 @@ DEEPSEEK_TRANSFORMS = {"layers.{i}.attn.q.weight": _mla_q, "layers.{i}.attn.q_b.
                        "layers.{i}.attn.kv_a.weight": _mla_kv_a, "layers.{i}.attn.kv_a.bias": _mla_kv_a}
 
 
+def qwen_config(hf: dict) -> ModelConfig:
+    """Qwen (first generation, `qwen` remote code): LLaMA-like with fused c_attn (q/k/v bias), an MLP
+    whose `intermediate_size` counts both halves, and RoPE on rotary_pct of each head.
+    Its inference-time context extension (use_dynamic_ntk with the NTK alpha fixed at prefill, and
+    use_logn_attn) only acts past `seq_length` and is not implemented, so the context is capped there:
+    longer prompts get a clear error instead of silently different numbers."""
+    d = hf["hidden_size"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "qwen",
+        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d,
+        n_head=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"] // 2,
+        head_dim=hf.get("kv_channels") or d // hf["num_attention_heads"],
+        max_seq_len=hf.get("seq_length", 2048), norm="rmsnorm", norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        mlp="swiglu", qkv_bias=True, attn_out_bias=False,
+        rope_theta=float(hf.get("rotary_emb_base", 10000)), rotary_percentage=float(hf.get("rotary_pct", 1.0)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_token_ids(hf),
+    )
+
+
+Q = "transformer.h.{i}."
+QWEN_WEIGHTS = {
+    "embed.weight": ("transformer.wte.weight",),
+    "norm.weight": ("transformer.ln_f.weight",),
+    "lm_head.weight": ("lm_head.weight",),
+    "layers.{i}.attn_norm.weight": (Q + "ln_1.weight",),
+    "layers.{i}.mlp_norm.weight": (Q + "ln_2.weight",),
+    "layers.{i}.attn.qkv.weight": (Q + "attn.c_attn.weight",),
+    "layers.{i}.attn.qkv.bias": (Q + "attn.c_attn.bias",),
+    "layers.{i}.attn.o.weight": (Q + "attn.c_proj.weight",),
+    # out = c_proj(w1(x) * silu(w2(x))): w2 is the gate, w1 the up projection
+    "layers.{i}.mlp.gate_up.weight": (Q + "mlp.w2.weight", Q + "mlp.w1.weight"),
+    "layers.{i}.mlp.down.weight": (Q + "mlp.c_proj.weight",),
+}
+
+
 def baichuan_config(hf: dict) -> ModelConfig:
     """Baichuan-7B / Baichuan2-7B: LLaMA with fused W_pack. Baichuan-13B / Baichuan2-13B declare
     `model_max_length` instead of `max_position_embeddings` and use ALiBi instead of RoPE."""
@@ -788,6 +823,7 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2": Adapter(qwen2_config, LLAMA_WEIGHTS),
     "qwen3": Adapter(qwen3_config, LLAMA_WEIGHTS),
     "baichuan": Adapter(baichuan_config, BAICHUAN_WEIGHTS, transforms=baichuan_transforms),
+    "qwen": Adapter(qwen_config, QWEN_WEIGHTS),
     "mixtral": Adapter(mixtral_config, MIXTRAL_WEIGHTS),
     "qwen2_moe": Adapter(qwen2_moe_config, QWEN_MOE_WEIGHTS),
     "qwen3_moe": Adapter(qwen3_moe_config, QWEN_MOE_WEIGHTS),
