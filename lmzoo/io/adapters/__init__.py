@@ -1,0 +1,1 @@
+"""Per-family checkpoint adapters; the registry is lmzoo.io.hf.ADAPTERS."""

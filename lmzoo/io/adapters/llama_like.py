@@ -1,0 +1,163 @@
+"""LLaMA-shaped families: Qwen2/3, Baichuan (7B/13B, Baichuan2), Qwen (v1), Phi-3, GLM-4/ChatGLM2/3,
+StableLM."""
+
+from __future__ import annotations
+
+from lmzoo.config import ModelConfig
+from lmzoo.errors import UnsupportedModelError
+from lmzoo.io.adapters.common import (
+    LLAMA_WEIGHTS, L, _rotary_fraction, _token_ids, llama_config, rope_pairs_to_halves,
+)
+
+
+def qwen2_config(hf: dict) -> ModelConfig:
+    # Qwen1.5/2/2.5: bias on q, k, v only
+    return llama_config(hf, qkv_bias=True, attn_out_bias=False)
+
+
+def qwen3_config(hf: dict) -> ModelConfig:
+    bias = bool(hf.get("attention_bias", False))
+    return llama_config(hf, qk_norm=True, qkv_bias=bias, attn_out_bias=bias)
+
+BAICHUAN_WEIGHTS = {
+    **LLAMA_WEIGHTS,
+    "layers.{i}.attn.qkv.weight": (L + "self_attn.W_pack.weight",),
+}
+
+def qwen_config(hf: dict) -> ModelConfig:
+    """Qwen (first generation, `qwen` remote code): LLaMA-like with fused c_attn (q/k/v bias), an MLP
+    whose `intermediate_size` counts both halves, and RoPE on rotary_pct of each head.
+    Its inference-time context extension (use_dynamic_ntk with the NTK alpha fixed at prefill, and
+    use_logn_attn) only acts past `seq_length` and is not implemented, so the context is capped there:
+    longer prompts get a clear error instead of silently different numbers."""
+    d = hf["hidden_size"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "qwen",
+        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d,
+        n_head=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"] // 2,
+        head_dim=hf.get("kv_channels") or d // hf["num_attention_heads"],
+        max_seq_len=hf.get("seq_length", 2048), norm="rmsnorm", norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        mlp="swiglu", qkv_bias=True, attn_out_bias=False,
+        rope_theta=float(hf.get("rotary_emb_base", 10000)), rotary_percentage=float(hf.get("rotary_pct", 1.0)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_token_ids(hf),
+    )
+
+
+Q = "transformer.h.{i}."
+QWEN_WEIGHTS = {
+    "embed.weight": ("transformer.wte.weight",),
+    "norm.weight": ("transformer.ln_f.weight",),
+    "lm_head.weight": ("lm_head.weight",),
+    "layers.{i}.attn_norm.weight": (Q + "ln_1.weight",),
+    "layers.{i}.mlp_norm.weight": (Q + "ln_2.weight",),
+    "layers.{i}.attn.qkv.weight": (Q + "attn.c_attn.weight",),
+    "layers.{i}.attn.qkv.bias": (Q + "attn.c_attn.bias",),
+    "layers.{i}.attn.o.weight": (Q + "attn.c_proj.weight",),
+    # out = c_proj(w1(x) * silu(w2(x))): w2 is the gate, w1 the up projection
+    "layers.{i}.mlp.gate_up.weight": (Q + "mlp.w2.weight", Q + "mlp.w1.weight"),
+    "layers.{i}.mlp.down.weight": (Q + "mlp.c_proj.weight",),
+}
+
+def baichuan_config(hf: dict) -> ModelConfig:
+    """Baichuan-7B / Baichuan2-7B: LLaMA with fused W_pack. Baichuan-13B / Baichuan2-13B declare
+    `model_max_length` instead of `max_position_embeddings` and use ALiBi instead of RoPE."""
+    if "max_position_embeddings" in hf:
+        return llama_config(hf)
+    return llama_config({**hf, "max_position_embeddings": hf.get("model_max_length", 4096)}, position="alibi")
+
+
+def baichuan2_norm_head(t, cfg: ModelConfig):
+    """Baichuan2's NormHead divides every LM-head row by its L2 norm at inference; folded in at load."""
+    import torch
+
+    return torch.nn.functional.normalize(t.float(), dim=-1).to(t.dtype)
+
+
+def baichuan_transforms(hf: dict) -> dict:
+    # Baichuan2 checkpoints carry its training setting `z_loss_weight`; Baichuan (1) ones do not
+    return {"lm_head.weight": baichuan2_norm_head} if "z_loss_weight" in hf else {}
+
+def phi3_config(hf: dict) -> ModelConfig:
+    """Phi-3: LLaMA block with fused qkv / gate_up; the 128k models use LongRoPE."""
+    return llama_config(hf, rotary_percentage=_rotary_fraction(hf))
+
+
+PHI3_WEIGHTS = {
+    **{k: v for k, v in LLAMA_WEIGHTS.items() if "qkv" not in k and "gate_up" not in k},
+    "layers.{i}.attn.qkv.weight": (L + "self_attn.qkv_proj.weight",),
+    "layers.{i}.mlp.gate_up.weight": (L + "mlp.gate_up_proj.weight",),
+}
+
+def glm_config(hf: dict) -> ModelConfig:
+    """GLM-4 / ChatGLM in transformers' `glm` layout: LLaMA block with q/k/v biases, fused gate_up,
+    pair-interleaved RoPE on the first half of each head (re-ordered at load, see rope_pairs_to_halves)."""
+    bias = bool(hf.get("attention_bias", True))
+    return llama_config(hf, qkv_bias=bias, attn_out_bias=False, rotary_percentage=_rotary_fraction(hf, 0.5))
+
+
+GLM_WEIGHTS = {
+    **{k: v for k, v in LLAMA_WEIGHTS.items() if "gate_up" not in k},
+    "layers.{i}.mlp.gate_up.weight": (L + "mlp.gate_up_proj.weight",),
+}
+GLM_TRANSFORMS = {"layers.{i}.attn.qkv.weight": rope_pairs_to_halves,
+                  "layers.{i}.attn.qkv.bias": rope_pairs_to_halves}
+
+
+def chatglm_config(hf: dict) -> ModelConfig:
+    """ChatGLM2-6B / ChatGLM3-6B / GLM-4-9B in THUDM's original (remote-code) layout: the same network
+    as `glm` — multi-query groups, q/k/v bias, RoPE on half of each head in adjacent pairs, RMSNorm."""
+    if not hf.get("rmsnorm", True) or hf.get("apply_residual_connection_post_layernorm") or \
+            not hf.get("post_layer_norm", True):
+        raise UnsupportedModelError("this chatglm variant (LayerNorm / post-LN residual) is not supported; "
+                                    "ChatGLM2/3 and GLM-4 are")
+    H = hf["num_attention_heads"]
+    kv = hf["multi_query_group_num"] if hf.get("multi_query_attention") else H
+    bias = bool(hf.get("add_qkv_bias", True))
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "chatglm",
+        vocab_size=hf.get("padded_vocab_size") or hf["vocab_size"], n_layer=hf["num_layers"],
+        n_embd=hf["hidden_size"], n_head=H, n_kv_head=kv, head_dim=hf.get("kv_channels"),
+        intermediate_size=hf["ffn_hidden_size"], max_seq_len=hf.get("seq_length", 2048),
+        norm="rmsnorm", norm_eps=hf.get("layernorm_epsilon", 1e-5), mlp="swiglu",
+        mlp_bias=bool(hf.get("add_bias_linear", False)), qkv_bias=bias,
+        attn_out_bias=bool(hf.get("add_bias_linear", False)),
+        rope_theta=10000.0 * float(hf.get("rope_ratio", 1.0)), rotary_percentage=0.5,
+        tie_embeddings=False, **_token_ids(hf),
+    )
+
+
+C = "transformer.encoder.layers.{i}."
+CHATGLM_WEIGHTS = {
+    "embed.weight": ("transformer.embedding.word_embeddings.weight",),
+    "norm.weight": ("transformer.encoder.final_layernorm.weight",),
+    "lm_head.weight": ("transformer.output_layer.weight",),
+    "layers.{i}.attn_norm.weight": (C + "input_layernorm.weight",),
+    "layers.{i}.mlp_norm.weight": (C + "post_attention_layernorm.weight",),
+    "layers.{i}.attn.qkv.weight": (C + "self_attention.query_key_value.weight",),
+    "layers.{i}.attn.qkv.bias": (C + "self_attention.query_key_value.bias",),
+    "layers.{i}.attn.o.weight": (C + "self_attention.dense.weight",),
+    "layers.{i}.mlp.gate_up.weight": (C + "mlp.dense_h_to_4h.weight",),
+    "layers.{i}.mlp.down.weight": (C + "mlp.dense_4h_to_h.weight",),
+}
+
+def stablelm_config(hf: dict) -> ModelConfig:
+    """StableLM (`stablelm`): LLaMA block with LayerNorm, partial rotary, optional q/k/v bias, optional
+    parallel residual with one shared norm."""
+    parallel = bool(hf.get("use_parallel_residual", False))
+    return llama_config(hf, norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5),
+                        qk_norm=bool(hf.get("qk_layernorm", False)), qk_norm_kind="layernorm_per_head",
+                        qkv_bias=bool(hf.get("use_qkv_bias", False)), attn_out_bias=False,
+                        rotary_percentage=_rotary_fraction(hf), parallel_residual=parallel, shared_norm=parallel)
+
+
+def stablelm_weights(hf: dict) -> dict[str, tuple[str, ...]]:
+    H, KV = hf["num_attention_heads"], hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    return {
+        **LLAMA_WEIGHTS,
+        "norm.bias": ("model.norm.bias",),
+        "layers.{i}.attn_norm.bias": (L + "input_layernorm.bias",),
+        "layers.{i}.mlp_norm.bias": (L + "post_attention_layernorm.bias",),
+        # per-head norms: one weight vector per head, stacked
+        "layers.{i}.attn.q_norm.weight": tuple(L + f"self_attn.q_layernorm.norms.{h}.weight" for h in range(H)),
+        "layers.{i}.attn.k_norm.weight": tuple(L + f"self_attn.k_layernorm.norms.{h}.weight" for h in range(KV)),
+    }
