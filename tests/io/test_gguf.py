@@ -156,3 +156,20 @@ def test_unsupported_architecture(tmp_path):
     write_gguf(p, gguf_tensors(hf_model()), "F32", arch="mamba")
     with pytest.raises(UnsupportedModelError, match="'mamba'.*supported: llama"):
         lmzoo.from_pretrained(p)
+
+
+@pytest.mark.parametrize("kind", ["F32", "F16", "BF16", "Q8_0", "Q4_1", "Q4_K_M"])
+def test_chunked_dequantisation_matches_numpy_reference(tmp_path, kind):
+    """GGUFFile.array decodes a few rows at a time; chunk boundaries (here every 1-2 rows, one a
+    partial chunk at the end) must not change a value."""
+    from lmzoo.io.gguf_file import GGUFFile
+
+    p = tmp_path / "m.gguf"
+    write_gguf(p, gguf_tensors(hf_model()), kind, rng=np.random.default_rng(0))
+    f = GGUFFile(p)
+    r = gguf.GGUFReader(str(p))
+    for t in r.tensors:
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        ref = gguf_ref.dequantize(np.asarray(t.data), t.tensor_type.name, int(np.prod(shape))).reshape(shape)
+        for chunk in (300, 1 << 22):
+            assert np.array_equal(f.array(f.tensors[t.name], chunk_elements=chunk), ref), (t.name, chunk)
