@@ -149,6 +149,10 @@ def llama_config(hf: dict, **overrides: Any) -> ModelConfig:
     if scaling.kind == "dynamic":
         # the trained context stretched by `factor` is what dynamic NTK is meant to reach
         kw["max_seq_len"] = int(kw["max_seq_len"] * scaling.factor)
+    elif scaling.kind in ("yarn", "llama3"):
+        # the extended context is factor x the pretraining context; some configs (Qwen2.5's YaRN
+        # recipe) leave max_position_embeddings at the pretraining value, others already raised it
+        kw["max_seq_len"] = max(kw["max_seq_len"], int(scaling.factor * scaling.original_max_position))
     kw.update(overrides)
     return ModelConfig(**kw)
 
