@@ -131,6 +131,11 @@ class ModelConfig:
     # --- position ----------------------------------------------------------------------------
     position: str = "rope"  # rope | alibi (BLOOM, Baichuan-13B) | learned (GPT-2, OPT) | none
     position_offset: int = 0  # learned tables indexed at position + offset (OPT: 2)
+    # ALiBi as Falcon-RW's released code computes it: the bias joins q.k *before* the softmax scale,
+    # softmax((q.k + bias) / sqrt(hd)) (BLOOM: q.k / sqrt(hd) + bias), and slope x position is
+    # evaluated in alibi_dtype ("bfloat16" there; "float32" for BLOOM and Baichuan)
+    alibi_scaled: bool = False
+    alibi_dtype: str = "float32"
     rope_theta: float = 10000.0
     rotary_percentage: float = 1.0  # fraction of each head's dims that RoPE rotates
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
@@ -215,7 +220,8 @@ class ModelConfig:
         for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS),
                                ("norm_placement", ("pre", "post")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
                                ("attention", ("standard", "mla")), ("router", ("softmax", "sigmoid")),
-                               ("router_group_score", ("max", "top2"))):
+                               ("router_group_score", ("max", "top2")),
+                               ("alibi_dtype", ("float32", "bfloat16"))):
             if getattr(self, fname) not in allowed:
                 raise ConfigError(f"{fname}={getattr(self, fname)!r} is not one of {allowed}")
         s = self.rope_scaling

@@ -100,6 +100,11 @@ CASES = {
                    dict(new_decoder_architecture=True, num_kv_heads=2, parallel_attn=True, bias=False)),
     "falcon-mha-seq": (tf.FalconConfig, tf.FalconForCausalLM,
                        dict(multi_query=False, parallel_attn=False, new_decoder_architecture=False, bias=True)),
+    # Falcon-RW-1B/7B: ALiBi instead of RoPE, sequential MHA with biases. 20 heads: not a power of two,
+    # and slopes 2^(-k/2) that bfloat16 rounds (6 heads' slopes are all exact powers of two)
+    "falcon-rw-alibi": (tf.FalconConfig, tf.FalconForCausalLM,
+                        dict(alibi=True, multi_query=False, parallel_attn=False, new_decoder_architecture=False,
+                             bias=True, hidden_size=80, num_attention_heads=20)),
     # MoE: Mixtral (top-2 of 4, renormalised), Qwen2-MoE (top-2 of 5, shared expert with sigmoid gate,
     # one dense layer), Qwen3-MoE (q/k norm, renormalised)
     "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2)),
@@ -146,10 +151,16 @@ CASES = {
 }
 
 
+# transformers' eager Falcon path adds the ALiBi bias twice (once to q.k, once more folded into the
+# causal mask it also receives); its SDPA path adds it once, as Falcon-RW's released code does:
+# softmax((q.k + alibi) / sqrt(hd)). These cases use the SDPA reference.
+SDPA_REFERENCE = {"falcon-rw-alibi"}
+
+
 def build_reference(name: str, tmp_path):
     cfg_cls, model_cls, over = CASES[name]
     cfg = cfg_cls(**{**BASE, **over})
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = "sdpa" if name in SDPA_REFERENCE else "eager"
     cfg._experts_implementation = "eager"  # the grouped-mm kernel fails on CPU for unaligned sizes
     torch.manual_seed(0)
     ref = perturb_(model_cls(cfg)).eval()
@@ -374,3 +385,24 @@ def test_qwen_first_generation(tmp_path):
     # beyond seq_length Qwen switches on dynamic NTK / logn scaling, which lmzoo does not implement:
     with pytest.raises(ContextLengthError):
         lmzoo.generate(ours, random_ids(V, (1, 41)), max_new_tokens=1)
+
+
+@pytest.mark.parametrize("case", ["falcon-40b", "falcon-7b", "falcon-rw-alibi"])
+def test_falcon_refined_web_config(case, tmp_path):
+    """Falcon checkpoints published before transformers' `falcon` (remote code `RW`) carry the same
+    tensors under older config keys: RefinedWeb (40B: n_head_kv, new decoder layout implied) and
+    RefinedWebModel (7B, RW-1B/7B). The reference is a `falcon` model saved with those keys."""
+    ref = build_reference(case, tmp_path)
+    c = ref.config
+    rw = {"n_head": c.num_attention_heads, "n_layer": c.num_hidden_layers, "hidden_size": c.hidden_size,
+          "vocab_size": c.vocab_size, "layer_norm_epsilon": c.layer_norm_epsilon, "bias": c.bias,
+          "alibi": c.alibi, "parallel_attn": c.parallel_attn, "torch_dtype": "float32"}
+    if c.new_decoder_architecture:
+        rw |= {"model_type": "RefinedWeb", "n_head_kv": c.num_kv_heads}
+    else:
+        rw |= {"model_type": "RefinedWebModel", "multi_query": c.multi_query}
+    (tmp_path / "config.json").write_text(json.dumps(rw))
+    ours = lmzoo.from_pretrained(tmp_path)
+    assert ours.config.n_kv_head == (1 if c.multi_query and not c.new_decoder_architecture else c.num_kv_heads)
+    ids = random_ids(V, (2, 16))
+    assert max_logit_diff(ref, ours, ids) <= ATOL

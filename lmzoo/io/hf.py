@@ -29,6 +29,9 @@ from lmzoo.io.adapters.moe import (
     deepseek_v3_config, deepseek_weights, llama4_config, mixtral_config, qwen2_moe_config, qwen3_moe_config,
 )
 
+FALCON = Adapter(falcon_config, falcon_weights,
+                 transforms={"layers.{i}.attn.qkv.weight": grouped_qkv, "layers.{i}.attn.qkv.bias": grouped_qkv})
+
 ADAPTERS: dict[str, Adapter] = {
     "llama": Adapter(llama_config, LLAMA_WEIGHTS),
     "mistral": Adapter(llama_config, LLAMA_WEIGHTS),
@@ -59,8 +62,10 @@ ADAPTERS: dict[str, Adapter] = {
     "glm": Adapter(glm_config, GLM_WEIGHTS, transforms=GLM_TRANSFORMS),
     "chatglm": Adapter(chatglm_config, CHATGLM_WEIGHTS, transforms=GLM_TRANSFORMS),
     "stablelm": Adapter(stablelm_config, stablelm_weights),
-    "falcon": Adapter(falcon_config, falcon_weights,
-                      transforms={"layers.{i}.attn.qkv.weight": grouped_qkv, "layers.{i}.attn.qkv.bias": grouped_qkv}),
+    "falcon": FALCON,
+    # Falcon's remote-code (`RW`) configs: the same network and tensor names, older config keys
+    "RefinedWebModel": FALCON,
+    "RefinedWeb": FALCON,
     "gpt_neox": Adapter(
         gpt_neox_config, GPT_NEOX_WEIGHTS,
         ignore=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),

@@ -27,6 +27,17 @@ def alibi_slopes(n_head: int, device=None) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32, device=device)
 
 
-def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-    """(n_head,) slopes, (B, L) key positions -> additive score bias (B, n_head, 1, L)."""
-    return (slopes[None, :, None] * key_positions[:, None, :].float())[:, :, None, :]
+# ModelConfig.alibi_dtype -> the precision slope x position is evaluated in
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor, *, dtype: str = "float32",
+               scale: float = 1.0) -> torch.Tensor:
+    """(n_head,) slopes, (B, L) key positions -> additive fp32 score bias (B, n_head, 1, L).
+
+    dtype="bfloat16" rounds the slopes, the positions and their product to bfloat16 as Falcon-RW's
+    code does (exact positions only up to 256); `scale` multiplies the result (Falcon-RW adds the
+    bias before the 1/sqrt(hd) softmax scale, so its bias is scaled with q.k)."""
+    t = _DTYPES[dtype]
+    bias = (slopes.to(t)[None, :, None] * key_positions[:, None, :].to(t)).float()
+    return (bias * scale if scale != 1.0 else bias)[:, :, None, :]

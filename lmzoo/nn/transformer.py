@@ -158,7 +158,9 @@ class Transformer(nn.Module):
             # key positions of every visible slot, counted from each row's first real token
             keys = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] if attention_mask is not None \
                 else torch.arange(end, device=x.device)[None]
-            bias = alibi_bias(self.alibi_slopes, keys)  # (B or 1, n_head, 1, end)
+            cfg = self.config
+            scale = (cfg.attn_scale or cfg.head_dim ** -0.5) if cfg.alibi_scaled else 1.0
+            bias = alibi_bias(self.alibi_slopes, keys, dtype=cfg.alibi_dtype, scale=scale)  # (B or 1, n_head, 1, end)
         masks = {}
         slot_pos = None
         for w, c in self.patterns:

@@ -179,6 +179,17 @@ def grouped_qkv(t, cfg: ModelConfig):
     return torch.cat([q, x[:, g].reshape(cfg.kv_size, *t.shape[1:]), x[:, g + 1].reshape(cfg.kv_size, *t.shape[1:])])
 
 
+def refined_web(hf: dict) -> dict:
+    """The pre-transformers Falcon configs (remote code `RW`): model_type RefinedWebModel (Falcon-7B,
+    Falcon-RW-1B/7B) and RefinedWeb (Falcon-40B, the new decoder architecture, with n_head_kv).
+    Same tensor names as transformers' `falcon`; only config keys differ."""
+    hf = {**hf, "num_attention_heads": hf.get("num_attention_heads") or hf["n_head"],
+          "num_hidden_layers": hf.get("num_hidden_layers") or hf["n_layer"]}
+    if hf.get("model_type") == "RefinedWeb":
+        hf |= {"new_decoder_architecture": True, "num_kv_heads": hf.get("n_head_kv") or hf.get("num_kv_heads")}
+    return hf
+
+
 def _falcon_layout(hf: dict) -> tuple[bool, int]:
     new = bool(hf.get("new_decoder_architecture", False))
     n_ln = hf.get("num_ln_in_parallel_attn") or (2 if new else 1)
@@ -187,25 +198,26 @@ def _falcon_layout(hf: dict) -> tuple[bool, int]:
 
 def falcon_config(hf: dict) -> ModelConfig:
     """Falcon: RoPE, LayerNorm, GELU MLP; 7B = multi-query + parallel attention/MLP on one norm;
-    40B/180B = the new decoder architecture (grouped kv heads, ln_attn + ln_mlp, parallel)."""
-    if hf.get("alibi"):
-        raise UnsupportedModelError("Falcon with ALiBi (RW-style, scores scaled after the bias) is not supported yet")
+    40B/180B = the new decoder architecture (grouped kv heads, ln_attn + ln_mlp, parallel);
+    Falcon-RW-1B/7B = ALiBi (added before the softmax scale, in bfloat16), sequential MHA with biases."""
+    hf = refined_web(hf)
     new, n_ln = _falcon_layout(hf)
     parallel = new or bool(hf.get("parallel_attn", True))
     if new and not hf.get("parallel_attn", True):
         raise UnsupportedModelError("Falcon new_decoder_architecture without parallel_attn is not supported")
-    H = hf.get("num_attention_heads") or hf["n_head"]
+    H = hf["num_attention_heads"]
     kv = (hf.get("num_kv_heads") or H) if (new or not hf.get("multi_query", True)) else 1
     d = hf["hidden_size"]
     theta, scaling = _rope_scaling(hf)
     bias = bool(hf.get("bias", False))
     return ModelConfig(
         name=hf.get("_name_or_path") or "falcon",
-        vocab_size=hf["vocab_size"], n_layer=hf.get("num_hidden_layers") or hf["n_layer"], n_embd=d,
+        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d,
         n_head=H, n_kv_head=kv, intermediate_size=hf.get("ffn_hidden_size") or 4 * d,
         max_seq_len=hf.get("max_position_embeddings", 2048),
         norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp=_plain_mlp(hf, "activation"),
         mlp_bias=bias, qkv_bias=bias, attn_out_bias=bias, rope_theta=theta, rope_scaling=scaling,
+        position="alibi" if hf.get("alibi") else "rope", alibi_scaled=True, alibi_dtype="bfloat16",
         parallel_residual=parallel, shared_norm=parallel and n_ln == 1,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)), **_token_ids(hf),
     )
@@ -213,7 +225,7 @@ def falcon_config(hf: dict) -> ModelConfig:
 
 def falcon_weights(hf: dict) -> dict[str, tuple[str, ...]]:
     F = "transformer.h.{i}."
-    new, n_ln = _falcon_layout(hf)
+    new, n_ln = _falcon_layout(refined_web(hf))
     parallel = new or bool(hf.get("parallel_attn", True))
     if parallel and n_ln == 2:
         norms = {"attn_norm": "ln_attn", "mlp_norm": "ln_mlp"}
