@@ -73,6 +73,14 @@ CASES = {
                            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                                             "original_max_position_embeddings": 16,
                                             "short_factor": [1.0, 1.1, 1.3, 1.7], "long_factor": [1.0, 2.0, 4.0, 9.0]})),
+    # Phi-4-mini style: LongRoPE on a partial rotary (half of each 8-wide head), tied embeddings
+    "phi3-partial-longrope": (tf.Phi3Config, tf.Phi3ForCausalLM,
+                              dict(pad_token_id=0, eos_token_id=2, original_max_position_embeddings=16,
+                                   max_position_embeddings=128, tie_word_embeddings=True, partial_rotary_factor=0.5,
+                                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                    "partial_rotary_factor": 0.5,
+                                                    "original_max_position_embeddings": 16,
+                                                    "short_factor": [1.0, 1.3], "long_factor": [1.5, 6.0]})),
     # GPT-2 / Cerebras-GPT: learned positions, Conv1D (transposed) weights, fused c_attn
     "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel,
              dict(n_embd=48, n_layer=2, n_head=6, n_positions=128, n_inner=72, bos_token_id=1, eos_token_id=2)),
@@ -181,7 +189,7 @@ def pair(request, tmp_path_factory):
 # past 16 positions cached keys and a full recompute legitimately differ, and so does a row batched
 # with longer rows. Their cache and batch checks therefore stay within 16 positions; their logits
 # and greedy checks run past 16, where the long-context rule is active.
-WITHIN = {"llama-rope-dynamic": 16, "phi3-longrope": 16}
+WITHIN = {"llama-rope-dynamic": 16, "phi3-longrope": 16, "phi3-partial-longrope": 16}
 # Llama 4's NoPE-layer query temperature depends on the absolute cache slot (HF: past length + index),
 # so a left-padded row legitimately differs from the same row alone; its batch is checked against
 # the reference's batch only.
