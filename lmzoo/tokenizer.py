@@ -180,6 +180,13 @@ class StreamDecoder:
             self._ids, self._emitted = self._ids[-4:], self._tok.decode(self._ids[-4:], skip_special_tokens=self._skip)
         return new
 
+    def flush(self) -> str:
+        """Whatever is still held back (an unfinished character decodes as U+FFFD), at the end."""
+        text = self._tok.decode(self._ids, skip_special_tokens=self._skip)
+        new = text[len(self._emitted):] if text.startswith(self._emitted) else ""
+        self._emitted = text
+        return new
+
 
 def _split_keep(text: str, sep: str) -> list[str]:
     out: list[str] = []
