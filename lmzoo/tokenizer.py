@@ -18,6 +18,7 @@ a leading space), we follow SentencePiece: it is what the model was trained on.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -55,6 +56,9 @@ class Tokenizer:
         self.chat_template = chat_template
         self.special_tokens = [t for t in special_tokens if t]
         self._special_ids = {i for i in (self.token_to_id(t) for t in self.special_tokens) if i is not None}
+        # one alternation, longest first, so "<|im_end|>" wins over a shorter special it contains
+        self._special_re = re.compile("(" + "|".join(
+            re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)) + ")") if self.special_tokens else None
 
     # --- vocabulary -------------------------------------------------------------------------------
     @property
@@ -110,12 +114,11 @@ class Tokenizer:
         """SentencePiece with special tokens kept whole. As HF's LlamaTokenizer (legacy=False), text
         that follows a special token gets no dummy-prefix space: "</s> x" -> [</s>, ▁x]."""
         ids: list[int] = []
-        parts = [text]
-        for s in sorted(self.special_tokens, key=len, reverse=True):
-            parts = [q for p in parts for q in _split_keep(p, s)]
+        # split with a capturing group: text at even indices, special tokens at odd ones
+        parts = self._special_re.split(text) if self._special_re else [text]
         after_special = False
-        for p in parts:
-            if p in self.special_tokens:
+        for k, p in enumerate(parts):
+            if k % 2:
                 ids.append(self.token_to_id(p))
                 after_special = True
             elif p:
@@ -186,16 +189,6 @@ class StreamDecoder:
         new = text[len(self._emitted):] if text.startswith(self._emitted) else ""
         self._emitted = text
         return new
-
-
-def _split_keep(text: str, sep: str) -> list[str]:
-    out: list[str] = []
-    for i, piece in enumerate(text.split(sep)):
-        if i:
-            out.append(sep)
-        if piece:
-            out.append(piece)
-    return out
 
 
 def render_chat_template(template: str, messages: list[dict[str, Any]], **variables: Any) -> str:

@@ -290,3 +290,14 @@ def test_gguf_chatml_template_renders_like_transformers(smollm2, deepseek_dir, t
         for gen in (True, False):
             assert ours.apply_chat_template(msgs, add_generation_prompt=gen) == \
                 ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+
+@pytest.mark.parametrize("which", ["deepseek_dir", "sp_dir"])
+def test_stream_decoder_holds_back_then_flushes_unfinished_character(which, request):
+    tok = load_tokenizer(request.getfixturevalue(which))
+    ids = tok.encode("ok 🦙", add_special_tokens=False)  # not in the SentencePiece corpus: bytes
+    # find a cut inside the emoji: the prefix decodes to an unfinished character
+    cut = next(k for k in range(1, len(ids)) if tok.decode(ids[:k]).endswith("\ufffd"))
+    dec = tok.stream_decoder()
+    shown = "".join(dec.step(i) for i in ids[:cut])
+    assert "\ufffd" not in shown and (shown + dec.flush()) == tok.decode(ids[:cut])
