@@ -57,8 +57,8 @@ class Tokenizer:
         self.special_tokens = [t for t in special_tokens if t]
         self._special_ids = {i for i in (self.token_to_id(t) for t in self.special_tokens) if i is not None}
         # one alternation, longest first, so "<|im_end|>" wins over a shorter special it contains
-        self._special_re = re.compile("(" + "|".join(
-            re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)) + ")") if self.special_tokens else None
+        longest_first = sorted(self.special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if longest_first else None
 
     # --- vocabulary -------------------------------------------------------------------------------
     @property
