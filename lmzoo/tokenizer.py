@@ -2,17 +2,23 @@
 
 Sources, in the order `load_tokenizer` looks for them:
   * tokenizer.json              `tokenizers` (the Rust library HF's fast tokenizers are)
-  * tokenizer.model             SentencePiece (LLaMA-1/2, Baichuan, Yi, Mistral v1 ...)
-  * a .gguf file                the vocabulary, merges and token types llama.cpp embeds, rebuilt as a
-                                `tokenizers` byte-level BPE with the pre-tokenizer its `pre` names
+  * tokenizer.model             SentencePiece itself (LLaMA-1/2, Baichuan, Yi, Mistral v0.x ...); its
+                                control pieces ([INST], </s>) are special tokens, as in HF
+  * a .gguf file                the vocabulary llama.cpp embeds, rebuilt as a `tokenizers` model:
+                                'gpt2' -> byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre`
+                                names; 'llama' -> SentencePiece BPE ranked by the pieces' scores
 Special tokens, BOS/EOS and the chat template come from tokenizer_config.json /
 special_tokens_map.json (or the GGUF metadata). Chat templates are rendered with jinja2 the way HF
 renders them: a sandboxed environment, trim_blocks + lstrip_blocks, `raise_exception`, `tojson`.
+
+Where HF's fast conversion of a SentencePiece model disagrees with SentencePiece (runs of spaces,
+a leading space), we follow SentencePiece: it is what the model was trained on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -40,16 +46,19 @@ class Tokenizer:
     """Text <-> ids, special tokens, chat template. Build with `load_tokenizer`."""
 
     def __init__(self, *, backend=None, sp=None, bos_token: str | None = None, eos_token: str | None = None,
-                 pad_token: str | None = None, add_bos: bool = False, chat_template: str | None = None,
-                 special_tokens: Iterable[str] = ()) -> None:
+                 pad_token: str | None = None, unk_token: str | None = None, add_bos: bool = False,
+                 chat_template: str | None = None, special_tokens: Iterable[str] = ()) -> None:
         if (backend is None) == (sp is None):
             raise ValueError("give exactly one of backend (tokenizers) or sp (sentencepiece)")
         self._tok, self._sp = backend, sp
-        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, unk_token
         self.add_bos = add_bos
         self.chat_template = chat_template
         self.special_tokens = [t for t in special_tokens if t]
         self._special_ids = {i for i in (self.token_to_id(t) for t in self.special_tokens) if i is not None}
+        # one alternation, longest first, so "<|im_end|>" wins over a shorter special it contains
+        longest_first = sorted(self.special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if longest_first else None
 
     # --- vocabulary -------------------------------------------------------------------------------
     @property
@@ -105,12 +114,11 @@ class Tokenizer:
         """SentencePiece with special tokens kept whole. As HF's LlamaTokenizer (legacy=False), text
         that follows a special token gets no dummy-prefix space: "</s> x" -> [</s>, ▁x]."""
         ids: list[int] = []
-        parts = [text]
-        for s in sorted(self.special_tokens, key=len, reverse=True):
-            parts = [q for p in parts for q in _split_keep(p, s)]
+        # split with a capturing group: text at even indices, special tokens at odd ones
+        parts = self._special_re.split(text) if self._special_re else [text]
         after_special = False
-        for p in parts:
-            if p in self.special_tokens:
+        for k, p in enumerate(parts):
+            if k % 2:
                 ids.append(self.token_to_id(p))
                 after_special = True
             elif p:
@@ -141,9 +149,17 @@ class Tokenizer:
             raise TokenizerError("this tokenizer has no chat template; use a raw prompt instead")
         return render_chat_template(
             self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
-            pad_token=self.pad_token or "", **kwargs,
+            **{**self.special_tokens_map, **kwargs},
         )
+
+
+    @property
+    def special_tokens_map(self) -> dict[str, Any]:
+        """What HF hands a chat template besides the messages: the named special tokens that are set
+        (an unset one stays undefined in the template, which renders as "")."""
+        named = {"bos_token": self.bos_token, "eos_token": self.eos_token, "unk_token": self.unk_token,
+                 "pad_token": self.pad_token}
+        return {k: v for k, v in named.items() if v is not None}
 
 
 class StreamDecoder:
@@ -167,19 +183,19 @@ class StreamDecoder:
             self._ids, self._emitted = self._ids[-4:], self._tok.decode(self._ids[-4:], skip_special_tokens=self._skip)
         return new
 
-
-def _split_keep(text: str, sep: str) -> list[str]:
-    out: list[str] = []
-    for i, piece in enumerate(text.split(sep)):
-        if i:
-            out.append(sep)
-        if piece:
-            out.append(piece)
-    return out
+    def flush(self) -> str:
+        """Whatever is still held back (an unfinished character decodes as U+FFFD), at the end."""
+        text = self._tok.decode(self._ids, skip_special_tokens=self._skip)
+        new = text[len(self._emitted):] if text.startswith(self._emitted) else ""
+        self._emitted = text
+        return new
 
 
 def render_chat_template(template: str, messages: list[dict[str, Any]], **variables: Any) -> str:
-    """Render an HF chat template exactly as transformers does (sandboxed jinja2)."""
+    """Render an HF chat template as transformers does: a sandboxed jinja2 environment with
+    trim_blocks + lstrip_blocks and loop controls, the `raise_exception` / `strftime_now` globals, a
+    `tojson` that keeps non-ASCII text, `tools` / `documents` defined (None when not given), and a
+    message's reasoning under every name templates read it by (reasoning_content, thinking)."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -194,10 +210,25 @@ def render_chat_template(template: str, messages: list[dict[str, Any]], **variab
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    variables.setdefault("tools", None)
+    variables.setdefault("documents", None)
+    messages = [_alias_reasoning(m) for m in messages]
     try:
         return env.from_string(template).render(messages=messages, **variables)
-    except jinja2.exceptions.TemplateError as e:
-        raise TokenizerError(f"chat template failed to render: {e}") from None
+    except (jinja2.exceptions.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        # a template bug or messages the template does not accept: one line, not a traceback
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise TokenizerError(f"chat template failed to render: {msg}") from None
+
+
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _alias_reasoning(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+    return message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -232,7 +263,8 @@ def load_tokenizer(path) -> Tokenizer:
     specials += [_token_str(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
     specials += [_token_str(t) for t in cfg.get("additional_special_tokens", [])]
     common = dict(bos_token=_token_str(cfg.get("bos_token")), eos_token=_token_str(cfg.get("eos_token")),
-                  pad_token=_token_str(cfg.get("pad_token")), chat_template=template)
+                  pad_token=_token_str(cfg.get("pad_token")), unk_token=_token_str(cfg.get("unk_token")),
+                  chat_template=template)
     if (p / "tokenizer.json").exists():
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -253,16 +285,25 @@ def load_tokenizer(path) -> Tokenizer:
             raise TokenizerError(f"{p / 'tokenizer.model'} is not a SentencePiece model ({e})") from None
         if common["bos_token"] is None and sp.bos_id() >= 0:
             common["bos_token"] = sp.id_to_piece(sp.bos_id())
+        if common["unk_token"] is None and sp.unk_id() >= 0:
+            common["unk_token"] = sp.id_to_piece(sp.unk_id())
         if common["eos_token"] is None and sp.eos_id() >= 0:
             common["eos_token"] = sp.id_to_piece(sp.eos_id())
+        # control pieces ([INST], <|im_end|> in newer models) are special tokens, as HF makes them:
+        # written in text they are the token, not its spelling
+        specials += [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i)]
         return Tokenizer(sp=sp, add_bos=bool(cfg.get("add_bos_token", True)),
                          special_tokens=dict.fromkeys(s for s in specials if s), **common)
     raise TokenizerError(f"{p} has no tokenizer: expected tokenizer.json or tokenizer.model")
 
 
+# llama.cpp token types (gguf.TokenType)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
 def _from_gguf(path: Path) -> Tokenizer:
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
+    """Rebuild the tokenizer llama.cpp would run from the vocabulary embedded in a GGUF file."""
+    from tokenizers import AddedToken
 
     from lmzoo.io.gguf import gguf_metadata
 
@@ -271,10 +312,41 @@ def _from_gguf(path: Path) -> Tokenizer:
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
         raise TokenizerError(f"{path.name} embeds no vocabulary (tokenizer.ggml.tokens)")
-    if kind != "gpt2":
-        raise TokenizerError(
-            f"{path.name}: GGUF tokenizer model {kind!r} is not supported; supported: 'gpt2' (byte-level BPE)"
-        )
+    types = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
+    if kind == "gpt2":
+        backend = _gguf_byte_level_bpe(path, meta, tokens)
+        add_bos_default = False
+    elif kind == "llama":
+        backend = _gguf_sentencepiece_bpe(path, meta, tokens, types)
+        add_bos_default = True  # llama.cpp adds BOS to a SentencePiece vocabulary unless the file says not to
+    else:
+        raise TokenizerError(f"{path.name}: GGUF tokenizer model {kind!r} is not supported; "
+                             "supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece BPE)")
+    # control tokens (<|im_end|>, </s>) are special: matched whole in text, dropped by skip_special_tokens;
+    # user-defined ones (<think>) are matched whole but are ordinary text
+    specials = [tokens[i] for i, t in enumerate(types) if t == CONTROL]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                        for i, t in enumerate(types) if t == USER_DEFINED])
+
+    def tok(key: str) -> str | None:
+        i = meta.get(key)
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    return Tokenizer(
+        backend=backend, bos_token=tok("tokenizer.ggml.bos_token_id"), eos_token=tok("tokenizer.ggml.eos_token_id"),
+        pad_token=tok("tokenizer.ggml.padding_token_id"), unk_token=tok("tokenizer.ggml.unknown_token_id"),
+        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default)),
+        chat_template=meta.get("tokenizer.chat_template"), special_tokens=specials,
+    )
+
+
+def _gguf_byte_level_bpe(path: Path, meta: dict[str, Any], tokens: list[str]):
+    """GPT-2 style byte-level BPE (`tokenizer.ggml.model == "gpt2"`): tokens are spelled in GPT-2's
+    byte alphabet, merges are listed, and `tokenizer.ggml.pre` names the regex that splits text first."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
     pre = meta.get("tokenizer.ggml.pre") or "default"
     if pre not in GGUF_PRE:
         raise TokenizerError(f"{path.name}: GGUF pre-tokenizer {pre!r} is not supported; supported: {sorted(GGUF_PRE)}")
@@ -291,19 +363,44 @@ def _from_gguf(path: Path) -> Tokenizer:
         backend.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False), byte_level])
     backend.decoder = decoders.ByteLevel()
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    CONTROL, USER_DEFINED = 3, 4
-    specials = [tokens[i] for i, t in enumerate(types) if t == CONTROL]
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                        for i, t in enumerate(types) if t == USER_DEFINED])
+    return backend
 
-    def tok(key: str) -> str | None:
-        i = meta.get(key)
-        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
 
-    return Tokenizer(
-        backend=backend, bos_token=tok("tokenizer.ggml.bos_token_id"), eos_token=tok("tokenizer.ggml.eos_token_id"),
-        pad_token=tok("tokenizer.ggml.padding_token_id"), add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        chat_template=meta.get("tokenizer.chat_template"), special_tokens=specials,
-    )
+def _gguf_sentencepiece_bpe(path: Path, meta: dict[str, Any], tokens: list[str], types: list[int]):
+    """SentencePiece BPE (`tokenizer.ggml.model == "llama"`: LLaMA-1/2, Mistral v0.1, Yi, ...).
+
+    The file stores pieces and scores, no merges. SentencePiece's BPE (and llama.cpp's copy of it)
+    repeatedly joins the adjacent pair whose joined piece has the highest score, so the merge list is
+    every split (left, right) of every piece, ranked by the joined piece's score. Ranking by vocabulary
+    id instead (as HF's .model converter does) goes wrong where scores and ids disagree: LLaMA's
+    whitespace runs "▁▁", "▁▁▁▁" score -1e9 and must merge last. Spaces become "▁"; llama.cpp puts a
+    "▁" before the text and after every special token (`add_space_prefix`); characters outside the
+    vocabulary fall back to the byte pieces <0x00>..<0xFF>.
+    """
+    from tokenizers import decoders, models, normalizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    scores = meta.get("tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        raise TokenizerError(f"{path.name}: a 'llama' GGUF vocabulary needs tokenizer.ggml.scores for its {len(tokens)} tokens")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    mergeable = {t for t, ty in zip(tokens, types) if ty in (NORMAL, USER_DEFINED)}
+    ranked = []
+    for piece in mergeable:
+        for k in range(1, len(piece)):
+            left, right = piece[:k], piece[k:]
+            if left in mergeable and right in mergeable:
+                ranked.append((-float(scores[vocab[piece]]), vocab[piece], vocab[left], left, right))
+    merges = [(left, right) for *_, left, right in sorted(ranked)]
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    byte_fallback = BYTE in types
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=byte_fallback, fuse_unk=True,
+                                     unk_token=tokens[int(unk)] if unk is not None else None))
+    steps = [normalizers.Replace(" ", "\u2581")]
+    if meta.get("tokenizer.ggml.add_space_prefix", True):
+        steps.insert(0, normalizers.Prepend("\u2581"))
+    backend.normalizer = normalizers.Sequence(steps)
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+        + ([decoders.Strip(" ", 1, 0)] if meta.get("tokenizer.ggml.add_space_prefix", True) else []))
+    return backend

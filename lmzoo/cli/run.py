@@ -1,4 +1,16 @@
-"""`lmzoo generate` and `lmzoo chat`: stream text from a model (default: SmolLM2-135M-Instruct)."""
+"""`lmzoo generate` and `lmzoo chat`: stream text from a model (default: SmolLM2-135M-Instruct).
+
+    lmzoo generate "What is the capital of France?"           # chat template, greedy
+    lmzoo generate --raw "The capital of France is" --stop .  # plain completion
+    echo "Hi" | lmzoo chat --system "Be brief."               # one user turn per stdin line
+
+`generate` applies the model's chat template (one user turn, optional --system) when the model has
+one, because the default model is an instruct model that answers questions only in its chat
+format; --raw sends the prompt as is (with BOS when the tokenizer adds one). Generation stops at
+the tokenizer's end-of-turn tokens (e.g. <|im_end|>), the config's EOS, a --stop string (not
+printed) or --max-new-tokens. Text is printed as it is generated; stdout carries only the answer,
+a loading spinner goes to stderr when it is a terminal.
+"""
 
 from __future__ import annotations
 
@@ -35,14 +47,19 @@ def _status(msg: str):
         yield
 
 
-def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens) -> None:
+def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype) -> None:
     """Reject bad sampling values before spending seconds on loading."""
     from lmzoo.errors import GenerationError
     from lmzoo.generate import SamplingParams
+    from lmzoo.io.load import resolve_dtype
 
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    try:
+        resolve_dtype(dtype)
+    except ValueError as e:
+        raise GenerationError(f"--dtype: {e}") from None
 
 
 def _load(model: Optional[Path], dtype: Optional[str]):
@@ -70,8 +87,7 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
     dec = tok.stream_decoder()
     new: list[int] = []
     text = ""
-    printed = 0
-    hold = max((len(s) for s in stop), default=0)  # hold back text that may start a stop string
+    printed, cut = 0, -1
     for nxt in lmzoo.stream_generate(
         model, torch.tensor([ids]), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
         top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos,
@@ -86,14 +102,22 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
         if cut >= 0:
             text = text[:cut]
             break
-        safe = len(text) - hold
+        safe = len(text) - _partial_stop(text, stop)  # hold back what may begin a stop string
         if safe > printed:
             out.write(text[printed:safe])
             out.flush()
             printed = safe
+    if cut < 0:  # no stop string: print what the decoder still holds (an unfinished character)
+        text += dec.flush()
     out.write(text[printed:])
     out.flush()
     return new, text
+
+
+def _partial_stop(text: str, stop: list[str]) -> int:
+    """Length of the longest end of `text` that is the beginning of a stop string."""
+    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
 
 
 @app.command()
@@ -113,7 +137,7 @@ def generate(
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
 ) -> None:
     """Complete PROMPT, streaming the answer to stdout."""
-    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
     m, tok = _load(model, dtype)
     if chat and tok.chat_template:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -145,7 +169,7 @@ def chat(
     """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
     from lmzoo.errors import ContextLengthError, TokenizerError
 
-    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
     m, tok = _load(model, dtype)
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
