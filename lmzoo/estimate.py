@@ -38,13 +38,14 @@ Memory model (`estimate_memory`), per term — bytes, with their sources:
                 "eager"` adds them), RMSNorm saving its input and normalised copy. Activation
                 checkpointing keeps each block's input plus one block's activations (Chen et al.
                 2016; Korthikanti's "full recomputation"). Loss: logits and their float32
-                log-softmax, and during backward the float32 logits gradient.
+                log-softmax; backward starts with two float32 logits-sized gradients, the head's
+                weight gradient and one block's gradient temporaries.
     gradients   full fine-tune: one gradient per weight, in the weights' dtype.
     optimizer   AdamW in mixed precision: fp32 master weights + two fp32 moments = 12 bytes per
                 trained parameter (Rajbhandari et al. 2020, "ZeRO", sec. 3.1: 2 + 2 + 12 = 16 B/param
                 with 16-bit weights and gradients); fp32 training keeps no master copy (8 B/param).
-                Plus the step's temporaries (torch's foreach AdamW materialises sqrt(v): one fp32
-                tensor per parameter).
+                Plus the step's temporaries, by implementation (`adam_impl`): fused (none), foreach
+                (torch's CUDA default materialises sqrt(v): 4 B/param), loop (one tensor at a time).
     lora        LoRA adapters (Hu et al. 2021): rank x (in + out) per adapted matrix, held in fp32
                 with fp32 gradients and AdamW moments (16 B/param); the base stays frozen.
     overhead    GPU only: the CUDA context, kernels and cuBLAS workspace (`runtime_overhead`,
@@ -383,40 +384,56 @@ def _attn_widths(a: Mapping) -> tuple[int, int, int, int]:
 
 
 def _infer_activation_elems(a: Mapping) -> int:
-    """Largest number of elements alive per token inside one block during a forward without grad:
-    residual x and normed h, then either the attention phase (projection output, rotated q/k copies,
-    attention output, o output) or the MLP phase (gate_up output, activation, product, down output)."""
+    """Largest number of elements alive per token inside one block during a forward without grad, as
+    lmzoo's Block runs it: the block input (still held by the caller), the normed input, then either
+    the attention phase (projection output, RoPE temporaries of q, rotated q, attention output, o
+    output) or the MLP phase (attention output, mid residual, MLP norm output, gate_up output,
+    activation, product; then the down output)."""
     d = a["n_embd"]
     proj, rot, out, _ = _attn_widths(a)
-    attn = 2 * d + proj + rot + out + d
+    q = a["n_head"] * a["head_dim"]
+    attn = 2 * d + proj + max(3.5 * q, rot + out + d)
     gated = a["mlp"] in ("swiglu", "geglu")
     mlp = 0
     for i in range(a["n_layer"]):
         w = _ffn_width(a, i)
-        m = 2 * d + (4 * w if gated else 2 * w) + d + (a["n_experts"] if _is_moe(a, i) else 0)
+        m = max(5 * d + 4 * w, 6 * d + 3 * w) if gated else 5 * d + max(2 * w, w + d)
+        if _is_moe(a, i):
+            m += 2 * d + a["n_experts"]  # gathered expert inputs, accumulated output, router scores
         mlp = max(mlp, m)
-    return max(attn, mlp)
+    return int(max(attn, mlp))
 
 
-def _train_layer_elems(a: Mapping, layer: int, *, task: str, lora_targets: str) -> int:
-    """Elements autograd saves per token for one block (see the module docstring). Frozen Linears
-    (LoRA / QLoRA) need no saved input unless an adapter reads it."""
-    d = a["n_embd"]
+def _uses_rope(a: Mapping, layer: int) -> bool:
+    return a["position"] in ("rope", "glm2d") and (a.get("nope_layers") is None or layer not in a["nope_layers"])
+
+
+def _train_layer_elems(a: Mapping, layer: int, *, task: str, lora_targets: str, attention: str = "flash") -> int:
+    """Elements autograd saves per token for one block of lmzoo's Transformer (see the module
+    docstring; tests/test_estimate.py checks this against the tensors autograd actually saves).
+    Frozen Linears (LoRA / QLoRA) need no saved input unless an adapter reads it."""
+    d, H = a["n_embd"], a["n_head"]
     full = task == "train"
     adapt_attn = full or lora_targets in ("all", "attention")
     adapt_mlp = full or lora_targets == "all"
     n_norms = 1 if a.get("shared_norm") else 2
-    norm_saved = 2 if a["norm"] == "rmsnorm" else 1  # RMSNorm: input + normalised copy; LayerNorm: input
-    elems = n_norms * norm_saved * d
+    # RMSNorm saves its input, the normalised copy and 1/rms; LayerNorm its input, mean and 1/std
+    norm_saved = 2 * d + 1 if a["norm"] == "rmsnorm" else d + 2
+    elems = n_norms * norm_saved
     proj, rot, out, o_in = _attn_widths(a)
     if a.get("attention") == "mla":  # low-rank inputs and their RMSNorms (input + normalised copy)
         rank, qr = a["kv_lora_rank"], a.get("q_lora_rank") or 0
         elems += (d if adapt_attn else 0) + 3 * qr + 3 * rank
     else:
         elems += d if adapt_attn else 0  # fused qkv input
-    # SDPA saves q, k, v and its output; v is a view of the projection output, which stays alive whole
-    elems += proj + rot + out
-    elems += o_in if adapt_attn else 0  # o projection input (a contiguous copy of the attention output)
+        if not _uses_rope(a, layer):  # q and k stay views of the projection output
+            rot = 0
+    # SDPA saves q, k, v, its output and a logsumexp per head; v is a view of the projection output,
+    # which stays alive whole. Flash kernels return the output laid out (B, T, H, hd), so the o
+    # projection's input is a view of it; the eager path's output needs a transposed copy.
+    elems += proj + rot + out + H
+    if attention == "eager" and adapt_attn:
+        elems += o_in
     w = _ffn_width(a, layer)
     elems += d if adapt_mlp else 0  # gate_up input
     if a["mlp"] in ("swiglu", "geglu"):  # act(gate) keeps the whole fused gate_up output alive; mul saves act
@@ -424,8 +441,11 @@ def _train_layer_elems(a: Mapping, layer: int, *, task: str, lora_targets: str) 
     else:  # the activation's input
         elems += w
     elems += w if adapt_mlp else 0  # down input (the product / activation output)
-    if _is_moe(a, layer):
-        elems += 2 * d + a["n_experts"]  # gathered expert inputs and outputs, router probabilities
+    if _is_moe(a, layer):  # per routed token: gathered input, expert output, weighted output (+ ids, weight);
+        k = a["n_experts_per_tok"]  # router probabilities; a gated shared expert's output
+        elems += 3 * k * d + 3 * k + a["n_experts"]
+        if a.get("shared_expert_size") and a.get("shared_expert_gate", True):
+            elems += d + 2
     return elems
 
 
@@ -442,6 +462,8 @@ def estimate_memory(
     attention: str = "flash",
     mla_cache: str = "latent",
     quant_group_size: int | None = None,
+    compute_dtype: str | None = None,
+    adam_impl: str | None = None,
     device: str = "gpu",
     runtime_overhead: float = 0.5 * GiB,
 ) -> MemoryEstimate:
@@ -451,6 +473,11 @@ def estimate_memory(
     dtype: fp32 | bf16 | fp16 | int8 | int4 — the weight storage; activations and KV cache use the
            compute dtype (fp32 for fp32, else 16-bit). For qlora the weights are NF4 regardless.
     context: tokens per sequence (prompt + generated); default: the model's context length.
+    compute_dtype: activations / KV cache / unquantised tables; default fp32 for fp32 weights, else bf16.
+    adam_impl: AdamW's step temporaries: "fused" (torch fused=True, DeepSpeed FusedAdam: none),
+            "foreach" (torch's CUDA default: sqrt(v) for every parameter at once, 4 B/param),
+            "loop" (torch's CPU default: one parameter at a time). Default: fused on GPU, loop on CPU.
+    device: "gpu" adds the runtime overhead; "cpu" does not.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -463,6 +490,9 @@ def estimate_memory(
         raise ConfigError(f"lora_targets must be 'all' or 'attention', got {lora_targets!r}")
     if device not in ("gpu", "cpu"):
         raise ConfigError(f"device must be 'gpu' or 'cpu', got {device!r}")
+    adam_impl = adam_impl or ("fused" if device == "gpu" else "loop")
+    if adam_impl not in ("fused", "foreach", "loop"):
+        raise ConfigError(f"adam_impl must be 'fused', 'foreach' or 'loop', got {adam_impl!r}")
     if task == "train" and dtype in ("int8", "int4"):
         raise ConfigError(f"full fine-tuning needs float weights, got dtype={dtype}; use task='qlora' for "
                           "4-bit weights with LoRA adapters")
@@ -475,7 +505,13 @@ def estimate_memory(
         _positive_int("quant_group_size", quant_group_size)
     inv = inventory(a)
     n_params = sum(t.numel for t in inv)
-    compute = 4 if dtype == "fp32" else 2  # activations, KV cache, unquantised tables
+    if compute_dtype is None:
+        compute = 4 if dtype == "fp32" else 2  # activations, KV cache, unquantised tables
+    else:
+        cd = normalize_dtype(compute_dtype)
+        if cd in ("int8", "int4"):
+            raise ConfigError(f"compute_dtype must be a float dtype, got {compute_dtype!r}")
+        compute = DTYPES[cd]
     act_b = compute
     d, V = a["n_embd"], a["vocab_size"]
     e = a.get("embed_dim") or d
@@ -499,9 +535,15 @@ def estimate_memory(
     if task == "infer":
         terms["kv_cache"] = _kv_cache_bytes(a, context, batch, compute, mla_cache)
         act = tokens * _infer_activation_elems(a) * act_b + batch * V * 4  # + last-position logits
+        if a["position"] == "rope":  # cos and sin tables (batch, tokens, rope_dim), kept for the whole forward
+            rope_dim = a["qk_rope_head_dim"] if a.get("attention") == "mla" else \
+                int(a["head_dim"] * a.get("rotary_percentage", 1.0))
+            act += 2 * tokens * rope_dim * act_b
         if attention == "eager":  # scores and softmax probabilities, (B, H, T, T), one layer at a time
             act += 2 * batch * a["n_head"] * context * context * act_b
         terms["activations"] = act
+        if dtype in ("int8", "int4"):  # a prefill dequantises one Linear at a time into the compute dtype
+            terms["dequant_buffer"] = max((t.out_f * t.in_f for t in inv if t.linear), default=0) * compute
         if device == "gpu":
             terms["overhead"] = runtime_overhead
         total = sum(terms.values())
@@ -510,24 +552,31 @@ def estimate_memory(
 
     # --- training (full / LoRA / QLoRA) ----------------------------------------------------------
     L = a["n_layer"]
-    per_layer = [_train_layer_elems(a, i, task=task, lora_targets=lora_targets) for i in range(L)]
+    per_layer = [_train_layer_elems(a, i, task=task, lora_targets=lora_targets, attention=attention)
+                 for i in range(L)]
     if activation_checkpointing:  # keep each block's input; recompute one block at a time in backward
         layer_acts = tokens * (L * d + max(per_layer)) * act_b
     else:
         layer_acts = tokens * sum(per_layer) * act_b
     if attention == "eager":
         layer_acts += (1 if activation_checkpointing else L) * 2 * batch * a["n_head"] * context * context * act_b
-    # top of the network: final norm input + normalised copy, head input, logits, float32 log-softmax
-    loss = tokens * (3 * d * act_b + V * act_b + V * 4 * (1 if act_b == 4 else 2))
+    # top of the network: final norm input + normalised copy + head input; the logits (kept by the
+    # caller, as HF's outputs.logits) and the float32 log-softmax that cross-entropy saves
+    loss = tokens * (3 * d * act_b + V * act_b + V * 4)
     terms["activations"] = layer_acts
     terms["loss"] = loss
-    logits_grad = tokens * V * 4
+    # backward starts with two float32 (tokens, vocab) gradients (of the log-probs and of the logits)
+    # and one block's worth of gradient temporaries
+    backward_tmp = tokens * V * 8 + tokens * _infer_activation_elems(a) * act_b
 
     if task == "train":
         wbytes = DTYPES[dtype]
         terms["gradients"] = n_params * wbytes
         terms["optimizer"] = n_params * (8 if dtype == "fp32" else 12)
-        step_tmp = n_params * 4  # foreach AdamW's sqrt(v) temporary
+        backward_tmp += V * e * wbytes  # the head's (or tied embedding's) gradient arrives first
+        # AdamW's sqrt(v) temporary: foreach for every parameter at once, the loop one tensor at a time
+        step_tmp = {"fused": 0, "foreach": n_params,
+                    "loop": max(t.out_f * max(t.in_f, 1) for t in inv)}[adam_impl] * 4
     else:
         targets = {"q", "k", "v", "o", "q_a", "q_b", "kv_a", "kv_b"}
         if lora_targets == "all":
@@ -537,14 +586,14 @@ def estimate_memory(
         terms["lora"] = lora * 4  # fp32 adapter weights
         terms["gradients"] = lora * 4
         terms["optimizer"] = lora * 8
-        step_tmp = lora * 4
+        step_tmp = lora * 4 if adam_impl == "foreach" else 0
         if task == "qlora":  # one Linear dequantised to 16-bit at a time
             biggest = max((t.out_f * t.in_f for t in inv if t.linear), default=0)
             terms["dequant_buffer"] = biggest * compute
     if device == "gpu":
         terms["overhead"] = runtime_overhead
     static = sum(v for k, v in terms.items() if k not in ("activations", "loss", "gradients"))
-    backward_start = terms["activations"] + terms["loss"] + logits_grad
+    backward_start = terms["activations"] + terms["loss"] + backward_tmp
     step = terms["gradients"] + step_tmp
     total = static + max(backward_start, step)
     notes.append("peak at the start of backward" if backward_start >= step else "peak at the optimizer step")

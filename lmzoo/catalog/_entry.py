@@ -22,8 +22,6 @@ EXTRA_ARCH_KEYS = {
     "attn_logit_softcap": "soft-capped attention logits",
     # DeepNorm (Wang et al. 2022): residual x * alpha before the post-LN (GLM-130B, ChatGLM-6B)
     "deepnorm_alpha": "DeepNorm residual scaling",
-    # DeepSeek-V3 multi-token-prediction module (shipped in the checkpoint, not part of the 671B)
-    "mtp_layers": "multi-token-prediction layers",
 }
 
 COMMERCIAL = ("yes", "no", "conditional")

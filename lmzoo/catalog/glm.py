@@ -92,7 +92,7 @@ ENTRIES = [
          repo="THUDM/codegeex2-6b", paper="https://github.com/THUDM/CodeGeeX2",
          objective="continued pre-training of ChatGLM2-6B on 600B code tokens",
          tokenizer="SentencePiece BPE, 65,024 tokens",
-         notes=("600B further code tokens on top of ChatGLM2-6B's pre-training",)),
+         notes=("total tokens not disclosed: 600B further code tokens on top of ChatGLM2-6B's pre-training",)),
     _glm("GLM-4-9B", arch=GLM4_9B_ARCH, params=9e9, label="9B", released="2024-06-05", tokens=10e12,
          lic=_reg("https://huggingface.co/THUDM/glm-4-9b/blob/main/LICENSE", "GLM-4 Model License"),
          repo="THUDM/glm-4-9b", paper=CHATGLM_FAMILY, objective="causal LM pre-training",
