@@ -417,8 +417,9 @@ def _train_layer_elems(a: Mapping, layer: int, *, task: str, lora_targets: str, 
     adapt_attn = full or lora_targets in ("all", "attention")
     adapt_mlp = full or lora_targets == "all"
     n_norms = 1 if a.get("shared_norm") else 2
-    # RMSNorm saves its input, the normalised copy and 1/rms; LayerNorm its input, mean and 1/std
-    norm_saved = 2 * d + 1 if a["norm"] == "rmsnorm" else d + 2
+    # RMSNorm saves its input and 1/rms, and the normalised copy when its weight trains; LayerNorm its
+    # input, mean and 1/std
+    norm_saved = (2 * d + 1 if full else d + 1) if a["norm"] == "rmsnorm" else d + 2
     elems = n_norms * norm_saved
     proj, rot, out, o_in = _attn_widths(a)
     if a.get("attention") == "mla":  # low-rank inputs and their RMSNorms (input + normalised copy)
@@ -560,9 +561,9 @@ def estimate_memory(
         layer_acts = tokens * sum(per_layer) * act_b
     if attention == "eager":
         layer_acts += (1 if activation_checkpointing else L) * 2 * batch * a["n_head"] * context * context * act_b
-    # top of the network: final norm input + normalised copy + head input; the logits (kept by the
-    # caller, as HF's outputs.logits) and the float32 log-softmax that cross-entropy saves
-    loss = tokens * (3 * d * act_b + V * act_b + V * 4)
+    # top of the network: final norm input (+ normalised copy when trained) + head input; the logits
+    # (kept by the caller, as HF's outputs.logits) and the float32 log-softmax that cross-entropy saves
+    loss = tokens * ((3 if task == "train" else 2) * d * act_b + V * act_b + V * 4)
     terms["activations"] = layer_acts
     terms["loss"] = loss
     # backward starts with two float32 (tokens, vocab) gradients (of the log-probs and of the logits)

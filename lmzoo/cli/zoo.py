@@ -90,7 +90,8 @@ def list_cmd(
     t = Table(title=title)
     for col in ("model", "family", "released", "params", "context", "commercial", "license") + \
             (("memory",) if cap else ()):
-        t.add_column(col, justify="right" if col in ("params", "context", "memory") else "left")
+        t.add_column(col, justify="right" if col in ("params", "context", "memory") else "left",
+                     no_wrap=col == "model", overflow="fold")
     for r in rows:
         params = fmt_count(r["params"]) + (f" ({fmt_count(r['active_params'])} active)" if r["active_params"] else "")
         t.add_row(r["name"], r["family"], r["released"], params, f"{r['context']:,}", r["commercial"], r["license"],
@@ -307,7 +308,7 @@ def fit_cmd(
 
     cols = list(rows[0]["fits"]) if rows else []
     t = Table(title=f"fits one {gpu} GPU? (context {context}, batch {batch}; training with checkpointing)")
-    t.add_column("model")
+    t.add_column("model", no_wrap=True)
     for c in cols:
         t.add_column(c, justify="center")
     for r in rows:
