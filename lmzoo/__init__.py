@@ -9,9 +9,11 @@ from lmzoo.errors import (
     LmzooError,
     ModelNotFoundError,
     TokenizerError,
+    UnknownModelError,
     UnsupportedModelError,
 )
-from lmzoo.estimate import ParamCount, count_params
+from lmzoo.estimate import MemoryEstimate, ParamCount, count_params, estimate_memory, gpus_needed
+from lmzoo.catalog import get_config, get_entry, list_models
 from lmzoo.generate import generate, stream_generate
 from lmzoo.io.load import from_pretrained
 from lmzoo.nn.transformer import Transformer
@@ -20,7 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ModelConfig", "RopeScaling", "Transformer", "from_pretrained", "generate", "stream_generate",
-    "count_params", "ParamCount",
+    "count_params", "ParamCount", "estimate_memory", "MemoryEstimate", "gpus_needed",
+    "list_models", "get_config", "get_entry", "UnknownModelError",
     "LmzooError", "ModelNotFoundError", "UnsupportedModelError", "CheckpointError", "ConfigError",
     "ContextLengthError", "GenerationError", "TokenizerError",
 ]

@@ -34,3 +34,10 @@ class GenerationError(LmzooError, ValueError):
 
 class TokenizerError(LmzooError, ValueError):
     """A tokenizer that cannot be found or built, or a chat template that cannot be rendered."""
+
+
+class UnknownModelError(LmzooError, KeyError):
+    """A model name that is not in the catalog (the message suggests the closest names)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
