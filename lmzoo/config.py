@@ -25,7 +25,7 @@ from lmzoo.errors import ConfigError
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")  # gated (swiglu/geglu) or plain two-layer
-POSITIONS = ("rope", "alibi", "learned", "none")
+POSITIONS = ("rope", "rope_2d", "alibi", "learned", "none")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 
@@ -92,8 +92,12 @@ class ModelConfig:
     # --- normalisation -----------------------------------------------------------------------
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
-    # "pre": x + f(norm(x)) (GPT-2 onwards); "post": norm(x + f(x)) (the original Transformer, OPT-350m)
+    # "pre": x + f(norm(x)) (GPT-2 onwards); "post": norm(x + f(x)) (the original Transformer, OPT-350m);
+    # "deepnorm": h = norm(x); x = deepnorm_alpha * h + f(h) -- the residual carries the *normalised*
+    # input, scaled (GLM-130B / ChatGLM-6B's code; the same as DeepNorm's post-LN
+    # x_{l+1} = LN(alpha x_l + f(x_l)), Wang et al. 2022, arXiv 2203.00555, with one more LN on the embeddings)
     norm_placement: str = "pre"
+    deepnorm_alpha: float = 1.0  # GLM: sqrt(2 * n_layer)
     final_norm: bool = True  # a norm before the LM head (post-norm models have none)
     # --- MLP ---------------------------------------------------------------------------------
     mlp: str = "swiglu"
@@ -129,7 +133,10 @@ class ModelConfig:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     # --- position ----------------------------------------------------------------------------
-    position: str = "rope"  # rope | alibi (BLOOM, Baichuan-13B) | learned (GPT-2, OPT) | none
+    # rope | rope_2d | alibi (BLOOM, Baichuan-13B) | learned (GPT-2, OPT) | none
+    # rope_2d (GLM, ChatGLM-6B): each head is two halves; the first is rotated by the token's position,
+    # the second by its *block* position (0 in the context, 1, 2, ... in the generated span)
+    position: str = "rope"
     position_offset: int = 0  # learned tables indexed at position + offset (OPT: 2)
     # ALiBi as Falcon-RW's released code computes it: the bias joins q.k *before* the softmax scale,
     # softmax((q.k + bias) / sqrt(hd)) (BLOOM: q.k / sqrt(hd) + bias), and slope x position is
@@ -139,6 +146,15 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rotary_percentage: float = 1.0  # fraction of each head's dims that RoPE rotates
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    # dtype the cos/sin tables are computed in. ChatGLM-6B's code builds them in float16 whatever the
+    # model runs in (angles rounded to fp16: ~1e-3 relative), and its weights were trained with that
+    rope_table_dtype: str = "float32"
+    # --- GLM prefix-LM inputs (ChatGLM-6B, GLM-130B) -----------------------------------------------
+    # prefix_lm: tokens before the first bos_token_id (GLM's <sop>) attend to each other in both
+    # directions; from <sop> on attention is causal. mask_token_ids: GLM's [gMASK], [MASK] in order of
+    # precedence; the position of the first one present is the position id of the generated span
+    prefix_lm: bool = False
+    mask_token_ids: tuple[int, ...] = ()
     # --- mixture of experts (0 experts: dense MLP everywhere) -------------------------------------
     n_experts: int = 0
     n_experts_per_tok: int = 0
@@ -183,6 +199,7 @@ class ModelConfig:
         self.eos_token_id = tuple(self.eos_token_id or ())
         if self.sliding_window_layers is not None:
             self.sliding_window_layers = tuple(self.sliding_window_layers)
+        self.mask_token_ids = tuple(self.mask_token_ids or ())
         for k in ("moe_layers", "chunked_layers", "nope_layers", "qk_norm_layers"):
             if getattr(self, k) is not None:
                 setattr(self, k, tuple(getattr(self, k)))
@@ -218,7 +235,8 @@ class ModelConfig:
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
             )
         for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS),
-                               ("norm_placement", ("pre", "post")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
+                               ("norm_placement", ("pre", "post", "deepnorm")),
+                               ("rope_table_dtype", ("float32", "float16")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
                                ("attention", ("standard", "mla")), ("router", ("softmax", "sigmoid")),
                                ("router_group_score", ("max", "top2")),
                                ("alibi_dtype", ("float32", "bfloat16"))):
@@ -228,6 +246,17 @@ class ModelConfig:
         if s.kind == "longrope" and len(s.short_factor) != self.rope_dim // 2:
             raise ConfigError(f"longrope factors have {len(s.short_factor)} entries; RoPE has {self.rope_dim // 2} "
                               "frequencies")
+        if self.position == "rope_2d" and self.head_dim % 4:
+            raise ConfigError(f"rope_2d rotates two halves of each head in pairs; head_dim={self.head_dim} "
+                              "must be a multiple of 4")
+        if self.position == "rope_2d" and not (self.prefix_lm and self.mask_token_ids):
+            raise ConfigError("position='rope_2d' needs prefix_lm=True and mask_token_ids (GLM's block positions "
+                              "start at <sop> and the span's position is the [gMASK]/[MASK] position)")
+        if self.prefix_lm and self.bos_token_id is None:
+            raise ConfigError("prefix_lm=True needs bos_token_id (the token that ends the bidirectional prefix)")
+        if self.deepnorm_alpha != 1.0 and self.norm_placement != "deepnorm":
+            raise ConfigError(f"deepnorm_alpha={self.deepnorm_alpha} only applies to norm_placement='deepnorm', "
+                              f"got {self.norm_placement!r}")
         if self.position == "rope" and (self.rope_dim % 2 or self.rope_dim <= 0):
             raise ConfigError(
                 f"RoPE needs an even, positive rotary width; head_dim={self.head_dim} x "
@@ -268,6 +297,8 @@ class ModelConfig:
         """Number of leading dims of each head that RoPE rotates (MLA: the decoupled rope part)."""
         if self.attention == "mla":
             return self.qk_rope_head_dim
+        if self.position == "rope_2d":  # per half: each half has its own rotation (see rope_2d)
+            return self.head_dim // 2
         return int(self.head_dim * self.rotary_percentage)
 
     @property
@@ -280,7 +311,7 @@ class ModelConfig:
         return self.attention_chunk if self.chunked_layers is None or layer in self.chunked_layers else None
 
     def layer_uses_rope(self, layer: int) -> bool:
-        return self.position == "rope" and (self.nope_layers is None or layer not in self.nope_layers)
+        return self.position in ("rope", "rope_2d") and (self.nope_layers is None or layer not in self.nope_layers)
 
     def layer_is_moe(self, layer: int) -> bool:
         return bool(self.n_experts) and (self.moe_layers is None or layer in self.moe_layers)
@@ -297,6 +328,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eos_token_id"] = list(self.eos_token_id)
+        d["mask_token_ids"] = list(self.mask_token_ids)
         for k in ("sliding_window_layers", "moe_layers", "chunked_layers", "nope_layers", "qk_norm_layers"):
             if d[k] is not None:
                 d[k] = list(d[k])

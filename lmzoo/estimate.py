@@ -405,7 +405,7 @@ def _infer_activation_elems(a: Mapping) -> int:
 
 
 def _uses_rope(a: Mapping, layer: int) -> bool:
-    return a["position"] in ("rope", "glm2d") and (a.get("nope_layers") is None or layer not in a["nope_layers"])
+    return a["position"] in ("rope", "rope_2d") and (a.get("nope_layers") is None or layer not in a["nope_layers"])
 
 
 def _train_layer_elems(a: Mapping, layer: int, *, task: str, lora_targets: str, attention: str = "flash") -> int:

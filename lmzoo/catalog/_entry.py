@@ -2,7 +2,7 @@
 
 An `Entry` is plain data. `arch` holds the real published hyperparameters under `ModelConfig`'s field
 names (so `ModelConfig(**arch)` builds it when lmzoo can run it); a feature lmzoo's one Transformer does
-not have yet is written as a value `ModelConfig` rejects (e.g. `position="glm2d"`) or as one of the
+not have yet is written as a value `ModelConfig` rejects (e.g. `sandwich_norm=True`) or as one of the
 `EXTRA_ARCH_KEYS` below, so the parameter counter (lmzoo.estimate) still sees it and `get_config`
 refuses it with a clear message.
 """
@@ -20,8 +20,6 @@ EXTRA_ARCH_KEYS = {
     "sandwich_norm": "sandwich norms (a norm before and after each sublayer)",
     # Grok-1: tanh soft-capping of attention logits
     "attn_logit_softcap": "soft-capped attention logits",
-    # DeepNorm (Wang et al. 2022): residual x * alpha before the post-LN (GLM-130B, ChatGLM-6B)
-    "deepnorm_alpha": "DeepNorm residual scaling",
 }
 
 COMMERCIAL = ("yes", "no", "conditional")

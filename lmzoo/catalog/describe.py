@@ -52,7 +52,7 @@ def position(a: Mapping[str, Any]) -> str:
         return "ALiBi"
     if p == "none":
         return "none (NoPE)"
-    if p == "glm2d":
+    if p == "rope_2d":
         return "2-D RoPE (GLM: position + block position)"
     if a.get("attention") == "mla":
         rot = f"decoupled, {a['qk_rope_head_dim']} dims"

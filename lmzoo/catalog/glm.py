@@ -1,9 +1,10 @@
 """Tsinghua KEG / Zhipu AI's GLM line: GLM-130B, ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B, CodeGeeX2-6B,
 GLM-4-9B.
 
-GLM-130B and ChatGLM-6B are pre-trained with GLM's autoregressive blank infilling and use features
-lmzoo's Transformer does not have (DeepNorm residual scaling; ChatGLM-6B's 2-D RoPE), so their rows
-are counted and compared but `get_config` refuses them. From ChatGLM2-6B on the network is a LLaMA-like
+GLM-130B and ChatGLM-6B are pre-trained with GLM's autoregressive blank infilling: a prefix LM with
+DeepNorm-style scaled residuals; ChatGLM-6B adds 2-D RoPE (lmzoo runs its checkpoint, tests/
+test_chatglm6b.py). GLM-130B's weights are SwissArmyTransformer model-parallel shards given out on
+application, which lmzoo does not read; its config is buildable for counting and sizing. From ChatGLM2-6B on the network is a LLaMA-like
 block with multi-query groups, q/k/v bias and RoPE on half of each head (lmzoo runs it)."""
 
 from __future__ import annotations
@@ -28,14 +29,21 @@ CHATGLM6B_ARCH = dict(
     # pre-LN, but the residual adds the *normalised* input scaled by alpha = sqrt(2 n_layer) (DeepNorm-style)
     norm_placement="deepnorm", deepnorm_alpha=(2 * 28) ** 0.5,
     mlp="gelu_tanh", mlp_bias=True, qkv_bias=True, attn_out_bias=True,
-    # RoPE on each half of the head: one half rotated by the position, the other by the block position
-    position="glm2d", rope_theta=10000.0, attention="standard", parallel_residual=False, tie_embeddings=True,
+    # RoPE on each half of the head: one half rotated by the position, the other by the block position;
+    # cos/sin tables in float16 as the released code builds them
+    position="rope_2d", rope_theta=10000.0, rope_table_dtype="float16", attention="standard",
+    parallel_residual=False, tie_embeddings=True,
+    # prefix LM: bidirectional up to <sop> (130004); [gMASK] (130001) before [MASK] (130000)
+    prefix_lm=True, bos_token_id=130004, eos_token_id=(130005,), mask_token_ids=(130001, 130000),
 )
 GLM130B_ARCH = dict(
     n_layer=70, n_embd=12288, n_head=96, n_kv_head=96, head_dim=128, intermediate_size=32768, vocab_size=150528,
     max_seq_len=2048, norm="layernorm", norm_eps=1e-5, norm_placement="deepnorm", deepnorm_alpha=(2 * 70) ** 0.5,
     mlp="geglu", mlp_bias=True, qkv_bias=True, attn_out_bias=True, position="rope", rope_theta=10000.0,
     attention="standard", parallel_residual=False, tie_embeddings=True,
+    # 1-D positions, prefix LM up to <sop>; token ids of the 150,528-token icetk vocabulary it shares with
+    # the first ChatGLM-6B code (sop 150004, [MASK] 150000, [gMASK] 150001)
+    prefix_lm=True, bos_token_id=150004, mask_token_ids=(150001, 150000),
 )
 # ChatGLM2 / ChatGLM3 / CodeGeeX2: 2 multi-query groups of 128-wide heads; RoPE on the first 64 dims
 CHATGLM2_ARCH = llama_like(

@@ -20,8 +20,8 @@ from lmzoo.io.adapters.gpt import (
     gptj_config, grouped_qkv, opt_config,
 )
 from lmzoo.io.adapters.llama_like import (
-    BAICHUAN_WEIGHTS, CHATGLM_WEIGHTS, GLM_TRANSFORMS, GLM_WEIGHTS, PHI3_WEIGHTS, QWEN_WEIGHTS, baichuan_config,
-    baichuan_transforms, chatglm_config, glm_config, phi3_config, qwen2_config, qwen3_config, qwen_config,
+    BAICHUAN_WEIGHTS, GLM_TRANSFORMS, GLM_WEIGHTS, PHI3_WEIGHTS, QWEN_WEIGHTS, baichuan_config,
+    baichuan_transforms, chatglm_any_config, chatglm_any_transforms, chatglm_any_weights, glm_config, phi3_config, qwen2_config, qwen3_config, qwen_config,
     stablelm_config, stablelm_weights,
 )
 from lmzoo.io.adapters.moe import (
@@ -60,7 +60,9 @@ ADAPTERS: dict[str, Adapter] = {
                     transforms=GPT2_TRANSFORMS),
     "opt": Adapter(opt_config, OPT_WEIGHTS),
     "glm": Adapter(glm_config, GLM_WEIGHTS, transforms=GLM_TRANSFORMS),
-    "chatglm": Adapter(chatglm_config, CHATGLM_WEIGHTS, transforms=GLM_TRANSFORMS),
+    # ChatGLM2/3, GLM-4 (THUDM layout) and ChatGLM-6B v1 (GLM proper) share the model_type
+    "chatglm": Adapter(chatglm_any_config, chatglm_any_weights, transforms=chatglm_any_transforms,
+                       ignore=("rotary_emb.inv_freq", "lm_head.weight")),
     "stablelm": Adapter(stablelm_config, stablelm_weights),
     "falcon": FALCON,
     # Falcon's remote-code (`RW`) configs: the same network and tensor names, older config keys

@@ -47,6 +47,7 @@ class Attention(nn.Module):
         self.window = cfg.layer_window(layer)
         self.chunk = cfg.layer_chunk(layer)
         self.rope = cfg.layer_uses_rope(layer)
+        self.rope_segments = 2 if cfg.position == "rope_2d" else 1
         # query temperature on NoPE layers (Llama 4)
         self.temp_floor = cfg.attn_temperature_floor if not self.rope else 0
         self.temp_scale = cfg.attn_temperature_scale
@@ -93,7 +94,7 @@ class Attention(nn.Module):
             q = (q * t.view(1, T, 1, 1)).to(q.dtype)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if cos is not None and self.rope:  # RoPE; ALiBi arrives inside `mask` as an additive bias
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(q, cos, sin, self.rope_segments), apply_rope(k, cos, sin, self.rope_segments)
         if start is not None:
             k, v = self.cache.update(start, k, v)
         y = F.scaled_dot_product_attention(
@@ -115,12 +116,14 @@ def build_mask(
     device,
     chunk: int | None = None,
     positions: torch.Tensor | None = None,
+    prefix_end: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B or 1, 1, T, L) of which cache slots each query may attend to.
 
     Query t sits at slot q_start + t; key slot j is visible when j <= slot (causal), when it is not
     padding (key_valid, (B, L)), and when slot - j < window. A padded query still sees itself so that
-    no row of the softmax is empty.
+    no row of the softmax is empty. prefix_end (B,): slots below it are also visible to every query
+    (a prefix LM's bidirectional context, GLM).
     """
     L = q_start + T
     q_slot = torch.arange(q_start, L, device=device)[:, None]
@@ -132,6 +135,8 @@ def build_mask(
     if chunk is not None:  # same block of `chunk` positions only; positions (B or 1, L) per slot
         block = torch.div(positions, chunk, rounding_mode="floor")
         allowed = allowed & (block[:, None, q_start:L, None] == block[:, None, None, :L])
+    if prefix_end is not None:
+        allowed = allowed | (k_slot < prefix_end[:, None, None, None])
     if key_valid is not None:
         allowed = (allowed & key_valid[:, None, None, :L].bool()) | (k_slot == q_slot)
     return allowed

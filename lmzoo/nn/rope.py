@@ -87,7 +87,12 @@ def inv_frequencies(cfg: ModelConfig, seq_len: int | None = None, device=None) -
 
 
 class RotaryEmbedding(nn.Module):
-    """Turns position ids (B, T) into cos/sin tables (B, T, rope_dim)."""
+    """Turns position ids (B, T) into cos/sin tables (B, T, rope_dim).
+
+    2-D RoPE (GLM): position ids (B, 2, T) -- token position and block position -- give tables
+    (B, T, 2 * rope_dim): [table of the position | table of the block position]; `apply_rope(...,
+    segments=2)` rotates each half of the head with its own half of the table.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -106,17 +111,36 @@ class RotaryEmbedding(nn.Module):
             seq_len = int(positions.max()) + 1
             if seq_len > s.original_max_position:
                 inv, scaling = inv_frequencies(self.cfg, seq_len, device=positions.device)
-        # angles in float32 regardless of the model dtype (bf16 angles lose whole radians)
-        freqs = positions[..., None].float() * inv.float()  # (B, T, rope_dim/2)
+        if positions.dim() == 3:  # 2-D RoPE: (B, 2, T) -> one table per half, side by side
+            cos, sin = zip(*(self._tables(positions[:, i], inv, scaling, dtype) for i in range(positions.shape[1])))
+            return torch.cat(cos, dim=-1), torch.cat(sin, dim=-1)
+        return self._tables(positions, inv, scaling, dtype)
+
+    def _tables(self, positions, inv, scaling, dtype):
+        if self.cfg.rope_table_dtype == "float16":
+            # ChatGLM-6B's RotaryEmbedding(precision=torch.half): inverse frequencies, positions, angles
+            # and cos/sin all in float16 -- reproduced because the released weights expect it
+            freqs = positions[..., None].half() * inv.half()
+        else:  # angles in float32 regardless of the model dtype (bf16 angles lose whole radians)
+            freqs = positions[..., None].float() * inv.float()  # (B, T, rope_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, rope_dim)
         return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first cos.shape[-1] dims of x (B, n_head, T, head_dim); the rest pass through."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: int = 1) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x (B, n_head, T, head_dim); the rest pass through.
+
+    segments=2 (GLM's 2-D RoPE): the rotated dims are two independent halves, each rotate-half'ed
+    within itself:  [a1 a2 | b1 b2] -> [a1 c - a2 s, a2 c + a1 s | b1 c' - b2 s', b2 c' + b1 s'].
+    """
     rot = cos.shape[-1]
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, rot) broadcasts over heads
     xr, xp = (x[..., :rot], x[..., rot:]) if rot < x.shape[-1] else (x, None)
-    x1, x2 = xr.chunk(2, dim=-1)
-    out = xr * cos + torch.cat((-x2, x1), dim=-1) * sin
+    if segments == 1:
+        x1, x2 = xr.chunk(2, dim=-1)
+        rotated = torch.cat((-x2, x1), dim=-1)
+    else:
+        xs = xr.unflatten(-1, (segments, 2, rot // (2 * segments)))  # (..., segment, half, dims)
+        rotated = torch.stack((-xs[..., 1, :], xs[..., 0, :]), dim=-2).flatten(-3)
+    out = xr * cos + rotated * sin
     return out if xp is None else torch.cat((out, xp), dim=-1)

@@ -7,6 +7,8 @@
            x = x + mlp(mlp_norm(x))
          or, with parallel_residual (GPT-NeoX):
            x = x + attn(attn_norm(x)) + mlp(mlp_norm(x))
+         or, with norm_placement="deepnorm" (GLM):
+           h = attn_norm(x); x = alpha*h + attn(h); h = mlp_norm(x); x = alpha*h + mlp(h)
       -> norm -> lm_head                         (B, T, vocab)
 
 `forward(ids)` is a plain causal pass. With a cache set up (`setup_cache`), `forward(ids, start=s)`
@@ -39,8 +41,15 @@ class Block(nn.Module):
         self.mlp = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg)
         self.parallel = cfg.parallel_residual
         self.post_norm = cfg.norm_placement == "post"
+        self.deepnorm = cfg.norm_placement == "deepnorm"
+        self.alpha = cfg.deepnorm_alpha
 
     def forward(self, x, cos, sin, mask, start: int | None = None):
+        if self.deepnorm:  # the residual is the normalised input, scaled by alpha (GLM's GLMBlock)
+            h = self.attn_norm(x)
+            x = h * self.alpha + self.attn(h, cos, sin, mask, start)
+            h = self.mlp_norm(x)
+            return h * self.alpha + self.mlp(h)
         if self.post_norm:  # x = norm(x + f(x)): the norms sit after each residual add
             x = self.attn_norm(x + self.attn(x, cos, sin, mask, start))
             return self.mlp_norm(x + self.mlp(x))
@@ -69,13 +78,14 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(e, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.rope = RotaryEmbedding(cfg) if cfg.position == "rope" else None
+        self.rope = RotaryEmbedding(cfg) if cfg.position in ("rope", "rope_2d") else None
         if cfg.position == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         # distinct (window, chunk) attention patterns; one mask is built per pattern per forward
         self.patterns = sorted({(cfg.layer_window(i), cfg.layer_chunk(i)) for i in range(cfg.n_layer)}, key=str)
         self.cache_batch = 0
         self.cache_len = 0
+        self.prefix_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # prefix LM, per row
 
     def reset_buffers(self, device=None) -> None:
         """Recompute the non-persistent buffers (RoPE frequencies, ALiBi slopes), e.g. after a
@@ -136,6 +146,15 @@ class Transformer(nn.Module):
             raise ContextLengthError(
                 f"sequence of {end} tokens exceeds the model's context of {self.config.max_seq_len}"
             )
+        prefix_end = None
+        if self.config.prefix_lm:
+            if start == 0:  # a prefill: find each row's context and [gMASK]; decode steps reuse them
+                self.prefix_state = prefix_lm_state(input_ids, attention_mask, self.config)
+            elif self.prefix_state is None or self.prefix_state[0].shape[0] != B:
+                raise ValueError("a prefix-LM decode step (start > 0) needs the prefill (start=0) of the same batch first")
+            first, prefix_end, mask_pos = self.prefix_state
+            if position_ids is None and self.config.position == "rope_2d":
+                position_ids = glm_positions(first, prefix_end, mask_pos, start, end)
         if position_ids is None:
             if attention_mask is not None:
                 # left padding: a row's first real token is position 0
@@ -164,14 +183,15 @@ class Transformer(nn.Module):
         masks = {}
         slot_pos = None
         for w, c in self.patterns:
-            if attention_mask is None and w is None and c is None and bias is None and (start == 0 or T == 1):
+            if attention_mask is None and w is None and c is None and bias is None and prefix_end is None and \
+                    (start == 0 or T == 1):
                 masks[w, c] = None  # plain causal: let SDPA pick its fused path
                 continue
             if c is not None and slot_pos is None:  # every slot's position, counted per row
                 slot_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] \
                     if attention_mask is not None else torch.arange(end, device=x.device)[None]
             m = build_mask(q_start=start, T=T, key_valid=attention_mask, window=w, device=x.device,
-                           chunk=c, positions=slot_pos)
+                           chunk=c, positions=slot_pos, prefix_end=prefix_end)
             if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
                 m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
             masks[w, c] = m
@@ -185,3 +205,47 @@ class Transformer(nn.Module):
         if self.project_out is not None:
             x = self.project_out(x)
         return self.lm_head(x)
+
+
+# --- GLM's prefix-LM inputs (ChatGLM-6B) ---------------------------------------------------------
+#
+#   tokens     x1 x2 x3 [gMASK] <sop> y1 y2 y3          (ChatGLM's tokenizer appends [gMASK] <sop>)
+#   position    0  1  2    3      3    3  3  3          the span sits at the [gMASK] position
+#   block       0  0  0    0      1    2  3  4          and counts its own tokens from 1
+#   attention  |--- bidirectional --|-- causal ------>  context = everything before <sop>
+#
+# (THUDM/chatglm-6b modeling_chatglm.py: get_masks, get_position_ids, prepare_inputs_for_generation.)
+
+def prefix_lm_state(ids: torch.Tensor, attention_mask: torch.Tensor | None, cfg: ModelConfig):
+    """Per row (B,): slot of the first real token, slot of <sop> (= end of the bidirectional prefix),
+    and the [gMASK]/[MASK] position counted from the first real token."""
+    valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, : ids.shape[1]].bool()
+    slots = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    big = ids.shape[1]
+
+    def first_slot(hit: torch.Tensor) -> torch.Tensor:
+        return torch.where(hit & valid, slots, big).min(dim=-1).values
+
+    first = first_slot(torch.ones_like(valid))
+    sop = first_slot(ids == cfg.bos_token_id)
+    mask = torch.full_like(first, big)
+    for tok in reversed(cfg.mask_token_ids):  # the first listed token wins where several are present
+        found = first_slot(ids == tok)
+        mask = torch.where(found < big, found, mask)
+    if bool((sop == big).any()) or (cfg.position == "rope_2d" and bool((mask == big).any())):
+        raise ValueError(
+            f"prefix-LM input needs the <sop> token (id {cfg.bos_token_id})"
+            + (f" and one of the mask tokens {list(cfg.mask_token_ids)}" if cfg.position == "rope_2d" else "")
+            + " in every row of the prompt; ChatGLM's tokenizer appends [gMASK] <sop>"
+        )
+    return first, sop, mask - first
+
+
+def glm_positions(first, sop, mask_pos, start: int, end: int) -> torch.Tensor:
+    """2-D position ids (B, 2, end - start) of slots [start, end)."""
+    rel = torch.arange(start, end, device=first.device)[None] - first[:, None]  # (B, T) from the first real token
+    ctx = (sop - first)[:, None]
+    in_ctx = rel < ctx
+    pos = torch.where(in_ctx, rel, mask_pos[:, None]).clamp(min=0)
+    block = torch.where(in_ctx, 0, rel - ctx + 1)
+    return torch.stack((pos, block), dim=1)

@@ -127,8 +127,10 @@ def test_get_config_builds_or_explains():
     cfg = C.get_config("Llama-2-70B")
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.intermediate_size) == (80, 8192, 64, 8, 28672)
     assert lmzoo.get_config("mixtral-8x7b").n_experts == 8
-    for name, word in (("ChatGLM-6B", "DeepNorm"), ("GLM-130B", "DeepNorm"), ("PanGu-alpha-2.6B", "query"),
-                       ("Grok-1", "sandwich")):
+    glm = C.get_config("ChatGLM-6B")  # GLM proper: DeepNorm residuals, 2-D RoPE, prefix LM
+    assert (glm.norm_placement, glm.position, glm.prefix_lm) == ("deepnorm", "rope_2d", True)
+    assert C.get_config("GLM-130B").deepnorm_alpha == pytest.approx(140 ** 0.5)
+    for name, word in (("PanGu-alpha-2.6B", "query"), ("Grok-1", "sandwich")):
         with pytest.raises(UnsupportedModelError, match=word):
             C.get_config(name)
         assert C.count_params(name).total > 1e9  # still countable

@@ -6,6 +6,7 @@ from __future__ import annotations
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UnsupportedModelError
 from lmzoo.io.adapters.common import (
+    per_head_qkv,
     LLAMA_WEIGHTS, L, _rotary_fraction, _token_ids, llama_config, rope_pairs_to_halves,
 )
 
@@ -101,6 +102,66 @@ GLM_WEIGHTS = {
 }
 GLM_TRANSFORMS = {"layers.{i}.attn.qkv.weight": rope_pairs_to_halves,
                   "layers.{i}.attn.qkv.bias": rope_pairs_to_halves}
+
+
+def is_chatglm_v1(hf: dict) -> bool:
+    """ChatGLM-6B (the first release) shares model_type 'chatglm' with ChatGLM2/3 and GLM-4 but is a
+    different network; its config has `inner_hidden_size` / `position_encoding_2d` instead of
+    `ffn_hidden_size` / `multi_query_attention`."""
+    return "ffn_hidden_size" not in hf and ("inner_hidden_size" in hf or "position_encoding_2d" in hf)
+
+
+def chatglm_v1_config(hf: dict) -> ModelConfig:
+    """ChatGLM-6B: GLM proper -- LayerNorm with DeepNorm-style scaled residuals (alpha = sqrt(2L)),
+    per-head fused qkv with biases, 2-D RoPE (or 1-D with position_encoding_2d=false), the prefix-LM
+    mask up to <sop>, plain tanh-GELU MLP, head tied to the embeddings."""
+    if hf.get("pre_seq_len"):
+        raise UnsupportedModelError(f"ChatGLM-6B P-tuning checkpoints (pre_seq_len={hf['pre_seq_len']}) are not "
+                                    "supported; merge or drop the prefix encoder first")
+    if hf.get("quantization_bit"):
+        raise UnsupportedModelError(f"ChatGLM-6B checkpoints quantised by THUDM's kernels (quantization_bit="
+                                    f"{hf['quantization_bit']}) are not supported; load the fp16 release")
+    if not hf.get("position_encoding_2d", True):
+        raise UnsupportedModelError("ChatGLM-6B with position_encoding_2d=false (1-D positions) is not supported; "
+                                    "the released model uses 2-D positions")
+    L = hf["num_layers"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "chatglm-6b",
+        vocab_size=hf["vocab_size"], n_layer=L, n_embd=hf["hidden_size"], n_head=hf["num_attention_heads"],
+        intermediate_size=hf.get("inner_hidden_size") or 4 * hf["hidden_size"],
+        max_seq_len=hf.get("max_sequence_length", 2048),
+        norm="layernorm", norm_eps=hf.get("layernorm_epsilon", 1e-5),
+        norm_placement="deepnorm", deepnorm_alpha=(2 * L) ** 0.5,
+        mlp="gelu_tanh", mlp_bias=True, qkv_bias=True, attn_out_bias=True,
+        position="rope_2d", rope_theta=10000.0, rope_table_dtype="float16",
+        prefix_lm=True, mask_token_ids=(hf.get("gmask_token_id", 130001), hf.get("mask_token_id", 130000)),
+        tie_embeddings=True, **_token_ids(hf),
+    )
+
+
+G1 = "transformer.layers.{i}."
+CHATGLM_V1_WEIGHTS = {
+    "embed.weight": ("transformer.word_embeddings.weight",),
+    "norm.weight": ("transformer.final_layernorm.weight",),
+    "norm.bias": ("transformer.final_layernorm.bias",),
+    **{f"layers.{{i}}.{ours}.{p}": (G1 + f"{theirs}.{p}",) for p in ("weight", "bias") for ours, theirs in (
+        ("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm"),
+        ("attn.qkv", "attention.query_key_value"), ("attn.o", "attention.dense"),
+        ("mlp.gate_up", "mlp.dense_h_to_4h"), ("mlp.down", "mlp.dense_4h_to_h"))},
+}
+CHATGLM_V1_TRANSFORMS = {"layers.{i}.attn.qkv.weight": per_head_qkv, "layers.{i}.attn.qkv.bias": per_head_qkv}
+
+
+def chatglm_any_config(hf: dict) -> ModelConfig:
+    return chatglm_v1_config(hf) if is_chatglm_v1(hf) else chatglm_config(hf)
+
+
+def chatglm_any_weights(hf: dict) -> dict:
+    return CHATGLM_V1_WEIGHTS if is_chatglm_v1(hf) else CHATGLM_WEIGHTS
+
+
+def chatglm_any_transforms(hf: dict) -> dict:
+    return CHATGLM_V1_TRANSFORMS if is_chatglm_v1(hf) else GLM_TRANSFORMS
 
 
 def chatglm_config(hf: dict) -> ModelConfig:
