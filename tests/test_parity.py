@@ -126,6 +126,12 @@ CASES = {
                          n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, n_group=4, topk_group=2,
                          first_k_dense_replace=1, routed_scaling_factor=2.5, norm_topk_prob=True,
                          pad_token_id=0, eos_token_id=2)),
+    # V3 saved with rope_interleave=false: rotate-half order already, nothing to re-order at load
+    "deepseek-v3-halves": (tf.DeepseekV3Config, tf.DeepseekV3ForCausalLM,
+                           dict(moe_intermediate_size=24, num_key_value_heads=6, q_lora_rank=None, kv_lora_rank=12,
+                                qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6, n_routed_experts=4,
+                                num_experts_per_tok=2, n_shared_experts=1, n_group=2, topk_group=1,
+                                first_k_dense_replace=1, rope_interleave=False, pad_token_id=0, eos_token_id=2)),
     # V3's long-context setting: YaRN with mscale_all_dim, which also rescales the softmax
     "deepseek-v3-yarn": (tf.DeepseekV3Config, tf.DeepseekV3ForCausalLM,
                          dict(moe_intermediate_size=24, num_key_value_heads=6, q_lora_rank=16, kv_lora_rank=12,
@@ -414,3 +420,24 @@ def test_falcon_refined_web_config(case, tmp_path):
     assert ours.config.n_kv_head == (1 if c.multi_query and not c.new_decoder_architecture else c.num_kv_heads)
     ids = random_ids(V, (2, 16))
     assert max_logit_diff(ref, ours, ids) <= ATOL
+
+
+def test_llama4_multimodal_checkpoint_text_path(tmp_path):
+    """Llama 4 as released (Llama4ForConditionalGeneration: text model under `language_model.`, config
+    under `text_config`, plus a vision tower): loaded for text, equal to the reference on text input."""
+    _, _, over = CASES["llama4"]
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=28,
+                  patch_size=14, vision_output_dim=32, projector_input_dim=32, projector_output_dim=32)
+    cfg = tf.Llama4Config(text_config={**BASE, **over}, vision_config=vision)
+    cfg._attn_implementation = "eager"
+    cfg.text_config._attn_implementation = "eager"
+    cfg.text_config._experts_implementation = "eager"
+    torch.manual_seed(0)
+    ref = perturb_(tf.Llama4ForConditionalGeneration(cfg)).eval()
+    ref.generation_config.pad_token_id = 0
+    ref.save_pretrained(tmp_path)
+    ours = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    assert ours.config.n_experts == 4 and ours.config.nope_layers
+    ids = random_ids(V, (2, 20))
+    assert max_logit_diff(ref, ours, ids) <= ATOL
+    assert torch.equal(greedy_ours(ours, ids[:, :5], 20), greedy_ref(ref, ids[:, :5], 20))

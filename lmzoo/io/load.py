@@ -98,7 +98,7 @@ def build_state_dict(
         )
     # a tied head stored anyway is fine when it equals the embedding
     extra = sorted(
-        n for n in available - used if not any(n.endswith(s) for s in ignore)
+        n for n in available - used if not any(n.endswith(s) or n.startswith(s) for s in ignore)
     )
     if cfg.tie_embeddings:
         head = [n for n in extra if weights.get("lm_head.weight") and n in weights["lm_head.weight"]]

@@ -202,7 +202,8 @@ class Adapter:
     config: Callable[[dict], ModelConfig]
     # canonical -> checkpoint names; or a function of config.json when the names depend on a layout flag
     weights: dict[str, tuple[str, ...]] | Callable[[dict], dict[str, tuple[str, ...]]]
-    # checkpoint tensors that carry no weights we need (recomputed buffers)
+    # checkpoint tensors that carry no weights we need: names ending with (recomputed buffers) or
+    # starting with (a multimodal checkpoint's vision tower) one of these
     ignore: tuple[str, ...] = field(default=("rotary_emb.inv_freq",))
     # canonical template -> fn(tensor, cfg): layout changes applied after assembling; or a function
     # of config.json returning that dict

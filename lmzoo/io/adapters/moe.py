@@ -152,6 +152,13 @@ def deepseek_weights(hf: dict) -> dict[str, tuple[str, ...]]:
 DEEPSEEK_TRANSFORMS = {"layers.{i}.attn.q.weight": _mla_q, "layers.{i}.attn.q_b.weight": _mla_q,
                        "layers.{i}.attn.kv_a.weight": _mla_kv_a, "layers.{i}.attn.kv_a.bias": _mla_kv_a}
 
+
+def deepseek_transforms(hf: dict) -> dict:
+    """DeepSeek's released weights rotate adjacent pairs (re-ordered at load); transformers' V3 config
+    says so with rope_interleave=true (its default). Checkpoints saved with rope_interleave=false
+    already use rotate-half order and load as they are."""
+    return DEEPSEEK_TRANSFORMS if hf.get("rope_interleave", True) else {}
+
 def llama4_config(hf: dict) -> ModelConfig:
     """Llama 4 (text): MoE on some layers (top-k sigmoid router scaling each expert's *input*, plus an
     ungated shared expert), NoPE layers with query temperature, chunked attention on RoPE layers,
@@ -190,6 +197,18 @@ LLAMA4_WEIGHTS = {
                                              FF + "shared_expert.up_proj.weight"),
     "layers.{i}.mlp.shared.down.weight": (FF + "shared_expert.down_proj.weight",),
 }
+# Llama 4 as released (`llama4`, Llama4ForConditionalGeneration: Scout, Maverick): the same text model
+# under `language_model.`, its hyperparameters under `text_config`, next to a vision tower and projector
+# that text generation never runs (ignored at load; images are not supported)
+def llama4_multimodal_config(hf: dict) -> ModelConfig:
+    text = dict(hf["text_config"])
+    text.setdefault("_name_or_path", hf.get("_name_or_path"))
+    return llama4_config(text)
+
+
+LLAMA4_MULTIMODAL_WEIGHTS = {k: tuple("language_model." + p for p in v) for k, v in LLAMA4_WEIGHTS.items()}
+LLAMA4_VISION = ("vision_model.", "multi_modal_projector.")
+
 LLAMA4_TRANSFORMS = {"layers.{i}.attn.qkv.weight": rope_pairs_to_halves,
                      "layers.{i}.mlp.experts.{e}.gate_up.weight": transpose,
                      "layers.{i}.mlp.experts.{e}.down.weight": transpose}
