@@ -26,7 +26,7 @@ from lmzoo.errors import ConfigError
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")  # gated (swiglu/geglu) or plain two-layer
 POSITIONS = ("rope", "rope_2d", "alibi", "learned", "none")
-ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn", "longrope")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "ntk_alpha", "llama3", "yarn", "longrope")
 
 
 @dataclass(kw_only=True)
@@ -36,6 +36,8 @@ class RopeScaling:
     kind:
       linear   positions divided by `factor` (Chen et al. 2023, "position interpolation")
       dynamic  NTK-aware base rescaled once the sequence exceeds `original_max_position`
+      ntk_alpha  Qwen (v1)'s dynamic NTK: base * alpha^(d/(d-2)) with alpha = 2^ceil(log2(L/L0) + 1) - 1
+               (at least 1), L the prompt length *at prefill*; decode steps keep that alpha
       llama3   Llama 3.1's piecewise wavelength rule (`low_freq_factor`, `high_freq_factor`)
       yarn     YaRN (Peng et al. 2023): NTK-by-parts ramp between `beta_fast` and `beta_slow`,
                plus the attention temperature `mscale` applied to cos/sin
@@ -71,7 +73,7 @@ class RopeScaling:
             raise ConfigError(f"rope_scaling.kind={self.kind!r} is not one of {ROPE_SCALINGS}")
         if self.kind != "none" and self.factor <= 0:
             raise ConfigError(f"rope_scaling.factor must be > 0, got {self.factor}")
-        if self.kind in ("llama3", "yarn", "dynamic", "longrope") and not self.original_max_position:
+        if self.kind in ("llama3", "yarn", "dynamic", "ntk_alpha", "longrope") and not self.original_max_position:
             raise ConfigError(f"rope_scaling kind {self.kind!r} needs original_max_position")
         if self.kind == "longrope" and (not self.short_factor or len(self.short_factor) != len(self.long_factor)):
             raise ConfigError("longrope needs short_factor and long_factor of equal, non-zero length")
@@ -149,6 +151,10 @@ class ModelConfig:
     # dtype the cos/sin tables are computed in. ChatGLM-6B's code builds them in float16 whatever the
     # model runs in (angles rounded to fp16: ~1e-3 relative), and its weights were trained with that
     rope_table_dtype: str = "float32"
+    # log-n attention scaling (Qwen v1, "use_logn_attn"): a query at position p (0-based) with
+    # p + 1 > logn_attn_base is multiplied by log(p + 1) / log(logn_attn_base), keeping the attention
+    # entropy of longer contexts close to the trained one. None = off
+    logn_attn_base: int | None = None
     # --- GLM prefix-LM inputs (ChatGLM-6B, GLM-130B) -----------------------------------------------
     # prefix_lm: tokens before the first bos_token_id (GLM's <sop>) attend to each other in both
     # directions; from <sop> on attention is causal. mask_token_ids: GLM's [gMASK], [MASK] in order of
@@ -262,6 +268,8 @@ class ModelConfig:
                 f"RoPE needs an even, positive rotary width; head_dim={self.head_dim} x "
                 f"rotary_percentage={self.rotary_percentage} gives {self.rope_dim}"
             )
+        if self.logn_attn_base is not None and self.logn_attn_base < 2:
+            raise ConfigError(f"logn_attn_base must be >= 2 (a trained context length), got {self.logn_attn_base}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ConfigError(f"sliding_window must be > 0 or None, got {self.sliding_window}")
         if self.sliding_window_layers is not None:

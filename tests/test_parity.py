@@ -396,9 +396,23 @@ def test_qwen_first_generation(tmp_path):
     with torch.no_grad():
         assert (ours(ids) - qwen_ref.forward(state, cfg, ids)).abs().max() <= ATOL
     assert cache_vs_recompute(ours, random_ids(V, (2, 30), seed=3), n_prefill=7) <= ATOL
-    # beyond seq_length Qwen switches on dynamic NTK / logn scaling, which lmzoo does not implement:
+    # beyond seq_length (40) dynamic NTK (alpha 3 for 50 tokens, 7 past 80) and log-n scaling take over
+    for n in (50, 85):
+        long = random_ids(V, (1, n), seed=n)
+        with torch.no_grad():
+            assert (ours(long) - qwen_ref.forward(state, cfg, long)).abs().max() <= ATOL
+        # the alpha stays the prefill's while generation crosses the next doubling (50 + 40 > 80)
+        assert torch.equal(greedy_ours(ours, long, 40), qwen_ref.greedy(state, cfg, long, 40))
+    # a padded batch: each row's alpha comes from its own length, as if run alone
+    rows = [random_ids(V, (1, 30), seed=1)[0], random_ids(V, (1, 55), seed=2)[0]]
+    ids, mask = left_pad(rows)
+    batch = greedy_ours(ours, ids, 12, attention_mask=mask)
+    for r, row in zip(batch, rows):
+        assert torch.equal(r, qwen_ref.greedy(state, cfg, row[None], 12)[0])
+    # with both switches off the context stays seq_length
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "use_dynamic_ntk": False, "use_logn_attn": False}))
     with pytest.raises(ContextLengthError):
-        lmzoo.generate(ours, random_ids(V, (1, 41)), max_new_tokens=1)
+        lmzoo.generate(lmzoo.from_pretrained(tmp_path), random_ids(V, (1, 41)), max_new_tokens=1)
 
 
 @pytest.mark.parametrize("case", ["falcon-40b", "falcon-7b", "falcon-rw-alibi"])

@@ -78,6 +78,7 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         start: int | None = None,
+        q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """start=None: no cache. Otherwise write k/v at cache slots [start, start+T) and attend to
         slots [0, start+T)."""
@@ -95,6 +96,8 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if cos is not None and self.rope:  # RoPE; ALiBi arrives inside `mask` as an additive bias
             q, k = apply_rope(q, cos, sin, self.rope_segments), apply_rope(k, cos, sin, self.rope_segments)
+        if q_scale is not None:  # per-position query scale (log-n attention), (B, 1, T, 1)
+            q = q * q_scale.to(q.dtype)
         if start is not None:
             k, v = self.cache.update(start, k, v)
         y = F.scaled_dot_product_attention(

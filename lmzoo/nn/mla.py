@@ -50,7 +50,7 @@ class MLAttention(nn.Module):
     def make_cache(self, batch: int, max_len: int, *, dtype, device) -> KVCache:
         return KVCache(batch, self.n_head, max_len, self.qk_dim, v_dim=self.v_dim, dtype=dtype, device=device)
 
-    def forward(self, x, cos, sin, mask, start: int | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, start: int | None = None, q_scale=None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q(x) if self.q is not None else self.q_b(self.q_a_norm(self.q_a(x)))
         q = q.view(B, T, self.n_head, self.qk_dim).transpose(1, 2)  # (B, H, T, qk)
@@ -61,6 +61,8 @@ class MLAttention(nn.Module):
         r = apply_rope(r[:, None], cos, sin)  # (B, 1, T, rope): one key shared by all heads
         q = torch.cat([q_nope, apply_rope(q_rot, cos, sin)], dim=-1)
         k = torch.cat([k_nope, r.expand(B, self.n_head, T, self.rope_dim)], dim=-1)
+        if q_scale is not None:
+            q = q * q_scale.to(q.dtype)
         if start is not None:
             k, v = self.cache.update(start, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,

@@ -9,6 +9,8 @@ inv_freq[i] = theta^(-2i/d). This is the "rotate-half" (GPT-NeoX / HF LLaMA) lay
 Scaling variants change only inv_freq (and, for YaRN, a scalar applied to cos/sin):
     linear   inv_freq / factor
     dynamic  theta' = theta * (factor*L/L0 - (factor-1))^(d/(d-2)) once L > L0  (NTK-aware)
+    ntk_alpha theta' = theta * alpha^(d/(d-2)), alpha = max(2^ceil(log2(L/L0) + 1) - 1, 1), L fixed at
+             prefill and per row (Qwen v1, modeling_qwen.py: get_ntk_alpha / RotaryEmbedding)
     llama3   low frequencies / factor, high ones kept, a smooth ramp between
     yarn     NTK-by-parts ramp between extrapolated and interpolated frequencies
     longrope per-frequency divisors (short set within the trained context, long set beyond)
@@ -29,6 +31,12 @@ def _base_inv_freq(theta: float, dim: int, device=None) -> torch.Tensor:
     return 1.0 / (theta**exponent)
 
 
+def ntk_alpha(length: int, trained: int) -> int:
+    """Qwen v1's NTK alpha for a prompt of `length` tokens: 1 up to the trained length, then 3, 7, 15,
+    ... each time the length doubles (get_ntk_alpha in modeling_qwen.py)."""
+    return max(2 ** math.ceil(math.log2(length / trained) + 1) - 1, 1)
+
+
 def inv_frequencies(cfg: ModelConfig, seq_len: int | None = None, device=None) -> tuple[torch.Tensor, float]:
     """Inverse frequencies (rope_dim/2,) and the cos/sin multiplier for `cfg` at `seq_len`."""
     s = cfg.rope_scaling
@@ -43,6 +51,9 @@ def inv_frequencies(cfg: ModelConfig, seq_len: int | None = None, device=None) -
         L = max(seq_len or L0, L0)
         theta = theta * ((s.factor * L / L0) - (s.factor - 1)) ** (dim / (dim - 2))
         return _base_inv_freq(theta, dim, device), 1.0
+    if s.kind == "ntk_alpha":
+        return _base_inv_freq(theta * ntk_alpha(seq_len or 1, s.original_max_position) ** (dim / (dim - 2)), dim,
+                              device), 1.0
     if s.kind == "llama3":
         inv = _base_inv_freq(theta, dim, device)
         low_wavelen = s.original_max_position / s.low_freq_factor
@@ -103,9 +114,14 @@ class RotaryEmbedding(nn.Module):
         inv, self.scaling = inv_frequencies(self.cfg, device=device)
         self.register_buffer("inv_freq", inv, persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """lengths (B,): each row's prompt length at prefill (ntk_alpha scaling only)."""
         inv, scaling = self.inv_freq, self.scaling
         s = self.cfg.rope_scaling
+        if s.kind == "ntk_alpha" and lengths is not None:  # one set of frequencies per row
+            inv = torch.stack([inv_frequencies(self.cfg, int(n), device=positions.device)[0] for n in lengths.tolist()])
+            inv = inv[:, None, :]  # (B, 1, rope_dim/2) broadcasts over T
         if s.kind in ("dynamic", "longrope"):
             # both depend on the current length (as HF computes them, per forward pass)
             seq_len = int(positions.max()) + 1

@@ -18,6 +18,8 @@ writes slots [s, s+T) and attends to slots [0, s+T); `attention_mask` (B, s+T) m
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -44,17 +46,17 @@ class Block(nn.Module):
         self.deepnorm = cfg.norm_placement == "deepnorm"
         self.alpha = cfg.deepnorm_alpha
 
-    def forward(self, x, cos, sin, mask, start: int | None = None):
+    def forward(self, x, cos, sin, mask, start: int | None = None, q_scale=None):
         if self.deepnorm:  # the residual is the normalised input, scaled by alpha (GLM's GLMBlock)
             h = self.attn_norm(x)
-            x = h * self.alpha + self.attn(h, cos, sin, mask, start)
+            x = h * self.alpha + self.attn(h, cos, sin, mask, start, q_scale)
             h = self.mlp_norm(x)
             return h * self.alpha + self.mlp(h)
         if self.post_norm:  # x = norm(x + f(x)): the norms sit after each residual add
-            x = self.attn_norm(x + self.attn(x, cos, sin, mask, start))
+            x = self.attn_norm(x + self.attn(x, cos, sin, mask, start, q_scale))
             return self.mlp_norm(x + self.mlp(x))
         h = self.attn_norm(x)
-        a = self.attn(h, cos, sin, mask, start)
+        a = self.attn(h, cos, sin, mask, start, q_scale)
         if self.parallel:  # both branches read the same input (GPT-NeoX / GPT-J)
             return x + a + self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
         x = x + a
@@ -86,6 +88,7 @@ class Transformer(nn.Module):
         self.cache_batch = 0
         self.cache_len = 0
         self.prefix_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # prefix LM, per row
+        self.prefill_lengths: torch.Tensor | None = None  # ntk_alpha RoPE: each row's prompt length
 
     def reset_buffers(self, device=None) -> None:
         """Recompute the non-persistent buffers (RoPE frequencies, ALiBi slopes), e.g. after a
@@ -170,9 +173,19 @@ class Transformer(nn.Module):
             x = x + self.pos_embed(position_ids + self.config.position_offset)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        cos = sin = bias = None
+        cos = sin = bias = q_scale = None
         if self.rope is not None:
-            cos, sin = self.rope(position_ids, x.dtype)
+            lengths = None
+            if self.config.rope_scaling.kind == "ntk_alpha":  # fixed at prefill (Qwen v1), per row
+                if start == 0 or self.prefill_lengths is None or self.prefill_lengths.shape[0] != B:
+                    self.prefill_lengths = attention_mask[:, :end].sum(-1) if attention_mask is not None \
+                        else torch.full((B,), end, device=x.device)
+                lengths = self.prefill_lengths
+            cos, sin = self.rope(position_ids, x.dtype, lengths)
+        if self.config.logn_attn_base is not None:
+            n = self.config.logn_attn_base
+            p1 = position_ids.float() + 1  # (B, T)
+            q_scale = torch.where(p1 > n, torch.log(p1) / math.log(n), torch.ones_like(p1))[:, None, :, None]
         elif self.config.position == "alibi":
             # key positions of every visible slot, counted from each row's first real token
             keys = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] if attention_mask is not None \
@@ -197,7 +210,7 @@ class Transformer(nn.Module):
             masks[w, c] = m
         for layer in self.layers:
             x = layer(x, cos, sin, masks[layer.attn.window, getattr(layer.attn, "chunk", None)],
-                      start if cached else None)
+                      start if cached else None, q_scale)
         if last_only:
             x = x[:, -1:]
         if self.norm is not None:

@@ -3,7 +3,7 @@ StableLM."""
 
 from __future__ import annotations
 
-from lmzoo.config import ModelConfig
+from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import UnsupportedModelError
 from lmzoo.io.adapters.common import (
     per_head_qkv,
@@ -28,17 +28,27 @@ BAICHUAN_WEIGHTS = {
 def qwen_config(hf: dict) -> ModelConfig:
     """Qwen (first generation, `qwen` remote code): LLaMA-like with fused c_attn (q/k/v bias), an MLP
     whose `intermediate_size` counts both halves, and RoPE on rotary_pct of each head.
-    Its inference-time context extension (use_dynamic_ntk with the NTK alpha fixed at prefill, and
-    use_logn_attn) only acts past `seq_length` and is not implemented, so the context is capped there:
-    longer prompts get a clear error instead of silently different numbers."""
+    Past `seq_length` its inference-time context extension takes over: use_dynamic_ntk (RoPE base
+    scaled by an NTK alpha fixed at prefill, kind "ntk_alpha") and use_logn_attn (queries scaled by
+    log_{seq_length}(position)). The original's log-n table stops at 32,767 positions, so does the
+    context; with both off the context is seq_length."""
     d = hf["hidden_size"]
+    L0 = hf.get("seq_length", 2048)
+    ntk, logn = bool(hf.get("use_dynamic_ntk")), bool(hf.get("use_logn_attn"))
+    context = L0
+    if logn:
+        context = 32767
+    elif ntk:
+        context = max(hf.get("max_position_embeddings") or 32768, L0)
     return ModelConfig(
         name=hf.get("_name_or_path") or "qwen",
         vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d,
         n_head=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"] // 2,
         head_dim=hf.get("kv_channels") or d // hf["num_attention_heads"],
-        max_seq_len=hf.get("seq_length", 2048), norm="rmsnorm", norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        max_seq_len=context, norm="rmsnorm", norm_eps=hf.get("layer_norm_epsilon", 1e-6),
         mlp="swiglu", qkv_bias=True, attn_out_bias=False,
+        rope_scaling=RopeScaling(kind="ntk_alpha", original_max_position=L0) if ntk else RopeScaling(),
+        logn_attn_base=L0 if logn else None,
         rope_theta=float(hf.get("rotary_emb_base", 10000)), rotary_percentage=float(hf.get("rotary_pct", 1.0)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_token_ids(hf),
     )
