@@ -544,7 +544,13 @@ def estimate_memory(
             act += 2 * batch * a["n_head"] * context * context * act_b
         terms["activations"] = act
         if dtype in ("int8", "int4"):  # a prefill dequantises one Linear at a time into the compute dtype
-            terms["dequant_buffer"] = max((t.out_f * t.in_f for t in inv if t.linear), default=0) * compute
+            # the head sees only the last position of each row; on CPU our int8/int4 kernels take up to
+            # KERNEL_MAX_ROWS rows without dequantising, so there the head needs no buffer
+            from lmzoo.quantize import KERNEL_MAX_ROWS
+
+            head_kernel = device == "cpu" and batch <= KERNEL_MAX_ROWS
+            terms["dequant_buffer"] = max((t.out_f * t.in_f for t in inv if t.linear
+                                           and not (head_kernel and t.role == "head")), default=0) * compute
         if device == "gpu":
             terms["overhead"] = runtime_overhead
         total = sum(terms.values())
