@@ -100,6 +100,9 @@ class ModelConfig:
     # x_{l+1} = LN(alpha x_l + f(x_l)), Wang et al. 2022, arXiv 2203.00555, with one more LN on the embeddings)
     norm_placement: str = "pre"
     deepnorm_alpha: float = 1.0  # GLM: sqrt(2 * n_layer)
+    # a second norm on each sublayer's *output*, before the residual add (Grok-1):
+    #   x = x + post_attn_norm(attn(attn_norm(x)));  x = x + post_mlp_norm(mlp(mlp_norm(x)))
+    sandwich_norm: bool = False
     final_norm: bool = True  # a norm before the LM head (post-norm models have none)
     # --- MLP ---------------------------------------------------------------------------------
     mlp: str = "swiglu"
@@ -116,6 +119,8 @@ class ModelConfig:
     # which layers use the window; None -> all layers (Mistral). Qwen2 windows only some layers.
     sliding_window_layers: tuple[int, ...] | None = None
     attn_scale: float | None = None  # softmax scale; None -> 1/sqrt(head_dim)
+    # scores soft-capped as cap * tanh(scores / cap) after scaling, before the mask (Grok-1: 30)
+    attn_logit_softcap: float | None = None
     # chunked attention (Llama 4): a query sees only keys of its own attention_chunk-sized block of
     # positions, on chunked_layers (None -> all layers when attention_chunk is set)
     attention_chunk: int | None = None
@@ -192,6 +197,9 @@ class ModelConfig:
     embed_dim: int | None = None
     tie_embeddings: bool = False
     lm_head_bias: bool = False  # GPT-J, CodeGen
+    # constant multipliers on the token embeddings and on the logits (Grok-1: 78.38 = sqrt(6144), 0.577)
+    embed_scale: float = 1.0
+    logit_scale: float = 1.0
     # --- token ids the checkpoint declares (used by generation, not by the network) -----------
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
@@ -268,6 +276,10 @@ class ModelConfig:
                 f"RoPE needs an even, positive rotary width; head_dim={self.head_dim} x "
                 f"rotary_percentage={self.rotary_percentage} gives {self.rope_dim}"
             )
+        if self.attn_logit_softcap is not None and self.attn_logit_softcap <= 0:
+            raise ConfigError(f"attn_logit_softcap must be > 0 or None, got {self.attn_logit_softcap}")
+        if self.sandwich_norm and self.norm_placement != "pre":
+            raise ConfigError(f"sandwich_norm adds output norms to pre-norm blocks; norm_placement={self.norm_placement!r}")
         if self.logn_attn_base is not None and self.logn_attn_base < 2:
             raise ConfigError(f"logn_attn_base must be >= 2 (a trained context length), got {self.logn_attn_base}")
         if self.sliding_window is not None and self.sliding_window <= 0:

@@ -2,7 +2,7 @@
 
 An `Entry` is plain data. `arch` holds the real published hyperparameters under `ModelConfig`'s field
 names (so `ModelConfig(**arch)` builds it when lmzoo can run it); a feature lmzoo's one Transformer does
-not have yet is written as a value `ModelConfig` rejects (e.g. `sandwich_norm=True`) or as one of the
+not have yet is written as a value `ModelConfig` rejects (e.g. `query_layer=True`) or as one of the
 `EXTRA_ARCH_KEYS` below, so the parameter counter (lmzoo.estimate) still sees it and `get_config`
 refuses it with a clear message.
 """
@@ -16,10 +16,6 @@ from typing import Any, Mapping
 EXTRA_ARCH_KEYS = {
     # PanGu-alpha: one extra Transformer layer on top whose query is a learned position embedding
     "query_layer": "PanGu-alpha's top query layer (a learned query-position table + one more block)",
-    # Grok-1: RMSNorm before *and* after each sublayer (4 norms per block)
-    "sandwich_norm": "sandwich norms (a norm before and after each sublayer)",
-    # Grok-1: tanh soft-capping of attention logits
-    "attn_logit_softcap": "soft-capped attention logits",
 }
 
 COMMERCIAL = ("yes", "no", "conditional")

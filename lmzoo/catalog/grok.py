@@ -10,7 +10,9 @@ REPO = "https://github.com/xai-org/grok-1"
 GROK_1 = llama_like(n_layer=64, n_embd=6144, n_head=48, n_kv_head=8, head_dim=128, intermediate_size=32768,
                     vocab_size=131072, max_seq_len=8192, norm_eps=1e-5, mlp="geglu", tie_embeddings=True,
                     n_experts=8, n_experts_per_tok=2, moe_intermediate_size=32768, router="softmax",
-                    moe_renormalize=False, sandwich_norm=True, attn_logit_softcap=30.0)
+                    moe_renormalize=False, sandwich_norm=True, attn_logit_softcap=30.0,
+                    # JAX model.py / run.py: attn_output_multiplier, embedding and output multipliers
+                    attn_scale=0.08838834764831845, embed_scale=78.38367176906169, logit_scale=0.5773502691896257)
 
 ENTRIES = [
     Entry(name="Grok-1", family="grok", organisation="xAI", released="2024-03-17", params=314e9, params_label="314B",

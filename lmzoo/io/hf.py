@@ -26,7 +26,7 @@ from lmzoo.io.adapters.llama_like import (
 )
 from lmzoo.io.adapters.moe import (
     DEEPSEEK_TRANSFORMS, LLAMA4_MULTIMODAL_WEIGHTS, LLAMA4_TRANSFORMS, LLAMA4_VISION, LLAMA4_WEIGHTS, MIXTRAL_WEIGHTS, QWEN_MOE_WEIGHTS, deepseek_v2_config,
-    deepseek_transforms, deepseek_v3_config, deepseek_weights, llama4_config, llama4_multimodal_config, mixtral_config, qwen2_moe_config, qwen3_moe_config,
+    deepseek_transforms, deepseek_v3_config, deepseek_weights, grok1_config, grok1_weights, llama4_config, llama4_multimodal_config, mixtral_config, qwen2_moe_config, qwen3_moe_config,
 )
 
 FALCON = Adapter(falcon_config, falcon_weights,
@@ -44,6 +44,7 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen3_moe": Adapter(qwen3_moe_config, QWEN_MOE_WEIGHTS),
     "deepseek_v2": Adapter(deepseek_v2_config, deepseek_weights, transforms=DEEPSEEK_TRANSFORMS),
     "llama4_text": Adapter(llama4_config, LLAMA4_WEIGHTS, transforms=LLAMA4_TRANSFORMS),
+    "grok-1": Adapter(grok1_config, grok1_weights),
     "llama4": Adapter(llama4_multimodal_config, LLAMA4_MULTIMODAL_WEIGHTS, transforms=LLAMA4_TRANSFORMS,
                       ignore=("rotary_emb.inv_freq", *LLAMA4_VISION)),
     "deepseek_v3": Adapter(deepseek_v3_config, deepseek_weights, transforms=deepseek_transforms),

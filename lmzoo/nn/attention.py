@@ -52,6 +52,7 @@ class Attention(nn.Module):
         self.temp_floor = cfg.attn_temperature_floor if not self.rope else 0
         self.temp_scale = cfg.attn_temperature_scale
         self.scale = cfg.attn_scale
+        self.softcap = cfg.attn_logit_softcap
         # fused projection: rows [0, q) are q, then k, then v
         self.qkv = nn.Linear(cfg.n_embd, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.q_size, cfg.n_embd, bias=cfg.attn_out_bias)
@@ -100,14 +101,32 @@ class Attention(nn.Module):
             q = q * q_scale.to(q.dtype)
         if start is not None:
             k, v = self.cache.update(start, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=mask is None and T > 1,
-            scale=self.scale,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        if self.softcap:
+            y = softcapped_attention(q, k, v, mask, scale=self.scale or self.head_dim ** -0.5, cap=self.softcap)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask,
+                is_causal=mask is None and T > 1,
+                scale=self.scale,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         return self.o(y.transpose(1, 2).reshape(B, T, self.q_size))
+
+
+def softcapped_attention(q, k, v, mask, *, scale: float, cap: float) -> torch.Tensor:
+    """softmax(cap * tanh(q.k * scale / cap)) v, in float32 (Grok-1's attention; SDPA cannot cap).
+    q (B, H, T, hd); k, v (B, H_kv, L, hd); mask: bool (B or 1, 1, T, L) or None (causal)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:  # GQA: each kv head serves `groups` consecutive query heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    s = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, T, L)
+    s = cap * torch.tanh(s / cap)
+    T, L = s.shape[-2:]
+    if mask is None:  # plain causal: query t sits at slot L - T + t
+        mask = torch.ones(T, L, dtype=torch.bool, device=s.device).tril(L - T)
+    s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
+    return (s.softmax(-1) @ v.float()).to(q.dtype)
 
 
 def build_mask(

@@ -7,6 +7,8 @@
            x = x + mlp(mlp_norm(x))
          or, with parallel_residual (GPT-NeoX):
            x = x + attn(attn_norm(x)) + mlp(mlp_norm(x))
+         or, with sandwich_norm (Grok-1):
+           x = x + post_attn_norm(attn(attn_norm(x))); x = x + post_mlp_norm(mlp(mlp_norm(x)))
          or, with norm_placement="deepnorm" (GLM):
            h = attn_norm(x); x = alpha*h + attn(h); h = mlp_norm(x); x = alpha*h + mlp(h)
       -> norm -> lm_head                         (B, T, vocab)
@@ -45,6 +47,10 @@ class Block(nn.Module):
         self.post_norm = cfg.norm_placement == "post"
         self.deepnorm = cfg.norm_placement == "deepnorm"
         self.alpha = cfg.deepnorm_alpha
+        if cfg.sandwich_norm:  # norms on the sublayer outputs too (Grok-1)
+            self.post_attn_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
+            self.post_mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
+        self.sandwich = cfg.sandwich_norm
 
     def forward(self, x, cos, sin, mask, start: int | None = None, q_scale=None):
         if self.deepnorm:  # the residual is the normalised input, scaled by alpha (GLM's GLMBlock)
@@ -55,6 +61,9 @@ class Block(nn.Module):
         if self.post_norm:  # x = norm(x + f(x)): the norms sit after each residual add
             x = self.attn_norm(x + self.attn(x, cos, sin, mask, start, q_scale))
             return self.mlp_norm(x + self.mlp(x))
+        if self.sandwich:
+            x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, start, q_scale))
+            return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
         h = self.attn_norm(x)
         a = self.attn(h, cos, sin, mask, start, q_scale)
         if self.parallel:  # both branches read the same input (GPT-NeoX / GPT-J)
@@ -167,6 +176,8 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(start, end, device=input_ids.device)[None].expand(B, T)
 
         x = self.embed(input_ids)
+        if self.config.embed_scale != 1.0:
+            x = x * self.config.embed_scale
         if self.project_in is not None:
             x = self.project_in(x)
         if self.config.position == "learned":
@@ -217,7 +228,8 @@ class Transformer(nn.Module):
             x = self.norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        return logits * self.config.logit_scale if self.config.logit_scale != 1.0 else logits
 
 
 # --- GLM's prefix-LM inputs (ChatGLM-6B) ---------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import Any
 
 from lmzoo.config import ModelConfig
 from lmzoo.io.adapters.common import (
+    _token_ids,
     LLAMA_WEIGHTS, L, _rope_scaling, llama_config, rope_pairs_to_halves, transpose,
 )
 
@@ -212,3 +213,50 @@ LLAMA4_VISION = ("vision_model.", "multi_modal_projector.")
 LLAMA4_TRANSFORMS = {"layers.{i}.attn.qkv.weight": rope_pairs_to_halves,
                      "layers.{i}.mlp.experts.{e}.gate_up.weight": transpose,
                      "layers.{i}.mlp.experts.{e}.down.weight": transpose}
+
+
+def grok1_config(hf: dict) -> ModelConfig:
+    """Grok-1 (xai-org/grok-1; checkpoints in the layout of that repository's pytorch/ port,
+    model_type "grok-1"). The network follows the JAX model.py the weights were released with:
+    sandwich RMSNorms, attention logits scaled by attn_output_multiplier and soft-capped at 30,
+    embeddings x embedding_multiplier_scale, a tied head x output_multiplier_scale, and 8 GeGLU
+    experts picked top-2 from a softmax over all 8 *without* renormalising the two gates. (The
+    pytorch/ port renormalises them -- harmless, since the post-MoE RMSNorm removes any per-token
+    scale -- and uses erf GELU, which does change the numbers; the JAX code uses tanh GELU.)"""
+    out_scale = hf.get("output_multiplier_scale", 0.5773502691896257)
+    if isinstance(out_scale, list):  # the port's config stores it as a 1-tuple
+        out_scale = out_scale[0]
+    E = hf.get("num_local_experts", 8)
+    d, H = hf["hidden_size"], hf["num_attention_heads"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "grok-1",
+        vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d, n_head=H,
+        n_kv_head=hf.get("num_key_value_heads") or H, head_dim=d // H, intermediate_size=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 8192), norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-5),
+        sandwich_norm=True, mlp="geglu", rope_theta=float(hf.get("rope_theta", 10000)),
+        attn_scale=float(hf.get("attn_output_multiplier", (d // H) ** -0.5)),
+        attn_logit_softcap=float(hf.get("max_attn_value", 30.0)),
+        embed_scale=float(hf.get("embedding_multiplier_scale", 1.0)), logit_scale=float(out_scale),
+        n_experts=E if E > 1 else 0, n_experts_per_tok=hf.get("num_experts_per_tok", 2) if E > 1 else 0,
+        moe_renormalize=False, router="softmax", tie_embeddings=True, **_token_ids(hf),
+    )
+
+
+def grok1_weights(hf: dict) -> dict[str, tuple[str, ...]]:
+    G = "layers.{i}."
+    mlp = G + ("mlp.experts.{e}." if hf.get("num_local_experts", 8) > 1 else "mlp.")
+    ours = "layers.{i}.mlp.experts.{e}." if hf.get("num_local_experts", 8) > 1 else "layers.{i}.mlp."
+    return {
+        "embed.weight": ("embedding.weight",),
+        "norm.weight": ("norm.weight",),
+        "layers.{i}.attn_norm.weight": (G + "norm1.weight",),
+        "layers.{i}.post_attn_norm.weight": (G + "norm2.weight",),
+        "layers.{i}.mlp_norm.weight": (G + "norm3.weight",),
+        "layers.{i}.post_mlp_norm.weight": (G + "norm4.weight",),
+        "layers.{i}.attn.qkv.weight": tuple(G + f"attention.{p}_proj.weight" for p in "qkv"),
+        "layers.{i}.attn.o.weight": (G + "attention.out_proj.weight",),
+        "layers.{i}.mlp.router.weight": (G + "mlp.gating.router_weights.weight",),
+        # GeGLU: gelu(x w1) * (x v) -> dense
+        ours + "gate_up.weight": (mlp + "w1.weight", mlp + "v.weight"),
+        ours + "down.weight": (mlp + "dense.weight",),
+    }
