@@ -197,6 +197,10 @@ class ModelConfig:
     embed_dim: int | None = None
     tie_embeddings: bool = False
     lm_head_bias: bool = False  # GPT-J, CodeGen
+    # PanGu-alpha's top "query layer": the last block's attention query comes from a learned table of
+    # query-position embeddings (query_embed, (max_seq_len, d)) instead of the hidden state, and the
+    # final norm sits *before* that block (its output goes straight to the head)
+    query_layer: bool = False
     # constant multipliers on the token embeddings and on the logits (Grok-1: 78.38 = sqrt(6144), 0.577)
     embed_scale: float = 1.0
     logit_scale: float = 1.0
@@ -276,6 +280,10 @@ class ModelConfig:
                 f"RoPE needs an even, positive rotary width; head_dim={self.head_dim} x "
                 f"rotary_percentage={self.rotary_percentage} gives {self.rope_dim}"
             )
+        if self.query_layer and (self.attention != "standard" or self.n_layer < 2 or not self.final_norm):
+            raise ConfigError("query_layer needs standard attention, n_layer >= 2 and a final norm (applied before "
+                              f"the query layer); got attention={self.attention!r}, n_layer={self.n_layer}, "
+                              f"final_norm={self.final_norm}")
         if self.attn_logit_softcap is not None and self.attn_logit_softcap <= 0:
             raise ConfigError(f"attn_logit_softcap must be > 0 or None, got {self.attn_logit_softcap}")
         if self.sandwich_norm and self.norm_placement != "pre":

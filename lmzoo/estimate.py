@@ -3,7 +3,7 @@ QLoRA at a precision, a context length and a batch size.
 
 Everything here is arithmetic on an architecture dict (ModelConfig field names, see lmzoo.catalog),
 never an instantiated model, so it works for a 671B MoE as fast as for a toy, and for catalog rows
-lmzoo cannot run yet (PanGu-alpha's query layer).
+lmzoo cannot run yet.
 tests/test_estimate.py checks the counts against `sum(p.numel())` of our Transformer built on the meta
 device, exactly, and against the reference implementations' own counts.
 

@@ -2,7 +2,7 @@
 
 An `Entry` is plain data. `arch` holds the real published hyperparameters under `ModelConfig`'s field
 names (so `ModelConfig(**arch)` builds it when lmzoo can run it); a feature lmzoo's one Transformer does
-not have yet is written as a value `ModelConfig` rejects (e.g. `query_layer=True`) or as one of the
+not have yet is written as a value `ModelConfig` rejects (e.g. `my_feature=True`) or as one of the
 `EXTRA_ARCH_KEYS` below, so the parameter counter (lmzoo.estimate) still sees it and `get_config`
 refuses it with a clear message.
 """
@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # Architectural features not (yet) fields of ModelConfig. Each is counted by lmzoo.estimate.
-EXTRA_ARCH_KEYS = {
-    # PanGu-alpha: one extra Transformer layer on top whose query is a learned position embedding
-    "query_layer": "PanGu-alpha's top query layer (a learned query-position table + one more block)",
-}
+EXTRA_ARCH_KEYS: dict[str, str] = {}  # empty today: every seed architecture is a ModelConfig
 
 COMMERCIAL = ("yes", "no", "conditional")
 

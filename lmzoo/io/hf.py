@@ -16,8 +16,8 @@ from lmzoo.errors import UnsupportedModelError
 from lmzoo.io.adapters.common import LLAMA_WEIGHTS, Adapter, llama_config, per_head_qkv, rope_pairs_to_halves
 from lmzoo.io.adapters.gpt import (
     BLOOM_WEIGHTS, CODEGEN_WEIGHTS, GPT2_TRANSFORMS, GPT2_WEIGHTS, GPT_NEOX_WEIGHTS, GPTJ_WEIGHTS, OPT_WEIGHTS,
-    bloom_config, codegen_config, codegen_qkv, falcon_config, falcon_weights, gpt2_config, gpt_neox_config,
-    gptj_config, grouped_qkv, opt_config,
+    PANGU_WEIGHTS, bloom_config, codegen_config, codegen_qkv, falcon_config, falcon_weights, gpt2_config, gpt_neox_config,
+    gptj_config, grouped_qkv, opt_config, pangu_config,
 )
 from lmzoo.io.adapters.llama_like import (
     BAICHUAN_WEIGHTS, GLM_TRANSFORMS, GLM_WEIGHTS, PHI3_WEIGHTS, QWEN_WEIGHTS, baichuan_config,
@@ -45,6 +45,7 @@ ADAPTERS: dict[str, Adapter] = {
     "deepseek_v2": Adapter(deepseek_v2_config, deepseek_weights, transforms=DEEPSEEK_TRANSFORMS),
     "llama4_text": Adapter(llama4_config, LLAMA4_WEIGHTS, transforms=LLAMA4_TRANSFORMS),
     "grok-1": Adapter(grok1_config, grok1_weights),
+    "gpt_pangu": Adapter(pangu_config, PANGU_WEIGHTS, ignore=("attn.bias", "attn.masked_bias")),
     "llama4": Adapter(llama4_multimodal_config, LLAMA4_MULTIMODAL_WEIGHTS, transforms=LLAMA4_TRANSFORMS,
                       ignore=("rotary_emb.inv_freq", *LLAMA4_VISION)),
     "deepseek_v3": Adapter(deepseek_v3_config, deepseek_weights, transforms=deepseek_transforms),

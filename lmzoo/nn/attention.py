@@ -80,11 +80,14 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         start: int | None = None,
         q_scale: torch.Tensor | None = None,
+        query_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """start=None: no cache. Otherwise write k/v at cache slots [start, start+T) and attend to
         slots [0, start+T)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        if query_input is not None:  # PanGu-alpha's query layer: q from another input, k and v from x
+            q = self.qkv(query_input)[..., : self.q_size]
         q = q.view(B, T, self.n_head, self.head_dim)
         k = k.view(B, T, self.n_kv_head, self.head_dim)
         v = v.view(B, T, self.n_kv_head, self.head_dim)

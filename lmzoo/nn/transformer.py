@@ -52,7 +52,10 @@ class Block(nn.Module):
             self.post_mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.sandwich = cfg.sandwich_norm
 
-    def forward(self, x, cos, sin, mask, start: int | None = None, q_scale=None):
+    def forward(self, x, cos, sin, mask, start: int | None = None, q_scale=None, query=None):
+        if query is not None:  # PanGu-alpha's query layer: the query is a position embedding
+            x = x + self.attn(self.attn_norm(x), cos, sin, mask, start, q_scale, query_input=query)
+            return x + self.mlp(self.mlp_norm(x))
         if self.deepnorm:  # the residual is the normalised input, scaled by alpha (GLM's GLMBlock)
             h = self.attn_norm(x)
             x = h * self.alpha + self.attn(h, cos, sin, mask, start, q_scale)
@@ -84,6 +87,8 @@ class Transformer(nn.Module):
         self.embed_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.embed_norm else None
         if cfg.position == "learned":  # absolute position table (GPT-2, OPT)
             self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.position_offset, cfg.n_embd)
+        if cfg.query_layer:  # PanGu-alpha: the top layer's queries, one per position
+            self.query_embed = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.final_norm else None
         self.lm_head = nn.Linear(e, cfg.vocab_size, bias=cfg.lm_head_bias)
@@ -219,12 +224,16 @@ class Transformer(nn.Module):
             if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
                 m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
             masks[w, c] = m
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            query = None
+            if self.config.query_layer and i == last:  # PanGu-alpha: final norm, then the query layer
+                x, query = self.norm(x), self.query_embed(position_ids)
             x = layer(x, cos, sin, masks[layer.attn.window, getattr(layer.attn, "chunk", None)],
-                      start if cached else None, q_scale)
+                      start if cached else None, q_scale, query)
         if last_only:
             x = x[:, -1:]
-        if self.norm is not None:
+        if self.norm is not None and not self.config.query_layer:
             x = self.norm(x)
         if self.project_out is not None:
             x = self.project_out(x)

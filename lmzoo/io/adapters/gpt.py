@@ -275,3 +275,35 @@ BLOOM_WEIGHTS = {
                             ("mlp.gate_up", "mlp.dense_h_to_4h"), ("mlp.down", "mlp.dense_4h_to_h"))
        for wb in ("weight", "bias")},
 }
+
+
+def pangu_config(hf: dict) -> ModelConfig:
+    """PanGu-alpha (`gpt_pangu`, the PyTorch port of PCL's MindSpore release): GPT-2 blocks with
+    separate q/k/v projections, learned positions, and a top query layer whose queries come from a
+    learned query-position table (`wqe`), with ln_f applied before that layer."""
+    d = hf["hidden_size"]
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "pangu",
+        vocab_size=hf["vocab_size"], n_layer=hf["num_layers"], n_embd=d, n_head=hf["num_heads"],
+        intermediate_size=hf.get("intermediate_size") or 4 * d, max_seq_len=hf.get("max_position_embeddings", 1024),
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        mlp=_plain_mlp(hf, "activation_function"), mlp_bias=True, qkv_bias=True, attn_out_bias=True,
+        position="learned", query_layer=True,
+        attn_scale=None if hf.get("scale_attn_weights", True) else 1.0,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), **_token_ids(hf),
+    )
+
+
+P = "transformer.h.{i}."
+PANGU_WEIGHTS = {
+    "embed.weight": ("transformer.wte.weight",),
+    "pos_embed.weight": ("transformer.wpe.weight",),
+    "query_embed.weight": ("transformer.wqe.weight",),
+    "norm.weight": ("transformer.ln_f.weight",),
+    "norm.bias": ("transformer.ln_f.bias",),
+    "lm_head.weight": ("lm_head.weight",),
+    **{f"layers.{{i}}.{ours}.{p}": tuple(P + f"{t}.{p}" for t in theirs) for p in ("weight", "bias")
+       for ours, theirs in (("attn_norm", ("ln_1",)), ("mlp_norm", ("ln_2",)),
+                            ("attn.qkv", ("attn.q_proj", "attn.k_proj", "attn.v_proj")), ("attn.o", ("attn.c_proj",)),
+                            ("mlp.gate_up", ("mlp.c_fc",)), ("mlp.down", ("mlp.c_proj",)))},
+}
