@@ -139,6 +139,10 @@ class ModelConfig:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # what an MLA layer caches: "expanded" per-head k and v (B, H, L, qk + v), or "latent": only the
+    # normalised latent and the shared RoPE key (B, L, kv_lora_rank + qk_rope_head_dim), attending in
+    # the latent space with W_kvb absorbed into the query and the output (DeepSeek-V2 sec. 2.1.3)
+    mla_cache: str = "expanded"
     # --- position ----------------------------------------------------------------------------
     # rope | rope_2d | alibi (BLOOM, Baichuan-13B) | learned (GPT-2, OPT) | none
     # rope_2d (GLM, ChatGLM-6B): each head is two halves; the first is rotated by the token's position,
@@ -254,7 +258,7 @@ class ModelConfig:
             )
         for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS),
                                ("norm_placement", ("pre", "post", "deepnorm")),
-                               ("rope_table_dtype", ("float32", "float16")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
+                               ("rope_table_dtype", ("float32", "float16")), ("mla_cache", ("expanded", "latent")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
                                ("attention", ("standard", "mla")), ("router", ("softmax", "sigmoid")),
                                ("router_group_score", ("max", "top2")),
                                ("alibi_dtype", ("float32", "bfloat16"))):

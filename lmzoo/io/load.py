@@ -148,7 +148,7 @@ def resolve_dtype(dtype) -> torch.dtype | None:
 
 
 def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
-                    keep_quantized: bool = True) -> Transformer:
+                    keep_quantized: bool = True, mla_cache: str | None = None) -> Transformer:
     """Load a model from an HF checkpoint directory or a `.gguf` file.
 
     dtype: None keeps the checkpoint's dtype (float32 for GGUF); device: None -> cpu.
@@ -156,8 +156,12 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
     (lmzoo.accelerate; about 1.8x faster decode on 2 cores, same weights and results).
     keep_quantized: GGUF only — block-quantised matrices stay int8/int4 (the file's own codes, so
     the same function as dequantising them) instead of being expanded to float.
+    mla_cache: DeepSeek (MLA) models only — "latent" caches the compressed latent instead of per-head
+    keys and values ("expanded", the default); see lmzoo.nn.mla.
     """
     model = _load(path, dtype, device, keep_quantized)
+    if mla_cache is not None:
+        model.set_mla_cache(mla_cache)
     if cpu_kernels and model.embed.weight.device.type == "cpu":
         from lmzoo.accelerate import use_cpu_kernels
 

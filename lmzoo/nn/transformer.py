@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.errors import ContextLengthError
+from lmzoo.errors import ConfigError, ContextLengthError
 from lmzoo.nn.alibi import alibi_bias, alibi_slopes
 from lmzoo.nn.attention import Attention, build_mask
 from lmzoo.nn.mla import MLAttention
@@ -129,6 +129,16 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attn.cache = layer.attn.make_cache(batch, max_len, dtype=dtype, device=device)
         self.cache_batch, self.cache_len = batch, max_len
+
+    def set_mla_cache(self, kind: str) -> None:
+        """Switch every MLA layer between the "expanded" and the "latent" cache (lmzoo.nn.mla)."""
+        if self.config.attention != "mla":
+            raise ConfigError(f"mla_cache applies to MLA models (DeepSeek-V2/V3); this model has "
+                              f"attention={self.config.attention!r}")
+        self.config = self.config.replace(mla_cache=kind)  # validates kind
+        self.clear_cache()
+        for layer in self.layers:
+            layer.attn.latent = kind == "latent"
 
     def clear_cache(self) -> None:
         for layer in self.layers:
