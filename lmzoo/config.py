@@ -143,6 +143,9 @@ class ModelConfig:
     # normalised latent and the shared RoPE key (B, L, kv_lora_rank + qk_rope_head_dim), attending in
     # the latent space with W_kvb absorbed into the query and the output (DeepSeek-V2 sec. 2.1.3)
     mla_cache: str = "expanded"
+    # eps of MLA's q/kv latent RMSNorms: DeepSeek's code builds them with the class default 1e-6,
+    # not rms_norm_eps (the same in every released config, but not in general)
+    latent_norm_eps: float = 1e-6
     # --- position ----------------------------------------------------------------------------
     # rope | rope_2d | alibi (BLOOM, Baichuan-13B) | learned (GPT-2, OPT) | none
     # rope_2d (GLM, ChatGLM-6B): each head is two halves; the first is rotated by the token's position,

@@ -43,13 +43,13 @@ class MLAttention(nn.Module):
         self.scale = cfg.attn_scale
         if cfg.q_lora_rank:
             self.q_a = nn.Linear(cfg.n_embd, cfg.q_lora_rank, bias=cfg.qkv_bias)
-            self.q_a_norm = RMSNorm(cfg.q_lora_rank, eps=cfg.norm_eps)
+            self.q_a_norm = RMSNorm(cfg.q_lora_rank, eps=cfg.latent_norm_eps)
             self.q_b = nn.Linear(cfg.q_lora_rank, self.n_head * self.qk_dim, bias=False)
             self.q = None
         else:
             self.q = nn.Linear(cfg.n_embd, self.n_head * self.qk_dim, bias=False)
         self.kv_a = nn.Linear(cfg.n_embd, self.kv_rank + self.rope_dim, bias=cfg.qkv_bias)
-        self.kv_a_norm = RMSNorm(self.kv_rank, eps=cfg.norm_eps)
+        self.kv_a_norm = RMSNorm(self.kv_rank, eps=cfg.latent_norm_eps)
         self.kv_b = nn.Linear(self.kv_rank, self.n_head * (self.nope + self.v_dim), bias=False)
         self.o = nn.Linear(self.n_head * self.v_dim, cfg.n_embd, bias=cfg.attn_out_bias)
         self.cache: KVCache | None = None
