@@ -90,12 +90,17 @@ def stream_generate(
     attention_mask: torch.Tensor | None = None,
     stop: Sequence[str] | None = None,
     tokenizer=None,
+    decode: str = "eager",
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until every row has stopped or `max_new_tokens`.
 
     A row stops at an id in `eos_token_id` (default: the config's) or when its decoded output ends
     with one of the `stop` strings (needs `tokenizer`). Stopped rows yield `pad_token_id`.
+    decode: "eager" (default), "static" (fixed-shape steps, lmzoo.static_decode) or "compiled" (those
+    steps under torch.compile; CUDA graphs on GPU). Same tokens; the choice is about speed.
     """
+    if decode not in ("eager", "static", "compiled"):
+        raise GenerationError(f"decode must be 'eager', 'static' or 'compiled', got {decode!r}")
     params = SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p,
         repetition_penalty=repetition_penalty, seed=seed,
@@ -135,6 +140,14 @@ def stream_generate(
     if attention_mask is not None and not bool(attention_mask.all()):
         mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
     model.setup_cache(B, T0 + max_new_tokens)
+    static = None
+    if decode != "eager":
+        static = _static_decoder(model, compile=decode == "compiled")
+        L = model.cache_len
+        key_valid = torch.ones(B, L, dtype=torch.bool, device=input_ids.device)
+        if mask is not None:
+            key_valid[:, :T0] = mask.bool()
+        row_pos = (mask.sum(-1, keepdim=True) if mask is not None else torch.full((B, 1), T0, device=input_ids.device))
     refill_at = cfg.rope_scaling.refill_at if cfg.position == "rope" else None
     seen = input_ids
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
@@ -163,9 +176,22 @@ def stream_generate(
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if pos == refill_at and T0 <= refill_at:  # re-encode everything (see RopeScaling.refill_at)
             logits = model(seen, start=0, attention_mask=mask, last_only=True)[:, -1].float()
+        elif static is not None:
+            slot = torch.tensor(pos, device=input_ids.device)
+            logits = static(nxt[:, None], slot, row_pos + (pos - T0), key_valid)
         else:
             logits = model(nxt[:, None], start=pos, attention_mask=mask)[:, -1].float()
         pos += 1
+
+
+def _static_decoder(model, *, compile: bool):
+    """One StaticDecoder per model and mode, kept on the model: compiling is the expensive part."""
+    from lmzoo.static_decode import StaticDecoder
+
+    cache = model.__dict__.setdefault("_static_decoders", {})
+    if compile not in cache:
+        cache[compile] = StaticDecoder(model, compile=compile)
+    return cache[compile]
 
 
 def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int = 128, **kwargs) -> torch.Tensor:

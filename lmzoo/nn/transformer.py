@@ -190,16 +190,9 @@ class Transformer(nn.Module):
             else:
                 position_ids = torch.arange(start, end, device=input_ids.device)[None].expand(B, T)
 
-        x = self.embed(input_ids)
-        if self.config.embed_scale != 1.0:
-            x = x * self.config.embed_scale
-        if self.project_in is not None:
-            x = self.project_in(x)
-        if self.config.position == "learned":
-            x = x + self.pos_embed(position_ids + self.config.position_offset)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
-        cos = sin = bias = q_scale = None
+        x = self.embed_tokens(input_ids, position_ids)
+        cos = sin = bias = None
+        q_scale = self.logn_scale(position_ids)
         if self.rope is not None:
             lengths = None
             if self.config.rope_scaling.kind == "ntk_alpha":  # fixed at prefill (Qwen v1), per row
@@ -208,10 +201,6 @@ class Transformer(nn.Module):
                         else torch.full((B,), end, device=x.device)
                 lengths = self.prefill_lengths
             cos, sin = self.rope(position_ids, x.dtype, lengths)
-        if self.config.logn_attn_base is not None:
-            n = self.config.logn_attn_base
-            p1 = position_ids.float() + 1  # (B, T)
-            q_scale = torch.where(p1 > n, torch.log(p1) / math.log(n), torch.ones_like(p1))[:, None, :, None]
         elif self.config.position == "alibi":
             # key positions of every visible slot, counted from each row's first real token
             keys = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] if attention_mask is not None \
@@ -243,6 +232,32 @@ class Transformer(nn.Module):
                       start if cached else None, q_scale, query)
         if last_only:
             x = x[:, -1:]
+        return self.logits(x)
+
+    # --- pieces shared with lmzoo.static_decode ---------------------------------------------------
+    def embed_tokens(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Token (+ learned position) embeddings, (B, T) -> (B, T, d)."""
+        x = self.embed(input_ids)
+        if self.config.embed_scale != 1.0:
+            x = x * self.config.embed_scale
+        if self.project_in is not None:
+            x = self.project_in(x)
+        if self.config.position == "learned":
+            x = x + self.pos_embed(position_ids + self.config.position_offset)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return x
+
+    def logn_scale(self, position_ids: torch.Tensor) -> torch.Tensor | None:
+        """Qwen v1's log-n query scale per position, (B, 1, T, 1), or None when off."""
+        n = self.config.logn_attn_base
+        if n is None:
+            return None
+        p1 = position_ids.float() + 1  # (B, T)
+        return torch.where(p1 > n, torch.log(p1) / math.log(n), torch.ones_like(p1))[:, None, :, None]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, projection and LM head: (B, T, d) -> (B, T, vocab)."""
         if self.norm is not None and not self.config.query_layer:
             x = self.norm(x)
         if self.project_out is not None:
