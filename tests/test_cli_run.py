@@ -45,6 +45,7 @@ def test_stop_string_and_raw_mode():
     (["generate", "--top-p", "1.5", "hi"], "top_p"),
     (["generate", "--top-k", "0", "hi"], "top_k"),
     (["chat", "--repetition-penalty", "0"], "repetition_penalty"),
+    (["generate", "--decode", "warp", "hi"], "--decode"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
     r = lmzoo(*args)
@@ -112,6 +113,9 @@ def test_generate_tiny_checkpoint_matches_transformers(tiny):
     raw = lmzoo("generate", "--model", str(tiny), "--raw", "--max-new-tokens", "12", "Hello 世界")
     assert raw.returncode == 0, raw.stderr
     assert raw.stdout == hf_greedy(tiny, tok("Hello 世界")["input_ids"], 12) + "\n"
+    static = lmzoo("generate", "--model", str(tiny), "--raw", "--max-new-tokens", "12", "--decode", "static",
+                   "Hello 世界")
+    assert static.returncode == 0 and static.stdout == raw.stdout, static.stderr
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
     chat = lmzoo("generate", "--model", str(tiny), "--max-new-tokens", "12", msgs[0]["content"])

@@ -77,7 +77,7 @@ def _load(model: Optional[Path], dtype: Optional[str]):
 
 
 def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-            seed, stop, out=sys.stdout) -> tuple[list[int], str]:
+            seed, stop, out=sys.stdout, decode: str = "eager") -> tuple[list[int], str]:
     """Generate from `ids`, printing text as it comes; returns (new ids, text without stop string)."""
     import torch
 
@@ -91,7 +91,7 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
     for nxt in lmzoo.stream_generate(
         model, torch.tensor([ids]), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
         top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos,
-        stop=stop or None, tokenizer=tok,
+        stop=stop or None, tokenizer=tok, decode=decode,
     ):
         t = int(nxt[0])
         new.append(t)
@@ -135,8 +135,13 @@ def generate(
     system: Optional[str] = typer.Option(None, "--system", help="System message (chat mode)."),
     dtype: Optional[str] = DtypeOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
+    decode: str = typer.Option("eager", "--decode", help="eager | static | compiled (torch.compile; CUDA graphs on GPU)."),
 ) -> None:
     """Complete PROMPT, streaming the answer to stdout."""
+    if decode not in ("eager", "static", "compiled"):
+        from lmzoo.errors import GenerationError
+
+        raise GenerationError(f"--decode must be eager, static or compiled, got {decode!r}")
     _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
     m, tok = _load(model, dtype)
     if chat and tok.chat_template:
@@ -146,7 +151,7 @@ def generate(
         ids = tok.encode(prompt)
     t = time.perf_counter()
     new, _ = _stream(m, tok, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                     top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [])
+                     top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [], decode=decode)
     sys.stdout.write("\n")
     if stats:
         dt = time.perf_counter() - t
