@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.errors import ConfigError, ContextLengthError
+from lmzoo.errors import ConfigError, ContextLengthError, GenerationError
 from lmzoo.nn.alibi import alibi_bias, alibi_slopes
 from lmzoo.nn.attention import Attention, build_mask
 from lmzoo.nn.mla import MLAttention
@@ -178,7 +178,7 @@ class Transformer(nn.Module):
             if start == 0:  # a prefill: find each row's context and [gMASK]; decode steps reuse them
                 self.prefix_state = prefix_lm_state(input_ids, attention_mask, self.config)
             elif self.prefix_state is None or self.prefix_state[0].shape[0] != B:
-                raise ValueError("a prefix-LM decode step (start > 0) needs the prefill (start=0) of the same batch first")
+                raise GenerationError("a prefix-LM decode step (start > 0) needs the prefill (start=0) of the same batch first")
             first, prefix_end, mask_pos = self.prefix_state
             if position_ids is None and self.config.position == "rope_2d":
                 position_ids = glm_positions(first, prefix_end, mask_pos, start, end)
@@ -292,7 +292,7 @@ def prefix_lm_state(ids: torch.Tensor, attention_mask: torch.Tensor | None, cfg:
         found = first_slot(ids == tok)
         mask = torch.where(found < big, found, mask)
     if bool((sop == big).any()) or (cfg.position == "rope_2d" and bool((mask == big).any())):
-        raise ValueError(
+        raise GenerationError(
             f"prefix-LM input needs the <sop> token (id {cfg.bos_token_id})"
             + (f" and one of the mask tokens {list(cfg.mask_token_ids)}" if cfg.position == "rope_2d" else "")
             + " in every row of the prompt; ChatGLM's tokenizer appends [gMASK] <sop>"
