@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--quant", choices=("int8", "int4"), help="weight-only quantisation first (lmzoo.quantize)")
     a = ap.parse_args()
     dtype = getattr(torch, a.dtype)
     torch.manual_seed(0)
@@ -47,8 +48,12 @@ def main() -> None:
         from lmzoo.accelerate import use_cpu_kernels
 
         use_cpu_kernels(m)  # what from_pretrained does on CPU
+    if a.quant:
+        from lmzoo.quantize import quantize
+
+        quantize(m, mode=a.quant)
     ids = torch.randint(0, 32000, (1, a.prompt), device=a.device)
-    print(f"{a.shape}, {a.device}, {a.dtype}, prompt {a.prompt}, {a.new} new tokens, torch {torch.__version__}")
+    print(f"{a.shape}, {a.device}, {a.dtype}{', ' + a.quant if a.quant else ''}, prompt {a.prompt}, {a.new} new tokens, torch {torch.__version__}")
     print("| decode | tok/s | vs eager | tokens equal eager |")
     print("|---|---|---|---|")
     ref, base = None, None

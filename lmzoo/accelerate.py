@@ -19,6 +19,18 @@ from lmzoo.kernels import cpu_kernels
 GEMV_MAX_ROWS = 16
 
 
+# The kernel as a PyTorch custom op, so torch.compile traces through it instead of breaking the
+# graph at every Linear (lmzoo.static_decode). Eager calls skip the dispatcher and call it directly.
+@torch.library.custom_op("lmzoo::f32_linear", mutates_args=())
+def f32_linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return cpu_kernels().f32_linear(x, w)
+
+
+@f32_linear_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
 class GemvLinear(nn.Linear):
     """nn.Linear whose few-row fp32 CPU products go through lmzoo's GEMV kernel (same weights,
     same state dict; other inputs take F.linear)."""
@@ -28,7 +40,8 @@ class GemvLinear(nn.Linear):
             rows = x.numel() // x.shape[-1]
             k = cpu_kernels() if rows <= GEMV_MAX_ROWS else None
             if k is not None and self.weight.is_contiguous():
-                y = k.f32_linear(x.reshape(rows, x.shape[-1]).contiguous(), self.weight)
+                x2 = x.reshape(rows, x.shape[-1]).contiguous()
+                y = f32_linear_op(x2, self.weight) if torch.compiler.is_compiling() else k.f32_linear(x2, self.weight)
                 if self.bias is not None:
                     y = y + self.bias
                 return y.view(*x.shape[:-1], self.out_features)

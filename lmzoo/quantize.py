@@ -35,6 +35,29 @@ def _groups(in_features: int, group_size: int | None, multiple: int) -> int:
     return g
 
 
+# The kernels as PyTorch custom ops so torch.compile traces through them (lmzoo.static_decode);
+# eager calls go straight to the extension.
+@torch.library.custom_op("lmzoo::int8_linear", mutates_args=())
+def int8_linear_op(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, group: int) -> torch.Tensor:
+    return cpu_kernels().int8_linear(x, q, scale, group)
+
+
+@int8_linear_op.register_fake
+def _(x, q, scale, group):
+    return x.new_empty((x.shape[0], q.shape[0]))
+
+
+@torch.library.custom_op("lmzoo::int4_linear", mutates_args=())
+def int4_linear_op(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor,
+                   group: int) -> torch.Tensor:
+    return cpu_kernels().int4_linear(x, q, scale, mn, group)
+
+
+@int4_linear_op.register_fake
+def _(x, q, scale, mn, group):
+    return x.new_empty((x.shape[0], q.shape[0]))
+
+
 class _QuantLinear(nn.Module):
     """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM."""
 
@@ -94,6 +117,8 @@ class Int8Linear(_QuantLinear):
         return (self.q.view(N, K // g, g).to(dtype) * self.scale[..., None].to(dtype)).view(N, K)
 
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return int8_linear_op(x2, self.q, self.scale, self.group_size)
         return k.int8_linear(x2, self.q, self.scale, self.group_size)
 
 
@@ -147,6 +172,8 @@ class Int4Linear(_QuantLinear):
         return (q * self.scale[..., None].to(dtype) + self.min[..., None].to(dtype)).view(N, K)
 
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return int4_linear_op(x2, self.q, self.scale, self.min, self.group_size)
         return k.int4_linear(x2, self.q, self.scale, self.min, self.group_size)
 
 

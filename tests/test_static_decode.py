@@ -30,9 +30,15 @@ def test_static_equals_eager(case, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_equals_eager(tmp_path):
+@pytest.mark.parametrize("quant", [None, "int8"])
+def test_compiled_equals_eager(quant, tmp_path):
+    """torch.compile traces through lmzoo's CPU kernels (registered as custom ops)."""
+    from lmzoo.quantize import quantize
+
     build_reference("mistral-window", tmp_path)
     m = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    if quant:
+        quantize(m, mode=quant)
     ids = random_ids(V, (2, 6))
     eager = lmzoo.generate(m, ids, max_new_tokens=12, eos_token_id=[])
     assert torch.equal(lmzoo.generate(m, ids, max_new_tokens=12, eos_token_id=[], decode="compiled"), eager)
