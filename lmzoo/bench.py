@@ -83,9 +83,12 @@ def _worker_lmzoo(a) -> dict:
     long = torch.randint(0, V, (1, a.prefill_len), generator=g)
     with torch.inference_mode():
         prefill = _timed(lambda: model(long))
-    lmzoo.generate(model, ids, max_new_tokens=8, eos_token_id=[])  # warm-up
+    # warm-up; a compiled step is specialised to the cache length, so warm up at the timed length
+    lmzoo.generate(model, ids, max_new_tokens=8 if a.decode == "eager" else a.new_tokens, eos_token_id=[],
+                   decode=a.decode)
     t = time.perf_counter()
-    stamps = [time.perf_counter() for _ in lmzoo.stream_generate(model, ids, max_new_tokens=a.new_tokens, eos_token_id=[])]
+    stamps = [time.perf_counter() for _ in lmzoo.stream_generate(model, ids, max_new_tokens=a.new_tokens,
+                                                                 eos_token_id=[], decode=a.decode)]
     return dict(load_s=load, prefill_tok_s=a.prefill_len / prefill, ttft_s=stamps[0] - t,
                 decode_tok_s=a.batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]), rss_mb=_peak_rss_mb())
 
@@ -191,6 +194,8 @@ def _run_backend(name: str, a, python: str) -> dict | str:
         cmd += ["--hf-cache", a.hf_cache]
     if a.quantize and name == "lmzoo":
         cmd += ["--quantize", a.quantize]
+    if name == "lmzoo":
+        cmd += ["--decode", a.decode]
     root = str(Path(__file__).resolve().parents[1])  # so another environment's python finds lmzoo
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=str(a.threads))
@@ -216,7 +221,8 @@ def format_table(results: dict, a) -> str:
         f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, threads={a.threads}, "
         f"memory read {a.bandwidth:.1f} GB/s; "
         f"model={a.shape or a.model}; batch={a.batch} prompt={a.prompt_len} new={a.new_tokens} "
-        f"prefill={a.prefill_len}; fp32 greedy" + (f"; lmzoo {a.quantize}" if a.quantize else ""),
+        f"prefill={a.prefill_len}; fp32 greedy" + (f"; lmzoo {a.quantize}" if a.quantize else "")
+        + (f"; lmzoo decode={a.decode}" if a.decode != "eager" else ""),
         "| backend | load s | prefill tok/s | TTFT ms | decode tok/s | decode vs transformers | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -240,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
                     help="comma-separated; litgpt runs only when LITGPT_PYTHON is set")
     ap.add_argument("--quantize", choices=["int8", "int4", "gguf"],
                     help="lmzoo only: quantise weights (int8 per channel, int4 group 32), or keep a GGUF's own blocks")
+    ap.add_argument("--decode", choices=["eager", "static", "compiled"], default="eager",
+                    help="lmzoo only: decode path (compiled = torch.compile of fixed-shape steps)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
