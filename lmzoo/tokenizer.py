@@ -265,6 +265,8 @@ def load_tokenizer(path) -> Tokenizer:
     common = dict(bos_token=_token_str(cfg.get("bos_token")), eos_token=_token_str(cfg.get("eos_token")),
                   pad_token=_token_str(cfg.get("pad_token")), unk_token=_token_str(cfg.get("unk_token")),
                   chat_template=template)
+    if (p / "qwen.tiktoken").exists() and not (p / "tokenizer.json").exists():
+        return _from_qwen_tiktoken(p / "qwen.tiktoken", common)
     if (p / "tokenizer.json").exists():
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -344,16 +346,21 @@ def _from_gguf(path: Path) -> Tokenizer:
 def _gguf_byte_level_bpe(path: Path, meta: dict[str, Any], tokens: list[str]):
     """GPT-2 style byte-level BPE (`tokenizer.ggml.model == "gpt2"`): tokens are spelled in GPT-2's
     byte alphabet, merges are listed, and `tokenizer.ggml.pre` names the regex that splits text first."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
     pre = meta.get("tokenizer.ggml.pre") or "default"
     if pre not in GGUF_PRE:
         raise TokenizerError(f"{path.name}: GGUF pre-tokenizer {pre!r} is not supported; supported: {sorted(GGUF_PRE)}")
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
     vocab = {t: i for i, t in enumerate(tokens)}
+    return _byte_level_backend(vocab, merges, *GGUF_PRE[pre])
+
+
+def _byte_level_backend(vocab: dict[str, int], merges: list[tuple[str, str]], how: str, pattern: str | None):
+    """A `tokenizers` byte-level BPE: tokens in GPT-2's byte alphabet, text split first by `how`
+    ("bytelevel": GPT-2's own regex, "digits": single digits then GPT-2's, "regex": `pattern`)."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
     backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    how, pattern = GGUF_PRE[pre]
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=how != "regex")
     if how == "bytelevel":
         backend.pre_tokenizer = byte_level
@@ -404,3 +411,80 @@ def _gguf_sentencepiece_bpe(path: Path, meta: dict[str, Any], tokens: list[str],
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
         + ([decoders.Strip(" ", 1, 0)] if meta.get("tokenizer.ggml.add_space_prefix", True) else []))
     return backend
+
+
+# --- tiktoken vocabularies (Qwen v1's qwen.tiktoken) ------------------------------------------------
+# A tiktoken file lists "base64(bytes) rank" per line: BPE whose merge priority is the rank of the
+# merged token. It becomes the same `tokenizers` byte-level BPE as a tokenizer.json: tokens spelled in
+# GPT-2's byte alphabet, and the merges recovered from the ranks (a token of rank r is the merge of the
+# split whose halves are both tokens, lowest-ranked halves first; merges ordered by r).
+
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
+# Qwen v1 ships no chat template; its chat() builds ChatML with this default system prompt (make_context)
+QWEN_CHATML = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _gpt2_byte_alphabet() -> list[str]:
+    """GPT-2's printable stand-in for each byte value (printable Latin-1 bytes map to themselves, the
+    rest to code points from 256 up, in byte order)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
+
+
+def read_tiktoken(path: Path) -> dict[bytes, int]:
+    import base64
+    import binascii
+
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise TokenizerError(f"{path.name} line {n} is not 'base64-token rank': {line[:60]!r}") from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise TokenizerError(f"{path.name}: ranks are not 0..{len(ranks) - 1} without gaps")
+    return ranks
+
+
+def tiktoken_backend(ranks: dict[bytes, int], pattern: str):
+    alphabet = _gpt2_byte_alphabet()
+
+    def spell(b: bytes) -> str:
+        return "".join(alphabet[x] for x in b)
+
+    merges = []
+    for tok, rank in ranks.items():
+        if len(tok) < 2:
+            continue
+        splits = [(tok[:i], tok[i:]) for i in range(1, len(tok)) if tok[:i] in ranks and tok[i:] in ranks]
+        splits.sort(key=lambda ab: (ranks[ab[0]], ranks[ab[1]]))
+        merges += [(rank, spell(a), spell(b)) for a, b in splits]
+    merges.sort(key=lambda m: m[0])
+    vocab = {spell(t): r for t, r in ranks.items()}
+    return _byte_level_backend(vocab, [(a, b) for _, a, b in merges], "regex", pattern)
+
+
+def _from_qwen_tiktoken(path: Path, common: dict[str, Any]) -> Tokenizer:
+    """Qwen (first generation): qwen.tiktoken + specials numbered after the ranks (tokenization_qwen.py)."""
+    from tokenizers import AddedToken
+
+    backend = tiktoken_backend(read_tiktoken(path), _QWEN2_RE)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIALS])
+    common = {**common, "eos_token": common.get("eos_token") or "<|endoftext|>",
+              "pad_token": common.get("pad_token") or "<|endoftext|>",
+              "chat_template": common.get("chat_template") or QWEN_CHATML}
+    return Tokenizer(backend=backend, add_bos=False, special_tokens=QWEN_SPECIALS, **common)
