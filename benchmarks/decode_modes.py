@@ -53,7 +53,8 @@ def main() -> None:
 
         quantize(m, mode=a.quant)
     ids = torch.randint(0, 32000, (1, a.prompt), device=a.device)
-    print(f"{a.shape}, {a.device}, {a.dtype}{', ' + a.quant if a.quant else ''}, prompt {a.prompt}, {a.new} new tokens, torch {torch.__version__}")
+    quant = ", " + a.quant if a.quant else ""
+    print(f"{a.shape}, {a.device}, {a.dtype}{quant}, prompt {a.prompt}, {a.new} new tokens, torch {torch.__version__}")
     print("| decode | tok/s | vs eager | tokens equal eager |")
     print("|---|---|---|---|")
     ref, base = None, None

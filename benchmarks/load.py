@@ -39,7 +39,7 @@ def main() -> None:
         from lmzoo.assets import default_model_path
 
         a.model = str(default_model_path())
-    print(f"| mode | import s | load s | peak RSS MB |\n|---|---|---|---|")
+    print("| mode | import s | load s | peak RSS MB |\n|---|---|---|---|")
     for mode in ("quantized", "float"):
         r = subprocess.run([sys.executable, __file__, "--model", a.model, "--worker", mode],
                            capture_output=True, text=True, check=True)

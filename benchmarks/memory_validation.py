@@ -146,7 +146,7 @@ def run_case(name: str) -> dict:
 
             for layer in model.layers:
                 f = layer.forward
-                layer.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(f)
+                layer.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(f)  # noqa: B023 (bound by the outer lambda)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         for _ in range(2):  # the second step runs with the optimizer states already allocated
             logits = model(ids)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
-import io
 import copy
+import io
 import math
 
 import torch

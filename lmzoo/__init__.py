@@ -1,5 +1,6 @@
 """lmzoo: the mainstream open LLMs as configurations of one readable PyTorch Transformer."""
 
+from lmzoo.catalog import get_config, get_entry, list_models
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import (
     CheckpointError,
@@ -13,7 +14,6 @@ from lmzoo.errors import (
     UnsupportedModelError,
 )
 from lmzoo.estimate import MemoryEstimate, ParamCount, count_params, estimate_memory, gpus_needed
-from lmzoo.catalog import get_config, get_entry, list_models
 from lmzoo.generate import generate, stream_generate
 from lmzoo.io.load import from_pretrained
 from lmzoo.nn.transformer import Transformer

@@ -261,7 +261,8 @@ class ModelConfig:
             )
         for fname, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS),
                                ("norm_placement", ("pre", "post", "deepnorm")),
-                               ("rope_table_dtype", ("float32", "float16")), ("mla_cache", ("expanded", "latent")), ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
+                               ("rope_table_dtype", ("float32", "float16")), ("mla_cache", ("expanded", "latent")),
+                               ("qk_norm_kind", ("rmsnorm", "layernorm_per_head", "l2")),
                                ("attention", ("standard", "mla")), ("router", ("softmax", "sigmoid")),
                                ("router_group_score", ("max", "top2")),
                                ("alibi_dtype", ("float32", "bfloat16"))):
@@ -370,7 +371,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -380,5 +381,5 @@ class ModelConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -60,8 +60,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ConfigError

@@ -10,8 +10,8 @@ row's positions count from its first real token, so a padded row computes what i
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 

@@ -15,8 +15,9 @@ by the `*_text` functions, so `lmzoo explain` works without a display or a PNG.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lmzoo.errors import ConfigError
 
@@ -115,7 +116,6 @@ def glm_example():
 def mask_matrices(n: int = 10, prefix: int = 4, window: int = 3) -> dict[str, list[list[bool]]]:
     """Boolean (query, key) matrices: causal, prefix-LM (bidirectional over the first `prefix`
     tokens), sliding window (built with lmzoo.nn.attention.build_mask)."""
-    import torch
 
     from lmzoo.nn.attention import build_mask
 
@@ -243,10 +243,9 @@ def alibi(path: str | Path, n_head: int = 8, n: int = 12) -> Path:
 
 def rope_bands(name: Any = "Llama-3.1-8B") -> dict[str, Any]:
     """Per rotated pair i: base inverse frequency, the model's (scaled) one, and wavelengths in tokens."""
+    from lmzoo.config import ModelConfig
     from lmzoo.estimate import resolve_arch
     from lmzoo.nn.rope import inv_frequencies
-
-    from lmzoo.config import ModelConfig
 
     a = resolve_arch(name)
     if a["position"] != "rope":

@@ -101,7 +101,7 @@ class Int8Linear(_QuantLinear):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, *, group_size: int | None = None) -> "Int8Linear":
+    def from_linear(cls, lin: nn.Linear, *, group_size: int | None = None) -> Int8Linear:
         N, K = lin.weight.shape
         m = cls(K, N, group_size=group_size, bias=lin.bias is not None, device=lin.weight.device)
         w = lin.weight.detach().float().view(N, K // m.group_size, m.group_size)
@@ -152,7 +152,7 @@ class Int4Linear(_QuantLinear):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, *, group_size: int = 32) -> "Int4Linear":
+    def from_linear(cls, lin: nn.Linear, *, group_size: int = 32) -> Int4Linear:
         N, K = lin.weight.shape
         m = cls(K, N, group_size=group_size, bias=lin.bias is not None, device=lin.weight.device)
         w = lin.weight.detach().float().view(N, K // m.group_size, m.group_size)
@@ -198,7 +198,7 @@ def quantize(model: nn.Module, *, mode: str = "int8", group_size: int | None = N
             return Int8Linear.from_linear(lin, group_size=group_size)
         return Int4Linear.from_linear(lin, group_size=group_size)
 
-    for name, module in list(model.named_modules()):
+    for _name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and (include_head or child is not getattr(model, "lm_head", None)):
                 setattr(module, child_name, convert(child))

@@ -12,7 +12,8 @@ CUDA graphs cannot be captured at all. Here one step always has the same shapes:
 `StaticDecoder(model, compile=...)` wraps it; `lmzoo.generate(..., decode="static" | "compiled")`
 uses it. A compiled step is specialised to the cache's length: the model keeps its cache between
 calls and reuses it when it is long enough, so only a generation that needs a *longer* cache
-recompiles (warm up with the longest prompt + max_new_tokens you will use). Prefill stays the ordinary forward (its length varies; SDPA/FlashAttention handle it).
+recompiles (warm up with the longest prompt + max_new_tokens you will use).
+Prefill stays the ordinary forward (its length varies; SDPA/FlashAttention handle it).
 Architectures whose decode depends on data the graph cannot hold fixed (ALiBi bias tables,
 chunked attention, prefix-LM/2-D positions, MLA's latent cache, RoPE rules recomputed from the
 length) are refused with a clear error and keep the eager path.

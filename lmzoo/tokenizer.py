@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lmzoo.errors import TokenizerError
 
@@ -139,7 +140,7 @@ class Tokenizer:
             ids = [i for i in ids if i not in self._special_ids and not self._sp.is_control(i)]
         return self._sp.decode(ids)
 
-    def stream_decoder(self, *, skip_special_tokens: bool = True) -> "StreamDecoder":
+    def stream_decoder(self, *, skip_special_tokens: bool = True) -> StreamDecoder:
         return StreamDecoder(self, skip_special_tokens=skip_special_tokens)
 
     # --- chat -------------------------------------------------------------------------------------
@@ -384,8 +385,8 @@ def _gguf_sentencepiece_bpe(path: Path, meta: dict[str, Any], tokens: list[str],
     "▁" before the text and after every special token (`add_space_prefix`); characters outside the
     vocabulary fall back to the byte pieces <0x00>..<0xFF>.
     """
-    from tokenizers import decoders, models, normalizers
     from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
 
     scores = meta.get("tokenizer.ggml.scores")
     if scores is None or len(scores) != len(tokens):

@@ -88,7 +88,7 @@ def forward(state: dict, cfg: dict, ids: torch.Tensor, position_ids, attn_mask, 
     for i in range(L):
         p = f"transformer.layers.{i}."
 
-        def ln(t, name):
+        def ln(t, name, p=p):
             return F.layer_norm(t, (d,), state[p + name + ".weight"], state[p + name + ".bias"], eps)
 
         h = ln(x, "input_layernorm")

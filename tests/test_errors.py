@@ -11,7 +11,11 @@ from safetensors.torch import load_file, save_file
 
 import lmzoo
 from lmzoo.errors import (
-    CheckpointError, ContextLengthError, GenerationError, ModelNotFoundError, UnsupportedModelError,
+    CheckpointError,
+    ContextLengthError,
+    GenerationError,
+    ModelNotFoundError,
+    UnsupportedModelError,
 )
 
 CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,

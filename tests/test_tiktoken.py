@@ -11,7 +11,7 @@ import json
 import pytest
 
 from lmzoo.errors import TokenizerError
-from lmzoo.tokenizer import QWEN_SPECIALS, _QWEN2_RE, _gpt2_byte_alphabet, load_tokenizer
+from lmzoo.tokenizer import _QWEN2_RE, QWEN_SPECIALS, _gpt2_byte_alphabet, load_tokenizer
 
 tiktoken = pytest.importorskip("tiktoken")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import io
 import importlib.metadata
+import io
 import json
 import shutil
 
@@ -17,6 +17,7 @@ import pytest
 
 from lmzoo.errors import TokenizerError
 from lmzoo.tokenizer import load_tokenizer
+
 
 def zen() -> str:
     """The Zen of Python (the `this` module prints it on import; keep that quiet)."""

@@ -18,13 +18,31 @@ import dataclasses
 import difflib
 import re
 
+from lmzoo.catalog import (  # noqa: E402
+    baichuan,
+    bloom,
+    cerebras,
+    deepseek,
+    derivatives,
+    falcon,
+    glm,
+    gpt_neox,
+    gptj,
+    grok,
+    llama,
+    mistral,
+    moss,
+    opt,
+    pangu,
+    phi,
+    qwen,
+    stablelm,
+    yi,
+)
 from lmzoo.catalog._entry import COMMERCIAL, EXTRA_ARCH_KEYS, Entry, License
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ConfigError, UnknownModelError, UnsupportedModelError
 from lmzoo.estimate import ParamCount, count_params
-
-from lmzoo.catalog import (baichuan, bloom, cerebras, deepseek, derivatives, falcon, glm, gpt_neox, gptj, grok,  # noqa: E402
-                           llama, mistral, moss, opt, pangu, phi, qwen, stablelm, yi)
 
 FAMILY_MODULES = (llama, derivatives, glm, bloom, baichuan, qwen, yi, deepseek, falcon, mistral, gpt_neox, gptj, opt,
                   cerebras, stablelm, moss, pangu, phi, grok)

@@ -9,8 +9,9 @@ refuses it with a clear message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 # Architectural features not (yet) fields of ModelConfig. Each is counted by lmzoo.estimate.
 EXTRA_ARCH_KEYS: dict[str, str] = {}  # empty today: every seed architecture is a ModelConfig

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from lmzoo.catalog._arch import llama_like
-from lmzoo.catalog._entry import Entry, License, hf, hf_config
+from lmzoo.catalog._entry import Entry, License, hf_config
 
 B13_README = "https://github.com/baichuan-inc/Baichuan-13B"
 B2_PAPER = "https://arxiv.org/abs/2309.10305"

@@ -4,7 +4,7 @@ compute-optimally (about 20 tokens per parameter, Chinchilla)."""
 from __future__ import annotations
 
 from lmzoo.catalog._arch import gpt_like
-from lmzoo.catalog._entry import Entry, License, hf, hf_config
+from lmzoo.catalog._entry import Entry, License, hf_config
 
 PAPER = "https://arxiv.org/abs/2304.03208"
 APACHE = License(name="Apache-2.0", commercial="yes", conditions="keep notices; patent grant",

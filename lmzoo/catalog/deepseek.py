@@ -7,7 +7,7 @@ import math
 
 from lmzoo.catalog._arch import llama_like
 from lmzoo.catalog._entry import Entry, License, derive, hf, hf_config
-from lmzoo.catalog.llama import LLAMA31_8B, LLAMA33_70B, LLAMA31_LICENSE
+from lmzoo.catalog.llama import LLAMA31_8B, LLAMA31_LICENSE, LLAMA33_70B
 from lmzoo.catalog.qwen import Q25
 
 V3_PAPER = "https://arxiv.org/abs/2412.19437"

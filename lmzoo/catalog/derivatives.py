@@ -4,10 +4,17 @@ license is the stricter of the base model's and their data's."""
 
 from __future__ import annotations
 
-from lmzoo.catalog._entry import Entry, License, derive, hf, hf_config
+from lmzoo.catalog._entry import Entry, License, derive, hf_config
 from lmzoo.catalog.bloom import BLOOM_7B1
-from lmzoo.catalog.llama import (LLAMA1_LICENSE, LLAMA2_13B, LLAMA2_70B, LLAMA2_7B, LLAMA2_LICENSE, LLAMA_13B,
-                                 LLAMA_7B, SP32K)
+from lmzoo.catalog.llama import (
+    LLAMA2_7B,
+    LLAMA2_13B,
+    LLAMA2_70B,
+    LLAMA2_LICENSE,
+    LLAMA_7B,
+    LLAMA_13B,
+    SP32K,
+)
 
 NC = License(name="LLaMA license + non-commercial data terms", commercial="no",
              conditions="research only: inherits the LLaMA (1) license; instruction data generated with OpenAI "

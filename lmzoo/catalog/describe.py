@@ -3,7 +3,8 @@ encoding, attention sharing, residual layout, MoE), and human-readable sizes."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lmzoo.estimate import resolve_arch
 

@@ -4,8 +4,8 @@ GLM-4-9B.
 GLM-130B and ChatGLM-6B are pre-trained with GLM's autoregressive blank infilling: a prefix LM with
 DeepNorm-style scaled residuals; ChatGLM-6B adds 2-D RoPE (lmzoo runs its checkpoint, tests/
 test_chatglm6b.py). GLM-130B's weights are SwissArmyTransformer model-parallel shards given out on
-application, which lmzoo does not read; its config is buildable for counting and sizing. From ChatGLM2-6B on the network is a LLaMA-like
-block with multi-query groups, q/k/v bias and RoPE on half of each head (lmzoo runs it)."""
+application, which lmzoo does not read; its config is buildable for counting and sizing. From ChatGLM2-6B on the
+network is a LLaMA-like block with multi-query groups, q/k/v bias and RoPE on half of each head (lmzoo runs it)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lmzoo.catalog._arch import llama_like
-from lmzoo.catalog._entry import Entry, License, hf, hf_config
+from lmzoo.catalog._entry import Entry, License, hf_config
 
 M7_PAPER = "https://arxiv.org/abs/2310.06825"
 M7_BLOG = "https://mistral.ai/news/announcing-mistral-7b/"

@@ -4,7 +4,7 @@ tied head. OPT-350m alone is post-LN with a 512-wide embedding projected in and 
 from __future__ import annotations
 
 from lmzoo.catalog._arch import gpt_like
-from lmzoo.catalog._entry import Entry, License, hf, hf_config
+from lmzoo.catalog._entry import Entry, License, hf_config
 
 PAPER = "https://arxiv.org/abs/2205.01068"
 LICENSE = License(name="OPT-175B License Agreement", commercial="no",

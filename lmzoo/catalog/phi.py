@@ -4,7 +4,7 @@ trained on heavily filtered web data and synthetic data."""
 from __future__ import annotations
 
 from lmzoo.catalog._arch import llama_like
-from lmzoo.catalog._entry import Entry, License, hf, hf_config
+from lmzoo.catalog._entry import Entry, License, hf_config
 
 PAPER = "https://arxiv.org/abs/2404.14219"
 MIT = License(name="MIT", commercial="yes", conditions="keep the copyright notice",

@@ -18,7 +18,6 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -62,7 +61,7 @@ def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
         raise GenerationError(f"--dtype: {e}") from None
 
 
-def _load(model: Optional[Path], dtype: Optional[str]):
+def _load(model: Path | None, dtype: str | None):
     import lmzoo
     from lmzoo.tokenizer import load_tokenizer
 
@@ -123,17 +122,18 @@ def _partial_stop(text: str, stop: list[str]) -> int:
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt."),
-    model: Optional[Path] = ModelOpt,
+    model: Path | None = ModelOpt,
     max_new_tokens: int = MaxNewOpt,
     temperature: float = TempOpt,
-    top_k: Optional[int] = TopKOpt,
-    top_p: Optional[float] = TopPOpt,
+    top_k: int | None = TopKOpt,
+    top_p: float | None = TopPOpt,
     repetition_penalty: float = RepOpt,
-    seed: Optional[int] = SeedOpt,
-    stop: Optional[list[str]] = StopOpt,
-    chat: bool = typer.Option(True, "--chat/--raw", help="Apply the model's chat template (when it has one) or send the prompt as is."),
-    system: Optional[str] = typer.Option(None, "--system", help="System message (chat mode)."),
-    dtype: Optional[str] = DtypeOpt,
+    seed: int | None = SeedOpt,
+    stop: list[str] | None = StopOpt,
+    chat: bool = typer.Option(
+        True, "--chat/--raw", help="Apply the model's chat template (when it has one) or send the prompt as is."),
+    system: str | None = typer.Option(None, "--system", help="System message (chat mode)."),
+    dtype: str | None = DtypeOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
     decode: str = typer.Option("eager", "--decode", help="eager | static | compiled (torch.compile; CUDA graphs on GPU)."),
 ) -> None:
@@ -160,16 +160,16 @@ def generate(
 
 @app.command()
 def chat(
-    model: Optional[Path] = ModelOpt,
+    model: Path | None = ModelOpt,
     max_new_tokens: int = MaxNewOpt,
     temperature: float = TempOpt,
-    top_k: Optional[int] = TopKOpt,
-    top_p: Optional[float] = TopPOpt,
+    top_k: int | None = TopKOpt,
+    top_p: float | None = TopPOpt,
     repetition_penalty: float = RepOpt,
-    seed: Optional[int] = SeedOpt,
-    stop: Optional[list[str]] = StopOpt,
-    system: Optional[str] = typer.Option(None, "--system", help="System message."),
-    dtype: Optional[str] = DtypeOpt,
+    seed: int | None = SeedOpt,
+    stop: list[str] | None = StopOpt,
+    system: str | None = typer.Option(None, "--system", help="System message."),
+    dtype: str | None = DtypeOpt,
 ) -> None:
     """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
     from lmzoo.errors import ContextLengthError, TokenizerError

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -42,7 +41,7 @@ def _fmt():
     return fmt_count, fmt_bytes
 
 
-def _check_context(context: Optional[int]) -> None:
+def _check_context(context: int | None) -> None:
     if context is not None and context <= 0:
         raise ConfigError(f"--context must be a positive number of tokens, got {context}")
 
@@ -52,10 +51,10 @@ def _check_context(context: Optional[int]) -> None:
 
 @app.command("list")
 def list_cmd(
-    family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family (llama, qwen, glm, ...)."),
+    family: str | None = typer.Option(None, "--family", "-f", help="Only this family (llama, qwen, glm, ...)."),
     commercial: bool = typer.Option(False, "--commercial", help="Only models whose license allows commercial "
                                                                 "use (possibly with conditions)."),
-    fits: Optional[str] = typer.Option(None, "--fits", help="Only models that fit in this much GPU memory, e.g. 24GB."),
+    fits: str | None = typer.Option(None, "--fits", help="Only models that fit in this much GPU memory, e.g. 24GB."),
     task: str = TaskOpt,
     dtype: str = DtypeOpt,
     context: int = typer.Option(4096, "--context", "-c", help="Tokens per sequence for --fits (capped at each "
@@ -187,7 +186,7 @@ def params_cmd(name: str = typer.Argument(..., help="Catalog name."), as_json: b
 
 
 @app.command("compare")
-def compare_cmd(names: List[str] = typer.Argument(..., help="Two or more catalog names."), as_json: bool = JsonOpt) -> None:
+def compare_cmd(names: list[str] = typer.Argument(..., help="Two or more catalog names."), as_json: bool = JsonOpt) -> None:
     """Side by side: norm, activation, position encoding, attention sharing, objective, vocab, context,
     parameters, license."""
     from lmzoo import catalog as C
@@ -230,12 +229,12 @@ def memory_cmd(
     name: str = typer.Argument(..., help="Catalog name."),
     task: str = TaskOpt,
     dtype: str = DtypeOpt,
-    context: Optional[int] = ContextOpt,
+    context: int | None = ContextOpt,
     batch: int = BatchOpt,
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU memory, e.g. 24GB: how many such GPUs it takes."),
+    gpu: str | None = typer.Option(None, "--gpu", help="GPU memory, e.g. 24GB: how many such GPUs it takes."),
     checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing (training)."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank (lora / qlora)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write memory vs context per precision to this PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write memory vs context per precision to this PNG."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Peak GPU memory for inference / full fine-tuning / LoRA / QLoRA, broken down."""
@@ -282,7 +281,7 @@ def memory_cmd(
 @app.command("fit")
 def fit_cmd(
     gpu: str = typer.Option(..., "--gpu", help="GPU memory, e.g. 24GB."),
-    family: Optional[str] = typer.Option(None, "--family", "-f"),
+    family: str | None = typer.Option(None, "--family", "-f"),
     context: int = typer.Option(4096, "--context", "-c", help="Tokens per sequence (capped at each model's)."),
     batch: int = BatchOpt,
     as_json: bool = JsonOpt,
@@ -361,7 +360,7 @@ def hardware_cmd(as_json: bool = JsonOpt) -> None:
 @app.command("explain")
 def explain_cmd(
     what: str = typer.Argument(..., help="glm-mask | glm-positions | masks | alibi | rope"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw it to this PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw it to this PNG."),
     model: str = typer.Option("Llama-3.1-8B", "--model", "-m", help="Model whose RoPE to show (rope)."),
 ) -> None:
     """Draw what the seeds describe in words: GLM's blank-infilling mask and 2-D positions, causal /

@@ -1,8 +1,9 @@
 """GGUF files (llama.cpp's format) -> lmzoo.
 
-lmzoo.io.gguf_file reads the container and memory-maps the tensors; the `gguf` package dequantises its block types (Q8_0, Q4_0, Q4_1, Q4_K,
-Q6_K, ...) to float32; tensors are read one at a time, so peak memory is about one float copy of the
-weights. GGUF stores each tensor's dims innermost-first (ne[0] = columns); reversed, that is PyTorch's
+lmzoo.io.gguf_file reads the container and memory-maps the tensors; the `gguf` package dequantises
+its block types (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ...) to float32; tensors are read one at a time, so
+peak memory is about one float copy of the weights.
+GGUF stores each tensor's dims innermost-first (ne[0] = columns); reversed, that is PyTorch's
 (out_features, in_features) layout.
 
 llama.cpp's converter permutes the rows of W_q and W_k of `llama` models so that its rotary kernel

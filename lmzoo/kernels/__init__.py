@@ -34,6 +34,6 @@ def cpu_kernels():
                         extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # no compiler / ninja: correct, just slower
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        warnings.warn(f"lmzoo: CPU kernels unavailable ({msg}); using plain PyTorch ops")
+        warnings.warn(f"lmzoo: CPU kernels unavailable ({msg}); using plain PyTorch ops", stacklevel=2)
         _KERNELS = None
     return _KERNELS

@@ -39,7 +39,7 @@ def blank_infilling(tokens: list, spans: list[tuple[int, int]], *, mask="[M]", s
     order: Part B's span order (indices into `spans`, sorted by start); None shuffles with `seed`.
     """
     spans = sorted(spans)
-    for (s0, e0), (s1, _) in zip(spans, spans[1:]):
+    for (_s0, e0), (s1, _) in zip(spans, spans[1:]):
         if s1 < e0:
             raise ValueError(f"spans {spans} overlap")
     if any(not 0 <= s < e <= len(tokens) for s, e in spans):

@@ -3,8 +3,9 @@ layout transforms used by several families, and the Adapter record."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import UnsupportedModelError

@@ -5,7 +5,12 @@ from __future__ import annotations
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UnsupportedModelError
 from lmzoo.io.adapters.common import (
-    _plain_mlp, _rope_scaling, _rotary_fraction, _token_ids, rope_pairs_to_halves, transpose,
+    _plain_mlp,
+    _rope_scaling,
+    _rotary_fraction,
+    _token_ids,
+    rope_pairs_to_halves,
+    transpose,
 )
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import UnsupportedModelError
 from lmzoo.io.adapters.common import (
+    LLAMA_WEIGHTS,
+    L,
+    _rotary_fraction,
+    _token_ids,
+    llama_config,
     per_head_qkv,
-    LLAMA_WEIGHTS, L, _rotary_fraction, _token_ids, llama_config, rope_pairs_to_halves,
+    rope_pairs_to_halves,
 )
 
 

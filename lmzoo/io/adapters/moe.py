@@ -6,8 +6,13 @@ from typing import Any
 
 from lmzoo.config import ModelConfig
 from lmzoo.io.adapters.common import (
+    LLAMA_WEIGHTS,
+    L,
+    _rope_scaling,
     _token_ids,
-    LLAMA_WEIGHTS, L, _rope_scaling, llama_config, rope_pairs_to_halves, transpose,
+    llama_config,
+    rope_pairs_to_halves,
+    transpose,
 )
 
 
