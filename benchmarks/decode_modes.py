@@ -1,5 +1,5 @@
 """lmzoo's decode paths side by side on one model: eager (sliced cache), static (fixed shapes,
-lmzoo.static_decode) and compiled (torch.compile of the static step; CUDA graphs on GPU).
+lmzoo.runtime.compiled) and compiled (torch.compile of the static step; CUDA graphs on GPU).
 
     python benchmarks/decode_modes.py [--device cpu|cuda] [--dtype float32|bfloat16]
 

@@ -15,7 +15,7 @@ import torch
 
 import lmzoo
 from lmzoo.quantize import quantize
-from lmzoo.speculative import SpeculativeStats, speculative_generate
+from lmzoo.runtime.speculative import SpeculativeStats, speculative_generate
 from lmzoo.tokenizer import load_tokenizer
 
 PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",

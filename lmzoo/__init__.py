@@ -14,14 +14,15 @@ from lmzoo.errors import (
     UnsupportedModelError,
 )
 from lmzoo.estimate import MemoryEstimate, ParamCount, count_params, estimate_memory, gpus_needed
-from lmzoo.generate import generate, stream_generate
 from lmzoo.io.load import from_pretrained
 from lmzoo.nn.transformer import Transformer
+from lmzoo.runtime import Engine, Event, KVCache, Request, SamplingParams, generate, stream_generate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ModelConfig", "RopeScaling", "Transformer", "from_pretrained", "generate", "stream_generate",
+    "Engine", "Request", "Event", "KVCache", "SamplingParams",
     "count_params", "ParamCount", "estimate_memory", "MemoryEstimate", "gpus_needed",
     "list_models", "get_config", "get_entry", "UnknownModelError",
     "LmzooError", "ModelNotFoundError", "UnsupportedModelError", "CheckpointError", "ConfigError",

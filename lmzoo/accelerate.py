@@ -5,7 +5,9 @@ how fast the weights stream from memory. On the 2-core machines we measured, PyT
 reached 13-18 GB/s on decode-sized fp32 matrices, single-threaded, while the memory system delivers
 ~30 GB/s to two threads; `f32_linear` in lmzoo/kernels/cpu.cpp streams each row once through FMA
 lanes with the rows split across threads, and reaches 26-31 GB/s on the same matrices
-(benchmarks/RESULTS.md). Prefill (many rows) is compute-bound and stays with BLAS.
+(benchmarks/RESULTS.md). Prefill (many rows) is compute-bound and stays with BLAS, and so does any
+product autograd records (the kernel has no backward): training a model with the kernels on gives
+the same gradients as without.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.kernels import cpu_kernels
+from lmzoo.quantize import needs_autograd
 
 GEMV_MAX_ROWS = 16
 
 
 # The kernel as a PyTorch custom op, so torch.compile traces through it instead of breaking the
-# graph at every Linear (lmzoo.static_decode). Eager calls skip the dispatcher and call it directly.
+# graph at every Linear (lmzoo.runtime.compiled). Eager calls skip the dispatcher and call it directly.
 @torch.library.custom_op("lmzoo::f32_linear", mutates_args=())
 def f32_linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return cpu_kernels().f32_linear(x, w)
@@ -36,7 +39,8 @@ class GemvLinear(nn.Linear):
     same state dict; other inputs take F.linear)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32 \
+                and not needs_autograd(x, self.weight, self.bias):
             rows = x.numel() // x.shape[-1]
             k = cpu_kernels() if rows <= GEMV_MAX_ROWS else None
             if k is not None and self.weight.is_contiguous():

@@ -117,10 +117,13 @@ def mask_matrices(n: int = 10, prefix: int = 4, window: int = 3) -> dict[str, li
     """Boolean (query, key) matrices: causal, prefix-LM (bidirectional over the first `prefix`
     tokens), sliding window (built with lmzoo.nn.attention.build_mask)."""
 
+    import torch
+
     from lmzoo.nn.attention import build_mask
 
-    causal = build_mask(q_start=0, T=n, key_valid=None, window=None, device="cpu")[0, 0]
-    sliding = build_mask(q_start=0, T=n, key_valid=None, window=window, device="cpu")[0, 0]
+    slots = torch.arange(n)[None]
+    causal = build_mask(q_slot=slots, L=n, key_valid=None, window=None)[0, 0]
+    sliding = build_mask(q_slot=slots, L=n, key_valid=None, window=window)[0, 0]
     prefix_m = causal.clone()
     prefix_m[:prefix, :prefix] = True  # the prefix sees itself in both directions
     return {"causal": causal.tolist(), f"prefix (first {prefix} bidirectional)": prefix_m.tolist(),

@@ -26,6 +26,13 @@ from lmzoo.kernels import cpu_kernels
 KERNEL_MAX_ROWS = 64  # above this many activation rows (long prefill) dequantise + GEMM instead
 
 
+def needs_autograd(*tensors) -> bool:
+    """Whether autograd would record a product of these: the C++ kernels have no backward, so such
+    products take the differentiable path (a quantised or accelerated model stays trainable,
+    e.g. LoRA on top of it)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _groups(in_features: int, group_size: int | None, multiple: int) -> int:
     g = in_features if group_size is None else group_size
     if g <= 0 or in_features % g or g % multiple:
@@ -35,7 +42,7 @@ def _groups(in_features: int, group_size: int | None, multiple: int) -> int:
     return g
 
 
-# The kernels as PyTorch custom ops so torch.compile traces through them (lmzoo.static_decode);
+# The kernels as PyTorch custom ops so torch.compile traces through them (lmzoo.runtime.compiled);
 # eager calls go straight to the extension.
 @torch.library.custom_op("lmzoo::int8_linear", mutates_args=())
 def int8_linear_op(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, group: int) -> torch.Tensor:
@@ -73,7 +80,7 @@ class _QuantLinear(nn.Module):
         lead, K = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, K)
         k = cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS:
+        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS and not needs_autograd(x, self.bias):
             y = self._kernel(k, x2.contiguous())
             if self.bias is not None:
                 y = y + self.bias

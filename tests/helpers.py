@@ -60,11 +60,10 @@ def greedy_ours(model, ids: torch.Tensor, n: int, attention_mask=None) -> torch.
 def cache_vs_recompute(model, ids: torch.Tensor, n_prefill: int) -> float:
     """Max diff between logits from prefill + one-token cached steps and one full forward."""
     full = model(ids)
-    model.setup_cache(ids.shape[0], ids.shape[1])
-    steps = [model(ids[:, :n_prefill], start=0)]
+    cache = lmzoo.KVCache(model, ids.shape[0], ids.shape[1])
+    steps = [model(ids[:, :n_prefill], cache=cache)]
     for t in range(n_prefill, ids.shape[1]):
-        steps.append(model(ids[:, t : t + 1], start=t))
-    model.clear_cache()
+        steps.append(model(ids[:, t : t + 1], cache=cache))
     return float((torch.cat(steps, dim=1) - full).abs().max())
 
 

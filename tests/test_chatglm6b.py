@@ -44,7 +44,11 @@ def _state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    d = tmp_path_factory.mktemp("chatglm6b")
+    return write_checkpoint(tmp_path_factory.mktemp("chatglm6b"))
+
+
+def write_checkpoint(d):
+    """A tiny random ChatGLM-6B checkpoint in THUDM's layout; returns (dir, state)."""
     state = _state(CFG)
     # the release stores lm_head.weight too (the same matrix; transformers ties it to the embeddings)
     save_file(state | {"lm_head.weight": state["transformer.word_embeddings.weight"].clone(),

@@ -154,9 +154,9 @@ def test_token_ids_outside_vocab(model):
 
 
 def test_cache_too_small(model):
-    model.setup_cache(1, 8)
+    cache = lmzoo.KVCache(model, 1, 8)
     with pytest.raises(ContextLengthError) as e:
-        model(torch.zeros((1, 9), dtype=torch.long), start=0)
-    assert "does not fit the cache" in one_line(e)
+        model(torch.zeros((1, 9), dtype=torch.long), cache=cache)
+    assert "do not fit the cache of 8 slots" in one_line(e)
     with pytest.raises(ContextLengthError):
-        model.setup_cache(1, 17)
+        lmzoo.KVCache(model, 1, 17)

@@ -12,7 +12,7 @@ from transformers.generation.logits_process import (
 )
 
 import lmzoo
-from lmzoo.generate import SamplingParams, apply_repetition_penalty, filter_logits
+from lmzoo.runtime.sampling import SamplingParams, apply_repetition_penalty, filter_logits
 
 
 @pytest.mark.parametrize("t,k,p", [(0.7, None, None), (1.0, 5, None), (1.3, None, 0.8), (0.9, 20, 0.5), (1.0, None, 0.05)])
@@ -86,9 +86,16 @@ def test_all_rows_stopped_ends_early(model):
 
 
 def test_stop_strings(model):
+    from lmzoo.tokenizer import StreamDecoder
+
     class Tok:  # each id decodes to "<id>", so a stop string cannot match by accident
-        def decode(self, ids):
+        eos_token_ids: list[int] = []
+
+        def decode(self, ids, skip_special_tokens=True):
             return "".join(f"<{i}>" for i in ids)
+
+        def stream_decoder(self):
+            return StreamDecoder(self)
 
     ids = torch.tensor([[1, 2, 3]])
     free = lmzoo.generate(model, ids, max_new_tokens=12, eos_token_id=[])

@@ -378,11 +378,8 @@ def test_baichuan_13b_alibi(version, tmp_path):
     assert cache_vs_recompute(ours, random_ids(V, (2, 30), seed=3), n_prefill=7) <= ATOL
 
 
-def test_qwen_first_generation(tmp_path):
-    """Qwen (v1) against tests/qwen_ref.py, an independent implementation of its published code."""
-    from lmzoo.errors import ContextLengthError
-    from tests import qwen_ref
-
+def write_qwen_v1(path):
+    """A tiny random Qwen (v1) checkpoint in its own layout (dynamic NTK + log-n on); returns (config, state)."""
     cfg = {"model_type": "qwen", "vocab_size": V, "hidden_size": 48, "intermediate_size": 144,
            "num_hidden_layers": 2, "num_attention_heads": 6, "seq_length": 40, "layer_norm_epsilon": 1e-6,
            "rotary_pct": 0.5, "rotary_emb_base": 10000, "use_dynamic_ntk": True, "use_logn_attn": True,
@@ -396,8 +393,17 @@ def test_qwen_first_generation(tmp_path):
                    p + "mlp.w1.weight": (72, 48), p + "mlp.w2.weight": (72, 48), p + "mlp.c_proj.weight": (48, 72)}
     state = {k: (1.0 if k.endswith("ln_1.weight") or k.endswith("ln_2.weight") or "ln_f" in k else 0.0)
              + torch.randn(s, generator=g) * 0.2 for k, s in shapes.items()}
-    save_file(state, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    save_file(state, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(cfg))
+    return cfg, state
+
+
+def test_qwen_first_generation(tmp_path):
+    """Qwen (v1) against tests/qwen_ref.py, an independent implementation of its published code."""
+    from lmzoo.errors import ContextLengthError
+    from tests import qwen_ref
+
+    cfg, state = write_qwen_v1(tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)
     ids = random_ids(V, (2, 24))
     with torch.no_grad():

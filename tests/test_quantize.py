@@ -12,19 +12,48 @@ from lmzoo.errors import ConfigError
 from lmzoo.quantize import Int4Linear, Int8Linear, cpu_kernels, pack_int4, quantize, unpack_int4
 
 
-@pytest.mark.parametrize("M", [1, 3, 40])  # decode rows use the kernel, prefill rows dequantise
+def reference_weight(q) -> torch.Tensor:
+    """The layer's float weight from its codes, written out here (not q.dequantize())."""
+    N, K, g = q.out_features, q.in_features, q.group_size
+    if isinstance(q, Int8Linear):
+        return (q.q.float().view(N, K // g, g) * q.scale[..., None]).view(N, K)
+    codes = unpack_int4(q.q).float().view(N, K // g, g)
+    return (codes * q.scale[..., None] + q.min[..., None]).view(N, K)
+
+
+class CountingKernels:
+    """Stands in for lmzoo's compiled module and counts the calls that reach it."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, 0
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+
+        def counted(*a):
+            self.calls += 1
+            return fn(*a)
+        return counted
+
+
+@pytest.mark.parametrize("M", [1, 3, 40])  # decode rows use the kernel, prefill rows (2 x 40 > 64) dequantise
 @pytest.mark.parametrize(
     "cls,kw", [(Int8Linear, {}), (Int8Linear, {"group_size": 64}),
                (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 128})],
 )
-def test_quantised_linear_matches_dequantised_weight(M, cls, kw):
+def test_quantised_linear_matches_dequantised_weight(M, cls, kw, monkeypatch):
+    import lmzoo.quantize as Q
+
+    counter = CountingKernels(cpu_kernels())
+    monkeypatch.setattr(Q, "cpu_kernels", lambda: counter)
     torch.manual_seed(0)
     lin = nn.Linear(256, 96, bias=True)
     q = cls.from_linear(lin, **kw)
     x = torch.randn(2, M, 256)
     with torch.inference_mode():
         y = q(x)
-        ref = nn.functional.linear(x, q.dequantize(), q.bias)
+        ref = nn.functional.linear(x, reference_weight(q), q.bias)
+    assert counter.calls == (1 if 2 * M <= Q.KERNEL_MAX_ROWS else 0)  # the path the case claims to test
     assert y.shape == (2, M, 96)
     assert (y - ref).abs().max() < 1e-4
     # and the quantisation error itself is what the bit width allows

@@ -8,7 +8,7 @@ import torch
 import lmzoo
 from lmzoo.errors import GenerationError
 from lmzoo.quantize import quantize
-from lmzoo.speculative import SpeculativeStats, speculative_generate
+from lmzoo.runtime.speculative import SpeculativeStats, speculative_generate
 
 
 def _target(vocab=128):

@@ -1,5 +1,5 @@
-"""Fixed-shape decode steps (lmzoo.static_decode): the same greedy tokens as the eager path, for
-plain, sliding-window, per-layer-window, learned-position, MoE, MLA and soft-capped models, in
+"""Fixed-shape decode steps (lmzoo.runtime.compiled): the same greedy tokens as the eager path, for
+plain, sliding-window, per-layer-window, learned-position, ALiBi, chunked (Llama 4), MoE and MLA models, in
 left-padded batches too; torch.compile of that step (what CUDA graphs capture on GPU) checked on CPU."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tests.helpers import left_pad, random_ids
 from tests.test_parity import V, build_reference
 
 CASES = ["llama-gqa", "mistral-window", "qwen2-window-some-layers", "gpt2", "mixtral", "deepseek-v2-lite",
-         "opt-350m-layout"]
+         "opt-350m-layout", "bloom", "llama4"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -45,9 +45,9 @@ def test_compiled_equals_eager(quant, tmp_path):
 
 
 def test_unsupported_and_bad_values_are_clear(tmp_path):
-    build_reference("bloom", tmp_path)
+    build_reference("llama-rope-dynamic", tmp_path)
     m = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
-    with pytest.raises(ConfigError, match="alibi.*decode='eager'"):
+    with pytest.raises(ConfigError, match="dynamic.*decode='eager'"):
         lmzoo.generate(m, random_ids(V, (1, 4)), max_new_tokens=2, decode="static")
     with pytest.raises(lmzoo.errors.GenerationError, match="decode must be"):
         lmzoo.generate(m, random_ids(V, (1, 4)), max_new_tokens=2, decode="fast")

@@ -49,8 +49,8 @@ def _status(msg: str):
 def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype) -> None:
     """Reject bad sampling values before spending seconds on loading."""
     from lmzoo.errors import GenerationError
-    from lmzoo.generate import SamplingParams
     from lmzoo.io.load import resolve_dtype
+    from lmzoo.runtime.sampling import SamplingParams
 
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if max_new_tokens < 1:
@@ -77,46 +77,24 @@ def _load(model: Path | None, dtype: str | None):
 
 def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
             seed, stop, out=sys.stdout, decode: str = "eager") -> tuple[list[int], str]:
-    """Generate from `ids`, printing text as it comes; returns (new ids, text without stop string)."""
-    import torch
+    """Generate from `ids` through the engine, printing text deltas as they come (stop strings are
+    held back by the engine while they may still begin); returns (new ids, text)."""
+    from lmzoo.runtime import Engine, Request, SamplingParams
 
-    import lmzoo
-
-    eos = sorted(set(tok.eos_token_ids) | set(model.config.eos_token_id))
-    dec = tok.stream_decoder()
+    engine = Engine(model, tok, max_running=1, max_len=min(len(ids) + max_new_tokens, model.config.max_seq_len),
+                    decode=decode)
+    engine.submit(Request(prompt=ids, max_tokens=max_new_tokens, stop=tuple(stop), sampling=SamplingParams(
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)))
     new: list[int] = []
     text = ""
-    printed, cut = 0, -1
-    for nxt in lmzoo.stream_generate(
-        model, torch.tensor([ids]), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, eos_token_id=eos,
-        stop=stop or None, tokenizer=tok, decode=decode,
-    ):
-        t = int(nxt[0])
-        new.append(t)
-        if t in eos:
-            break
-        text += dec.step(t)
-        cut = min((text.find(s) for s in stop if s in text), default=-1)
-        if cut >= 0:
-            text = text[:cut]
-            break
-        safe = len(text) - _partial_stop(text, stop)  # hold back what may begin a stop string
-        if safe > printed:
-            out.write(text[printed:safe])
+    for ev in engine.run():
+        if ev.token is not None:
+            new.append(ev.token)
+        if ev.text:
+            out.write(ev.text)
             out.flush()
-            printed = safe
-    if cut < 0:  # no stop string: print what the decoder still holds (an unfinished character)
-        text += dec.flush()
-    out.write(text[printed:])
-    out.flush()
+            text += ev.text
     return new, text
-
-
-def _partial_stop(text: str, stop: list[str]) -> int:
-    """Length of the longest end of `text` that is the beginning of a stop string."""
-    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
-               default=0)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from lmzoo.config import ModelConfig
-from lmzoo.errors import CheckpointError, ModelNotFoundError
+from lmzoo.errors import CheckpointError, ConfigError, ModelNotFoundError
 from lmzoo.io.checkpoint import split_index
 from lmzoo.nn.transformer import Transformer
 
@@ -153,15 +153,20 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
 
     dtype: None keeps the checkpoint's dtype (float32 for GGUF); device: None -> cpu.
     cpu_kernels: on CPU, route few-row fp32 products through lmzoo's GEMV kernel
-    (lmzoo.accelerate; about 1.8x faster decode on 2 cores, same weights and results).
+    (lmzoo.accelerate; about 1.8x faster decode on 2 cores, same weights and results). The kernels
+    only serve products autograd does not record: with gradients enabled and a parameter or input
+    that requires them, the layers take F.linear, so a model loaded this way trains correctly.
     keep_quantized: GGUF only — block-quantised matrices stay int8/int4 (the file's own codes, so
     the same function as dequantising them) instead of being expanded to float.
     mla_cache: DeepSeek (MLA) models only — "latent" caches the compressed latent instead of per-head
     keys and values ("expanded", the default); see lmzoo.nn.mla.
     """
     model = _load(path, dtype, device, keep_quantized)
-    if mla_cache is not None:
-        model.set_mla_cache(mla_cache)
+    if mla_cache is not None:  # the default form of the caches made for this model
+        if model.config.attention != "mla":
+            raise ConfigError(f"mla_cache applies to MLA models (DeepSeek-V2/V3); this model has "
+                              f"attention={model.config.attention!r}")
+        model.config = model.config.replace(mla_cache=mla_cache)  # validates the value
     if cpu_kernels and model.embed.weight.device.type == "cpu":
         from lmzoo.accelerate import use_cpu_kernels
 

@@ -1,5 +1,5 @@
 """Multi-head attention with grouped key/value heads (MHA / GQA / MQA), optional per-head q/k norm,
-sliding windows and a preallocated KV cache.
+sliding windows; keys/values go to the caller's cache (lmzoo.runtime.cache) when one is passed.
 
 Shapes:  x (B, T, d)  ->  q (B, n_head, T, hd),  k, v (B, n_kv_head, T, hd)
 GQA (Ainslie et al. 2023): each group of n_head / n_kv_head query heads shares one k/v head;
@@ -7,6 +7,8 @@ SDPA's `enable_gqa` broadcasts the groups without materialising repeated k/v.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,36 +19,23 @@ from lmzoo.nn.norm import L2Norm, PerHeadLayerNorm, RMSNorm
 from lmzoo.nn.rope import apply_rope
 
 
-class KVCache(nn.Module):
-    """Static cache: (B, n_kv_head, max_len, hd) buffers written in place at slot indices.
+@dataclass
+class AttnInputs:
+    """What every attention layer of one forward shares: RoPE tables (B, T, rope_dim), the log-n query
+    scale (B, 1, T, 1), each query's cache slot (B or 1, T) and the cache step (lmzoo.runtime.cache)
+    that writes this forward's keys/values and returns every visible one (None: no cache)."""
 
-    Slots are shared by the batch (left padding keeps every row aligned); positions for RoPE are
-    per row and handled by the caller.
-    """
-
-    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, *, v_dim: int | None = None,
-                 dtype, device) -> None:
-        super().__init__()
-        shape = (batch, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape[:-1] + (v_dim or head_dim,), dtype=dtype, device=device),
-                             persistent=False)
-
-    def update(self, start, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(start, torch.Tensor):  # static shapes (lmzoo.static_decode): write, return it all
-            slots = start + torch.arange(k.shape[2], device=k.device)
-            self.k.index_copy_(2, slots, k)
-            self.v.index_copy_(2, slots, v)
-            return self.k, self.v
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    q_scale: torch.Tensor | None = None
+    q_slot: torch.Tensor | None = None
+    kv: object | None = None
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
         self.window = cfg.layer_window(layer)
@@ -72,23 +61,14 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.cache: KVCache | None = None
 
-    def make_cache(self, batch: int, max_len: int, *, dtype, device) -> KVCache:
-        return KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype=dtype, device=device)
+    def cache_shapes(self, layout: str):
+        """(heads, dim) of the cached keys and of the values."""
+        return (self.n_kv_head, self.head_dim), (self.n_kv_head, self.head_dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        start: int | None = None,
-        q_scale: torch.Tensor | None = None,
-        query_input: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """start=None: no cache. Otherwise write k/v at cache slots [start, start+T) and attend to
-        slots [0, start+T)."""
+    def forward(self, x: torch.Tensor, a: AttnInputs, mask: torch.Tensor | None,
+                query_input: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d). mask: bool or additive float (B or 1, 1, T, L), or None (causal)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         if query_input is not None:  # PanGu-alpha's query layer: q from another input, k and v from x
@@ -99,16 +79,16 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.temp_floor:  # scale by absolute (cache slot) position, as the reference does
-            slot = torch.arange(T, device=x.device, dtype=torch.float32) + (start or 0)
+            slot = a.q_slot.float()  # (B or 1, T)
             t = torch.log1p(torch.floor((slot + 1.0) / self.temp_floor)) * self.temp_scale + 1.0
-            q = (q * t.view(1, T, 1, 1)).to(q.dtype)
+            q = (q * t[:, :, None, None]).to(q.dtype)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
-        if cos is not None and self.rope:  # RoPE; ALiBi arrives inside `mask` as an additive bias
-            q, k = apply_rope(q, cos, sin, self.rope_segments), apply_rope(k, cos, sin, self.rope_segments)
-        if q_scale is not None:  # per-position query scale (log-n attention), (B, 1, T, 1)
-            q = q * q_scale.to(q.dtype)
-        if start is not None:
-            k, v = self.cache.update(start, k, v)
+        if a.cos is not None and self.rope:  # RoPE; ALiBi arrives inside `mask` as an additive bias
+            q, k = (apply_rope(t, a.cos, a.sin, self.rope_segments) for t in (q, k))
+        if a.q_scale is not None:  # per-position query scale (log-n attention), (B, 1, T, 1)
+            q = q * a.q_scale.to(q.dtype)
+        if a.kv is not None:
+            k, v = a.kv.update(self.layer, k, v)
         if self.softcap:
             y = softcapped_attention(q, k, v, mask, scale=self.scale or self.head_dim ** -0.5, cap=self.softcap)
         else:
@@ -139,34 +119,34 @@ def softcapped_attention(q, k, v, mask, *, scale: float, cap: float) -> torch.Te
 
 def build_mask(
     *,
-    q_start: int,
-    T: int,
+    q_slot: torch.Tensor,
+    L: int,
     key_valid: torch.Tensor | None,
     window: int | None,
-    device,
     chunk: int | None = None,
-    positions: torch.Tensor | None = None,
+    q_pos: torch.Tensor | None = None,
+    k_pos: torch.Tensor | None = None,
     prefix_end: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B or 1, 1, T, L) of which cache slots each query may attend to.
 
-    Query t sits at slot q_start + t; key slot j is visible when j <= slot (causal), when it is not
-    padding (key_valid, (B, L)), and when slot - j < window. A padded query still sees itself so that
-    no row of the softmax is empty. prefix_end (B,): slots below it are also visible to every query
-    (a prefix LM's bidirectional context, GLM).
+    q_slot (B or 1, T): each query's slot. Key slot j is visible when j <= the query's slot (causal),
+    when it holds a real token (key_valid (B, L); left padding is not), and when slot - j < window.
+    chunk: only keys in the query's block of `chunk` positions (q_pos (B, T), k_pos (B, L): token
+    positions). prefix_end (B,): slots below it are visible to every query (a prefix LM's
+    bidirectional context, GLM). A padded query still sees itself so no softmax row is empty.
     """
-    L = q_start + T
-    q_slot = torch.arange(q_start, L, device=device)[:, None]
-    k_slot = torch.arange(L, device=device)[None, :]
-    allowed = k_slot <= q_slot
+    q = q_slot[:, :, None]  # (B, T, 1)
+    k = torch.arange(L, device=q_slot.device)[None, None, :]  # (1, 1, L)
+    allowed = k <= q
     if window is not None:
-        allowed = allowed & (q_slot - k_slot < window)
-    allowed = allowed[None, None]  # (1, 1, T, L)
-    if chunk is not None:  # same block of `chunk` positions only; positions (B or 1, L) per slot
-        block = torch.div(positions, chunk, rounding_mode="floor")
-        allowed = allowed & (block[:, None, q_start:L, None] == block[:, None, None, :L])
+        allowed = allowed & (q - k < window)
+    if chunk is not None:
+        qb = torch.div(q_pos, chunk, rounding_mode="floor")[:, :, None]
+        kb = torch.div(k_pos[:, :L], chunk, rounding_mode="floor")[:, None, :]
+        allowed = allowed & (qb == kb)
     if prefix_end is not None:
-        allowed = allowed | (k_slot < prefix_end[:, None, None, None])
+        allowed = allowed | (k < prefix_end[:, None, None])
     if key_valid is not None:
-        allowed = (allowed & key_valid[:, None, None, :L].bool()) | (k_slot == q_slot)
-    return allowed
+        allowed = (allowed & key_valid[:, None, :L].bool()) | (k == q)
+    return allowed[:, None]

@@ -8,7 +8,7 @@ Keys and values are rebuilt from one small latent per token instead of being pro
     k      = [k_nope | rope(r)]          the RoPE part is the same for every head ("decoupled" key)
     q      = [q_nope | rope(q_rope)]
 
-Two cache forms (ModelConfig.mla_cache):
+Two cache forms (chosen per cache: runtime.KVCache(..., mla_cache=...); ModelConfig.mla_cache is the default):
   expanded  per-head k and v, (B, H, L, qk) + (B, H, L, v): plain attention, what HF caches
   latent    only c_norm = rmsnorm(c) and rope(r), (B, L, kv_rank + rope): 2*H*(qk+v)/(kv_rank+rope)
             times smaller (DeepSeek-V2: 4096+... -> 576 values per token per layer). Attention runs
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.nn.attention import KVCache
+from lmzoo.nn.attention import AttnInputs
 from lmzoo.nn.norm import RMSNorm
 from lmzoo.nn.rope import apply_rope
 
@@ -34,6 +34,7 @@ from lmzoo.nn.rope import apply_rope
 class MLAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.n_head, self.nope, self.rope_dim, self.v_dim = (
             cfg.n_head, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim)
         self.qk_dim = self.nope + self.rope_dim
@@ -52,22 +53,23 @@ class MLAttention(nn.Module):
         self.kv_a_norm = RMSNorm(self.kv_rank, eps=cfg.latent_norm_eps)
         self.kv_b = nn.Linear(self.kv_rank, self.n_head * (self.nope + self.v_dim), bias=False)
         self.o = nn.Linear(self.n_head * self.v_dim, cfg.n_embd, bias=cfg.attn_out_bias)
-        self.cache: KVCache | None = None
-        self.latent = cfg.mla_cache == "latent"
 
-    def make_cache(self, batch: int, max_len: int, *, dtype, device) -> KVCache:
-        if self.latent:  # one "head": k = [c_norm | rope(r)], v = c_norm (v is read from k's first kv_rank dims)
-            return KVCache(batch, 1, max_len, self.kv_rank + self.rope_dim, v_dim=1, dtype=dtype, device=device)
-        return KVCache(batch, self.n_head, max_len, self.qk_dim, v_dim=self.v_dim, dtype=dtype, device=device)
+    def cache_shapes(self, layout: str):
+        """(heads, dim) of the cached keys and of the values (None: the latent form caches keys only;
+        their first kv_rank dims are the values)."""
+        if layout == "latent":
+            return (1, self.kv_rank + self.rope_dim), None
+        return (self.n_head, self.qk_dim), (self.n_head, self.v_dim)
 
-    def forward(self, x, cos, sin, mask, start: int | None = None, q_scale=None) -> torch.Tensor:
+    def forward(self, x, a: AttnInputs, mask) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q(x) if self.q is not None else self.q_b(self.q_a_norm(self.q_a(x)))
         q = q.view(B, T, self.n_head, self.qk_dim).transpose(1, 2)  # (B, H, T, qk)
         q_nope, q_rot = q.split((self.nope, self.rope_dim), dim=-1)
         c, r = self.kv_a(x).split((self.kv_rank, self.rope_dim), dim=-1)
-        if self.latent:
-            return self._latent_forward(q_nope, q_rot, self.kv_a_norm(c), r, cos, sin, mask, start, q_scale)
+        cos, sin, q_scale = a.cos, a.sin, a.q_scale
+        if a.kv is not None and a.kv.cache.layout == "latent":
+            return self._latent_forward(q_nope, q_rot, self.kv_a_norm(c), r, a, mask)
         kv = self.kv_b(self.kv_a_norm(c)).view(B, T, self.n_head, self.nope + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split((self.nope, self.v_dim), dim=-1)
         r = apply_rope(r[:, None], cos, sin)  # (B, 1, T, rope): one key shared by all heads
@@ -75,20 +77,18 @@ class MLAttention(nn.Module):
         k = torch.cat([k_nope, r.expand(B, self.n_head, T, self.rope_dim)], dim=-1)
         if q_scale is not None:
             q = q * q_scale.to(q.dtype)
-        if start is not None:
-            k, v = self.cache.update(start, k, v)
+        if a.kv is not None:
+            k, v = a.kv.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            scale=self.scale)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.v_dim))
 
-    def _latent_forward(self, q_nope, q_rot, c, r, cos, sin, mask, start, q_scale) -> torch.Tensor:
+    def _latent_forward(self, q_nope, q_rot, c, r, a: AttnInputs, mask) -> torch.Tensor:
         B, H, T, _ = q_nope.shape
+        cos, sin, q_scale = a.cos, a.sin, a.q_scale
         q_rot = apply_rope(q_rot, cos, sin)
         k = torch.cat([c, apply_rope(r[:, None], cos, sin)[:, 0]], dim=-1)[:, None]  # (B, 1, T, kv_rank + rope)
-        if start is not None:  # the cache holds k only; its first kv_rank dims are the values
-            end = start + T
-            self.cache.k[:, :, start:end] = k
-            k = self.cache.k[:, :, :end]
+        k, _ = a.kv.update(self.layer, k, None)  # the cache holds k only; its first kv_rank dims are the values
         scale = self.scale or self.qk_dim ** -0.5
         if T > 1:  # prefill: many queries, so expand the keys/values once (as the expanded form does)
             L = k.shape[2]

@@ -13,9 +13,11 @@
            h = attn_norm(x); x = alpha*h + attn(h); h = mlp_norm(x); x = alpha*h + mlp(h)
       -> norm -> lm_head                         (B, T, vocab)
 
-`forward(ids)` is a plain causal pass. With a cache set up (`setup_cache`), `forward(ids, start=s)`
-writes slots [s, s+T) and attends to slots [0, s+T); `attention_mask` (B, s+T) marks real tokens
-(0 = left padding).
+`forward(ids)` is a plain causal pass; `attention_mask` (B, T) marks real tokens (0 = left padding).
+`forward(ids, cache=c)` continues the rows of a caller-owned cache (lmzoo.runtime.KVCache): each row
+writes its new keys/values after its own last slot and attends to everything it wrote. The model
+holds no request state; the same forward serves eager decoding and fixed-shape compiled steps
+(a cache made with static=True).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import torch
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.errors import ConfigError, ContextLengthError, GenerationError
+from lmzoo.errors import ContextLengthError, GenerationError
 from lmzoo.nn.alibi import alibi_bias, alibi_slopes
-from lmzoo.nn.attention import Attention, build_mask
+from lmzoo.nn.attention import Attention, AttnInputs, build_mask
 from lmzoo.nn.mla import MLAttention
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.moe import MoE
@@ -52,26 +54,26 @@ class Block(nn.Module):
             self.post_mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.sandwich = cfg.sandwich_norm
 
-    def forward(self, x, cos, sin, mask, start: int | None = None, q_scale=None, query=None):
+    def forward(self, x, a: AttnInputs, mask, query=None):
         if query is not None:  # PanGu-alpha's query layer: the query is a position embedding
-            x = x + self.attn(self.attn_norm(x), cos, sin, mask, start, q_scale, query_input=query)
+            x = x + self.attn(self.attn_norm(x), a, mask, query_input=query)
             return x + self.mlp(self.mlp_norm(x))
         if self.deepnorm:  # the residual is the normalised input, scaled by alpha (GLM's GLMBlock)
             h = self.attn_norm(x)
-            x = h * self.alpha + self.attn(h, cos, sin, mask, start, q_scale)
+            x = h * self.alpha + self.attn(h, a, mask)
             h = self.mlp_norm(x)
             return h * self.alpha + self.mlp(h)
         if self.post_norm:  # x = norm(x + f(x)): the norms sit after each residual add
-            x = self.attn_norm(x + self.attn(x, cos, sin, mask, start, q_scale))
+            x = self.attn_norm(x + self.attn(x, a, mask))
             return self.mlp_norm(x + self.mlp(x))
         if self.sandwich:
-            x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, start, q_scale))
+            x = x + self.post_attn_norm(self.attn(self.attn_norm(x), a, mask))
             return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
         h = self.attn_norm(x)
-        a = self.attn(h, cos, sin, mask, start, q_scale)
+        y = self.attn(h, a, mask)
         if self.parallel:  # both branches read the same input (GPT-NeoX / GPT-J)
-            return x + a + self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
-        x = x + a
+            return x + y + self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
+        x = x + y
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -99,10 +101,6 @@ class Transformer(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         # distinct (window, chunk) attention patterns; one mask is built per pattern per forward
         self.patterns = sorted({(cfg.layer_window(i), cfg.layer_chunk(i)) for i in range(cfg.n_layer)}, key=str)
-        self.cache_batch = 0
-        self.cache_len = 0
-        self.prefix_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # prefix LM, per row
-        self.prefill_lengths: torch.Tensor | None = None  # ntk_alpha RoPE: each row's prompt length
 
     def reset_buffers(self, device=None) -> None:
         """Recompute the non-persistent buffers (RoPE frequencies, ALiBi slopes), e.g. after a
@@ -112,129 +110,96 @@ class Transformer(nn.Module):
         if self.config.position == "alibi":
             self.alibi_slopes = alibi_slopes(self.config.n_head, device=device)
 
-    # --- cache ---------------------------------------------------------------------------------
-    def setup_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> None:
-        """Preallocate a static KV cache for `batch` rows of up to `max_len` tokens."""
-        if max_len > self.config.max_seq_len:
-            raise ContextLengthError(
-                f"cache length {max_len} exceeds the model's context of {self.config.max_seq_len} tokens"
-            )
-        p = self.embed.weight
-        dtype, device = dtype or p.dtype, device or p.device
-        if batch == self.cache_batch and max_len <= self.cache_len and self.layers[0].attn.cache is not None:
-            k = self.layers[0].attn.cache.k
-            usable = not k.is_inference() or torch.is_inference_mode_enabled()
-            if usable and k.dtype == dtype and k.device == torch.device(device):
-                return  # reuse: stale slots are never attended to (masks stop at s+T)
-        for layer in self.layers:
-            layer.attn.cache = layer.attn.make_cache(batch, max_len, dtype=dtype, device=device)
-        self.cache_batch, self.cache_len = batch, max_len
-
-    def set_mla_cache(self, kind: str) -> None:
-        """Switch every MLA layer between the "expanded" and the "latent" cache (lmzoo.nn.mla)."""
-        if self.config.attention != "mla":
-            raise ConfigError(f"mla_cache applies to MLA models (DeepSeek-V2/V3); this model has "
-                              f"attention={self.config.attention!r}")
-        self.config = self.config.replace(mla_cache=kind)  # validates kind
-        self.clear_cache()
-        for layer in self.layers:
-            layer.attn.latent = kind == "latent"
-
-    def clear_cache(self) -> None:
-        for layer in self.layers:
-            layer.attn.cache = None
-        self.cache_batch = self.cache_len = 0
-
     # --- forward -------------------------------------------------------------------------------
     def forward(
         self,
         input_ids: torch.Tensor,
         *,
-        start: int | None = None,
+        cache=None,
+        rows=None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); with last_only, (B, 1, vocab) for the last position only (what
-        generation needs: the head is the largest matrix, so a prefill skips T-1 rows of it)."""
-        B, T = input_ids.shape
-        cached = start is not None
-        start = start or 0
-        end = start + T
-        if cached:
-            if self.layers[0].attn.cache is None:
-                raise ValueError("forward(start=...) needs a KV cache; call setup_cache first")
-            if B != self.cache_batch or end > self.cache_len:
-                raise ContextLengthError(
-                    f"batch {B} x length {end} does not fit the cache of batch {self.cache_batch} "
-                    f"x length {self.cache_len}"
-                )
-        if end > self.config.max_seq_len:
-            raise ContextLengthError(
-                f"sequence of {end} tokens exceeds the model's context of {self.config.max_seq_len}"
-            )
-        prefix_end = None
-        if self.config.prefix_lm:
-            if start == 0:  # a prefill: find each row's context and [gMASK]; decode steps reuse them
-                self.prefix_state = prefix_lm_state(input_ids, attention_mask, self.config)
-            elif self.prefix_state is None or self.prefix_state[0].shape[0] != B:
-                raise GenerationError("a prefix-LM decode step (start > 0) needs the prefill (start=0) of the same batch first")
-            first, prefix_end, mask_pos = self.prefix_state
-            if position_ids is None and self.config.position == "rope_2d":
-                position_ids = glm_positions(first, prefix_end, mask_pos, start, end)
-        if position_ids is None:
-            if attention_mask is not None:
-                # left padding: a row's first real token is position 0
-                pos = attention_mask.long().cumsum(-1) - 1
-                position_ids = pos.clamp(min=0)[:, start:end]
-            else:
-                position_ids = torch.arange(start, end, device=input_ids.device)[None].expand(B, T)
+        generation needs: the head is the largest matrix, so a prefill skips T-1 rows of it).
 
-        x = self.embed_tokens(input_ids, position_ids)
-        cos = sin = bias = None
-        q_scale = self.logn_scale(position_ids)
+        cache: a lmzoo.runtime.KVCache owned by the caller; rows selects which of its rows these B
+        inputs continue (None: all, in order). attention_mask (B, T): 0 marks left padding in this
+        call's tokens. positions (B, T) (or (B, 2, T), GLM) overrides the positions counted from
+        each row's real tokens."""
+        B, T = input_ids.shape
+        cfg = self.config
+        dev = input_ids.device
+        if cache is None:
+            if T > cfg.max_seq_len:
+                raise ContextLengthError(f"sequence of {T} tokens exceeds the model's context of {cfg.max_seq_len}")
+            real = attention_mask.bool() if attention_mask is not None else None
+            q_slot = torch.arange(T, device=dev)[None]  # (1, T)
+            pos = (real.long().cumsum(-1) - 1).clamp(min=0) if real is not None else q_slot.expand(B, T)
+            key_valid, key_pos, L, step = real, pos, T, None
+            dense_prefill = real is None  # every row starts at slot 0 with no padding: plain causal
+            prefix = prefix_lm_state(input_ids, attention_mask, cfg) if cfg.prefix_lm else None
+            ntk_len = (real.sum(-1) if real is not None else torch.full((B,), T, device=dev)) \
+                if cfg.rope_scaling.kind == "ntk_alpha" else None
+        else:
+            step = cache.begin(rows, T, attention_mask)
+            q_slot, pos, key_valid, key_pos, L = step.q_slot, step.positions, step.key_valid, step.key_pos, step.end
+            dense_prefill = step.first is True and attention_mask is None
+            prefix = ntk_len = None
+            if cfg.prefix_lm:  # each row's context and [gMASK], found at its prefill, kept in the cache
+                if step.first:
+                    found = prefix_lm_state(input_ids, attention_mask, cfg)
+                    for t, f in zip((cache.prefix_first, cache.prefix_sop, cache.prefix_mask), found):
+                        t[step.idx] = f
+                else:
+                    step.check_not_mixed("a prefix-LM model")
+                prefix = (cache.prefix_first[step.idx], cache.prefix_sop[step.idx], cache.prefix_mask[step.idx])
+            if cfg.rope_scaling.kind == "ntk_alpha":  # alpha fixed at each row's prefill (Qwen v1)
+                if step.first:
+                    cache.ntk_len[step.idx] = attention_mask.sum(-1) if attention_mask is not None else T
+                else:
+                    step.check_not_mixed("NTK-alpha RoPE")
+                ntk_len = cache.ntk_len[step.idx]
+        prefix_end = None
+        if prefix is not None:
+            first, prefix_end, mask_pos = prefix
+            if positions is None and cfg.position == "rope_2d":
+                positions = glm_positions(first, prefix_end, mask_pos, q_slot.expand(B, T))
+        if positions is None:
+            positions = pos
+
+        x = self.embed_tokens(input_ids, positions)
+        a = AttnInputs(q_scale=self.logn_scale(positions), q_slot=q_slot, kv=step)
+        bias = None
         if self.rope is not None:
-            lengths = None
-            if self.config.rope_scaling.kind == "ntk_alpha":  # fixed at prefill (Qwen v1), per row
-                if start == 0 or self.prefill_lengths is None or self.prefill_lengths.shape[0] != B:
-                    self.prefill_lengths = attention_mask[:, :end].sum(-1) if attention_mask is not None \
-                        else torch.full((B,), end, device=x.device)
-                lengths = self.prefill_lengths
-            cos, sin = self.rope(position_ids, x.dtype, lengths)
-        elif self.config.position == "alibi":
+            a.cos, a.sin = self.rope(positions, x.dtype, ntk_len)
+        elif cfg.position == "alibi":
             # key positions of every visible slot, counted from each row's first real token
-            keys = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] if attention_mask is not None \
-                else torch.arange(end, device=x.device)[None]
-            cfg = self.config
             scale = (cfg.attn_scale or cfg.head_dim ** -0.5) if cfg.alibi_scaled else 1.0
-            bias = alibi_bias(self.alibi_slopes, keys, dtype=cfg.alibi_dtype, scale=scale)  # (B or 1, n_head, 1, end)
+            bias = alibi_bias(self.alibi_slopes, key_pos, dtype=cfg.alibi_dtype, scale=scale)  # (B, n_head, 1, L)
         masks = {}
-        slot_pos = None
         for w, c in self.patterns:
-            if attention_mask is None and w is None and c is None and bias is None and prefix_end is None and \
-                    (start == 0 or T == 1):
+            if w is None and c is None and bias is None and prefix_end is None and (dense_prefill or (
+                    step is None and T == 1)):
                 masks[w, c] = None  # plain causal: let SDPA pick its fused path
                 continue
-            if c is not None and slot_pos is None:  # every slot's position, counted per row
-                slot_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :end] \
-                    if attention_mask is not None else torch.arange(end, device=x.device)[None]
-            m = build_mask(q_start=start, T=T, key_valid=attention_mask, window=w, device=x.device,
-                           chunk=c, positions=slot_pos, prefix_end=prefix_end)
+            m = build_mask(q_slot=q_slot, L=L, key_valid=key_valid, window=w, chunk=c, q_pos=pos, k_pos=key_pos,
+                           prefix_end=prefix_end)
             if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
                 m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
             masks[w, c] = m
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             query = None
-            if self.config.query_layer and i == last:  # PanGu-alpha: final norm, then the query layer
-                x, query = self.norm(x), self.query_embed(position_ids)
-            x = layer(x, cos, sin, masks[layer.attn.window, getattr(layer.attn, "chunk", None)],
-                      start if cached else None, q_scale, query)
+            if cfg.query_layer and i == last:  # PanGu-alpha: final norm, then the query layer
+                x, query = self.norm(x), self.query_embed(positions)
+            x = layer(x, a, masks[layer.attn.window, layer.attn.chunk], query)
         if last_only:
             x = x[:, -1:]
         return self.logits(x)
 
-    # --- pieces shared with lmzoo.static_decode ---------------------------------------------------
+    # --- pieces ---------------------------------------------------------------------------------
     def embed_tokens(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Token (+ learned position) embeddings, (B, T) -> (B, T, d)."""
         x = self.embed(input_ids)
@@ -300,9 +265,9 @@ def prefix_lm_state(ids: torch.Tensor, attention_mask: torch.Tensor | None, cfg:
     return first, sop, mask - first
 
 
-def glm_positions(first, sop, mask_pos, start: int, end: int) -> torch.Tensor:
-    """2-D position ids (B, 2, end - start) of slots [start, end)."""
-    rel = torch.arange(start, end, device=first.device)[None] - first[:, None]  # (B, T) from the first real token
+def glm_positions(first, sop, mask_pos, slots: torch.Tensor) -> torch.Tensor:
+    """2-D position ids (B, 2, T) of the given slots (B, T)."""
+    rel = slots - first[:, None]  # (B, T) from the first real token
     ctx = (sop - first)[:, None]
     in_ctx = rel < ctx
     pos = torch.where(in_ctx, rel, mask_pos[:, None]).clamp(min=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import lmzoo
 import lmzoo.catalog as C
 from lmzoo.nn.transformer import Transformer
 
@@ -67,6 +68,6 @@ def test_every_catalog_architecture_runs_tiny(e):
         ids[:, 11], ids[:, 12] = cfg.mask_token_ids[0] if cfg.mask_token_ids else 10, cfg.bos_token_id
     full = m(ids)
     assert full.shape == (2, 20, 300) and torch.isfinite(full).all()
-    m.setup_cache(2, 20)
-    steps = [m(ids[:, :18], start=0), m(ids[:, 18:19], start=18), m(ids[:, 19:20], start=19)]
+    cache = lmzoo.KVCache(m, 2, 20)
+    steps = [m(ids[:, :18], cache=cache), m(ids[:, 18:19], cache=cache), m(ids[:, 19:20], cache=cache)]
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-4

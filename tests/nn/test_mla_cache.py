@@ -34,8 +34,8 @@ def test_latent_equals_expanded(path):
     assert torch.equal(greedy_ours(exp, ids, 15, attention_mask=mask), greedy_ours(lat, ids, 15, attention_mask=mask))
     # the cache really is the latent: (B, 1, L, kv_lora_rank + qk_rope_head_dim) per layer
     c = lat.config
-    lat.setup_cache(2, 40)
-    k = lat.layers[0].attn.cache.k
+    k = lmzoo.KVCache(lat, 2, 40).k[0]
+    assert k.shape == lmzoo.KVCache(exp, 2, 40, mla_cache="latent").k[0].shape
     assert k.shape == (2, 1, 40, c.kv_lora_rank + c.qk_rope_head_dim)
     assert k.numel() < 2 * 40 * c.n_head * (c.head_dim + c.v_head_dim)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from lmzoo.nn.attention import build_mask
@@ -53,24 +52,48 @@ def test_build_mask_matches_definition(q_start, T, window, chunk):
     valid[1, :2] = 0  # left padding
     valid[2, :5] = 0
     positions = (valid.cumsum(-1) - 1).clamp(min=0)
-    m = build_mask(q_start=q_start, T=T, key_valid=valid, window=window, device="cpu", chunk=chunk,
-                   positions=positions)
-    assert m.shape[1] == 1
-    m = m.expand(3, 1, T, L)[:, 0]
-    assert torch.equal(m, naive_mask(q_start, T, valid, window, chunk, positions))
+    q_slot = torch.arange(q_start, L)[None].expand(3, T)
+    m = build_mask(q_slot=q_slot, L=L, key_valid=valid, window=window, chunk=chunk,
+                   q_pos=positions[:, q_start:], k_pos=positions)
+    assert m.shape == (3, 1, T, L)
+    assert torch.equal(m[:, 0], naive_mask(q_start, T, valid, window, chunk, positions))
+
+
+def test_build_mask_rows_at_different_slots():
+    """Continuous batching: each row's queries sit at its own slots; every row equals its mask alone."""
+    L = 10
+    valid = torch.ones(2, L, dtype=torch.long)
+    valid[0, 7:] = 0  # row 0 has written 7 slots, row 1 all 10
+    q_slot = torch.tensor([[6], [9]])
+    positions = torch.arange(L)[None].expand(2, L)
+    m = build_mask(q_slot=q_slot, L=L, key_valid=valid, window=4)
+    for b, start in enumerate((6, 9)):
+        alone = naive_mask(start, 1, valid[b:b + 1, : start + 1], 4, None, positions[b:b + 1])
+        assert torch.equal(m[b, 0, :, : start + 1], alone[0])
+        assert not m[b, 0, :, start + 1:].any()
 
 
 def test_mask_without_padding_is_causal():
-    m = build_mask(q_start=0, T=6, key_valid=None, window=None, device="cpu")
+    m = build_mask(q_slot=torch.arange(6)[None], L=6, key_valid=None, window=None)
     assert torch.equal(m[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
 
 
 def test_gqa_attention_equals_repeated_kv():
-    """SDPA's enable_gqa shares each kv head with n_head / n_kv_head consecutive query heads, the
-    layout LLaMA's repeat_kv produces."""
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(2, 6, 5, 8, generator=g)
-    k, v = torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
-    a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    b = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), is_causal=True)
-    torch.testing.assert_close(a, b)
+    """lmzoo's Attention with grouped kv heads equals the same layer written out as MHA with each kv
+    head repeated for its n_head / n_kv_head consecutive query heads (LLaMA's repeat_kv layout)."""
+    from lmzoo.config import ModelConfig
+    from lmzoo.nn.attention import Attention, AttnInputs
+
+    cfg = ModelConfig(vocab_size=8, n_layer=1, n_embd=48, n_head=6, n_kv_head=2, intermediate_size=8)
+    torch.manual_seed(0)
+    attn = Attention(cfg, 0)
+    x = torch.randn(2, 5, 48)
+    with torch.no_grad():
+        ours = attn(x, AttnInputs(q_slot=torch.arange(5)[None]), None)
+        q, k, v = attn.qkv(x).split((48, 16, 16), dim=-1)
+        q = q.view(2, 5, 6, 8).transpose(1, 2)
+        k, v = (t.view(2, 5, 2, 8).transpose(1, 2).repeat_interleave(3, dim=1) for t in (k, v))
+        s = (q @ k.transpose(-1, -2)) / 8 ** 0.5
+        s = s.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+        ref = attn.o((s.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 48))
+    torch.testing.assert_close(ours, ref)

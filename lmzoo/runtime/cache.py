@@ -1,0 +1,190 @@
+"""The KV cache: an object the caller owns and passes to the model (gpt-fast / mlx-lm style).
+
+The model keeps no request state. Everything a generation accumulates lives here:
+
+    k[i], v[i]   (B, n_kv_head, L, head_dim) per layer      keys / values, slot by slot
+    valid        (B, L) bool                                 slot holds a real token (not left padding)
+    pos          (B, L) long                                 the position of the token in each slot
+    lengths      (B,)                                        slots written per row (the next write slot)
+    n_valid      (B,)                                        real tokens per row (the next position)
+    prefix_*     (B,)                                        GLM prefix-LM: first real slot, <sop> slot, [gMASK] position
+    ntk_len      (B,)                                        Qwen v1 NTK: the prompt length its alpha was fixed at
+
+Every row has its own length, so rows at different positions share one batch (continuous
+batching): a forward on rows R writes row r's T new tokens at slots [lengths[r], lengths[r] + T)
+and attends to the slots written so far. A row is recycled with `reset(rows)`.
+
+    slot:     0    1    2    3    4    5    6    7        L = 8
+    row 0:  [pad][pad] a    b    c    .    .    .        lengths 5, n_valid 3, positions 0 1 2
+    row 1:   x    y    z    w    v    u    t    .        lengths 7
+
+`static=True` makes every step attend over the whole buffer (masking unwritten slots) instead of
+slicing to the longest row: the shapes of a decode step never change, which is what torch.compile
+and CUDA graphs need (runtime.compiled). The host-side copy of the lengths is then not kept, so a
+compiled step never synchronises with the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmzoo.errors import ContextLengthError, GenerationError
+
+
+class KVCache:
+    def __init__(self, model, batch: int, max_len: int, *, dtype=None, device=None, static: bool = False,
+                 mla_cache: str | None = None) -> None:
+        cfg = model.config
+        if max_len > cfg.max_seq_len:
+            raise ContextLengthError(
+                f"cache length {max_len} exceeds the model's context of {cfg.max_seq_len} tokens")
+        if batch < 1 or max_len < 1:
+            raise ValueError(f"cache needs batch >= 1 and max_len >= 1, got batch={batch}, max_len={max_len}")
+        p = model.embed.weight
+        dtype, device = dtype or p.dtype, torch.device(device or p.device)
+        # MLA's cache form (lmzoo.nn.mla): per-head keys/values or the compressed latent
+        self.layout = (mla_cache or cfg.mla_cache) if cfg.attention == "mla" else "standard"
+        if self.layout not in ("standard", "expanded", "latent"):
+            raise ValueError(f"mla_cache must be 'expanded' or 'latent', got {mla_cache!r}")
+        self.batch, self.max_len, self.static = batch, max_len, static
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor | None] = []
+        for layer in model.layers:
+            (hk, dk), vshape = layer.attn.cache_shapes(self.layout)
+            self.k.append(torch.zeros(batch, hk, max_len, dk, dtype=dtype, device=device))
+            self.v.append(None if vshape is None else
+                          torch.zeros(batch, vshape[0], max_len, vshape[1], dtype=dtype, device=device))
+        z = lambda dt=torch.long: torch.zeros(batch, dtype=dt, device=device)  # noqa: E731
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.pos = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        self.lengths, self.n_valid, self.ntk_len = z(), z(), z()
+        self.prefix_first, self.prefix_sop, self.prefix_mask = z(), z(), z()
+        self.host_lengths = [0] * batch  # eager mode: the lengths on the host (no device sync per step)
+
+    @property
+    def device(self) -> torch.device:
+        return self.valid.device
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+
+    # --- row bookkeeping ---------------------------------------------------------------------------
+    def _index(self, rows) -> torch.Tensor:
+        """Row selector -> a long tensor of row indices (b,)."""
+        if rows is None:
+            return torch.arange(self.batch, device=self.device)
+        if isinstance(rows, slice):
+            return torch.arange(self.batch, device=self.device)[rows]
+        if isinstance(rows, torch.Tensor):
+            return rows.to(device=self.device, dtype=torch.long)
+        return torch.tensor(list(rows), dtype=torch.long, device=self.device)
+
+    def row_lengths(self, rows=None) -> list[int]:
+        idx = self._index(rows)
+        return self.lengths[idx].tolist() if self.static else [self.host_lengths[i] for i in idx.tolist()]
+
+    def reset(self, rows=None) -> None:
+        """Empty these rows (their slots are overwritten by the next forward)."""
+        idx = self._index(rows)
+        for t in (self.lengths, self.n_valid, self.ntk_len):
+            t[idx] = 0
+        self.valid[idx] = False
+        for i in idx.tolist():
+            self.host_lengths[i] = 0
+
+    def rewind(self, row: int, length: int) -> None:
+        """Drop everything from slot `length` on in one row (speculative decoding's rejected drafts)."""
+        if not 0 <= length <= self.row_lengths([row])[0]:
+            raise ValueError(f"rewind to {length} outside the row's {self.row_lengths([row])[0]} slots")
+        self.lengths[row] = length
+        self.valid[row, length:] = False
+        self.n_valid[row] = self.valid[row, :length].sum()
+        self.host_lengths[row] = length
+
+    # --- one forward ------------------------------------------------------------------------------
+    def begin(self, rows, T: int, attention_mask: torch.Tensor | None) -> CacheStep:
+        """Reserve slots for T new tokens per selected row and record them; returns what the model
+        needs for this forward. attention_mask (b, T): 1 for real tokens, 0 for left padding."""
+        idx = self._index(rows)
+        b = idx.shape[0]
+        dev = self.device
+        starts_host = None
+        if not self.static:
+            starts_host = [self.host_lengths[i] for i in idx.tolist()]
+            end = max(starts_host) + T
+            if end > self.max_len:
+                raise ContextLengthError(
+                    f"{T} new tokens after {max(starts_host)} cached do not fit the cache of {self.max_len} slots")
+        else:
+            end = self.max_len
+        starts = self.lengths[idx]  # (b,)
+        q_slot = starts[:, None] + torch.arange(T, device=dev)  # (b, T)
+        if attention_mask is None:
+            real = torch.ones(b, T, dtype=torch.bool, device=dev)
+            positions = self.n_valid[idx][:, None] + torch.arange(T, device=dev)
+        else:
+            real = attention_mask.to(device=dev).bool()
+            positions = (self.n_valid[idx][:, None] + real.long().cumsum(-1) - 1).clamp(min=0)
+        rows_b = idx[:, None].expand(b, T)
+        if self.static:  # out-of-range slots (a finished row stepped again) are dropped, not wrapped
+            q_slot = q_slot.clamp(max=self.max_len - 1)
+        self.valid.index_put_((rows_b, q_slot), real)
+        self.pos.index_put_((rows_b, q_slot), positions)
+        self.lengths.index_add_(0, idx, torch.full_like(idx, T))
+        self.n_valid.index_add_(0, idx, real.long().sum(-1))
+        if starts_host is not None:
+            for i in idx.tolist():
+                self.host_lengths[i] += T
+        whole = rows is None
+        return CacheStep(cache=self, idx=idx, whole=whole, q_slot=q_slot, positions=positions, end=end,
+                         starts=starts_host, first=None if starts_host is None else all(s == 0 for s in starts_host),
+                         key_valid=(self.valid if whole else self.valid[idx])[:, :end],
+                         key_pos=(self.pos if whole else self.pos[idx])[:, :end])
+
+
+@dataclass
+class CacheStep:
+    """One forward's view of the cache: the new tokens' slots and positions (b, T), every visible
+    slot's validity and position (b, end), and per-layer writes."""
+
+    cache: KVCache
+    idx: torch.Tensor  # (b,) rows of the cache
+    whole: bool  # every row, in order: read the buffers as views
+    q_slot: torch.Tensor  # (b, T)
+    positions: torch.Tensor  # (b, T)
+    end: int  # slots [0, end) are attended to
+    starts: list[int] | None  # each row's length before this forward (host copy; None for a static cache)
+    first: bool | None  # every row starts empty (a prefill's first chunk); None when unknown (static)
+    key_valid: torch.Tensor  # (b, end)
+    key_pos: torch.Tensor  # (b, end)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor | None):
+        """Write k, v (b, heads, T, dim) at this step's slots of `layer`; return all visible (b, heads, end, dim)."""
+        c = self.cache
+        rows = self.idx[:, None].expand_as(self.q_slot)
+        # advanced indices around a slice put the indexed dims first: (b, T, heads, dim)
+        c.k[layer][rows, :, self.q_slot] = k.transpose(1, 2)
+        if v is not None:
+            c.v[layer][rows, :, self.q_slot] = v.transpose(1, 2)
+        return self.read(layer)
+
+    def read(self, layer: int):
+        c = self.cache
+        if self.whole:
+            k = c.k[layer][:, :, : self.end]
+            v = c.v[layer][:, :, : self.end] if c.v[layer] is not None else None
+        else:
+            k = c.k[layer][self.idx, :, : self.end]
+            v = c.v[layer][self.idx, :, : self.end] if c.v[layer] is not None else None
+        return k, v
+
+    def check_not_mixed(self, what: str) -> None:
+        """Per-row state fixed at a prefill (GLM's prefix, Qwen v1's alpha) needs each row's first
+        forward to be its own: a batch mixing new rows with running ones cannot be told apart."""
+        if self.starts is None:
+            raise GenerationError(f"{what} needs an eager cache (static=False) to record its prefill")
+        if any(s == 0 for s in self.starts):
+            raise GenerationError(f"{what}: a forward mixes rows starting their prompt with running rows; "
+                                  "prefill new rows in a call of their own")
