@@ -5,6 +5,6 @@
 """
 import sys
 
-from lmzoo.bench import main
+from lmzoo.tools.bench import main
 
 sys.exit(main())

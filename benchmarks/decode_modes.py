@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--quant", choices=("int8", "int4"), help="weight-only quantisation first (lmzoo.quantize)")
+    ap.add_argument("--quant", choices=("int8", "int4"), help="weight-only quantisation first (lmzoo.quant.layers)")
     a = ap.parse_args()
     dtype = getattr(torch, a.dtype)
     torch.manual_seed(0)
@@ -45,11 +45,11 @@ def main() -> None:
     m.reset_buffers(device=a.device)
     m.eval()
     if a.device == "cpu" and dtype == torch.float32:
-        from lmzoo.accelerate import use_cpu_kernels
+        from lmzoo.quant.gemv import use_cpu_kernels
 
         use_cpu_kernels(m)  # what from_pretrained does on CPU
     if a.quant:
-        from lmzoo.quantize import quantize
+        from lmzoo.quant.layers import quantize
 
         quantize(m, mode=a.quant)
     ids = torch.randint(0, 32000, (1, a.prompt), device=a.device)

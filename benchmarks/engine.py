@@ -29,7 +29,7 @@ def worker_concurrency(n: int, prompt: int, new: int) -> dict:
     import torch
 
     import lmzoo
-    from lmzoo.assets import default_model_path
+    from lmzoo.checkpoints.assets import default_model_path
 
     model = lmzoo.from_pretrained(default_model_path())
     g = torch.Generator().manual_seed(0)
@@ -66,7 +66,7 @@ def worker_batch1(prompt: int, new: int) -> dict:
     import torch
 
     import lmzoo
-    from lmzoo.assets import default_model_path
+    from lmzoo.checkpoints.assets import default_model_path
 
     model = lmzoo.from_pretrained(default_model_path())
     ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))

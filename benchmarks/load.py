@@ -36,7 +36,7 @@ def main() -> None:
         worker(a.model, a.worker == "quantized")
         return
     if not a.model:
-        from lmzoo.assets import default_model_path
+        from lmzoo.checkpoints.assets import default_model_path
 
         a.model = str(default_model_path())
     print("| mode | import s | load s | peak RSS MB |\n|---|---|---|---|")

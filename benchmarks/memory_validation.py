@@ -1,4 +1,4 @@
-"""Predicted (lmzoo.estimate.estimate_memory) vs measured peak memory, on CPU.
+"""Predicted (lmzoo.sizing.estimate.estimate_memory) vs measured peak memory, on CPU.
 
 Each case runs in a fresh subprocess: import torch + lmzoo, warm the kernels up on a tiny model (so
 library code pages are already resident), read the resident set size (RSS) as the baseline, reset the
@@ -85,7 +85,7 @@ def run_case(name: str) -> dict:
     torch.manual_seed(0)
     import lmzoo
     from lmzoo.nn.transformer import Transformer
-    from lmzoo.quantize import quantize
+    from lmzoo.quant.layers import quantize
 
     shape, task, dtype, batch, context, extra = CASES[name]
     cfg = lmzoo.ModelConfig(**SHAPES[shape])

@@ -23,7 +23,7 @@ import math
 import torch
 
 import lmzoo
-from lmzoo.quantize import quantize
+from lmzoo.quant.layers import quantize
 from lmzoo.tokenizer import load_tokenizer
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     a = ap.parse_args()
     if not a.model:
-        from lmzoo.assets import default_model_path
+        from lmzoo.checkpoints.assets import default_model_path
 
         a.model = default_model_path()
     tok = load_tokenizer(a.model)

@@ -14,7 +14,7 @@ import time
 import torch
 
 import lmzoo
-from lmzoo.quantize import quantize
+from lmzoo.quant.layers import quantize
 from lmzoo.runtime.speculative import SpeculativeStats, speculative_generate
 from lmzoo.tokenizer import load_tokenizer
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[2, 4, 6])
     a = ap.parse_args()
     if not a.model:
-        from lmzoo.assets import default_model_path
+        from lmzoo.checkpoints.assets import default_model_path
 
         a.model = default_model_path()
     tok = load_tokenizer(a.model)

@@ -1,6 +1,7 @@
 """lmzoo: the mainstream open LLMs as configurations of one readable PyTorch Transformer."""
 
 from lmzoo.catalog import get_config, get_entry, list_models
+from lmzoo.checkpoints.load import from_pretrained
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import (
     CheckpointError,
@@ -13,10 +14,9 @@ from lmzoo.errors import (
     UnknownModelError,
     UnsupportedModelError,
 )
-from lmzoo.estimate import MemoryEstimate, ParamCount, count_params, estimate_memory, gpus_needed
-from lmzoo.io.load import from_pretrained
 from lmzoo.nn.transformer import Transformer
 from lmzoo.runtime import Engine, Event, KVCache, Request, SamplingParams, generate, stream_generate
+from lmzoo.sizing.estimate import MemoryEstimate, ParamCount, count_params, estimate_memory, gpus_needed
 
 __version__ = "0.1.0"
 

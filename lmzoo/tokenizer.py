@@ -308,7 +308,7 @@ def _from_gguf(path: Path) -> Tokenizer:
     """Rebuild the tokenizer llama.cpp would run from the vocabulary embedded in a GGUF file."""
     from tokenizers import AddedToken
 
-    from lmzoo.io.gguf import gguf_metadata
+    from lmzoo.checkpoints.gguf import gguf_metadata
 
     meta = gguf_metadata(path)
     kind = meta.get("tokenizer.ggml.model")

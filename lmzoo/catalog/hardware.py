@@ -1,4 +1,4 @@
-"""The seeds' hardware figures recomputed by lmzoo.estimate (`lmzoo hardware`).
+"""The seeds' hardware figures recomputed by lmzoo.sizing.estimate (`lmzoo hardware`).
 
 Settings: inference at a 4,096-token context, training at 2,048 with activation checkpointing,
 batch 1, one GPU's runtime overhead (0.5 GiB) included; "80GB GPUs" splits the total evenly.
@@ -10,7 +10,7 @@ import re
 
 from lmzoo.catalog import count_params, get_entry
 from lmzoo.catalog.seeds import CLAIMS_001, CLAIMS_002, HARDWARE_000
-from lmzoo.estimate import GiB, estimate_memory, gpus_needed
+from lmzoo.sizing.estimate import GiB, estimate_memory, gpus_needed
 
 INFER_CONTEXT = 4096
 TRAIN_CONTEXT = 2048

@@ -13,6 +13,6 @@ from lmzoo.cli import app
 )
 def bench(ctx: typer.Context) -> None:
     """Prefill/decode tokens/s, time to first token, peak memory: lmzoo vs transformers vs litgpt."""
-    from lmzoo.bench import main
+    from lmzoo.tools.bench import main
 
     raise typer.Exit(main(list(ctx.args)))

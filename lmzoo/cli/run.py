@@ -48,8 +48,8 @@ def _status(msg: str):
 
 def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype) -> None:
     """Reject bad sampling values before spending seconds on loading."""
+    from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import GenerationError
-    from lmzoo.io.load import resolve_dtype
     from lmzoo.runtime.sampling import SamplingParams
 
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
@@ -66,7 +66,7 @@ def _load(model: Path | None, dtype: str | None):
     from lmzoo.tokenizer import load_tokenizer
 
     if model is None:
-        from lmzoo.assets import default_model_path
+        from lmzoo.checkpoints.assets import default_model_path
 
         model = default_model_path()
     with _status(f"loading {model.name}"):

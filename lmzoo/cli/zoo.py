@@ -63,7 +63,7 @@ def list_cmd(
 ) -> None:
     """The catalog: every model the seeds name, with size, context, license."""
     from lmzoo import catalog as C
-    from lmzoo.estimate import estimate_memory, parse_size
+    from lmzoo.sizing.estimate import estimate_memory, parse_size
 
     _check_context(context)
     cap = parse_size(fits) if fits else None
@@ -239,7 +239,7 @@ def memory_cmd(
 ) -> None:
     """Peak GPU memory for inference / full fine-tuning / LoRA / QLoRA, broken down."""
     from lmzoo import catalog as C
-    from lmzoo.estimate import estimate_memory, gpus_needed, parse_size
+    from lmzoo.sizing.estimate import estimate_memory, gpus_needed, parse_size
 
     _check_context(context)
     e = C.get_entry(name)
@@ -249,7 +249,7 @@ def memory_cmd(
     n_gpu = gpus_needed(m.total, cap) if cap else None
     path = None
     if plot is not None:
-        from lmzoo.plots import memory_vs_context
+        from lmzoo.tools.plots import memory_vs_context
 
         dtypes = ("fp32", "bf16") if task == "train" else ("fp32", "bf16", "int8", "int4")
         path = memory_vs_context(e.name, plot, task=task, batch=batch, dtypes=dtypes, gpu_bytes=cap,
@@ -288,7 +288,7 @@ def fit_cmd(
 ) -> None:
     """Which models fit one GPU, for which task and precision (checkpointing on for training)."""
     from lmzoo import catalog as C
-    from lmzoo.estimate import estimate_memory, parse_size
+    from lmzoo.sizing.estimate import estimate_memory, parse_size
 
     _check_context(context)
     cap = parse_size(gpu)
@@ -349,7 +349,7 @@ def hardware_cmd(as_json: bool = JsonOpt) -> None:
     con.print(t)
     for r in rows:
         con.print(f"[bold]{r['size']}[/bold]: {r['note']}")
-    c = Table(title="other seed claims (inference unless noted) vs lmzoo.estimate")
+    c = Table(title="other seed claims (inference unless noted) vs lmzoo.sizing.estimate")
     for col in ("model", "seed says", "lmzoo estimate"):
         c.add_column(col, overflow="fold")
     for r in claims:
@@ -367,7 +367,7 @@ def explain_cmd(
     prefix / sliding-window masks, ALiBi's bias, RoPE's frequency bands."""
     import difflib
 
-    from lmzoo.plots import EXPLAIN
+    from lmzoo.tools.plots import EXPLAIN
 
     if what not in EXPLAIN:
         close = difflib.get_close_matches(what, list(EXPLAIN), n=2, cutoff=0.3)

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from lmzoo.dtypes import DTYPES
+
 
 def alibi_slopes(n_head: int, device=None) -> torch.Tensor:
     def geometric(n: int) -> list[float]:
@@ -28,7 +30,7 @@ def alibi_slopes(n_head: int, device=None) -> torch.Tensor:
 
 
 # ModelConfig.alibi_dtype -> the precision slope x position is evaluated in
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 
 def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor, *, dtype: str = "float32",
@@ -38,6 +40,6 @@ def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor, *, dtype: str 
     dtype="bfloat16" rounds the slopes, the positions and their product to bfloat16 as Falcon-RW's
     code does (exact positions only up to 256); `scale` multiplies the result (Falcon-RW adds the
     bias before the 1/sqrt(hd) softmax scale, so its bias is scaled with q.k)."""
-    t = _DTYPES[dtype]
+    t = DTYPES[dtype]
     bias = (slopes.to(t)[None, :, None] * key_positions[:, None, :].to(t)).float()
     return (bias * scale if scale != 1.0 else bias)[:, :, None, :]

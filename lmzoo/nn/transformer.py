@@ -139,6 +139,7 @@ class Transformer(nn.Module):
             pos = (real.long().cumsum(-1) - 1).clamp(min=0) if real is not None else q_slot.expand(B, T)
             key_valid, key_pos, L, step = real, pos, T, None
             dense_prefill = real is None  # every row starts at slot 0 with no padding: plain causal
+            dense_decode = T == 1
             prefix = prefix_lm_state(input_ids, attention_mask, cfg) if cfg.prefix_lm else None
             ntk_len = (real.sum(-1) if real is not None else torch.full((B,), T, device=dev)) \
                 if cfg.rope_scaling.kind == "ntk_alpha" else None
@@ -146,6 +147,7 @@ class Transformer(nn.Module):
             step = cache.begin(rows, T, attention_mask)
             q_slot, pos, key_valid, key_pos, L = step.q_slot, step.positions, step.key_valid, step.key_pos, step.end
             dense_prefill = step.first is True and attention_mask is None
+            dense_decode = step.dense and T == 1
             prefix = ntk_len = None
             if cfg.prefix_lm:  # each row's context and [gMASK], found at its prefill, kept in the cache
                 if step.first:
@@ -180,9 +182,8 @@ class Transformer(nn.Module):
             bias = alibi_bias(self.alibi_slopes, key_pos, dtype=cfg.alibi_dtype, scale=scale)  # (B, n_head, 1, L)
         masks = {}
         for w, c in self.patterns:
-            if w is None and c is None and bias is None and prefix_end is None and (dense_prefill or (
-                    step is None and T == 1)):
-                masks[w, c] = None  # plain causal: let SDPA pick its fused path
+            if w is None and c is None and bias is None and prefix_end is None and (dense_prefill or dense_decode):
+                masks[w, c] = None  # plain causal (or one query seeing every key): SDPA's fused path
                 continue
             m = build_mask(q_slot=q_slot, L=L, key_valid=key_valid, window=w, chunk=c, q_pos=pos, k_pos=key_pos,
                            prefix_end=prefix_end)

@@ -62,6 +62,7 @@ class KVCache:
         self.lengths, self.n_valid, self.ntk_len = z(), z(), z()
         self.prefix_first, self.prefix_sop, self.prefix_mask = z(), z(), z()
         self.host_lengths = [0] * batch  # eager mode: the lengths on the host (no device sync per step)
+        self.host_padded = [False] * batch  # eager mode: the row holds left padding
 
     @property
     def device(self) -> torch.device:
@@ -93,6 +94,7 @@ class KVCache:
         self.valid[idx] = False
         for i in idx.tolist():
             self.host_lengths[i] = 0
+            self.host_padded[i] = False
 
     def rewind(self, row: int, length: int) -> None:
         """Drop everything from slot `length` on in one row (speculative decoding's rejected drafts)."""
@@ -134,12 +136,18 @@ class KVCache:
         self.pos.index_put_((rows_b, q_slot), positions)
         self.lengths.index_add_(0, idx, torch.full_like(idx, T))
         self.n_valid.index_add_(0, idx, real.long().sum(-1))
+        dense = None
         if starts_host is not None:
+            padded = attention_mask is not None and not bool(real.all())
             for i in idx.tolist():
                 self.host_lengths[i] += T
+                self.host_padded[i] = self.host_padded[i] or padded
+            # every row at the same length with no padding: the keys are exactly [0, end) for all
+            dense = len(set(starts_host)) == 1 and not any(self.host_padded[i] for i in idx.tolist())
         whole = rows is None
         return CacheStep(cache=self, idx=idx, whole=whole, q_slot=q_slot, positions=positions, end=end,
-                         starts=starts_host, first=None if starts_host is None else all(s == 0 for s in starts_host),
+                         starts=starts_host, dense=bool(dense),
+                         first=None if starts_host is None else all(s == 0 for s in starts_host),
                          key_valid=(self.valid if whole else self.valid[idx])[:, :end],
                          key_pos=(self.pos if whole else self.pos[idx])[:, :end])
 
@@ -156,6 +164,7 @@ class CacheStep:
     positions: torch.Tensor  # (b, T)
     end: int  # slots [0, end) are attended to
     starts: list[int] | None  # each row's length before this forward (host copy; None for a static cache)
+    dense: bool  # all rows at the same length and without padding (False when unknown: static)
     first: bool | None  # every row starts empty (a prefill's first chunk); None when unknown (static)
     key_valid: torch.Tensor  # (b, end)
     key_pos: torch.Tensor  # (b, end)

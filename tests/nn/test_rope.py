@@ -16,7 +16,7 @@ import transformers as tf
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from lmzoo.io.hf import llama_config
+from lmzoo.checkpoints.hf import llama_config
 from lmzoo.nn.rope import RotaryEmbedding, apply_rope, inv_frequencies
 
 SIZES = dict(vocab_size=10, hidden_size=64, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,

@@ -6,15 +6,14 @@ An adapter is two things:
      (how q/k/v and gate/up are fused). `{i}` stands for the layer index, `{e}` for an expert.
   plus optional `transforms` for layout changes (fused per-head qkv, Conv1D, rope pair order).
 
-Families live in lmzoo/io/adapters/ (common.py, llama_like.py, gpt.py, moe.py); adding one that
+Families live in lmzoo/checkpoints/adapters/ (common.py, llama_like.py, gpt.py, moe.py); adding one that
 reuses existing names is a row below.
 """
 
 from __future__ import annotations
 
-from lmzoo.errors import UnsupportedModelError
-from lmzoo.io.adapters.common import LLAMA_WEIGHTS, Adapter, llama_config, per_head_qkv, rope_pairs_to_halves
-from lmzoo.io.adapters.gpt import (
+from lmzoo.checkpoints.adapters.common import LLAMA_WEIGHTS, Adapter, llama_config, per_head_qkv, rope_pairs_to_halves
+from lmzoo.checkpoints.adapters.gpt import (
     BLOOM_WEIGHTS,
     CODEGEN_WEIGHTS,
     GPT2_TRANSFORMS,
@@ -35,7 +34,7 @@ from lmzoo.io.adapters.gpt import (
     opt_config,
     pangu_config,
 )
-from lmzoo.io.adapters.llama_like import (
+from lmzoo.checkpoints.adapters.llama_like import (
     BAICHUAN_WEIGHTS,
     GLM_TRANSFORMS,
     GLM_WEIGHTS,
@@ -54,7 +53,7 @@ from lmzoo.io.adapters.llama_like import (
     stablelm_config,
     stablelm_weights,
 )
-from lmzoo.io.adapters.moe import (
+from lmzoo.checkpoints.adapters.moe import (
     DEEPSEEK_TRANSFORMS,
     LLAMA4_MULTIMODAL_WEIGHTS,
     LLAMA4_TRANSFORMS,
@@ -74,6 +73,7 @@ from lmzoo.io.adapters.moe import (
     qwen2_moe_config,
     qwen3_moe_config,
 )
+from lmzoo.errors import UnsupportedModelError
 
 FALCON = Adapter(falcon_config, falcon_weights,
                  transforms={"layers.{i}.attn.qkv.weight": grouped_qkv, "layers.{i}.attn.qkv.bias": grouped_qkv})

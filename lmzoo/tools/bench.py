@@ -72,7 +72,7 @@ def _worker_lmzoo(a) -> dict:
     # float weights unless asked: the same numbers the other backends compute with
     model = lmzoo.from_pretrained(a.model, dtype=torch.float32, keep_quantized=a.quantize == "gguf")
     if a.quantize in ("int8", "int4"):
-        from lmzoo.quantize import cpu_kernels, quantize
+        from lmzoo.quant.layers import cpu_kernels, quantize
 
         cpu_kernels()  # compile/load outside the timed region
         quantize(model, mode=a.quantize)
@@ -187,7 +187,7 @@ WORKERS = {"lmzoo": _worker_lmzoo, "transformers": _worker_transformers, "litgpt
 
 
 def _run_backend(name: str, a, python: str) -> dict | str:
-    cmd = [python, "-m", "lmzoo.bench", "--worker", name, "--model", str(a.model),
+    cmd = [python, "-m", "lmzoo.tools.bench", "--worker", name, "--model", str(a.model),
            "--prompt-len", str(a.prompt_len), "--new-tokens", str(a.new_tokens),
            "--prefill-len", str(a.prefill_len), "--batch", str(a.batch), "--threads", str(a.threads)]
     if a.hf_cache:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory()
         a.model = make_checkpoint(a.shape, Path(tmp.name) / a.shape)
     elif not a.model:
-        from lmzoo.assets import default_model_path
+        from lmzoo.checkpoints.assets import default_model_path
 
         a.model = default_model_path()
     elif not Path(a.model).exists():

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmzoo.io.gguf_file import GGUFFile, GGUFTensor
-from lmzoo.quantize import Int4Linear, Int8Linear, pack_int4
+from lmzoo.checkpoints.gguf_file import GGUFFile, GGUFTensor
+from lmzoo.quant.layers import Int4Linear, Int8Linear, pack_int4
 
 QUANTISED = ("Q8_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K")
 

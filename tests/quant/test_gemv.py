@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 import lmzoo
-from lmzoo.accelerate import GemvLinear, use_cpu_kernels
-from lmzoo.kernels import cpu_kernels
+from lmzoo.quant.gemv import GemvLinear, use_cpu_kernels
+from lmzoo.quant.kernels import cpu_kernels
 
 
 @pytest.mark.parametrize("rows", [1, 5, 16, 17])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gemv_linear_matches_f_linear(rows, bias, monkeypatch):
-    import lmzoo.accelerate as A
-    from tests.test_quantize import CountingKernels
+    import lmzoo.quant.gemv as A
+    from tests.quant.test_layers import CountingKernels
 
     counter = CountingKernels(cpu_kernels())
     monkeypatch.setattr(A, "cpu_kernels", lambda: counter)
@@ -70,7 +70,7 @@ def test_training_gradients_equal_without_kernels(case, tmp_path):
 def test_quantised_layer_passes_input_gradients():
     """Int8/Int4 layers (frozen codes) give the input gradient of their dequantised weight, as a
     LoRA on top of a quantised base needs; the kernel path would give none."""
-    from lmzoo.quantize import Int4Linear, Int8Linear
+    from lmzoo.quant.layers import Int4Linear, Int8Linear
 
     torch.manual_seed(0)
     lin = nn.Linear(64, 24)

@@ -7,7 +7,7 @@ import torch
 
 import lmzoo
 from lmzoo.errors import GenerationError
-from lmzoo.quantize import quantize
+from lmzoo.quant.layers import quantize
 from lmzoo.runtime.speculative import SpeculativeStats, speculative_generate
 
 

@@ -162,7 +162,7 @@ def test_unsupported_architecture(tmp_path):
 def test_chunked_dequantisation_matches_numpy_reference(tmp_path, kind):
     """GGUFFile.array decodes a few rows at a time; chunk boundaries (here every 1-2 rows, one a
     partial chunk at the end) must not change a value."""
-    from lmzoo.io.gguf_file import GGUFFile
+    from lmzoo.checkpoints.gguf_file import GGUFFile
 
     p = tmp_path / "m.gguf"
     write_gguf(p, gguf_tensors(hf_model()), kind, rng=np.random.default_rng(0))

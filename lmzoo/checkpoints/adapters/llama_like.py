@@ -3,9 +3,7 @@ StableLM."""
 
 from __future__ import annotations
 
-from lmzoo.config import ModelConfig, RopeScaling
-from lmzoo.errors import UnsupportedModelError
-from lmzoo.io.adapters.common import (
+from lmzoo.checkpoints.adapters.common import (
     LLAMA_WEIGHTS,
     L,
     _rotary_fraction,
@@ -14,6 +12,8 @@ from lmzoo.io.adapters.common import (
     per_head_qkv,
     rope_pairs_to_halves,
 )
+from lmzoo.config import ModelConfig, RopeScaling
+from lmzoo.errors import UnsupportedModelError
 
 
 def qwen2_config(hf: dict) -> ModelConfig:

@@ -1,6 +1,6 @@
 """GGUF files (llama.cpp's format) -> lmzoo.
 
-lmzoo.io.gguf_file reads the container and memory-maps the tensors; the `gguf` package dequantises
+lmzoo.checkpoints.gguf_file reads the container and memory-maps the tensors; the `gguf` package dequantises
 its block types (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ...) to float32; tensors are read one at a time, so
 peak memory is about one float copy of the weights.
 GGUF stores each tensor's dims innermost-first (ne[0] = columns); reversed, that is PyTorch's
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from lmzoo.checkpoints.gguf_file import GGUFFile
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import CheckpointError, UnsupportedModelError
-from lmzoo.io.gguf_file import GGUFFile
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 
@@ -165,9 +165,9 @@ class GGUFSource:
 
 
 def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_quantized: bool = False):
-    """keep_quantized: block-quantised weight matrices become int8/int4 layers (lmzoo.quantize)
+    """keep_quantized: block-quantised weight matrices become int8/int4 layers (lmzoo.quant.layers)
     holding the file's own codes and scales — same function, a fraction of the memory."""
-    from lmzoo.io.load import instantiate
+    from lmzoo.checkpoints.build import instantiate
 
     path = Path(path)
     reader = GGUFFile(path)
@@ -190,7 +190,7 @@ _LINEARS = {
 def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFSource, device):
     from torch import nn
 
-    from lmzoo.io.gguf_quant import QUANTISED, RowConcat, quantised_linear
+    from lmzoo.checkpoints.gguf_quant import QUANTISED, RowConcat, quantised_linear
     from lmzoo.nn.transformer import Transformer
 
     def row_order(name: str, n_rows: int):
@@ -225,14 +225,14 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
     if head is not None:
         model.lm_head = head  # a tied head gets its own quantised copy; the embedding stays float
     # everything still on the meta device (embedding, norms, float linears) loads as floats
-    from lmzoo.io.load import _fill, _template
+    from lmzoo.checkpoints.build import fill_template, name_template
 
     state = {}
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if not p.is_meta or name.startswith("rope."):
             continue
-        template, index = _template(name)
-        parts = [_fill(q, index) for q in GGUF_WEIGHTS[template]]
+        template, index = name_template(name)
+        parts = [fill_template(q, index) for q in GGUF_WEIGHTS[template]]
         missing = [q for q in parts if q not in f.tensors]
         if missing:
             raise CheckpointError(f"{f.path.name} is missing tensor(s) {missing}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lmzoo
-from lmzoo.assets import default_model_path
+from lmzoo.checkpoints.assets import default_model_path
 from lmzoo.tokenizer import load_tokenizer
 from tests import gguf_ref
 

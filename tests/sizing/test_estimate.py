@@ -9,10 +9,10 @@ import torch
 import transformers as tf
 
 import lmzoo
-from lmzoo import estimate as E
+from lmzoo.checkpoints.hf import ADAPTERS
 from lmzoo.errors import ConfigError, LmzooError
-from lmzoo.io.hf import ADAPTERS
 from lmzoo.nn.transformer import Transformer
+from lmzoo.sizing import estimate as E
 
 
 def test_llama_by_hand():
@@ -121,7 +121,7 @@ def _model(**kw):
 @pytest.mark.parametrize("mode,group", [("int8", None), ("int4", 32), ("int8", 32)])
 @pytest.mark.parametrize("tied", [False, True])
 def test_quantised_weight_bytes_match_quantize(mode, group, tied):
-    from lmzoo.quantize import quantize
+    from lmzoo.quant.layers import quantize
 
     m = _model(vocab_size=96, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=128,
                tie_embeddings=tied, qkv_bias=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from lmzoo.config import ModelConfig
-from lmzoo.errors import UnsupportedModelError
-from lmzoo.io.adapters.common import (
+from lmzoo.checkpoints.adapters.common import (
     _plain_mlp,
     _rope_scaling,
     _rotary_fraction,
@@ -12,6 +10,8 @@ from lmzoo.io.adapters.common import (
     rope_pairs_to_halves,
     transpose,
 )
+from lmzoo.config import ModelConfig
+from lmzoo.errors import UnsupportedModelError
 
 
 def gpt_neox_config(hf: dict) -> ModelConfig:

@@ -33,7 +33,7 @@ def test_static_equals_eager(case, tmp_path):
 @pytest.mark.parametrize("quant", [None, "int8"])
 def test_compiled_equals_eager(quant, tmp_path):
     """torch.compile traces through lmzoo's CPU kernels (registered as custom ops)."""
-    from lmzoo.quantize import quantize
+    from lmzoo.quant.layers import quantize
 
     build_reference("mistral-window", tmp_path)
     m = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)

@@ -16,7 +16,7 @@ Parameter components (`ParamCount.breakdown`):
     head        the LM head (0 when tied to the token embedding)
 
 Memory model (`estimate_memory`), per term — bytes, with their sources:
-    weights     params x bytes(dtype). int8 / int4 are lmzoo.quantize's weight-only layouts: every
+    weights     params x bytes(dtype). int8 / int4 are lmzoo.quant.layers's weight-only layouts: every
                 Linear (and the head) stores int8 values or packed int4 pairs plus float32 scales
                 (+ float32 minimums for int4) per group of `quant_group_size` inputs (int8 default:
                 one group per row; int4: 32); embeddings stay in the compute dtype, biases in fp32.
@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,22 @@ def _defaults() -> dict[str, Any]:
 _DEFAULTS = _defaults()
 
 
+# Catalog names are resolved by the catalog, a higher layer, which registers its lookup here when
+# imported (lmzoo.catalog): sizing stays importable on its own and never imports upwards.
+_CATALOG_LOOKUP: Callable[[str], Mapping[str, Any]] | None = None
+
+
+def register_catalog(lookup: Callable[[str], Mapping[str, Any]]) -> None:
+    global _CATALOG_LOOKUP
+    _CATALOG_LOOKUP = lookup
+
+
+def catalog_arch(name: str) -> Mapping[str, Any]:
+    if _CATALOG_LOOKUP is None:
+        raise ConfigError(f"{name!r}: catalog names need lmzoo.catalog (import lmzoo or lmzoo.catalog)")
+    return _CATALOG_LOOKUP(name)
+
+
 def resolve_arch(x: Any) -> dict[str, Any]:
     """A complete architecture dict from a ModelConfig, an arch dict, or a catalog name (with lmzoo's
     defaults filled in and derived sizes — head_dim, kv heads, expert width — resolved)."""
@@ -95,9 +111,7 @@ def resolve_arch(x: Any) -> dict[str, Any]:
     elif isinstance(x, Mapping):
         a = {**_DEFAULTS, **x}
     elif isinstance(x, str):
-        from lmzoo.catalog import get_entry
-
-        a = {**_DEFAULTS, **get_entry(x).arch}
+        a = {**_DEFAULTS, **catalog_arch(x)}
     else:
         raise ConfigError(f"expected a ModelConfig, an architecture dict or a catalog name, got {type(x).__name__}")
     for k in ("vocab_size", "n_layer", "n_embd", "n_head", "intermediate_size"):
@@ -263,9 +277,7 @@ class ParamCount:
 def count_params(x: Any) -> ParamCount:
     """Exact parameter count of a ModelConfig, an architecture dict or a catalog name."""
     if isinstance(x, str):
-        from lmzoo.catalog import get_entry
-
-        x = get_entry(x).arch
+        x = catalog_arch(x)
     a = resolve_arch(x)
     breakdown = {"embeddings": 0, "attention": 0, "mlp": 0, "experts": 0, "norms": 0, "head": 0}
     for t in inventory(a):
@@ -331,7 +343,7 @@ def _positive_int(name: str, v: Any) -> int:
 
 def _weights_bytes(inv: list[Tensor], dtype: str, compute_bytes: float, *, group: int | None, tied: bool,
                    vocab: int, embed: int) -> float:
-    """Weight storage: float dtypes plainly; int8/int4 as lmzoo.quantize stores them."""
+    """Weight storage: float dtypes plainly; int8/int4 as lmzoo.quant.layers stores them."""
     if dtype in ("fp32", "fp16", "bf16"):
         return sum(t.numel for t in inv) * DTYPES[dtype]
     total = 0.0
@@ -547,7 +559,7 @@ def estimate_memory(
         if dtype in ("int8", "int4"):  # a prefill dequantises one Linear at a time into the compute dtype
             # the head sees only the last position of each row; on CPU our int8/int4 kernels take up to
             # KERNEL_MAX_ROWS rows without dequantising, so there the head needs no buffer
-            from lmzoo.quantize import KERNEL_MAX_ROWS
+            from lmzoo.quant.layers import KERNEL_MAX_ROWS
 
             head_kernel = device == "cpu" and batch <= KERNEL_MAX_ROWS
             terms["dequant_buffer"] = max((t.out_f * t.in_f for t in inv if t.linear

@@ -3,7 +3,7 @@
 A decode step multiplies one activation row per sequence by every weight matrix: a GEMV, bounded by
 how fast the weights stream from memory. On the 2-core machines we measured, PyTorch's BLAS GEMV
 reached 13-18 GB/s on decode-sized fp32 matrices, single-threaded, while the memory system delivers
-~30 GB/s to two threads; `f32_linear` in lmzoo/kernels/cpu.cpp streams each row once through FMA
+~30 GB/s to two threads; `f32_linear` in lmzoo/quant/kernels/cpu.cpp streams each row once through FMA
 lanes with the rows split across threads, and reaches 26-31 GB/s on the same matrices
 (benchmarks/RESULTS.md). Prefill (many rows) is compute-bound and stays with BLAS, and so does any
 product autograd records (the kernel has no backward): training a model with the kernels on gives
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.kernels import cpu_kernels
-from lmzoo.quantize import needs_autograd
+from lmzoo.quant.kernels import cpu_kernels
+from lmzoo.quant.layers import needs_autograd
 
 GEMV_MAX_ROWS = 16
 

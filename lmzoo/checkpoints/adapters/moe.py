@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmzoo.config import ModelConfig
-from lmzoo.io.adapters.common import (
+from lmzoo.checkpoints.adapters.common import (
     LLAMA_WEIGHTS,
     L,
     _rope_scaling,
@@ -14,6 +13,7 @@ from lmzoo.io.adapters.common import (
     rope_pairs_to_halves,
     transpose,
 )
+from lmzoo.config import ModelConfig
 
 
 def mixtral_config(hf: dict) -> ModelConfig:

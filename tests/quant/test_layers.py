@@ -9,7 +9,7 @@ from torch import nn
 
 import lmzoo
 from lmzoo.errors import ConfigError
-from lmzoo.quantize import Int4Linear, Int8Linear, cpu_kernels, pack_int4, quantize, unpack_int4
+from lmzoo.quant.layers import Int4Linear, Int8Linear, cpu_kernels, pack_int4, quantize, unpack_int4
 
 
 def reference_weight(q) -> torch.Tensor:
@@ -42,7 +42,7 @@ class CountingKernels:
                (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 128})],
 )
 def test_quantised_linear_matches_dequantised_weight(M, cls, kw, monkeypatch):
-    import lmzoo.quantize as Q
+    import lmzoo.quant.layers as Q
 
     counter = CountingKernels(cpu_kernels())
     monkeypatch.setattr(Q, "cpu_kernels", lambda: counter)

@@ -53,7 +53,7 @@ def _save(fig, path: str | Path) -> Path:
 def memory_curves(name: Any, *, task: str, batch: int, dtypes: Sequence[str], contexts: Sequence[int],
                   **kw: Any) -> dict[str, list[float]]:
     """GiB per dtype per context (the data behind `memory_vs_context`)."""
-    from lmzoo.estimate import GiB, estimate_memory
+    from lmzoo.sizing.estimate import GiB, estimate_memory
 
     out: dict[str, list[float]] = {}
     for dt in dtypes:
@@ -76,7 +76,7 @@ def default_contexts(max_context: int) -> list[int]:
 def memory_vs_context(name: Any, path: str | Path, *, task: str = "infer", batch: int = 1,
                       dtypes: Sequence[str] = ("fp32", "bf16", "int8", "int4"), max_context: int | None = None,
                       gpu_bytes: float | None = None, title: str | None = None, **kw: Any) -> Path:
-    from lmzoo.estimate import GiB, resolve_arch
+    from lmzoo.sizing.estimate import GiB, resolve_arch
 
     arch = resolve_arch(name)
     contexts = default_contexts(max_context or arch["max_seq_len"])
@@ -247,8 +247,8 @@ def alibi(path: str | Path, n_head: int = 8, n: int = 12) -> Path:
 def rope_bands(name: Any = "Llama-3.1-8B") -> dict[str, Any]:
     """Per rotated pair i: base inverse frequency, the model's (scaled) one, and wavelengths in tokens."""
     from lmzoo.config import ModelConfig
-    from lmzoo.estimate import resolve_arch
     from lmzoo.nn.rope import inv_frequencies
+    from lmzoo.sizing.estimate import resolve_arch
 
     a = resolve_arch(name)
     if a["position"] != "rope":

@@ -5,7 +5,7 @@ nothing about it).
     quantize(model, mode="int4", group_size=32)    group-wise asymmetric int4: w = scale * q + min
 
 Every `nn.Linear` inside the blocks (and the LM head) becomes an `Int8Linear` / `Int4Linear` holding
-integer weights and float scales. Decode speed on CPU comes from `lmzoo/kernels/cpu.cpp`
+integer weights and float scales. Decode speed on CPU comes from `lmzoo/quant/kernels/cpu.cpp`
 (compiled on first use, see lmzoo/kernels): matrix-vector products that dequantise in
 registers. torchao's weight-only int8 on CPU dequantises to a float copy per call (slower than fp32
 here) and its int4 layout needs a GPU library, hence our own kernels on CPU. Elsewhere (GPU, bf16
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.errors import ConfigError
-from lmzoo.kernels import cpu_kernels
+from lmzoo.quant.kernels import cpu_kernels
 
 KERNEL_MAX_ROWS = 64  # above this many activation rows (long prefill) dequantise + GEMM instead
 

@@ -1,0 +1,1 @@
+"""Per-family checkpoint adapters; the registry is lmzoo.checkpoints.hf.ADAPTERS."""

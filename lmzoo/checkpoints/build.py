@@ -1,0 +1,135 @@
+"""The one state-dict builder every checkpoint format shares (HF directories and GGUF files).
+
+The model is built on the meta device (no memory), each canonical tensor is assembled from the
+checkpoint's tensors as it is needed (concatenating fused pieces, applying the adapter's transforms),
+checked for shape, cast to the target dtype/device and assigned. Every checkpoint tensor must be
+used and every parameter filled.
+
+Weight maps name checkpoint tensors by templates: '{i}' is the layer index, '{e}' the expert index.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+import torch
+
+from lmzoo.checkpoints.checkpoint import split_index
+from lmzoo.config import ModelConfig
+from lmzoo.errors import CheckpointError
+from lmzoo.nn.transformer import Transformer
+
+
+class Source(Protocol):
+    def keys(self) -> list[str]: ...
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+_INDEX = re.compile(r"(?<=\.)(\d+)(?=\.)")
+_PLACEHOLDERS = ("{i}", "{e}")  # layer, then expert
+
+
+def name_template(name: str) -> tuple[str, dict[str, str]]:
+    """'layers.3.mlp.experts.5.down.weight' -> ('layers.{i}.mlp.experts.{e}.down.weight',
+    {'{i}': '3', '{e}': '5'})."""
+    values: dict[str, str] = {}
+
+    def sub(m: re.Match) -> str:
+        key = _PLACEHOLDERS[len(values)]
+        values[key] = m.group(1)
+        return key
+
+    return _INDEX.sub(sub, name, count=len(_PLACEHOLDERS)), values
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    for k, v in values.items():
+        template = template.replace(k, v)
+    return template
+
+
+def build_state_dict(
+    model: torch.nn.Module,
+    source: Source,
+    weights: dict[str, tuple[str, ...]],
+    *,
+    ignore: tuple[str, ...] = (),
+    transforms: dict | None = None,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> dict[str, torch.Tensor]:
+    """Map `source` tensors onto `model`'s parameter names; strict about missing, extra and shape.
+
+    transforms: canonical template -> fn(tensor, cfg) applied after assembling (layout changes
+    such as un-interleaving a per-head fused qkv)."""
+    cfg: ModelConfig = model.config
+    expected = dict(model.state_dict(keep_vars=True))
+    if cfg.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    available = set(source.keys())
+    used: set[str] = set()
+    state: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    for name, param in expected.items():
+        template, index = name_template(name)
+        if template not in weights:
+            missing.append(f"{name} (no mapping)")
+            continue
+        parts = [fill_template(p, index) for p in weights[template]]
+        absent = [p for p in parts if split_index(p)[0] not in available]
+        if absent:
+            missing.extend(absent)
+            continue
+        tensors = [source.get(p) for p in parts]
+        t = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+        if transforms and template in transforms:
+            t = transforms[template](t, cfg)
+        if tuple(t.shape) != tuple(param.shape):
+            got = " + ".join(f"{p} {tuple(x.shape)}" for p, x in zip(parts, tensors))
+            raise CheckpointError(
+                f"shape mismatch: {got} gives {tuple(t.shape)}, but the config needs {tuple(param.shape)} "
+                f"for {name}; the config and the weights disagree"
+            )
+        state[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        used.update(split_index(p)[0] for p in parts)
+    if missing:
+        raise CheckpointError(
+            f"checkpoint is missing {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}"
+        )
+    # a tied head stored anyway is fine when it equals the embedding
+    extra = sorted(
+        n for n in available - used if not any(n.endswith(s) or n.startswith(s) for s in ignore)
+    )
+    if cfg.tie_embeddings:
+        head = [n for n in extra if weights.get("lm_head.weight") and n in weights["lm_head.weight"]]
+        extra = [n for n in extra if n not in head]
+    if extra:
+        raise CheckpointError(
+            f"checkpoint has {len(extra)} tensor(s) the config does not use, e.g. {extra[:3]}; "
+            "the config and the weights disagree"
+        )
+    return state
+
+
+def instantiate(
+    cfg: ModelConfig,
+    source: Source,
+    weights: dict[str, tuple[str, ...]],
+    *,
+    ignore: tuple[str, ...] = (),
+    transforms: dict | None = None,
+    dtype: torch.dtype,
+    device,
+) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = build_state_dict(model, source, weights, ignore=ignore, transforms=transforms, dtype=dtype,
+                             device=device)
+    model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.reset_buffers(device=device)
+    return model.eval()
+
+

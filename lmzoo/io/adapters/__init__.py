@@ -1,1 +1,0 @@
-"""Per-family checkpoint adapters; the registry is lmzoo.io.hf.ADAPTERS."""
