@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from lmzoo.errors import ConfigError
 
@@ -27,6 +27,9 @@ NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")  # gated (swiglu/geglu) or plain two-layer
 POSITIONS = ("rope", "rope_2d", "alibi", "learned", "none")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "ntk_alpha", "llama3", "yarn", "longrope")
+
+
+Residual = Literal["pre", "post", "deepnorm", "sandwich", "parallel"]
 
 
 @dataclass(kw_only=True)
@@ -320,6 +323,16 @@ class ModelConfig:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
 
     # --- derived ------------------------------------------------------------------------------
+    @property
+    def residual(self) -> Residual:
+        """The block's residual layout, resolved from the checkpoint-facing switches in this one place
+        (nn.block has one small class per layout)."""
+        if self.parallel_residual:
+            return "parallel"
+        if self.sandwich_norm:
+            return "sandwich"
+        return self.norm_placement  # "pre" | "post" | "deepnorm"
+
     @property
     def q_size(self) -> int:
         return self.n_head * self.head_dim

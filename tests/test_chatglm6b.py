@@ -1,4 +1,4 @@
-"""ChatGLM-6B (v1, GLM proper) against tests/chatglm6b_ref.py, an independent implementation of
+"""ChatGLM-6B (v1, GLM proper) against tests/refs/chatglm6b_ref.py, an independent implementation of
 THUDM's published modeling_chatglm.py: 2-D RoPE with float16 tables, the prefix-LM mask, DeepNorm-style
 scaled residuals, per-layer query-key scaling, tied head."""
 
@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 import lmzoo
-from tests import chatglm6b_ref as ref
 from tests.helpers import ATOL, cache_vs_recompute, left_pad
+from tests.refs import chatglm6b_ref as ref
 
 V = 160
 MASK, GMASK, SOP, EOP = 150, 151, 152, 153

@@ -1,4 +1,4 @@
-"""Grok-1 against tests/grok1_ref.py, an independent implementation of xai-org/grok-1's JAX model.py:
+"""Grok-1 against tests/refs/grok1_ref.py, an independent implementation of xai-org/grok-1's JAX model.py:
 sandwich norms, soft-capped attention logits, embedding/logit multipliers, top-2 of 8 GeGLU experts
 with un-renormalised softmax gates, GQA (6 query heads over 2 kv heads here)."""
 
@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 import lmzoo
-from tests import grok1_ref as ref
 from tests.helpers import ATOL, cache_vs_recompute, greedy_ours, left_pad, random_ids
+from tests.refs import grok1_ref as ref
 
 V = 128
 CFG = {

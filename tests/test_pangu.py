@@ -1,4 +1,4 @@
-"""PanGu-alpha against tests/pangu_ref.py (its `gpt_pangu` PyTorch port): the top query layer, whose
+"""PanGu-alpha against tests/refs/pangu_ref.py (its `gpt_pangu` PyTorch port): the top query layer, whose
 queries are learned position embeddings, with the final LayerNorm before it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 import lmzoo
-from tests import pangu_ref as ref
 from tests.helpers import ATOL, cache_vs_recompute, greedy_ours, left_pad, random_ids
+from tests.refs import pangu_ref as ref
 
 V = 120
 CFG = {"model_type": "gpt_pangu", "architectures": ["GPTPanguForCausalLM"], "vocab_size": V, "hidden_size": 48,

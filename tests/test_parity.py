@@ -349,8 +349,8 @@ def test_chatglm_original_layout(tmp_path):
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_baichuan_13b_alibi(version, tmp_path):
-    """Baichuan-13B (ALiBi) and Baichuan2-13B (ALiBi + NormHead) against tests/baichuan_ref.py."""
-    from tests import baichuan_ref
+    """Baichuan-13B (ALiBi) and Baichuan2-13B (ALiBi + NormHead) against tests/refs/baichuan_ref.py."""
+    from tests.refs import baichuan_ref
 
     cfg = {"model_type": "baichuan", "vocab_size": V, "hidden_size": 48, "intermediate_size": 72,
            "num_hidden_layers": 2, "num_attention_heads": 6, "model_max_length": 64, "rms_norm_eps": 1e-6,
@@ -399,9 +399,9 @@ def write_qwen_v1(path):
 
 
 def test_qwen_first_generation(tmp_path):
-    """Qwen (v1) against tests/qwen_ref.py, an independent implementation of its published code."""
+    """Qwen (v1) against tests/refs/qwen_ref.py, an independent implementation of its published code."""
     from lmzoo.errors import ContextLengthError
-    from tests import qwen_ref
+    from tests.refs import qwen_ref
 
     cfg, state = write_qwen_v1(tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lmzoo.checkpoints.gguf_file import GGUFFile
+from lmzoo.checkpoints.permute import pairs_to_halves
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import CheckpointError, UnsupportedModelError
 
@@ -63,9 +64,7 @@ ARCHES = {
 
 def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Undo llama.cpp's pairwise row order (see module docstring). w: (n_head*hd, ...)."""
-    rows = w.shape[0]
-    hd = rows // n_head
-    return w.reshape(n_head, hd // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    return pairs_to_halves(w, heads=n_head)
 
 
 def _field(reader: GGUFFile, key: str, default: Any = None) -> Any:

@@ -1,16 +1,8 @@
 """The one decoder-only Transformer every family is a configuration of.
 
     input_ids (B, T)
-      -> embed                                   (B, T, d)
-      -> n_layer x Block:
-           x = x + attn(attn_norm(x))            pre-norm residual (LLaMA)
-           x = x + mlp(mlp_norm(x))
-         or, with parallel_residual (GPT-NeoX):
-           x = x + attn(attn_norm(x)) + mlp(mlp_norm(x))
-         or, with sandwich_norm (Grok-1):
-           x = x + post_attn_norm(attn(attn_norm(x))); x = x + post_mlp_norm(mlp(mlp_norm(x)))
-         or, with norm_placement="deepnorm" (GLM):
-           h = attn_norm(x); x = alpha*h + attn(h); h = mlp_norm(x); x = alpha*h + mlp(h)
+      -> embed [+ learned positions]             (B, T, d)
+      -> n_layer x block (nn.block: pre / post / deepnorm / sandwich / parallel residual layouts)
       -> norm -> lm_head                         (B, T, vocab)
 
 `forward(ids)` is a plain causal pass; `attention_mask` (B, T) marks real tokens (0 = left padding).
@@ -30,51 +22,10 @@ from torch import nn
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ContextLengthError, GenerationError
 from lmzoo.nn.alibi import alibi_bias, alibi_slopes
-from lmzoo.nn.attention import Attention, AttnInputs, build_mask
-from lmzoo.nn.mla import MLAttention
-from lmzoo.nn.mlp import MLP
-from lmzoo.nn.moe import MoE
+from lmzoo.nn.attention import AttnInputs, build_mask
+from lmzoo.nn.block import QueryLayer, build_block
 from lmzoo.nn.norm import build_norm
 from lmzoo.nn.rope import RotaryEmbedding
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
-        super().__init__()
-        self.attn_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-        self.attn = MLAttention(cfg, layer) if cfg.attention == "mla" else Attention(cfg, layer)
-        self.mlp_norm = None if cfg.shared_norm else build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-        self.mlp = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg)
-        self.parallel = cfg.parallel_residual
-        self.post_norm = cfg.norm_placement == "post"
-        self.deepnorm = cfg.norm_placement == "deepnorm"
-        self.alpha = cfg.deepnorm_alpha
-        if cfg.sandwich_norm:  # norms on the sublayer outputs too (Grok-1)
-            self.post_attn_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-            self.post_mlp_norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
-        self.sandwich = cfg.sandwich_norm
-
-    def forward(self, x, a: AttnInputs, mask, query=None):
-        if query is not None:  # PanGu-alpha's query layer: the query is a position embedding
-            x = x + self.attn(self.attn_norm(x), a, mask, query_input=query)
-            return x + self.mlp(self.mlp_norm(x))
-        if self.deepnorm:  # the residual is the normalised input, scaled by alpha (GLM's GLMBlock)
-            h = self.attn_norm(x)
-            x = h * self.alpha + self.attn(h, a, mask)
-            h = self.mlp_norm(x)
-            return h * self.alpha + self.mlp(h)
-        if self.post_norm:  # x = norm(x + f(x)): the norms sit after each residual add
-            x = self.attn_norm(x + self.attn(x, a, mask))
-            return self.mlp_norm(x + self.mlp(x))
-        if self.sandwich:
-            x = x + self.post_attn_norm(self.attn(self.attn_norm(x), a, mask))
-            return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
-        h = self.attn_norm(x)
-        y = self.attn(h, a, mask)
-        if self.parallel:  # both branches read the same input (GPT-NeoX / GPT-J)
-            return x + y + self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
-        x = x + y
-        return x + self.mlp(self.mlp_norm(x))
 
 
 class Transformer(nn.Module):
@@ -91,7 +42,7 @@ class Transformer(nn.Module):
             self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.position_offset, cfg.n_embd)
         if cfg.query_layer:  # PanGu-alpha: the top layer's queries, one per position
             self.query_embed = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.layers = nn.ModuleList(build_block(cfg, i) for i in range(cfg.n_layer))
         self.norm = build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps) if cfg.final_norm else None
         self.lm_head = nn.Linear(e, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
@@ -190,12 +141,12 @@ class Transformer(nn.Module):
             if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
                 m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
             masks[w, c] = m
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            query = None
-            if cfg.query_layer and i == last:  # PanGu-alpha: final norm, then the query layer
-                x, query = self.norm(x), self.query_embed(positions)
-            x = layer(x, a, masks[layer.attn.window, layer.attn.chunk], query)
+        for layer in self.layers:
+            mask = masks[layer.attn.window, layer.attn.chunk]
+            if isinstance(layer, QueryLayer):  # PanGu-alpha: final norm, then the query layer
+                x = layer(self.norm(x), a, mask, query=self.query_embed(positions))
+            else:
+                x = layer(x, a, mask)
         if last_only:
             x = x[:, -1:]
         return self.logits(x)

@@ -1,6 +1,6 @@
 """GGUF loading: every supported tensor type, the Q/K row permutation, tied and untied heads, bad
 files. Files are written here with the `gguf` package's writer from a tiny model; the reference is
-transformers (for float weights) or the independent numpy implementation in tests/gguf_ref.py."""
+transformers (for float weights) or the independent numpy implementation in tests/refs/gguf_ref.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import transformers as tf
 
 import lmzoo
 from lmzoo.errors import CheckpointError, UnsupportedModelError
-from tests import gguf_ref
 from tests.helpers import greedy_ours, greedy_ref, perturb_
+from tests.refs import gguf_ref
 
 gguf = pytest.importorskip("gguf")
 T = gguf.GGMLQuantizationType

@@ -9,7 +9,7 @@ import torch
 import lmzoo
 from lmzoo.checkpoints.assets import default_model_path
 from lmzoo.tokenizer import load_tokenizer
-from tests import gguf_ref
+from tests.refs import gguf_ref
 
 
 @pytest.fixture(scope="module")

@@ -185,14 +185,12 @@ def rope_pairs_to_halves(t, cfg: ModelConfig):
     exactly what the interleaved original did."""
     import torch
 
-    r, hd = cfg.rope_dim, cfg.head_dim
-    order = torch.cat([torch.arange(0, r, 2), torch.arange(1, r, 2), torch.arange(r, hd)])
+    from lmzoo.checkpoints.permute import pairs_to_halves
+
     q, k, v = t.split((cfg.q_size, cfg.kv_size, cfg.kv_size), dim=0)
-
-    def per_head(x, heads):
-        return x.view(heads, hd, *x.shape[1:])[:, order].reshape(x.shape)
-
-    return torch.cat([per_head(q, cfg.n_head), per_head(k, cfg.n_kv_head), v], dim=0)
+    r = cfg.rope_dim
+    return torch.cat([pairs_to_halves(q, heads=cfg.n_head, rope_dim=r),
+                      pairs_to_halves(k, heads=cfg.n_kv_head, rope_dim=r), v], dim=0)
 
 def transpose(t, cfg: ModelConfig):
     """GPT-2's Conv1D stores weights as (in, out); nn.Linear wants (out, in)."""

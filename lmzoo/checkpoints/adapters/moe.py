@@ -111,12 +111,10 @@ def _deepseek_config(hf: dict, *, sigmoid_router: bool) -> ModelConfig:
 def rope_pairs_to_halves_mla(t, cfg: ModelConfig, *, rows_per_head: int, rope_offset: int, heads: int):
     """Within each head's block of rows, the rope part [rope_offset, rope_offset + rope_dim) goes from
     DeepSeek's adjacent pairs to halves (the q.k products are unchanged, see rope_pairs_to_halves)."""
-    import torch
+    from lmzoo.checkpoints.permute import pairs_to_halves
 
-    r = cfg.qk_rope_head_dim
-    order = torch.arange(rows_per_head)
-    order[rope_offset:rope_offset + r] = rope_offset + torch.cat([torch.arange(0, r, 2), torch.arange(1, r, 2)])
-    return t.view(heads, rows_per_head, *t.shape[1:])[:, order].reshape(t.shape)
+    assert t.shape[0] == heads * rows_per_head, (t.shape, heads, rows_per_head)
+    return pairs_to_halves(t, heads=heads, rope_dim=cfg.qk_rope_head_dim, offset=rope_offset)
 
 
 def _mla_q(t, cfg: ModelConfig):

@@ -12,12 +12,17 @@
 //          w = scale * q + min,  so  y[m,n] = sum_g scale[n,g] * dot(x_g, q_g) + min[n,g] * sum(x_g)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LMZOO_AVX2 1
 #endif
 
 namespace {
+
+// activation rows handled per pass over a weight row: the unpacked weights are reused RB times while
+// the RB accumulators (and the 4 unpacked vectors) stay in the 16 AVX2 registers
+constexpr int64_t RB = 4;
 
 #ifdef LMZOO_AVX2
 inline float hsum(__m256 v) {
@@ -26,40 +31,6 @@ inline float hsum(__m256 v) {
   lo = _mm_hadd_ps(lo, lo);
   lo = _mm_hadd_ps(lo, lo);
   return _mm_cvtss_f32(lo);
-}
-#endif
-
-#ifdef LMZOO_AVX2
-// 8-lane partial sums of x[0:len] * q[0:len] (int8 q, len % 8 == 0); reduced once per output
-inline __m256 dot_i8_vec(const float* x, const int8_t* q, int64_t len) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= len; k += 16) {
-    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
-    __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k + 8))));
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, acc1);
-  }
-  for (; k < len; k += 8) {
-    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, acc0);
-  }
-  return _mm256_add_ps(acc0, acc1);
-}
-
-// acc + 8-lane partial sums of one 32-element int4 block (16 bytes) times x[0:32]
-inline __m256 dot_i4_block_vec(const float* x, const uint8_t* q, __m256 acc) {
-  __m128i b = _mm_loadu_si128((const __m128i*)q);
-  __m128i m = _mm_set1_epi8(0x0F);
-  __m128i lo = _mm_and_si128(b, m);
-  __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8),
-                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 16), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 24),
-                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), acc);
-  return acc;
 }
 #endif
 
@@ -138,19 +109,32 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
       const float* sr = sp + n * G;
+#ifdef LMZOO_AVX2
+      // rows in passes of RB: each 16-weight chunk is widened to float once and used for RB rows
+      for (int64_t m0 = 0; m0 < M; m0 += RB) {
+        const int64_t mb = std::min<int64_t>(RB, M - m0);
+        __m256 acc[RB];
+        for (int64_t j = 0; j < RB; ++j) acc[j] = _mm256_setzero_ps();
+        for (int64_t gi = 0; gi < G; ++gi) {
+          __m256 d[RB];
+          for (int64_t j = 0; j < RB; ++j) d[j] = _mm256_setzero_ps();
+          for (int64_t k = gi * g; k < (gi + 1) * g; k += 8) {
+            __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qr + k))));
+            for (int64_t j = 0; j < mb; ++j) d[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + (m0 + j) * K + k), w, d[j]);
+          }
+          const __m256 sc = _mm256_set1_ps(sr[gi]);
+          for (int64_t j = 0; j < mb; ++j) acc[j] = _mm256_fmadd_ps(sc, d[j], acc[j]);
+        }
+        for (int64_t j = 0; j < mb; ++j) yp[(m0 + j) * N + n] = hsum(acc[j]);
+      }
+#else
       for (int64_t m = 0; m < M; ++m) {
         const float* xr = xp + m * K;
-#ifdef LMZOO_AVX2
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t gi = 0; gi < G; ++gi)
-          acc = _mm256_fmadd_ps(_mm256_set1_ps(sr[gi]), dot_i8_vec(xr + gi * g, qr + gi * g, g), acc);
-        yp[m * N + n] = hsum(acc);
-#else
         float acc = 0.f;
         for (int64_t gi = 0; gi < G; ++gi) acc += sr[gi] * dot_i8(xr + gi * g, qr + gi * g, g);
         yp[m * N + n] = acc;
-#endif
       }
+#endif
     }
   });
   return y;
@@ -177,22 +161,47 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
       const uint8_t* qr = qp + n * (K / 2);
       const float* sr = sp + n * G;
       const float* mr = mp + n * G;
+#ifdef LMZOO_AVX2
+      // rows in passes of RB: each 32-weight block is unpacked to floats once and used for RB rows
+      for (int64_t m0 = 0; m0 < M; m0 += RB) {
+        const int64_t mb = std::min<int64_t>(RB, M - m0);
+        __m256 acc[RB];
+        for (int64_t j = 0; j < RB; ++j) acc[j] = _mm256_setzero_ps();
+        for (int64_t gi = 0; gi < G; ++gi) {
+          __m256 d[RB];
+          for (int64_t j = 0; j < RB; ++j) d[j] = _mm256_setzero_ps();
+          for (int64_t bi = 0; bi < blocks; ++bi) {
+            const int64_t e = gi * g + bi * 32;
+            __m128i raw = _mm_loadu_si128((const __m128i*)(qr + e / 2));
+            __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
+            const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            const __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            const __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+            for (int64_t j = 0; j < mb; ++j) {
+              const float* xr = xp + (m0 + j) * K + e;
+              __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, d[j]);
+              t = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w1, t);
+              t = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), w2, t);
+              d[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 24), w3, t);
+            }
+          }
+          const __m256 sc = _mm256_set1_ps(sr[gi]);
+          for (int64_t j = 0; j < mb; ++j) acc[j] = _mm256_fmadd_ps(sc, d[j], acc[j]);
+        }
+        for (int64_t j = 0; j < mb; ++j) {
+          const int64_t m = m0 + j;
+          float mn = 0.f;  // the `min` term, scalar
+          for (int64_t gi = 0; gi < G; ++gi) mn += mr[gi] * xsp[m * G + gi];
+          yp[m * N + n] = mn + hsum(acc[j]);
+        }
+      }
+#else
       for (int64_t m = 0; m < M; ++m) {
         const float* xr = xp + m * K;
         float acc = 0.f;  // the `min` term, scalar
         for (int64_t gi = 0; gi < G; ++gi) acc += mr[gi] * xsp[m * G + gi];
-#ifdef LMZOO_AVX2
-        __m256 vacc = _mm256_setzero_ps();
-        for (int64_t gi = 0; gi < G; ++gi) {
-          __m256 d = _mm256_setzero_ps();
-          for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t e = gi * g + b * 32;
-            d = dot_i4_block_vec(xr + e, qr + e / 2, d);
-          }
-          vacc = _mm256_fmadd_ps(_mm256_set1_ps(sr[gi]), d, vacc);
-        }
-        yp[m * N + n] = acc + hsum(vacc);
-#else
         for (int64_t gi = 0; gi < G; ++gi) {
           float d = 0.f;
           for (int64_t b = 0; b < blocks; ++b) {
@@ -202,8 +211,8 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
           acc += sr[gi] * d;
         }
         yp[m * N + n] = acc;
-#endif
       }
+#endif
     }
   });
   return y;
