@@ -1,7 +1,12 @@
-"""lmzoo: the mainstream open LLMs as configurations of one readable PyTorch Transformer."""
+"""lmzoo: the mainstream open LLMs as configurations of one readable PyTorch Transformer.
 
-from lmzoo.catalog import get_config, get_entry, list_models
-from lmzoo.checkpoints.load import from_pretrained
+The names below are the public surface. They load on first use (PEP 562), so `import lmzoo` and
+commands that need no model (`lmzoo --help`, `lmzoo list`) do not import torch (~1.5 s)."""
+
+from __future__ import annotations
+
+import importlib
+
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import (
     CheckpointError,
@@ -14,11 +19,32 @@ from lmzoo.errors import (
     UnknownModelError,
     UnsupportedModelError,
 )
-from lmzoo.nn.transformer import Transformer
-from lmzoo.runtime import Engine, Event, KVCache, Request, SamplingParams, generate, stream_generate
-from lmzoo.sizing.estimate import MemoryEstimate, ParamCount, count_params, estimate_memory, gpus_needed
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it. Sizing names go through the catalog, which registers
+# catalog-name lookup with sizing when imported (lmzoo.count_params("Llama-2-7B")).
+_LAZY = {
+    "get_config": "lmzoo.catalog", "get_entry": "lmzoo.catalog", "list_models": "lmzoo.catalog",
+    "from_pretrained": "lmzoo.checkpoints.load",
+    "Transformer": "lmzoo.nn.transformer",
+    **{n: "lmzoo.runtime" for n in ("Engine", "Event", "KVCache", "Request", "SamplingParams", "generate",
+                                    "stream_generate")},
+    **{n: "lmzoo.sizing.estimate" for n in ("MemoryEstimate", "ParamCount", "count_params", "estimate_memory",
+                                            "gpus_needed")},
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmzoo' has no attribute {name!r}")
+    if module == "lmzoo.sizing.estimate":
+        importlib.import_module("lmzoo.catalog")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ModelConfig", "RopeScaling", "Transformer", "from_pretrained", "generate", "stream_generate",
@@ -28,3 +54,7 @@ __all__ = [
     "LmzooError", "ModelNotFoundError", "UnsupportedModelError", "CheckpointError", "ConfigError",
     "ContextLengthError", "GenerationError", "TokenizerError",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

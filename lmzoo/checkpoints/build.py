@@ -14,11 +14,27 @@ import re
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from lmzoo.checkpoints.checkpoint import split_index
 from lmzoo.config import ModelConfig
 from lmzoo.errors import CheckpointError
 from lmzoo.nn.transformer import Transformer
+
+
+def empty_model(cfg: ModelConfig) -> Transformer:
+    """The model on the meta device (no memory), without running weight initialisers: every tensor
+    is replaced from the checkpoint, and the initialisers' meta kernels (torch._refs) import
+    torch._dynamo, about a second of start-up."""
+    saved = [(cls, cls.reset_parameters) for cls in (nn.Linear, nn.Embedding, nn.LayerNorm)]
+    try:
+        for cls, _ in saved:
+            cls.reset_parameters = lambda self: None
+        with torch.device("meta"):
+            return Transformer(cfg)
+    finally:
+        for cls, fn in saved:
+            cls.reset_parameters = fn
 
 
 class Source(Protocol):
@@ -122,8 +138,7 @@ def instantiate(
     dtype: torch.dtype,
     device,
 ) -> Transformer:
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    model = empty_model(cfg)
     state = build_state_dict(model, source, weights, ignore=ignore, transforms=transforms, dtype=dtype,
                              device=device)
     model.load_state_dict(state, strict=not cfg.tie_embeddings, assign=True)

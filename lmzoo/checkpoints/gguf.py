@@ -189,8 +189,8 @@ _LINEARS = {
 def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFSource, device):
     from torch import nn
 
+    from lmzoo.checkpoints.build import empty_model
     from lmzoo.checkpoints.gguf_quant import QUANTISED, RowConcat, quantised_linear
-    from lmzoo.nn.transformer import Transformer
 
     def row_order(name: str, n_rows: int):
         heads = {"attn_q": cfg.n_head, "attn_k": cfg.n_kv_head}.get(name.split(".")[-2])
@@ -213,8 +213,7 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
                 part.bias = nn.Parameter(v)
         return mod
 
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    model = empty_model(cfg)
     for i, layer in enumerate(model.layers):
         for (parent, child), stems in _LINEARS.items():
             mod = build([f"blk.{i}.{s}.weight" for s in stems])

@@ -44,6 +44,8 @@ class GGUFTensor:
 
     @property
     def type_name(self) -> str:
+        if self.type_id in BLOCK_TYPES:
+            return BLOCK_TYPES[self.type_id][0]
         from gguf import GGMLQuantizationType
 
         try:
@@ -53,8 +55,24 @@ class GGUFTensor:
 
 
 class GGUFFile:
+    """A GGUF file's header (metadata, tensor table) parsed once per process: loading the model and
+    then its tokenizer reads the ~100k-string header of a vocabulary file only once (keyed by path,
+    size and modification time, so a rewritten file is parsed again)."""
+
+    _parsed: dict[tuple, tuple[dict, dict, int]] = {}
+
     def __init__(self, path) -> None:
         self.path = Path(path)
+        st = self.path.stat()
+        key = (str(self.path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in self._parsed:
+            self._read_header()
+            self._parsed.clear()  # keep one: files are opened one model at a time
+            self._parsed[key] = (self.metadata, self.tensors, self._size)
+        self.metadata, self.tensors, self._size = self._parsed[key]
+        self._map: np.memmap | None = None
+
+    def _read_header(self) -> None:
         with open(self.path, "rb") as f:
             magic = f.read(4)
             if magic != b"GGUF":
@@ -68,7 +86,6 @@ class GGUFFile:
                     raise CheckpointError(f"{self.path} has a corrupt or truncated GGUF header ({e})") from None
                 finally:
                     mv.release()
-        self._map: np.memmap | None = None
 
     def _parse(self, mv: memoryview) -> None:
         pos = 4
@@ -140,30 +157,46 @@ class GGUFFile:
         Rows are decoded a chunk at a time (about 16 MB of float32 each) straight into the output,
         so the dequantiser's temporaries stay small: decoding SmolLM2's 49152 x 576 Q8_0 embedding
         whole took ~300 MB of scratch for a 113 MB result."""
-        from gguf import GGMLQuantizationType, quants
-
         raw = self.raw(t)  # (rows, bytes per row)
-        qtype = GGMLQuantizationType(t.type_id)
-        out = np.empty((raw.shape[0], t.ne[0]), dtype=np.float32)
-        step = max(1, chunk_elements // max(1, t.ne[0]))
+        kind = t.type_name
+        K = t.ne[0]
+        out = np.empty((raw.shape[0], K), dtype=np.float32)
+        step = max(1, chunk_elements // max(1, K))
         for r in range(0, raw.shape[0], step):
             part = raw[r:r + step]
-            if qtype == GGMLQuantizationType.F32:
+            if kind == "F32":
                 out[r:r + step] = part.view(np.float32)
-            elif qtype == GGMLQuantizationType.F16:
+            elif kind == "F16":
                 out[r:r + step] = part.view(np.float16)
+            elif kind == "Q8_0":  # 32-blocks of (f16 scale, 32 x int8): w = d * q, vectorised here
+                b = part.reshape(part.shape[0], K // 32, 34)
+                d = np.ascontiguousarray(b[..., :2]).view(np.float16).astype(np.float32)  # (rows, K/32, 1)
+                out[r:r + step] = (b[..., 2:].view(np.int8) * d).reshape(part.shape[0], K)
             else:
-                out[r:r + step] = quants.dequantize(part, qtype)
+                from gguf import GGMLQuantizationType, quants
+
+                out[r:r + step] = quants.dequantize(part, GGMLQuantizationType(t.type_id))
         return out.reshape(t.shape)
 
 
-def _nbytes(ne: tuple[int, ...], type_id: int) -> int:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+# (name, elements per block, bytes per block) of the common GGML tensor types, by type id (ggml.h's
+# enum ggml_type; tests/checkpoints/test_gguf.py checks them against the gguf package). Other ids are
+# looked up in the gguf package, whose import costs ~0.3 s of start-up (it pulls in mistral_common).
+BLOCK_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+               7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+               12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 30: ("BF16", 1, 2)}
 
-    try:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
-    except (ValueError, KeyError):
-        raise ValueError(f"unknown tensor type {type_id}") from None
+
+def _nbytes(ne: tuple[int, ...], type_id: int) -> int:
+    if type_id in BLOCK_TYPES:
+        _, block, size = BLOCK_TYPES[type_id]
+    else:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        try:
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
+        except (ValueError, KeyError):
+            raise ValueError(f"unknown tensor type {type_id}") from None
     n = int(np.prod(ne)) if ne else 1
     if n % block:
         raise ValueError(f"{n} elements is not a whole number of {block}-element blocks")

@@ -111,6 +111,11 @@ class RotaryEmbedding(nn.Module):
         self.reset_buffers()
 
     def reset_buffers(self, device=None) -> None:
+        if device is None and torch.empty(0).device.type == "meta":
+            # built on the meta device (checkpoint loading): compute the small table for real on the
+            # CPU (the loader recomputes it on the target device); meta arithmetic goes through
+            # torch._refs, which imports torch._dynamo (about a second of start-up)
+            device = "cpu"
         inv, self.scaling = inv_frequencies(self.cfg, device=device)
         self.register_buffer("inv_freq", inv, persistent=False)
 

@@ -173,3 +173,11 @@ def test_chunked_dequantisation_matches_numpy_reference(tmp_path, kind):
         ref = gguf_ref.dequantize(np.asarray(t.data), t.tensor_type.name, int(np.prod(shape))).reshape(shape)
         for chunk in (300, 1 << 22):
             assert np.array_equal(f.array(f.tensors[t.name], chunk_elements=chunk), ref), (t.name, chunk)
+
+
+def test_block_type_table_matches_the_gguf_package():
+    from lmzoo.checkpoints.gguf_file import BLOCK_TYPES
+
+    for type_id, (name, block, size) in BLOCK_TYPES.items():
+        t = gguf.GGMLQuantizationType(type_id)
+        assert (t.name, (block, size)) == (name, gguf.GGML_QUANT_SIZES[t])
