@@ -2,7 +2,7 @@
 lmzoo loads them by default): aggregate decode tokens/s with 1, 4 and 16 concurrent requests, and
 batch-1 decode against an older lmzoo checkout side by side (alternating runs, fresh processes).
 
-    python benchmarks/engine.py                                  # 1 / 4 / 16 concurrent streams
+    python benchmarks/engine.py [--float]                        # 1 / 4 / 16 concurrent streams
     git worktree add /tmp/lmzoo-old <commit>
     python benchmarks/engine.py --baseline /tmp/lmzoo-old        # + batch-1 decode, old vs this tree
 
@@ -23,15 +23,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker_concurrency(n: int, prompt: int, new: int) -> dict:
+def default_model():
+    """The default model's path, found the way the checkout being measured finds it."""
+    try:
+        from lmzoo.checkpoints.assets import default_model_path
+    except ImportError:  # a checkout from before the layered layout
+        from lmzoo.assets import default_model_path
+    return default_model_path()
+
+
+def worker_concurrency(n: int, prompt: int, new: int, keep_quantized: bool) -> dict:
     import time
 
     import torch
 
     import lmzoo
-    from lmzoo.checkpoints.assets import default_model_path
 
-    model = lmzoo.from_pretrained(default_model_path())
+    model = lmzoo.from_pretrained(default_model(), keep_quantized=keep_quantized)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.config.vocab_size, (prompt,), generator=g).tolist() for _ in range(n)]
 
@@ -66,9 +74,9 @@ def worker_batch1(prompt: int, new: int) -> dict:
     import torch
 
     import lmzoo
-    from lmzoo.checkpoints.assets import default_model_path
 
-    model = lmzoo.from_pretrained(default_model_path())
+    model = lmzoo.from_pretrained(default_model())
+    assert Path(lmzoo.__file__).resolve().is_relative_to(Path(os.environ["PYTHONPATH"]).resolve()), lmzoo.__file__
     ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))
     lmzoo.generate(model, ids, max_new_tokens=8, eos_token_id=[])
     best = 0.0
@@ -91,13 +99,14 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--baseline", type=Path, help="an older lmzoo checkout for the batch-1 comparison")
+    ap.add_argument("--float", action="store_true", help="dequantise the GGUF to fp32 (concurrency table)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker == "batch1":
         print(json.dumps(worker_batch1(a.prompt, a.new)))
         return 0
     if a.worker:
-        print(json.dumps(worker_concurrency(int(a.worker), a.prompt, a.new)))
+        print(json.dumps(worker_concurrency(int(a.worker), a.prompt, a.new, not a.float)))
         return 0
     import torch
 
@@ -117,8 +126,9 @@ def main() -> int:
     res = {n: [] for n in levels}
     for _ in range(a.rounds):
         for n in levels:
-            res[n].append(spawn(["--worker", str(n), *common], ROOT)["decode_tok_s"])
+            res[n].append(spawn(["--worker", str(n), *common] + (["--float"] if a.float else []), ROOT)["decode_tok_s"])
     base = max(res[levels[0]])
+    print(f"weights: {'fp32 (dequantised)' if a.float else 'the GGUF blocks (Q4_1 int4, Q8_0 int8)'}")
     print(f"{'concurrent':>10} {'aggregate decode tok/s':>24} {'x one stream':>13}")
     for n in levels:
         print(f"{n:>10} {min(res[n]):>11.1f} - {max(res[n]):<10.1f} {max(res[n]) / base:>11.2f}x")

@@ -34,6 +34,40 @@ inline float hsum(__m256 v) {
 }
 #endif
 
+#ifdef LMZOO_AVX2
+// 8-lane partial sums of x[0:len] * q[0:len] (int8 q, len % 8 == 0); reduced once per output
+inline __m256 dot_i8_vec(const float* x, const int8_t* q, int64_t len) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= len; k += 16) {
+    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
+    __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k + 8))));
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, acc1);
+  }
+  for (; k < len; k += 8) {
+    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, acc0);
+  }
+  return _mm256_add_ps(acc0, acc1);
+}
+
+// acc + 8-lane partial sums of one 32-element int4 block (16 bytes) times x[0:32]
+inline __m256 dot_i4_block_vec(const float* x, const uint8_t* q, __m256 acc) {
+  __m128i b = _mm_loadu_si128((const __m128i*)q);
+  __m128i m = _mm_set1_epi8(0x0F);
+  __m128i lo = _mm_and_si128(b, m);
+  __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), acc);
+  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8),
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), acc);
+  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 16), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), acc);
+  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 24),
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), acc);
+  return acc;
+}
+#endif
+
 #ifndef LMZOO_AVX2
 // portable fallbacks (the compiler vectorises what it can)
 inline float dot_i8(const float* x, const int8_t* q, int64_t len) {
@@ -113,6 +147,14 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
       // rows in passes of RB: each 16-weight chunk is widened to float once and used for RB rows
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
         const int64_t mb = std::min<int64_t>(RB, M - m0);
+        if (mb == 1) {  // one row: two independent accumulator chains keep the FMA units busy
+          const float* xr = xp + m0 * K;
+          __m256 a1 = _mm256_setzero_ps();
+          for (int64_t gi = 0; gi < G; ++gi)
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sr[gi]), dot_i8_vec(xr + gi * g, qr + gi * g, g), a1);
+          yp[m0 * N + n] = hsum(a1);
+          continue;
+        }
         __m256 acc[RB];
         for (int64_t j = 0; j < RB; ++j) acc[j] = _mm256_setzero_ps();
         for (int64_t gi = 0; gi < G; ++gi) {
@@ -165,6 +207,23 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
       // rows in passes of RB: each 32-weight block is unpacked to floats once and used for RB rows
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
         const int64_t mb = std::min<int64_t>(RB, M - m0);
+        if (mb == 1) {  // one row: the block-at-a-time dot product
+          const int64_t m = m0;
+          const float* xr = xp + m * K;
+          float mn = 0.f;
+          for (int64_t gi = 0; gi < G; ++gi) mn += mr[gi] * xsp[m * G + gi];
+          __m256 a1 = _mm256_setzero_ps();
+          for (int64_t gi = 0; gi < G; ++gi) {
+            __m256 d1 = _mm256_setzero_ps();
+            for (int64_t bi = 0; bi < blocks; ++bi) {
+              const int64_t e = gi * g + bi * 32;
+              d1 = dot_i4_block_vec(xr + e, qr + e / 2, d1);
+            }
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sr[gi]), d1, a1);
+          }
+          yp[m * N + n] = mn + hsum(a1);
+          continue;
+        }
         __m256 acc[RB];
         for (int64_t j = 0; j < RB; ++j) acc[j] = _mm256_setzero_ps();
         for (int64_t gi = 0; gi < G; ++gi) {
