@@ -8,6 +8,7 @@ still runs, through plain PyTorch ops, only slower."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import sys
 import warnings
@@ -43,17 +44,21 @@ def cpu_kernels():
         return _KERNELS
     _TRIED = True
     try:
-        from torch.utils.cpp_extension import load
-
         flags = _flags()
         key = build_key(flags)
         root = Path(os.environ.get("LMZOO_KERNEL_CACHE", Path.home() / ".cache" / "lmzoo" / "kernels"))
         build = root / key
         build.mkdir(parents=True, exist_ok=True)
         name = f"lmzoo_cpu_{key}"
-        if not (build / f"{name}.so").exists():
-            print("lmzoo: building the CPU kernels for this torch (once; about a minute)...", file=sys.stderr,
-                  flush=True)
+        built = build / f"{name}.so"
+        if built.exists():  # the key covers source, flags and torch: import it directly (no ninja run)
+            spec = importlib.util.spec_from_file_location(name, built)
+            _KERNELS = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(_KERNELS)
+            return _KERNELS
+        print("lmzoo: building the CPU kernels for this torch (once; about a minute)...", file=sys.stderr, flush=True)
+        from torch.utils.cpp_extension import load
+
         _KERNELS = load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                         build_directory=str(build), verbose=False)
     except Exception as e:  # no compiler / ninja: correct, just slower
