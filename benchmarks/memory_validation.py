@@ -86,6 +86,7 @@ def run_case(name: str) -> dict:
     import lmzoo
     from lmzoo.nn.transformer import Transformer
     from lmzoo.quant.layers import quantize
+    from lmzoo.runtime import KVCache
 
     shape, task, dtype, batch, context, extra = CASES[name]
     cfg = lmzoo.ModelConfig(**SHAPES[shape])
@@ -110,8 +111,7 @@ def run_case(name: str) -> dict:
         if dtype in ("int8", "int4"):
             quantize(tiny, mode=dtype)
         with torch.inference_mode():
-            tiny.setup_cache(2, 128)
-            tiny(ids, start=0, last_only=True)
+            tiny(ids, cache=KVCache(tiny, 2, 128), last_only=True)
     else:
         loss = F.cross_entropy(tiny(ids).float().flatten(0, 1), ids.flatten())
         loss.backward()
@@ -132,8 +132,7 @@ def run_case(name: str) -> dict:
             quantize(model, mode=dtype)
             gc.collect()
         with torch.inference_mode():
-            model.setup_cache(batch, context)
-            model(ids, start=0, last_only=True)
+            model(ids, cache=KVCache(model, batch, context), last_only=True)
     else:
         if task == "lora":
             model.requires_grad_(False)

@@ -16,6 +16,7 @@ import torch
 
 import lmzoo
 from lmzoo.nn.transformer import Transformer
+from lmzoo.runtime import KVCache
 
 
 def main() -> None:
@@ -36,24 +37,21 @@ def main() -> None:
     print("|---|---|---|---|---|")
     logits = {}
     for kind in ("expanded", "latent"):
-        model.set_mla_cache(kind)
-        model.setup_cache(1, a.prompt + a.new)
-        attn = model.layers[0].attn
-        per_tok = attn.cache.k[0, :, 0].numel() + (attn.cache.v[0, :, 0].numel() if kind == "expanded" else 0)
-        mib = sum(b.numel() * b.element_size() for layer in model.layers for b in layer.attn.cache.buffers()) / 2**20
+        cache = KVCache(model, 1, a.prompt + a.new, mla_cache=kind)
+        per_tok = cache.k[0][0, :, 0].numel() + (cache.v[0][0, :, 0].numel() if cache.v[0] is not None else 0)
+        mib = cache.nbytes() / 2**20
         with torch.inference_mode():
             t0 = time.perf_counter()
-            out = model(ids, start=0, last_only=True)
+            out = model(ids, cache=cache, last_only=True)
             t1 = time.perf_counter()
             toks = []
-            for i in range(a.new):
+            for _ in range(a.new):
                 nxt = out[:, -1].argmax(-1, keepdim=True)
                 toks.append(nxt)
-                out = model(nxt, start=a.prompt + i)
+                out = model(nxt, cache=cache)
             t2 = time.perf_counter()
         logits[kind] = out
         print(f"| {kind} | {per_tok} | {mib:.0f} | {t1 - t0:.2f} | {a.new / (t2 - t1):.1f} |")
-        model.clear_cache()
     print(f"max |logit diff| after {a.new} steps: {(logits['expanded'] - logits['latent']).abs().max():.2e}")
 
 
