@@ -106,7 +106,7 @@ def biases(a: Mapping[str, Any]) -> str:
 
 
 def summary(arch: Mapping[str, Any]) -> dict[str, str]:
-    a = resolve_arch(arch)
+    a = resolve_arch(arch).to_dict()  # derived sizes (head_dim, kv heads, expert width) resolved
     return {
         "layers": str(a["n_layer"]), "d_model": str(a["n_embd"]),
         "heads": f"{a['n_head']} (head_dim {a['head_dim']})", "attention": attention(a),

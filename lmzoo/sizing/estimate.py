@@ -1,10 +1,11 @@
 """Sizing from the architecture alone: parameter counts, and memory for inference / training / LoRA /
 QLoRA at a precision, a context length and a batch size.
 
-Everything here is arithmetic on an architecture dict (ModelConfig field names, see lmzoo.catalog),
-never an instantiated model, so it works for a 671B MoE as fast as for a toy, and for catalog rows
-lmzoo cannot run yet.
-tests/test_estimate.py checks the counts against `sum(p.numel())` of our Transformer built on the meta
+Everything here is arithmetic on a ModelConfig (given as one, as a dict of its fields, or as a
+catalog name), never an instantiated model, so it works for a 671B MoE as fast as for a toy. It reads
+the config's own derived sizes and per-layer rules (head_dim, layer_is_moe, layer_window, rope_dim),
+so there is no second copy of that logic here.
+tests/sizing/test_estimate.py checks the counts against `sum(p.numel())` of our Transformer built on the meta
 device, exactly, and against the reference implementations' own counts.
 
 Parameter components (`ParamCount.breakdown`):
@@ -74,19 +75,6 @@ GiB = 1024**3
 # --------------------------------------------------------------------------------------------------
 
 
-def _defaults() -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(ModelConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
-_DEFAULTS = _defaults()
-
-
 # Catalog names are resolved by the catalog, a higher layer, which registers its lookup here when
 # imported (lmzoo.catalog): sizing stays importable on its own and never imports upwards.
 _CATALOG_LOOKUP: Callable[[str], Mapping[str, Any]] | None = None
@@ -103,40 +91,28 @@ def catalog_arch(name: str) -> Mapping[str, Any]:
     return _CATALOG_LOOKUP(name)
 
 
-def resolve_arch(x: Any) -> dict[str, Any]:
-    """A complete architecture dict from a ModelConfig, an arch dict, or a catalog name (with lmzoo's
-    defaults filled in and derived sizes — head_dim, kv heads, expert width — resolved)."""
+def resolve_arch(x: Any) -> ModelConfig:
+    """The ModelConfig of a ModelConfig, an architecture dict (ModelConfig field names) or a catalog
+    name. Everything below reads the config itself (its derived sizes and per-layer rules), so the
+    estimates cannot drift from the model they describe."""
     if isinstance(x, ModelConfig):
-        a = x.to_dict()
-    elif isinstance(x, Mapping):
-        a = {**_DEFAULTS, **x}
-    elif isinstance(x, str):
-        a = {**_DEFAULTS, **catalog_arch(x)}
-    else:
+        return x
+    if isinstance(x, str):
+        x = catalog_arch(x)
+    if not isinstance(x, Mapping):
         raise ConfigError(f"expected a ModelConfig, an architecture dict or a catalog name, got {type(x).__name__}")
     for k in ("vocab_size", "n_layer", "n_embd", "n_head", "intermediate_size"):
-        if not isinstance(a.get(k), int) or a[k] <= 0:
-            raise ConfigError(f"architecture needs a positive integer {k}, got {a.get(k)!r}")
-    if a.get("attention") == "mla":
-        a["head_dim"] = a["qk_nope_head_dim"] + a["qk_rope_head_dim"]
-        a["n_kv_head"] = a["n_head"]
-    a["n_kv_head"] = a.get("n_kv_head") or a["n_head"]
-    a["head_dim"] = a.get("head_dim") or a["n_embd"] // a["n_head"]
-    if a.get("n_experts") and not a.get("moe_intermediate_size"):
-        a["moe_intermediate_size"] = a["intermediate_size"]
-    return a
+        if not isinstance(x.get(k), int) or x[k] <= 0:
+            raise ConfigError(f"architecture needs a positive integer {k}, got {x.get(k)!r}")
+    return ModelConfig.from_dict(dict(x))
 
 
 def _norm(kind: str, dim: int) -> int:
     return 2 * dim if kind == "layernorm" else dim  # LayerNorm: weight + bias; RMSNorm: weight
 
 
-def _in(layer: int, layers: Any) -> bool:
-    return layers is None or layer in layers
-
-
-def _is_moe(a: Mapping, i: int) -> bool:
-    return bool(a.get("n_experts")) and _in(i, a.get("moe_layers"))
+def _has_qk_norm(a: ModelConfig, i: int) -> bool:
+    return a.qk_norm and (a.qk_norm_layers is None or i in a.qk_norm_layers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,9 +143,9 @@ def _linear(comp: str, role: str, i: int, o: int, bias: bool, n: int = 1) -> Ite
         yield Tensor(comp, "bias", o, 0, n)
 
 
-def _mlp(a: Mapping, comp: str, width: int, n: int) -> Iterator[Tensor]:
-    d, bias = a["n_embd"], bool(a.get("mlp_bias"))
-    if a["mlp"] in ("swiglu", "geglu"):  # gate and up (stored fused as gate_up in lmzoo)
+def _mlp(a: ModelConfig, comp: str, width: int, n: int) -> Iterator[Tensor]:
+    d, bias = a.n_embd, bool(a.mlp_bias)
+    if a.mlp in ("swiglu", "geglu"):  # gate and up (stored fused as gate_up in lmzoo)
         yield from _linear(comp, "gate", d, width, bias, n)
         yield from _linear(comp, "up", d, width, bias, n)
     else:
@@ -177,15 +153,15 @@ def _mlp(a: Mapping, comp: str, width: int, n: int) -> Iterator[Tensor]:
     yield from _linear(comp, "down", width, d, bias, n)
 
 
-def _attention(a: Mapping, i: int) -> Iterator[Tensor]:
-    d, H = a["n_embd"], a["n_head"]
-    qkv_b, o_b = bool(a.get("qkv_bias")), bool(a.get("attn_out_bias"))
-    if a.get("attention") == "mla":
-        nope, rope, v, rank = a["qk_nope_head_dim"], a["qk_rope_head_dim"], a["v_head_dim"], a["kv_lora_rank"]
-        if a.get("q_lora_rank"):
-            yield from _linear("attention", "q_a", d, a["q_lora_rank"], qkv_b)
-            yield Tensor("attention", "norm", a["q_lora_rank"])
-            yield from _linear("attention", "q_b", a["q_lora_rank"], H * (nope + rope), False)
+def _attention(a: ModelConfig, i: int) -> Iterator[Tensor]:
+    d, H = a.n_embd, a.n_head
+    qkv_b, o_b = bool(a.qkv_bias), bool(a.attn_out_bias)
+    if a.attention == "mla":
+        nope, rope, v, rank = a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim, a.kv_lora_rank
+        if a.q_lora_rank:
+            yield from _linear("attention", "q_a", d, a.q_lora_rank, qkv_b)
+            yield Tensor("attention", "norm", a.q_lora_rank)
+            yield from _linear("attention", "q_b", a.q_lora_rank, H * (nope + rope), False)
         else:
             yield from _linear("attention", "q", d, H * (nope + rope), False)
         yield from _linear("attention", "kv_a", d, rank + rope, qkv_b)
@@ -193,13 +169,13 @@ def _attention(a: Mapping, i: int) -> Iterator[Tensor]:
         yield from _linear("attention", "kv_b", rank, H * (nope + v), False)
         yield from _linear("attention", "o", H * v, d, o_b)
         return
-    hd, kv = a["head_dim"], a["n_kv_head"]
+    hd, kv = a.head_dim, a.n_kv_head
     yield from _linear("attention", "q", d, H * hd, qkv_b)
     yield from _linear("attention", "k", d, kv * hd, qkv_b)
     yield from _linear("attention", "v", d, kv * hd, qkv_b)
     yield from _linear("attention", "o", H * hd, d, o_b)
-    if a.get("qk_norm") and _in(i, a.get("qk_norm_layers")):
-        kind = a.get("qk_norm_kind", "rmsnorm")
+    if _has_qk_norm(a, i):
+        kind = a.qk_norm_kind
         if kind == "rmsnorm":  # one RMSNorm(head_dim) each for q and k, shared by all heads
             yield Tensor("attention", "norm", 2 * hd)
         elif kind == "layernorm_per_head":  # bias-free, one weight vector per head
@@ -207,9 +183,9 @@ def _attention(a: Mapping, i: int) -> Iterator[Tensor]:
         # "l2": weightless
 
 
-def _block_norms(a: Mapping) -> int:
-    n = 1 if a.get("shared_norm") else 2  # attention norm (+ MLP norm unless one norm feeds both)
-    if a.get("sandwich_norm"):  # Grok-1: another norm after each sublayer
+def _block_norms(a: ModelConfig) -> int:
+    n = 1 if a.shared_norm else 2  # attention norm (+ MLP norm unless one norm feeds both)
+    if a.sandwich_norm:  # Grok-1: another norm after each sublayer
         n *= 2
     return n
 
@@ -217,43 +193,42 @@ def _block_norms(a: Mapping) -> int:
 def inventory(x: Any) -> list[Tensor]:
     """Every parameter tensor of the architecture (tied head counted once), grouped by role."""
     a = resolve_arch(x)
-    d, V, L = a["n_embd"], a["vocab_size"], a["n_layer"]
-    e = a.get("embed_dim") or d
+    d, V, L = a.n_embd, a.vocab_size, a.n_layer
+    e = a.embed_dim or d
     out: list[Tensor] = [Tensor("embeddings", "embed", V, e)]
-    if a["position"] == "learned":
-        out.append(Tensor("embeddings", "pos", a["max_seq_len"] + (a.get("position_offset") or 0), d))
-    if a.get("query_layer"):  # PanGu-alpha: learned query positions for its top layer
-        out.append(Tensor("embeddings", "pos", a["max_seq_len"], d))
+    if a.position == "learned":
+        out.append(Tensor("embeddings", "pos", a.max_seq_len + (a.position_offset or 0), d))
+    if a.query_layer:  # PanGu-alpha: learned query positions for its top layer
+        out.append(Tensor("embeddings", "pos", a.max_seq_len, d))
     if e != d:
         out += [Tensor("embeddings", "project_in", d, e, linear=True), Tensor("embeddings", "project_out", e, d, linear=True)]
-    if a.get("embed_norm"):
-        out.append(Tensor("embeddings", "norm", _norm(a["norm"], d)))
+    if a.embed_norm:
+        out.append(Tensor("embeddings", "norm", _norm(a.norm, d)))
     # blocks: group identical layers so a 61-layer model is a handful of rows
     groups: dict[tuple, int] = {}
     for i in range(L):
-        key = (_is_moe(a, i), bool(a.get("qk_norm")) and _in(i, a.get("qk_norm_layers")))
+        key = (a.layer_is_moe(i), _has_qk_norm(a, i))
         groups[key] = groups.get(key, 0) + 1
     for (moe, qkn), n in groups.items():
-        i = next(j for j in range(L) if (_is_moe(a, j), bool(a.get("qk_norm")) and _in(j, a.get("qk_norm_layers")))
-                 == (moe, qkn))
+        i = next(j for j in range(L) if (a.layer_is_moe(j), _has_qk_norm(a, j)) == (moe, qkn))
         for t in _attention(a, i):
             out.append(dataclasses.replace(t, count=t.count * n))
-        out.append(Tensor("norms", "norm", _norm(a["norm"], d) * _block_norms(a), 0, n))
+        out.append(Tensor("norms", "norm", _norm(a.norm, d) * _block_norms(a), 0, n))
         if moe:
-            E = a["n_experts"]
+            E = a.n_experts
             out += list(_linear("mlp", "router", d, E, False, n))
-            out += list(_mlp(a, "experts", a["moe_intermediate_size"], n * E))
-            if a.get("shared_expert_size"):
-                out += list(_mlp(a, "mlp", a["shared_expert_size"], n))
-                if a.get("shared_expert_gate", True):
+            out += list(_mlp(a, "experts", a.moe_intermediate_size, n * E))
+            if a.shared_expert_size:
+                out += list(_mlp(a, "mlp", a.shared_expert_size, n))
+                if a.shared_expert_gate:
                     out += list(_linear("mlp", "shared_gate", d, 1, False, n))
         else:
-            out += list(_mlp(a, "mlp", a["intermediate_size"], n))
-    if a.get("final_norm", True):
-        out.append(Tensor("norms", "norm", _norm(a["norm"], d)))
-    if not a.get("tie_embeddings"):
+            out += list(_mlp(a, "mlp", a.intermediate_size, n))
+    if a.final_norm:
+        out.append(Tensor("norms", "norm", _norm(a.norm, d)))
+    if not a.tie_embeddings:
         out.append(Tensor("head", "head", V, e, linear=True))
-    if a.get("lm_head_bias"):
+    if a.lm_head_bias:
         out.append(Tensor("head", "bias", V))
     return out
 
@@ -284,9 +259,9 @@ def count_params(x: Any) -> ParamCount:
         breakdown[t.component] += t.numel
     total = sum(breakdown.values())
     inactive = 0
-    if a.get("n_experts"):
-        E, k = a["n_experts"], a["n_experts_per_tok"]
-        n_moe = sum(_is_moe(a, i) for i in range(a["n_layer"]))
+    if a.n_experts:
+        E, k = a.n_experts, a.n_experts_per_tok
+        n_moe = sum(a.layer_is_moe(i) for i in range(a.n_layer))
         per_expert = breakdown["experts"] // (E * n_moe) if n_moe else 0
         inactive = n_moe * (E - k) * per_expert
     return ParamCount(total=total, active=total - inactive, breakdown=breakdown)
@@ -362,85 +337,81 @@ def _weights_bytes(inv: list[Tensor], dtype: str, compute_bytes: float, *, group
     return total
 
 
-def _kv_cache_bytes(a: Mapping, context: int, batch: int, kv_bytes: float, mla_cache: str) -> float:
+def _kv_cache_bytes(a: ModelConfig, context: int, batch: int, kv_bytes: float, mla_cache: str) -> float:
     per_token_layers = 0.0
-    for i in range(a["n_layer"]):
-        window = a.get("sliding_window") if _in(i, a.get("sliding_window_layers")) else None
+    for i in range(a.n_layer):
+        window = a.layer_window(i)
         t = min(context, window) if window else context
-        if a.get("attention") == "mla":
-            width = (a["kv_lora_rank"] + a["qk_rope_head_dim"]) if mla_cache == "latent" \
-                else a["n_head"] * (a["qk_nope_head_dim"] + a["qk_rope_head_dim"] + a["v_head_dim"])
+        if a.attention == "mla":
+            width = (a.kv_lora_rank + a.qk_rope_head_dim) if mla_cache == "latent" \
+                else a.n_head * (a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim)
         else:
-            width = 2 * a["n_kv_head"] * a["head_dim"]  # K and V
+            width = 2 * a.n_kv_head * a.head_dim  # K and V
         per_token_layers += t * width
     return batch * per_token_layers * kv_bytes
 
 
-def _ffn_width(a: Mapping, layer: int) -> int:
+def _ffn_width(a: ModelConfig, layer: int) -> int:
     """Hidden MLP width one token goes through in `layer`: MoE layers count the k routed experts it
     visits plus the shared expert."""
-    if _is_moe(a, layer):
-        return a["moe_intermediate_size"] * a["n_experts_per_tok"] + (a.get("shared_expert_size") or 0)
-    return a["intermediate_size"]
+    if a.layer_is_moe(layer):
+        return a.moe_intermediate_size * a.n_experts_per_tok + (a.shared_expert_size or 0)
+    return a.intermediate_size
 
 
-def _attn_widths(a: Mapping) -> tuple[int, int, int, int]:
+def _attn_widths(a: ModelConfig) -> tuple[int, int, int, int]:
     """(qkv projection output, rotated q + k copies, attention output, per-token widths) of one block.
     MLA: q, the expanded k (nope | shared rope) and kv_b's output (k_nope | v) per head."""
-    H, hd = a["n_head"], a["head_dim"]
-    if a.get("attention") == "mla":
-        qk, v = hd, a["v_head_dim"]
-        proj = H * qk + H * (a["qk_nope_head_dim"] + v)  # q and kv_b outputs (v is a view of kv_b's)
+    H, hd = a.n_head, a.head_dim
+    if a.attention == "mla":
+        qk, v = hd, a.v_head_dim
+        proj = H * qk + H * (a.qk_nope_head_dim + v)  # q and kv_b outputs (v is a view of kv_b's)
         return proj, 2 * H * qk, H * v, H * v
-    q, kv = H * hd, a["n_kv_head"] * hd
+    q, kv = H * hd, a.n_kv_head * hd
     return q + 2 * kv, q + kv, q, q
 
 
-def _infer_activation_elems(a: Mapping) -> int:
+def _infer_activation_elems(a: ModelConfig) -> int:
     """Largest number of elements alive per token inside one block during a forward without grad, as
     lmzoo's Block runs it: the block input (still held by the caller), the normed input, then either
     the attention phase (projection output, RoPE temporaries of q, rotated q, attention output, o
     output) or the MLP phase (attention output, mid residual, MLP norm output, gate_up output,
     activation, product; then the down output)."""
-    d = a["n_embd"]
+    d = a.n_embd
     proj, rot, out, _ = _attn_widths(a)
-    q = a["n_head"] * a["head_dim"]
+    q = a.n_head * a.head_dim
     attn = 2 * d + proj + max(3.5 * q, rot + out + d)
-    gated = a["mlp"] in ("swiglu", "geglu")
+    gated = a.mlp in ("swiglu", "geglu")
     mlp = 0
-    for i in range(a["n_layer"]):
+    for i in range(a.n_layer):
         w = _ffn_width(a, i)
         m = max(5 * d + 4 * w, 6 * d + 3 * w) if gated else 5 * d + max(2 * w, w + d)
-        if _is_moe(a, i):
-            m += 2 * d + a["n_experts"]  # gathered expert inputs, accumulated output, router scores
+        if a.layer_is_moe(i):
+            m += 2 * d + a.n_experts  # gathered expert inputs, accumulated output, router scores
         mlp = max(mlp, m)
     return int(max(attn, mlp))
 
 
-def _uses_rope(a: Mapping, layer: int) -> bool:
-    return a["position"] in ("rope", "rope_2d") and (a.get("nope_layers") is None or layer not in a["nope_layers"])
-
-
-def _train_layer_elems(a: Mapping, layer: int, *, task: str, lora_targets: str, attention: str = "flash") -> int:
+def _train_layer_elems(a: ModelConfig, layer: int, *, task: str, lora_targets: str, attention: str = "flash") -> int:
     """Elements autograd saves per token for one block of lmzoo's Transformer (see the module
     docstring; tests/test_estimate.py checks this against the tensors autograd actually saves).
     Frozen Linears (LoRA / QLoRA) need no saved input unless an adapter reads it."""
-    d, H = a["n_embd"], a["n_head"]
+    d, H = a.n_embd, a.n_head
     full = task == "train"
     adapt_attn = full or lora_targets in ("all", "attention")
     adapt_mlp = full or lora_targets == "all"
-    n_norms = 1 if a.get("shared_norm") else 2
+    n_norms = 1 if a.shared_norm else 2
     # RMSNorm saves its input and 1/rms, and the normalised copy when its weight trains; LayerNorm its
     # input, mean and 1/std
-    norm_saved = (2 * d + 1 if full else d + 1) if a["norm"] == "rmsnorm" else d + 2
+    norm_saved = (2 * d + 1 if full else d + 1) if a.norm == "rmsnorm" else d + 2
     elems = n_norms * norm_saved
     proj, rot, out, o_in = _attn_widths(a)
-    if a.get("attention") == "mla":  # low-rank inputs and their RMSNorms (input + normalised copy)
-        rank, qr = a["kv_lora_rank"], a.get("q_lora_rank") or 0
+    if a.attention == "mla":  # low-rank inputs and their RMSNorms (input + normalised copy)
+        rank, qr = a.kv_lora_rank, a.q_lora_rank or 0
         elems += (d if adapt_attn else 0) + 3 * qr + 3 * rank
     else:
         elems += d if adapt_attn else 0  # fused qkv input
-        if not _uses_rope(a, layer):  # q and k stay views of the projection output
+        if not a.layer_uses_rope(layer):  # q and k stay views of the projection output
             rot = 0
     # SDPA saves q, k, v, its output and a logsumexp per head; v is a view of the projection output,
     # which stays alive whole. Flash kernels return the output laid out (B, T, H, hd), so the o
@@ -450,15 +421,15 @@ def _train_layer_elems(a: Mapping, layer: int, *, task: str, lora_targets: str, 
         elems += o_in
     w = _ffn_width(a, layer)
     elems += d if adapt_mlp else 0  # gate_up input
-    if a["mlp"] in ("swiglu", "geglu"):  # act(gate) keeps the whole fused gate_up output alive; mul saves act
+    if a.mlp in ("swiglu", "geglu"):  # act(gate) keeps the whole fused gate_up output alive; mul saves act
         elems += 3 * w
     else:  # the activation's input
         elems += w
     elems += w if adapt_mlp else 0  # down input (the product / activation output)
-    if _is_moe(a, layer):  # per routed token: gathered input, expert output, weighted output (+ ids, weight);
-        k = a["n_experts_per_tok"]  # router probabilities; a gated shared expert's output
-        elems += 3 * k * d + 3 * k + a["n_experts"]
-        if a.get("shared_expert_size") and a.get("shared_expert_gate", True):
+    if a.layer_is_moe(layer):  # per routed token: gathered input, expert output, weighted output (+ ids, weight);
+        k = a.n_experts_per_tok  # router probabilities; a gated shared expert's output
+        elems += 3 * k * d + 3 * k + a.n_experts
+        if a.shared_expert_size and a.shared_expert_gate:
             elems += d + 2
     return elems
 
@@ -511,7 +482,7 @@ def estimate_memory(
         raise ConfigError(f"full fine-tuning needs float weights, got dtype={dtype}; use task='qlora' for "
                           "4-bit weights with LoRA adapters")
     a = resolve_arch(name_or_cfg)
-    context = a["max_seq_len"] if context is None else context
+    context = a.max_seq_len if context is None else context
     _positive_int("context", context)
     _positive_int("batch", batch)
     _positive_int("lora_rank", lora_rank)
@@ -527,8 +498,8 @@ def estimate_memory(
             raise ConfigError(f"compute_dtype must be a float dtype, got {compute_dtype!r}")
         compute = DTYPES[cd]
     act_b = compute
-    d, V = a["n_embd"], a["vocab_size"]
-    e = a.get("embed_dim") or d
+    d, V = a.n_embd, a.vocab_size
+    e = a.embed_dim or d
     tokens = batch * context
     terms: dict[str, float] = {}
     notes: list[str] = []
@@ -542,19 +513,18 @@ def estimate_memory(
         terms["weights"] = big * NF4_BITS / 8 + (n_params - big) * compute
     else:
         group = quant_group_size if quant_group_size is not None else (32 if dtype == "int4" else None)
-        terms["weights"] = _weights_bytes(inv, dtype, compute, group=group, tied=bool(a.get("tie_embeddings")),
+        terms["weights"] = _weights_bytes(inv, dtype, compute, group=group, tied=bool(a.tie_embeddings),
                                           vocab=V, embed=e)
 
     # --- inference -----------------------------------------------------------------------------
     if task == "infer":
         terms["kv_cache"] = _kv_cache_bytes(a, context, batch, compute, mla_cache)
         act = tokens * _infer_activation_elems(a) * act_b + batch * V * 4  # + last-position logits
-        if a["position"] == "rope":  # cos and sin tables (batch, tokens, rope_dim), kept for the whole forward
-            rope_dim = a["qk_rope_head_dim"] if a.get("attention") == "mla" else \
-                int(a["head_dim"] * a.get("rotary_percentage", 1.0))
+        if a.position == "rope":  # cos and sin tables (batch, tokens, rope_dim), kept for the whole forward
+            rope_dim = a.rope_dim
             act += 2 * tokens * rope_dim * act_b
         if attention == "eager":  # scores and softmax probabilities, (B, H, T, T), one layer at a time
-            act += 2 * batch * a["n_head"] * context * context * act_b
+            act += 2 * batch * a.n_head * context * context * act_b
         terms["activations"] = act
         if dtype in ("int8", "int4"):  # a prefill dequantises one Linear at a time into the compute dtype
             # the head sees only the last position of each row; on CPU our int8/int4 kernels take up to
@@ -571,7 +541,7 @@ def estimate_memory(
                               dtype=dtype, context=context, batch=batch, params=n_params, notes=notes)
 
     # --- training (full / LoRA / QLoRA) ----------------------------------------------------------
-    L = a["n_layer"]
+    L = a.n_layer
     per_layer = [_train_layer_elems(a, i, task=task, lora_targets=lora_targets, attention=attention)
                  for i in range(L)]
     if activation_checkpointing:  # keep each block's input; recompute one block at a time in backward
@@ -579,7 +549,7 @@ def estimate_memory(
     else:
         layer_acts = tokens * sum(per_layer) * act_b
     if attention == "eager":
-        layer_acts += (1 if activation_checkpointing else L) * 2 * batch * a["n_head"] * context * context * act_b
+        layer_acts += (1 if activation_checkpointing else L) * 2 * batch * a.n_head * context * context * act_b
     # top of the network: final norm input (+ normalised copy when trained) + head input; the logits
     # (kept by the caller, as HF's outputs.logits) and the float32 log-softmax that cross-entropy saves
     loss = tokens * ((3 if task == "train" else 2) * d * act_b + V * act_b + V * 4)

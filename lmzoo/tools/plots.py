@@ -78,8 +78,7 @@ def memory_vs_context(name: Any, path: str | Path, *, task: str = "infer", batch
                       gpu_bytes: float | None = None, title: str | None = None, **kw: Any) -> Path:
     from lmzoo.sizing.estimate import GiB, resolve_arch
 
-    arch = resolve_arch(name)
-    contexts = default_contexts(max_context or arch["max_seq_len"])
+    contexts = default_contexts(max_context or resolve_arch(name).max_seq_len)
     curves = memory_curves(name, task=task, batch=batch, dtypes=dtypes, contexts=contexts, **kw)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -246,15 +245,12 @@ def alibi(path: str | Path, n_head: int = 8, n: int = 12) -> Path:
 
 def rope_bands(name: Any = "Llama-3.1-8B") -> dict[str, Any]:
     """Per rotated pair i: base inverse frequency, the model's (scaled) one, and wavelengths in tokens."""
-    from lmzoo.config import ModelConfig
     from lmzoo.nn.rope import inv_frequencies
     from lmzoo.sizing.estimate import resolve_arch
 
-    a = resolve_arch(name)
-    if a["position"] != "rope":
-        raise ConfigError(f"{name} does not use RoPE (position={a['position']!r})")
-    fields = {k: v for k, v in a.items() if k in ModelConfig.__dataclass_fields__}
-    cfg = ModelConfig(**fields)
+    cfg = resolve_arch(name)
+    if cfg.position != "rope":
+        raise ConfigError(f"{name} does not use RoPE (position={cfg.position!r})")
     scaled, _ = inv_frequencies(cfg)
     base, _ = inv_frequencies(cfg.replace(rope_scaling={}))
     return {"theta": cfg.rope_theta, "rope_dim": cfg.rope_dim, "scaling": cfg.rope_scaling.kind,
