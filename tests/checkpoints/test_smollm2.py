@@ -7,19 +7,18 @@ import pytest
 import torch
 
 import lmzoo
-from lmzoo.checkpoints.assets import default_model_path
 from lmzoo.tokenizer import load_tokenizer
 from tests.refs import gguf_ref
 
 
 @pytest.fixture(scope="module")
-def path():
-    return default_model_path()
+def path(smollm2_path):
+    return smollm2_path
 
 
 @pytest.fixture(scope="module")
-def model(path):
-    return lmzoo.from_pretrained(path)
+def model(smollm2_model):
+    return smollm2_model[0]
 
 
 def test_config_from_metadata(model):

@@ -100,3 +100,24 @@ def test_quantise_errors():
         quantize(_model(), mode="int3")
     with pytest.raises(ConfigError, match="group_size"):
         quantize(_model(), mode="int4", group_size=48)
+
+
+@pytest.mark.parametrize("kind", ["f32", "int8", "int4"])
+def test_kernel_rows_are_independent_of_the_batch(kind):
+    """A row's product is bit-identical alone or among others (any batch size up to the kernel
+    limit): the engine's guarantee that batching never changes a request's tokens rests on it."""
+    from lmzoo.quant.gemv import GemvLinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(320, 72)
+    if kind == "f32":
+        layer = copy.deepcopy(lin)
+        layer.__class__ = GemvLinear
+    else:
+        layer = (Int8Linear.from_linear(lin, group_size=64) if kind == "int8" else
+                 Int4Linear.from_linear(lin, group_size=64))
+    x = torch.randn(16, 320)
+    with torch.inference_mode():
+        alone = torch.cat([layer(x[i:i + 1]) for i in range(16)])
+        for m in (2, 3, 4, 5, 9, 16):
+            assert torch.equal(layer(x[:m]), alone[:m]), m

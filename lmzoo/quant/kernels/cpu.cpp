@@ -158,14 +158,27 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
         __m256 acc[RB];
         for (int64_t j = 0; j < RB; ++j) acc[j] = _mm256_setzero_ps();
         for (int64_t gi = 0; gi < G; ++gi) {
-          __m256 d[RB];
-          for (int64_t j = 0; j < RB; ++j) d[j] = _mm256_setzero_ps();
-          for (int64_t k = gi * g; k < (gi + 1) * g; k += 8) {
-            __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qr + k))));
-            for (int64_t j = 0; j < mb; ++j) d[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + (m0 + j) * K + k), w, d[j]);
+          // the same two accumulator chains, in the same order, as dot_i8_vec: a row's result is
+          // bit-identical whether it is multiplied alone or with others (the engine relies on it)
+          __m256 d0[RB], d1[RB];
+          for (int64_t j = 0; j < RB; ++j) d0[j] = d1[j] = _mm256_setzero_ps();
+          const int64_t k0 = gi * g, k1 = (gi + 1) * g;
+          int64_t k = k0;
+          for (; k + 16 <= k1; k += 16) {
+            const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qr + k))));
+            const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qr + k + 8))));
+            for (int64_t j = 0; j < mb; ++j) {
+              const float* xr = xp + (m0 + j) * K + k;
+              d0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, d0[j]);
+              d1[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w1, d1[j]);
+            }
+          }
+          for (; k < k1; k += 8) {
+            const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qr + k))));
+            for (int64_t j = 0; j < mb; ++j) d0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + (m0 + j) * K + k), w0, d0[j]);
           }
           const __m256 sc = _mm256_set1_ps(sr[gi]);
-          for (int64_t j = 0; j < mb; ++j) acc[j] = _mm256_fmadd_ps(sc, d[j], acc[j]);
+          for (int64_t j = 0; j < mb; ++j) acc[j] = _mm256_fmadd_ps(sc, _mm256_add_ps(d0[j], d1[j]), acc[j]);
         }
         for (int64_t j = 0; j < mb; ++j) yp[(m0 + j) * N + n] = hsum(acc[j]);
       }
