@@ -21,6 +21,7 @@ LAYERS = [
     {"sizing"},
     {"catalog"},
     {"train"},
+    {"serve"},
     {"tools"},
     {"cli"},
 ]

@@ -1,0 +1,67 @@
+"""`lmzoo serve`: the OpenAI-compatible server (lmzoo.serve.app) on uvicorn.
+
+    lmzoo serve                                   # SmolLM2-135M-Instruct on http://127.0.0.1:8000/v1
+    lmzoo serve --model m.gguf --api-key KEY --max-running 8 --max-queued 64
+
+Binds to loopback unless --host says otherwise. The model loads after the port is open: /health
+answers 503 until it is ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lmzoo.cli import app
+
+
+@app.command()
+def serve(
+    model: Path | None = typer.Option(None, "--model", "-m", help="HF checkpoint directory or .gguf file "
+                                      "[default: SmolLM2-135M-Instruct]"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: list[str] | None = typer.Option(None, "--api-key", help="Require this bearer key (repeatable)."),
+    max_running: int = typer.Option(8, "--max-running", help="Requests decoded together (continuous batching)."),
+    max_queued: int = typer.Option(64, "--max-queued", help="Requests waiting for a slot before 429s."),
+    max_len: int | None = typer.Option(None, "--max-len", help="Tokens per request (prompt + output) "
+                                       "[default: min(context, 4096)]."),
+    served_model_name: str | None = typer.Option(None, "--served-model-name", help="The model id clients send."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+) -> None:
+    """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
+    from lmzoo.dtypes import resolve_dtype
+    from lmzoo.errors import ConfigError
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {port}")
+    if max_running < 1 or max_queued < 0:
+        raise ConfigError(f"--max-running must be >= 1 and --max-queued >= 0, got {max_running}, {max_queued}")
+    try:
+        resolve_dtype(dtype)
+    except ValueError as e:
+        raise ConfigError(f"--dtype: {e}") from None
+    if model is None:
+        from lmzoo.checkpoints.assets import default_model_path
+
+        model = default_model_path()
+    if not model.exists():
+        raise ConfigError(f"--model {str(model)!r} does not exist; expected an HF checkpoint directory or a .gguf file")
+    name = served_model_name or (model.stem if model.is_file() else model.name)
+
+    def load():
+        import lmzoo
+        from lmzoo.tokenizer import load_tokenizer
+
+        m = lmzoo.from_pretrained(model, dtype=dtype)
+        return m, load_tokenizer(model)
+
+    import uvicorn
+
+    from lmzoo.serve.app import create_app
+
+    server_app = create_app(load, model_name=name, api_keys=tuple(api_key or ()), max_running=max_running,
+                            max_queued=max_queued, max_len=max_len or 4096)
+    typer.echo(f"lmzoo: serving {name!r} at http://{host}:{port}/v1 (loading...)", err=True)
+    uvicorn.run(server_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

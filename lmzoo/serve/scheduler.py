@@ -1,0 +1,88 @@
+"""The engine loop, off the event loop: one thread owns the Engine and steps it; HTTP handlers hand
+it requests and receive the engine's events on per-request asyncio queues.
+
+    handler --submit()--> [lock] engine.submit  (validation errors raise in the handler's thread)
+    thread: while running: engine.step() -> events -> loop.call_soon_threadsafe(queue.put_nowait, ev)
+    handler <--events--  async for ev in stream   (a disconnect calls cancel(): gone at the next step)
+
+The queue is bounded: with `max_queued` requests already waiting for a slot, submit raises QueueFull
+(the server answers 429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from lmzoo.runtime.engine import Engine, Event, Request
+
+
+class QueueFull(Exception):
+    pass
+
+
+class EngineLoop:
+    def __init__(self, engine: Engine, *, max_queued: int = 64) -> None:
+        self.engine, self.max_queued = engine, max_queued
+        self._lock = threading.Lock()  # engine.submit/cancel vs engine.step
+        self._wake = threading.Event()
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="lmzoo-engine", daemon=True)
+        self._thread.start()
+
+    # --- called from handler threads ----------------------------------------------------------------
+    def submit(self, req: Request, loop: asyncio.AbstractEventLoop) -> tuple[str, asyncio.Queue]:
+        q: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            if len(self.engine.waiting) >= self.max_queued:
+                raise QueueFull(f"{len(self.engine.waiting)} requests are already waiting (max_queued={self.max_queued})")
+            rid = self.engine.submit(req)
+            self._queues[rid] = (loop, q)
+        self._wake.set()
+        return rid, q
+
+    def cancel(self, rid: str) -> None:
+        with self._lock:
+            if rid in self._queues:
+                self.engine.cancel(rid)
+        self._wake.set()
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting) requests."""
+        return len(self.engine.running), len(self.engine.waiting)
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    # --- the engine thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop:
+            with self._lock:
+                busy = self.engine.has_work
+                try:
+                    events: list[Event] = self.engine.step() if busy else []
+                except Exception as e:  # a fault inside the model: fail the requests, keep serving
+                    events = []
+                    targets = list(self._queues.values())
+                    self._queues.clear()
+                    for rid in list(self.engine._by_id):
+                        self.engine.cancel(rid)
+                    self.engine.step()  # retire them
+                    for loop, q in targets:
+                        loop.call_soon_threadsafe(q.put_nowait, e)
+                    continue
+                targets = [(ev, self._queues.get(ev.request_id)) for ev in events]
+                for ev in events:
+                    if ev.finish_reason is not None:
+                        self._queues.pop(ev.request_id, None)
+            for ev, target in targets:
+                if target is not None:
+                    loop, q = target
+                    loop.call_soon_threadsafe(q.put_nowait, ev)
+            if not busy:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()

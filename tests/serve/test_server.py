@@ -1,0 +1,193 @@
+"""The OpenAI-compatible server as a real process (`lmzoo serve` on loopback), driven by the official
+`openai` client: models, chat and completions (stream and not), usage, logprobs, seeds, error shapes
+and codes, API keys, the bounded queue, disconnect cancellation, and continuous batching that does
+not change any answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from lmzoo import Engine, Request
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args: str):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lmzoo", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # bounded: the model loads in a few seconds
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become healthy in 120 s")
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, base = start_server("--max-running", "8")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def ask(client, content: str, **kw):
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
+                                          **{"temperature": 0, "max_tokens": 24, **kw})
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+
+
+def test_chat_answers_with_usage(client):
+    r = ask(client, "What is the capital of France?")
+    assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length") and r.object == "chat.completion"
+    assert r.usage.completion_tokens <= 24 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_stream_equals_non_stream_and_reports_usage(client):
+    whole = ask(client, "Name a colour.", max_tokens=16)
+    chunks = list(ask(client, "Name a colour.", max_tokens=16, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
+        [whole.choices[0].finish_reason]
+
+
+def test_completion_equals_the_engine(client, smollm2_model):
+    """The server computes what the library computes: same prompt ids, same greedy tokens."""
+    model, tok = smollm2_model
+    prompt = "The three primary colours are"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+    eng = Engine(model, tok)
+    eng.submit(Request(prompt=tok.encode(prompt), max_tokens=12))
+    assert r.choices[0].text == "".join(e.text for e in eng.run())
+    assert r.object == "text_completion"
+
+
+def test_seeded_sampling_repeats_and_n_choices(client):
+    kw = dict(temperature=1.0, top_p=0.9, seed=7, max_tokens=12)
+    a, b = ask(client, "Tell me a word.", **kw), ask(client, "Tell me a word.", **kw)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    many = ask(client, "Tell me a word.", n=3, **kw)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert many.choices[0].message.content == a.choices[0].message.content  # choice i uses seed + i
+
+
+def test_logprobs(client):
+    r = ask(client, "Say yes.", max_tokens=6, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for t in content:
+        tops = [x.logprob for x in t.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and t.logprob <= 0
+        assert abs(t.logprob - tops[0]) < 1e-5  # greedy: the chosen token is the most likely
+
+
+def test_error_shapes(client, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, "x", temperature=5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, "word " * 5000)
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, "x", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert e.value.body["param"] == "tools"
+    r = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_concurrent_streams_equal_each_alone(server, client):
+    """8 clients stream at once (continuous batching); every greedy answer equals its answer alone."""
+    questions = [f"Give me a fact about the number {i}." for i in range(8)]
+    alone = [ask(client, q, max_tokens=20).choices[0].message.content for q in questions]
+    aclient = openai.AsyncOpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    async def one(q: str) -> str:
+        stream = await aclient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}],
+                                                       temperature=0, max_tokens=20, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    async def all_at_once():
+        return await asyncio.gather(*(one(q) for q in questions))
+
+    assert asyncio.run(all_at_once()) == alone
+
+
+def test_disconnect_cancels_the_request(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count to a thousand."}],
+            "max_tokens": 3000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 6:
+                break  # leave mid-stream
+    deadline = time.time() + 20
+    while httpx.get(server + "/health").json()["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(server + "/health").json()["running"] == 0
+
+
+def test_api_key_and_bounded_queue():
+    proc, base = start_server("--api-key", "sekret", "--max-running", "1", "--max-queued", "1")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            ask(openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0), "x")
+        assert httpx.get(base + "/health").status_code == 200  # open without a key
+        client = openai.OpenAI(base_url=base + "/v1", api_key="sekret", max_retries=0, timeout=120)
+        assert ask(client, "Hi", max_tokens=3).choices[0].message.content
+        aclient = openai.AsyncOpenAI(base_url=base + "/v1", api_key="sekret", max_retries=0, timeout=120)
+
+        async def one():
+            try:
+                await aclient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count."}],
+                                                      max_tokens=60, temperature=0)
+                return "ok"
+            except openai.RateLimitError as e:
+                assert e.response.headers.get("retry-after") == "1"
+                return "429"
+
+        async def burst():
+            return await asyncio.gather(*(one() for _ in range(5)))
+
+        got = asyncio.run(burst())  # 1 running + 1 queued; the rest are refused
+        assert got.count("429") >= 1 and got.count("ok") >= 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
