@@ -50,18 +50,43 @@ def serve(
         raise ConfigError(f"--model {str(model)!r} does not exist; expected an HF checkpoint directory or a .gguf file")
     name = served_model_name or (model.stem if model.is_file() else model.name)
 
-    def load():
-        import lmzoo
-        from lmzoo.tokenizer import load_tokenizer
-
-        m = lmzoo.from_pretrained(model, dtype=dtype)
-        return m, load_tokenizer(model)
+    import signal
+    import threading
 
     import uvicorn
 
+    import lmzoo
+    from lmzoo.runtime import Engine
     from lmzoo.serve.app import create_app
+    from lmzoo.serve.scheduler import EngineLoop
+    from lmzoo.tokenizer import load_tokenizer
 
-    server_app = create_app(load, model_name=name, api_keys=tuple(api_key or ()), max_running=max_running,
-                            max_queued=max_queued, max_len=max_len or 4096)
+    server_app = create_app(model_name=name, api_keys=tuple(api_key or ()), max_running=max_running,
+                            max_queued=max_queued)
+    server = uvicorn.Server(uvicorn.Config(server_app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=10))
+    # HTTP on a side thread; the engine steps on the main thread (OpenMP is much faster there)
+    http = threading.Thread(target=server.run, name="lmzoo-http", daemon=True)
+    http.start()
     typer.echo(f"lmzoo: serving {name!r} at http://{host}:{port}/v1 (loading...)", err=True)
-    uvicorn.run(server_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    state = server_app.state.lmzoo
+    try:
+        m = lmzoo.from_pretrained(model, dtype=dtype)
+        tok = load_tokenizer(model)
+        loop = EngineLoop(Engine(m, tok, max_running=max_running, max_len=max_len or 4096), max_queued=max_queued,
+                          thread=False)
+    except Exception as e:
+        state.error = f"{type(e).__name__}: {e}"
+        server.should_exit = True
+        http.join(timeout=15)
+        raise
+    state.attach(loop, tok)
+
+    def stop(*_):
+        loop.close()
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    loop.run()  # until SIGTERM / Ctrl-C
+    http.join(timeout=15)

@@ -50,33 +50,42 @@ class ApiError(Exception):
                             headers=self.headers)
 
 
-class _State:
+class ServerState:
+    """What the app serves; filled once the model is loaded (/health answers 503 until then)."""
+
     loop: EngineLoop | None = None
     tokenizer: Any = None
     error: str | None = None
 
+    def attach(self, loop: EngineLoop, tokenizer) -> None:
+        self.tokenizer, self.loop = tokenizer, loop
 
-def create_app(load: Callable[[], tuple[Any, Any]], *, model_name: str, api_keys: tuple[str, ...] = (),
+
+def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name: str, api_keys: tuple[str, ...] = (),
                max_running: int = 8, max_queued: int = 64, max_len: int | None = None,
                max_body_bytes: int = 4 << 20) -> FastAPI:
-    """`load()` returns (model, tokenizer); it runs in a thread at start-up, /health says when done."""
-    state = _State()
+    """With `load` (returning (model, tokenizer)), the app loads it in a thread at start-up and steps
+    the engine on a thread of its own (embedding in another ASGI host). Without it, the caller loads
+    and attaches an EngineLoop to `app.state.lmzoo` (`lmzoo serve` does, stepping on the main thread)."""
+    state = ServerState()
 
     def start() -> None:
         try:
             model, tok = load()
             engine = Engine(model, tok, max_running=max_running, max_len=max_len)
-            state.tokenizer, state.loop = tok, EngineLoop(engine, max_queued=max_queued)
+            state.attach(EngineLoop(engine, max_queued=max_queued), tok)
         except Exception as e:  # reported by /health and every request
             state.error = f"{type(e).__name__}: {e}"
 
     async def lifespan(app):
-        threading.Thread(target=start, name="lmzoo-load", daemon=True).start()
+        if load is not None:
+            threading.Thread(target=start, name="lmzoo-load", daemon=True).start()
         yield
         if state.loop is not None:
             state.loop.close()
 
     app = FastAPI(title="lmzoo", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.lmzoo = state
 
     # --- errors -------------------------------------------------------------------------------------
     @app.exception_handler(ApiError)

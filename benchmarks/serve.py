@@ -1,0 +1,94 @@
+"""Serving benchmark: a real `lmzoo serve` process on the default model, N concurrent streaming
+clients (the official openai AsyncOpenAI), each asking its own question (greedy, `--new` tokens).
+
+    python benchmarks/serve.py [--concurrency 1,4,16] [--new 64] [--max-running 16]
+
+Per level: p50 / p90 time to first token, p50 inter-token latency, requests/s and aggregate
+generated tokens/s (all tokens of all requests over the wall time of the level, first request sent
+to last token received).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def one(client, model: str, question: str, new: int) -> tuple[float, list[float], int]:
+    t0 = time.perf_counter()
+    stamps = []
+    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                  temperature=0, max_tokens=new, stream=True,
+                                                  stream_options={"include_usage": True})
+    tokens = 0
+    async for c in stream:
+        if c.choices and c.choices[0].delta.content:
+            stamps.append(time.perf_counter())
+        if c.usage:
+            tokens = c.usage.completion_tokens
+    return stamps[0] - t0 if stamps else float("nan"), [b - a for a, b in zip(stamps, stamps[1:])], tokens
+
+
+async def level(base: str, model: str, n: int, new: int) -> dict:
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
+    questions = [f"Write a short paragraph about the number {i}." for i in range(n)]
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(client, model, q, new) for q in questions))
+    wall = time.perf_counter() - t0
+    await client.close()
+    ttft = sorted(r[0] for r in results)
+    itl = [x for r in results for x in r[1]]
+    tokens = sum(r[2] for r in results)
+    return {"n": n, "ttft_p50": statistics.median(ttft), "ttft_p90": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
+            "itl_p50": statistics.median(itl) if itl else float("nan"), "req_s": n / wall, "tok_s": tokens / wall}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--max-running", type=int, default=16)
+    a = ap.parse_args()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "lmzoo", "serve", "--port", str(port), "--max-running",
+                             str(a.max_running), "--max-queued", "256"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        model = httpx.get(base + "/v1/models").json()["data"][0]["id"]
+        asyncio.run(level(base, model, 2, 8))  # warm-up
+        print(f"lmzoo serve, {model}, {a.new} new tokens per request, greedy, --max-running {a.max_running}")
+        print("| concurrent | TTFT p50 s | TTFT p90 s | inter-token p50 ms | requests/s | generated tok/s |")
+        print("|---|---|---|---|---|---|")
+        for n in [int(x) for x in a.concurrency.split(",")]:
+            r = asyncio.run(level(base, model, n, a.new))
+            print(f"| {n} | {r['ttft_p50']:.2f} | {r['ttft_p90']:.2f} | {1000 * r['itl_p50']:.1f} | "
+                  f"{r['req_s']:.2f} | {r['tok_s']:.1f} |")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
