@@ -82,11 +82,13 @@ def serve(
         raise
     state.attach(loop, tok)
 
-    def stop(*_):
-        loop.close()
-        server.should_exit = True
+    def stop(*_):  # first signal: finish what is running, refuse new work; second: stop now
+        if loop.draining:
+            loop.close()
+        loop.drain()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    loop.run()  # until SIGTERM / Ctrl-C
+    loop.run()  # until drained after SIGTERM / Ctrl-C
+    server.should_exit = True
     http.join(timeout=15)

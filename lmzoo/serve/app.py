@@ -34,7 +34,7 @@ from lmzoo.runtime.engine import Engine, Event
 from lmzoo.runtime.engine import Request as EngineRequest
 from lmzoo.runtime.sampling import SamplingParams
 from lmzoo.serve.protocol import UNSUPPORTED, ChatRequest, CompletionRequest, error_body
-from lmzoo.serve.scheduler import EngineLoop, QueueFull
+from lmzoo.serve.scheduler import EngineLoop, QueueFull, ShuttingDown
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
@@ -178,9 +178,11 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
         try:
             for r in reqs:
                 out.append(await asyncio.to_thread(loop.submit, r, aloop))
-        except (QueueFull, LmzooError) as e:
+        except (QueueFull, ShuttingDown, LmzooError) as e:
             for rid, _ in out:
                 loop.cancel(rid)
+            if isinstance(e, ShuttingDown):
+                raise ApiError(503, str(e), "server_error") from None
             if isinstance(e, QueueFull):
                 raise ApiError(429, f"the server is busy: {e}", "rate_limit_error", code="queue_full",
                                headers={"Retry-After": "1"}) from None

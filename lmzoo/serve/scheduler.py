@@ -25,6 +25,10 @@ class QueueFull(Exception):
     pass
 
 
+class ShuttingDown(Exception):
+    pass
+
+
 def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:
     for q, ev in items:
         q.put_nowait(ev)
@@ -38,6 +42,7 @@ class EngineLoop:
         self._wake = threading.Event()
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stop = False
+        self._draining = False
         self._thread = None
         if thread:
             self._thread = threading.Thread(target=self.run, name="lmzoo-engine", daemon=True)
@@ -47,6 +52,8 @@ class EngineLoop:
     def submit(self, req: Request, loop: asyncio.AbstractEventLoop) -> tuple[str, asyncio.Queue]:
         q: asyncio.Queue = asyncio.Queue()
         with self._lock:
+            if self._draining:
+                raise ShuttingDown("the server is shutting down")
             if len(self.engine.waiting) >= self.max_queued:
                 raise QueueFull(f"{len(self.engine.waiting)} requests are already waiting (max_queued={self.max_queued})")
             rid = self.engine.submit(req)
@@ -65,6 +72,15 @@ class EngineLoop:
         """(running, waiting) requests."""
         return len(self.engine.running), len(self.engine.waiting)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """Refuse new requests; `run()` returns once the running and queued ones have finished."""
+        self._draining = True
+        self._wake.set()
+
     def close(self) -> None:
         """Stop stepping (from any thread or a signal handler); joins the loop's own thread."""
         self._stop = True
@@ -74,7 +90,7 @@ class EngineLoop:
 
     # --- the engine thread ---------------------------------------------------------------------------
     def run(self) -> None:
-        while not self._stop:
+        while not self._stop and not (self._draining and not self.engine.has_work and not self._queues):
             with self._lock:
                 busy = self.engine.has_work
                 try:

@@ -191,3 +191,26 @@ def test_api_key_and_bounded_queue():
         proc.terminate()
         proc.wait(timeout=20)
 
+
+
+def test_sigterm_drains_in_flight_requests():
+    """SIGTERM: the running stream still completes ([DONE] after its finish_reason), then the process
+    exits cleanly."""
+    import signal
+
+    proc, base = start_server()
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Count from one to fifty."}],
+                "max_tokens": 40, "temperature": 0, "stream": True}
+        lines = []
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+                if len(lines) == 3:
+                    proc.send_signal(signal.SIGTERM)
+        assert lines[-1] == "data: [DONE]" and any('"finish_reason": "' in x for x in lines)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
