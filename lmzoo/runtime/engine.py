@@ -165,6 +165,10 @@ class Engine:
         if request_id in self._by_id:
             self._by_id[request_id].cancelled = True
 
+    def cancel_all(self) -> None:
+        for rid in list(self._by_id):
+            self.cancel(rid)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

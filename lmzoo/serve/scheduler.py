@@ -99,8 +99,7 @@ class EngineLoop:
                     events = []
                     targets = list(self._queues.values())
                     self._queues.clear()
-                    for rid in list(self.engine._by_id):
-                        self.engine.cancel(rid)
+                    self.engine.cancel_all()
                     self.engine.step()  # retire them
                     for loop, q in targets:
                         loop.call_soon_threadsafe(q.put_nowait, e)
