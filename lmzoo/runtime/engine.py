@@ -203,7 +203,23 @@ class Engine:
                 r.pending = None
                 events.extend(self._emit(r, logits[i:i + 1]))
         budget = max(budget, min(self.prefill_chunk, 32))  # prefill always moves
-        for r in [r for r in self.running.values() if r.prefilled < len(r.prompt)]:
+        pending = [r for r in self.running.values() if r.prefilled < len(r.prompt)]
+        group = self._prefill_group(pending, budget)
+        if group:  # several whole new prompts in one left-padded forward (one pass over the weights)
+            T = max(len(r.prompt) for r in group)
+            ids = torch.zeros(len(group), T, dtype=torch.long, device=self.device)
+            mask = torch.zeros(len(group), T, dtype=torch.long, device=self.device)
+            for i, r in enumerate(group):
+                ids[i, T - len(r.prompt):] = torch.tensor(r.prompt, device=self.device)
+                mask[i, T - len(r.prompt):] = 1
+            logits = self.model(ids, cache=self.cache, rows=[r.slot for r in group], attention_mask=mask,
+                                last_only=True)[:, -1].float()
+            for i, r in enumerate(group):
+                r.prefilled = len(r.prompt)
+                budget -= len(r.prompt)
+                events.extend(self._emit(r, logits[i:i + 1]))
+            pending = [r for r in pending if r not in group]
+        for r in pending:
             if budget <= 0:
                 break
             left = len(r.prompt) - r.prefilled
@@ -215,6 +231,21 @@ class Engine:
             if r.prefilled == len(r.prompt):
                 events.extend(self._emit(r, logits))
         return events
+
+    def _prefill_group(self, pending: list[_Live], budget: int) -> list[_Live]:
+        """New prompts (nothing prefilled yet) that fit the step's budget whole, in arrival order, as
+        long as left padding to the longest wastes at most half the forward; fewer than two: none."""
+        group: list[_Live] = []
+        for r in pending:
+            n = len(r.prompt)
+            if r.prefilled or n > min(budget, self.prefill_chunk):
+                continue
+            longest = max([n] + [len(g.prompt) for g in group])
+            used = sum(len(g.prompt) for g in group) + n
+            if used > budget or longest * (len(group) + 1) > 2 * used:
+                continue
+            group.append(r)
+        return group if len(group) > 1 else []
 
     def _admit(self, events: list[Event]) -> None:
         free = [s for s in range(self.max_running) if s not in self.running]

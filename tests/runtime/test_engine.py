@@ -60,13 +60,18 @@ def family_model(request, tmp_path_factory):
     return lmzoo.from_pretrained(d, dtype=torch.float32)
 
 
-def test_batched_greedy_equals_alone(family_model):
+def test_batched_greedy_equals_alone(family_model, monkeypatch):
     ps = prompts(V)
     staggered.batched = False
-    got = staggered(family_model, ps)
+    groups = []
+    original = Engine._prefill_group
+    monkeypatch.setattr(Engine, "_prefill_group", lambda self, *a: groups.append(original(self, *a)) or groups[-1])
+    got = staggered(family_model, ps)  # prefill chunks of 5 tokens, 8 tokens per step
     assert staggered.batched  # requests really shared decode steps
+    whole = staggered(family_model, ps, prefill_chunk=32, step_tokens=64)  # whole prompts, several per forward
+    assert any(len(g) > 1 for g in groups)  # some prompts were prefilled together, left-padded
     for i, p in enumerate(ps):
-        assert got[i] == alone(family_model, p, NEW[i]), f"request {i}"
+        assert got[i] == alone(family_model, p, NEW[i]) == whole[i], f"request {i}"
 
 
 def test_batched_seeded_sampling_equals_alone(family_model):
