@@ -40,7 +40,7 @@ import torch
 
 from lmzoo.errors import ContextLengthError, GenerationError
 from lmzoo.runtime.cache import KVCache
-from lmzoo.runtime.sampling import SamplingParams, apply_penalties, filter_logits
+from lmzoo.runtime.sampling import SamplingParams, apply_penalties, sample_next
 from lmzoo.runtime.stop import StopMatcher
 
 FINISH_REASONS = ("stop", "length", "eos", "cancelled")
@@ -282,11 +282,7 @@ class Engine:
         raw = logits
         if p.penalised:
             logits = apply_penalties(logits, p, r.prompt, r.output)
-        if p.greedy:
-            tok = int(logits.argmax(-1))
-        else:
-            probs = filter_logits(logits, p).softmax(-1)
-            tok = int(torch.multinomial(probs, 1, generator=r.generator))
+        tok = int(sample_next(logits, p, r.generator))
         if r.req.logprobs or r.req.top_logprobs:
             logp = torch.log_softmax(raw, -1)[0]  # of the model's distribution (before sampling filters)
             lp = float(logp[tok])
