@@ -62,11 +62,13 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--max-running", type=int, default=16)
+    ap.add_argument("--batch-prefill", action="store_true", help="pass --batch-prefill to the server")
     a = ap.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "lmzoo", "serve", "--port", str(port), "--max-running",
-                             str(a.max_running), "--max-queued", "256"], stderr=subprocess.PIPE, text=True)
+                             str(a.max_running), "--max-queued", "256"] + (["--batch-prefill"] if a.batch_prefill else []),
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -77,7 +79,8 @@ def main() -> int:
                 time.sleep(0.2)
         model = httpx.get(base + "/v1/models").json()["data"][0]["id"]
         asyncio.run(level(base, model, 2, 8))  # warm-up
-        print(f"lmzoo serve, {model}, {a.new} new tokens per request, greedy, --max-running {a.max_running}")
+        print(f"lmzoo serve, {model}, {a.new} new tokens per request, greedy, --max-running {a.max_running}"
+              f"{' --batch-prefill' if a.batch_prefill else ''}")
         print("| concurrent | TTFT p50 s | TTFT p90 s | inter-token p50 ms | requests/s | generated tok/s |")
         print("|---|---|---|---|---|---|")
         for n in [int(x) for x in a.concurrency.split(",")]:

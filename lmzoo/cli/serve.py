@@ -29,6 +29,8 @@ def serve(
                                        "[default: min(context, 4096)]."),
     served_model_name: str | None = typer.Option(None, "--served-model-name", help="The model id clients send."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    batch_prefill: bool = typer.Option(False, "--batch-prefill", help="Prefill new prompts together: faster first "
+                                       "tokens under load; a greedy answer may then differ from alone in rare ties."),
 ) -> None:
     """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
     from lmzoo.dtypes import resolve_dtype
@@ -73,8 +75,8 @@ def serve(
     try:
         m = lmzoo.from_pretrained(model, dtype=dtype)
         tok = load_tokenizer(model)
-        loop = EngineLoop(Engine(m, tok, max_running=max_running, max_len=max_len or 4096), max_queued=max_queued,
-                          thread=False)
+        engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
+        loop = EngineLoop(engine, max_queued=max_queued, thread=False)
     except Exception as e:
         state.error = f"{type(e).__name__}: {e}"
         server.should_exit = True

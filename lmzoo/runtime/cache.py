@@ -98,8 +98,9 @@ class KVCache:
 
     def rewind(self, row: int, length: int) -> None:
         """Drop everything from slot `length` on in one row (speculative decoding's rejected drafts)."""
-        if not 0 <= length <= self.row_lengths([row])[0]:
-            raise ValueError(f"rewind to {length} outside the row's {self.row_lengths([row])[0]} slots")
+        have = self.row_lengths([row])[0]
+        if not 0 <= length <= have:
+            raise ValueError(f"rewind to {length} outside the row's {have} slots")
         self.lengths[row] = length
         self.valid[row, length:] = False
         self.n_valid[row] = self.valid[row, :length].sum()

@@ -93,7 +93,8 @@ class _Live:
 
 class Engine:
     def __init__(self, model, tokenizer=None, *, max_running: int = 8, max_len: int | None = None,
-                 step_tokens: int = 512, prefill_chunk: int = 256, decode: str = "eager") -> None:
+                 step_tokens: int = 512, prefill_chunk: int = 256, decode: str = "eager",
+                 batch_prefill: bool = False) -> None:
         cfg = model.config
         if decode not in ("eager", "static", "compiled"):
             raise GenerationError(f"decode must be 'eager', 'static' or 'compiled', got {decode!r}")
@@ -106,6 +107,10 @@ class Engine:
         self.refill_at = cfg.rope_scaling.refill_at if cfg.position == "rope" else None
         self.max_running = 1 if self.serial else max_running
         self.step_tokens, self.prefill_chunk = step_tokens, prefill_chunk
+        # several new prompts in one left-padded forward: much faster first tokens under load, but a
+        # prompt's products then depend on its neighbours (more rows can switch a layer from the row
+        # kernel to dequantise + GEMM), so its tokens may differ from alone in rare near-ties: opt-in
+        self.batch_prefill = batch_prefill
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
         self.decode_fn = None
         if decode != "eager":
@@ -204,7 +209,7 @@ class Engine:
                 events.extend(self._emit(r, logits[i:i + 1]))
         budget = max(budget, min(self.prefill_chunk, 32))  # prefill always moves
         pending = [r for r in self.running.values() if r.prefilled < len(r.prompt)]
-        group = self._prefill_group(pending, budget)
+        group = self._prefill_group(pending, budget) if self.batch_prefill else []
         if group:  # several whole new prompts in one left-padded forward (one pass over the weights)
             T = max(len(r.prompt) for r in group)
             ids = torch.zeros(len(group), T, dtype=torch.long, device=self.device)

@@ -82,18 +82,18 @@ def speculative_generate(
     stats = stats if stats is not None else SpeculativeStats()
     # k extra slots: a verification pass may write k positions past the last kept token
     cache_len = min(T0 + max_new_tokens + k + 1, ctx)
-    caches = {id(target): KVCache(target, 1, cache_len), id(draft): KVCache(draft, 1, cache_len)}
+    # one cache each (also when target and draft are the same model object)
+    target_cache, draft_cache = KVCache(target, 1, cache_len), KVCache(draft, 1, cache_len)
 
-    def at(model, ids, start, **kw):
-        """model on ids written from slot `start` (dropping anything the cache holds beyond it)."""
-        cache = caches[id(model)]
+    def at(model, cache, ids, start, **kw):
+        """model on ids written from slot `start` of its cache (dropping anything beyond it)."""
         cache.rewind(0, start)
         return model(ids, cache=cache, **kw)
 
 
     # prefill both; the target's first token is free
-    nxt = at(target, input_ids, 0, last_only=True)[:, -1].argmax(-1)
-    at(draft, input_ids, 0, last_only=True)
+    nxt = at(target, target_cache, input_ids, 0, last_only=True)[:, -1].argmax(-1)
+    at(draft, draft_cache, input_ids, 0, last_only=True)
     out = [int(nxt)]
     stats.target_passes += 1
     stats.emitted += 1
@@ -105,16 +105,16 @@ def speculative_generate(
             break
         # 1) draft proposes n_draft tokens; first catch its cache up on tokens it has not seen
         catch_up = torch.tensor([out[len(out) - 1 - (pos - draft_pos):]], device=input_ids.device)
-        logits = at(draft, catch_up, draft_pos, last_only=True)[:, -1]
+        logits = at(draft, draft_cache, catch_up, draft_pos, last_only=True)[:, -1]
         proposal = []
         for i in range(n_draft):
             d = int(logits.argmax(-1))
             proposal.append(d)
             if i + 1 < n_draft:
-                logits = at(draft, torch.tensor([[d]], device=input_ids.device), pos + 1 + i)[:, -1]
+                logits = at(draft, draft_cache, torch.tensor([[d]], device=input_ids.device), pos + 1 + i)[:, -1]
         # 2) target scores [nxt, d1..dn] in one pass: logits at slot pos+i predict slot pos+i+1
         block = torch.tensor([[out[-1]] + proposal], device=input_ids.device)
-        verdict = at(target, block, pos).argmax(-1)[0].tolist()  # n_draft + 1 tokens
+        verdict = at(target, target_cache, block, pos).argmax(-1)[0].tolist()  # n_draft + 1 tokens
         stats.target_passes += 1
         stats.drafted += n_draft
         j = 0

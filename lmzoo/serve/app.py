@@ -63,7 +63,7 @@ class ServerState:
 
 def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name: str, api_keys: tuple[str, ...] = (),
                max_running: int = 8, max_queued: int = 64, max_len: int | None = None,
-               max_body_bytes: int = 4 << 20) -> FastAPI:
+               max_body_bytes: int = 4 << 20, batch_prefill: bool = False) -> FastAPI:
     """With `load` (returning (model, tokenizer)), the app loads it in a thread at start-up and steps
     the engine on a thread of its own (embedding in another ASGI host). Without it, the caller loads
     and attaches an EngineLoop to `app.state.lmzoo` (`lmzoo serve` does, stepping on the main thread)."""
@@ -72,7 +72,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
     def start() -> None:
         try:
             model, tok = load()
-            engine = Engine(model, tok, max_running=max_running, max_len=max_len)
+            engine = Engine(model, tok, max_running=max_running, max_len=max_len, batch_prefill=batch_prefill)
             state.attach(EngineLoop(engine, max_queued=max_queued), tok)
         except Exception as e:  # reported by /health and every request
             state.error = f"{type(e).__name__}: {e}"
@@ -228,7 +228,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                 "top_logprobs": [{"token": (t := tok.decode([i], skip_special_tokens=False)), "logprob": lp,
                                   "bytes": list(t.encode())} for i, lp in (ev.top_logprobs or [])]}
 
-    async def respond(kind: str, req, reqs: list[EngineRequest], request: Request):
+    async def respond(kind: str, req, reqs: list[EngineRequest]):
         streams = await submit(reqs)
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -323,7 +323,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                                  for e in events], "text_offset": []}
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest, request: Request):
+    async def chat(req: ChatRequest):
         check_model(req)
         ready()
         try:
@@ -333,16 +333,16 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
         n_max = req.max_completion_tokens or req.max_tokens or state.loop.engine.max_len
         reqs = [EngineRequest(messages=msgs, max_tokens=n_max, stop=tuple(req.stops()), sampling=sampling(req, i),
                               logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0) for i in range(req.n)]
-        return await respond("chat", req, reqs, request)
+        return await respond("chat", req, reqs)
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, request: Request):
+    async def completions(req: CompletionRequest):
         check_model(req)
         ready()
         ids = state.tokenizer.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
         n_max = req.max_tokens or state.loop.engine.max_len
         reqs = [EngineRequest(prompt=ids, max_tokens=n_max, stop=tuple(req.stops()), sampling=sampling(req, i),
                               logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0) for i in range(req.n)]
-        return await respond("completion", req, reqs, request)
+        return await respond("completion", req, reqs)
 
     return app

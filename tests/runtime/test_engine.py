@@ -68,7 +68,7 @@ def test_batched_greedy_equals_alone(family_model, monkeypatch):
     monkeypatch.setattr(Engine, "_prefill_group", lambda self, *a: groups.append(original(self, *a)) or groups[-1])
     got = staggered(family_model, ps)  # prefill chunks of 5 tokens, 8 tokens per step
     assert staggered.batched  # requests really shared decode steps
-    whole = staggered(family_model, ps, prefill_chunk=32, step_tokens=64)  # whole prompts, several per forward
+    whole = staggered(family_model, ps, prefill_chunk=32, step_tokens=64, batch_prefill=True)  # several per forward
     assert any(len(g) > 1 for g in groups)  # some prompts were prefilled together, left-padded
     for i, p in enumerate(ps):
         assert got[i] == alone(family_model, p, NEW[i]) == whole[i], f"request {i}"

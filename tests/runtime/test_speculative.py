@@ -67,3 +67,16 @@ def test_bad_input():
         speculative_generate(target, target, torch.zeros((2, 4), dtype=torch.long))
     with pytest.raises(GenerationError, match="positive integer"):
         speculative_generate(target, target, ids, k=0)
+
+
+def test_a_model_drafting_for_itself_accepts_everything():
+    """target == draft (one object): each keeps its own cache, every draft is accepted, and the
+    output is plain greedy decoding."""
+    cfg = lmzoo.ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=4, intermediate_size=64, max_seq_len=128)
+    torch.manual_seed(0)
+    m = lmzoo.Transformer(cfg).eval()
+    ids = torch.tensor([[3, 9, 4]])
+    stats = SpeculativeStats()
+    out = speculative_generate(m, m, ids, max_new_tokens=16, k=4, eos_token_id=[], stats=stats)
+    assert torch.equal(out, lmzoo.generate(m, ids, max_new_tokens=16, eos_token_id=[]))
+    assert stats.accepted == stats.drafted
