@@ -83,6 +83,8 @@ def serve(
         http.join(timeout=15)
         raise
     state.attach(loop, tok)
+    typer.echo(f"lmzoo: ready; model id {name!r}, e.g. OpenAI(base_url='http://{host}:{port}/v1', api_key=...)",
+               err=True)
 
     def stop(*_):  # first signal: finish what is running, refuse new work; second: stop now
         if loop.draining:
