@@ -173,8 +173,11 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_qu
     cfg, arch = gguf_config(reader, path)
     source = GGUFSource(reader, cfg, arch)
     if keep_quantized and dtype == torch.float32:
-        return _load_quantized(reader, cfg, arch, source, device)
-    return instantiate(cfg, source, GGUF_WEIGHTS, dtype=dtype, device=device)
+        model = _load_quantized(reader, cfg, arch, source, device)
+    else:
+        model = instantiate(cfg, source, GGUF_WEIGHTS, dtype=dtype, device=device)
+    model.gguf_architecture = _field(reader, "general.architecture")
+    return model
 
 
 # layer attribute -> GGUF tensors stacked along rows

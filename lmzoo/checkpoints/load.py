@@ -15,7 +15,7 @@ from lmzoo.nn.transformer import Transformer
 
 
 def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
-                    keep_quantized: bool = True, mla_cache: str | None = None) -> Transformer:
+                    keep_quantized: bool = True, mla_cache: str | None = None, adapter=None) -> Transformer:
     """Load a model from an HF checkpoint directory or a `.gguf` file.
 
     dtype: None keeps the checkpoint's dtype (float32 for GGUF); device: None -> cpu.
@@ -27,8 +27,13 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
     the same function as dequantising them) instead of being expanded to float.
     mla_cache: DeepSeek (MLA) models only — "latent" caches the compressed latent instead of per-head
     keys and values ("expanded", the default); see lmzoo.nn.mla.
+    adapter: a PEFT LoRA/DoRA adapter directory applied on top (lmzoo.checkpoints.peft).
     """
     model = _load(path, dtype, device, keep_quantized)
+    if adapter is not None:
+        from lmzoo.checkpoints.peft import load_adapter
+
+        load_adapter(model, adapter)
     if mla_cache is not None:  # the default form of the caches made for this model
         if model.config.attention != "mla":
             raise ConfigError(f"mla_cache applies to MLA models (DeepSeek-V2/V3); this model has "
@@ -53,8 +58,12 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
     if p.is_file():
         if _is_gguf(p) or p.suffix.lower() == ".gguf":  # a .gguf with a bad magic is reported as corrupt
             from lmzoo.checkpoints.gguf import load_gguf
+            from lmzoo.checkpoints.peft import CheckpointLayout
 
-            return load_gguf(p, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
+            model = load_gguf(p, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
+            # GGUF's q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
+            model.checkpoint_layout = CheckpointLayout(model.gguf_architecture, {}, str(p))
+            return model
         raise ModelNotFoundError(f"{p} is a file but not a GGUF file; expected a .gguf file or a checkpoint directory")
     cfg_path = p / "config.json"
     if not cfg_path.exists():
@@ -71,10 +80,14 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
     try:
         weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
         transforms = adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms
-        return instantiate(cfg, source, weights, ignore=adapter.ignore, transforms=transforms,
-                           dtype=dtype, device=device)
+        model = instantiate(cfg, source, weights, ignore=adapter.ignore, transforms=transforms,
+                            dtype=dtype, device=device)
     finally:
         source.close()
+    from lmzoo.checkpoints.peft import CheckpointLayout
+
+    model.checkpoint_layout = CheckpointLayout(hf["model_type"], hf, str(p))
+    return model
 
 
 def _is_gguf(p: Path) -> bool:

@@ -1,0 +1,156 @@
+"""LoRA / DoRA adapters against peft: lmzoo's adapter files load into `peft.PeftModel` on the
+transformers reference with no missing or unexpected keys and compute the same logits (fp32, 1e-4);
+peft's adapters load into lmzoo; the gradients of every LoRA matrix agree with peft's."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import lmzoo
+from lmzoo.checkpoints.peft import add_lora, load_adapter, save_adapter, select_parts
+from lmzoo.errors import CheckpointError, ConfigError
+from lmzoo.nn.lora import lora_layers, merge_lora
+from tests.helpers import ATOL, random_ids
+from tests.test_parity import V, build_reference
+
+peft = pytest.importorskip("peft")
+
+# fused qkv with per-head interleaving (gpt_neox, bloom), grouped (falcon-40b), multi-query (falcon-7b),
+# fused qkv_proj / gate_up_proj (phi3), pair-interleaved rope re-ordered at load (glm, gptj), MLA
+# (deepseek), MoE experts as modules (qwen2-moe) beside stacked ones (mixtral: attention only)
+FAMILIES = ["llama-gqa", "qwen2", "qwen3", "mistral-window", "gpt-neox-parallel", "falcon-7b", "falcon-40b",
+            "bloom", "phi3", "glm", "gptj", "stablelm", "opt", "mixtral", "qwen2-moe", "deepseek-v3"]
+# peft 0.21 re-targets every gate/up/down_proj of a DeepSeek checkpoint onto transformers 5's stacked
+# experts (peft/utils/transformers_weight_conversion.py), so a DeepSeek MLP adapter means something else there
+TARGETS = {"deepseek-v3": "q,k,v,o"}
+# peft cannot put DoRA on a transformers-5 MoE model ("lora.ParamWrapper does not work with use_dora=True")
+NO_PEFT_DORA = {"mixtral", "qwen2-moe", "deepseek-v3"}
+
+
+@torch.no_grad()
+def _randomise_lora(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in lora_layers(model).values():
+        for p in [*m.lora_A, *m.lora_B, *m.magnitude]:
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _peft_load(ref, d):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = peft.PeftModel.from_pretrained(ref, str(d))
+    bad = [str(w.message) for w in caught if any(k in str(w.message).lower() for k in ("missing", "unexpected"))]
+    assert not bad, bad
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    build_reference(request.param, d)
+    return request.param, d
+
+
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_saved_adapter_loads_in_peft_with_same_logits(family, dora, tmp_path):
+    name, d = family
+    if dora and name in NO_PEFT_DORA:
+        pytest.skip("peft cannot load DoRA adapters on transformers-5 MoE models")
+    ours = lmzoo.from_pretrained(d, dtype=torch.float32)
+    add_lora(ours, targets=TARGETS.get(name, "all-linear"), r=4, alpha=8, dora=dora, rslora=dora)
+    _randomise_lora(ours)
+    save_adapter(ours, tmp_path / "adapter")
+    ref = _peft_load(build_reference(name, tmp_path / "ref"), tmp_path / "adapter")
+    ids = random_ids(V, (2, 11))
+    with torch.no_grad():
+        diff = (ref(ids).logits - ours.eval()(ids)).abs().max().item()
+        base = (build_reference(name, tmp_path / "ref2")(ids).logits - ref(ids).logits).abs().max().item()
+    assert diff <= ATOL, diff
+    assert base > 100 * ATOL, "the adapter must change the logits for the comparison to mean anything"
+
+
+def _peft_adapter(name, tmp_path, dora=False):
+    """An adapter made by peft itself on every linear layer of the reference, randomly initialised."""
+    if dora and name in NO_PEFT_DORA:
+        pytest.skip("peft cannot make DoRA adapters on transformers-5 MoE models")
+    ref = build_reference(name, tmp_path / "ref")
+    # every projection lmzoo adapts (PEFT's "all-linear" would also take MoE routers and stacked experts)
+    chosen = select_parts(lmzoo.from_pretrained(tmp_path / "ref"), TARGETS.get(name, "all-linear"))
+    leaves = sorted({n.rsplit(".", 1)[-1] for names in chosen.values() for n in names})
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=leaves, init_lora_weights=False, use_dora=dora)
+    torch.manual_seed(1)
+    model = peft.get_peft_model(ref, cfg)
+    model.save_pretrained(tmp_path / "peft")
+    return model.eval()
+
+
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_peft_adapter_loads_in_lmzoo(family, dora, tmp_path):
+    name, d = family
+    ref = _peft_adapter(name, tmp_path, dora)
+    ours = lmzoo.from_pretrained(d, dtype=torch.float32, adapter=tmp_path / "peft")
+    ids = random_ids(V, (2, 11), seed=3)
+    with torch.no_grad():
+        diff = (ref(ids).logits - ours(ids)).abs().max().item()
+    assert diff <= ATOL, diff
+    merged = merge_lora(ours)
+    assert not lora_layers(merged)
+    with torch.no_grad():
+        assert (ref(ids).logits - merged(ids)).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_lora_gradients_match_peft(family, dora, tmp_path):
+    name, d = family
+    ref = _peft_adapter(name, tmp_path, dora)
+    ours = lmzoo.from_pretrained(d, dtype=torch.float32, adapter=tmp_path / "peft")
+    for m in lora_layers(ours).values():
+        for p in [*m.lora_A, *m.lora_B, *m.magnitude]:
+            p.requires_grad_(True)
+    ids = random_ids(V, (2, 9), seed=4)
+    w = torch.randn(2, 9, V, generator=torch.Generator().manual_seed(5))
+    (ref(ids).logits * w).sum().backward()
+    (ours(ids) * w).sum().backward()
+    theirs = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
+    checked = 0
+    for m in lora_layers(ours).values():
+        for i, part in enumerate(m.targets):
+            pairs = [("lora_A", m.lora_A[i]), ("lora_B", m.lora_B[i])]
+            if dora:
+                pairs.append(("lora_magnitude_vector", m.magnitude[i]))
+            for kind, p in pairs:
+                key = next(k for k in theirs if k.startswith(f"base_model.model.{part}.{kind}"))
+                assert p.grad is not None, (part, kind)
+                torch.testing.assert_close(p.grad, theirs[key], atol=1e-4, rtol=1e-4)
+                checked += 1
+    assert checked == len(theirs), (checked, len(theirs))
+
+
+def test_targets_by_role_and_errors(tmp_path):
+    build_reference("gpt-neox-parallel", tmp_path)
+    model = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    with pytest.raises(ConfigError, match="one tensor"):
+        add_lora(model, targets="q", r=2)
+    with pytest.raises(ConfigError, match="match no module"):
+        add_lora(model, targets="q_proj", r=2)
+    with pytest.raises(ConfigError, match="positive"):
+        add_lora(model, targets="all-linear", r=0)
+    add_lora(model, targets="q,k,v,o", r=2)
+    assert sorted(lora_layers(model)) == [f"layers.{i}.attn.{m}" for i in range(2) for m in ("o", "qkv")]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_adapter_for_another_base_is_refused(tmp_path):
+    build_reference("llama-gqa", tmp_path / "a")
+    a = lmzoo.from_pretrained(tmp_path / "a", dtype=torch.float32)
+    add_lora(a, targets="q,v", r=2)
+    save_adapter(a, tmp_path / "ad")
+    build_reference("gpt-neox-parallel", tmp_path / "b")
+    with pytest.raises(CheckpointError, match="another base"):
+        lmzoo.from_pretrained(tmp_path / "b", dtype=torch.float32, adapter=tmp_path / "ad")
+    with pytest.raises(CheckpointError, match="adapter_config.json"):
+        load_adapter(lmzoo.from_pretrained(tmp_path / "a"), tmp_path)
