@@ -154,6 +154,53 @@ class Tokenizer:
         )
 
 
+    def encode_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
+                    **kwargs: Any) -> list[int]:
+        """The prompt ids of a conversation: the chat template rendered, then tokenised without adding
+        special tokens (the template writes its own). Inference and training both go through this."""
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs),
+                           add_special_tokens=False)
+
+    def encode_chat_for_training(self, messages: list[dict[str, Any]], **kwargs: Any) -> tuple[list[int], list[bool]]:
+        """Ids of a whole conversation and which of them the model should learn to write (True).
+
+        Each assistant turn i is what generation would produce after the prompt of the turns before it:
+
+            ids      = encode_chat(messages[:i], add_generation_prompt=True)   the prompt, as at inference
+                     + encode(rendered(messages[:i+1])[len(rendered prompt):])  the reply, then
+            learned  = the reply's tokens up to and including its first end-of-turn/EOS token (appended
+                       when the template writes none), so the model learns to stop; what the template
+                       puts after it (a newline) is context, not target.
+
+        The turns must render as prefixes of each other and tokenise the same turn by turn (true of the
+        templates shipped with the seed models); otherwise this raises TokenizerError naming the turn."""
+        ids: list[int] = []
+        learn: list[bool] = []
+        eos = set(self.eos_token_ids)
+        if not eos:
+            raise TokenizerError("this tokenizer has no EOS token; a fine-tuned model could not learn to stop")
+        for i, m in enumerate(messages):
+            if m.get("role") != "assistant":
+                continue
+            prompt_text = self.apply_chat_template(messages[:i], add_generation_prompt=True, **kwargs)
+            full_text = self.apply_chat_template(messages[: i + 1], add_generation_prompt=False, **kwargs)
+            if not full_text.startswith(prompt_text):
+                raise TokenizerError(f"message {i}: the chat template does not render the conversation turn by "
+                                     "turn (the prompt is not a prefix of the prompt plus the reply)")
+            prompt = self.encode(prompt_text, add_special_tokens=False)
+            if prompt[: len(ids)] != ids:
+                raise TokenizerError(f"message {i}: the conversation so far does not tokenise the same as a prefix "
+                                     "of the next prompt")
+            reply = self.encode(full_text[len(prompt_text):], add_special_tokens=False)
+            stop = next((j for j, t in enumerate(reply) if t in eos), None)
+            if stop is None:
+                reply, stop = reply + [self.eos_token_ids[0]], len(reply)
+            learn += [False] * (len(prompt) - len(ids)) + [True] * (stop + 1) + [False] * (len(reply) - stop - 1)
+            ids = prompt + reply
+        if not ids:
+            raise TokenizerError("the conversation has no assistant message to learn from")
+        return ids, learn
+
     @property
     def special_tokens_map(self) -> dict[str, Any]:
         """What HF hands a chat template besides the messages: the named special tokens that are set

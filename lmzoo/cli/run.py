@@ -31,6 +31,7 @@ TopPOpt = typer.Option(None, "--top-p", help="Sample among the smallest set with
 RepOpt = typer.Option(1.0, "--repetition-penalty", help="> 1 discourages repeating tokens (CTRL / HF rule).")
 SeedOpt = typer.Option(None, "--seed", help="Random seed for sampling.")
 StopOpt = typer.Option(None, "--stop", help="Stop when the output contains this string (repeatable).")
+AdapterOpt = typer.Option(None, "--adapter", help="A PEFT LoRA/DoRA adapter directory to apply (e.g. from lmzoo finetune).")
 DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: checkpoint's; float32 for GGUF]")
 
 
@@ -61,7 +62,7 @@ def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
         raise GenerationError(f"--dtype: {e}") from None
 
 
-def _load(model: Path | None, dtype: str | None):
+def _load(model: Path | None, dtype: str | None, adapter: Path | None = None):
     import lmzoo
     from lmzoo.tokenizer import load_tokenizer
 
@@ -70,7 +71,7 @@ def _load(model: Path | None, dtype: str | None):
 
         model = default_model_path()
     with _status(f"loading {model.name}"):
-        m = lmzoo.from_pretrained(model, dtype=dtype)
+        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter)
         tok = load_tokenizer(model)
     return m, tok
 
@@ -112,6 +113,7 @@ def generate(
         True, "--chat/--raw", help="Apply the model's chat template (when it has one) or send the prompt as is."),
     system: str | None = typer.Option(None, "--system", help="System message (chat mode)."),
     dtype: str | None = DtypeOpt,
+    adapter: Path | None = AdapterOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
     decode: str = typer.Option("eager", "--decode", help="eager | static | compiled (torch.compile; CUDA graphs on GPU)."),
 ) -> None:
@@ -121,10 +123,10 @@ def generate(
 
         raise GenerationError(f"--decode must be eager, static or compiled, got {decode!r}")
     _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
-    m, tok = _load(model, dtype)
+    m, tok = _load(model, dtype, adapter)
     if chat and tok.chat_template:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special_tokens=False)
+        ids = tok.encode_chat(msgs)
     else:
         ids = tok.encode(prompt)
     t = time.perf_counter()
@@ -148,12 +150,13 @@ def chat(
     stop: list[str] | None = StopOpt,
     system: str | None = typer.Option(None, "--system", help="System message."),
     dtype: str | None = DtypeOpt,
+    adapter: Path | None = AdapterOpt,
 ) -> None:
     """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
     from lmzoo.errors import ContextLengthError, TokenizerError
 
     _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
-    m, tok = _load(model, dtype)
+    m, tok = _load(model, dtype, adapter)
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -168,7 +171,7 @@ def chat(
         if not line.strip():
             continue
         history.append({"role": "user", "content": line.rstrip("\n")})
-        ids = tok.encode(tok.apply_chat_template(history, add_generation_prompt=True), add_special_tokens=False)
+        ids = tok.encode_chat(history)
         if len(ids) >= m.config.max_seq_len:
             raise ContextLengthError(
                 f"the conversation is {len(ids)} tokens, longer than the context of {m.config.max_seq_len}"

@@ -29,6 +29,7 @@ def serve(
                                        "[default: min(context, 4096)]."),
     served_model_name: str | None = typer.Option(None, "--served-model-name", help="The model id clients send."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA/DoRA adapter directory to apply."),
     batch_prefill: bool = typer.Option(False, "--batch-prefill", help="Prefill new prompts together: faster first "
                                        "tokens under load; a greedy answer may then differ from alone in rare ties."),
 ) -> None:
@@ -73,7 +74,7 @@ def serve(
     typer.echo(f"lmzoo: serving {name!r} at http://{host}:{port}/v1 (loading...)", err=True)
     state = server_app.state.lmzoo
     try:
-        m = lmzoo.from_pretrained(model, dtype=dtype)
+        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter)
         tok = load_tokenizer(model)
         engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
         loop = EngineLoop(engine, max_queued=max_queued, thread=False)

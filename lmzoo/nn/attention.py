@@ -127,6 +127,7 @@ def build_mask(
     q_pos: torch.Tensor | None = None,
     k_pos: torch.Tensor | None = None,
     prefix_end: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B or 1, 1, T, L) of which cache slots each query may attend to.
 
@@ -134,7 +135,9 @@ def build_mask(
     when it holds a real token (key_valid (B, L); left padding is not), and when slot - j < window.
     chunk: only keys in the query's block of `chunk` positions (q_pos (B, T), k_pos (B, L): token
     positions). prefix_end (B,): slots below it are visible to every query (a prefix LM's
-    bidirectional context, GLM). A padded query still sees itself so no softmax row is empty.
+    bidirectional context, GLM). segments (B, L): only keys of the query's own segment (packed
+    training rows; queries and keys share slots). A padded query still sees itself so no softmax row
+    is empty.
     """
     q = q_slot[:, :, None]  # (B, T, 1)
     k = torch.arange(L, device=q_slot.device)[None, None, :]  # (1, 1, L)
@@ -147,6 +150,8 @@ def build_mask(
         allowed = allowed & (qb == kb)
     if prefix_end is not None:
         allowed = allowed | (k < prefix_end[:, None, None])
+    if segments is not None:
+        allowed = allowed & (segments[:, :, None] == segments[:, None, :L])
     if key_valid is not None:
         allowed = (allowed & key_valid[:, None, :L].bool()) | (k == q)
     return allowed[:, None]

@@ -70,7 +70,9 @@ class Transformer(nn.Module):
         rows=None,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
         last_only: bool = False,
+        hidden_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab); with last_only, (B, 1, vocab) for the last position only (what
         generation needs: the head is the largest matrix, so a prefill skips T-1 rows of it).
@@ -78,7 +80,10 @@ class Transformer(nn.Module):
         cache: a lmzoo.runtime.KVCache owned by the caller; rows selects which of its rows these B
         inputs continue (None: all, in order). attention_mask (B, T): 0 marks left padding in this
         call's tokens. positions (B, T) (or (B, 2, T), GLM) overrides the positions counted from
-        each row's real tokens."""
+        each row's real tokens. segment_ids (B, T), no cache: packed training rows — a token attends
+        only to earlier tokens of its own segment, and positions restart at 0 in each segment.
+        hidden_only: return the last hidden states (B, T, d) instead of logits (a chunked loss applies
+        the head itself, `logits`)."""
         B, T = input_ids.shape
         cfg = self.config
         dev = input_ids.device
@@ -88,8 +93,12 @@ class Transformer(nn.Module):
             real = attention_mask.bool() if attention_mask is not None else None
             q_slot = torch.arange(T, device=dev)[None]  # (1, T)
             pos = (real.long().cumsum(-1) - 1).clamp(min=0) if real is not None else q_slot.expand(B, T)
+            if segment_ids is not None:
+                if cfg.prefix_lm:
+                    raise GenerationError("packed segments are not supported for prefix-LM models (GLM)")
+                pos = segment_positions(segment_ids)
             key_valid, key_pos, L, step = real, pos, T, None
-            dense_prefill = real is None  # every row starts at slot 0 with no padding: plain causal
+            dense_prefill = real is None and segment_ids is None  # slot 0, no padding, one segment: causal
             dense_decode = T == 1
             prefix = prefix_lm_state(input_ids, attention_mask, cfg) if cfg.prefix_lm else None
             ntk_len = (real.sum(-1) if real is not None else torch.full((B,), T, device=dev)) \
@@ -137,7 +146,7 @@ class Transformer(nn.Module):
                 masks[w, c] = None  # plain causal (or one query seeing every key): SDPA's fused path
                 continue
             m = build_mask(q_slot=q_slot, L=L, key_valid=key_valid, window=w, chunk=c, q_pos=pos, k_pos=key_pos,
-                           prefix_end=prefix_end)
+                           prefix_end=prefix_end, segments=segment_ids)
             if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
                 m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
             masks[w, c] = m
@@ -149,7 +158,7 @@ class Transformer(nn.Module):
                 x = layer(x, a, mask)
         if last_only:
             x = x[:, -1:]
-        return self.logits(x)
+        return x if hidden_only else self.logits(x)
 
     # --- pieces ---------------------------------------------------------------------------------
     def embed_tokens(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -181,6 +190,16 @@ class Transformer(nn.Module):
             x = self.project_out(x)
         logits = self.lm_head(x)
         return logits * self.config.logit_scale if self.config.logit_scale != 1.0 else logits
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each token inside its segment, (B, T): [a a a b b c] -> [0 1 2 0 1 0]."""
+    B, T = segment_ids.shape
+    slots = torch.arange(T, device=segment_ids.device).expand(B, T)
+    start = torch.ones_like(segment_ids, dtype=torch.bool)
+    start[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(start, slots, 0).cummax(dim=-1).values  # slot where each token's segment began
+    return slots - first
 
 
 # --- GLM's prefix-LM inputs (ChatGLM-6B) ---------------------------------------------------------

@@ -136,8 +136,7 @@ class Engine:
         if req.messages is not None:
             if self.tokenizer is None:
                 raise GenerationError("chat messages need the engine's tokenizer")
-            text = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True)
-            prompt = self.tokenizer.encode(text, add_special_tokens=False)
+            prompt = self.tokenizer.encode_chat(req.messages)
         else:
             prompt = [int(t) for t in req.prompt]
         V = self.model.config.vocab_size

@@ -154,8 +154,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
         ready()
         tok = state.tokenizer
         if "messages" in body:
-            text = tok.apply_chat_template(body["messages"], add_generation_prompt=True)
-            ids = tok.encode(text, add_special_tokens=False)
+            ids = tok.encode_chat(body["messages"])
         elif isinstance(body.get("prompt"), str):
             ids = tok.encode(body["prompt"], add_special_tokens=bool(body.get("add_special_tokens", True)))
         else:

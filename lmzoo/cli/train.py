@@ -1,0 +1,139 @@
+"""`lmzoo finetune` and `lmzoo plot`: make your own assistant from a base model and a data file.
+
+    lmzoo finetune --data chat.jsonl --out runs/mine                # LoRA on the default model
+    lmzoo finetune --data alpaca.json --method dora --lora-r 16 --max-steps 200 --out runs/d
+    lmzoo finetune --config run.yaml                                # the same settings as a file
+    lmzoo finetune --data chat.jsonl --out runs/mine --resume       # continue a stopped run exactly
+    lmzoo chat --adapter runs/mine/adapter                          # talk to the result
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from lmzoo.cli import app
+from lmzoo.errors import ConfigError
+
+_TRAIN_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "max_steps", "epochs", "batch_size", "grad_accum",
+               "max_grad_norm", "seq_len", "packing", "eval_every", "save_every", "log_every", "keep_checkpoints",
+               "seed", "activation_checkpointing", "loss_chunk")
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"--config {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+        raise ConfigError(f"--config {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: "
+                          f"{' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of settings, got {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+@app.command()
+def finetune(
+    ctx: typer.Context,
+    data: str | None = typer.Option(None, "--data", help="Training data: .jsonl / .json / .txt (alpaca, sharegpt, "
+                                    "messages, text)."),
+    out: str | None = typer.Option(None, "--out", help="Run directory (checkpoints, metrics, adapter)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Base: HF checkpoint directory or .gguf "
+                                     "[default: SmolLM2-135M-Instruct]"),
+    method: str = typer.Option("lora", "--method", help="lora | dora | full"),
+    objective: str = typer.Option("sft", "--objective", help="sft (dpo: not yet)"),
+    format: str = typer.Option("auto", "--format", help="auto | alpaca | sharegpt | messages | text"),
+    eval_data: str | None = typer.Option(None, "--eval-data", help="Held-out data file for eval loss."),
+    eval_fraction: float = typer.Option(0.0, "--eval-fraction", help="Hold this fraction of --data out for eval."),
+    targets: str = typer.Option("all-linear", "--targets", help="LoRA targets: q,k,v,o,gate,up,down | all-linear "
+                                "| checkpoint module names"),
+    lora_r: int = typer.Option(8, "--lora-r"),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha"),
+    lora_dropout: float = typer.Option(0.0, "--lora-dropout"),
+    rslora: bool = typer.Option(False, "--rslora", help="Scale by alpha / sqrt(r) (rank-stabilised LoRA)."),
+    lr: float = typer.Option(2e-4, "--lr"),
+    min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Cosine schedule ends at lr x this."),
+    warmup_steps: int = typer.Option(0, "--warmup-steps"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps [default: --epochs over the data]."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    batch_size: int = typer.Option(4, "--batch-size", help="Packed rows per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
+    seq_len: int = typer.Option(1024, "--seq-len"),
+    packing: bool = typer.Option(True, "--packing/--no-packing", help="Pack examples into rows (no attention "
+                                 "across them)."),
+    too_long: str = typer.Option("truncate", "--too-long", help="Examples longer than --seq-len: truncate | drop | error"),
+    eval_every: int = typer.Option(0, "--eval-every"),
+    save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (also at the end and on "
+                                   "Ctrl-C / SIGTERM)."),
+    log_every: int = typer.Option(1, "--log-every"),
+    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Newest checkpoints kept."),
+    seed: int = typer.Option(0, "--seed"),
+    loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Target tokens per slice of the LM head in the loss."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad records instead of stopping."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+    config: Path | None = typer.Option(None, "--config", help="YAML / JSON file with these settings (flags given "
+                                       "on the command line win)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Fine-tune a model on your data: LoRA / DoRA adapters (PEFT format) or all weights."""
+    from lmzoo.train.finetune import FinetuneConfig
+    from lmzoo.train.finetune import finetune as run
+    from lmzoo.train.loop import TrainConfig
+
+    values = dict(ctx.params)
+    if config is not None:
+        from click.core import ParameterSource
+
+        given = {k for k in values if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        file_values = _read_config(config)
+        unknown = sorted(set(file_values) - set(values))
+        if unknown:
+            raise ConfigError(f"--config {config}: unknown settings {unknown}; expected the flags' names, e.g. lr, "
+                              "lora_r, max_steps")
+        values.update({k: v for k, v in file_values.items() if k not in given})
+    if values["objective"] != "sft":
+        raise ConfigError(f"--objective {values['objective']!r} is not available yet; expected sft")
+    for key in ("data", "out"):
+        if not values[key]:
+            raise ConfigError(f"--{key} is required (on the command line or in --config)")
+    tc = TrainConfig(**{k: values[k] for k in _TRAIN_KEYS})
+    fc = FinetuneConfig(data=values["data"], out=values["out"], model=values["model"], method=values["method"],
+                        format=values["format"], eval_data=values["eval_data"], eval_fraction=values["eval_fraction"],
+                        targets=values["targets"], lora_r=values["lora_r"], lora_alpha=values["lora_alpha"],
+                        lora_dropout=values["lora_dropout"], rslora=values["rslora"], skip_bad=values["skip_bad"],
+                        too_long=values["too_long"], resume=values["resume"], overwrite=values["overwrite"], train=tc)
+    if fc.too_long not in ("truncate", "drop", "error"):
+        raise ConfigError(f"--too-long must be truncate, drop or error, got {fc.too_long!r}")
+    log = (lambda *_: None) if values["quiet"] else (lambda m: typer.echo(f"lmzoo: {m}", err=True))
+    result = run(fc, progress=not values["quiet"], log=log)
+    if result["finished"]:
+        ev = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
+        typer.echo(f"lmzoo: done at step {result['step']}: loss {result['loss']:.4f}{ev}; saved {result['saved']}",
+                   err=True)
+    else:
+        typer.echo(f"lmzoo: stopped at step {result.get('step', 0)}; checkpoint saved, continue with --resume",
+                   err=True)
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="A run directory (lmzoo finetune --out).")) -> None:
+    """Draw a run's loss curve (metrics.jsonl) to RUN_DIR/loss.png."""
+    from lmzoo.train.plot import plot_metrics
+
+    out = plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    if out is None:
+        raise ConfigError(f"{run_dir} has no metrics.jsonl with any step; expected an lmzoo finetune run directory")
+    typer.echo(str(out))

@@ -1,0 +1,419 @@
+"""The training loop every objective shares: AdamW, warmup + cosine, accumulation, clipping, eval,
+metrics, atomic checkpoints and exact resume.
+
+    out_dir/
+      run.json                  the run's settings (a resumed run must match them)
+      metrics.jsonl             one line per logged step: step, loss, lr, grad_norm, tokens, tokens_per_s, eval_loss
+      checkpoints/step-000040/  trainable.safetensors, optimizer.pt, state.json (step, data position, RNG)
+      checkpoints/latest        name of the newest complete checkpoint (written last, atomically)
+      loss.png                  the loss curve, at the end
+
+A checkpoint is written into a temporary directory and renamed into place, and `latest` changes only
+after that, so a run killed at any moment (SIGKILL included) leaves the previous checkpoint whole.
+Resume restores the trainable weights, the optimizer, the step (the schedule is a function of it),
+the data position (the batch order is a function of the seed and epoch) and the RNG states, so on
+CPU a resumed run ends with bitwise the weights of an uninterrupted one. SIGINT / SIGTERM finish
+the current step, checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmzoo.errors import ConfigError, LmzooError
+from lmzoo.train.data import IGNORE, Batch, Example, batches, n_batches
+
+
+class TrainError(LmzooError):
+    """A run that cannot start or continue (output directory in use, checkpoint unwritable, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_steps: int | None = None     # None: epochs over the data
+    epochs: float = 1.0
+    batch_size: int = 4              # packed rows per micro-batch
+    grad_accum: int = 1              # micro-batches per optimizer step
+    max_grad_norm: float | None = 1.0
+    seq_len: int = 1024
+    packing: bool = True
+    eval_every: int = 0              # 0: only at the end (when there is eval data)
+    save_every: int = 0              # 0: only at the end and on SIGINT / SIGTERM
+    log_every: int = 1
+    keep_checkpoints: int = 2
+    seed: int = 0
+    activation_checkpointing: bool = False
+    loss_chunk: int = 1024
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        for name in ("batch_size", "grad_accum", "seq_len", "log_every", "keep_checkpoints", "loss_chunk"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "eval_every", "save_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ConfigError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        if not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be > 0 (or None), got {self.max_grad_norm}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine down to lr * min_lr_ratio at `total`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, total - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices, none on biases, norms and 1-D gains (DoRA magnitudes)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ConfigError("the model has no trainable parameters")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Activation checkpointing per block: each block's activations are recomputed in backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in model.layers:
+        if getattr(layer, "_lmzoo_checkpointed", False):
+            continue
+        inner = layer.forward
+        layer.forward = (lambda f: lambda *a, **k: checkpoint(f, *a, use_reentrant=False, **k))(inner)
+        layer._lmzoo_checkpointed = True
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class Objective:
+    """What a training objective tells the loop: the summed loss of a batch (and extra metrics to
+    log), and how many units (target tokens, preference pairs) that sum is over."""
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def units(self, batch) -> int:
+        raise NotImplementedError
+
+
+class SFTObjective(Objective):
+    """Next-token cross-entropy on the target tokens (prompt tokens masked), never all logits at once."""
+
+    def __init__(self, loss_chunk: int = 1024) -> None:
+        self.loss_chunk = loss_chunk
+
+    def loss(self, model, b: Batch):
+        from lmzoo.train.loss import token_losses_sum
+
+        h = model(b.ids, segment_ids=b.segments, hidden_only=True)
+        return token_losses_sum(model, h, b.targets, chunk=self.loss_chunk)[0], {}
+
+    def units(self, b: Batch) -> int:
+        return int((b.targets != IGNORE).sum())
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, train: list, *, out_dir, eval_data: list | None = None,
+                 objective: Objective | None = None, make_batches=None, resume: bool = False,
+                 overwrite: bool = False, run_info: dict | None = None, progress: bool = True) -> None:
+        cfg.validate()
+        self.model, self.cfg, self.train, self.eval_data = model, cfg, train, eval_data or []
+        self.out = Path(out_dir)
+        self.objective = objective or SFTObjective(cfg.loss_chunk)
+        self.make_batches = make_batches or self._sft_batches
+        self.progress = progress
+        self.run_info = {"config": _jsonable(asdict(cfg)), **(run_info or {})}
+        self._prepare_dir(resume, overwrite)
+        if cfg.activation_checkpointing:
+            checkpoint_blocks(model)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                     foreach=False)
+        per_epoch = self._batches_in_epoch(0)
+        self.total = cfg.max_steps or max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
+        self.step = 0          # optimizer steps done
+        self.micro = 0         # micro-batches consumed (the data position)
+        self.tokens = 0
+        self._stop = False
+        if resume:
+            self._load_latest()
+
+    # --- data -------------------------------------------------------------------------------------
+    def _sft_batches(self, data: list, epoch: int, shuffle_seed: int):
+        c = self.cfg
+        return batches(data, seq_len=c.seq_len, rows_per_batch=c.batch_size, packing=c.packing,
+                       seed=shuffle_seed, epoch=epoch)
+
+    def _batches_in_epoch(self, epoch: int) -> int:
+        c = self.cfg
+        if self.make_batches is self._sft_batches and self.train and isinstance(self.train[0], Example):
+            return n_batches(self.train, seq_len=c.seq_len, rows_per_batch=c.batch_size, packing=c.packing,
+                             seed=c.seed, epoch=epoch)
+        return sum(1 for _ in self.make_batches(self.train, epoch, c.seed))
+
+    def _stream(self):
+        """Micro-batches from the current data position on, epoch after epoch."""
+        skip, epoch = self.micro, 0
+        while True:
+            for b in self.make_batches(self.train, epoch, self.cfg.seed):
+                if skip:
+                    skip -= 1
+                    continue
+                yield b
+            epoch += 1
+
+    # --- directory, checkpoints -------------------------------------------------------------------
+    def _prepare_dir(self, resume: bool, overwrite: bool) -> None:
+        run = self.out / "run.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainError(f"output {self.out} exists and is not a directory")
+        if run.exists() and not resume:
+            if not overwrite:
+                raise TrainError(f"{self.out} already holds a run; pass --resume to continue it or --overwrite "
+                                 "to replace it")
+            shutil.rmtree(self.out)
+        if resume and run.exists():
+            old = json.loads(run.read_text())
+            changed = {k: (old.get("config", {}).get(k), v) for k, v in self.run_info["config"].items()
+                       if k not in ("max_steps", "epochs", "eval_every", "save_every", "log_every",
+                                    "keep_checkpoints") and old.get("config", {}).get(k) != v}
+            if changed:
+                raise TrainError(f"cannot resume {self.out}: settings differ from the run's ({changed}); "
+                                 "resume with the same settings")
+        self.out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(run, json.dumps(self.run_info, indent=2))
+
+    def _ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        root = self._ckpt_root()
+        root.mkdir(exist_ok=True)
+        name = f"step-{self.step:06d}"
+        final = root / name
+        tmp = root / f".{name}.tmp-{os.getpid()}"
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            save_file(trainable_state(self.model), str(tmp / "trainable.safetensors"))
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+            state = {"step": self.step, "micro": self.micro, "tokens": self.tokens, "total": self.total,
+                     "rng_torch": torch.get_rng_state().tolist(), "rng_python": _py_rng_state()}
+            (tmp / "state.json").write_text(json.dumps(state))
+            for f in tmp.iterdir():
+                _fsync(f)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _atomic_write(root / "latest", name)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            prev = (root / "latest").read_text().strip() if (root / "latest").exists() else None
+            raise TrainError(f"checkpoint at step {self.step} could not be written ({e.strerror or e}); "
+                             + (f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint")) from None
+        kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        for old in kept[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _load_latest(self) -> None:
+        from safetensors.torch import load_file
+
+        latest = self._ckpt_root() / "latest"
+        if not latest.exists():
+            return  # nothing saved yet: start from the beginning
+        d = self._ckpt_root() / latest.read_text().strip()
+        state = json.loads((d / "state.json").read_text())
+        weights = load_file(str(d / "trainable.safetensors"))
+        params = dict(self.model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+        if missing or set(weights) - set(params):
+            raise TrainError(f"checkpoint {d} does not match this model's trainable parameters "
+                             f"(e.g. {(missing or sorted(set(weights) - set(params)))[:3]})")
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t)
+        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        self.step, self.micro, self.tokens = state["step"], state["micro"], state["tokens"]
+        torch.set_rng_state(torch.tensor(state["rng_torch"], dtype=torch.uint8))
+        random.setstate(_py_rng_from(state["rng_python"]))
+        _truncate_metrics(self.out / "metrics.jsonl", self.step)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._stop = True
+
+    def evaluate(self) -> float | None:
+        if not self.eval_data:
+            return None
+        was = self.model.training
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for b in self.make_batches(self.eval_data, 0, self.cfg.seed):
+                s, _ = self.objective.loss(self.model, b)
+                total, n = total + float(s), n + self.objective.units(b)
+        self.model.train(was)
+        return total / max(n, 1)
+
+    def fit(self) -> dict:
+        c = self.cfg
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        stream = self._stream()
+        metrics_f = open(self.out / "metrics.jsonl", "a")
+        bar = _Progress(self.total, self.step, enabled=self.progress)
+        last = {}
+        try:
+            self.model.train()
+            while self.step < self.total and not self._stop:
+                t0 = time.perf_counter()
+                micro = [next(stream) for _ in range(c.grad_accum)]
+                lr = lr_at(self.step, c, self.total)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                # each micro-batch's summed loss over the step's units (tokens or pairs): the step's
+                # gradient equals that of one batch holding all of them
+                units = sum(self.objective.units(b) for b in micro)
+                self.opt.zero_grad(set_to_none=True)
+                loss_sum, extras = 0.0, []
+                for b in micro:
+                    total, extra = self.objective.loss(self.model, b)
+                    (total / max(units, 1)).backward()
+                    loss_sum += float(total.detach())
+                    extras.append(extra)
+                params = [p for g in self.opt.param_groups for p in g["params"]]
+                if c.max_grad_norm is not None:
+                    gn = float(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm, foreach=False))
+                else:
+                    gn = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+                self.opt.step()
+                self.step += 1
+                self.micro += c.grad_accum
+                step_tokens = sum(b.n_tokens for b in micro)
+                self.tokens += step_tokens
+                dt = time.perf_counter() - t0
+                last = {"step": self.step, "loss": loss_sum / max(units, 1), "lr": lr, "grad_norm": gn,
+                        "tokens": self.tokens, "tokens_per_s": step_tokens / dt if dt > 0 else None}
+                for k in extras[0]:
+                    last[k] = sum(float(e[k]) for e in extras) / len(extras)
+                if c.eval_every and self.step % c.eval_every == 0:
+                    last["eval_loss"] = self.evaluate()
+                if self.step % c.log_every == 0 or "eval_loss" in last or self.step == self.total:
+                    metrics_f.write(json.dumps(last) + "\n")
+                    metrics_f.flush()
+                bar.update(self.step, last)
+                if c.save_every and self.step % c.save_every == 0 and self.step < self.total:
+                    self.save_checkpoint()
+            if self.step >= self.total and "eval_loss" not in last and self.eval_data:
+                last["eval_loss"] = self.evaluate()
+                metrics_f.write(json.dumps({**last, "final": True}) + "\n")
+            self.save_checkpoint()
+        finally:
+            bar.close()
+            metrics_f.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        if self.step >= self.total:
+            from lmzoo.train.plot import plot_metrics
+
+            plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
+        return {**last, "finished": self.step >= self.total, "stopped": self._stop}
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+class _Progress:
+    def __init__(self, total: int, start: int, *, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[info]}"), transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, m: dict) -> None:
+        if self.bar is not None:
+            info = f"loss {m['loss']:.4f}  lr {m['lr']:.2e}"
+            if m.get("tokens_per_s"):
+                info += f"  {m['tokens_per_s']:.0f} tok/s"
+            if m.get("eval_loss") is not None:
+                info += f"  eval {m['eval_loss']:.4f}"
+            self.bar.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _py_rng_state():
+    v, state, gauss = random.getstate()
+    return [v, list(state), gauss]
+
+
+def _py_rng_from(s):
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from (they will be written again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    _atomic_write(path, "".join(k + "\n" for k in keep))
