@@ -82,6 +82,7 @@ def prepare(cfg: FinetuneConfig):
         for p in model.parameters():
             p.requires_grad_(True)
     else:
+        torch.manual_seed(t.seed)  # the adapters' initial A matrices
         add_lora(model, targets=cfg.targets, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                  rslora=cfg.rslora, dora=cfg.method == "dora")
     return model, tok, base_path, train, evals, report
