@@ -301,6 +301,10 @@ class Trainer:
         bar = _Progress(self.total, self.step, enabled=self.progress)
         last = {}
         try:
+            if self.step == 0 and self.eval_data:
+                base = self.evaluate()  # the starting point, so the curve shows what training changed
+                metrics_f.write(json.dumps({"step": 0, "eval_loss": base, "tokens": 0}) + "\n")
+                metrics_f.flush()
             self.model.train()
             while self.step < self.total and not self._stop:
                 t0 = time.perf_counter()
@@ -416,4 +420,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    if step == 0:
+        keep = [line for line in keep if "loss" not in json.loads(line)]
     _atomic_write(path, "".join(k + "\n" for k in keep))

@@ -16,7 +16,8 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", lw=1.2)
+    train = [r for r in rows if r.get("loss") is not None]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1.2)
     ev = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
     if ev:
         ax.plot(*zip(*ev), "o-", label="eval loss", lw=1.2)
