@@ -50,7 +50,8 @@ def finetune(
     model: str | None = typer.Option(None, "--model", "-m", help="Base: HF checkpoint directory or .gguf "
                                      "[default: SmolLM2-135M-Instruct]"),
     method: str = typer.Option("lora", "--method", help="lora | dora | full"),
-    objective: str = typer.Option("sft", "--objective", help="sft (dpo: not yet)"),
+    objective: str = typer.Option("sft", "--objective", help="sft | dpo (prompt/chosen/rejected pairs)"),
+    beta: float = typer.Option(0.1, "--beta", help="DPO temperature."),
     format: str = typer.Option("auto", "--format", help="auto | alpaca | sharegpt | messages | text"),
     eval_data: str | None = typer.Option(None, "--eval-data", help="Held-out data file for eval loss."),
     eval_fraction: float = typer.Option(0.0, "--eval-fraction", help="Hold this fraction of --data out for eval."),
@@ -104,13 +105,12 @@ def finetune(
             raise ConfigError(f"--config {config}: unknown settings {unknown}; expected the flags' names, e.g. lr, "
                               "lora_r, max_steps")
         values.update({k: v for k, v in file_values.items() if k not in given})
-    if values["objective"] != "sft":
-        raise ConfigError(f"--objective {values['objective']!r} is not available yet; expected sft")
     for key in ("data", "out"):
         if not values[key]:
             raise ConfigError(f"--{key} is required (on the command line or in --config)")
     tc = TrainConfig(**{k: values[k] for k in _TRAIN_KEYS})
     fc = FinetuneConfig(data=values["data"], out=values["out"], model=values["model"], method=values["method"],
+                        objective=values["objective"], beta=values["beta"],
                         format=values["format"], eval_data=values["eval_data"], eval_fraction=values["eval_fraction"],
                         targets=values["targets"], lora_r=values["lora_r"], lora_alpha=values["lora_alpha"],
                         lora_dropout=values["lora_dropout"], rslora=values["rslora"], skip_bad=values["skip_bad"],

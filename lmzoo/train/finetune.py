@@ -25,6 +25,8 @@ class FinetuneConfig:
     out: str
     model: str | None = None             # None: the embedded default model
     method: Method = "lora"
+    objective: str = "sft"               # sft | dpo
+    beta: float = 0.1                    # DPO's temperature
     format: str = "auto"
     eval_data: str | None = None
     eval_fraction: float = 0.0           # held out from `data` when no eval_data is given
@@ -53,21 +55,33 @@ def load_base(path: str | None, method: str):
     return model, load_tokenizer(p), p
 
 
+def _load_data(cfg: FinetuneConfig, path, tok):
+    from lmzoo.train.data import DataReport, load_sft
+
+    t = cfg.train
+    if cfg.objective == "dpo":
+        from lmzoo.train.dpo import load_pairs
+
+        pairs, skipped = load_pairs(path, tok, seq_len=t.seq_len, skip_bad=cfg.skip_bad)
+        report = DataReport(records=len(pairs) + len(skipped), examples=len(pairs), skipped=skipped)
+        return pairs, report
+    return load_sft(path, tok, fmt=cfg.format, seq_len=t.seq_len, skip_bad=cfg.skip_bad, too_long=cfg.too_long)
+
+
 def prepare(cfg: FinetuneConfig):
     from lmzoo.checkpoints.peft import add_lora
-    from lmzoo.train.data import load_sft
 
     if cfg.method not in ("lora", "dora", "full"):
         raise ConfigError(f"method {cfg.method!r} is not known; expected lora, dora or full")
+    if cfg.objective not in ("sft", "dpo"):
+        raise ConfigError(f"objective {cfg.objective!r} is not known; expected sft or dpo")
     if not 0 <= cfg.eval_fraction < 1:
         raise ConfigError(f"eval fraction must be in [0, 1), got {cfg.eval_fraction}")
     model, tok, base_path = load_base(cfg.model, cfg.method)
     t = cfg.train
-    train, report = load_sft(cfg.data, tok, fmt=cfg.format, seq_len=t.seq_len, skip_bad=cfg.skip_bad,
-                             too_long=cfg.too_long)
+    train, report = _load_data(cfg, cfg.data, tok)
     if cfg.eval_data:
-        evals, _ = load_sft(cfg.eval_data, tok, fmt=cfg.format, seq_len=t.seq_len, skip_bad=cfg.skip_bad,
-                            too_long=cfg.too_long)
+        evals, _ = _load_data(cfg, cfg.eval_data, tok)
     elif cfg.eval_fraction:
         g = torch.Generator().manual_seed(t.seed)
         order = torch.randperm(len(train), generator=g).tolist()
@@ -96,11 +110,18 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log(f"method: {cfg.method}; trainable parameters {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
+    objective, make_batches = None, None
+    if cfg.objective == "dpo":
+        objective, make_batches = _dpo_setup(cfg, model, train, evals)
     run_info = {"base": base_path, "data": str(Path(cfg.data).resolve()), "method": cfg.method,
+                "objective": cfg.objective, "beta": cfg.beta,
                 "targets": cfg.targets, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
                 "lora_dropout": cfg.lora_dropout, "rslora": cfg.rslora, "format": cfg.format}
     trainer = Trainer(model, cfg.train, train, out_dir=cfg.out, eval_data=evals, resume=cfg.resume,
-                      overwrite=cfg.overwrite, run_info=run_info, progress=progress)
+                      overwrite=cfg.overwrite, run_info=run_info, progress=progress, objective=objective,
+                      make_batches=make_batches)
+    if cfg.objective == "dpo":
+        _save_reference(Path(cfg.out), train, evals)
     result = trainer.fit()
     out = Path(cfg.out)
     if result["finished"]:
@@ -116,3 +137,44 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
         else:
             result["saved"] = str(save_adapter(model, out / "adapter", base_model_name_or_path=base_path))
     return result
+
+
+# --- DPO: the reference log-probs are the model's before the first step, computed once and kept in the
+# run directory (a resumed run's weights are no longer the reference)
+
+REF_FILE = "reference_logprobs.json"
+
+
+def _dpo_setup(cfg: FinetuneConfig, model, train, evals):
+    import json
+
+    from lmzoo.train.dpo import DPOObjective, pair_batches, reference_logprobs
+
+    objective = DPOObjective(cfg.beta, cfg.train.loss_chunk)
+    ref_path = Path(cfg.out) / REF_FILE
+    if cfg.resume and ref_path.exists():
+        saved = json.loads(ref_path.read_text())
+        for key, pairs in (("train", train), ("eval", evals)):
+            if len(saved[key]) != len(pairs):
+                raise ConfigError(f"{ref_path} holds {len(saved[key])} {key} pairs but the data has {len(pairs)}; "
+                                  "resume with the same data")
+            for p, (c, r) in zip(pairs, saved[key]):
+                p.ref_chosen, p.ref_rejected = c, r
+    else:
+        reference_logprobs(model, train + evals, chunk=cfg.train.loss_chunk)
+    t = cfg.train
+
+    def make_batches(data, epoch, seed):
+        return pair_batches(data, pairs_per_batch=t.batch_size, seed=seed, epoch=epoch)
+
+    return objective, make_batches
+
+
+def _save_reference(out: Path, train, evals) -> None:
+    import json
+
+    from lmzoo.train.loop import _atomic_write
+
+    if not (out / REF_FILE).exists():
+        data = {k: [[p.ref_chosen, p.ref_rejected] for p in v] for k, v in (("train", train), ("eval", evals))}
+        _atomic_write(out / REF_FILE, json.dumps(data))

@@ -153,6 +153,7 @@ class Trainer:
         self.model, self.cfg, self.train, self.eval_data = model, cfg, train, eval_data or []
         self.out = Path(out_dir)
         self.objective = objective or SFTObjective(cfg.loss_chunk)
+        self._sft_data = make_batches is None
         self.make_batches = make_batches or self._sft_batches
         self.progress = progress
         self.run_info = {"config": _jsonable(asdict(cfg)), **(run_info or {})}
@@ -180,7 +181,7 @@ class Trainer:
 
     def _batches_in_epoch(self, epoch: int) -> int:
         c = self.cfg
-        if self.make_batches is self._sft_batches and self.train and isinstance(self.train[0], Example):
+        if self._sft_data and self.train and isinstance(self.train[0], Example):
             return n_batches(self.train, seq_len=c.seq_len, rows_per_batch=c.batch_size, packing=c.packing,
                              seed=c.seed, epoch=epoch)
         return sum(1 for _ in self.make_batches(self.train, epoch, c.seed))
