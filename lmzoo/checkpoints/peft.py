@@ -202,7 +202,7 @@ def add_lora(model: nn.Module, *, targets="all-linear", r: int = 8, alpha: float
         parent = model.get_submodule(parent_name)
         base = getattr(parent, child)
         setattr(parent, child, LoraLinear(base, parts=s.parts, targets=names, rows=s.rows, r=r, alpha=alpha,
-                                          dropout=dropout, rslora=rslora, dora=dora))
+                                          dropout=dropout, rslora=rslora, dora=dora).train(model.training))
     return model
 
 
@@ -338,5 +338,5 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
                             f"model needs {tuple(param.shape)} (r={r}); it was trained for another base model")
                     param.copy_(got[kind])
                     param.requires_grad_(False)
-        setattr(parent, child, lora)
+        setattr(parent, child, lora.train(model.training))  # an eval-mode model gets no dropout
     return model

@@ -137,3 +137,47 @@ def plot(run_dir: Path = typer.Argument(..., help="A run directory (lmzoo finetu
     if out is None:
         raise ConfigError(f"{run_dir} has no metrics.jsonl with any step; expected an lmzoo finetune run directory")
     typer.echo(str(out))
+
+
+@app.command()
+def merge(
+    adapter: Path = typer.Option(..., "--adapter", help="A PEFT LoRA/DoRA adapter directory."),
+    out: Path = typer.Option(..., "--out", help="New directory for the merged HF checkpoint."),
+    model: str | None = typer.Option(None, "--model", "-m", help="The adapter's base [default: the adapter's "
+                                     "base_model_name_or_path]"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: the base's]"),
+) -> None:
+    """Fold an adapter into its base model and write an HF checkpoint (transformers loads it)."""
+    import lmzoo
+    from lmzoo.checkpoints.peft import read_adapter_config
+    from lmzoo.checkpoints.save import save_hf
+    from lmzoo.dtypes import resolve_dtype
+    from lmzoo.nn.lora import merge_lora
+    from lmzoo.tokenizer import load_tokenizer
+
+    base = model or read_adapter_config(adapter).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{adapter}/adapter_config.json names no base model; pass --model")
+    m = lmzoo.from_pretrained(base, keep_quantized=False, cpu_kernels=False, adapter=adapter)
+    merge_lora(m)
+    path = save_hf(m, out, tokenizer=load_tokenizer(base), dtype=resolve_dtype(dtype))
+    typer.echo(str(path))
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="New directory for the HF checkpoint."),
+    model: str | None = typer.Option(None, "--model", "-m", help="HF directory or .gguf [default: SmolLM2-135M-Instruct]"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: the model's]"),
+) -> None:
+    """Write any model lmzoo loads (GGUF included) as an HF checkpoint: config.json, safetensors, tokenizer."""
+    import lmzoo
+    from lmzoo.checkpoints.assets import default_model_path
+    from lmzoo.checkpoints.save import save_hf
+    from lmzoo.dtypes import resolve_dtype
+    from lmzoo.tokenizer import load_tokenizer
+
+    src = model or str(default_model_path())
+    m = lmzoo.from_pretrained(src, keep_quantized=False, cpu_kernels=False)
+    typer.echo(str(save_hf(m, out, tokenizer=load_tokenizer(src), dtype=resolve_dtype(dtype))))
+

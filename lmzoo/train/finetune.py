@@ -2,7 +2,7 @@
 
     base (HF directory or GGUF) --load--> model --add_lora (lora/dora) or unfreeze (full)-->
     data --render with the model's chat template, mask prompts, pack--> Trainer.fit -->
-    out/adapter (adapter_config.json + adapter_model.safetensors)   or   out/model (full trainable state)
+    out/adapter (adapter_config.json + adapter_model.safetensors)   or   out/model (an HF checkpoint)
 """
 
 from __future__ import annotations
@@ -126,14 +126,13 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
     out = Path(cfg.out)
     if result["finished"]:
         if cfg.method == "full":
-            from safetensors.torch import save_file
+            from lmzoo.checkpoints.save import save_hf
 
-            (out / "model").mkdir(exist_ok=True)
-            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            if model.config.tie_embeddings:
-                state.pop("lm_head.weight", None)
-            save_file(state, str(out / "model" / "model.safetensors"))
-            result["saved"] = str(out / "model")
+            if (out / "model").exists():
+                import shutil
+
+                shutil.rmtree(out / "model")
+            result["saved"] = str(save_hf(model, out / "model", tokenizer=tok))
         else:
             result["saved"] = str(save_adapter(model, out / "adapter", base_model_name_or_path=base_path))
     return result

@@ -133,3 +133,31 @@ def test_adapter_serves_generation(data, tmp_path, smollm2_path):
     g = _run([sys.executable, "-m", "lmzoo", "generate", "--adapter", str(tmp_path / "run" / "adapter"), "-n", "8",
               "What is fact number 3 about the lmzoo mascot?"], env=env)
     assert g.returncode == 0 and g.stdout.strip(), g.stderr
+
+
+def test_merge_and_export_cli(data, tmp_path, smollm2_path):
+    import lmzoo
+
+    r = _run(_cmd(data, tmp_path / "run", "--max-steps", "2", "--lr", "1e-2"))
+    assert r.returncode == 0, r.stderr
+    adapter = tmp_path / "run" / "adapter"
+    m = _run([sys.executable, "-m", "lmzoo", "merge", "--adapter", str(adapter), "--out", str(tmp_path / "merged")])
+    assert m.returncode == 0, m.stderr
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253]])
+    with torch.no_grad():
+        want = lmzoo.from_pretrained(smollm2_path, keep_quantized=False, adapter=adapter)(ids)
+        got = lmzoo.from_pretrained(tmp_path / "merged")(ids)
+        base = lmzoo.from_pretrained(smollm2_path, keep_quantized=False)(ids)
+    assert (got - want).abs().max() <= 1e-4 < (base - want).abs().max()
+    again = _run([sys.executable, "-m", "lmzoo", "merge", "--adapter", str(adapter), "--out", str(tmp_path / "merged")])
+    assert again.returncode == 2 and "not empty" in again.stderr
+    e = _run([sys.executable, "-m", "lmzoo", "export", "--out", str(tmp_path / "hf"), "--dtype", "bfloat16"])
+    assert e.returncode == 0 and (tmp_path / "hf" / "model.safetensors").exists(), e.stderr
+
+
+def test_full_finetune_writes_an_hf_checkpoint(data, tmp_path):
+    r = _run([*_cmd(data, tmp_path / "full", "--max-steps", "1", "--method", "full", "--lr", "1e-5")])
+    assert r.returncode == 0, r.stderr
+    transformers = pytest.importorskip("transformers")
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "model", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]

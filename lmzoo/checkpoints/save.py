@@ -1,0 +1,206 @@
+"""lmzoo -> an HF checkpoint directory (config.json, safetensors shards + index, tokenizer files,
+generation_config.json) that transformers loads with the same logits.
+
+The inverse of loading is read off the same family adapter (weight map and transforms): every lmzoo
+tensor is split back into the checkpoint tensors it was concatenated from, and each layout
+transform is undone by *probing* it — transforming the element numbers 0..n-1 tells where every
+element went, so any transform that moves elements (row permutations such as GPT-NeoX's per-head qkv,
+pair-interleaved RoPE, GPT-2's transposes) is inverted exactly without a hand-written inverse:
+
+    probe = arange(n).view(checkpoint shape);  moved = transform(probe)   # moved[j] = source of j
+    checkpoint.flatten()[moved.flatten()] = ours.flatten()
+
+Experts stored stacked in one checkpoint tensor ('experts.gate_up_proj[3]') are stacked back.
+A GGUF-loaded model is written as the HF model of its architecture (llama / qwen2 / qwen3), with a
+config.json built from its ModelConfig and a tokenizer.json from the GGUF vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmzoo.checkpoints.build import fill_template, name_template
+from lmzoo.checkpoints.checkpoint import split_index
+from lmzoo.checkpoints.peft import _role_ranges, layout_of
+from lmzoo.config import ModelConfig
+from lmzoo.errors import ConfigError, UnsupportedModelError
+from lmzoo.nn.lora import lora_layers
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "qwen.tiktoken",
+                   "generation_config.json")
+
+
+def _invert(transform, t: torch.Tensor, cfg: ModelConfig, name: str) -> torch.Tensor:
+    shapes = [tuple(t.shape)] + ([tuple(reversed(t.shape))] if t.dim() == 2 else [])
+    for shape in shapes:
+        probe = torch.arange(t.numel(), dtype=torch.float64).view(shape)
+        try:
+            moved = transform(probe, cfg)
+        except Exception:  # noqa: BLE001 - this shape is not the checkpoint's; try the next
+            continue
+        if tuple(moved.shape) != tuple(t.shape):
+            continue
+        src = moved.flatten().round().long()
+        if not torch.equal(src.sort().values, torch.arange(t.numel())):
+            continue
+        out = torch.empty(t.numel(), dtype=t.dtype)
+        out[src] = t.flatten()
+        return out.view(shape)
+    raise UnsupportedModelError(f"cannot invert the checkpoint layout of {name}: its transform does not only "
+                                "move elements")
+
+
+def _split_sizes(name: str, t: torch.Tensor, n_parts: int, cfg: ModelConfig) -> list[int]:
+    if n_parts == 1:
+        return [t.shape[0]]
+    module = name.rsplit(".", 1)[0]
+    if module.rsplit(".", 1)[-1] not in ("qkv", "gate_up"):  # e.g. per-head norms stored head by head
+        if t.shape[0] % n_parts:
+            raise UnsupportedModelError(f"cannot split {name} into {n_parts} checkpoint tensors")
+        return [t.shape[0] // n_parts] * n_parts
+    roles = _role_ranges(module, cfg, t.shape[0])
+    if len(roles) != n_parts:
+        raise UnsupportedModelError(f"cannot split {name} into {n_parts} checkpoint tensors")
+    ends = [e for _, e in roles]
+    return [e - s for s, e in zip([0] + ends, ends)]
+
+
+def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under the checkpoint's names and layouts (the inverse of from_pretrained)."""
+    from lmzoo.checkpoints.hf import get_adapter
+
+    if lora_layers(model):
+        raise ConfigError("the model has LoRA layers; merge them first (lmzoo merge / lmzoo.nn.lora.merge_lora) "
+                          "or save the adapter (lmzoo.checkpoints.peft.save_adapter)")
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Linear, nn.Embedding)) and hasattr(m, "dequantize"):
+            raise ConfigError(f"{name} holds quantised weights; load the model with keep_quantized=False to export it")
+    layout = layout_of(model)
+    adapter = get_adapter(layout.model_type)
+    hf = layout.hf_config or {}
+    weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
+    transforms = (adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms) or {}
+    cfg = model.config
+    out: dict[str, torch.Tensor] = {}
+    stacked: dict[str, dict[int, torch.Tensor]] = {}
+    for name, t in model.state_dict().items():
+        if cfg.tie_embeddings and name == "lm_head.weight":
+            continue
+        template, index = name_template(name)
+        if template not in weights:
+            continue  # a buffer the checkpoint does not store
+        parts = [fill_template(p, index) for p in weights[template]]
+        t = t.detach().cpu().contiguous()
+        if template in transforms:
+            t = _invert(transforms[template], t, cfg, name)
+        pieces = t.split(_split_sizes(name, t, len(parts), cfg), dim=0) if len(parts) > 1 else [t]
+        for part, piece in zip(parts, pieces):
+            base, idx = split_index(part)
+            if idx is None:
+                out[base] = piece.contiguous()
+            else:
+                stacked.setdefault(base, {})[idx] = piece
+    for base, items in stacked.items():
+        out[base] = torch.stack([items[i] for i in range(len(items))]).contiguous()
+    return out
+
+
+# --- config.json for a GGUF-loaded model -------------------------------------------------------
+
+def hf_config_from(cfg: ModelConfig, model_type: str, dtype: torch.dtype) -> dict:
+    if model_type not in ("llama", "qwen2", "qwen3"):
+        raise UnsupportedModelError(f"cannot write an HF config for GGUF architecture {model_type!r}")
+    if cfg.rope_scaling.kind not in ("default", "none") and cfg.rope_scaling.kind is not None:
+        raise UnsupportedModelError(f"exporting RoPE scaling {cfg.rope_scaling.kind!r} from GGUF is not supported yet")
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]
+    eos = list(cfg.eos_token_id)
+    d = {
+        "architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim, "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta, "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
+        "pad_token_id": cfg.pad_token_id, "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if model_type == "llama":
+        d["attention_bias"] = cfg.qkv_bias
+        d["mlp_bias"] = cfg.mlp_bias
+    return d
+
+
+def _tokenizer_files(src: Path, out: Path, tok) -> None:
+    if src.is_dir():
+        for f in TOKENIZER_FILES:
+            if (src / f).exists():
+                shutil.copy2(src / f, out / f)
+        return
+    if tok is None or tok._tok is None:
+        return  # no tokenizer to write (SentencePiece GGUF vocabularies: not yet)
+    tok._tok.save(str(out / "tokenizer.json"))
+    special = {k: v for k, v in tok.special_tokens_map.items() if isinstance(v, str)}
+    tc = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **special}
+    if tok.chat_template:
+        tc["chat_template"] = tok.chat_template
+    (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, ensure_ascii=False))
+
+
+def save_hf(model: nn.Module, out_dir, *, tokenizer=None, dtype: torch.dtype | None = None,
+            max_shard_bytes: int = 2 << 30) -> Path:
+    """Write `model` as an HF checkpoint directory. The files are written into a temporary directory
+    beside `out_dir` and renamed into place, so a failed export leaves nothing half-written."""
+    from safetensors.torch import save_file
+
+    layout = layout_of(model)
+    state = to_hf_state_dict(model)
+    dtype = dtype or next(iter(state.values())).dtype
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose a new directory for the export")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shards, cur, size = [], {}, 0
+        for k, v in state.items():
+            n = v.numel() * v.element_size()
+            if cur and size + n > max_shard_bytes:
+                shards.append(cur)
+                cur, size = {}, 0
+            cur[k], size = v, size + n
+        shards.append(cur)
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, sh in enumerate(shards, 1):
+                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(sh, str(tmp / fname), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(sh, fname))
+            total = sum(v.numel() * v.element_size() for v in state.values())
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        src = Path(layout.path) if layout.path else None
+        if layout.hf_config:
+            hf = {**layout.hf_config, "torch_dtype": str(dtype).removeprefix("torch.")}
+            hf.pop("dtype", None)
+        else:
+            hf = hf_config_from(model.config, layout.model_type, dtype)
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        if src is not None:
+            _tokenizer_files(src, tmp, tokenizer)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
