@@ -154,3 +154,23 @@ def test_adapter_for_another_base_is_refused(tmp_path):
         lmzoo.from_pretrained(tmp_path / "b", dtype=torch.float32, adapter=tmp_path / "ad")
     with pytest.raises(CheckpointError, match="adapter_config.json"):
         load_adapter(lmzoo.from_pretrained(tmp_path / "a"), tmp_path)
+
+
+def test_adapter_with_other_shapes_is_refused(tmp_path):
+    """Same module names, other sizes: the tensor and both shapes are named."""
+    import json
+
+    build_reference("llama-gqa", tmp_path / "a")
+    a = lmzoo.from_pretrained(tmp_path / "a", dtype=torch.float32)
+    add_lora(a, targets="q,v", r=2)
+    save_adapter(a, tmp_path / "ad")
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    from tests.test_parity import CASES
+
+    cfg_cls, model_cls, _ = CASES["llama-gqa"]
+    wide = model_cls(cfg_cls(**{**{k: v for k, v in cfg.items() if k in ("vocab_size", "num_hidden_layers",
+                                   "num_attention_heads", "num_key_value_heads", "intermediate_size")},
+                                "hidden_size": 60}))
+    wide.save_pretrained(tmp_path / "b")
+    with pytest.raises(CheckpointError, match=r"has shape \(2, 48\), but this base model needs \(2, 60\)"):
+        lmzoo.from_pretrained(tmp_path / "b", dtype=torch.float32, adapter=tmp_path / "ad")

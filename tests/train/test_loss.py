@@ -102,3 +102,35 @@ def test_chunked_cross_entropy_equals_plain():
         lp = sequence_logprobs(m, h, y, chunk=4)
         want = torch.stack([-F.cross_entropy(head(h[b]), y[b], ignore_index=IGNORE, reduction="sum") for b in range(2)])
     torch.testing.assert_close(lp, want)
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A checkpoint that cannot be written is one clear error; the previous checkpoint stays whole."""
+    import errno
+
+    import safetensors.torch
+
+    from lmzoo.train.loop import TrainConfig, Trainer, TrainError
+
+    build_reference("llama-gqa", tmp_path / "m")
+    model = lmzoo.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    from lmzoo.checkpoints.peft import add_lora
+
+    add_lora(model, targets="q,v", r=2)
+    exs = [_example(i, 10, 3) for i in range(4)]
+    t = Trainer(model, TrainConfig(max_steps=2, batch_size=2, seq_len=32, lr=1e-3), exs, out_dir=tmp_path / "run",
+                progress=False)
+    t.fit()  # writes step-000002
+    before = (tmp_path / "run" / "checkpoints" / "step-000002" / "trainable.safetensors").read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    t.step = 3
+    with pytest.raises(TrainError, match="No space left on device.*step-000002 is intact"):
+        t.save_checkpoint()
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / "latest").read_text() == "step-000002"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002"]
+    assert (root / "step-000002" / "trainable.safetensors").read_bytes() == before
