@@ -19,7 +19,7 @@ from lmzoo.errors import ConfigError
 
 _TRAIN_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "max_steps", "epochs", "batch_size", "grad_accum",
                "max_grad_norm", "seq_len", "packing", "eval_every", "save_every", "log_every", "keep_checkpoints",
-               "seed", "activation_checkpointing", "loss_chunk")
+               "seed", "activation_checkpointing", "loss_chunk", "autocast_bf16")
 
 
 def _read_config(path: Path) -> dict:
@@ -82,6 +82,7 @@ def finetune(
     seed: int = typer.Option(0, "--seed"),
     loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Target tokens per slice of the LM head in the loss."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    autocast_bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (fp32 master weights)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad records instead of stopping."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),

@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     activation_checkpointing: bool = False
     loss_chunk: int = 1024
+    autocast_bf16: bool = True       # on CUDA: bf16 autocast for the forward (fp32 master weights)
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -278,6 +279,10 @@ class Trainer:
         _truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     # --- the loop ---------------------------------------------------------------------------------
+    def _autocast(self):
+        dev = next(self.model.parameters()).device
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.autocast_bf16)
+
     def _on_signal(self, signum, frame) -> None:
         self._stop = True
 
@@ -289,7 +294,8 @@ class Trainer:
         total, n = 0.0, 0
         with torch.no_grad():
             for b in self.make_batches(self.eval_data, 0, self.cfg.seed):
-                s, _ = self.objective.loss(self.model, b)
+                with self._autocast():
+                    s, _ = self.objective.loss(self.model, b)
                 total, n = total + float(s), n + self.objective.units(b)
         self.model.train(was)
         return total / max(n, 1)
@@ -319,7 +325,8 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 loss_sum, extras = 0.0, []
                 for b in micro:
-                    total, extra = self.objective.loss(self.model, b)
+                    with self._autocast():
+                        total, extra = self.objective.loss(self.model, b)
                     (total / max(units, 1)).backward()
                     loss_sum += float(total.detach())
                     extras.append(extra)
