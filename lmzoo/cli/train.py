@@ -49,7 +49,7 @@ def finetune(
     out: str | None = typer.Option(None, "--out", help="Run directory (checkpoints, metrics, adapter)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Base: HF checkpoint directory or .gguf "
                                      "[default: SmolLM2-135M-Instruct]"),
-    method: str = typer.Option("lora", "--method", help="lora | dora | full"),
+    method: str = typer.Option("lora", "--method", help="lora | qlora (NF4 base) | dora | full"),
     objective: str = typer.Option("sft", "--objective", help="sft | dpo (prompt/chosen/rejected pairs)"),
     beta: float = typer.Option(0.1, "--beta", help="DPO temperature."),
     format: str = typer.Option("auto", "--format", help="auto | alpaca | sharegpt | messages | text"),

@@ -184,14 +184,70 @@ class Int4Linear(_QuantLinear):
         return k.int4_linear(x2, self.q, self.scale, self.min, self.group_size)
 
 
-MODES = ("int8", "int4")
+# NormalFloat-4 (Dettmers et al. 2023, "QLoRA", appendix E): the 16 quantiles of N(0, 1) rescaled to
+# [-1, 1] with an exact zero, as bitsandbytes' published code defines them
+NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+            0.7229568362236023, 1.0)
+
+
+class NF4Linear(_QuantLinear):
+    """QLoRA's frozen base: w = NF4_CODE[q] * absmax, one fp32 absmax per block of `group_size`
+    consecutive weights of a row (bitsandbytes' blocksize, 64 by default), q packed two per byte.
+    Forward dequantises to the activation dtype and calls F.linear (gradients reach the input, which is
+    all a LoRA over it needs); no CPU kernel."""
+
+    bits = "nf4"
+
+    def __init__(self, in_features: int, out_features: int, *, group_size: int = 64, bias: bool = False,
+                 device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size = _groups(in_features, group_size, 32)
+        G = in_features // self.group_size
+        self.register_buffer("q", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("absmax", torch.ones(out_features, G, device=device))
+        self.register_buffer("code", torch.tensor(NF4_CODE, device=device), persistent=False)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, *, group_size: int = 64) -> NF4Linear:
+        N, K = lin.weight.shape
+        m = cls(K, N, group_size=group_size, bias=lin.bias is not None, device=lin.weight.device)
+        w = lin.weight.detach().float().view(N, K // m.group_size, m.group_size)
+        absmax = w.abs().amax(-1)
+        normed = w / absmax.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
+        # nearest code value: compare with the midpoints between neighbours (ties go up, as bitsandbytes)
+        mids = (m.code[1:] + m.code[:-1]) / 2
+        q = torch.bucketize(normed.contiguous(), mids, right=True).view(N, K)
+        m.q.copy_(pack_int4(q))
+        m.absmax.copy_(absmax)
+        if lin.bias is not None:
+            m.bias.data.copy_(lin.bias.detach().float())
+        return m
+
+    def codes(self) -> torch.Tensor:
+        return unpack_int4(self.q)
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        N, K, g = self.out_features, self.in_features, self.group_size
+        w = self.code[self.codes().long()].view(N, K // g, g) * self.absmax[..., None]
+        return w.view(N, K).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+MODES = ("int8", "int4", "nf4")
 
 
 def quantize(model: nn.Module, *, mode: str = "int8", group_size: int | None = None,
              include_head: bool = True) -> nn.Module:
     """Replace the model's Linear layers by weight-only quantised ones, in place; returns the model.
 
-    mode: "int8" (group_size None = per output channel) or "int4" (group_size default 32).
+    mode: "int8" (group_size None = per output channel), "int4" (group_size default 32) or "nf4"
+    (QLoRA's NormalFloat-4, group_size default 64; training's frozen base, no CPU kernel).
     """
     if mode not in MODES:
         raise ConfigError(f"quantisation mode {mode!r} is not one of {MODES}")
@@ -199,10 +255,14 @@ def quantize(model: nn.Module, *, mode: str = "int8", group_size: int | None = N
         raise ConfigError(f"model is already quantised ({model.quantization}); load it again to re-quantise")
     if mode == "int4" and group_size is None:
         group_size = 32
+    if mode == "nf4" and group_size is None:
+        group_size = 64
 
     def convert(lin: nn.Linear) -> nn.Module:
         if mode == "int8":
             return Int8Linear.from_linear(lin, group_size=group_size)
+        if mode == "nf4":
+            return NF4Linear.from_linear(lin, group_size=group_size)
         return Int4Linear.from_linear(lin, group_size=group_size)
 
     for _name, module in list(model.named_modules()):

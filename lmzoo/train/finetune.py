@@ -16,7 +16,7 @@ import torch
 from lmzoo.errors import ConfigError
 from lmzoo.train.loop import TrainConfig, Trainer
 
-Method = Literal["lora", "dora", "full"]
+Method = Literal["lora", "qlora", "dora", "full"]
 
 
 @dataclass
@@ -49,9 +49,14 @@ def load_base(path: str | None, method: str):
     from lmzoo.tokenizer import load_tokenizer
 
     p = path or str(default_model_path())
-    # LoRA keeps the base frozen: GGUF blocks may stay quantised (QLoRA-style, gradients flow through the
-    # dequantised matrices); full fine-tuning needs float weights it can update
-    model = lmzoo.from_pretrained(p, dtype=torch.float32, keep_quantized=method != "full", cpu_kernels=False)
+    # LoRA keeps the base frozen: GGUF blocks may stay quantised (gradients flow through the dequantised
+    # matrices); QLoRA re-quantises the float base to NF4; full fine-tuning needs float weights
+    model = lmzoo.from_pretrained(p, dtype=torch.float32, keep_quantized=method in ("lora", "dora"),
+                                  cpu_kernels=False)
+    if method == "qlora":  # QLoRA (Dettmers et al. 2023): frozen NF4 base, blocks of 64, LM head kept float
+        from lmzoo.quant.layers import quantize
+
+        quantize(model, mode="nf4", include_head=False)
     return model, load_tokenizer(p), p
 
 
@@ -71,8 +76,8 @@ def _load_data(cfg: FinetuneConfig, path, tok):
 def prepare(cfg: FinetuneConfig):
     from lmzoo.checkpoints.peft import add_lora
 
-    if cfg.method not in ("lora", "dora", "full"):
-        raise ConfigError(f"method {cfg.method!r} is not known; expected lora, dora or full")
+    if cfg.method not in ("lora", "qlora", "dora", "full"):
+        raise ConfigError(f"method {cfg.method!r} is not known; expected lora, qlora, dora or full")
     if cfg.objective not in ("sft", "dpo"):
         raise ConfigError(f"objective {cfg.objective!r} is not known; expected sft or dpo")
     if not 0 <= cfg.eval_fraction < 1:

@@ -161,3 +161,17 @@ def test_full_finetune_writes_an_hf_checkpoint(data, tmp_path):
     transformers = pytest.importorskip("transformers")
     model, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "model", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_qlora_base_is_nf4_and_the_head_stays_float(data, tmp_path):
+    from lmzoo.nn.lora import lora_layers
+    from lmzoo.quant.layers import NF4Linear
+    from lmzoo.train.finetune import FinetuneConfig, prepare
+    from lmzoo.train.loop import TrainConfig
+
+    model, *_ = prepare(FinetuneConfig(data=str(data), out=str(tmp_path / "q"), method="qlora", targets="q,v",
+                                       train=TrainConfig(seq_len=128)))
+    layers = lora_layers(model)
+    assert len(layers) == 30 and all(isinstance(m.base, NF4Linear) for m in layers.values())
+    assert isinstance(model.layers[0].mlp.down, NF4Linear) and isinstance(model.lm_head, torch.nn.Linear)
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
