@@ -175,3 +175,34 @@ def test_qlora_base_is_nf4_and_the_head_stays_float(data, tmp_path):
     assert len(layers) == 30 and all(isinstance(m.base, NF4Linear) for m in layers.values())
     assert isinstance(model.layers[0].mlp.down, NF4Linear) and isinstance(model.lm_head, torch.nn.Linear)
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_serve_with_adapter_answers_as_the_tuned_model(data, tmp_path, smollm2_path):
+    import openai
+
+    import lmzoo
+    from lmzoo.runtime import Engine, Request
+    from lmzoo.tokenizer import load_tokenizer
+    from tests.serve.test_server import MODEL, start_server
+
+    r = _run(_cmd(data, tmp_path / "run", "--max-steps", "3", "--lr", "5e-3"))
+    assert r.returncode == 0, r.stderr
+    adapter = tmp_path / "run" / "adapter"
+    q = [{"role": "user", "content": RECORDS[2]["instruction"]}]
+    tok = load_tokenizer(smollm2_path)
+
+    def local(model):
+        e = Engine(model, tok, max_running=1)
+        e.submit(Request(messages=q, max_tokens=16))
+        return "".join(ev.text or "" for ev in e.run())
+
+    tuned = local(lmzoo.from_pretrained(smollm2_path, adapter=adapter))
+    assert tuned != local(lmzoo.from_pretrained(smollm2_path))
+    proc, base = start_server("--adapter", str(adapter))
+    try:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+        got = client.chat.completions.create(model=MODEL, messages=q, temperature=0, max_tokens=16)
+        assert got.choices[0].message.content == tuned
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -134,3 +134,26 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypa
     assert (root / "latest").read_text() == "step-000002"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002"]
     assert (root / "step-000002" / "trainable.safetensors").read_bytes() == before
+
+
+def test_activation_checkpointing_keeps_loss_and_gradients(tmp_path):
+    from lmzoo.train.loop import checkpoint_blocks
+
+    build_reference("llama-gqa", tmp_path)
+    model = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    b = collate([_example(7, 12, 3), _example(8, 9, 2)], [[0, 1]])
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        total, _ = SFTObjective().loss(model, b)
+        total.backward()
+        return float(total), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain_loss, plain = run()
+    checkpoint_blocks(model)
+    ckpt_loss, ckpt = run()
+    assert ckpt_loss == pytest.approx(plain_loss, abs=1e-6)
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], atol=1e-6, rtol=1e-5, msg=n)
