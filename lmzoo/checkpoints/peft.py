@@ -228,9 +228,16 @@ def save_adapter(model: nn.Module, out_dir, *, base_model_name_or_path: str | No
     if not layers:
         raise ConfigError("the model has no LoRA layers to save")
     first = next(iter(layers.values()))
-    if any((m.r, m.alpha, m.rslora, m.dora, m.dropout.__class__) !=
-           (first.r, first.alpha, first.rslora, first.dora, first.dropout.__class__) for m in layers.values()):
-        raise ConfigError("LoRA layers with different r/alpha/rslora/dora cannot share one adapter_config.json")
+    if any((m.rslora, m.dora, m.dropout.__class__) != (first.rslora, first.dora, first.dropout.__class__)
+           for m in layers.values()):
+        raise ConfigError("LoRA layers with different rslora/dora/dropout cannot share one adapter_config.json")
+    # the most common rank / alpha is the config's; others go to rank_pattern / alpha_pattern (full names)
+    ranks = {n: k for m in layers.values() for n, k in zip(m.targets, m.ranks)}
+    alphas = {n: a for m in layers.values() for n, a in zip(m.targets, m.alphas)}
+    r0 = max(set(ranks.values()), key=list(ranks.values()).count)
+    a0 = max(set(alphas.values()), key=list(alphas.values()).count)
+    rank_pattern = {re.escape(n): k for n, k in ranks.items() if k != r0}
+    alpha_pattern = {re.escape(n): a for n, a in alphas.items() if a != a0}
     tensors = {}
     for m in layers.values():
         for i, name in enumerate(m.targets):
@@ -241,12 +248,12 @@ def save_adapter(model: nn.Module, out_dir, *, base_model_name_or_path: str | No
     layout = layout_of(model)
     p = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.r, "lora_alpha": first.alpha,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r0, "lora_alpha": a0,
         "lora_dropout": p, "target_modules": _target_modules(model, layers), "use_rslora": first.rslora,
         "use_dora": first.dora, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
         "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
         "base_model_name_or_path": base_model_name_or_path or layout.path or None,
-        "revision": None, "rank_pattern": {}, "alpha_pattern": {},
+        "revision": None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,9 +277,6 @@ def read_adapter_config(path) -> dict:
     if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{cfg_path}: peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r} "
                               "is not supported; expected 'LORA' (LoRA / DoRA adapters)")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(key):
-            raise CheckpointError(f"{cfg_path}: per-module {key} is not supported; expected one r and lora_alpha")
     for key in ("modules_to_save", "layers_to_transform"):
         if cfg.get(key):
             raise CheckpointError(f"{cfg_path}: {key}={cfg[key]!r} is not supported")
@@ -308,6 +312,7 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
         raise CheckpointError(f"adapter {d} adapts modules this model does not have, e.g. {unknown[:3]}; "
                               "it was trained for another base model")
     r, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
+    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
     dora = bool(cfg.get("use_dora"))
     chosen: dict[str, list[str]] = {}
     for name in per_part:
@@ -321,7 +326,10 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
         base = getattr(parent, child)
         if isinstance(base, LoraLinear):
             raise ConfigError(f"{module} already has a LoRA layer; merge it before loading another adapter")
-        lora = LoraLinear(base, parts=s.parts, targets=names, rows=s.rows, r=r, alpha=alpha,
+        # peft's rule (peft.utils.other.get_pattern_key): the first pattern matching the module's name
+        ranks = {n: int(_pattern_value(rank_pattern, n, r)) for n in names}
+        alphas = {n: float(_pattern_value(alpha_pattern, n, alpha)) for n in names}
+        lora = LoraLinear(base, parts=s.parts, targets=names, rows=s.rows, r=ranks, alpha=alphas,
                           dropout=float(cfg.get("lora_dropout") or 0.0), rslora=bool(cfg.get("use_rslora")), dora=dora)
         with torch.no_grad():
             for i, name in enumerate(lora.targets):
@@ -335,8 +343,15 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
                     if tuple(got[kind].shape) != tuple(param.shape):
                         raise CheckpointError(
                             f"adapter tensor {name}.{kind} has shape {tuple(got[kind].shape)}, but this base "
-                            f"model needs {tuple(param.shape)} (r={r}); it was trained for another base model")
+                            f"model needs {tuple(param.shape)} (r={ranks[name]}); it was trained for another base model")
                     param.copy_(got[kind])
                     param.requires_grad_(False)
         setattr(parent, child, lora.train(model.training))  # an eval-mode model gets no dropout
     return model
+
+
+def _pattern_value(patterns: dict, name: str, default):
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default

@@ -70,11 +70,11 @@ class LoraLinear(nn.Module):
     """`base` (frozen) plus LoRA/DoRA updates on the given checkpoint parts. See the module docstring."""
 
     def __init__(self, base: nn.Module, *, parts: list[Part], targets: list[str], rows: torch.Tensor | None,
-                 r: int, alpha: float, dropout: float = 0.0, rslora: bool = False, dora: bool = False) -> None:
+                 r: int | dict[str, int], alpha: float | dict[str, float], dropout: float = 0.0, rslora: bool = False,
+                 dora: bool = False) -> None:
+        """r / alpha: one value, or one per targeted part name (PEFT's rank_pattern / alpha_pattern)."""
         super().__init__()
         out, inp = linear_shape(base)
-        if r <= 0:
-            raise ValueError(f"LoRA rank must be a positive integer, got r={r}")
         if parts[-1].end != out:
             raise ValueError(f"parts {parts} do not cover the {out} output rows of the layer")
         self.base = base
@@ -82,8 +82,12 @@ class LoraLinear(nn.Module):
             p.requires_grad_(False)
         self.parts = parts
         self.targets = [p.name for p in parts if p.name in targets]
-        self.r, self.alpha, self.rslora, self.dora = r, alpha, rslora, dora
-        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        self.ranks = [r[n] if isinstance(r, dict) else r for n in self.targets]
+        self.alphas = [alpha[n] if isinstance(alpha, dict) else alpha for n in self.targets]
+        if any(not isinstance(k, int) or k <= 0 for k in self.ranks):
+            raise ValueError(f"LoRA rank must be a positive integer, got r={r}")
+        self.rslora, self.dora = rslora, dora
+        self.scalings = [a / math.sqrt(k) if rslora else a / k for k, a in zip(self.ranks, self.alphas)]
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         dev = next(base.parameters()).device if any(True for _ in base.parameters()) else None
         self.register_buffer("rows", rows, persistent=False)
@@ -92,12 +96,12 @@ class LoraLinear(nn.Module):
         # PEFT's initialisation: A Kaiming-uniform (a = sqrt(5), nn.Linear's), B zero -> the update starts at 0
         self.lora_A = nn.ParameterList()
         self.lora_B = nn.ParameterList()
-        for name in self.targets:
+        for name, k in zip(self.targets, self.ranks):
             p = by_name[name]
-            a = torch.empty(r, inp, device=dev)
+            a = torch.empty(k, inp, device=dev)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
             self.lora_A.append(nn.Parameter(a))
-            self.lora_B.append(nn.Parameter(torch.zeros(p.end - p.start, r, device=dev)))
+            self.lora_B.append(nn.Parameter(torch.zeros(p.end - p.start, k, device=dev)))
         self.magnitude = nn.ParameterList()
         if dora:
             with torch.no_grad():
@@ -137,8 +141,8 @@ class LoraLinear(nn.Module):
         """m / ||W + s B A||_row per targeted part, the norm detached (DoRA section 4.3)."""
         w = self._ckpt_weight(dtype)
         out = []
-        for p, A, B, m in zip(self._target_parts(), self.lora_A, self.lora_B, self.magnitude):
-            norm = (w[p.start:p.end] + self.scaling * (B.to(dtype) @ A.to(dtype)).detach()).norm(dim=1).detach()
+        for p, A, B, m, sc in zip(self._target_parts(), self.lora_A, self.lora_B, self.magnitude, self.scalings):
+            norm = (w[p.start:p.end] + sc * (B.to(dtype) @ A.to(dtype)).detach()).norm(dim=1).detach()
             out.append(m.to(dtype) / norm)
         return out
 
@@ -149,8 +153,8 @@ class LoraLinear(nn.Module):
             return y
         h = self.dropout(x)
         dt = x.dtype
-        lora = {p.name: F.linear(F.linear(h, A.to(dt)), B.to(dt)) * self.scaling
-                for p, A, B in zip(self._target_parts(), self.lora_A, self.lora_B)}
+        lora = {p.name: F.linear(F.linear(h, A.to(dt)), B.to(dt)) * sc
+                for p, A, B, sc in zip(self._target_parts(), self.lora_A, self.lora_B, self.scalings)}
         if self.dora:
             # peft: (scale - 1) * base_without_bias + scale * lora, the base recomputed on the dropped-out
             # input when dropout is active
@@ -171,8 +175,8 @@ class LoraLinear(nn.Module):
         w = self._ckpt_weight(dtype)
         scales = self._dora_scales(dtype) if self.dora else None
         pieces = {}
-        for i, (p, A, B) in enumerate(zip(self._target_parts(), self.lora_A, self.lora_B)):
-            wp = w[p.start:p.end] + self.scaling * (B.to(dtype) @ A.to(dtype))
+        for i, (p, A, B, sc) in enumerate(zip(self._target_parts(), self.lora_A, self.lora_B, self.scalings)):
+            wp = w[p.start:p.end] + sc * (B.to(dtype) @ A.to(dtype))
             pieces[p.name] = wp if scales is None else wp * scales[i][:, None]
         full = torch.cat([pieces.get(p.name, w[p.start:p.end]) for p in self.parts])
         return full if self.rows is None else full.index_select(0, self.rows)
@@ -192,7 +196,7 @@ class LoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "dora" if self.dora else "lora"
-        return f"{kind} r={self.r} alpha={self.alpha} scaling={self.scaling:g} targets={self.targets}"
+        return f"{kind} r={self.ranks} alpha={self.alphas} targets={self.targets}"
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

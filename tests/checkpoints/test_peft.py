@@ -12,7 +12,7 @@ import torch
 import lmzoo
 from lmzoo.checkpoints.peft import add_lora, load_adapter, save_adapter, select_parts
 from lmzoo.errors import CheckpointError, ConfigError
-from lmzoo.nn.lora import lora_layers, merge_lora
+from lmzoo.nn.lora import Part, lora_layers, merge_lora
 from tests.helpers import ATOL, random_ids
 from tests.test_parity import V, build_reference
 
@@ -174,3 +174,36 @@ def test_adapter_with_other_shapes_is_refused(tmp_path):
     wide.save_pretrained(tmp_path / "b")
     with pytest.raises(CheckpointError, match=r"has shape \(2, 48\), but this base model needs \(2, 60\)"):
         lmzoo.from_pretrained(tmp_path / "b", dtype=torch.float32, adapter=tmp_path / "ad")
+
+
+@pytest.mark.parametrize("direction", ["ours-to-peft", "peft-to-ours"])
+def test_rank_and_alpha_patterns(direction, tmp_path):
+    """Per-module ranks and alphas (PEFT's rank_pattern / alpha_pattern) mean the same in both."""
+    name = "llama-gqa"
+    build_reference(name, tmp_path / "src")
+    ids = random_ids(V, (2, 9), seed=7)
+    if direction == "peft-to-ours":
+        ref = build_reference(name, tmp_path / "ref")
+        cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                              rank_pattern={"v_proj": 2, r"layers\.1\.mlp\.down_proj": 6},
+                              alpha_pattern={"down_proj": 3.0}, init_lora_weights=False)
+        torch.manual_seed(2)
+        ref = peft.get_peft_model(ref, cfg).eval()
+        ref.save_pretrained(tmp_path / "ad")
+        ours = lmzoo.from_pretrained(tmp_path / "src", dtype=torch.float32, adapter=tmp_path / "ad")
+    else:
+        from lmzoo.nn.lora import LoraLinear
+
+        ours = lmzoo.from_pretrained(tmp_path / "src", dtype=torch.float32)
+        base = ours.layers[0].attn.qkv
+        layer = LoraLinear(base, parts=[Part(f"model.layers.0.self_attn.{p}_proj", s, e) for p, s, e in
+                                        (("q", 0, 48), ("k", 48, 64), ("v", 64, 80))],
+                           targets=["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"], rows=None,
+                           r={"model.layers.0.self_attn.q_proj": 4, "model.layers.0.self_attn.v_proj": 2},
+                           alpha={"model.layers.0.self_attn.q_proj": 8.0, "model.layers.0.self_attn.v_proj": 5.0})
+        ours.layers[0].attn.qkv = layer.eval()
+        _randomise_lora(ours)
+        save_adapter(ours, tmp_path / "ad")
+        ref = _peft_load(build_reference(name, tmp_path / "ref"), tmp_path / "ad")
+    with torch.no_grad():
+        assert (ref(ids).logits - ours.eval()(ids)).abs().max().item() <= ATOL
