@@ -77,7 +77,7 @@ def serve(
         m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter)
         tok = load_tokenizer(model)
         engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
-        loop = EngineLoop(engine, max_queued=max_queued, thread=False)
+        loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)
     except Exception as e:
         state.error = f"{type(e).__name__}: {e}"
         server.should_exit = True

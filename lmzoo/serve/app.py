@@ -27,7 +27,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmzoo.errors import ContextLengthError, LmzooError
 from lmzoo.runtime.engine import Engine, Event
@@ -57,6 +57,11 @@ class ServerState:
     tokenizer: Any = None
     error: str | None = None
 
+    def __init__(self) -> None:
+        from lmzoo.serve.metrics import ServerMetrics
+
+        self.metrics = ServerMetrics()
+
     def attach(self, loop: EngineLoop, tokenizer) -> None:
         self.tokenizer, self.loop = tokenizer, loop
 
@@ -73,7 +78,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
         try:
             model, tok = load()
             engine = Engine(model, tok, max_running=max_running, max_len=max_len, batch_prefill=batch_prefill)
-            state.attach(EngineLoop(engine, max_queued=max_queued), tok)
+            state.attach(EngineLoop(engine, max_queued=max_queued, metrics=state.metrics), tok)
         except Exception as e:  # reported by /health and every request
             state.error = f"{type(e).__name__}: {e}"
 
@@ -143,6 +148,12 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
             return JSONResponse({"status": "loading"}, status_code=503)
         running, waiting = state.loop.counts
         return {"status": "ok", "running": running, "waiting": waiting}
+
+    @app.get("/metrics")
+    async def metrics():
+        from lmzoo.serve.metrics import CONTENT_TYPE
+
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models():

@@ -35,9 +35,12 @@ def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:
 
 
 class EngineLoop:
-    def __init__(self, engine: Engine, *, max_queued: int = 64, thread: bool = True) -> None:
-        """thread=False: the caller runs `run()` itself (on the main thread)."""
-        self.engine, self.max_queued = engine, max_queued
+    def __init__(self, engine: Engine, *, max_queued: int = 64, thread: bool = True, metrics=None) -> None:
+        """thread=False: the caller runs `run()` itself (on the main thread). metrics: a
+        lmzoo.serve.metrics.ServerMetrics fed from the engine thread."""
+        self.engine, self.max_queued, self.metrics = engine, max_queued, metrics
+        if metrics is not None:
+            metrics.watch(lambda: self.counts)
         self._lock = threading.Lock()  # engine.submit/cancel vs engine.step
         self._wake = threading.Event()
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -58,6 +61,8 @@ class EngineLoop:
                 raise QueueFull(f"{len(self.engine.waiting)} requests are already waiting (max_queued={self.max_queued})")
             rid = self.engine.submit(req)
             self._queues[rid] = (loop, q)
+            if self.metrics is not None:
+                self.metrics.submitted(rid)
         self._wake.set()
         return rid, q
 
@@ -98,6 +103,8 @@ class EngineLoop:
                 except Exception as e:  # a fault inside the model: fail the requests, keep serving
                     events = []
                     targets = list(self._queues.values())
+                    if self.metrics is not None:
+                        self.metrics.failed(list(self._queues))
                     self._queues.clear()
                     self.engine.cancel_all()
                     self.engine.step()  # retire them
@@ -105,6 +112,8 @@ class EngineLoop:
                         loop.call_soon_threadsafe(q.put_nowait, e)
                     continue
                 targets = [(ev, self._queues.get(ev.request_id)) for ev in events]
+                if self.metrics is not None and events:
+                    self.metrics.events(events)
                 for ev in events:
                     if ev.finish_reason is not None:
                         self._queues.pop(ev.request_id, None)

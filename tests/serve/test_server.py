@@ -161,6 +161,37 @@ def test_disconnect_cancels_the_request(server):
     while httpx.get(server + "/health").json()["running"] and time.time() < deadline:
         time.sleep(0.1)
     assert httpx.get(server + "/health").json()["running"] == 0
+    m = scrape(server)
+    assert m["lmzoo_requests_running"] == 0 and m["lmzoo_requests_waiting"] == 0
+    assert m[("lmzoo_requests_finished_total", "cancelled")] >= 1  # the slot was freed by the disconnect
+
+
+def scrape(server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(server + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            out[(s.name, s.labels.get("finish_reason")) if "finish_reason" in s.labels else s.name] = s.value
+    return out
+
+
+def test_metrics_count_tokens_and_latencies(client, server):
+    before = scrape(server)
+    r = ask(client, "Name three colours.", max_tokens=12)
+    after = scrape(server)
+    done = after["lmzoo_requests_finished_total", "length"] + after.get(("lmzoo_requests_finished_total", "stop"), 0) \
+        - before.get(("lmzoo_requests_finished_total", "length"), 0) - before.get(("lmzoo_requests_finished_total", "stop"), 0)
+    assert done == 1
+    assert after["lmzoo_generation_tokens_total"] - before.get("lmzoo_generation_tokens_total", 0) == \
+        r.usage.completion_tokens
+    assert after["lmzoo_prompt_tokens_total"] - before.get("lmzoo_prompt_tokens_total", 0) == r.usage.prompt_tokens
+    assert after["lmzoo_time_to_first_token_seconds_count"] - before.get("lmzoo_time_to_first_token_seconds_count", 0) == 1
+    assert after["lmzoo_inter_token_latency_seconds_count"] - before.get("lmzoo_inter_token_latency_seconds_count", 0) \
+        == r.usage.completion_tokens - 1
+    assert after["lmzoo_e2e_request_latency_seconds_sum"] > 0
 
 
 def test_api_key_and_bounded_queue():
