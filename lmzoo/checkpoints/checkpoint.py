@@ -55,6 +55,14 @@ class TensorSource:
         self._handles.clear()
 
 
+def read_json(path: Path):
+    """A JSON file's content; a file that is not JSON (or not UTF-8) is one CheckpointError line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
 def split_index(name: str) -> tuple[str, int | None]:
     """'experts.gate_up_proj[3]' -> ('experts.gate_up_proj', 3)."""
     if name.endswith("]") and "[" in name:

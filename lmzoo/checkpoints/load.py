@@ -3,14 +3,13 @@ the shared builder, checkpoints.build)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from lmzoo.checkpoints.build import instantiate
 from lmzoo.dtypes import resolve_dtype
-from lmzoo.errors import CheckpointError, ConfigError, ModelNotFoundError
+from lmzoo.errors import ConfigError, ModelNotFoundError
 from lmzoo.nn.transformer import Transformer
 
 
@@ -47,7 +46,7 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
 
 
 def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
-    from lmzoo.checkpoints.checkpoint import open_checkpoint_dir
+    from lmzoo.checkpoints.checkpoint import open_checkpoint_dir, read_json
     from lmzoo.checkpoints.hf import get_adapter
 
     p = Path(path).expanduser()
@@ -68,10 +67,7 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
     cfg_path = p / "config.json"
     if not cfg_path.exists():
         raise ModelNotFoundError(f"{p} has no config.json; expected an HF checkpoint directory")
-    try:
-        hf = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
+    hf = read_json(cfg_path)
     adapter = get_adapter(hf.get("model_type"))
     cfg = adapter.config(hf)
     if dtype is None:

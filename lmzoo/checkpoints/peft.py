@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lmzoo.checkpoints.build import fill_template, name_template
-from lmzoo.checkpoints.checkpoint import split_index
+from lmzoo.checkpoints.checkpoint import read_json, split_index
 from lmzoo.errors import CheckpointError, ConfigError
 from lmzoo.nn.lora import LoraLinear, Part, linear_shape, lora_layers
 
@@ -270,10 +270,7 @@ def read_adapter_config(path) -> dict:
     cfg_path = d / CONFIG_NAME
     if not cfg_path.is_file():
         raise CheckpointError(f"{d} has no {CONFIG_NAME}; expected a PEFT LoRA adapter directory")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
+    cfg = read_json(cfg_path)
     if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{cfg_path}: peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r} "
                               "is not supported; expected 'LORA' (LoRA / DoRA adapters)")

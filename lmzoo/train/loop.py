@@ -345,7 +345,7 @@ class Trainer:
                         "tokens": self.tokens, "tokens_per_s": step_tokens / dt if dt > 0 else None}
                 for k in extras[0]:
                     last[k] = sum(float(e[k]) for e in extras) / len(extras)
-                if c.eval_every and self.step % c.eval_every == 0:
+                if self.eval_data and ((c.eval_every and self.step % c.eval_every == 0) or self.step == self.total):
                     last["eval_loss"] = self.evaluate()
                 if self.step % c.log_every == 0 or "eval_loss" in last or self.step == self.total:
                     metrics_f.write(json.dumps(last) + "\n")
@@ -353,9 +353,6 @@ class Trainer:
                 bar.update(self.step, last)
                 if c.save_every and self.step % c.save_every == 0 and self.step < self.total:
                     self.save_checkpoint()
-            if self.step >= self.total and "eval_loss" not in last and self.eval_data:
-                last["eval_loss"] = self.evaluate()
-                metrics_f.write(json.dumps({**last, "final": True}) + "\n")
             self.save_checkpoint()
         finally:
             bar.close()
