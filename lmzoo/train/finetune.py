@@ -113,7 +113,9 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
     model, tok, base_path, train, evals, report = prepare(cfg)
     log(f"data: {report.summary()}" + (f"; {len(evals)} eval examples" if evals else ""))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in model.parameters())
+    from lmzoo.sizing import count_params
+
+    n_all = count_params(model.config).total  # quantised bases hold their weights in buffers
     log(f"method: {cfg.method}; trainable parameters {n_train:,} of {n_all:,} ({100 * n_train / n_all:.2f}%)")
     objective, make_batches = None, None
     if cfg.objective == "dpo":

@@ -209,10 +209,12 @@ class Trainer:
                                  "to replace it")
             shutil.rmtree(self.out)
         if resume and run.exists():
-            old = json.loads(run.read_text())
-            changed = {k: (old.get("config", {}).get(k), v) for k, v in self.run_info["config"].items()
-                       if k not in ("max_steps", "epochs", "eval_every", "save_every", "log_every",
-                                    "keep_checkpoints") and old.get("config", {}).get(k) != v}
+            def flat(info: dict) -> dict:
+                return {**{k: v for k, v in info.items() if k != "config"}, **info.get("config", {})}
+
+            old, new = flat(json.loads(run.read_text())), flat(_jsonable(self.run_info))
+            free = ("max_steps", "epochs", "eval_every", "save_every", "log_every", "keep_checkpoints")
+            changed = {k: (old.get(k), v) for k, v in new.items() if k not in free and old.get(k) != v}
             if changed:
                 raise TrainError(f"cannot resume {self.out}: settings differ from the run's ({changed}); "
                                  "resume with the same settings")

@@ -102,6 +102,8 @@ def test_bad_data_and_busy_output(data, tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
     changed = _run(_cmd(data, tmp_path / "y", "--max-steps", "2", "--resume", "--seed", "5"))
     assert changed.returncode == 2 and "settings differ" in changed.stderr
+    rank = _run(_cmd(data, tmp_path / "y", "--max-steps", "2", "--resume", "--lora-r", "8"))
+    assert rank.returncode == 2 and "'lora_r': (4, 8)" in rank.stderr, rank.stderr
 
 
 def test_config_file_equals_flags(data, tmp_path):
