@@ -152,10 +152,12 @@ def _tokenizer_files(src: Path, out: Path, tok) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, ensure_ascii=False))
 
 
-def save_hf(model: nn.Module, out_dir, *, tokenizer=None, dtype: torch.dtype | None = None,
+def save_hf(model: nn.Module, out_dir, *, tokenizer=None, tokenizer_source=None, dtype: torch.dtype | None = None,
             max_shard_bytes: int = 2 << 30) -> Path:
     """Write `model` as an HF checkpoint directory. The files are written into a temporary directory
-    beside `out_dir` and renamed into place, so a failed export leaves nothing half-written."""
+    beside `out_dir` and renamed into place, so a failed export leaves nothing half-written.
+    tokenizer_source: where the tokenizer files come from (an HF directory's files are copied; from a
+    GGUF, `tokenizer` is written as tokenizer.json); default: the checkpoint the model was loaded from."""
     from safetensors.torch import save_file
 
     layout = layout_of(model)
@@ -188,7 +190,8 @@ def save_hf(model: nn.Module, out_dir, *, tokenizer=None, dtype: torch.dtype | N
             total = sum(v.numel() * v.element_size() for v in state.values())
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        src = Path(layout.path) if layout.path else None
+        src = tokenizer_source or layout.path
+        src = Path(src) if src else None
         if layout.hf_config:
             hf = {**layout.hf_config, "torch_dtype": str(dtype).removeprefix("torch.")}
             hf.pop("dtype", None)

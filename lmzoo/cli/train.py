@@ -182,3 +182,57 @@ def export(
     m = lmzoo.from_pretrained(src, keep_quantized=False, cpu_kernels=False)
     typer.echo(str(save_hf(m, out, tokenizer=load_tokenizer(src), dtype=resolve_dtype(dtype))))
 
+
+
+@app.command()
+def pretrain(
+    data: list[str] = typer.Option(..., "--data", help="Corpus: text / JSONL files or directories (repeatable)."),
+    out: str = typer.Option(..., "--out", help="Run directory (checkpoints, metrics, the model)."),
+    config: str | None = typer.Option(None, "--config", help="From scratch: a catalog name (lmzoo list) or a "
+                                      "ModelConfig JSON file."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config field, e.g. --set n_layer=4 "
+                                          "(repeatable)."),
+    init_from: str | None = typer.Option(None, "--from", help="Continue pretraining this checkpoint instead."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer source [default: the checkpoint's, "
+                                         "else SmolLM2's]"),
+    eval_data: list[str] | None = typer.Option(None, "--eval-data", help="Held-out corpus for eval loss."),
+    lr: float = typer.Option(3e-4, "--lr"),
+    min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio"),
+    warmup_steps: int = typer.Option(0, "--warmup-steps"),
+    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
+    seq_len: int = typer.Option(256, "--seq-len"),
+    eval_every: int = typer.Option(0, "--eval-every"),
+    save_every: int = typer.Option(0, "--save-every"),
+    log_every: int = typer.Option(1, "--log-every"),
+    seed: int = typer.Option(0, "--seed"),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    resume: bool = typer.Option(False, "--resume"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Pretrain with next-token prediction: from scratch (--config, --set) or continued (--from)."""
+    from lmzoo.train.loop import TrainConfig
+    from lmzoo.train.pretrain import PretrainConfig, parse_overrides
+    from lmzoo.train.pretrain import pretrain as run
+
+    tc = TrainConfig(lr=lr, min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                     max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                     max_grad_norm=max_grad_norm, seq_len=seq_len, packing=False, eval_every=eval_every,
+                     save_every=save_every, log_every=log_every, seed=seed,
+                     activation_checkpointing=activation_checkpointing)
+    pc = PretrainConfig(data=data, out=out, config=config, overrides=parse_overrides(set_ or []), init_from=init_from,
+                        tokenizer=tokenizer, eval_data=eval_data, resume=resume, overwrite=overwrite, train=tc)
+    log = (lambda *_: None) if quiet else (lambda m: typer.echo(f"lmzoo: {m}", err=True))
+    result = run(pc, progress=not quiet, log=log)
+    if result["finished"]:
+        ev = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
+        typer.echo(f"lmzoo: done at step {result['step']}: loss {result['loss']:.4f}{ev}; saved {result['saved']}",
+                   err=True)
+    else:
+        typer.echo(f"lmzoo: stopped at step {result.get('step', 0)}; checkpoint saved, continue with --resume",
+                   err=True)

@@ -148,7 +148,8 @@ class SFTObjective(Objective):
 
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, train: list, *, out_dir, eval_data: list | None = None,
-                 objective: Objective | None = None, make_batches=None, resume: bool = False,
+                 objective: Objective | None = None, make_batches=None, batches_per_epoch: int | None = None,
+                 resume: bool = False,
                  overwrite: bool = False, run_info: dict | None = None, progress: bool = True) -> None:
         cfg.validate()
         self.model, self.cfg, self.train, self.eval_data = model, cfg, train, eval_data or []
@@ -165,7 +166,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                      foreach=False)
-        per_epoch = self._batches_in_epoch(0)
+        per_epoch = batches_per_epoch or self._batches_in_epoch(0)
         self.total = cfg.max_steps or max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
         self.step = 0          # optimizer steps done
         self.micro = 0         # micro-batches consumed (the data position)
