@@ -80,7 +80,7 @@ def finetune(
     log_every: int = typer.Option(1, "--log-every"),
     keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Newest checkpoints kept."),
     seed: int = typer.Option(0, "--seed"),
-    loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Target tokens per slice of the LM head in the loss."),
+    loss_chunk: int = typer.Option(256, "--loss-chunk", help="Target tokens per slice of the LM head in the loss."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
     autocast_bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (fp32 master weights)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad records instead of stopping."),

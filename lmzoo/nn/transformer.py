@@ -182,13 +182,17 @@ class Transformer(nn.Module):
         p1 = position_ids.float() + 1  # (B, T)
         return torch.where(p1 > n, torch.log(p1) / math.log(n), torch.ones_like(p1))[:, None, :, None]
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm, projection and LM head: (B, T, d) -> (B, T, vocab)."""
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and projection: the last hidden states as the LM head reads them."""
         if self.norm is not None and not self.config.query_layer:
             x = self.norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
-        logits = self.lm_head(x)
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, projection and LM head: (B, T, d) -> (B, T, vocab)."""
+        logits = self.lm_head(self.head_input(x))
         return logits * self.config.logit_scale if self.config.logit_scale != 1.0 else logits
 
 

@@ -59,7 +59,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     activation_checkpointing: bool = False
-    loss_chunk: int = 1024
+    loss_chunk: int = 256
     autocast_bf16: bool = True       # on CUDA: bf16 autocast for the forward (fp32 master weights)
 
     def validate(self) -> None:
@@ -133,7 +133,7 @@ class Objective:
 class SFTObjective(Objective):
     """Next-token cross-entropy on the target tokens (prompt tokens masked), never all logits at once."""
 
-    def __init__(self, loss_chunk: int = 1024) -> None:
+    def __init__(self, loss_chunk: int = 256) -> None:
         self.loss_chunk = loss_chunk
 
     def loss(self, model, b: Batch):

@@ -1,41 +1,81 @@
 """Losses computed from hidden states, so the (tokens x vocab) logits never exist all at once.
 
-    h (B, T, d) --pick rows with a target--> (N, d) --chunks of `chunk` rows--> head -> logits (chunk, V)
-                                                                                -> cross-entropy sum
+    h (B, T, d) --rows with a target--> (N, d) --norm--> chunks of `chunk` rows --head--> (chunk, V)
 
-Each chunk's logits are recomputed in the backward pass (activation checkpointing), so peak memory
-is one chunk of logits instead of N x V: for a 128k-vocabulary model and 8k target tokens that is
-4 GiB of fp32 logits (and as much again for their gradient) down to `chunk` x V.
+`token_losses_sum` fuses the LM head with the cross-entropy (the fused-linear-CE of Liger-Kernel /
+Apple's "Cut Your Losses", done chunk by chunk in PyTorch): each chunk's logits are made, turned into
+the loss and into the gradients of the head's input and weight right away, and dropped. Peak memory
+is one chunk of logits instead of N x V (4 GiB of fp32 logits, and as much again for their gradient,
+for a 128k vocabulary and 8k target tokens), with no recomputation in the backward pass:
+
+    p = softmax(z),  dL/dz = p - onehot(y)      dL/dh = (dL/dz) W * s,   dL/dW = (dL/dz)^T h * s
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch import nn
 
 from lmzoo.train.data import IGNORE
 
 
-def _chunk_ce_sum(model, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model.logits(h).float(), y, reduction="sum")
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(s * (h_i W^T + b), y_i), its gradients computed in the forward pass, chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y, chunk: int, scale: float):
+        need_w = weight.requires_grad
+        need_b = bias is not None and bias.requires_grad
+        dh = torch.empty_like(h, dtype=torch.float32)
+        dw = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        db = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        w = weight.float()
+        total = h.new_zeros((), dtype=torch.float32)
+        for s in range(0, h.shape[0], chunk):
+            hc, yc = h[s:s + chunk].float(), y[s:s + chunk]
+            z = F.linear(hc, w, None if bias is None else bias.float()) * scale  # (chunk, V)
+            lse = torch.logsumexp(z, dim=-1)
+            total += (lse - z.gather(1, yc[:, None])[:, 0]).sum()
+            g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            g[torch.arange(len(yc), device=g.device), yc] -= 1.0
+            if scale != 1.0:
+                g *= scale
+            dh[s:s + chunk] = g @ w
+            if need_w:
+                dw += g.t() @ hc
+            if need_b:
+                db += g.sum(0)
+        ctx.save_for_backward(dh, dw, db)
+        ctx.dtypes = (h.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, dw, db = ctx.saved_tensors
+        th, tw, tb = ctx.dtypes
+        return ((dh * grad).to(th), None if dw is None else (dw * grad).to(tw),
+                None if db is None else (db * grad).to(tb), None, None, None)
 
 
-def token_losses_sum(model, hidden: torch.Tensor, targets: torch.Tensor, *, chunk: int = 1024) -> tuple[torch.Tensor, int]:
+def _head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight (V, d) and bias as tensors (a quantised head dequantised, without grad)."""
+    head = model.lm_head
+    if isinstance(head, nn.Linear):
+        return head.weight, head.bias
+    return head.dequantize(torch.float32), getattr(head, "bias", None)
+
+
+def token_losses_sum(model, hidden: torch.Tensor, targets: torch.Tensor, *, chunk: int = 256) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the tokens that have a target, and their count."""
     keep = targets != IGNORE
     h, y = hidden[keep], targets[keep]
     n = int(y.numel())
     if n == 0:
         return hidden.sum() * 0.0, 0
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, n, chunk):
-        hs, ys = h[s:s + chunk], y[s:s + chunk]
-        if torch.is_grad_enabled() and n > chunk:
-            total = total + checkpoint(_chunk_ce_sum, model, hs, ys, use_reentrant=False)
-        else:
-            total = total + _chunk_ce_sum(model, hs, ys)
-    return total, n
+    weight, bias = _head(model)
+    scale = float(model.config.logit_scale)
+    return _LinearCrossEntropy.apply(model.head_input(h), weight, bias, y, chunk, scale), n
 
 
 def sequence_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, *, chunk: int = 1024) -> torch.Tensor:

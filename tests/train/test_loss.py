@@ -71,36 +71,46 @@ def test_packed_logits_equal_each_alone(pair):
             torch.testing.assert_close(packed[0][b.segments[0] == s], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_chunked_cross_entropy_equals_plain():
+@pytest.mark.parametrize("scale,bias", [(1.0, False), (0.7, True)])
+def test_fused_chunked_cross_entropy_equals_plain(scale, bias):
+    """Loss and every gradient (input, head weight, head bias, the norm before the head) as autograd's."""
+    from types import SimpleNamespace
+
     torch.manual_seed(0)
-    head = torch.nn.Linear(8, 50)
 
     class M(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.head = head
+            self.config = SimpleNamespace(logit_scale=scale)
+            self.norm = torch.nn.LayerNorm(8)
+            self.lm_head = torch.nn.Linear(8, 50, bias=bias)
+
+        def head_input(self, h):
+            return self.norm(h)
 
         def logits(self, h):
-            return self.head(h)
+            return self.lm_head(self.head_input(h)) * scale
 
     m = M()
     h = torch.randn(2, 13, 8, requires_grad=True)
     y = torch.randint(0, 50, (2, 13))
     y[0, :4] = IGNORE
     total, n = token_losses_sum(m, h, y, chunk=5)
-    total.backward()
-    g_chunked = (h.grad.clone(), head.weight.grad.clone())
+    (total * 0.5).backward()
+    got = [h.grad.clone()] + [p.grad.clone() for p in m.parameters()]
     h.grad = None
-    head.zero_grad()
-    plain = F.cross_entropy(head(h).reshape(-1, 50), y.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    plain.backward()
+    m.zero_grad()
+    plain = F.cross_entropy(m.logits(h).reshape(-1, 50), y.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    (plain * 0.5).backward()
+    want = [h.grad] + [p.grad for p in m.parameters()]
     assert n == int((y != IGNORE).sum())
     torch.testing.assert_close(total, plain)
-    torch.testing.assert_close(g_chunked[0], h.grad)
-    torch.testing.assert_close(g_chunked[1], head.weight.grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
     with torch.no_grad():
         lp = sequence_logprobs(m, h, y, chunk=4)
-        want = torch.stack([-F.cross_entropy(head(h[b]), y[b], ignore_index=IGNORE, reduction="sum") for b in range(2)])
+        want = torch.stack([-F.cross_entropy(m.logits(h[b]), y[b], ignore_index=IGNORE, reduction="sum")
+                            for b in range(2)])
     torch.testing.assert_close(lp, want)
 
 
