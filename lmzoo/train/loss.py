@@ -73,6 +73,10 @@ def token_losses_sum(model, hidden: torch.Tensor, targets: torch.Tensor, *, chun
     n = int(y.numel())
     if n == 0:
         return hidden.sum() * 0.0, 0
+    if not torch.is_grad_enabled():  # evaluation: the loss alone
+        total = sum(F.cross_entropy(model.logits(h[s:s + chunk]).float(), y[s:s + chunk], reduction="sum")
+                    for s in range(0, n, chunk))
+        return total, n
     weight, bias = _head(model)
     scale = float(model.config.logit_scale)
     return _LinearCrossEntropy.apply(model.head_input(h), weight, bias, y, chunk, scale), n

@@ -108,6 +108,7 @@ def test_fused_chunked_cross_entropy_equals_plain(scale, bias):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
     with torch.no_grad():
+        torch.testing.assert_close(token_losses_sum(m, h, y, chunk=3)[0], plain)  # the evaluation path
         lp = sequence_logprobs(m, h, y, chunk=4)
         want = torch.stack([-F.cross_entropy(m.logits(h[b]), y[b], ignore_index=IGNORE, reduction="sum")
                             for b in range(2)])
