@@ -22,6 +22,21 @@ _TRAIN_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "max_steps"
                "seed", "activation_checkpointing", "loss_chunk", "autocast_bf16")
 
 
+def _logger(quiet: bool):
+    return (lambda *_: None) if quiet else (lambda m: typer.echo(f"lmzoo: {m}", err=True))
+
+
+def _report(result: dict) -> None:
+    """The run's last line on stderr: where it ended and what it saved (or how to continue)."""
+    if result["finished"]:
+        ev = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
+        typer.echo(f"lmzoo: done at step {result['step']}: loss {result['loss']:.4f}{ev}; saved {result['saved']}",
+                   err=True)
+    else:
+        typer.echo(f"lmzoo: stopped at step {result.get('step', 0)}; checkpoint saved, continue with --resume",
+                   err=True)
+
+
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"--config {path} does not exist")
@@ -118,15 +133,9 @@ def finetune(
                         too_long=values["too_long"], resume=values["resume"], overwrite=values["overwrite"], train=tc)
     if fc.too_long not in ("truncate", "drop", "error"):
         raise ConfigError(f"--too-long must be truncate, drop or error, got {fc.too_long!r}")
-    log = (lambda *_: None) if values["quiet"] else (lambda m: typer.echo(f"lmzoo: {m}", err=True))
+    log = _logger(values["quiet"])
     result = run(fc, progress=not values["quiet"], log=log)
-    if result["finished"]:
-        ev = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
-        typer.echo(f"lmzoo: done at step {result['step']}: loss {result['loss']:.4f}{ev}; saved {result['saved']}",
-                   err=True)
-    else:
-        typer.echo(f"lmzoo: stopped at step {result.get('step', 0)}; checkpoint saved, continue with --resume",
-                   err=True)
+    _report(result)
 
 
 @app.command()
@@ -227,12 +236,6 @@ def pretrain(
                      activation_checkpointing=activation_checkpointing)
     pc = PretrainConfig(data=data, out=out, config=config, overrides=parse_overrides(set_ or []), init_from=init_from,
                         tokenizer=tokenizer, eval_data=eval_data, resume=resume, overwrite=overwrite, train=tc)
-    log = (lambda *_: None) if quiet else (lambda m: typer.echo(f"lmzoo: {m}", err=True))
+    log = _logger(quiet)
     result = run(pc, progress=not quiet, log=log)
-    if result["finished"]:
-        ev = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
-        typer.echo(f"lmzoo: done at step {result['step']}: loss {result['loss']:.4f}{ev}; saved {result['saved']}",
-                   err=True)
-    else:
-        typer.echo(f"lmzoo: stopped at step {result.get('step', 0)}; checkpoint saved, continue with --resume",
-                   err=True)
+    _report(result)

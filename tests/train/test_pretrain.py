@@ -103,7 +103,9 @@ def test_pretrain_from_scratch_then_continue(corpus, tmp_path):
     with torch.no_grad():
         assert (ref.eval()(ids).logits - ours(ids)).abs().max() <= 1e-4
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert hf_tok("the cat sat")["input_ids"] == lmzoo.tokenizer.load_tokenizer(out).encode("the cat sat")
+    from lmzoo.tokenizer import load_tokenizer
+
+    assert hf_tok("the cat sat")["input_ids"] == load_tokenizer(out).encode("the cat sat")
     again = _run("--from", str(out), "--data", str(d), "--out", str(tmp_path / "more"), "--max-steps", "2",
                  "--seq-len", "64", "--batch-size", "4")
     assert again.returncode == 0, again.stderr
