@@ -176,7 +176,10 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_qu
         model = _load_quantized(reader, cfg, arch, source, device)
     else:
         model = instantiate(cfg, source, GGUF_WEIGHTS, dtype=dtype, device=device)
-    model.gguf_architecture = _field(reader, "general.architecture")
+    from lmzoo.checkpoints.peft import CheckpointLayout
+
+    # q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
+    model.checkpoint_layout = CheckpointLayout(_field(reader, "general.architecture"), {}, str(path))
     return model
 
 

@@ -57,12 +57,7 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
     if p.is_file():
         if _is_gguf(p) or p.suffix.lower() == ".gguf":  # a .gguf with a bad magic is reported as corrupt
             from lmzoo.checkpoints.gguf import load_gguf
-            from lmzoo.checkpoints.peft import CheckpointLayout
-
-            model = load_gguf(p, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
-            # GGUF's q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
-            model.checkpoint_layout = CheckpointLayout(model.gguf_architecture, {}, str(p))
-            return model
+            return load_gguf(p, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
         raise ModelNotFoundError(f"{p} is a file but not a GGUF file; expected a .gguf file or a checkpoint directory")
     cfg_path = p / "config.json"
     if not cfg_path.exists():

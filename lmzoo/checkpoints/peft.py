@@ -149,7 +149,7 @@ def _expand_roles(roles: frozenset) -> frozenset:
     return frozenset().union(*({"k", "v"} if r == "kv" else {r} for r in roles))
 
 
-def select_parts(model: nn.Module, targets) -> dict[str, list[str]]:
+def select_parts(model: nn.Module, targets, all_sites: dict[str, Site] | None = None) -> dict[str, list[str]]:
     """lmzoo module -> the checkpoint parts `targets` selects (see the module docstring)."""
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
@@ -157,7 +157,7 @@ def select_parts(model: nn.Module, targets) -> dict[str, list[str]]:
     if not targets:
         raise ConfigError("no LoRA targets given; expected names from q,k,v,o,gate,up,down, 'all-linear', "
                           "or the checkpoint's module names")
-    all_sites = sites(model)
+    all_sites = all_sites if all_sites is not None else sites(model)
     wanted = set(ROLES) if "all-linear" in targets else {t for t in targets if t in ROLES}
     leaves = {t for t in targets if t not in ROLES and t != "all-linear"}
     known_leaves = {p.name.rsplit(".", 1)[-1] for s in all_sites.values() for p in s.parts}
@@ -192,8 +192,8 @@ def add_lora(model: nn.Module, *, targets="all-linear", r: int = 8, alpha: float
         raise ConfigError(f"lora dropout must be in [0, 1), got {dropout!r}")
     if lora_layers(model):
         raise ConfigError("this model already has LoRA layers; merge them (lmzoo.nn.lora.merge_lora) first")
-    chosen = select_parts(model, targets)
     all_sites = sites(model)
+    chosen = select_parts(model, targets, all_sites)
     for p in model.parameters():
         p.requires_grad_(False)
     for module, names in chosen.items():

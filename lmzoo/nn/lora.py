@@ -89,10 +89,11 @@ class LoraLinear(nn.Module):
         self.rslora, self.dora = rslora, dora
         self.scalings = [a / math.sqrt(k) if rslora else a / k for k, a in zip(self.ranks, self.alphas)]
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        dev = next(base.parameters()).device if any(True for _ in base.parameters()) else None
+        dev = next(iter([*base.parameters(), *base.buffers()]), torch.empty(0)).device
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("inv_rows", None if rows is None else torch.argsort(rows), persistent=False)
         by_name = {p.name: p for p in parts}
+        self._tparts = [by_name[n] for n in self.targets]  # the targeted parts, in target order
         # PEFT's initialisation: A Kaiming-uniform (a = sqrt(5), nn.Linear's), B zero -> the update starts at 0
         self.lora_A = nn.ParameterList()
         self.lora_B = nn.ParameterList()
@@ -124,10 +125,6 @@ class LoraLinear(nn.Module):
         w = dense_weight(self.base, dtype)
         return w if self.inv_rows is None else w.index_select(0, self.inv_rows)
 
-    def _target_parts(self):
-        by_name = {p.name: p for p in self.parts}
-        return [by_name[n] for n in self.targets]
-
     def _to_lmzoo(self, delta_ckpt_pieces: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """Assemble per-part updates (.., rows_p) in checkpoint order, zeros elsewhere; permute to lmzoo's."""
         pieces = []
@@ -141,7 +138,7 @@ class LoraLinear(nn.Module):
         """m / ||W + s B A||_row per targeted part, the norm detached (DoRA section 4.3)."""
         w = self._ckpt_weight(dtype)
         out = []
-        for p, A, B, m, sc in zip(self._target_parts(), self.lora_A, self.lora_B, self.magnitude, self.scalings):
+        for p, A, B, m, sc in zip(self._tparts, self.lora_A, self.lora_B, self.magnitude, self.scalings):
             norm = (w[p.start:p.end] + sc * (B.to(dtype) @ A.to(dtype)).detach()).norm(dim=1).detach()
             out.append(m.to(dtype) / norm)
         return out
@@ -154,7 +151,7 @@ class LoraLinear(nn.Module):
         h = self.dropout(x)
         dt = x.dtype
         lora = {p.name: F.linear(F.linear(h, A.to(dt)), B.to(dt)) * sc
-                for p, A, B, sc in zip(self._target_parts(), self.lora_A, self.lora_B, self.scalings)}
+                for p, A, B, sc in zip(self._tparts, self.lora_A, self.lora_B, self.scalings)}
         if self.dora:
             # peft: (scale - 1) * base_without_bias + scale * lora, the base recomputed on the dropped-out
             # input when dropout is active
@@ -164,7 +161,7 @@ class LoraLinear(nn.Module):
                 base_ckpt = base_nb if self.inv_rows is None else base_nb.index_select(-1, self.inv_rows)
             else:
                 base_ckpt = F.linear(h, self._ckpt_weight(dt))
-            for p, s in zip(self._target_parts(), self._dora_scales(dt)):
+            for p, s in zip(self._tparts, self._dora_scales(dt)):
                 lora[p.name] = (s - 1) * base_ckpt[..., p.start:p.end] + s * lora[p.name]
         return y + self._to_lmzoo(lora, y)
 
@@ -175,7 +172,7 @@ class LoraLinear(nn.Module):
         w = self._ckpt_weight(dtype)
         scales = self._dora_scales(dtype) if self.dora else None
         pieces = {}
-        for i, (p, A, B, sc) in enumerate(zip(self._target_parts(), self.lora_A, self.lora_B, self.scalings)):
+        for i, (p, A, B, sc) in enumerate(zip(self._tparts, self.lora_A, self.lora_B, self.scalings)):
             wp = w[p.start:p.end] + sc * (B.to(dtype) @ A.to(dtype))
             pieces[p.name] = wp if scales is None else wp * scales[i][:, None]
         full = torch.cat([pieces.get(p.name, w[p.start:p.end]) for p in self.parts])
