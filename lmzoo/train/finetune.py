@@ -82,6 +82,9 @@ def prepare(cfg: FinetuneConfig):
         raise ConfigError(f"objective {cfg.objective!r} is not known; expected sft or dpo")
     if not 0 <= cfg.eval_fraction < 1:
         raise ConfigError(f"eval fraction must be in [0, 1), got {cfg.eval_fraction}")
+    from lmzoo.train.loop import check_out_dir
+
+    check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     model, tok, base_path = load_base(cfg.model, cfg.method)
     t = cfg.train
     train, report = _load_data(cfg, cfg.data, tok)

@@ -146,6 +146,16 @@ class SFTObjective(Objective):
         return int((b.targets != IGNORE).sum())
 
 
+def check_out_dir(out, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output directory that holds another run (unless resuming or overwriting) — called
+    before any model is loaded, so the mistake costs no time."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"output {out} exists and is not a directory")
+    if (out / "run.json").exists() and not resume and not overwrite:
+        raise TrainError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, train: list, *, out_dir, eval_data: list | None = None,
                  objective: Objective | None = None, make_batches=None, batches_per_epoch: int | None = None,
@@ -202,13 +212,9 @@ class Trainer:
     # --- directory, checkpoints -------------------------------------------------------------------
     def _prepare_dir(self, resume: bool, overwrite: bool) -> None:
         run = self.out / "run.json"
-        if self.out.exists() and not self.out.is_dir():
-            raise TrainError(f"output {self.out} exists and is not a directory")
+        check_out_dir(self.out, resume=resume, overwrite=overwrite)
         if run.exists() and not resume:
-            if not overwrite:
-                raise TrainError(f"{self.out} already holds a run; pass --resume to continue it or --overwrite "
-                                 "to replace it")
-            shutil.rmtree(self.out)
+            shutil.rmtree(self.out)  # --overwrite
         if resume and run.exists():
             def flat(info: dict) -> dict:
                 return {**{k: v for k, v in info.items() if k != "config"}, **info.get("config", {})}

@@ -115,6 +115,9 @@ def prepare(cfg: PretrainConfig):
 
     if (cfg.config is None) == (cfg.init_from is None):
         raise ConfigError("give exactly one of --config (from scratch) or --from (continue a checkpoint)")
+    from lmzoo.train.loop import check_out_dir
+
+    check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     tok_path = tok_source(cfg)
     tok = load_tokenizer(tok_path)
     torch.manual_seed(cfg.train.seed)
