@@ -56,6 +56,8 @@ class Request:
     stop_token_ids: list[int] | None = None  # None: the config's and the tokenizer's end-of-turn ids
     logprobs: bool = False
     top_logprobs: int = 0
+    tools: list[dict] | None = None  # function definitions handed to the chat template (messages only)
+    grammar: str | None = None  # the output must follow it (runtime.constrain: JSON schema, regex, Lark)
     id: str | None = None
 
 
@@ -89,6 +91,7 @@ class _Live:
         self.matcher = StopMatcher(tuple(req.stop))
         s = req.sampling.seed
         self.generator = torch.Generator(device=device).manual_seed(s) if s is not None else None
+        self.constraint = None
 
 
 class Engine:
@@ -136,8 +139,10 @@ class Engine:
         if req.messages is not None:
             if self.tokenizer is None:
                 raise GenerationError("chat messages need the engine's tokenizer")
-            prompt = self.tokenizer.encode_chat(req.messages)
+            prompt = self.tokenizer.encode_chat(req.messages, **({"tools": req.tools} if req.tools else {}))
         else:
+            if req.tools:
+                raise GenerationError("tools are rendered by the chat template: give messages, not prompt ids")
             prompt = [int(t) for t in req.prompt]
         V = self.model.config.vocab_size
         if not prompt:
@@ -160,9 +165,22 @@ class Engine:
         stop_ids = self.default_stop_ids if req.stop_token_ids is None else set(req.stop_token_ids)
         live = _Live(req, rid, prompt, stop_ids, min(req.max_tokens, self.max_len - len(prompt)),
                      self.tokenizer, self.device)
+        if req.grammar is not None:
+            from lmzoo.runtime.constrain import Constraint
+
+            live.constraint = Constraint(req.grammar, self.guide_tokenizer(stop_ids))
         self.waiting.append(live)
         self._by_id[rid] = live
         return rid
+
+    def guide_tokenizer(self, stop_ids=None):
+        """The grammar engine's view of the tokenizer (runtime.constrain), built once and cached."""
+        from lmzoo.runtime.constrain import guide_tokenizer
+
+        if self.tokenizer is None:
+            raise GenerationError("constrained output needs the engine's tokenizer")
+        return guide_tokenizer(self.tokenizer, self.model.config.vocab_size,
+                               self.default_stop_ids if stop_ids is None else stop_ids)
 
     def cancel(self, request_id: str) -> None:
         """Stop a request; it stops consuming work at the next step (which reports it cancelled)."""
@@ -286,7 +304,11 @@ class Engine:
         raw = logits
         if p.penalised:
             logits = apply_penalties(logits, p, r.prompt, r.output)
+        if r.constraint is not None:  # tokens the grammar cannot continue with -> -inf
+            logits = r.constraint.mask_(logits.clone())
         tok = int(sample_next(logits, p, r.generator))
+        if r.constraint is not None and tok not in r.stop_ids:
+            r.constraint.consume(tok)
         if r.req.logprobs or r.req.top_logprobs:
             logp = torch.log_softmax(raw, -1)[0]  # of the model's distribution (before sampling filters)
             lp = float(logp[tok])
@@ -300,6 +322,9 @@ class Engine:
         text = r.matcher.feed(r.decoder.step(tok)) if r.decoder else ""
         if r.matcher.stopped:
             return [self._finish(r, tok, text, "stop", lp, top)]
+        if r.constraint is not None and r.constraint.done:  # the grammar is complete: end of output
+            return [self._finish(r, tok, text + r.matcher.feed(r.decoder.flush()) + r.matcher.flush(), "stop",
+                                 lp, top)]
         if len(r.output) >= r.max_tokens:
             if r.decoder:
                 text += r.matcher.feed(r.decoder.flush())

@@ -30,11 +30,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmzoo.errors import ContextLengthError, LmzooError
+from lmzoo.runtime.constrain import check_grammar, json_schema_grammar
 from lmzoo.runtime.engine import Engine, Event
 from lmzoo.runtime.engine import Request as EngineRequest
 from lmzoo.runtime.sampling import SamplingParams
 from lmzoo.serve.protocol import UNSUPPORTED, ChatRequest, CompletionRequest, error_body
 from lmzoo.serve.scheduler import EngineLoop, QueueFull, ShuttingDown
+from lmzoo.serve.tools import ToolCallParser, ToolFormat, call_grammar, detect_format, tool_names
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
@@ -238,8 +240,13 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                 "top_logprobs": [{"token": (t := tok.decode([i], skip_special_tokens=False)), "logprob": lp,
                                   "bytes": list(t.encode())} for i, lp in (ev.top_logprobs or [])]}
 
-    async def respond(kind: str, req, reqs: list[EngineRequest]):
+    async def respond(kind: str, req, reqs: list[EngineRequest], tool_fmt: ToolFormat | None = None):
         streams = await submit(reqs)
+        parsers = [ToolCallParser(tool_fmt) if tool_fmt else None for _ in streams]
+
+        def finish_reason(i: int, reason: str) -> str:
+            calls = parsers[i] is not None and parsers[i].calls
+            return "tool_calls" if calls and reason != "length" else FINISH[reason]
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
@@ -259,7 +266,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                     if ev.token is not None and ev.logprob is not None:
                         lps[i].append(ev)
                     if ev.finish_reason is not None:
-                        finish[i] = FINISH[ev.finish_reason]
+                        finish[i] = ev.finish_reason
                         usage[0] = ev.prompt_tokens
                         usage[1] += ev.completion_tokens
             except asyncio.CancelledError:
@@ -269,11 +276,20 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
             for i, text in enumerate(texts):
                 if kind == "chat":
                     lp = {"content": [token_logprobs(e) for e in lps[i]]} if req.logprobs else None
-                    choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                    "logprobs": lp, "finish_reason": finish[i]})
+                    message: dict[str, Any] = {"role": "assistant", "content": text}
+                    if parsers[i] is not None:
+                        content, _ = parsers[i].feed(text)
+                        content += parsers[i].flush()
+                        calls = [{k: v for k, v in c.items() if k != "index"} for c in parsers[i].calls]
+                        message = {"role": "assistant", "content": content.strip() if calls else content}
+                        if calls:
+                            message["content"] = message["content"] or None
+                            message["tool_calls"] = calls
+                    choices.append({"index": i, "message": message, "logprobs": lp,
+                                    "finish_reason": finish_reason(i, finish[i])})
                 else:
                     choices.append({"index": i, "text": text, "logprobs": legacy_logprobs(lps[i]) if req.logprobs
-                                    is not None else None, "finish_reason": finish[i]})
+                                    is not None else None, "finish_reason": FINISH[finish[i]]})
             return {"id": rid, "object": obj, "created": created, "model": model_name, "choices": choices,
                     "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
                               "total_tokens": usage[0] + usage[1]}, "system_fingerprint": None}
@@ -304,8 +320,17 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                     if kind == "chat":
                         lp = {"content": [token_logprobs(ev)]} if req.logprobs and ev.token is not None \
                             and ev.logprob is not None else None
-                        if ev.text or lp:
-                            yield chunk([{"index": i, "delta": {"content": ev.text}, "logprobs": lp,
+                        text, calls = ev.text, []
+                        if parsers[i] is not None:
+                            text, calls = parsers[i].feed(text)
+                            if fr:
+                                text += parsers[i].flush()
+                                fr = finish_reason(i, ev.finish_reason)
+                        if text or lp:
+                            yield chunk([{"index": i, "delta": {"content": text}, "logprobs": lp,
+                                          "finish_reason": None}])
+                        for call in calls:
+                            yield chunk([{"index": i, "delta": {"tool_calls": [call]}, "logprobs": None,
                                           "finish_reason": None}])
                         if fr:
                             yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": fr}])
@@ -340,10 +365,59 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
             msgs = [m.plain() for m in req.messages]
         except ValueError as e:
             raise ApiError(400, str(e), param="messages") from None
+        tools, grammar, tool_fmt = await asyncio.to_thread(output_rules, req)  # a first grammar takes ~0.5 s
         n_max = req.max_completion_tokens or req.max_tokens or state.loop.engine.max_len
         reqs = [EngineRequest(messages=msgs, max_tokens=n_max, stop=tuple(req.stops()), sampling=sampling(req, i),
-                              logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0) for i in range(req.n)]
-        return await respond("chat", req, reqs)
+                              logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0, tools=tools, grammar=grammar)
+                for i in range(req.n)]
+        return await respond("chat", req, reqs, tool_fmt)
+
+    def output_rules(req: ChatRequest) -> tuple[list | None, str | None, ToolFormat | None]:
+        """(tools for the template, the output grammar, the tool-call format to parse) of a chat request."""
+        choice = req.tool_choice
+        if not req.tools:
+            if choice not in (None, "none"):
+                raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+            choice = "none"
+        choice = choice or "auto"
+        tools = tool_fmt = grammar = None
+        if choice != "none":
+            tool_fmt = detect_format(state.tokenizer.chat_template)
+            if tool_fmt is None:
+                raise ApiError(400, f"this model's chat template does not render tools (no tool-call format "
+                               f"lmzoo knows in it); {model_name!r} cannot call them", param="tools")
+            tools = [t.model_dump(exclude_none=True) for t in req.tools]
+            names = tool_names(tools)
+            if len(set(names)) != len(names):
+                raise ApiError(400, f"tool names must be unique, got {names}", param="tools")
+            only = choice.function.name if not isinstance(choice, str) else None
+            if only is not None and only not in names:
+                raise ApiError(400, f"tool_choice names {only!r}, which is not among the tools {names}",
+                               param="tool_choice")
+            if choice != "auto":
+                guide = state.loop.engine.guide_tokenizer()
+                grammar = grammar_or_400(lambda: call_grammar(tool_fmt, tools, guide, only=only,
+                                                              parallel=req.parallel_tool_calls), "tools")
+        schema = None
+        if req.response_format is not None:
+            try:
+                schema = req.response_format.schema_or_none()
+            except ValueError as e:
+                raise ApiError(400, str(e), param="response_format") from None
+        if schema is not None:
+            if grammar is not None:
+                raise ApiError(400, "response_format cannot be combined with a tool_choice that forces a call",
+                               param="response_format")
+            grammar = grammar_or_400(lambda: json_schema_grammar(schema), "response_format")
+        return tools, grammar, tool_fmt
+
+    def grammar_or_400(build: Callable[[], str], param: str) -> str:
+        try:
+            grammar = build()
+            check_grammar(grammar)
+        except (LmzooError, ValueError) as e:
+            raise ApiError(400, f"{param}: {e}", param=param) from None
+        return grammar
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
