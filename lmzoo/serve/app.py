@@ -5,6 +5,8 @@
     POST /v1/chat/completions    chat (messages through the model's chat template), stream or not
     POST /v1/completions         raw completion of a prompt (text or token ids), stream or not
     POST /tokenize, /detokenize  the served tokenizer (vLLM's shape)
+    GET  /                       a chat page (serve/web/chat.html: streaming Markdown, stop, system prompt)
+    GET  /metrics                Prometheus metrics
 
 Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the status codes the
 official client maps to its exception classes: 400 (bad field, named in `param`; a prompt beyond the
@@ -27,7 +29,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from lmzoo.errors import ContextLengthError, LmzooError
 from lmzoo.runtime.constrain import check_grammar, json_schema_grammar
@@ -114,7 +116,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > max_body_bytes:
             return ApiError(413, f"request body of {size} bytes exceeds the limit of {max_body_bytes}").response()
-        if api_keys and request.url.path != "/health":
+        if api_keys and request.url.path not in ("/health", "/"):  # the page itself holds no data; its calls send the key
             auth = request.headers.get("authorization", "")
             key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
             if not any(hmac.compare_digest(key.encode(), k.encode()) for k in api_keys):
@@ -150,6 +152,12 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
             return JSONResponse({"status": "loading"}, status_code=503)
         running, waiting = state.loop.counts
         return {"status": "ok", "running": running, "waiting": waiting}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        from importlib.resources import files
+
+        return HTMLResponse(files("lmzoo.serve").joinpath("web/chat.html").read_text(encoding="utf-8"))
 
     @app.get("/metrics")
     async def metrics():
