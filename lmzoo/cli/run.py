@@ -14,6 +14,7 @@ a loading spinner goes to stderr when it is a terminal.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import contextmanager
@@ -98,6 +99,58 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
     return new, text
 
 
+def _lines():
+    """User messages from stdin, one per line (a prompt when interactive), until /exit or the end."""
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write(">>> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+def _chat_with_tools(m, tok, history: list, commands: list[str], *, max_new_tokens: int, sampling: dict,
+                     stop: list[str]) -> None:
+    """`lmzoo chat --mcp`: the MCP servers' tools go to the model through its chat template; its calls
+    are run (shown on stderr) and their results fed back until it answers in text."""
+    import asyncio
+
+    from lmzoo.errors import TokenizerError
+    from lmzoo.runtime import Engine, Request, SamplingParams
+    from lmzoo.serve.mcp import McpTools, run_tool_loop
+    from lmzoo.serve.tools import detect_format
+
+    fmt = detect_format(tok.chat_template)
+    if fmt is None:
+        raise TokenizerError("this model's chat template does not render tools, so it cannot call MCP tools; use a "
+                             "tool-calling model (e.g. Qwen2.5-Instruct)")
+
+    async def generate(messages, tools) -> str:
+        engine = Engine(m, tok, max_running=1)
+        req = Request(messages=messages, tools=tools, max_tokens=max_new_tokens, stop=tuple(stop),
+                      sampling=SamplingParams(**sampling))
+        return "".join(ev.text for ev in engine.run([req]))
+
+    def shown(name, args, result) -> None:
+        typer.echo(f"[tool] {name}({json.dumps(args, ensure_ascii=False)}) -> {result[:200]}", err=True)
+
+    async def main() -> None:
+        async with McpTools(commands) as tools:
+            typer.echo(f"lmzoo: {len(tools.tools)} MCP tool(s): {', '.join(t['function']['name'] for t in tools.tools)}",
+                       err=True)
+            for line in _lines():
+                history.append({"role": "user", "content": line})
+                answer = await run_tool_loop(history, tools, generate, fmt, on_call=shown)
+                sys.stdout.write(answer + "\n")
+                sys.stdout.flush()
+
+    asyncio.run(main())
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt."),
@@ -151,6 +204,8 @@ def chat(
     system: str | None = typer.Option(None, "--system", help="System message."),
     dtype: str | None = DtypeOpt,
     adapter: Path | None = AdapterOpt,
+    mcp: list[str] | None = typer.Option(None, "--mcp", help="An MCP server command line (repeatable) whose tools "
+                                         "the model may call, e.g. --mcp 'lmzoo mcp' or --mcp 'npx server-x'."),
 ) -> None:
     """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
     from lmzoo.errors import ContextLengthError, TokenizerError
@@ -160,17 +215,12 @@ def chat(
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            sys.stdout.write(">>> ")
-            sys.stdout.flush()
-        line = sys.stdin.readline()
-        if not line or line.strip() in ("/exit", "/quit"):
-            break
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line.rstrip("\n")})
+    if mcp:
+        return _chat_with_tools(m, tok, history, mcp, max_new_tokens=max_new_tokens, sampling=dict(
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed),
+            stop=stop or [])
+    for line in _lines():
+        history.append({"role": "user", "content": line})
         ids = tok.encode_chat(history)
         if len(ids) >= m.config.max_seq_len:
             raise ContextLengthError(

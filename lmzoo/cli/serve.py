@@ -45,27 +45,17 @@ def serve(
         resolve_dtype(dtype)
     except ValueError as e:
         raise ConfigError(f"--dtype: {e}") from None
-    if model is None:
-        from lmzoo.checkpoints.assets import default_model_path
-
-        model = default_model_path()
-    if not model.exists():
-        raise ConfigError(f"--model {str(model)!r} does not exist; expected an HF checkpoint directory or a .gguf file")
-    name = served_model_name or (model.stem if model.is_file() else model.name)
+    model, name = _model_path(model, served_model_name)
 
     import signal
     import threading
 
     import uvicorn
 
-    import lmzoo
-    from lmzoo.runtime import Engine
     from lmzoo.serve.app import create_app
-    from lmzoo.serve.scheduler import EngineLoop
-    from lmzoo.tokenizer import load_tokenizer
 
     server_app = create_app(model_name=name, api_keys=tuple(api_key or ()), max_running=max_running,
-                            max_queued=max_queued)
+                            max_queued=max_queued, host=host, port=port)
     server = uvicorn.Server(uvicorn.Config(server_app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=10))
     # HTTP on a side thread; the engine steps on the main thread (OpenMP is much faster there)
@@ -74,18 +64,15 @@ def serve(
     typer.echo(f"lmzoo: serving {name!r} at http://{host}:{port}/v1 (loading...)", err=True)
     state = server_app.state.lmzoo
     try:
-        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter)
-        tok = load_tokenizer(model)
-        engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
-        loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)
-    except Exception as e:
-        state.error = f"{type(e).__name__}: {e}"
+        loop, tok = _engine_loop(model, state, dtype=dtype, adapter=adapter, max_running=max_running,
+                                 max_queued=max_queued, max_len=max_len, batch_prefill=batch_prefill)
+    except Exception:
         server.should_exit = True
         http.join(timeout=15)
         raise
     state.attach(loop, tok)
-    typer.echo(f"lmzoo: ready; model id {name!r}, e.g. OpenAI(base_url='http://{host}:{port}/v1', api_key=...)",
-               err=True)
+    typer.echo(f"lmzoo: ready; model id {name!r}, e.g. OpenAI(base_url='http://{host}:{port}/v1', api_key=...); "
+               f"chat page http://{host}:{port}/, MCP http://{host}:{port}/mcp", err=True)
 
     def stop(*_):  # first signal: finish what is running, refuse new work; second: stop now
         if loop.draining:
@@ -97,3 +84,85 @@ def serve(
     loop.run()  # until drained after SIGTERM / Ctrl-C
     server.should_exit = True
     http.join(timeout=15)
+
+
+def _model_path(model: Path | None, served_model_name: str | None) -> tuple[Path, str]:
+    from lmzoo.errors import ConfigError
+
+    if model is None:
+        from lmzoo.checkpoints.assets import default_model_path
+
+        model = default_model_path()
+    if not model.exists():
+        raise ConfigError(f"--model {str(model)!r} does not exist; expected an HF checkpoint directory or a .gguf file")
+    return model, served_model_name or (model.stem if model.is_file() else model.name)
+
+
+def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_queued: int, max_len, batch_prefill: bool):
+    """Load the model and its engine into `state` (a serve.app.ServerState); the caller runs the loop
+    on the main thread. A load failure is recorded in `state` (what clients are told) and re-raised."""
+    import lmzoo
+    from lmzoo.runtime import Engine
+    from lmzoo.serve.scheduler import EngineLoop
+    from lmzoo.tokenizer import load_tokenizer
+
+    try:
+        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter)
+        tok = load_tokenizer(model)
+        engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
+        loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)
+    except Exception as e:
+        state.error = f"{type(e).__name__}: {e}"
+        raise
+    return loop, tok
+
+
+@app.command()
+def mcp(
+    model: Path | None = typer.Option(None, "--model", "-m", help="HF checkpoint directory or .gguf file "
+                                      "[default: SmolLM2-135M-Instruct]"),
+    max_running: int = typer.Option(4, "--max-running", help="Tool calls generating together."),
+    max_len: int | None = typer.Option(None, "--max-len", help="Tokens per request [default: min(context, 4096)]."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA/DoRA adapter directory to apply."),
+) -> None:
+    """Serve lmzoo as an MCP server over stdio (chat, generate, tokenize, catalog and memory tools).
+
+    For Claude Desktop / Cursor: {"mcpServers": {"lmzoo": {"command": "lmzoo", "args": ["mcp"]}}}.
+    `lmzoo serve` also answers MCP over Streamable HTTP at /mcp."""
+    import threading
+
+    import anyio
+
+    from lmzoo.dtypes import resolve_dtype
+    from lmzoo.errors import ConfigError
+    from lmzoo.serve.app import ServerState
+    from lmzoo.serve.mcp import create_mcp_server
+
+    if max_running < 1:
+        raise ConfigError(f"--max-running must be >= 1, got {max_running}")
+    try:
+        resolve_dtype(dtype)
+    except ValueError as e:
+        raise ConfigError(f"--dtype: {e}") from None
+    model, name = _model_path(model, None)
+    state = ServerState()
+    server = create_mcp_server(state, model_name=name)
+    done = threading.Event()
+
+    def stdio() -> None:  # the protocol on a side thread (stdout is the channel: all logs go to stderr)
+        try:
+            anyio.run(server.run_stdio_async)
+        finally:
+            done.set()
+            if state.loop is not None:
+                state.loop.close()
+
+    threading.Thread(target=stdio, name="lmzoo-mcp", daemon=True).start()
+    typer.echo(f"lmzoo: MCP server on stdio; loading {name!r}...", err=True)
+    loop, tok = _engine_loop(model, state, dtype=dtype, adapter=adapter, max_running=max_running, max_queued=64,
+                             max_len=max_len, batch_prefill=False)
+    state.attach(loop, tok)
+    typer.echo(f"lmzoo: ready ({name!r})", err=True)
+    if not done.is_set():
+        loop.run()  # until the client closes stdin

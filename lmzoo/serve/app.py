@@ -7,6 +7,7 @@
     POST /tokenize, /detokenize  the served tokenizer (vLLM's shape)
     GET  /                       a chat page (serve/web/chat.html: streaming Markdown, stop, system prompt)
     GET  /metrics                Prometheus metrics
+    POST /mcp                    MCP over Streamable HTTP (serve.mcp: chat, generate, tokenize, catalog tools)
 
 Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the status codes the
 official client maps to its exception classes: 400 (bad field, named in `param`; a prompt beyond the
@@ -72,7 +73,8 @@ class ServerState:
 
 def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name: str, api_keys: tuple[str, ...] = (),
                max_running: int = 8, max_queued: int = 64, max_len: int | None = None,
-               max_body_bytes: int = 4 << 20, batch_prefill: bool = False) -> FastAPI:
+               max_body_bytes: int = 4 << 20, batch_prefill: bool = False, host: str = "127.0.0.1",
+               port: int = 8000) -> FastAPI:
     """With `load` (returning (model, tokenizer)), the app loads it in a thread at start-up and steps
     the engine on a thread of its own (embedding in another ASGI host). Without it, the caller loads
     and attaches an EngineLoop to `app.state.lmzoo` (`lmzoo serve` does, stepping on the main thread)."""
@@ -86,15 +88,22 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
         except Exception as e:  # reported by /health and every request
             state.error = f"{type(e).__name__}: {e}"
 
+    from lmzoo.serve.mcp import create_mcp_server, http_app
+
+    mcp_server = create_mcp_server(state, model_name=model_name)
+    mcp_app = http_app(mcp_server, host=host, port=port, path="/mcp")
+
     async def lifespan(app):
         if load is not None:
             threading.Thread(target=start, name="lmzoo-load", daemon=True).start()
-        yield
+        async with mcp_server.session_manager.run():
+            yield
         if state.loop is not None:
             state.loop.close()
 
     app = FastAPI(title="lmzoo", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.lmzoo = state
+    app.router.routes.extend(mcp_app.routes)  # POST/GET/DELETE /mcp: MCP over Streamable HTTP (serve.mcp)
 
     # --- errors -------------------------------------------------------------------------------------
     @app.exception_handler(ApiError)

@@ -44,9 +44,13 @@ def page(browser, server):
     pg = ctx.new_page()
     pg.bodies = []  # what the page sent to the chat endpoint
     pg.on("request", lambda r: pg.bodies.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions") else None)
+    pg.errors = []  # console errors and uncaught exceptions
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
     pg.goto("/")
     pg.wait_for_function(f"document.getElementById('model').textContent === {json.dumps(MODEL)}")
     yield pg
+    assert pg.errors == []
     ctx.close()
 
 
@@ -58,7 +62,7 @@ def say(page, text: str, n: int) -> str:
     return page.locator(".msg.assistant .body").nth(n - 1).inner_text()
 
 
-def test_chat_streams_with_history_system_prompt_and_temperature(page):
+def test_chat_streams_with_history_system_prompt_and_temperature(page, tmp_path_factory):
     page.fill("#temperature", "0")
     page.fill("#max-tokens", "24")
     first = say(page, "What is the capital of France?", 1)
@@ -72,6 +76,9 @@ def test_chat_streams_with_history_system_prompt_and_temperature(page):
     assert [m["role"] for m in b2["messages"]] == ["system", "user", "assistant", "user"]
     assert b2["messages"][0]["content"] == "You are a geography teacher."
     assert b2["messages"][2]["content"].strip() == first.strip()  # the streamed reply, as the next turn's history
+    shot = tmp_path_factory.getbasetemp() / "chat-page.png"
+    page.screenshot(path=str(shot))
+    print(f"screenshot: {shot}")
     # the page's answer is the API's answer for the same request
     r = httpx.post(page.url.rstrip("/") + "/v1/chat/completions", json={**b1, "stream": False}, timeout=60).json()
     assert r["choices"][0]["message"]["content"].strip() == first.strip()
