@@ -1,11 +1,13 @@
 """Serving benchmark: a real `lmzoo serve` process on the default model, N concurrent streaming
 clients (the official openai AsyncOpenAI), each asking its own question (greedy, `--new` tokens).
 
-    python benchmarks/serve.py [--concurrency 1,4,16] [--new 64] [--max-running 16]
+    python benchmarks/serve.py [--concurrency 1,4,16,64] [--new 64] [--max-running 16] [--rss 500]
 
 Per level: p50 / p90 time to first token, p50 inter-token latency, requests/s and aggregate
 generated tokens/s (all tokens of all requests over the wall time of the level, first request sent
-to last token received).
+to last token received), and how many requests failed or came back without their tokens (lost).
+`--rss N`: N sequential short requests after the levels, the server's resident memory read from
+/proc every 50 (flat = within 10% of the first reading).
 """
 
 from __future__ import annotations
@@ -29,17 +31,22 @@ def free_port() -> int:
 
 
 async def one(client, model: str, question: str, new: int) -> tuple[float, list[float], int]:
+    """(time to first token, inter-token gaps, completion tokens); tokens = -1 if the request failed."""
     t0 = time.perf_counter()
     stamps = []
-    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                                  temperature=0, max_tokens=new, stream=True,
-                                                  stream_options={"include_usage": True})
     tokens = 0
-    async for c in stream:
-        if c.choices and c.choices[0].delta.content:
-            stamps.append(time.perf_counter())
-        if c.usage:
-            tokens = c.usage.completion_tokens
+    try:
+        stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                      temperature=0, max_tokens=new, stream=True,
+                                                      stream_options={"include_usage": True})
+        async for c in stream:
+            if c.choices and c.choices[0].delta.content:
+                stamps.append(time.perf_counter())
+            if c.usage:
+                tokens = c.usage.completion_tokens
+    except openai.OpenAIError as e:
+        print(f"request failed: {type(e).__name__}: {e}", file=sys.stderr)
+        tokens = -1
     return stamps[0] - t0 if stamps else float("nan"), [b - a for a, b in zip(stamps, stamps[1:])], tokens
 
 
@@ -50,16 +57,37 @@ async def level(base: str, model: str, n: int, new: int) -> dict:
     results = await asyncio.gather(*(one(client, model, q, new) for q in questions))
     wall = time.perf_counter() - t0
     await client.close()
-    ttft = sorted(r[0] for r in results)
-    itl = [x for r in results for x in r[1]]
-    tokens = sum(r[2] for r in results)
+    ok = [r for r in results if r[2] > 0]
+    ttft = sorted(r[0] for r in ok) or [float("nan")]
+    itl = [x for r in ok for x in r[1]]
+    tokens = sum(r[2] for r in ok)
     return {"n": n, "ttft_p50": statistics.median(ttft), "ttft_p90": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
-            "itl_p50": statistics.median(itl) if itl else float("nan"), "req_s": n / wall, "tok_s": tokens / wall}
+            "itl_p50": statistics.median(itl) if itl else float("nan"), "req_s": n / wall, "tok_s": tokens / wall,
+            "lost": n - len(ok)}
+
+
+def rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def rss_run(base: str, model: str, pid: int, n: int) -> list[tuple[int, float]]:
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
+    readings = [(0, rss_mib(pid))]
+    for i in range(1, n + 1):
+        await one(client, model, f"Name a colour, request {i}.", 8)
+        if i % 50 == 0:
+            readings.append((i, rss_mib(pid)))
+    await client.close()
+    return readings
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--rss", type=int, default=0, help="then N sequential requests, reading the server's RSS")
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--max-running", type=int, default=16)
     ap.add_argument("--batch-prefill", action="store_true", help="pass --batch-prefill to the server")
@@ -81,12 +109,18 @@ def main() -> int:
         asyncio.run(level(base, model, 2, 8))  # warm-up
         print(f"lmzoo serve, {model}, {a.new} new tokens per request, greedy, --max-running {a.max_running}"
               f"{' --batch-prefill' if a.batch_prefill else ''}")
-        print("| concurrent | TTFT p50 s | TTFT p90 s | inter-token p50 ms | requests/s | generated tok/s |")
-        print("|---|---|---|---|---|---|")
-        for n in [int(x) for x in a.concurrency.split(",")]:
+        print("| concurrent | TTFT p50 s | TTFT p90 s | inter-token p50 ms | requests/s | generated tok/s | lost |")
+        print("|---|---|---|---|---|---|---|")
+        for n in [int(x) for x in a.concurrency.split(",") if x]:
             r = asyncio.run(level(base, model, n, a.new))
             print(f"| {n} | {r['ttft_p50']:.2f} | {r['ttft_p90']:.2f} | {1000 * r['itl_p50']:.1f} | "
-                  f"{r['req_s']:.2f} | {r['tok_s']:.1f} |")
+                  f"{r['req_s']:.2f} | {r['tok_s']:.1f} | {r['lost']} |")
+        if a.rss:
+            readings = asyncio.run(rss_run(base, model, proc.pid, a.rss))
+            first = readings[0][1]
+            print(f"server RSS over {a.rss} sequential requests (MiB): "
+                  + ", ".join(f"{i}: {m:.0f}" for i, m in readings)
+                  + f"; max change {max(abs(m / first - 1) for _, m in readings):+.1%}")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -319,8 +320,37 @@ class ModelConfig:
             raise ConfigError("norm_placement='post' with parallel_residual is not a known layout")
         if self.shared_norm and not self.parallel_residual:
             raise ConfigError("shared_norm needs parallel_residual=True (one norm feeding both branches)")
-        if self.norm_eps <= 0:
-            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
+        # floats a checkpoint can carry that would silently give NaN/inf logits (NaN fails every comparison,
+        # so each is checked as "finite and in range", never as "not out of range")
+        def finite(name: str, lo: float | None = None, *, strict: bool = True, hi: float | None = None) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and math.isfinite(v) and (lo is None or (v > lo if strict else v >= lo)) \
+                and (hi is None or v <= hi)
+            if not ok:
+                want = "a finite number" + (f" {'>' if strict else '>='} {lo}" if lo is not None else "") + \
+                    (f" and <= {hi}" if hi is not None else "")
+                raise ConfigError(f"{name} must be {want}, got {v!r}")
+
+        finite("norm_eps", 0)
+        finite("latent_norm_eps", 0)
+        finite("rope_theta", 0)
+        finite("rotary_percentage", 0, hi=1.0)
+        finite("deepnorm_alpha", 0)
+        finite("embed_scale", 0)
+        finite("logit_scale", 0)
+        finite("routed_scaling", 0)
+        finite("attn_temperature_scale", 0, strict=False)
+        if self.attn_scale is not None:
+            finite("attn_scale", 0)
+        if self.attn_logit_softcap is not None:
+            finite("attn_logit_softcap", 0)
+        # special-token ids index the embedding: each must lie in the vocabulary
+        ids = {"bos_token_id": [self.bos_token_id], "pad_token_id": [self.pad_token_id],
+               "eos_token_id": list(self.eos_token_id), "mask_token_ids": list(self.mask_token_ids)}
+        for name, values in ids.items():
+            bad = [v for v in values if v is not None and (not isinstance(v, int) or not 0 <= v < self.vocab_size)]
+            if bad:
+                raise ConfigError(f"{name} {bad[0]!r} is outside the vocabulary (0..{self.vocab_size - 1})")
 
     # --- derived ------------------------------------------------------------------------------
     @property

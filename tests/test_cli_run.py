@@ -46,6 +46,8 @@ def test_stop_string_and_raw_mode():
     (["generate", "--top-k", "0", "hi"], "top_k"),
     (["chat", "--repetition-penalty", "0"], "repetition_penalty"),
     (["generate", "--decode", "warp", "hi"], "--decode"),
+    (["generate", "--seed", str(2**63), "hi"], "--seed must fit in 64 bits"),
+    (["generate", "--stop", "", "hi"], "--stop needs a non-empty string"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
     r = lmzoo(*args)
@@ -151,10 +153,21 @@ def test_tiny_checkpoint_bad_input(tiny, args, needle):
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-def test_chat_longer_than_context(tiny):
-    r = lmzoo("chat", "--model", str(tiny), "--max-new-tokens", "2", stdin="word " * 80 + "\n")
-    assert r.returncode == 2 and "longer than the context of 64" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_chat_survives_a_turn_longer_than_context(tiny):
+    """The bad turn is refused with one line; the session goes on and the next turn is answered."""
+    r = lmzoo("chat", "--model", str(tiny), "--max-new-tokens", "2", stdin="word " * 80 + "\nhello\n")
+    assert r.returncode == 0 and "longer than the context of 64" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout.strip()
+
+
+def test_bytes_that_are_not_utf8():
+    """On chat's stdin: that line is skipped with a word, the next is answered; as a prompt: exit 2."""
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "chat", "--max-new-tokens", "12"], capture_output=True,
+                       input=b"\xff\xfe bad\nWhat is the capital of France?\n", timeout=300)
+    assert r.returncode == 0 and b"not valid UTF-8" in r.stderr and b"Paris" in r.stdout
+    r = subprocess.run([sys.executable.encode(), b"-m", b"lmzoo", b"generate", b"caf\xe9"], capture_output=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == b"lmzoo: error: the prompt is not valid UTF-8 text"
 
 
 def test_checkpoint_without_tokenizer(tiny, tmp_path):

@@ -160,3 +160,52 @@ def test_cache_too_small(model):
     assert "do not fit the cache of 8 slots" in one_line(e)
     with pytest.raises(ContextLengthError):
         lmzoo.KVCache(model, 1, 17)
+
+
+# --- values a config.json can carry that would load and then answer NaN or crash mid-generation ----
+@pytest.mark.parametrize("change, needle", [
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 0}}, "rope_theta must be a finite number > 0"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": -1e4}}, "rope_theta"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": float("nan")}}, "rope_theta"),
+    ({"rms_norm_eps": float("nan")}, "norm_eps must be a finite number > 0"),
+    ({"rms_norm_eps": float("inf")}, "norm_eps"),
+    ({"rms_norm_eps": 0}, "norm_eps"),
+    ({"eos_token_id": 64}, "eos_token_id 64 is outside the vocabulary (0..63)"),
+    ({"bos_token_id": -5}, "bos_token_id -5 is outside the vocabulary"),
+    ({"pad_token_id": 1000}, "pad_token_id 1000"),
+])
+def test_config_values_that_cannot_be_right(ckpt, change, needle):
+    from lmzoo.errors import ConfigError
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.update(change)
+    (ckpt / "config.json").write_text(json.dumps(cfg))  # NaN / Infinity as Python's json writes them
+    with pytest.raises(ConfigError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert needle in one_line(e)
+
+
+def test_pad_token_minus_one_means_none(ckpt):
+    """LLaMA-1 conversions carry pad_token_id -1 for "no padding token" (transformers reads it so)."""
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "pad_token_id": -1}))
+    model = lmzoo.from_pretrained(ckpt)
+    assert model.config.pad_token_id is None
+    out = lmzoo.generate(model, torch.tensor([[1, 2, 3], [4, 5, 6]]), max_new_tokens=3)
+    assert out.shape[0] == 2
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"n_kv_head": -3}, "n_kv_head must be a positive integer"),
+    ({"n_experts": 4, "n_experts_per_tok": 6}, "n_experts_per_tok=6 must be in 1..n_experts=4"),
+    ({"rotary_percentage": 1.5}, "rotary_percentage"),
+    ({"embed_scale": float("nan")}, "embed_scale"),
+])
+def test_model_config_validates_values(kw, needle):
+    from lmzoo.config import ModelConfig
+    from lmzoo.errors import ConfigError
+
+    base = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, intermediate_size=48, max_seq_len=32)
+    with pytest.raises(ConfigError) as e:
+        ModelConfig(**{**base, **kw})
+    assert needle in one_line(e)

@@ -48,13 +48,17 @@ def _status(msg: str):
         yield
 
 
-def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype) -> None:
+def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed=None, stop=None) -> None:
     """Reject bad sampling values before spending seconds on loading."""
     from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import GenerationError
     from lmzoo.runtime.sampling import SamplingParams
 
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    if seed is not None and not -(2**63) <= seed < 2**63:
+        raise GenerationError(f"--seed must fit in 64 bits (-2**63 <= seed < 2**63), got {seed}")
+    if stop and any(not s for s in stop):
+        raise GenerationError("--stop needs a non-empty string (an empty one would stop before the first token)")
     if max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     try:
@@ -106,11 +110,17 @@ def _lines():
         if interactive:
             sys.stdout.write(">>> ")
             sys.stdout.flush()
-        line = sys.stdin.readline()
+        raw = sys.stdin.buffer.readline()
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:  # one bad line: say so and go on (the session and history stay)
+            print(f"lmzoo: error: that line is not valid UTF-8 (byte 0x{raw[e.start]:02x} at {e.start}); "
+                  "it was skipped", file=sys.stderr, flush=True)
+            continue
         if not line or line.strip() in ("/exit", "/quit"):
             return
         if line.strip():
-            yield line.rstrip("\n")
+            yield line.rstrip("\r\n")
 
 
 def _chat_with_tools(m, tok, history: list, commands: list[str], *, max_new_tokens: int, sampling: dict,
@@ -171,11 +181,15 @@ def generate(
     decode: str = typer.Option("eager", "--decode", help="eager | static | compiled (torch.compile; CUDA graphs on GPU)."),
 ) -> None:
     """Complete PROMPT, streaming the answer to stdout."""
-    if decode not in ("eager", "static", "compiled"):
-        from lmzoo.errors import GenerationError
+    from lmzoo.errors import GenerationError
 
+    if decode not in ("eager", "static", "compiled"):
         raise GenerationError(f"--decode must be eager, static or compiled, got {decode!r}")
-    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed, stop)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 arrive from argv as lone surrogates
+        raise GenerationError("the prompt is not valid UTF-8 text") from None
     m, tok = _load(model, dtype, adapter)
     if chat and tok.chat_template:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -208,9 +222,9 @@ def chat(
                                          "the model may call, e.g. --mcp 'lmzoo mcp' or --mcp 'npx server-x'."),
 ) -> None:
     """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
-    from lmzoo.errors import ContextLengthError, TokenizerError
+    from lmzoo.errors import TokenizerError
 
-    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype)
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed, stop)
     m, tok = _load(model, dtype, adapter)
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
@@ -220,12 +234,13 @@ def chat(
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed),
             stop=stop or [])
     for line in _lines():
+        ids = tok.encode_chat(history + [{"role": "user", "content": line}])
+        if len(ids) >= m.config.max_seq_len:  # a turn that does not fit: say so, keep the session
+            print(f"lmzoo: error: the conversation would be {len(ids)} tokens, longer "
+                  f"than the context of {m.config.max_seq_len}; that message was not sent (/exit to quit)",
+                  file=sys.stderr, flush=True)
+            continue
         history.append({"role": "user", "content": line})
-        ids = tok.encode_chat(history)
-        if len(ids) >= m.config.max_seq_len:
-            raise ContextLengthError(
-                f"the conversation is {len(ids)} tokens, longer than the context of {m.config.max_seq_len}"
-            )
         _, answer = _stream(m, tok, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [])
         sys.stdout.write("\n")

@@ -95,7 +95,8 @@ def _token_ids(hf: dict) -> dict[str, Any]:
     return {
         "bos_token_id": hf.get("bos_token_id"),
         "eos_token_id": tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ()),
-        "pad_token_id": hf.get("pad_token_id"),
+        # LLaMA-1 conversions write pad_token_id -1 for "no padding token"; transformers reads it as unset
+        "pad_token_id": None if isinstance(hf.get("pad_token_id"), int) and hf["pad_token_id"] < 0 else hf.get("pad_token_id"),
     }
 
 

@@ -37,6 +37,26 @@ def build_key(flags: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _build(name: str, build: Path, flags: list[str]):
+    """Compile under an OS lock: flock is released by the kernel when its holder dies, so a build
+    killed half-way (SIGKILL, a CI timeout) never blocks later runs. torch's own FileBaton `lock`
+    file is not: one left by a killed build would make every later build wait forever, so it is
+    removed while we hold the flock (no other lmzoo build can be running then)."""
+    import fcntl
+
+    with open(build / "lmzoo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same key: wait for it
+        built = build / f"{name}.so"
+        if not built.exists():
+            (build / "lock").unlink(missing_ok=True)
+            print("lmzoo: building the CPU kernels for this torch (once; about a minute)...", file=sys.stderr,
+                  flush=True)
+        from torch.utils.cpp_extension import load
+
+        return load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                    build_directory=str(build), verbose=False)
+
+
 def cpu_kernels():
     """The compiled module (f32_linear, int8_linear, int4_linear), or None if it cannot be built."""
     global _KERNELS, _TRIED
@@ -56,11 +76,7 @@ def cpu_kernels():
             _KERNELS = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(_KERNELS)
             return _KERNELS
-        print("lmzoo: building the CPU kernels for this torch (once; about a minute)...", file=sys.stderr, flush=True)
-        from torch.utils.cpp_extension import load
-
-        _KERNELS = load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                        build_directory=str(build), verbose=False)
+        _KERNELS = _build(name, build, flags)
     except Exception as e:  # no compiler / ninja: correct, just slower
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         warnings.warn(f"lmzoo: CPU kernels unavailable ({msg}); using plain PyTorch ops", stacklevel=2)
