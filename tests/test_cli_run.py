@@ -160,6 +160,11 @@ def test_chat_survives_a_turn_longer_than_context(tiny):
     assert len(r.stderr.strip().splitlines()) == 1 and r.stdout.strip()
 
 
+def test_max_new_tokens_cut_by_the_context_says_so(tiny):
+    r = lmzoo("generate", "--model", str(tiny), "--raw", "word " * 40, "--max-new-tokens", "60")
+    assert r.returncode == 0 and "new tokens fit (context 64" in r.stderr and "is cut to that" in r.stderr
+
+
 def test_bytes_that_are_not_utf8():
     """On chat's stdin: that line is skipped with a word, the next is answered; as a prompt: exit 2."""
     r = subprocess.run([sys.executable, "-m", "lmzoo", "chat", "--max-new-tokens", "12"], capture_output=True,

@@ -85,10 +85,19 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
             seed, stop, out=sys.stdout, decode: str = "eager") -> tuple[list[int], str]:
     """Generate from `ids` through the engine, printing text deltas as they come (stop strings are
     held back by the engine while they may still begin); returns (new ids, text)."""
+    from lmzoo.errors import ContextLengthError
     from lmzoo.runtime import Engine, Request, SamplingParams
 
-    engine = Engine(model, tok, max_running=1, max_len=min(len(ids) + max_new_tokens, model.config.max_seq_len),
-                    decode=decode)
+    ctx = model.config.max_seq_len
+    if len(ids) >= ctx:  # nothing could be generated: say so rather than print nothing
+        what = "is longer than" if len(ids) > ctx else "fills"
+        raise ContextLengthError(f"the prompt of {len(ids)} tokens {what} the model's context of {ctx} tokens; no room "
+                                 "for a new token")
+    if len(ids) + max_new_tokens > ctx:
+        print(f"lmzoo: note: at most {ctx - len(ids)} new tokens fit (context {ctx}, prompt {len(ids)}); "
+              f"--max-new-tokens {max_new_tokens} is cut to that", file=sys.stderr, flush=True)
+        max_new_tokens = ctx - len(ids)
+    engine = Engine(model, tok, max_running=1, max_len=len(ids) + max_new_tokens, decode=decode)
     engine.submit(Request(prompt=ids, max_tokens=max_new_tokens, stop=tuple(stop), sampling=SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)))
     new: list[int] = []

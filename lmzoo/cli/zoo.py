@@ -242,6 +242,10 @@ def memory_cmd(
     from lmzoo.sizing.estimate import estimate_memory, gpus_needed, parse_size
 
     _check_context(context)
+    if plot is not None:
+        from lmzoo.tools.plots import check_plot_path
+
+        check_plot_path(plot)
     e = C.get_entry(name)
     cap = parse_size(gpu) if gpu is not None else None
     m = estimate_memory(e.name, task=task, dtype=dtype, context=context, batch=batch,

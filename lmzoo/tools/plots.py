@@ -35,11 +35,18 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def check_plot_path(path: str | Path) -> Path:
+    """A PNG path in a directory that exists (a typo must not create directories)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"plots are written as PNG; got {path.name!r} (use a .png name)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise ConfigError(f"--plot: the directory {str(path.parent)!r} does not exist; create it first")
+    return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = check_plot_path(path)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     _plt().close(fig)
     return path

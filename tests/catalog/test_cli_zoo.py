@@ -2,6 +2,7 @@
 exit codes, --json that parses, one-line errors with suggestions, PNGs that are PNGs."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,9 +101,12 @@ def test_glm_mask_text_shows_part_a_and_b(capsys):
     (["explain", "alibo"], "alibi"),
     (["explain", "rope", "--model", "BLOOM-7B1"], "RoPE"),
     (["memory", "Llama-2-7B", "--plot", "out.jpg"], "PNG"),
+    (["memory", "Llama-2-7B", "--plot", "/nonexistent-lmzoo-dir/x.png"], "does not exist"),  # and none is made
+    (["explain", "alibi", "--plot", "/nonexistent-lmzoo-dir/x.png"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
     code, out, err = run(capsys, *argv)
+    assert not Path("/nonexistent-lmzoo-dir").exists()
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("lmzoo: error:") and needle in lines[0], err
