@@ -251,7 +251,7 @@ class ModelConfig:
     def validate(self) -> None:
         def positive(**kw: int) -> None:
             for k, v in kw.items():
-                if not isinstance(v, int) or v <= 0:
+                if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                     raise ConfigError(f"{k} must be a positive integer, got {v!r}")
 
         positive(

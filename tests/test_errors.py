@@ -209,3 +209,30 @@ def test_model_config_validates_values(kw, needle):
     with pytest.raises(ConfigError) as e:
         ModelConfig(**{**base, **kw})
     assert needle in one_line(e)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: [1, 2], "must hold a JSON object, got a list"),
+    (lambda c: {k: v for k, v in c.items() if k != "vocab_size"}, "has no 'vocab_size', which a 'llama' checkpoint"),
+    (lambda c: {**c, "dtype": "int3", "torch_dtype": "int3"}, "torch_dtype 'int3'"),
+    (lambda c: {**c, "rope_parameters": {"rope_type": "linear", "rope_theta": 1e4}}, "'linear' needs a numeric 'factor'"),
+    (lambda c: {**c, "num_attention_heads": True}, "n_head must be a positive integer, got True"),
+    (lambda c: {**c, "num_hidden_layers": 10**12}, "describes a model of about"),  # refused before allocating
+    (lambda c: {**c, "hidden_size": 2**20, "head_dim": 2**18}, "describes a model of about"),
+])
+def test_malformed_config_values(ckpt, edit, needle):
+    from lmzoo.errors import LmzooError
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(edit(cfg)))
+    with pytest.raises(LmzooError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert needle in one_line(e)
+
+
+def test_config_json_that_is_a_directory(ckpt):
+    (ckpt / "config.json").unlink()
+    (ckpt / "config.json").mkdir()
+    with pytest.raises(ModelNotFoundError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert "a directory named config.json" in one_line(e)

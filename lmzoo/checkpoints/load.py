@@ -9,7 +9,7 @@ import torch
 
 from lmzoo.checkpoints.build import instantiate
 from lmzoo.dtypes import resolve_dtype
-from lmzoo.errors import ConfigError, ModelNotFoundError
+from lmzoo.errors import CheckpointError, ConfigError, LmzooError, ModelNotFoundError
 from lmzoo.nn.transformer import Transformer
 
 
@@ -60,13 +60,28 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
             return load_gguf(p, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
         raise ModelNotFoundError(f"{p} is a file but not a GGUF file; expected a .gguf file or a checkpoint directory")
     cfg_path = p / "config.json"
-    if not cfg_path.exists():
-        raise ModelNotFoundError(f"{p} has no config.json; expected an HF checkpoint directory")
+    if not cfg_path.is_file():
+        what = "a directory named config.json" if cfg_path.exists() else "no config.json"
+        raise ModelNotFoundError(f"{p} has {what}; expected an HF checkpoint directory")
     hf = read_json(cfg_path)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object, got a {type(hf).__name__}")
     adapter = get_adapter(hf.get("model_type"))
-    cfg = adapter.config(hf)
+    try:
+        cfg = adapter.config(hf)
+    except KeyError as e:  # the family's translation reads a key the file lacks
+        raise ConfigError(f"{cfg_path} has no {e.args[0]!r}, which a {hf.get('model_type')!r} checkpoint needs") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type or form
+        if isinstance(e, LmzooError):
+            raise
+        raise ConfigError(f"{cfg_path}: a value has the wrong type or form ({' '.join(str(e).split())})") from None
     if dtype is None:
-        dtype = resolve_dtype(hf.get("torch_dtype") or hf.get("dtype") or "float32")
+        stored = hf.get("torch_dtype") or hf.get("dtype") or "float32"
+        try:
+            dtype = resolve_dtype(stored)
+        except ValueError as e:
+            raise ConfigError(f"{cfg_path}: torch_dtype {stored!r}: {e}") from None
+    _check_size(cfg, p)
     source = open_checkpoint_dir(p)
     try:
         weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
@@ -79,6 +94,19 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
 
     model.checkpoint_layout = CheckpointLayout(hf["model_type"], hf, str(p))
     return model
+
+
+def _check_size(cfg, p: Path) -> None:
+    """Refuse, before allocating anything, a config.json whose model could not be what the checkpoint's
+    files hold (n_layer 10**12 would otherwise build modules until memory runs out). The estimate is
+    the float32 size of the dense layers; files may store 16 or 8 bits, hence the factor of 4 + 1 GiB."""
+    mlp = 3 * cfg.n_embd * max(cfg.intermediate_size, cfg.moe_intermediate_size or 0) * max(1, cfg.n_experts)
+    attn = cfg.n_embd * cfg.head_dim * (2 * cfg.n_head + 2 * cfg.n_kv_head)
+    est = 4 * (cfg.n_layer * (mlp + attn) + 2 * cfg.vocab_size * cfg.n_embd)
+    stored = sum(f.stat().st_size for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    if est > 4 * stored + (1 << 30):
+        raise ConfigError(f"{p / 'config.json'} describes a model of about {est / 2**30:.1f} GiB in float32, but the "
+                          f"checkpoint's files hold {stored / 2**30:.2f} GiB; check n_layer / n_embd / vocab_size")
 
 
 def _is_gguf(p: Path) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmzoo.config import ModelConfig, RopeScaling
-from lmzoo.errors import UnsupportedModelError
+from lmzoo.errors import ConfigError, UnsupportedModelError
 
 L = "model.layers.{i}."
 LLAMA_WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -43,6 +43,8 @@ def _rope_scaling(hf: dict, theta_default: float = 10000.0) -> tuple[float, Rope
     if kind == "default":
         return theta, RopeScaling()
     factor = params.get("factor")
+    if kind in ("linear", "dynamic", "llama3", "yarn") and not isinstance(factor, (int, float)):
+        raise ConfigError(f"rope scaling {kind!r} needs a numeric 'factor' in config.json, got {factor!r}")
     if kind == "linear":
         return theta, RopeScaling(kind="linear", factor=float(factor))
     if kind == "dynamic":
