@@ -387,8 +387,9 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
             setattr(model.get_submodule(parent) if parent else model, child, mod)
     # everything still on the meta device (embedding, norms, float linears) loads as floats
     state = {}
+    persistent = set(model.state_dict())  # buffers recomputed from the config (RoPE, ALiBi) are not loaded
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if not p.is_meta or name.startswith("rope.") or (name == "lm_head.weight" and cfg.tie_embeddings):
+        if not p.is_meta or name not in persistent or (name == "lm_head.weight" and cfg.tie_embeddings):
             continue
         template, index = name_template(name)
         if template not in weights:

@@ -142,3 +142,227 @@ def llama_logits(meta: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.nda
     x = rms(x, w["output_norm.weight"])
     head = w.get("output.weight", w["token_embd.weight"])
     return x @ head.T
+
+
+# --- GGUF files as llama.cpp's convert_hf_to_gguf.py writes them, from a transformers model ---------
+# (tensor names from gguf-py's tensor_mapping.py, layouts and metadata keys from the converter's
+# per-architecture classes; written independently of lmzoo's loader)
+
+_LAYER_NAMES = {  # HF module path inside a block -> GGUF tensor stem
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.qkv_proj": "attn_qkv",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "mlp.gate_up_proj": "ffn_up",  # phi3: gate | up fused, stored as ffn_up
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "mlp.gate": "ffn_gate_inp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp",
+    # GPT-NeoX
+    "attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
+    "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down",
+    # BLOOM / Falcon
+    "self_attention.query_key_value": "attn_qkv", "self_attention.dense": "attn_output",
+    "ln_attn": "attn_norm", "ln_mlp": "attn_norm_2",
+    # GPT-2 / GPT-J
+    "ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+    "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down", "attn.q_proj": "attn_q", "attn.k_proj": "attn_k",
+    "attn.v_proj": "attn_v", "attn.out_proj": "attn_output", "mlp.fc_in": "ffn_up", "mlp.fc_out": "ffn_down",
+}
+_TOP_NAMES = {
+    "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+    "gpt_neox.embed_in": "token_embd", "gpt_neox.final_layer_norm": "output_norm", "embed_out": "output",
+    "transformer.word_embeddings": "token_embd", "transformer.word_embeddings_layernorm": "token_embd_norm",
+    "transformer.ln_f": "output_norm", "transformer.wte": "token_embd", "transformer.wpe": "position_embd",
+}
+_LAYER_PREFIXES = ("model.layers.", "gpt_neox.layers.", "transformer.h.")
+
+
+def _per_head_qkv_to_qkv(a: np.ndarray, n_head: int) -> np.ndarray:
+    """BLOOM / GPT-NeoX fused rows (n_head, 3, hd) -> [all q; all k; all v] (the converter's reshuffle)."""
+    x = a.reshape(n_head, 3, a.shape[0] // n_head // 3, *a.shape[1:])
+    return np.concatenate([x[:, j].reshape(-1, *a.shape[1:]) for j in range(3)])
+
+
+def _falcon_qkv_to_qkv(a: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
+    """Falcon's rows grouped per kv head (n_kv, q-per-kv + 2, hd) -> [q; k; v]."""
+    hd = a.shape[0] // (n_head + 2 * n_kv)
+    x = a.reshape(n_kv, n_head // n_kv + 2, hd, *a.shape[1:])
+    q = x[:, :-2].reshape(-1, *a.shape[1:])
+    return np.concatenate([q, x[:, -2].reshape(-1, *a.shape[1:]), x[:, -1].reshape(-1, *a.shape[1:])])
+
+
+def hf_to_gguf(model) -> tuple[str, dict, dict[str, np.ndarray]]:
+    """(architecture, metadata without the architecture prefix, {GGUF name: float32 array})."""
+    c = model.config
+    mt = c.model_type
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    tied = bool(getattr(c, "tie_word_embeddings", False))
+    out: dict[str, np.ndarray] = {}
+    qnorms: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    for k, a in sd.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")):
+            continue  # causal-mask buffers, not weights
+        if mt == "gpt2" and k.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            a = a.T  # Conv1D (in, out) -> (out, in)
+        layer = next((p for p in _LAYER_PREFIXES if k.startswith(p)), None)
+        if layer is None:
+            mod, kind = k.rsplit(".", 1)
+            if mod == "lm_head" and tied:
+                continue  # not in a tied checkpoint's files
+            out[f"{_TOP_NAMES[mod]}.{kind}"] = a
+            continue
+        i, rest = k[len(layer):].split(".", 1)
+        if rest.endswith(("experts.gate_up_proj", "experts.down_proj")):  # stacked (E, rows, cols)
+            if rest.endswith("gate_up_proj"):
+                half = a.shape[1] // 2
+                out[f"blk.{i}.ffn_gate_exps.weight"], out[f"blk.{i}.ffn_up_exps.weight"] = a[:, :half], a[:, half:]
+            else:
+                out[f"blk.{i}.ffn_down_exps.weight"] = a
+            continue
+        if "_layernorm.norms." in rest:  # StableLM's per-head q/k LayerNorms, stacked (n_head, hd)
+            which, h = rest.split(".")[1], int(rest.split(".")[3])
+            qnorms.setdefault((i, which), {})[h] = a
+            continue
+        mod, kind = rest.rsplit(".", 1)
+        stem = _LAYER_NAMES[mod]
+        if stem == "attn_qkv" and mt in ("gpt_neox", "bloom"):
+            a = _per_head_qkv_to_qkv(a, c.num_attention_heads)
+        elif stem == "attn_qkv" and mt == "falcon":
+            a = _falcon_qkv_to_qkv(a, c.num_attention_heads, _falcon_kv(c))
+        elif mt == "llama" and stem in ("attn_q", "attn_k"):
+            a = permute_qk(a, c.num_attention_heads if stem == "attn_q" else c.num_key_value_heads)
+        out[f"blk.{i}.{stem}.{kind}"] = a
+    for (i, which), norms in qnorms.items():
+        out[f"blk.{i}.attn_{which[0]}_norm.weight"] = np.stack([norms[h] for h in sorted(norms)])
+    if mt in ("gpt2", "bloom") and "output.weight" not in out:
+        out["output.weight"] = out["token_embd.weight"]  # these converters duplicate the tied head
+    arch, meta = _metadata(c)
+    return arch, meta, out
+
+
+def _falcon_kv(c) -> int:
+    if c.new_decoder_architecture:
+        return c.num_kv_heads
+    return 1 if c.multi_query else c.num_attention_heads
+
+
+def _metadata(c) -> tuple[str, dict]:
+    mt = c.model_type
+    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama"):
+        hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        m = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
+             "feed_forward_length": c.intermediate_size, "block_count": c.num_hidden_layers,
+             "attention.head_count": c.num_attention_heads, "attention.head_count_kv": c.num_key_value_heads,
+             "rope.freq_base": float(c.rope_parameters["rope_theta"]),
+             "attention.layer_norm_rms_epsilon": float(c.rms_norm_eps)}
+        if mt in ("qwen2_moe", "qwen3_moe"):
+            m |= {"expert_used_count": c.num_experts_per_tok, "expert_count": c.num_experts,
+                  "expert_feed_forward_length": c.moe_intermediate_size, "attention.key_length": hd,
+                  "attention.value_length": hd}
+            if mt == "qwen2_moe":
+                m["expert_shared_feed_forward_length"] = c.shared_expert_intermediate_size
+        if mt == "phi3":
+            m |= {"rope.dimension_count": hd,
+                  "rope.scaling.original_context_length": c.original_max_position_embeddings}
+        arch = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}.get(mt, mt)
+        return arch, m
+    hd = c.hidden_size // c.num_attention_heads if mt != "gptj" else c.n_embd // c.n_head
+    if mt == "gpt_neox":
+        return "gptneox", {
+            "context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
+            "block_count": c.num_hidden_layers, "feed_forward_length": c.intermediate_size,
+            "rope.dimension_count": int(c.rope_parameters.get("partial_rotary_factor", 1.0) * hd),
+            "attention.head_count": c.num_attention_heads, "use_parallel_residual": bool(c.use_parallel_residual),
+            "attention.layer_norm_epsilon": float(c.layer_norm_eps)}
+    if mt == "falcon":
+        return "falcon", {
+            "context_length": 2048, "embedding_length": c.hidden_size, "feed_forward_length": 4 * c.hidden_size,
+            "block_count": c.num_hidden_layers, "attention.head_count": c.num_attention_heads,
+            "attention.head_count_kv": _falcon_kv(c), "attention.layer_norm_epsilon": float(c.layer_norm_epsilon)}
+    if mt == "bloom":
+        return "bloom", {
+            "context_length": getattr(c, "seq_length", c.hidden_size), "embedding_length": c.hidden_size,
+            "feed_forward_length": 4 * c.hidden_size,
+            "block_count": c.n_layer, "attention.head_count": c.n_head, "attention.head_count_kv": c.n_head,
+            "attention.layer_norm_epsilon": float(c.layer_norm_epsilon)}
+    if mt == "stablelm":
+        return "stablelm", {
+            "context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
+            "block_count": c.num_hidden_layers, "feed_forward_length": c.intermediate_size,
+            "rope.dimension_count": int(c.rope_parameters.get("partial_rotary_factor", 1.0) * hd),
+            "attention.head_count": c.num_attention_heads, "attention.head_count_kv": c.num_key_value_heads,
+            "use_parallel_residual": bool(c.use_parallel_residual),
+            "attention.layer_norm_epsilon": float(c.layer_norm_eps)}
+    if mt == "gpt2":
+        return "gpt2", {
+            "block_count": c.n_layer, "context_length": getattr(c, "n_ctx", c.n_positions), "embedding_length": c.n_embd,
+            "feed_forward_length": 4 * c.n_embd, "attention.head_count": c.n_head,
+            "attention.layer_norm_epsilon": float(c.layer_norm_epsilon)}
+    if mt == "gptj":
+        m = {"block_count": c.n_layer, "context_length": c.n_positions, "embedding_length": c.n_embd,
+             "feed_forward_length": 4 * c.n_embd, "attention.head_count": c.n_head,
+             "attention.layer_norm_epsilon": float(c.layer_norm_epsilon)}
+        if c.rotary_dim and c.rotary_dim < hd:
+            m["rope.dimension_count"] = c.rotary_dim
+        return "gptj", m
+    raise ValueError(mt)
+
+
+def keeps_float(name: str, a: np.ndarray) -> bool:
+    """Tensors llama.cpp leaves in F32 in a quantised file: vectors, norms, the expert routers."""
+    return a.ndim < 2 or name.endswith("_norm.weight") or "ffn_gate_inp" in name
+
+
+def write_gguf(path, arch: str, meta: dict, tensors: dict[str, np.ndarray], kind: str) -> None:
+    """Write `tensors` as `kind` (F32, F16, or a block type the gguf package can quantise)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, v in meta.items():
+        key = f"{arch}.{key}"
+        if isinstance(v, bool):
+            w.add_bool(key, v)
+        elif isinstance(v, int):
+            w.add_uint32(key, v)
+        elif isinstance(v, float):
+            w.add_float32(key, v)
+        else:
+            w.add_string(key, str(v))
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if kind == "F32" or keeps_float(name, a):
+            w.add_tensor(name, a)
+        elif kind == "F16":
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            t = gguf.GGMLQuantizationType[kind]
+            w.add_tensor(name, gguf.quants.quantize(a, t), raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def round_to_(model, kind: str) -> None:
+    """Give a transformers model the values its weights take in a `kind` GGUF file (quantise and
+    dequantise along the input dimension, where GGUF's blocks run), so it is the exact reference for
+    that file. Re-quantising such values reproduces them."""
+    import gguf
+    import torch
+
+    if kind == "F32":
+        return
+    conv1d = {n + ".weight" for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim < 2 or name.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):
+                continue
+            a = p.detach().float().numpy()
+            a = a.T if name in conv1d else a
+            if kind == "F16":
+                r = a.astype(np.float16).astype(np.float32)
+            else:
+                t = gguf.GGMLQuantizationType[kind]
+                r = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(a), t), t)
+            p.copy_(torch.from_numpy(np.ascontiguousarray(r.T if name in conv1d else r)))

@@ -1,0 +1,99 @@
+"""GGUF files of every architecture lmzoo reads besides `llama` (tests/checkpoints/test_gguf.py):
+a tiny random transformers model is written the way llama.cpp's converter writes it
+(tests/refs/gguf_ref.py: tensor names, fused layouts, metadata keys), loaded with
+lmzoo.from_pretrained, and checked against that transformers model — logits (fp32, max abs diff
+<= 1e-4) and greedy generation. For F16 and Q8_0 files the transformers model first gets the values
+its weights take in the file (gguf_ref.round_to_), so the same reference holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+import lmzoo
+from lmzoo.errors import CheckpointError
+from tests.helpers import greedy_ours, greedy_ref, perturb_
+from tests.refs import gguf_ref
+
+pytest.importorskip("gguf")
+
+V, D = 96, 64  # Q8_0 blocks need rows of multiples of 32
+ATT = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=D, vocab_size=V, max_position_embeddings=64)
+
+MODELS = {
+    "qwen2moe": lambda: tf.Qwen2MoeConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
+                                          moe_intermediate_size=32, shared_expert_intermediate_size=96,
+                                          num_experts=4, num_experts_per_tok=2),
+    # a dense layer among MoE ones (mlp_only_layers): the router's presence marks the MoE layers
+    "qwen2moe-dense-layer": lambda: tf.Qwen2MoeConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
+                                                      moe_intermediate_size=32, shared_expert_intermediate_size=96,
+                                                      num_experts=4, num_experts_per_tok=2, mlp_only_layers=[1]),
+    "qwen3moe": lambda: tf.Qwen3MoeConfig(**ATT, num_key_value_heads=2, intermediate_size=128, head_dim=16,
+                                          moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                          norm_topk_prob=True),
+    "phi3": lambda: tf.Phi3Config(**ATT, num_key_value_heads=2, intermediate_size=128, pad_token_id=0,
+                                  bos_token_id=1, eos_token_id=2, original_max_position_embeddings=64),
+    "gptneox": lambda: tf.GPTNeoXConfig(**ATT, intermediate_size=128, rotary_pct=0.25),
+    "gptneox-sequential": lambda: tf.GPTNeoXConfig(**ATT, intermediate_size=128, rotary_pct=0.5,
+                                                   use_parallel_residual=False),
+    "falcon": lambda: tf.FalconConfig(**ATT),  # Falcon-7B: multi-query, one norm, parallel
+    "falcon-40b": lambda: tf.FalconConfig(**ATT, new_decoder_architecture=True, num_kv_heads=2),
+    "bloom": lambda: tf.BloomConfig(vocab_size=V, hidden_size=D, n_layer=2, n_head=4),
+    "stablelm": lambda: tf.StableLmConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
+                                          partial_rotary_factor=0.25),
+    # StableLM 2: q/k/v biases, per-head q/k LayerNorms, parallel residual with one norm
+    "stablelm2": lambda: tf.StableLmConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
+                                           partial_rotary_factor=0.25, use_qkv_bias=True, qk_layernorm=True,
+                                           use_parallel_residual=True),
+    "gpt2": lambda: tf.GPT2Config(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64),
+    "gptj": lambda: tf.GPTJConfig(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64, rotary_dim=8),
+}
+
+
+def hf_model(key: str, kind: str):
+    torch.manual_seed(0)
+    m = tf.AutoModelForCausalLM.from_config(MODELS[key](), attn_implementation="eager")
+    m = perturb_(m, scale=0.05).eval()
+    gguf_ref.round_to_(m, kind)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["F32", "F16", "Q8_0"])
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_matches_transformers(tmp_path, key, kind):
+    ref = hf_model(key, kind)
+    arch, meta, tensors = gguf_ref.hf_to_gguf(ref)
+    p = tmp_path / f"{key}-{kind}.gguf"
+    gguf_ref.write_gguf(p, arch, meta, tensors, kind)
+    ours = lmzoo.from_pretrained(p)
+    quantised = [m for m in ours.modules() if type(m).__name__ in ("Int8Linear", "Int4Linear")]
+    assert bool(quantised) == (kind == "Q8_0")  # block formats stay integer codes
+    ids = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ref(ids).logits - ours(ids)).abs().max() <= 1e-4
+    assert torch.equal(greedy_ours(ours, ids, 12), greedy_ref(ref, ids, 12))
+
+
+def test_dequantised_load_matches_kept_codes(tmp_path):
+    """keep_quantized=False expands the same file to floats: the same function."""
+    ref = hf_model("qwen2moe", "Q8_0")
+    p = tmp_path / "m.gguf"
+    gguf_ref.write_gguf(p, *gguf_ref.hf_to_gguf(ref), "Q8_0")
+    ids = torch.randint(0, V, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = lmzoo.from_pretrained(p, keep_quantized=False)(ids)
+        b = lmzoo.from_pretrained(p)(ids)
+        assert (a - b).abs().max() <= 1e-4
+        assert (ref(ids).logits - a).abs().max() <= 1e-4
+
+
+def test_missing_expert_metadata_names_the_key(tmp_path):
+    ref = hf_model("qwen3moe", "F32")
+    arch, meta, tensors = gguf_ref.hf_to_gguf(ref)
+    del meta["expert_used_count"]
+    p = tmp_path / "m.gguf"
+    gguf_ref.write_gguf(p, arch, meta, tensors, "F32")
+    with pytest.raises(CheckpointError, match="qwen3moe.expert_used_count") as e:
+        lmzoo.from_pretrained(p)
+    assert "\n" not in str(e.value)
