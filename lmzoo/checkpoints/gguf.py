@@ -60,6 +60,9 @@ class GGUFArch:
 
 ARCHES = {
     "llama": GGUFArch(rope_pairs=True),
+    # Baichuan-7B / Baichuan2-7B: the converter splits W_pack into attn_q/k/v with llama's row order
+    # (Baichuan-13B's ALiBi variant is told apart only by its size in llama.cpp: not read here)
+    "baichuan": GGUFArch(rope_pairs=True),
     "qwen2": GGUFArch(),
     "qwen3": GGUFArch(),
     "qwen2moe": GGUFArch(),

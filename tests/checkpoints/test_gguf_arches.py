@@ -34,6 +34,14 @@ MODELS = {
                                           norm_topk_prob=True),
     "phi3": lambda: tf.Phi3Config(**ATT, num_key_value_heads=2, intermediate_size=128, pad_token_id=0,
                                   bos_token_id=1, eos_token_id=2, original_max_position_embeddings=64),
+    # Phi-3 128k: LongRoPE, its factors stored as rope_factors_long / rope_factors_short
+    "phi3-longrope": lambda: tf.Phi3Config(**{**ATT, "max_position_embeddings": 128}, num_key_value_heads=2,
+                                           intermediate_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                           original_max_position_embeddings=32,
+                                           rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                            "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                                                            "long_factor": [1.5 + 0.3 * i for i in range(8)]}),
+    "baichuan": lambda: tf.LlamaConfig(**ATT, intermediate_size=128, rms_norm_eps=1e-6),
     "gptneox": lambda: tf.GPTNeoXConfig(**ATT, intermediate_size=128, rotary_pct=0.25),
     "gptneox-sequential": lambda: tf.GPTNeoXConfig(**ATT, intermediate_size=128, rotary_pct=0.5,
                                                    use_parallel_residual=False),
@@ -51,6 +59,9 @@ MODELS = {
 }
 
 
+AS_ARCH = {"baichuan": "baichuan"}  # written from a LLaMA model (Baichuan-7B is LLaMA with W_pack)
+
+
 def hf_model(key: str, kind: str):
     torch.manual_seed(0)
     m = tf.AutoModelForCausalLM.from_config(MODELS[key](), attn_implementation="eager")
@@ -63,7 +74,7 @@ def hf_model(key: str, kind: str):
 @pytest.mark.parametrize("key", sorted(MODELS))
 def test_matches_transformers(tmp_path, key, kind):
     ref = hf_model(key, kind)
-    arch, meta, tensors = gguf_ref.hf_to_gguf(ref)
+    arch, meta, tensors = gguf_ref.hf_to_gguf(ref, AS_ARCH.get(key))
     p = tmp_path / f"{key}-{kind}.gguf"
     gguf_ref.write_gguf(p, arch, meta, tensors, kind)
     ours = lmzoo.from_pretrained(p)
@@ -97,3 +108,15 @@ def test_missing_expert_metadata_names_the_key(tmp_path):
     with pytest.raises(CheckpointError, match="qwen3moe.expert_used_count") as e:
         lmzoo.from_pretrained(p)
     assert "\n" not in str(e.value)
+
+
+def test_longrope_past_the_original_context(tmp_path):
+    """Past original_context_length LongRoPE switches to the long factors: both tables came through."""
+    ref = hf_model("phi3-longrope", "F32")
+    p = tmp_path / "m.gguf"
+    gguf_ref.write_gguf(p, *gguf_ref.hf_to_gguf(ref), "F32")
+    ours = lmzoo.from_pretrained(p)
+    assert ours.config.rope_scaling.kind == "longrope"
+    ids = torch.randint(0, V, (1, 48), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (ref(ids).logits - ours(ids)).abs().max() <= 1e-4

@@ -4,6 +4,8 @@ dequantisers. Used by the GGUF tests to check lmzoo's loader end to end."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 QK = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144), "Q6_K": (256, 210)}
@@ -192,8 +194,10 @@ def _falcon_qkv_to_qkv(a: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
     return np.concatenate([q, x[:, -2].reshape(-1, *a.shape[1:]), x[:, -1].reshape(-1, *a.shape[1:])])
 
 
-def hf_to_gguf(model) -> tuple[str, dict, dict[str, np.ndarray]]:
-    """(architecture, metadata without the architecture prefix, {GGUF name: float32 array})."""
+def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, np.ndarray]]:
+    """(architecture, metadata without the architecture prefix, {GGUF name: float32 array}).
+    as_arch="baichuan" writes a LLaMA model as Baichuan-7B's converter would (LLaMA with q, k, v
+    fused as W_pack, which the converter splits and permutes like llama's)."""
     c = model.config
     mt = c.model_type
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
@@ -235,9 +239,17 @@ def hf_to_gguf(model) -> tuple[str, dict, dict[str, np.ndarray]]:
         out[f"blk.{i}.{stem}.{kind}"] = a
     for (i, which), norms in qnorms.items():
         out[f"blk.{i}.attn_{which[0]}_norm.weight"] = np.stack([norms[h] for h in sorted(norms)])
+    rope = getattr(c, "rope_parameters", None) or {}
+    if mt == "phi3" and rope.get("rope_type") == "longrope":  # LongRoPE's divisors as two tensors
+        out["rope_factors_long.weight"] = np.asarray(rope["long_factor"], np.float32)
+        out["rope_factors_short.weight"] = np.asarray(rope["short_factor"], np.float32)
     if mt in ("gpt2", "bloom") and "output.weight" not in out:
         out["output.weight"] = out["token_embd.weight"]  # these converters duplicate the tied head
     arch, meta = _metadata(c)
+    if as_arch == "baichuan":  # BaichuanModel.set_gguf_parameters: no rope.freq_base
+        meta = {k: v for k, v in meta.items() if k != "rope.freq_base"} | {"rope.dimension_count": meta.get(
+            "attention.key_length", c.hidden_size // c.num_attention_heads)}
+        arch = as_arch
     return arch, meta, out
 
 
@@ -263,8 +275,11 @@ def _metadata(c) -> tuple[str, dict]:
             if mt == "qwen2_moe":
                 m["expert_shared_feed_forward_length"] = c.shared_expert_intermediate_size
         if mt == "phi3":
-            m |= {"rope.dimension_count": hd,
-                  "rope.scaling.original_context_length": c.original_max_position_embeddings}
+            orig = c.original_max_position_embeddings
+            m |= {"rope.dimension_count": hd, "rope.scaling.original_context_length": orig}
+            scale = c.max_position_embeddings / orig
+            if (c.rope_parameters or {}).get("rope_type") == "longrope" and scale > 1:
+                m["rope.scaling.attn_factor"] = math.sqrt(1 + math.log(scale) / math.log(orig))
         arch = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}.get(mt, mt)
         return arch, m
     hd = c.hidden_size // c.num_attention_heads if mt != "gptj" else c.n_embd // c.n_head
