@@ -23,7 +23,8 @@ r = i*2 + j  (i < hd/2, j in {0, 1}) from j*hd/2 + i:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ class GGUFArch:
     parallel_residual: bool = False  # when the file has no `{arch}.use_parallel_residual`
     moe_renormalize: bool = False  # top-k router weights renormalised (llama.cpp's norm_w)
     qk_norm_kind: str = "rmsnorm"
+    attention: str = "standard"  # or "mla" (DeepSeek-V2/V3: the latent sizes come from the metadata)
+    # lmzoo name -> fn(tensor, cfg): row permutations of whole canonical tensors (the HF adapters' own)
+    transforms: dict[str, Callable] = field(default_factory=dict)
+
+
+def _deepseek_transforms() -> dict[str, Callable]:
+    # DeepSeek's released weights rotate adjacent pairs, and llama.cpp keeps them so (its rope mode for
+    # deepseek2 is the pairwise one): the HF adapter's re-ordering of the rope rows applies unchanged
+    from lmzoo.checkpoints.adapters.moe import DEEPSEEK_TRANSFORMS
+
+    return DEEPSEEK_TRANSFORMS
 
 
 ARCHES = {
@@ -73,6 +85,7 @@ ARCHES = {
     "bloom": GGUFArch(norm="layernorm", mlp="gelu_tanh", position="alibi"),
     "stablelm": GGUFArch(norm="layernorm", qk_norm_kind="layernorm_per_head"),
     "gpt2": GGUFArch(norm="layernorm", mlp="gelu_tanh", position="learned"),
+    "deepseek2": GGUFArch(attention="mla", transforms=_deepseek_transforms()),
     "gptj": GGUFArch(norm="layernorm", mlp="gelu_tanh", rope_pairs=True, parallel_residual=True),
 }
 
@@ -100,6 +113,16 @@ def gguf_weights(names) -> dict[str, tuple[str, ...]]:
         "layers.{i}.attn.q_norm.weight": (B + "attn_q_norm.weight",),
         "layers.{i}.attn.k_norm.weight": (B + "attn_k_norm.weight",),
         "layers.{i}.mlp.router.weight": (B + "ffn_gate_inp.weight",),
+        "layers.{i}.mlp.router_bias": (B + "exp_probs_b.bias",),
+        # MLA (deepseek2): kv_b is stored split as attn_k_b (transposed) and attn_v_b by newer
+        # converters; GGUFSource puts attn_kv_b back together
+        "layers.{i}.attn.q.weight": (B + "attn_q.weight",),
+        "layers.{i}.attn.q_a.weight": (B + "attn_q_a.weight",),
+        "layers.{i}.attn.q_a_norm.weight": (B + "attn_q_a_norm.weight",),
+        "layers.{i}.attn.q_b.weight": (B + "attn_q_b.weight",),
+        "layers.{i}.attn.kv_a.weight": (B + "attn_kv_a_mqa.weight",),
+        "layers.{i}.attn.kv_a_norm.weight": (B + "attn_kv_a_norm.weight",),
+        "layers.{i}.attn.kv_b.weight": (B + "attn_kv_b.weight",),
         # experts stacked (n_expert, rows, cols) in one tensor each: expert e is slice [e]
         "layers.{i}.mlp.experts.{e}.gate_up.weight": (B + "ffn_gate_exps.weight[{e}]", B + "ffn_up_exps.weight[{e}]"),
         "layers.{i}.mlp.experts.{e}.down.weight": (B + "ffn_down_exps.weight[{e}]",),
@@ -185,6 +208,7 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
     # a single norm per block means both branches read it: a parallel block (GPT-J, Falcon-7B, StableLM-2-12B)
     shared_norm = not stems & {"ffn_norm.weight", "attn_norm_2.weight"}
     moe = _moe_fields(reader, path, a, n_layer)
+    mla = _mla_fields(reader, a, need, rope_dim, scaling) if arch.attention == "mla" else {}
     window = _field(reader, a + "attention.sliding_window")
     cfg = ModelConfig(
         name=str(_field(reader, "general.name", path.stem)),
@@ -202,7 +226,7 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
         mlp=arch.mlp,
         position="learned" if "position_embd.weight" in names else arch.position,
         rope_theta=float(_field(reader, a + "rope.freq_base", 10000.0)),
-        rotary_percentage=rope_dim / head_dim,
+        rotary_percentage=1.0 if mla else rope_dim / head_dim,
         rope_scaling=scaling,
         sliding_window=int(window) if window else None,
         qkv_bias=bool(stems & {"attn_qkv.bias", "attn_q.bias"}),
@@ -219,9 +243,29 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
         eos_token_id=() if eos is None else (int(eos),),
         pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
         **moe,
+        **mla,
         moe_renormalize=bool(_field(reader, a + "expert_weights_norm", arch.moe_renormalize)),
     )
     return cfg, arch
+
+
+def _mla_fields(reader: GGUFFile, a: str, need, rope_dim: int, scaling: RopeScaling) -> dict[str, Any]:
+    """DeepSeek's multi-head latent attention. Newer files describe it in llama.cpp's absorbed (MQA)
+    form — key_length = kv_lora_rank + rope dims, with the per-head sizes in key_length_mla /
+    value_length_mla; older ones give the per-head sizes in key_length / value_length."""
+    qk = int(_field(reader, a + "attention.key_length_mla") or need("attention.key_length"))
+    v = int(_field(reader, a + "attention.value_length_mla") or need("attention.value_length"))
+    q_rank = _field(reader, a + "attention.q_lora_rank")
+    scale = qk ** -0.5
+    log_mul = _field(reader, a + "rope.scaling.yarn_log_multiplier")
+    if scaling.kind == "yarn" and log_mul and scaling.factor > 1:
+        import math
+
+        m = 1.0 + float(log_mul) * math.log(scaling.factor)  # YaRN's temperature on the softmax too
+        scale *= m * m
+    return dict(attention="mla", q_lora_rank=int(q_rank) if q_rank else None,
+                kv_lora_rank=int(need("attention.kv_lora_rank")), qk_nope_head_dim=qk - rope_dim,
+                qk_rope_head_dim=rope_dim, v_head_dim=v, attn_scale=scale)
 
 
 def _rope_scaling(reader: GGUFFile, path: Path, a: str, max_seq: int, rope_dim: int) -> RopeScaling:
@@ -263,7 +307,13 @@ def _moe_fields(reader: GGUFFile, path: Path, a: str, n_layer: int) -> dict[str,
         raise CheckpointError(f"{path.name}: GGUF metadata lacks {a}expert_feed_forward_length")
     shexp = reader.tensors.get(f"blk.{layers[0]}.ffn_gate_shexp.weight")
     shared = _field(reader, a + "expert_shared_feed_forward_length") or (shexp.shape[0] if shexp is not None else 0)
+    sigmoid = _field(reader, a + "expert_gating_func") == 2  # llama.cpp: 1 softmax, 2 sigmoid
     return dict(
+        router="sigmoid" if sigmoid else "softmax", router_group_score="top2" if sigmoid else "max",
+        router_bias=f"blk.{layers[0]}.exp_probs_b.bias" in reader.tensors,
+        router_groups=int(_field(reader, a + "expert_group_count", 0) or 1),
+        router_topk_groups=int(_field(reader, a + "expert_group_used_count", 0) or 1),
+        routed_scaling=float(_field(reader, a + "expert_weights_scale", 1.0)),
         n_experts=need("expert_count"), n_experts_per_tok=need("expert_used_count"),
         moe_intermediate_size=int(width), moe_layers=None if len(layers) == n_layer else layers,
         shared_expert_size=int(shared),
@@ -288,9 +338,14 @@ class GGUFSource:
         self._stacked: tuple[str, torch.Tensor] | None = None  # the last stacked tensor decoded
 
     def keys(self) -> list[str]:
-        return list(self._file.tensors)
+        names = list(self._file.tensors)
+        split = {n for n in names if n.endswith((".attn_k_b.weight", ".attn_v_b.weight"))}
+        joined = {n.replace(".attn_k_b.", ".attn_kv_b.") for n in split if n.endswith(".attn_k_b.weight")}
+        return [n for n in names if n not in split] + sorted(joined - set(names))
 
     def get(self, name: str) -> torch.Tensor:
+        if name.endswith(".attn_kv_b.weight") and name not in self._file.tensors:
+            return self._kv_b(name)
         base, index = split_index(name)
         if index is not None:
             if self._stacked is None or self._stacked[0] != base:
@@ -299,6 +354,14 @@ class GGUFSource:
         w = self._decode(name)
         order = _row_order(name, w.shape[0], self._cfg, self._arch)
         return w if order is None else w[order]
+
+    def _kv_b(self, name: str) -> torch.Tensor:
+        """MLA's kv_b from llama.cpp's split form: per head, k_b (kv_lora_rank, nope) transposed, then
+        v_b (v, kv_lora_rank) -> rows [nope of k | v] per head, (n_head * (nope + v), kv_lora_rank)."""
+        k_b = self._decode(name.replace(".attn_kv_b.", ".attn_k_b."))  # (n_head, rank, nope)
+        v_b = self._decode(name.replace(".attn_kv_b.", ".attn_v_b."))  # (n_head, v, rank)
+        kv = torch.cat([k_b.transpose(1, 2), v_b], dim=1)
+        return kv.reshape(-1, kv.shape[-1]).contiguous()
 
     def _decode(self, name: str) -> torch.Tensor:
         t = self._file.tensors[name]
@@ -330,8 +393,8 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_qu
     if keep_quantized and dtype == torch.float32:
         model = _load_quantized(reader, cfg, arch, source, weights, device)
     else:
-        model = instantiate(cfg, source, weights, ignore=CONFIG_TENSORS, transforms=GGUF_TRANSFORMS,
-                            dtype=dtype, device=device)
+        model = instantiate(cfg, source, weights, ignore=CONFIG_TENSORS,
+                            transforms={**GGUF_TRANSFORMS, **arch.transforms}, dtype=dtype, device=device)
     from lmzoo.checkpoints.peft import CheckpointLayout
 
     # q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
@@ -357,11 +420,16 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         order = _row_order(base, t.shape[0], cfg, arch)
         return None if order is None else order.numpy()
 
-    def build(names: list[str]):
+    def build(names: list[str], template: str):
         ts = [f.tensors.get(split_index(n)[0]) for n in names]
         if any(t is None or t.type_name not in QUANTISED for t in ts):
-            return None  # float tensors (or missing ones) take the ordinary path
-        mod = quantised_linear(f, ts, [rows(n, t) for n, t in zip(names, ts)])
+            return None  # float tensors (or missing, reassembled ones) take the ordinary path
+        orders = [rows(n, t) for n, t in zip(names, ts)]
+        if template in arch.transforms:  # a row permutation of the whole tensor
+            if len(ts) > 1 or orders[0] is not None:
+                return None
+            orders = [arch.transforms[template](torch.arange(ts[0].shape[0]), cfg).numpy()]
+        mod = quantised_linear(f, ts, orders)
         biases = [n.replace(".weight", ".bias") for n in names]
         if all(b in f.tensors for b in biases):
             parts = mod.parts if isinstance(mod, RowConcat) else [mod]
@@ -384,13 +452,15 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
             parts = [fill_template(q, index) for q in weights[template]]
         else:
             continue
-        mod = build(parts)
+        mod = build(parts, template)
         if mod is not None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, mod)
     # everything still on the meta device (embedding, norms, float linears) loads as floats
     state = {}
-    persistent = set(model.state_dict())  # buffers recomputed from the config (RoPE, ALiBi) are not loaded
+    persistent = set(model.state_dict())
+    available = set(source.keys())
+    transforms = {**GGUF_TRANSFORMS, **arch.transforms}  # buffers recomputed from the config (RoPE, ALiBi) are not loaded
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if not p.is_meta or name not in persistent or (name == "lm_head.weight" and cfg.tie_embeddings):
             continue
@@ -398,13 +468,13 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         if template not in weights:
             raise CheckpointError(f"{f.path.name}: no GGUF tensor maps to {name}")
         parts = [fill_template(q, index) for q in weights[template]]
-        missing = [q for q in parts if split_index(q)[0] not in f.tensors]
+        missing = [q for q in parts if split_index(q)[0] not in available]
         if missing:
             raise CheckpointError(f"{f.path.name} is missing tensor(s) {missing}")
         ts = [source.get(q) for q in parts]
         t = torch.cat(ts) if len(ts) > 1 else ts[0]
-        if template in GGUF_TRANSFORMS:
-            t = GGUF_TRANSFORMS[template](t, cfg)
+        if template in transforms:
+            t = transforms[template](t, cfg)
         if tuple(t.shape) != tuple(p.shape):
             raise CheckpointError(f"{f.path.name}: {' + '.join(parts)} gives shape {tuple(t.shape)}, the config "
                                   f"needs {tuple(p.shape)} for {name}")

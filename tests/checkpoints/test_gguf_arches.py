@@ -21,6 +21,10 @@ pytest.importorskip("gguf")
 V, D = 96, 64  # Q8_0 blocks need rows of multiples of 32
 ATT = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=D, vocab_size=V, max_position_embeddings=64)
 
+MLA = dict(ATT, intermediate_size=128, num_key_value_heads=4, kv_lora_rank=32, qk_nope_head_dim=32,
+           qk_rope_head_dim=8, v_head_dim=8, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+           n_shared_experts=1, first_k_dense_replace=1, pad_token_id=0, eos_token_id=2)
+
 MODELS = {
     "qwen2moe": lambda: tf.Qwen2MoeConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
                                           moe_intermediate_size=32, shared_expert_intermediate_size=96,
@@ -54,6 +58,10 @@ MODELS = {
     "stablelm2": lambda: tf.StableLmConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
                                            partial_rotary_factor=0.25, use_qkv_bias=True, qk_layernorm=True,
                                            use_parallel_residual=True),
+    # DeepSeek: MLA (kv_b stored split as k_b / v_b), DeepSeekMoE with a leading dense layer
+    "deepseek2-v2-lite": lambda: tf.DeepseekV2Config(**MLA, q_lora_rank=None, topk_method="greedy"),
+    "deepseek2-v3": lambda: tf.DeepseekV3Config(**MLA, q_lora_rank=32, n_group=2, topk_group=1,
+                                                routed_scaling_factor=2.5, norm_topk_prob=True),
     "gpt2": lambda: tf.GPT2Config(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64),
     "gptj": lambda: tf.GPTJConfig(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64, rotary_dim=8),
 }

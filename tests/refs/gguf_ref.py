@@ -160,6 +160,11 @@ _LAYER_NAMES = {  # HF module path inside a block -> GGUF tensor stem
     "mlp.gate": "ffn_gate_inp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
     "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
     "mlp.shared_expert.down_proj": "ffn_down_shexp",
+    # DeepSeek-V2/V3 (MLA, DeepSeekMoE)
+    "self_attn.q_a_proj": "attn_q_a", "self_attn.q_a_layernorm": "attn_q_a_norm", "self_attn.q_b_proj": "attn_q_b",
+    "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa", "self_attn.kv_a_layernorm": "attn_kv_a_norm",
+    "mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
+    "mlp.shared_experts.down_proj": "ffn_down_shexp",
     # GPT-NeoX
     "attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
     "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down",
@@ -228,6 +233,15 @@ def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, 
             which, h = rest.split(".")[1], int(rest.split(".")[3])
             qnorms.setdefault((i, which), {})[h] = a
             continue
+        if rest == "mlp.gate.e_score_correction_bias":  # V3's selection bias
+            out[f"blk.{i}.exp_probs_b.bias"] = a
+            continue
+        if rest == "self_attn.kv_b_proj.weight":  # split per head into k_b (transposed) and v_b
+            nope, v = c.qk_nope_head_dim, c.v_head_dim
+            kv = a.reshape(c.num_attention_heads, nope + v, a.shape[-1])
+            out[f"blk.{i}.attn_k_b.weight"] = np.ascontiguousarray(kv[:, :nope].transpose(0, 2, 1))
+            out[f"blk.{i}.attn_v_b.weight"] = np.ascontiguousarray(kv[:, nope:])
+            continue
         mod, kind = rest.rsplit(".", 1)
         stem = _LAYER_NAMES[mod]
         if stem == "attn_qkv" and mt in ("gpt_neox", "bloom"):
@@ -282,6 +296,29 @@ def _metadata(c) -> tuple[str, dict]:
                 m["rope.scaling.attn_factor"] = math.sqrt(1 + math.log(scale) / math.log(orig))
         arch = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}.get(mt, mt)
         return arch, m
+    if mt in ("deepseek_v2", "deepseek_v3"):
+        v3 = mt == "deepseek_v3"
+        r = c.kv_lora_rank
+        m = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
+             "feed_forward_length": c.intermediate_size, "block_count": c.num_hidden_layers,
+             "attention.head_count": c.num_attention_heads, "attention.head_count_kv": 1,
+             "rope.freq_base": float(c.rope_parameters["rope_theta"]),
+             "attention.layer_norm_rms_epsilon": float(c.rms_norm_eps),
+             "expert_used_count": c.num_experts_per_tok, "leading_dense_block_count": c.first_k_dense_replace,
+             "vocab_size": c.vocab_size, "attention.kv_lora_rank": r,
+             "attention.key_length": r + c.qk_rope_head_dim, "attention.value_length": r,
+             "attention.key_length_mla": c.qk_nope_head_dim + c.qk_rope_head_dim,
+             "attention.value_length_mla": c.v_head_dim, "expert_feed_forward_length": c.moe_intermediate_size,
+             "expert_count": c.n_routed_experts, "expert_shared_count": c.n_shared_experts,
+             "expert_weights_scale": float(c.routed_scaling_factor), "rope.dimension_count": c.qk_rope_head_dim,
+             "expert_gating_func": 2 if v3 else 1}
+        if c.q_lora_rank:
+            m["attention.q_lora_rank"] = c.q_lora_rank
+        if v3 and c.norm_topk_prob:
+            m["expert_weights_norm"] = True
+        if getattr(c, "n_group", None):
+            m |= {"expert_group_count": c.n_group, "expert_group_used_count": c.topk_group}
+        return "deepseek2", m
     hd = c.hidden_size // c.num_attention_heads if mt != "gptj" else c.n_embd // c.n_head
     if mt == "gpt_neox":
         return "gptneox", {
@@ -368,16 +405,26 @@ def round_to_(model, kind: str) -> None:
 
     if kind == "F32":
         return
+    def rt(a: np.ndarray) -> np.ndarray:  # along the last axis, as GGUF's blocks run
+        if kind == "F16":
+            return a.astype(np.float16).astype(np.float32)
+        t = gguf.GGMLQuantizationType[kind]
+        return gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(a), t), t)
+
+    c = model.config
     conv1d = {n + ".weight" for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim < 2 or name.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):
                 continue
             a = p.detach().float().numpy()
-            a = a.T if name in conv1d else a
-            if kind == "F16":
-                r = a.astype(np.float16).astype(np.float32)
+            if name in conv1d:  # stored transposed
+                r = rt(a.T).T
+            elif name.endswith("kv_b_proj.weight"):  # stored as k_b (transposed) and v_b per head
+                nope = c.qk_nope_head_dim
+                kv = a.reshape(c.num_attention_heads, nope + c.v_head_dim, a.shape[-1])
+                k = rt(np.ascontiguousarray(kv[:, :nope].transpose(0, 2, 1))).transpose(0, 2, 1)
+                r = np.concatenate([k, rt(np.ascontiguousarray(kv[:, nope:]))], axis=1).reshape(a.shape)
             else:
-                t = gguf.GGMLQuantizationType[kind]
-                r = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(a), t), t)
-            p.copy_(torch.from_numpy(np.ascontiguousarray(r.T if name in conv1d else r)))
+                r = rt(a)
+            p.copy_(torch.from_numpy(np.ascontiguousarray(r)))
