@@ -209,6 +209,7 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
     shared_norm = not stems & {"ffn_norm.weight", "attn_norm_2.weight"}
     moe = _moe_fields(reader, path, a, n_layer)
     mla = _mla_fields(reader, a, need, rope_dim, scaling) if arch.attention == "mla" else {}
+    scaling = mla.pop("rope_scaling", scaling)
     window = _field(reader, a + "attention.sliding_window")
     cfg = ModelConfig(
         name=str(_field(reader, "general.name", path.stem)),
@@ -258,12 +259,17 @@ def _mla_fields(reader: GGUFFile, a: str, need, rope_dim: int, scaling: RopeScal
     q_rank = _field(reader, a + "attention.q_lora_rank")
     scale = qk ** -0.5
     log_mul = _field(reader, a + "rope.scaling.yarn_log_multiplier")
-    if scaling.kind == "yarn" and log_mul and scaling.factor > 1:
+    if scaling.kind == "yarn" and log_mul:
+        import dataclasses
         import math
 
-        m = 1.0 + float(log_mul) * math.log(scaling.factor)  # YaRN's temperature on the softmax too
+        # DeepSeek's YaRN: the temperature 0.1 * mscale_all_dim * ln(factor) + 1 goes on the softmax
+        # (squared); cos/sin keep mscale / mscale_all_dim = 1 (llama.cpp assumes the two are equal,
+        # as in every released config)
+        m = 1.0 + float(log_mul) * math.log(scaling.factor) if scaling.factor > 1 else 1.0
         scale *= m * m
-    return dict(attention="mla", q_lora_rank=int(q_rank) if q_rank else None,
+        scaling = dataclasses.replace(scaling, attention_factor=1.0)
+    return dict(rope_scaling=scaling, attention="mla", q_lora_rank=int(q_rank) if q_rank else None,
                 kv_lora_rank=int(need("attention.kv_lora_rank")), qk_nope_head_dim=qk - rope_dim,
                 qk_rope_head_dim=rope_dim, v_head_dim=v, attn_scale=scale)
 

@@ -62,6 +62,14 @@ MODELS = {
     "deepseek2-v2-lite": lambda: tf.DeepseekV2Config(**MLA, q_lora_rank=None, topk_method="greedy"),
     "deepseek2-v3": lambda: tf.DeepseekV3Config(**MLA, q_lora_rank=32, n_group=2, topk_group=1,
                                                 routed_scaling_factor=2.5, norm_topk_prob=True),
+    # V3's long-context YaRN (mscale_all_dim: the softmax temperature), read back from the metadata
+    "deepseek2-v3-yarn": lambda: tf.DeepseekV3Config(**{**MLA, "max_position_embeddings": 128}, q_lora_rank=32,
+                                                     n_group=2, topk_group=1,
+                                                     rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                                                      "rope_theta": 10000.0,
+                                                                      "original_max_position_embeddings": 32,
+                                                                      "mscale": 0.707, "mscale_all_dim": 0.707,
+                                                                      "beta_fast": 32, "beta_slow": 1}),
     "gpt2": lambda: tf.GPT2Config(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64),
     "gptj": lambda: tf.GPTJConfig(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64, rotary_dim=8),
 }

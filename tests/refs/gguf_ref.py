@@ -318,6 +318,12 @@ def _metadata(c) -> tuple[str, dict]:
             m["expert_weights_norm"] = True
         if getattr(c, "n_group", None):
             m |= {"expert_group_count": c.n_group, "expert_group_used_count": c.topk_group}
+        rope = c.rope_parameters
+        if rope.get("rope_type") == "yarn":
+            m |= {"rope.scaling.type": "yarn", "rope.scaling.factor": float(rope["factor"]),
+                  "rope.scaling.original_context_length": rope["original_max_position_embeddings"]}
+            if rope.get("mscale_all_dim"):
+                m["rope.scaling.yarn_log_multiplier"] = 0.1 * rope["mscale_all_dim"]
         return "deepseek2", m
     hd = c.hidden_size // c.num_attention_heads if mt != "gptj" else c.n_embd // c.n_head
     if mt == "gpt_neox":
