@@ -62,6 +62,14 @@ class GGUFArch:
     transforms: dict[str, Callable] = field(default_factory=dict)
 
 
+def _glm_transforms() -> dict[str, Callable]:
+    # ChatGLM2/3 / GLM-4-9B: fused q|k|v whose q and k rotate adjacent pairs on the first half of each
+    # head, as in THUDM's checkpoints (the converter leaves them so): the HF adapter's re-ordering
+    from lmzoo.checkpoints.adapters.llama_like import GLM_TRANSFORMS
+
+    return GLM_TRANSFORMS
+
+
 def _deepseek_transforms() -> dict[str, Callable]:
     # DeepSeek's released weights rotate adjacent pairs, and llama.cpp keeps them so (its rope mode for
     # deepseek2 is the pairwise one): the HF adapter's re-ordering of the rope rows applies unchanged
@@ -86,6 +94,9 @@ ARCHES = {
     "stablelm": GGUFArch(norm="layernorm", qk_norm_kind="layernorm_per_head"),
     "gpt2": GGUFArch(norm="layernorm", mlp="gelu_tanh", position="learned"),
     "deepseek2": GGUFArch(attention="mla", transforms=_deepseek_transforms()),
+    "chatglm": GGUFArch(transforms=_glm_transforms()),
+    # GLM-4-0414: separate q/k/v in pair order, fused gate|up as ffn_up, sandwich norms
+    "glm4": GGUFArch(rope_pairs=True),
     "gptj": GGUFArch(norm="layernorm", mlp="gelu_tanh", rope_pairs=True, parallel_residual=True),
 }
 
@@ -110,6 +121,8 @@ def gguf_weights(names) -> dict[str, tuple[str, ...]]:
         "pos_embed.weight": ("position_embd.weight",),
         "lm_head.weight": ("output.weight",),
         "lm_head.bias": ("output.bias",),
+        "layers.{i}.post_attn_norm.weight": (B + "post_attention_norm.weight",),
+        "layers.{i}.post_mlp_norm.weight": (B + "post_ffw_norm.weight",),
         "layers.{i}.attn.q_norm.weight": (B + "attn_q_norm.weight",),
         "layers.{i}.attn.k_norm.weight": (B + "attn_k_norm.weight",),
         "layers.{i}.mlp.router.weight": (B + "ffn_gate_inp.weight",),
@@ -235,6 +248,7 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
         mlp_bias="ffn_down.bias" in stems,
         qk_norm="attn_q_norm.weight" in stems,
         qk_norm_kind=arch.qk_norm_kind,
+        sandwich_norm="post_attention_norm.weight" in stems,
         parallel_residual=shared_norm or bool(_field(reader, a + "use_parallel_residual", arch.parallel_residual)),
         shared_norm=shared_norm,
         embed_norm="token_embd_norm.weight" in names,
@@ -440,8 +454,11 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         if all(b in f.tensors for b in biases):
             parts = mod.parts if isinstance(mod, RowConcat) else [mod]
             vals = [source.get(b) for b in biases]
+            bias_template = template.replace(".weight", ".bias")
             if len(parts) == 1:
                 vals = [torch.cat(vals)]
+                if bias_template in arch.transforms:
+                    vals = [arch.transforms[bias_template](vals[0], cfg)]
             for part, v in zip(parts, vals):
                 part.bias = nn.Parameter(v)
         return mod

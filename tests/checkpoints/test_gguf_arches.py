@@ -70,12 +70,17 @@ MODELS = {
                                                                       "original_max_position_embeddings": 32,
                                                                       "mscale": 0.707, "mscale_all_dim": 0.707,
                                                                       "beta_fast": 32, "beta_slow": 1}),
+    "chatglm": lambda: tf.GlmConfig(**ATT, num_key_value_heads=2, head_dim=16, intermediate_size=128,
+                                    pad_token_id=0),
+    "glm4": lambda: tf.Glm4Config(**ATT, num_key_value_heads=2, head_dim=16, intermediate_size=128, pad_token_id=0),
     "gpt2": lambda: tf.GPT2Config(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64),
     "gptj": lambda: tf.GPTJConfig(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64, rotary_dim=8),
 }
 
 
-AS_ARCH = {"baichuan": "baichuan"}  # written from a LLaMA model (Baichuan-7B is LLaMA with W_pack)
+# written from a transformers model of the same network: Baichuan-7B is LLaMA with q, k, v fused as
+# W_pack; ChatGLM2/3 / GLM-4-9B (THUDM's remote code) is transformers' `glm` with q, k, v fused
+AS_ARCH = {"baichuan": "baichuan", "chatglm": "chatglm"}
 
 
 def hf_model(key: str, kind: str):

@@ -157,6 +157,7 @@ _LAYER_NAMES = {  # HF module path inside a block -> GGUF tensor stem
     "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
     "mlp.gate_up_proj": "ffn_up",  # phi3: gate | up fused, stored as ffn_up
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "post_self_attn_layernorm": "post_attention_norm", "post_mlp_layernorm": "post_ffw_norm",  # GLM-4
     "mlp.gate": "ffn_gate_inp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
     "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
     "mlp.shared_expert.down_proj": "ffn_down_shexp",
@@ -253,6 +254,11 @@ def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, 
         out[f"blk.{i}.{stem}.{kind}"] = a
     for (i, which), norms in qnorms.items():
         out[f"blk.{i}.attn_{which[0]}_norm.weight"] = np.stack([norms[h] for h in sorted(norms)])
+    if as_arch == "chatglm":  # THUDM's layout: q, k, v fused as query_key_value ([q; k; v] rows)
+        for i in range(c.num_hidden_layers):
+            for kind in ("weight", "bias"):
+                qkv = [out.pop(f"blk.{i}.attn_{x}.{kind}") for x in "qkv"]
+                out[f"blk.{i}.attn_qkv.{kind}"] = np.concatenate(qkv)
     rope = getattr(c, "rope_parameters", None) or {}
     if mt == "phi3" and rope.get("rope_type") == "longrope":  # LongRoPE's divisors as two tensors
         out["rope_factors_long.weight"] = np.asarray(rope["long_factor"], np.float32)
@@ -260,6 +266,15 @@ def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, 
     if mt in ("gpt2", "bloom") and "output.weight" not in out:
         out["output.weight"] = out["token_embd.weight"]  # these converters duplicate the tied head
     arch, meta = _metadata(c)
+    if as_arch == "chatglm":  # ChatGLMModel.set_gguf_parameters
+        hd = c.head_dim
+        meta = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
+                "feed_forward_length": c.intermediate_size, "block_count": c.num_hidden_layers,
+                "attention.head_count": c.num_attention_heads, "attention.head_count_kv": c.num_key_value_heads,
+                "attention.layer_norm_rms_epsilon": float(c.rms_norm_eps),
+                "rope.dimension_count": int(hd * c.rope_parameters.get("partial_rotary_factor", 0.5)),
+                "rope.freq_base": float(c.rope_parameters["rope_theta"])}
+        arch = as_arch
     if as_arch == "baichuan":  # BaichuanModel.set_gguf_parameters: no rope.freq_base
         meta = {k: v for k, v in meta.items() if k != "rope.freq_base"} | {"rope.dimension_count": meta.get(
             "attention.key_length", c.hidden_size // c.num_attention_heads)}
@@ -275,7 +290,7 @@ def _falcon_kv(c) -> int:
 
 def _metadata(c) -> tuple[str, dict]:
     mt = c.model_type
-    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama"):
+    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "glm", "glm4"):
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         m = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
              "feed_forward_length": c.intermediate_size, "block_count": c.num_hidden_layers,
@@ -294,6 +309,9 @@ def _metadata(c) -> tuple[str, dict]:
             scale = c.max_position_embeddings / orig
             if (c.rope_parameters or {}).get("rope_type") == "longrope" and scale > 1:
                 m["rope.scaling.attn_factor"] = math.sqrt(1 + math.log(scale) / math.log(orig))
+        if mt in ("glm", "glm4"):  # Glm4Model.set_gguf_parameters: the rotated part of each head
+            m |= {"attention.key_length": hd, "attention.value_length": hd,
+                  "rope.dimension_count": int(hd * c.rope_parameters.get("partial_rotary_factor", 0.5))}
         arch = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}.get(mt, mt)
         return arch, m
     if mt in ("deepseek_v2", "deepseek_v3"):
