@@ -36,7 +36,8 @@ from lmzoo.checkpoints.permute import pairs_to_halves
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import CheckpointError, UnsupportedModelError
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q5_0", "Q5_1", "Q5_K", "Q3_K",
+                   "Q2_K")
 
 B = "blk.{i}."
 
