@@ -61,6 +61,8 @@ class GGUFArch:
     attention: str = "standard"  # or "mla" (DeepSeek-V2/V3: the latent sizes come from the metadata)
     # lmzoo name -> fn(tensor, cfg): row permutations of whole canonical tensors (the HF adapters' own)
     transforms: dict[str, Callable] = field(default_factory=dict)
+    # the HF model_type of the same network (whose names LoRA adapter files use); None: the GGUF name
+    hf_model_type: str | None = None
 
 
 def _glm_transforms() -> dict[str, Callable]:
@@ -86,15 +88,15 @@ ARCHES = {
     "baichuan": GGUFArch(rope_pairs=True),
     "qwen2": GGUFArch(),
     "qwen3": GGUFArch(),
-    "qwen2moe": GGUFArch(),
-    "qwen3moe": GGUFArch(moe_renormalize=True),
+    "qwen2moe": GGUFArch(hf_model_type="qwen2_moe"),
+    "qwen3moe": GGUFArch(moe_renormalize=True, hf_model_type="qwen3_moe"),
     "phi3": GGUFArch(),  # fused attn_qkv and ffn_up (= gate | up)
-    "gptneox": GGUFArch(norm="layernorm", mlp="gelu", parallel_residual=True),
+    "gptneox": GGUFArch(norm="layernorm", mlp="gelu", parallel_residual=True, hf_model_type="gpt_neox"),
     "falcon": GGUFArch(norm="layernorm", mlp="gelu", parallel_residual=True),
     "bloom": GGUFArch(norm="layernorm", mlp="gelu_tanh", position="alibi"),
     "stablelm": GGUFArch(norm="layernorm", qk_norm_kind="layernorm_per_head"),
     "gpt2": GGUFArch(norm="layernorm", mlp="gelu_tanh", position="learned"),
-    "deepseek2": GGUFArch(attention="mla", transforms=_deepseek_transforms()),
+    "deepseek2": GGUFArch(attention="mla", transforms=_deepseek_transforms(), hf_model_type="deepseek_v2"),
     "chatglm": GGUFArch(transforms=_glm_transforms()),
     # GLM-4-0414: separate q/k/v in pair order, fused gate|up as ffn_up, sandwich norms
     "glm4": GGUFArch(rope_pairs=True),
@@ -419,8 +421,22 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_qu
     from lmzoo.checkpoints.peft import CheckpointLayout
 
     # q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
-    model.checkpoint_layout = CheckpointLayout(_field(reader, "general.architecture"), {}, str(path))
+    name = _field(reader, "general.architecture")
+    model.checkpoint_layout = CheckpointLayout(arch.hf_model_type or name, _hf_view(cfg), str(path))
     return model
+
+
+def _hf_view(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json keys the HF adapters' weight maps read (LoRA files name HF tensors), from the config."""
+    return {
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,  # StableLM's per-head norms
+        "q_lora_rank": cfg.q_lora_rank, "attention_bias": cfg.qkv_bias,  # DeepSeek
+        # Falcon: one norm (7B) or ln_attn + ln_mlp (40B / 180B, the new decoder architecture)
+        "new_decoder_architecture": not cfg.shared_norm, "parallel_attn": cfg.parallel_residual,
+        "num_ln_in_parallel_attn": 1 if cfg.shared_norm else 2,
+        "ffn_hidden_size": cfg.intermediate_size,  # chatglm: ChatGLM2/3 / GLM-4's layout, not ChatGLM-6B's
+    }
 
 
 def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFSource,

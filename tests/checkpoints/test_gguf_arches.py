@@ -141,3 +141,26 @@ def test_longrope_past_the_original_context(tmp_path):
     ids = torch.randint(0, V, (1, 48), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (ref(ids).logits - ours(ids)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("key", ["gptneox", "falcon", "falcon-40b", "phi3", "gptj", "stablelm2", "qwen2moe",
+                                 "deepseek2-v3"])
+def test_peft_adapter_on_a_gguf_base(tmp_path, key):
+    """A LoRA made by peft on the transformers model applies to the GGUF-loaded one (its tensor names
+    are the HF ones of the same architecture): the same logits."""
+    peft = pytest.importorskip("peft")
+    from lmzoo.checkpoints.peft import select_parts
+
+    ref = hf_model(key, "F32")
+    p = tmp_path / "m.gguf"
+    gguf_ref.write_gguf(p, *gguf_ref.hf_to_gguf(ref, AS_ARCH.get(key)), "F32")
+    chosen = select_parts(lmzoo.from_pretrained(p), "q,k,v,o" if "moe" in key or "deepseek" in key else "all-linear")
+    leaves = sorted({n.rsplit(".", 1)[-1] for names in chosen.values() for n in names})
+    torch.manual_seed(1)
+    model = peft.get_peft_model(ref, peft.LoraConfig(r=4, lora_alpha=8, target_modules=leaves,
+                                                     init_lora_weights=False)).eval()
+    model.save_pretrained(tmp_path / "lora")
+    ours = lmzoo.from_pretrained(p, adapter=tmp_path / "lora")
+    ids = torch.randint(0, V, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(ids).logits - ours(ids)).abs().max() <= 1e-4
