@@ -82,7 +82,8 @@ def _deepseek_transforms() -> dict[str, Callable]:
 
 
 ARCHES = {
-    "llama": GGUFArch(rope_pairs=True),
+    # (Mixtral's GGUFs are `llama` with expert tensors; llama.cpp renormalises their top-k weights)
+    "llama": GGUFArch(rope_pairs=True, moe_renormalize=True),
     # Baichuan-7B / Baichuan2-7B: the converter splits W_pack into attn_q/k/v with llama's row order
     # (Baichuan-13B's ALiBi variant is told apart only by its size in llama.cpp: not read here)
     "baichuan": GGUFArch(rope_pairs=True),

@@ -7,6 +7,7 @@ its weights take in the file (gguf_ref.round_to_), so the same reference holds."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -33,6 +34,9 @@ MODELS = {
     "qwen2moe-dense-layer": lambda: tf.Qwen2MoeConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
                                                       moe_intermediate_size=32, shared_expert_intermediate_size=96,
                                                       num_experts=4, num_experts_per_tok=2, mlp_only_layers=[1]),
+    # Mixtral: llama.cpp's `llama` with stacked expert tensors (q/k permuted like LLaMA's)
+    "mixtral": lambda: tf.MixtralConfig(**ATT, num_key_value_heads=2, intermediate_size=64, num_local_experts=4,
+                                        num_experts_per_tok=2),
     "qwen3moe": lambda: tf.Qwen3MoeConfig(**ATT, num_key_value_heads=2, intermediate_size=128, head_dim=16,
                                           moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
                                           norm_topk_prob=True),
@@ -164,3 +168,25 @@ def test_peft_adapter_on_a_gguf_base(tmp_path, key):
     ids = torch.randint(0, V, (2, 11), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (model(ids).logits - ours(ids)).abs().max() <= 1e-4
+
+
+def test_deepseek2_with_kv_b_whole(tmp_path):
+    """Older converters stored MLA's kv_b whole (attn_kv_b) with the per-head sizes in key_length /
+    value_length and head_count_kv = head_count: read as well."""
+    ref = hf_model("deepseek2-v3", "F32")
+    arch, meta, tensors = gguf_ref.hf_to_gguf(ref)
+    c = ref.config
+    for i in range(c.num_hidden_layers):
+        k_b, v_b = tensors.pop(f"blk.{i}.attn_k_b.weight"), tensors.pop(f"blk.{i}.attn_v_b.weight")
+        kv = np.concatenate([k_b.transpose(0, 2, 1), v_b], axis=1)
+        tensors[f"blk.{i}.attn_kv_b.weight"] = kv.reshape(-1, kv.shape[-1])
+    for k in ("attention.key_length_mla", "attention.value_length_mla"):
+        del meta[k]
+    meta |= {"attention.key_length": c.qk_nope_head_dim + c.qk_rope_head_dim, "attention.value_length": c.v_head_dim,
+             "attention.head_count_kv": c.num_attention_heads}
+    p = tmp_path / "m.gguf"
+    gguf_ref.write_gguf(p, arch, meta, tensors, "F32")
+    ours = lmzoo.from_pretrained(p)
+    ids = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ref(ids).logits - ours(ids)).abs().max() <= 1e-4

@@ -249,7 +249,7 @@ def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, 
             a = _per_head_qkv_to_qkv(a, c.num_attention_heads)
         elif stem == "attn_qkv" and mt == "falcon":
             a = _falcon_qkv_to_qkv(a, c.num_attention_heads, _falcon_kv(c))
-        elif mt == "llama" and stem in ("attn_q", "attn_k"):
+        elif mt in ("llama", "mixtral") and stem in ("attn_q", "attn_k"):
             a = permute_qk(a, c.num_attention_heads if stem == "attn_q" else c.num_key_value_heads)
         out[f"blk.{i}.{stem}.{kind}"] = a
     for (i, which), norms in qnorms.items():
@@ -290,13 +290,16 @@ def _falcon_kv(c) -> int:
 
 def _metadata(c) -> tuple[str, dict]:
     mt = c.model_type
-    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "glm", "glm4"):
+    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "mixtral", "glm", "glm4"):
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         m = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
              "feed_forward_length": c.intermediate_size, "block_count": c.num_hidden_layers,
              "attention.head_count": c.num_attention_heads, "attention.head_count_kv": c.num_key_value_heads,
              "rope.freq_base": float(c.rope_parameters["rope_theta"]),
              "attention.layer_norm_rms_epsilon": float(c.rms_norm_eps)}
+        if mt == "mixtral":  # LlamaModel.set_gguf_parameters (+ the base class's expert keys)
+            m |= {"expert_count": c.num_local_experts, "expert_used_count": c.num_experts_per_tok,
+                  "rope.dimension_count": hd, "vocab_size": c.vocab_size}
         if mt in ("qwen2_moe", "qwen3_moe"):
             m |= {"expert_used_count": c.num_experts_per_tok, "expert_count": c.num_experts,
                   "expert_feed_forward_length": c.moe_intermediate_size, "attention.key_length": hd,
@@ -312,7 +315,7 @@ def _metadata(c) -> tuple[str, dict]:
         if mt in ("glm", "glm4"):  # Glm4Model.set_gguf_parameters: the rotated part of each head
             m |= {"attention.key_length": hd, "attention.value_length": hd,
                   "rope.dimension_count": int(hd * c.rope_parameters.get("partial_rotary_factor", 0.5))}
-        arch = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}.get(mt, mt)
+        arch = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "mixtral": "llama"}.get(mt, mt)
         return arch, m
     if mt in ("deepseek_v2", "deepseek_v3"):
         v3 = mt == "deepseek_v3"
