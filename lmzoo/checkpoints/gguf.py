@@ -423,7 +423,7 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_qu
 
     # q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
     name = _field(reader, "general.architecture")
-    model.checkpoint_layout = CheckpointLayout(arch.hf_model_type or name, _hf_view(cfg), str(path))
+    model.checkpoint_layout = CheckpointLayout(arch.hf_model_type or name, _hf_view(cfg), str(path), from_gguf=True)
     return model
 
 

@@ -192,7 +192,7 @@ def save_hf(model: nn.Module, out_dir, *, tokenizer=None, tokenizer_source=None,
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         src = tokenizer_source or layout.path
         src = Path(src) if src else None
-        if layout.hf_config:
+        if layout.hf_config and not layout.from_gguf:
             hf = {**layout.hf_config, "torch_dtype": str(dtype).removeprefix("torch.")}
             hf.pop("dtype", None)
         else:
