@@ -171,8 +171,6 @@ def _one_row(t: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 GGUF_TRANSFORMS = {"layers.{i}.attn.q_norm.weight": _flat, "layers.{i}.attn.k_norm.weight": _flat,
                    "layers.{i}.mlp.shared_gate.weight": _one_row}
-# the LLaMA-shaped map (kept for callers that name it)
-GGUF_WEIGHTS = gguf_weights({"blk.0.ffn_gate.weight", "blk.0.ffn_norm.weight"})
 
 
 def unpermute_qk(w: torch.Tensor, n_head: int, rope_dim: int | None = None) -> torch.Tensor:
