@@ -208,10 +208,6 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
     n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
     head_dim = int(_field(reader, a + "attention.key_length", n_embd // n_head))
     rope_dim = int(_field(reader, a + "rope.dimension_count", head_dim))
-    if "rope_freqs.weight" in names:
-        raise UnsupportedModelError(
-            f"{path.name} carries per-frequency RoPE factors (rope_freqs, Llama 3.1 style); not supported yet"
-        )
     max_seq = int(_field(reader, a + "context_length", 2048))
     scaling = _rope_scaling(reader, path, a, max_seq, rope_dim)
     emb = reader.tensors.get("token_embd.weight")
@@ -293,6 +289,14 @@ def _mla_fields(reader: GGUFFile, a: str, need, rope_dim: int, scaling: RopeScal
 def _rope_scaling(reader: GGUFFile, path: Path, a: str, max_seq: int, rope_dim: int) -> RopeScaling:
     kind = _field(reader, a + "rope.scaling.type")
     orig = _field(reader, a + "rope.scaling.original_context_length")
+    if "rope_freqs.weight" in reader.tensors:
+        # Llama 3.1+: the converter stores the llama3 rule's outcome, one divisor per frequency, used
+        # at every length: a LongRoPE table with the same factors short and long and no attention factor
+        f = tuple(float(x) for x in reader.array(reader.tensors["rope_freqs.weight"]).reshape(-1))
+        if len(f) != rope_dim // 2:
+            raise CheckpointError(f"{path.name}: rope_freqs has {len(f)} factors; RoPE has {rope_dim // 2} frequencies")
+        return RopeScaling(kind="longrope", factor=1.0, original_max_position=max_seq, short_factor=f,
+                           long_factor=f, attention_factor=1.0)
     if "rope_factors_long.weight" in reader.tensors:  # Phi-3's LongRoPE: per-frequency divisors
         if not orig:
             raise CheckpointError(f"{path.name}: GGUF metadata lacks {a}rope.scaling.original_context_length "
@@ -399,7 +403,7 @@ class GGUFSource:
 
 
 # tensors read into the config, not the weights
-CONFIG_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight")
+CONFIG_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight", "rope_freqs.weight")
 
 
 def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_quantized: bool = False):

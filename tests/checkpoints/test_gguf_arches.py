@@ -34,6 +34,11 @@ MODELS = {
     "qwen2moe-dense-layer": lambda: tf.Qwen2MoeConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
                                                       moe_intermediate_size=32, shared_expert_intermediate_size=96,
                                                       num_experts=4, num_experts_per_tok=2, mlp_only_layers=[1]),
+    # Llama 3.1's RoPE rule, stored by the converter as per-frequency divisors (rope_freqs)
+    "llama3.1": lambda: tf.LlamaConfig(**ATT, num_key_value_heads=2, intermediate_size=128,
+                                       rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                        "original_max_position_embeddings": 16}),
     # Mixtral: llama.cpp's `llama` with stacked expert tensors (q/k permuted like LLaMA's)
     "mixtral": lambda: tf.MixtralConfig(**ATT, num_key_value_heads=2, intermediate_size=64, num_local_experts=4,
                                         num_experts_per_tok=2),

@@ -260,6 +260,8 @@ def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, 
                 qkv = [out.pop(f"blk.{i}.attn_{x}.{kind}") for x in "qkv"]
                 out[f"blk.{i}.attn_qkv.{kind}"] = np.concatenate(qkv)
     rope = getattr(c, "rope_parameters", None) or {}
+    if mt == "llama" and rope.get("rope_type") == "llama3":  # LlamaModel.generate_extra_tensors
+        out["rope_freqs.weight"] = llama3_rope_factors(rope, c.hidden_size // c.num_attention_heads)
     if mt == "phi3" and rope.get("rope_type") == "longrope":  # LongRoPE's divisors as two tensors
         out["rope_factors_long.weight"] = np.asarray(rope["long_factor"], np.float32)
         out["rope_factors_short.weight"] = np.asarray(rope["short_factor"], np.float32)
@@ -280,6 +282,25 @@ def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, 
             "attention.key_length", c.hidden_size // c.num_attention_heads)}
         arch = as_arch
     return arch, meta, out
+
+
+def llama3_rope_factors(rope: dict, dim: int) -> np.ndarray:
+    """Llama 3.1's RoPE rule as one divisor per frequency: 1 for short wavelengths, `factor` for long
+    ones, a smooth blend between (Meta's published formula, which the converter tabulates)."""
+    base, factor = rope["rope_theta"], rope["factor"]
+    lo, hi = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old = rope["original_max_position_embeddings"]
+    out = []
+    for freq in 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float32) / dim):
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, np.float32)
 
 
 def _falcon_kv(c) -> int:
