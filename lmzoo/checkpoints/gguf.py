@@ -87,6 +87,10 @@ ARCHES = {
     # Baichuan-7B / Baichuan2-7B: the converter splits W_pack into attn_q/k/v with llama's row order
     # (Baichuan-13B's ALiBi variant is told apart only by its size in llama.cpp: not read here)
     "baichuan": GGUFArch(rope_pairs=True),
+    # Qwen (v1): fused c_attn as attn_qkv; feed_forward_length counts both MLP halves (the width is
+    # read from ffn_down); its dynamic NTK / log-n context extension is not in the file (llama.cpp
+    # runs without it too)
+    "qwen": GGUFArch(),
     "qwen2": GGUFArch(),
     "qwen3": GGUFArch(),
     "qwen2moe": GGUFArch(hf_model_type="qwen2_moe"),
@@ -230,8 +234,7 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
         n_head=n_head,
         n_kv_head=int(_field(reader, a + "attention.head_count_kv", n_head)),
         head_dim=head_dim,
-        intermediate_size=int(_field(reader, a + "feed_forward_length", 0) or moe.get("moe_intermediate_size")
-                              or need("feed_forward_length")),
+        intermediate_size=_mlp_width(reader, a, moe, need),
         max_seq_len=max_seq,
         norm=arch.norm,
         norm_eps=float(_field(reader, a + eps_key, 1e-5)),
@@ -284,6 +287,16 @@ def _mla_fields(reader: GGUFFile, a: str, need, rope_dim: int, scaling: RopeScal
     return dict(rope_scaling=scaling, attention="mla", q_lora_rank=int(q_rank) if q_rank else None,
                 kv_lora_rank=int(need("attention.kv_lora_rank")), qk_nope_head_dim=qk - rope_dim,
                 qk_rope_head_dim=rope_dim, v_head_dim=v, attn_scale=scale)
+
+
+def _mlp_width(reader: GGUFFile, a: str, moe: dict, need) -> int:
+    """The dense MLP's width: ffn_down's input width where a layer has one (the metadata's
+    feed_forward_length is not always that: Qwen v1 counts both halves), else the metadata."""
+    down = next((t for n, t in reader.tensors.items() if n.startswith("blk.") and n.endswith(".ffn_down.weight")), None)
+    if down is not None:
+        return int(down.ne[0])
+    return int(_field(reader, a + "feed_forward_length", 0) or moe.get("moe_intermediate_size")
+               or need("feed_forward_length"))
 
 
 def _rope_scaling(reader: GGUFFile, path: Path, a: str, max_seq: int, rope_dim: int) -> RopeScaling:

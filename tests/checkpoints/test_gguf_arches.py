@@ -195,3 +195,46 @@ def test_deepseek2_with_kv_b_whole(tmp_path):
     ids = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (ref(ids).logits - ours(ids)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["F32", "F16", "Q8_0"])
+def test_qwen_first_generation(tmp_path, kind):
+    """Qwen (v1) has no transformers class: tests/refs/qwen_ref.py (from its published code) is the
+    reference, on weights written the way the converter's QwenModel writes them."""
+    from tests.refs import qwen_ref
+
+    d, H, F = 64, 4, 128  # F: each MLP half; the config's intermediate_size counts both
+    cfg = {"hidden_size": d, "num_attention_heads": H, "num_hidden_layers": 2, "layer_norm_epsilon": 1e-6,
+           "rotary_pct": 1.0, "rotary_emb_base": 10000, "seq_length": 64, "intermediate_size": 2 * F}
+    g = torch.Generator().manual_seed(0)
+    shapes = {"transformer.wte.weight": (V, d), "transformer.ln_f.weight": (d,), "lm_head.weight": (V, d)}
+    for i in range(2):
+        p = f"transformer.h.{i}."
+        shapes |= {p + "ln_1.weight": (d,), p + "ln_2.weight": (d,), p + "attn.c_attn.weight": (3 * d, d),
+                   p + "attn.c_attn.bias": (3 * d,), p + "attn.c_proj.weight": (d, d),
+                   p + "mlp.w1.weight": (F, d), p + "mlp.w2.weight": (F, d), p + "mlp.c_proj.weight": (d, F)}
+    state = {k: (1.0 if len(s) == 1 and "bias" not in k else 0.0) + torch.randn(s, generator=g) * 0.1
+             for k, s in shapes.items()}
+    # the values the file holds (matrices in `kind`, vectors in F32)
+    state = {k: torch.from_numpy(gguf_ref.round_values(v.numpy(), kind)) if v.ndim == 2 else v
+             for k, v in state.items()}
+    names = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+             "mlp.w1": "ffn_up", "mlp.w2": "ffn_gate", "mlp.c_proj": "ffn_down"}
+    tensors = {"token_embd.weight": state["transformer.wte.weight"], "output.weight": state["lm_head.weight"],
+               "output_norm.weight": state["transformer.ln_f.weight"]}
+    for k, v in state.items():
+        if k.startswith("transformer.h."):
+            i, rest = k[len("transformer.h."):].split(".", 1)
+            mod, kind_ = rest.rsplit(".", 1)
+            tensors[f"blk.{i}.{names[mod]}.{kind_}"] = v
+    meta = {"context_length": 64, "block_count": 2, "embedding_length": d, "feed_forward_length": 2 * F,
+            "rope.freq_base": 10000.0, "rope.dimension_count": d // H, "attention.head_count": H,
+            "attention.layer_norm_rms_epsilon": 1e-6}
+    p = tmp_path / "q.gguf"
+    gguf_ref.write_gguf(p, "qwen", meta, {k: v.numpy() for k, v in tensors.items()}, kind)
+    ours = lmzoo.from_pretrained(p)
+    assert ours.config.intermediate_size == F
+    ids = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ours(ids) - qwen_ref.forward(state, cfg, ids)).abs().max() <= 1e-4
+    assert torch.equal(greedy_ours(ours, ids[:1], 12), qwen_ref.greedy(state, cfg, ids[:1], 12))

@@ -444,20 +444,28 @@ def write_gguf(path, arch: str, meta: dict, tensors: dict[str, np.ndarray], kind
     w.close()
 
 
+def round_values(a: np.ndarray, kind: str) -> np.ndarray:
+    """The values `a` takes stored as `kind`, blocks along the last axis (as GGUF's run)."""
+    import gguf
+
+    if kind == "F32":
+        return a.astype(np.float32)
+    if kind == "F16":
+        return a.astype(np.float16).astype(np.float32)
+    t = gguf.GGMLQuantizationType[kind]
+    return gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(a, dtype=np.float32), t), t)
+
+
 def round_to_(model, kind: str) -> None:
     """Give a transformers model the values its weights take in a `kind` GGUF file (quantise and
     dequantise along the input dimension, where GGUF's blocks run), so it is the exact reference for
     that file. Re-quantising such values reproduces them."""
-    import gguf
     import torch
 
     if kind == "F32":
         return
-    def rt(a: np.ndarray) -> np.ndarray:  # along the last axis, as GGUF's blocks run
-        if kind == "F16":
-            return a.astype(np.float16).astype(np.float32)
-        t = gguf.GGMLQuantizationType[kind]
-        return gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(a), t), t)
+    def rt(a: np.ndarray) -> np.ndarray:
+        return round_values(a, kind)
 
     c = model.config
     conv1d = {n + ".weight" for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
