@@ -374,7 +374,9 @@ class GGUFSource:
 
     def __init__(self, reader: GGUFFile, cfg: ModelConfig, arch: GGUFArch) -> None:
         self._file, self._cfg, self._arch = reader, cfg, arch
-        self._stacked: tuple[str, torch.Tensor] | None = None  # the last stacked tensor decoded
+        # the stacked tensors decoded last: a layer's gate, up and down experts are read in turn,
+        # expert by expert, so all three stay until the next layer's arrive
+        self._stacked: dict[str, torch.Tensor] = {}
 
     def keys(self) -> list[str]:
         names = list(self._file.tensors)
@@ -387,9 +389,11 @@ class GGUFSource:
             return self._kv_b(name)
         base, index = split_index(name)
         if index is not None:
-            if self._stacked is None or self._stacked[0] != base:
-                self._stacked = (base, self._decode(base))
-            return self._stacked[1][index]
+            if base not in self._stacked:
+                if len(self._stacked) >= 3:
+                    self._stacked.pop(next(iter(self._stacked)))
+                self._stacked[base] = self._decode(base)
+            return self._stacked[base][index]
         w = self._decode(name)
         order = _row_order(name, w.shape[0], self._cfg, self._arch)
         return w if order is None else w[order]
