@@ -238,3 +238,35 @@ def test_qwen_first_generation(tmp_path, kind):
     with torch.no_grad():
         assert (ours(ids) - qwen_ref.forward(state, cfg, ids)).abs().max() <= 1e-4
     assert torch.equal(greedy_ours(ours, ids[:1], 12), qwen_ref.greedy(state, cfg, ids[:1], 12))
+
+
+WIDE = dict(ATT, hidden_size=256)  # K-quant blocks span 256 columns
+K_MODELS = {
+    "qwen2moe": lambda: tf.Qwen2MoeConfig(**WIDE, num_key_value_heads=2, intermediate_size=256,
+                                          moe_intermediate_size=256, shared_expert_intermediate_size=256,
+                                          num_experts=4, num_experts_per_tok=2),
+    "gptj": lambda: tf.GPTJConfig(vocab_size=V, n_embd=256, n_layer=2, n_head=4, n_positions=64, rotary_dim=16),
+    "chatglm": lambda: tf.GlmConfig(**WIDE, num_key_value_heads=2, head_dim=64, intermediate_size=256,
+                                    pad_token_id=0),
+    "phi3": lambda: tf.Phi3Config(**WIDE, num_key_value_heads=2, intermediate_size=256, pad_token_id=0,
+                                  bos_token_id=1, eos_token_id=2, original_max_position_embeddings=64),
+}
+
+
+@pytest.mark.parametrize("key", sorted(K_MODELS))
+def test_k_quant_mix_kept_as_codes_equals_decoded(tmp_path, key):
+    """Q4_K_M files (Q6_K beside Q4_K inside fused projections, stacked experts, row-permuted q/k):
+    the layers kept as the file's codes compute what the decoded weights do."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    ref = tf.AutoModelForCausalLM.from_config(K_MODELS[key]()).eval()
+    arch, meta, tensors = gguf_ref.hf_to_gguf(ref, AS_ARCH.get(key))
+    p = tmp_path / "m.gguf"
+    gguf_ref.write_gguf(p, arch, meta, tensors, "Q4_K_M", rng=np.random.default_rng(0))
+    kept, decoded = lmzoo.from_pretrained(p), lmzoo.from_pretrained(p, keep_quantized=False)
+    assert any(type(m).__name__ == "Int4Linear" for m in kept.modules())
+    ids = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = kept(ids), decoded(ids)
+    assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())

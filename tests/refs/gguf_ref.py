@@ -414,8 +414,26 @@ def keeps_float(name: str, a: np.ndarray) -> bool:
     return a.ndim < 2 or name.endswith("_norm.weight") or "ffn_gate_inp" in name
 
 
-def write_gguf(path, arch: str, meta: dict, tensors: dict[str, np.ndarray], kind: str) -> None:
-    """Write `tensors` as `kind` (F32, F16, or a block type the gguf package can quantise)."""
+# byte offsets of the f16 scale fields (d, dmin) of the K-quant blocks, which random blocks keep small
+K_SCALES = {"Q4_K": (0, 2), "Q6_K": (208,), "Q5_K": (0, 2), "Q3_K": (108,), "Q2_K": (80, 82)}
+
+
+def random_k_blocks(rng, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Valid random K-quant blocks for a tensor of `shape` (the gguf package cannot quantise K-quants)."""
+    import gguf
+
+    qk, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+    raw = rng.integers(0, 256, (*shape[:-1], shape[-1] // qk * size), dtype=np.uint8)
+    small = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
+    for o in K_SCALES[kind]:
+        raw.reshape(-1, size)[:, o:o + 2] = small
+    return raw
+
+
+def write_gguf(path, arch: str, meta: dict, tensors: dict[str, np.ndarray], kind: str, rng=None) -> None:
+    """Write `tensors` as `kind`: F32, F16, a block type the gguf package can quantise, a K-quant
+    (random blocks from `rng`: the values then are the file's, not the tensors'), or "Q4_K_M"
+    (llama.cpp's mix: Q6_K for attn_v and the down projections, Q4_K elsewhere)."""
     import gguf
 
     w = gguf.GGUFWriter(str(path), arch)
@@ -436,8 +454,14 @@ def write_gguf(path, arch: str, meta: dict, tensors: dict[str, np.ndarray], kind
         elif kind == "F16":
             w.add_tensor(name, a.astype(np.float16))
         else:
-            t = gguf.GGMLQuantizationType[kind]
-            w.add_tensor(name, gguf.quants.quantize(a, t), raw_dtype=t)
+            k = kind
+            if kind == "Q4_K_M":
+                k = "Q6_K" if ("attn_v" in name or "ffn_down" in name) else "Q4_K"
+            t = gguf.GGMLQuantizationType[k]
+            if k in K_SCALES:
+                w.add_tensor(name, random_k_blocks(rng, k, a.shape), raw_dtype=t)
+            else:
+                w.add_tensor(name, gguf.quants.quantize(a, t), raw_dtype=t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
