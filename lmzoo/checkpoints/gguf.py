@@ -50,7 +50,9 @@ class GGUFArch:
     embedding norm or position table, which layers are MoE, a shared expert."""
 
     norm: str = "rmsnorm"
-    mlp: str = "swiglu"  # the original model's activation (llama.cpp's GELU is the tanh form throughout)
+    # the original model's activation: exact GELU for GPT-NeoX and Falcon, whose files do not say so
+    # (llama.cpp runs its tanh approximation there)
+    mlp: str = "swiglu"
     position: str = "rope"
     # W_q/W_k rows rotate adjacent pairs: llama.cpp's `llama` converter permutes them so; GPT-J's
     # weights are so natively. Un-permuted here (the rope window of each head) to rotate halves
