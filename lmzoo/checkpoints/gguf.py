@@ -63,8 +63,10 @@ class GGUFArch:
     attention: str = "standard"  # or "mla" (DeepSeek-V2/V3: the latent sizes come from the metadata)
     # lmzoo name -> fn(tensor, cfg): row permutations of whole canonical tensors (the HF adapters' own)
     transforms: dict[str, Callable] = field(default_factory=dict)
-    # the HF model_type of the same network (whose names LoRA adapter files use); None: the GGUF name
+    # the HF model_type of the same network (whose names LoRA adapter files use); None: the GGUF name;
+    # hf_moe_model_type: the one a file with expert tensors is (llama -> mixtral)
     hf_model_type: str | None = None
+    hf_moe_model_type: str | None = None
 
 
 def _glm_transforms() -> dict[str, Callable]:
@@ -85,7 +87,7 @@ def _deepseek_transforms() -> dict[str, Callable]:
 
 ARCHES = {
     # (Mixtral's GGUFs are `llama` with expert tensors; llama.cpp renormalises their top-k weights)
-    "llama": GGUFArch(rope_pairs=True, moe_renormalize=True),
+    "llama": GGUFArch(rope_pairs=True, moe_renormalize=True, hf_moe_model_type="mixtral"),
     # Baichuan-7B / Baichuan2-7B: the converter splits W_pack into attn_q/k/v with llama's row order
     # (Baichuan-13B's ALiBi variant is told apart only by its size in llama.cpp: not read here)
     "baichuan": GGUFArch(rope_pairs=True),
@@ -444,7 +446,8 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_qu
 
     # q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
     name = _field(reader, "general.architecture")
-    model.checkpoint_layout = CheckpointLayout(arch.hf_model_type or name, _hf_view(cfg), str(path), from_gguf=True)
+    hf_type = (cfg.n_experts and arch.hf_moe_model_type) or arch.hf_model_type or name
+    model.checkpoint_layout = CheckpointLayout(hf_type, _hf_view(cfg), str(path), from_gguf=True)
     return model
 
 

@@ -152,8 +152,12 @@ def test_longrope_past_the_original_context(tmp_path):
         assert (ref(ids).logits - ours(ids)).abs().max() <= 1e-4
 
 
+# peft re-targets MoE checkpoints' MLP names onto transformers 5's stacked experts: attention only there
+MOE_TYPES = ("qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3")
+
+
 @pytest.mark.parametrize("key", ["gptneox", "falcon", "falcon-40b", "phi3", "gptj", "stablelm2", "qwen2moe",
-                                 "deepseek2-v3"])
+                                 "deepseek2-v3", "mixtral"])
 def test_peft_adapter_on_a_gguf_base(tmp_path, key):
     """A LoRA made by peft on the transformers model applies to the GGUF-loaded one (its tensor names
     are the HF ones of the same architecture): the same logits."""
@@ -163,7 +167,7 @@ def test_peft_adapter_on_a_gguf_base(tmp_path, key):
     ref = hf_model(key, "F32")
     p = tmp_path / "m.gguf"
     gguf_ref.write_gguf(p, *gguf_ref.hf_to_gguf(ref, AS_ARCH.get(key)), "F32")
-    chosen = select_parts(lmzoo.from_pretrained(p), "q,k,v,o" if "moe" in key or "deepseek" in key else "all-linear")
+    chosen = select_parts(lmzoo.from_pretrained(p), "q,k,v,o" if ref.config.model_type in MOE_TYPES else "all-linear")
     leaves = sorted({n.rsplit(".", 1)[-1] for names in chosen.values() for n in names})
     torch.manual_seed(1)
     model = peft.get_peft_model(ref, peft.LoraConfig(r=4, lora_alpha=8, target_modules=leaves,
@@ -270,3 +274,20 @@ def test_k_quant_mix_kept_as_codes_equals_decoded(tmp_path, key):
     with torch.no_grad():
         a, b = kept(ids), decoded(ids)
     assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("key", ["qwen2moe", "qwen3moe", "phi3", "gptneox", "gptneox-sequential", "falcon",
+                                 "falcon-40b", "bloom", "stablelm", "stablelm2", "gpt2", "gptj", "mixtral"])
+def test_gguf_exports_as_the_hf_model(tmp_path, key):
+    """`lmzoo export` of a GGUF-loaded model: the HF checkpoint of the same architecture, which
+    transformers loads with the original model's logits."""
+    from lmzoo.checkpoints.save import save_hf
+
+    ref = hf_model(key, "F32")
+    p = tmp_path / "m.gguf"
+    gguf_ref.write_gguf(p, *gguf_ref.hf_to_gguf(ref, AS_ARCH.get(key)), "F32")
+    save_hf(lmzoo.from_pretrained(p, keep_quantized=False), tmp_path / "hf")
+    back = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    ids = torch.randint(0, V, (2, 11), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (back(ids).logits - ref(ids).logits).abs().max() <= 1e-4
