@@ -136,6 +136,24 @@ def _qwen_moe_keys(cfg: ModelConfig) -> dict:
             "shared_expert_intermediate_size": cfg.shared_expert_size}
 
 
+def _deepseek_keys(cfg: ModelConfig) -> dict:
+    moe = [i for i in range(cfg.n_layer) if cfg.layer_is_moe(i)]
+    v3 = cfg.router == "sigmoid"  # V3's router (sigmoid scores, selection bias) is DeepseekV3's class
+    keys = {**_llama_keys(cfg), "num_key_value_heads": cfg.n_head, "q_lora_rank": cfg.q_lora_rank,
+            "kv_lora_rank": cfg.kv_lora_rank, "qk_nope_head_dim": cfg.qk_nope_head_dim,
+            "qk_rope_head_dim": cfg.qk_rope_head_dim, "v_head_dim": cfg.v_head_dim, "head_dim": cfg.qk_rope_head_dim,
+            "n_routed_experts": cfg.n_experts or None, "num_experts_per_tok": cfg.n_experts_per_tok or None,
+            "moe_intermediate_size": cfg.moe_intermediate_size,
+            "n_shared_experts": cfg.shared_expert_size // cfg.moe_intermediate_size if cfg.n_experts else None,
+            "first_k_dense_replace": moe[0] if moe else cfg.n_layer, "moe_layer_freq": 1,
+            "n_group": cfg.router_groups, "topk_group": cfg.router_topk_groups,
+            "routed_scaling_factor": cfg.routed_scaling, "norm_topk_prob": cfg.moe_renormalize,
+            "attention_bias": cfg.qkv_bias}
+    if v3:
+        return {**keys, "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"]}
+    return {**keys, "topk_method": "group_limited_greedy" if cfg.router_groups > 1 else "greedy"}
+
+
 # GGUF architectures -> the HF model of the same network: (class, config.json keys of the ModelConfig)
 _HF_CONFIGS = {
     "llama": ("LlamaForCausalLM", lambda c: {**_llama_keys(c), "attention_bias": c.qkv_bias,
@@ -144,6 +162,7 @@ _HF_CONFIGS = {
                                                  "num_experts_per_tok": c.n_experts_per_tok,
                                                  "intermediate_size": c.moe_intermediate_size,
                                                  "sliding_window": c.sliding_window}),
+    "deepseek_v2": ("DeepseekV2ForCausalLM", _deepseek_keys),
     "qwen2": ("Qwen2ForCausalLM", _llama_keys),
     "qwen3": ("Qwen3ForCausalLM", _llama_keys),
     "qwen2_moe": ("Qwen2MoeForCausalLM", _qwen_moe_keys),

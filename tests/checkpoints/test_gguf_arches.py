@@ -277,7 +277,8 @@ def test_k_quant_mix_kept_as_codes_equals_decoded(tmp_path, key):
 
 
 @pytest.mark.parametrize("key", ["qwen2moe", "qwen3moe", "phi3", "gptneox", "gptneox-sequential", "falcon",
-                                 "falcon-40b", "bloom", "stablelm", "stablelm2", "gpt2", "gptj", "mixtral"])
+                                 "falcon-40b", "bloom", "stablelm", "stablelm2", "gpt2", "gptj", "mixtral",
+                                 "deepseek2-v2-lite", "deepseek2-v3"])
 def test_gguf_exports_as_the_hf_model(tmp_path, key):
     """`lmzoo export` of a GGUF-loaded model: the HF checkpoint of the same architecture, which
     transformers loads with the original model's logits."""
