@@ -34,12 +34,52 @@ _LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# more of llama.cpp's pre-tokenizers (llama-vocab.cpp), each a sequence of regexes applied in turn:
+# every match and every gap between matches becomes a piece, then byte-level BPE runs on each piece
+_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_BLOOM_RE = r" ?[^(\s|.,!?…。，、।۔،)]+"
+_DEEPSEEK_LLM = (
+    r"[\r\n]",
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    r"\s+$",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}+",
+)
+_DEEPSEEK_CODER = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}")
+_DEEPSEEK3 = (
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+# (written with \p{Lu} etc. as in the models' tokenizer.json; llama.cpp spells the same classes out)
+_TEKKEN_RE = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+              r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}"
+              r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_CONTRACTION = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_GPT4O_RE = (rf"[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]*[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]+{_CONTRACTION}?"
+             rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]+[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]*{_CONTRACTION}?"
+             r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SEED_CODER_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 GGUF_PRE = {
     "default": ("bytelevel", None), "gpt2": ("bytelevel", None), "gpt-2": ("bytelevel", None),
     # StarCoder-family vocabularies (SmolLM among them) split every digit first
     "smollm": ("digits", None), "starcoder": ("digits", None), "refact": ("digits", None),
     "llama-bpe": ("regex", _LLAMA3_RE), "llama3": ("regex", _LLAMA3_RE),
     "qwen2": ("regex", _QWEN2_RE), "deepseek-r1-qwen": ("regex", _QWEN2_RE),
+    **{k: ("regex", _LLAMA3_RE) for k in ("llama-v3", "falcon3", "dbrx", "smaug-bpe", "chatglm-bpe", "glm4")},
+    **{k: ("regex", _QWEN2_RE) for k in ("stablelm2", "megrez", "hunyuan")},
+    **{k: ("regex", (r"\p{N}", _GPT2_RE)) for k in ("command-r", "codeshell", "exaone", "minerva-7b")},
+    **{k: ("regex", _GPT2_RE) for k in ("phi-2", "mpt", "olmo", "jais", "trillion", "exaone4")},
+    "falcon": ("regex", (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_RE, r"[0-9][0-9][0-9]")),
+    **{k: ("regex", _BLOOM_RE) for k in ("bloom", "poro-chat", "gpt3-finnish")},
+    "viking": ("regex", (_BLOOM_RE, r"\p{N}")),
+    "deepseek-llm": ("regex", _DEEPSEEK_LLM), "deepseek-coder": ("regex", _DEEPSEEK_CODER),
+    "deepseek-v3": ("regex", _DEEPSEEK3), "hunyuan-dense": ("regex", _DEEPSEEK3),
+    "tekken": ("regex", _TEKKEN_RE), "gpt-4o": ("regex", _GPT4O_RE), "llama4": ("regex", _GPT4O_RE),
+    "seed-coder": ("regex", _SEED_CODER_RE),
 }
 
 
@@ -402,9 +442,11 @@ def _gguf_byte_level_bpe(path: Path, meta: dict[str, Any], tokens: list[str]):
     return _byte_level_backend(vocab, merges, *GGUF_PRE[pre])
 
 
-def _byte_level_backend(vocab: dict[str, int], merges: list[tuple[str, str]], how: str, pattern: str | None):
+def _byte_level_backend(vocab: dict[str, int], merges: list[tuple[str, str]], how: str,
+                        pattern: str | tuple[str, ...] | None):
     """A `tokenizers` byte-level BPE: tokens in GPT-2's byte alphabet, text split first by `how`
-    ("bytelevel": GPT-2's own regex, "digits": single digits then GPT-2's, "regex": `pattern`)."""
+    ("bytelevel": GPT-2's own regex, "digits": single digits then GPT-2's, "regex": `pattern`, or
+    each of several patterns in turn)."""
     from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -415,8 +457,9 @@ def _byte_level_backend(vocab: dict[str, int], merges: list[tuple[str, str]], ho
     elif how == "digits":
         backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     else:
+        patterns = (pattern,) if isinstance(pattern, str) else pattern
         backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False), byte_level])
+            [*(pre_tokenizers.Split(Regex(p), behavior="isolated", invert=False) for p in patterns), byte_level])
     backend.decoder = decoders.ByteLevel()
     return backend
 

@@ -6,9 +6,16 @@ peak memory is about one float copy of the weights.
 GGUF stores each tensor's dims innermost-first (ne[0] = columns); reversed, that is PyTorch's
 (out_features, in_features) layout.
 
+One table of tensor names serves every architecture (`gguf_weights`): llama.cpp's converters write
+the same names for the same roles (attn_qkv or attn_q/k/v, ffn_gate/ffn_up/ffn_down, the stacked
+expert tensors ffn_*_exps, ...), with fused q|k|v already in q, k, v order. What differs between
+architectures and is not in the file is a few switches per architecture (`ARCHES`); the rest of the
+config comes from the metadata and from which tensors the file holds.
+
 llama.cpp's converter permutes the rows of W_q and W_k of `llama` models so that its rotary kernel
 can rotate *adjacent* pairs (GPT-J style); we rotate halves (GPT-NeoX style), so the permutation is
-undone here. Per head, the converter maps row r = i*2 + j  (i < hd/2, j in {0, 1}) from j*hd/2 + i:
+undone here (GPT-J's own weights are in pair order too). Per head, the converter maps row
+r = i*2 + j  (i < hd/2, j in {0, 1}) from j*hd/2 + i:
 
     HF rows of one head:    [x0 x1 ... x(hd/2-1) | y0 y1 ... y(hd/2-1)]      (halves)
     GGUF rows of one head:  [x0 y0 x1 y1 ...]                                 (pairs)
@@ -16,55 +23,167 @@ undone here. Per head, the converter maps row r = i*2 + j  (i < hd/2, j in {0, 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmzoo.checkpoints.checkpoint import split_index
 from lmzoo.checkpoints.gguf_file import GGUFFile
 from lmzoo.checkpoints.permute import pairs_to_halves
 from lmzoo.config import ModelConfig, RopeScaling
 from lmzoo.errors import CheckpointError, UnsupportedModelError
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q5_0", "Q5_1", "Q5_K", "Q3_K",
+                   "Q2_K")
 
 B = "blk.{i}."
-GGUF_WEIGHTS: dict[str, tuple[str, ...]] = {
-    "embed.weight": ("token_embd.weight",),
-    "norm.weight": ("output_norm.weight",),
-    "lm_head.weight": ("output.weight",),
-    "layers.{i}.attn_norm.weight": (B + "attn_norm.weight",),
-    "layers.{i}.mlp_norm.weight": (B + "ffn_norm.weight",),
-    "layers.{i}.attn.qkv.weight": (B + "attn_q.weight", B + "attn_k.weight", B + "attn_v.weight"),
-    "layers.{i}.attn.qkv.bias": (B + "attn_q.bias", B + "attn_k.bias", B + "attn_v.bias"),
-    "layers.{i}.attn.o.weight": (B + "attn_output.weight",),
-    "layers.{i}.attn.q_norm.weight": (B + "attn_q_norm.weight",),
-    "layers.{i}.attn.k_norm.weight": (B + "attn_k_norm.weight",),
-    "layers.{i}.mlp.gate_up.weight": (B + "ffn_gate.weight", B + "ffn_up.weight"),
-    "layers.{i}.mlp.down.weight": (B + "ffn_down.weight",),
-}
 
 
 @dataclass(frozen=True)
 class GGUFArch:
-    """What differs between the GGUF architectures we read (all LLaMA-shaped)."""
+    """What a GGUF file does not say about its architecture: the switches llama.cpp hard-codes per
+    architecture. Everything else is read from the file — sizes from the metadata, and from which
+    tensors it holds: biases, q/k norms, fused or split projections, gated MLP, tied head, an
+    embedding norm or position table, which layers are MoE, a shared expert."""
 
-    permuted_qk: bool  # llama.cpp permuted W_q/W_k rows (its `llama` converter does; qwen2/3 do not)
-    qkv_bias: bool = False
-    qk_norm: bool = False
+    norm: str = "rmsnorm"
+    # the original model's activation: exact GELU for GPT-NeoX and Falcon, whose files do not say so
+    # (llama.cpp runs its tanh approximation there)
+    mlp: str = "swiglu"
+    position: str = "rope"
+    # W_q/W_k rows rotate adjacent pairs: llama.cpp's `llama` converter permutes them so; GPT-J's
+    # weights are so natively. Un-permuted here (the rope window of each head) to rotate halves
+    rope_pairs: bool = False
+    parallel_residual: bool = False  # when the file has no `{arch}.use_parallel_residual`
+    moe_renormalize: bool = False  # top-k router weights renormalised (llama.cpp's norm_w)
+    qk_norm_kind: str = "rmsnorm"
+    attention: str = "standard"  # or "mla" (DeepSeek-V2/V3: the latent sizes come from the metadata)
+    # lmzoo name -> fn(tensor, cfg): row permutations of whole canonical tensors (the HF adapters' own)
+    transforms: dict[str, Callable] = field(default_factory=dict)
+    # the HF model_type of the same network (whose names LoRA adapter files use); None: the GGUF name;
+    # hf_moe_model_type: the one a file with expert tensors is (llama -> mixtral)
+    hf_model_type: str | None = None
+    hf_moe_model_type: str | None = None
+
+
+def _glm_transforms() -> dict[str, Callable]:
+    # ChatGLM2/3 / GLM-4-9B: fused q|k|v whose q and k rotate adjacent pairs on the first half of each
+    # head, as in THUDM's checkpoints (the converter leaves them so): the HF adapter's re-ordering
+    from lmzoo.checkpoints.adapters.llama_like import GLM_TRANSFORMS
+
+    return GLM_TRANSFORMS
+
+
+def _deepseek_transforms() -> dict[str, Callable]:
+    # DeepSeek's released weights rotate adjacent pairs, and llama.cpp keeps them so (its rope mode for
+    # deepseek2 is the pairwise one): the HF adapter's re-ordering of the rope rows applies unchanged
+    from lmzoo.checkpoints.adapters.moe import DEEPSEEK_TRANSFORMS
+
+    return DEEPSEEK_TRANSFORMS
 
 
 ARCHES = {
-    "llama": GGUFArch(permuted_qk=True),
-    "qwen2": GGUFArch(permuted_qk=False, qkv_bias=True),
-    "qwen3": GGUFArch(permuted_qk=False, qk_norm=True),
+    # (Mixtral's GGUFs are `llama` with expert tensors; llama.cpp renormalises their top-k weights)
+    "llama": GGUFArch(rope_pairs=True, moe_renormalize=True, hf_moe_model_type="mixtral"),
+    # Baichuan-7B / Baichuan2-7B: the converter splits W_pack into attn_q/k/v with llama's row order
+    # (Baichuan-13B's ALiBi variant is told apart only by its size in llama.cpp: not read here)
+    "baichuan": GGUFArch(rope_pairs=True),
+    # Qwen (v1): fused c_attn as attn_qkv; feed_forward_length counts both MLP halves (the width is
+    # read from ffn_down); its dynamic NTK / log-n context extension is not in the file (llama.cpp
+    # runs without it too)
+    "qwen": GGUFArch(),
+    "qwen2": GGUFArch(),
+    "qwen3": GGUFArch(),
+    "qwen2moe": GGUFArch(hf_model_type="qwen2_moe"),
+    "qwen3moe": GGUFArch(moe_renormalize=True, hf_model_type="qwen3_moe"),
+    "phi3": GGUFArch(),  # fused attn_qkv and ffn_up (= gate | up)
+    "gptneox": GGUFArch(norm="layernorm", mlp="gelu", parallel_residual=True, hf_model_type="gpt_neox"),
+    "falcon": GGUFArch(norm="layernorm", mlp="gelu", parallel_residual=True),
+    "bloom": GGUFArch(norm="layernorm", mlp="gelu_tanh", position="alibi"),
+    "stablelm": GGUFArch(norm="layernorm", qk_norm_kind="layernorm_per_head"),
+    "gpt2": GGUFArch(norm="layernorm", mlp="gelu_tanh", position="learned"),
+    "deepseek2": GGUFArch(attention="mla", transforms=_deepseek_transforms(), hf_model_type="deepseek_v2"),
+    "chatglm": GGUFArch(transforms=_glm_transforms()),
+    # GLM-4-0414: separate q/k/v in pair order, fused gate|up as ffn_up, sandwich norms
+    "glm4": GGUFArch(rope_pairs=True),
+    "gptj": GGUFArch(norm="layernorm", mlp="gelu_tanh", rope_pairs=True, parallel_residual=True),
 }
 
 
-def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+def _stems(names) -> set[str]:
+    """Per-layer tensor names without the layer: 'blk.3.attn_q.weight' -> 'attn_q.weight'."""
+    return {n.split(".", 2)[2] for n in names if n.startswith("blk.") and n.count(".") >= 2}
+
+
+def gguf_weights(names) -> dict[str, tuple[str, ...]]:
+    """lmzoo name -> the GGUF tensors that make it (concatenated along rows), for a file holding
+    `names`. llama.cpp's converters already store fused q|k|v (GPT-NeoX, BLOOM, Falcon, GPT-2, Phi-3)
+    in q, k, v order and Linear weights as (out, in) (GPT-2's Conv1D transposed), so only the q/k
+    pair order (GGUFArch.rope_pairs) and the stacked experts need work here."""
+    stems = _stems(names)
+    wb = ("weight", "bias")
+    qkv = ("attn_qkv",) if "attn_qkv.weight" in stems else ("attn_q", "attn_k", "attn_v")
+    gate_up = ("ffn_gate", "ffn_up") if "ffn_gate.weight" in stems else ("ffn_up",)  # phi3: ffn_up = gate|up
+    mlp_norm = "ffn_norm" if "ffn_norm.weight" in stems else "attn_norm_2"  # Falcon-40B: ln_mlp
+    w: dict[str, tuple[str, ...]] = {
+        "embed.weight": ("token_embd.weight",),
+        "pos_embed.weight": ("position_embd.weight",),
+        "lm_head.weight": ("output.weight",),
+        "lm_head.bias": ("output.bias",),
+        "layers.{i}.post_attn_norm.weight": (B + "post_attention_norm.weight",),
+        "layers.{i}.post_mlp_norm.weight": (B + "post_ffw_norm.weight",),
+        "layers.{i}.attn.q_norm.weight": (B + "attn_q_norm.weight",),
+        "layers.{i}.attn.k_norm.weight": (B + "attn_k_norm.weight",),
+        "layers.{i}.mlp.router.weight": (B + "ffn_gate_inp.weight",),
+        "layers.{i}.mlp.router_bias": (B + "exp_probs_b.bias",),
+        # MLA (deepseek2): kv_b is stored split as attn_k_b (transposed) and attn_v_b by newer
+        # converters; GGUFSource puts attn_kv_b back together
+        "layers.{i}.attn.q.weight": (B + "attn_q.weight",),
+        "layers.{i}.attn.q_a.weight": (B + "attn_q_a.weight",),
+        "layers.{i}.attn.q_a_norm.weight": (B + "attn_q_a_norm.weight",),
+        "layers.{i}.attn.q_b.weight": (B + "attn_q_b.weight",),
+        "layers.{i}.attn.kv_a.weight": (B + "attn_kv_a_mqa.weight",),
+        "layers.{i}.attn.kv_a_norm.weight": (B + "attn_kv_a_norm.weight",),
+        "layers.{i}.attn.kv_b.weight": (B + "attn_kv_b.weight",),
+        # experts stacked (n_expert, rows, cols) in one tensor each: expert e is slice [e]
+        "layers.{i}.mlp.experts.{e}.gate_up.weight": (B + "ffn_gate_exps.weight[{e}]", B + "ffn_up_exps.weight[{e}]"),
+        "layers.{i}.mlp.experts.{e}.down.weight": (B + "ffn_down_exps.weight[{e}]",),
+        "layers.{i}.mlp.shared.gate_up.weight": (B + "ffn_gate_shexp.weight", B + "ffn_up_shexp.weight"),
+        "layers.{i}.mlp.shared.down.weight": (B + "ffn_down_shexp.weight",),
+        "layers.{i}.mlp.shared_gate.weight": (B + "ffn_gate_inp_shexp.weight",),
+    }
+    for p in wb:
+        w |= {
+            f"embed_norm.{p}": (f"token_embd_norm.{p}",),
+            f"norm.{p}": (f"output_norm.{p}",),
+            f"layers.{{i}}.attn_norm.{p}": (B + f"attn_norm.{p}",),
+            f"layers.{{i}}.mlp_norm.{p}": (B + f"{mlp_norm}.{p}",),
+            f"layers.{{i}}.attn.qkv.{p}": tuple(B + f"{t}.{p}" for t in qkv),
+            f"layers.{{i}}.attn.o.{p}": (B + f"attn_output.{p}",),
+            f"layers.{{i}}.mlp.gate_up.{p}": tuple(B + f"{t}.{p}" for t in gate_up),
+            f"layers.{{i}}.mlp.down.{p}": (B + f"ffn_down.{p}",),
+        }
+    return w
+
+
+def _flat(t: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    return t.reshape(-1)  # StableLM's per-head q/k norms are stored (n_head, head_dim)
+
+
+def _one_row(t: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    return t.reshape(1, -1)  # the shared expert's gate: a (1, d) Linear, 1-D in some files
+
+
+GGUF_TRANSFORMS = {"layers.{i}.attn.q_norm.weight": _flat, "layers.{i}.attn.k_norm.weight": _flat,
+                   "layers.{i}.mlp.shared_gate.weight": _one_row}
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int, rope_dim: int | None = None) -> torch.Tensor:
     """Undo llama.cpp's pairwise row order (see module docstring). w: (n_head*hd, ...)."""
-    return pairs_to_halves(w, heads=n_head)
+    return pairs_to_halves(w, heads=n_head, rope_dim=rope_dim)
 
 
 def _field(reader: GGUFFile, key: str, default: Any = None) -> Any:
@@ -91,61 +210,207 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
             raise CheckpointError(f"{path.name}: GGUF metadata lacks {a + key}")
         return v
 
+    names = set(reader.tensors)
+    stems = _stems(names)
+    n_layer = int(need("block_count"))
     n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
     head_dim = int(_field(reader, a + "attention.key_length", n_embd // n_head))
     rope_dim = int(_field(reader, a + "rope.dimension_count", head_dim))
-    names = set(reader.tensors)
-    if "rope_freqs.weight" in names:
-        raise UnsupportedModelError(
-            f"{path.name} carries per-frequency RoPE factors (rope_freqs, Llama 3.1 style); not supported yet"
-        )
-    scaling = RopeScaling()
-    kind = _field(reader, a + "rope.scaling.type")
-    if kind in ("linear", "yarn"):
-        factor = float(_field(reader, a + "rope.scaling.factor", 1.0))
-        orig = _field(reader, a + "rope.scaling.original_context_length")
-        scaling = RopeScaling(kind=kind, factor=factor, original_max_position=int(orig) if orig else None)
-    elif kind not in (None, "none"):
-        raise UnsupportedModelError(f"{path.name}: GGUF rope scaling {kind!r} is not supported")
+    max_seq = int(_field(reader, a + "context_length", 2048))
+    scaling = _rope_scaling(reader, path, a, max_seq, rope_dim)
     emb = reader.tensors.get("token_embd.weight")
     if emb is None:
         raise CheckpointError(f"{path.name} has no token_embd.weight tensor")
     vocab = int(_field(reader, a + "vocab_size", 0) or emb.shape[0])
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    eps_key = "attention.layer_norm_rms_epsilon" if arch.norm == "rmsnorm" else "attention.layer_norm_epsilon"
+    # a single norm per block means both branches read it: a parallel block (GPT-J, Falcon-7B, StableLM-2-12B)
+    shared_norm = not stems & {"ffn_norm.weight", "attn_norm_2.weight"}
+    moe = _moe_fields(reader, path, a, n_layer)
+    mla = _mla_fields(reader, a, need, rope_dim, scaling) if arch.attention == "mla" else {}
+    scaling = mla.pop("rope_scaling", scaling)
+    window = _field(reader, a + "attention.sliding_window")
     cfg = ModelConfig(
         name=str(_field(reader, "general.name", path.stem)),
         vocab_size=vocab,
-        n_layer=int(need("block_count")),
+        n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
         n_kv_head=int(_field(reader, a + "attention.head_count_kv", n_head)),
         head_dim=head_dim,
-        intermediate_size=int(need("feed_forward_length")),
-        max_seq_len=int(_field(reader, a + "context_length", 2048)),
-        norm_eps=float(_field(reader, a + "attention.layer_norm_rms_epsilon", 1e-5)),
+        intermediate_size=_mlp_width(reader, a, moe, need),
+        max_seq_len=max_seq,
+        norm=arch.norm,
+        norm_eps=float(_field(reader, a + eps_key, 1e-5)),
+        mlp=arch.mlp,
+        position="learned" if "position_embd.weight" in names else arch.position,
         rope_theta=float(_field(reader, a + "rope.freq_base", 10000.0)),
-        rotary_percentage=rope_dim / head_dim,
+        rotary_percentage=1.0 if mla else rope_dim / head_dim,
         rope_scaling=scaling,
-        qkv_bias=arch.qkv_bias,
-        qk_norm=arch.qk_norm,
+        sliding_window=int(window) if window else None,
+        qkv_bias=bool(stems & {"attn_qkv.bias", "attn_q.bias"}),
+        attn_out_bias="attn_output.bias" in stems,
+        mlp_bias="ffn_down.bias" in stems,
+        qk_norm="attn_q_norm.weight" in stems,
+        qk_norm_kind=arch.qk_norm_kind,
+        sandwich_norm="post_attention_norm.weight" in stems,
+        parallel_residual=shared_norm or bool(_field(reader, a + "use_parallel_residual", arch.parallel_residual)),
+        shared_norm=shared_norm,
+        embed_norm="token_embd_norm.weight" in names,
         tie_embeddings="output.weight" not in names,
+        lm_head_bias="output.bias" in names,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_id=() if eos is None else (int(eos),),
         pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
+        **moe,
+        **mla,
+        moe_renormalize=bool(_field(reader, a + "expert_weights_norm", arch.moe_renormalize)),
     )
     return cfg, arch
 
 
+def _mla_fields(reader: GGUFFile, a: str, need, rope_dim: int, scaling: RopeScaling) -> dict[str, Any]:
+    """DeepSeek's multi-head latent attention. Newer files describe it in llama.cpp's absorbed (MQA)
+    form — key_length = kv_lora_rank + rope dims, with the per-head sizes in key_length_mla /
+    value_length_mla; older ones give the per-head sizes in key_length / value_length."""
+    qk = int(_field(reader, a + "attention.key_length_mla") or need("attention.key_length"))
+    v = int(_field(reader, a + "attention.value_length_mla") or need("attention.value_length"))
+    q_rank = _field(reader, a + "attention.q_lora_rank")
+    scale = qk ** -0.5
+    log_mul = _field(reader, a + "rope.scaling.yarn_log_multiplier")
+    if scaling.kind == "yarn" and log_mul:
+        import dataclasses
+        import math
+
+        # DeepSeek's YaRN: the temperature 0.1 * mscale_all_dim * ln(factor) + 1 goes on the softmax
+        # (squared); cos/sin keep mscale / mscale_all_dim = 1 (llama.cpp assumes the two are equal,
+        # as in every released config)
+        m = 1.0 + float(log_mul) * math.log(scaling.factor) if scaling.factor > 1 else 1.0
+        scale *= m * m
+        scaling = dataclasses.replace(scaling, attention_factor=1.0)
+    return dict(rope_scaling=scaling, attention="mla", q_lora_rank=int(q_rank) if q_rank else None,
+                kv_lora_rank=int(need("attention.kv_lora_rank")), qk_nope_head_dim=qk - rope_dim,
+                qk_rope_head_dim=rope_dim, v_head_dim=v, attn_scale=scale)
+
+
+def _mlp_width(reader: GGUFFile, a: str, moe: dict, need) -> int:
+    """The dense MLP's width: ffn_down's input width where a layer has one (the metadata's
+    feed_forward_length is not always that: Qwen v1 counts both halves), else the metadata."""
+    down = next((t for n, t in reader.tensors.items() if n.startswith("blk.") and n.endswith(".ffn_down.weight")), None)
+    if down is not None:
+        return int(down.ne[0])
+    return int(_field(reader, a + "feed_forward_length", 0) or moe.get("moe_intermediate_size")
+               or need("feed_forward_length"))
+
+
+def _rope_scaling(reader: GGUFFile, path: Path, a: str, max_seq: int, rope_dim: int) -> RopeScaling:
+    kind = _field(reader, a + "rope.scaling.type")
+    orig = _field(reader, a + "rope.scaling.original_context_length")
+    if "rope_freqs.weight" in reader.tensors:
+        # Llama 3.1+: the converter stores the llama3 rule's outcome, one divisor per frequency, used
+        # at every length: a LongRoPE table with the same factors short and long and no attention factor
+        f = tuple(float(x) for x in reader.array(reader.tensors["rope_freqs.weight"]).reshape(-1))
+        if len(f) != rope_dim // 2:
+            raise CheckpointError(f"{path.name}: rope_freqs has {len(f)} factors; RoPE has {rope_dim // 2} frequencies")
+        return RopeScaling(kind="longrope", factor=1.0, original_max_position=max_seq, short_factor=f,
+                           long_factor=f, attention_factor=1.0)
+    if "rope_factors_long.weight" in reader.tensors:  # Phi-3's LongRoPE: per-frequency divisors
+        if not orig:
+            raise CheckpointError(f"{path.name}: GGUF metadata lacks {a}rope.scaling.original_context_length "
+                                  "(needed with rope_factors_long)")
+        short, long = (tuple(float(x) for x in reader.array(reader.tensors[f"rope_factors_{k}.weight"]).reshape(-1))
+                       for k in ("short", "long"))
+        attn = _field(reader, a + "rope.scaling.attn_factor")
+        return RopeScaling(kind="longrope", factor=max_seq / int(orig), original_max_position=int(orig),
+                           short_factor=short, long_factor=long,
+                           attention_factor=None if attn is None else float(attn))
+    if kind in ("linear", "yarn"):
+        factor = float(_field(reader, a + "rope.scaling.factor", 1.0))
+        return RopeScaling(kind=kind, factor=factor, original_max_position=int(orig) if orig else None)
+    if kind not in (None, "none"):
+        raise UnsupportedModelError(f"{path.name}: GGUF rope scaling {kind!r} is not supported")
+    return RopeScaling()
+
+
+def _moe_fields(reader: GGUFFile, path: Path, a: str, n_layer: int) -> dict[str, Any]:
+    """Mixture-of-experts switches: the layers holding a router (ffn_gate_inp) are the MoE layers."""
+    layers = tuple(i for i in range(n_layer) if f"blk.{i}.ffn_gate_inp.weight" in reader.tensors)
+    if not layers:
+        return {}
+
+    def need(key: str):
+        v = _field(reader, a + key)
+        if v is None:
+            raise CheckpointError(f"{path.name}: GGUF metadata lacks {a + key} (the file has expert tensors)")
+        return int(v)
+
+    t = reader.tensors.get(f"blk.{layers[0]}.ffn_gate_exps.weight")
+    width = _field(reader, a + "expert_feed_forward_length") or (t.shape[1] if t is not None else None)
+    if width is None:
+        raise CheckpointError(f"{path.name}: GGUF metadata lacks {a}expert_feed_forward_length")
+    shexp = reader.tensors.get(f"blk.{layers[0]}.ffn_gate_shexp.weight")
+    shared = _field(reader, a + "expert_shared_feed_forward_length") or (shexp.shape[0] if shexp is not None else 0)
+    sigmoid = _field(reader, a + "expert_gating_func") == 2  # llama.cpp: 1 softmax, 2 sigmoid
+    return dict(
+        router="sigmoid" if sigmoid else "softmax", router_group_score="top2" if sigmoid else "max",
+        router_bias=f"blk.{layers[0]}.exp_probs_b.bias" in reader.tensors,
+        router_groups=int(_field(reader, a + "expert_group_count", 0) or 1),
+        router_topk_groups=int(_field(reader, a + "expert_group_used_count", 0) or 1),
+        routed_scaling=float(_field(reader, a + "expert_weights_scale", 1.0)),
+        n_experts=need("expert_count"), n_experts_per_tok=need("expert_used_count"),
+        moe_intermediate_size=int(width), moe_layers=None if len(layers) == n_layer else layers,
+        shared_expert_size=int(shared),
+        shared_expert_gate=f"blk.{layers[0]}.ffn_gate_inp_shexp.weight" in reader.tensors,
+    )
+
+
+def _row_order(name: str, n_rows: int, cfg: ModelConfig, arch: GGUFArch):
+    """Source row of each row of tensor `name` in lmzoo's layout, or None when they agree."""
+    heads = {"attn_q": cfg.n_head, "attn_k": cfg.n_kv_head}.get(name.split(".")[-2])
+    if not arch.rope_pairs or heads is None:
+        return None
+    return unpermute_qk(torch.arange(n_rows), heads, cfg.rope_dim)
+
+
 class GGUFSource:
-    """name -> float32 tensor, dequantised on demand (and Q/K rows restored for `llama`)."""
+    """name -> float32 tensor, dequantised on demand; 'name[e]' is slice e of a stacked (expert)
+    tensor; q/k rows restored to halves order where the architecture stores pairs."""
 
     def __init__(self, reader: GGUFFile, cfg: ModelConfig, arch: GGUFArch) -> None:
         self._file, self._cfg, self._arch = reader, cfg, arch
+        # the stacked tensors decoded last: a layer's gate, up and down experts are read in turn,
+        # expert by expert, so all three stay until the next layer's arrive
+        self._stacked: dict[str, torch.Tensor] = {}
 
     def keys(self) -> list[str]:
-        return list(self._file.tensors)
+        names = list(self._file.tensors)
+        split = {n for n in names if n.endswith((".attn_k_b.weight", ".attn_v_b.weight"))}
+        joined = {n.replace(".attn_k_b.", ".attn_kv_b.") for n in split if n.endswith(".attn_k_b.weight")}
+        return [n for n in names if n not in split] + sorted(joined - set(names))
 
     def get(self, name: str) -> torch.Tensor:
+        if name.endswith(".attn_kv_b.weight") and name not in self._file.tensors:
+            return self._kv_b(name)
+        base, index = split_index(name)
+        if index is not None:
+            if base not in self._stacked:
+                if len(self._stacked) >= 3:
+                    self._stacked.pop(next(iter(self._stacked)))
+                self._stacked[base] = self._decode(base)
+            return self._stacked[base][index]
+        w = self._decode(name)
+        order = _row_order(name, w.shape[0], self._cfg, self._arch)
+        return w if order is None else w[order]
+
+    def _kv_b(self, name: str) -> torch.Tensor:
+        """MLA's kv_b from llama.cpp's split form: per head, k_b (kv_lora_rank, nope) transposed, then
+        v_b (v, kv_lora_rank) -> rows [nope of k | v] per head, (n_head * (nope + v), kv_lora_rank)."""
+        k_b = self._decode(name.replace(".attn_kv_b.", ".attn_k_b."))  # (n_head, rank, nope)
+        v_b = self._decode(name.replace(".attn_kv_b.", ".attn_v_b."))  # (n_head, v, rank)
+        kv = torch.cat([k_b.transpose(1, 2), v_b], dim=1)
+        return kv.reshape(-1, kv.shape[-1]).contiguous()
+
+    def _decode(self, name: str) -> torch.Tensor:
         t = self._file.tensors[name]
         if t.type_name not in SUPPORTED_TYPES:
             raise UnsupportedModelError(
@@ -153,14 +418,13 @@ class GGUFSource:
                 f"supported: {', '.join(SUPPORTED_TYPES)}"
             )
         try:
-            w = torch.from_numpy(self._file.array(t))
+            return torch.from_numpy(self._file.array(t))
         except Exception as e:
             raise CheckpointError(f"{self._file.path.name}: cannot decode tensor {name} ({e})") from None
-        if self._arch.permuted_qk and name.endswith(("attn_q.weight", "attn_q.bias")):
-            w = unpermute_qk(w, self._cfg.n_head)
-        elif self._arch.permuted_qk and name.endswith(("attn_k.weight", "attn_k.bias")):
-            w = unpermute_qk(w, self._cfg.n_kv_head)
-        return w
+
+
+# tensors read into the config, not the weights
+CONFIG_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight", "rope_freqs.weight")
 
 
 def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_quantized: bool = False):
@@ -172,78 +436,116 @@ def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_qu
     reader = GGUFFile(path)
     cfg, arch = gguf_config(reader, path)
     source = GGUFSource(reader, cfg, arch)
+    weights = gguf_weights(reader.tensors)
     if keep_quantized and dtype == torch.float32:
-        model = _load_quantized(reader, cfg, arch, source, device)
+        model = _load_quantized(reader, cfg, arch, source, weights, device)
     else:
-        model = instantiate(cfg, source, GGUF_WEIGHTS, dtype=dtype, device=device)
+        model = instantiate(cfg, source, weights, ignore=CONFIG_TENSORS,
+                            transforms={**GGUF_TRANSFORMS, **arch.transforms}, dtype=dtype, device=device)
     from lmzoo.checkpoints.peft import CheckpointLayout
 
     # q/k rows are un-permuted at load: the model is in the HF layout of the same architecture
-    model.checkpoint_layout = CheckpointLayout(_field(reader, "general.architecture"), {}, str(path))
+    name = _field(reader, "general.architecture")
+    hf_type = (cfg.n_experts and arch.hf_moe_model_type) or arch.hf_model_type or name
+    model.checkpoint_layout = CheckpointLayout(hf_type, _hf_view(cfg), str(path), from_gguf=True)
     return model
 
 
-# layer attribute -> GGUF tensors stacked along rows
-_LINEARS = {
-    ("attn", "qkv"): ("attn_q", "attn_k", "attn_v"),
-    ("attn", "o"): ("attn_output",),
-    ("mlp", "gate_up"): ("ffn_gate", "ffn_up"),
-    ("mlp", "down"): ("ffn_down",),
-}
+def _hf_view(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json keys the HF adapters' weight maps read (LoRA files name HF tensors), from the config."""
+    return {
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,  # StableLM's per-head norms
+        "q_lora_rank": cfg.q_lora_rank, "attention_bias": cfg.qkv_bias,  # DeepSeek
+        # Falcon: one norm (7B) or ln_attn + ln_mlp (40B / 180B, the new decoder architecture)
+        "new_decoder_architecture": not cfg.shared_norm, "parallel_attn": cfg.parallel_residual,
+        "num_ln_in_parallel_attn": 1 if cfg.shared_norm else 2,
+        "ffn_hidden_size": cfg.intermediate_size,  # chatglm: ChatGLM2/3 / GLM-4's layout, not ChatGLM-6B's
+    }
 
 
-def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFSource, device):
+def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFSource,
+                    weights: dict[str, tuple[str, ...]], device):
+    """Every Linear whose GGUF tensors are all block-quantised becomes a quantised layer (several
+    tensors, or slices of a stacked expert tensor, stacked along rows); the rest loads as floats."""
+    import numpy as np
     from torch import nn
 
-    from lmzoo.checkpoints.build import empty_model
+    from lmzoo.checkpoints.build import empty_model, fill_template, name_template
     from lmzoo.checkpoints.gguf_quant import QUANTISED, RowConcat, quantised_linear
 
-    def row_order(name: str, n_rows: int):
-        heads = {"attn_q": cfg.n_head, "attn_k": cfg.n_kv_head}.get(name.split(".")[-2])
-        if not arch.permuted_qk or heads is None:
-            return None
-        return unpermute_qk(torch.arange(n_rows), heads).numpy()
+    def rows(name: str, t) -> np.ndarray | None:
+        base, index = split_index(name)
+        if index is not None:  # expert `index` of a stacked (n_expert, n, k) tensor: its n rows
+            n = t.shape[1]
+            return np.arange(index * n, (index + 1) * n)
+        order = _row_order(base, t.shape[0], cfg, arch)
+        return None if order is None else order.numpy()
 
-    def build(names: list[str]):
-        ts = [f.tensors.get(n) for n in names]
+    def build(names: list[str], template: str):
+        ts = [f.tensors.get(split_index(n)[0]) for n in names]
         if any(t is None or t.type_name not in QUANTISED for t in ts):
-            return None  # float tensors (or missing ones) take the ordinary path
-        mod = quantised_linear(f, ts, [row_order(n, t.shape[0]) for n, t in zip(names, ts)])
+            return None  # float tensors (or missing, reassembled ones) take the ordinary path
+        orders = [rows(n, t) for n, t in zip(names, ts)]
+        if template in arch.transforms:  # a row permutation of the whole tensor
+            if len(ts) > 1 or orders[0] is not None:
+                return None
+            orders = [arch.transforms[template](torch.arange(ts[0].shape[0]), cfg).numpy()]
+        mod = quantised_linear(f, ts, orders)
         biases = [n.replace(".weight", ".bias") for n in names]
         if all(b in f.tensors for b in biases):
             parts = mod.parts if isinstance(mod, RowConcat) else [mod]
             vals = [source.get(b) for b in biases]
+            bias_template = template.replace(".weight", ".bias")
             if len(parts) == 1:
                 vals = [torch.cat(vals)]
+                if bias_template in arch.transforms:
+                    vals = [arch.transforms[bias_template](vals[0], cfg)]
             for part, v in zip(parts, vals):
                 part.bias = nn.Parameter(v)
         return mod
 
     model = empty_model(cfg)
-    for i, layer in enumerate(model.layers):
-        for (parent, child), stems in _LINEARS.items():
-            mod = build([f"blk.{i}.{s}.weight" for s in stems])
-            if mod is not None:
-                setattr(getattr(layer, parent), child, mod)
-    head = build(["output.weight" if "output.weight" in f.tensors else "token_embd.weight"])
-    if head is not None:
-        model.lm_head = head  # a tied head gets its own quantised copy; the embedding stays float
+    heads = {"lm_head"}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        template, index = name_template(name + ".weight")
+        if name in heads and cfg.tie_embeddings:
+            parts = ["token_embd.weight"]  # a tied head gets its own quantised copy; the embedding stays float
+        elif template in weights:
+            parts = [fill_template(q, index) for q in weights[template]]
+        else:
+            continue
+        mod = build(parts, template)
+        if mod is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, mod)
     # everything still on the meta device (embedding, norms, float linears) loads as floats
-    from lmzoo.checkpoints.build import fill_template, name_template
-
     state = {}
+    persistent = set(model.state_dict())
+    available = set(source.keys())
+    transforms = {**GGUF_TRANSFORMS, **arch.transforms}  # buffers recomputed from the config (RoPE, ALiBi) are not loaded
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if not p.is_meta or name.startswith("rope."):
+        if not p.is_meta or name not in persistent or (name == "lm_head.weight" and cfg.tie_embeddings):
             continue
         template, index = name_template(name)
-        parts = [fill_template(q, index) for q in GGUF_WEIGHTS[template]]
-        missing = [q for q in parts if q not in f.tensors]
+        if template not in weights:
+            raise CheckpointError(f"{f.path.name}: no GGUF tensor maps to {name}")
+        parts = [fill_template(q, index) for q in weights[template]]
+        missing = [q for q in parts if split_index(q)[0] not in available]
         if missing:
             raise CheckpointError(f"{f.path.name} is missing tensor(s) {missing}")
         ts = [source.get(q) for q in parts]
-        state[name] = torch.cat(ts) if len(ts) > 1 else ts[0]
+        t = torch.cat(ts) if len(ts) > 1 else ts[0]
+        if template in transforms:
+            t = transforms[template](t, cfg)
+        if tuple(t.shape) != tuple(p.shape):
+            raise CheckpointError(f"{f.path.name}: {' + '.join(parts)} gives shape {tuple(t.shape)}, the config "
+                                  f"needs {tuple(p.shape)} for {name}")
+        state[name] = t
     model.load_state_dict(state, strict=False, assign=True)
-    if cfg.tie_embeddings and head is None:
+    if cfg.tie_embeddings and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.embed.weight
     model.reset_buffers(device="cpu")
     model.quantization = "gguf"

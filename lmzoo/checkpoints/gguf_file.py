@@ -172,6 +172,10 @@ class GGUFFile:
                 b = part.reshape(part.shape[0], K // 32, 34)
                 d = np.ascontiguousarray(b[..., :2]).view(np.float16).astype(np.float32)  # (rows, K/32, 1)
                 out[r:r + step] = (b[..., 2:].view(np.int8) * d).reshape(part.shape[0], K)
+            elif kind in ("Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K"):
+                from lmzoo.checkpoints.gguf_quant import dequantize
+
+                out[r:r + step] = dequantize(part, kind, K)
             else:
                 from gguf import GGMLQuantizationType, quants
 

@@ -8,6 +8,15 @@ weights: each block format is re-expressed as integer codes + per-group scale (a
     Q4_1  32-blocks: d, m, nibbles           w = d * q + m         -> Int4Linear, group 32
     Q4_K  256-blocks: d, dmin, 8 x 6-bit (sc, m), 128 bytes of nibbles
                                             w = d*sc * q - dmin*m  -> Int4Linear, group 32
+    Q5_0  32-blocks: d, 32 high bits, nibbles  w = d * (q - 16)    -> Int8Linear, group 32
+    Q3_K  256-blocks: 32 bytes of high bits, 64 of 2-bit pairs, 16 x 6-bit scales, d
+                                            w = d*(sc - 32) * q, q in -4..3   -> Int8Linear, group 16
+    Q5_1  32-blocks: d, m, high bits, nibbles  w = d * q + m
+    Q5_K  256-blocks: d, dmin, 8 x 6-bit (sc, m), high bits, nibbles    w = d*sc * q - dmin*m
+    Q2_K  256-blocks: 16 x (4-bit sc | 4-bit m), 64 bytes of 2-bit codes, d, dmin
+                                            w = d*sc * q - dmin*m, per 16
+The last three carry a per-group offset beside 5- or 2-bit codes: no lmzoo layer holds that (Int8Linear
+has no offset, Int4Linear's groups are >= 32), so they load as floats, decoded here (`dequantize`).
 
 Q4_0/Q4_1 nibbles already sit in Int4Linear's layout (byte j: element j low, j+16 high); Q4_K
 keeps each 32-element sub-block's nibbles in either the low or the high half of 32 bytes, so those
@@ -23,7 +32,8 @@ from torch import nn
 from lmzoo.checkpoints.gguf_file import GGUFFile, GGUFTensor
 from lmzoo.quant.layers import Int4Linear, Int8Linear, pack_int4
 
-QUANTISED = ("Q8_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K")
+QUANTISED = ("Q8_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q3_K")  # kept as integer layers
+DECODED = ("Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K")  # decoded by `dequantize` (the others: gguf_file)
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
@@ -59,22 +69,86 @@ def _codes(raw: np.ndarray, kind: str, K: int) -> tuple[str, np.ndarray, np.ndar
         b = raw.reshape(N * K // 256, 144)
         d = np.ascontiguousarray(b[:, 0:2]).view(np.float16).astype(np.float32)
         dmin = np.ascontiguousarray(b[:, 2:4]).view(np.float16).astype(np.float32)
-        s = b[:, 4:16].astype(np.int32)
-        scales, mins = [], []
-        for j in range(8):
-            if j < 4:
-                sc, m = s[:, j] & 63, s[:, j + 4] & 63
-            else:
-                sc = (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4)
-                m = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
-            scales.append(d[:, 0] * sc)
-            mins.append(-dmin[:, 0] * m)
+        scales, mins = _k_scales(b[:, 4:16].astype(np.int32), d[:, 0], dmin[:, 0])
         qs = b[:, 16:144].reshape(-1, 4, 32)  # 4 chunks of 32 bytes = 8 sub-blocks
         vals = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)  # sub-block order
         codes = torch.from_numpy(vals.reshape(N, K).astype(np.int64))
         return ("int4", pack_int4(codes).numpy(), np.stack(scales, 1).reshape(N, K // 32),
                 np.stack(mins, 1).reshape(N, K // 32))
+    if kind in ("Q5_0", "Q5_1"):
+        size = 22 if kind == "Q5_0" else 24
+        b = raw.reshape(N, K // 32, size)
+        o = 2 if kind == "Q5_0" else 4
+        qh = np.ascontiguousarray(b[..., o:o + 4]).view("<u4")  # (N, K/32, 1): bit j = element j's 5th bit
+        high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4  # (N, K/32, 32)
+        qs = b[..., o + 4:o + 20]
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=-1) | high
+        d = _f16(b[..., 0:2])
+        if kind == "Q5_0":
+            return "int8", (q.astype(np.int16) - 16).astype(np.int8).reshape(N, K), d, None
+        return "int8", q.astype(np.int8).reshape(N, K), d, _f16(b[..., 2:4])
+    if kind == "Q5_K":
+        b = raw.reshape(N * K // 256, 176)
+        d = np.ascontiguousarray(b[:, 0:2]).view(np.float16).astype(np.float32)
+        dmin = np.ascontiguousarray(b[:, 2:4]).view(np.float16).astype(np.float32)
+        scales, mins = _k_scales(b[:, 4:16].astype(np.int32), d[:, 0], dmin[:, 0])
+        qh = b[:, 16:48]  # bit s of byte l: the 5th bit of element l of sub-block s
+        qs = b[:, 48:176].reshape(-1, 4, 32)  # chunk c: sub-blocks 2c (low nibbles), 2c + 1 (high)
+        low = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)
+        high = ((qh[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1) << 4
+        q = (low | high).astype(np.int8)
+        return "int8", q.reshape(N, K), np.stack(scales, 1).reshape(N, K // 32), np.stack(mins, 1).reshape(N, K // 32)
+    if kind in ("Q2_K", "Q3_K"):
+        # both: element (h, j, g, l) = half, 2-bit shift, group of 16, lane, from byte h*32 + g*16 + l
+        # of the 64 code bytes, shifted by 2j; its scale is number h*8 + j*2 + g, i.e. one per 16 in order
+        size = 84 if kind == "Q2_K" else 110
+        b = raw.reshape(N * K // 256, size)
+        qs = b[:, 16:80] if kind == "Q2_K" else b[:, 32:96]
+        shifts = (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]
+        q = (qs.reshape(-1, 2, 1, 32) >> shifts) & 3  # (blocks, h, j, 32 = g*16 + l)
+        if kind == "Q2_K":
+            sc = b[:, 0:16]
+            d = _f16(b[:, 80:82])[:, None]
+            dmin = _f16(b[:, 82:84])[:, None]
+            scale = d * (sc & 0xF).astype(np.float32)
+            mn = -(dmin * (sc >> 4).astype(np.float32))
+            return "int8", q.astype(np.int8).reshape(N, K), scale.reshape(N, K // 16), mn.reshape(N, K // 16)
+        hm = b[:, 0:32]  # bit h*4 + j of byte g*16 + l set: the code as is; clear: code - 4
+        bits = (hm[:, None, None, :] >> (4 * np.arange(2)[:, None] + np.arange(4)[None, :]).astype(np.uint8)
+                [None, :, :, None]) & 1
+        q = q.astype(np.int8) - 4 * (1 - bits.astype(np.int8))
+        s = b[:, 96:108].astype(np.int32)
+        i = np.arange(16)
+        sc = ((s[:, i % 8] >> (4 * (i // 8))) & 0xF) | (((s[:, 8 + i % 4] >> (2 * (i // 4))) & 3) << 4)
+        d = _f16(b[:, 108:110])[:, None]
+        scale = d * (sc - 32).astype(np.float32)
+        return "int8", q.reshape(N, K), scale.reshape(N, K // 16), None
     raise ValueError(kind)
+
+
+def _k_scales(s: np.ndarray, d: np.ndarray, dmin: np.ndarray):
+    """Q4_K / Q5_K: 12 bytes -> 8 (6-bit scale, 6-bit min) pairs -> d*sc, -dmin*m per sub-block."""
+    scales, mins = [], []
+    for j in range(8):
+        if j < 4:
+            sc, m = s[:, j] & 63, s[:, j + 4] & 63
+        else:
+            sc = (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4)
+            m = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
+        scales.append(d * sc)
+        mins.append(-(dmin * m))
+    return scales, mins
+
+
+def dequantize(raw: np.ndarray, kind: str, K: int) -> np.ndarray:
+    """Rows of block bytes (N, bytes per row) of a DECODED kind -> float32 (N, K): code * scale (+ min),
+    the products ggml's own dequantisers compute."""
+    width, q, scale, mn = _codes(np.ascontiguousarray(raw), kind, K)
+    N, G = scale.shape
+    w = q.reshape(N, G, K // G).astype(np.float32) * scale[..., None].astype(np.float32)
+    if mn is not None:
+        w = w + mn[..., None].astype(np.float32)
+    return w.reshape(N, K)
 
 
 class RowConcat(nn.Module):

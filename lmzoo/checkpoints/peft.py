@@ -46,6 +46,9 @@ class CheckpointLayout:
     model_type: str
     hf_config: dict
     path: str = ""
+    # loaded from a GGUF file: hf_config then holds only the keys the adapter's weight map reads
+    # (derived from the config), not a config.json to write out
+    from_gguf: bool = False
 
 
 def layout_of(model: nn.Module) -> CheckpointLayout:

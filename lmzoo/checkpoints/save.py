@@ -11,8 +11,9 @@ pair-interleaved RoPE, GPT-2's transposes) is inverted exactly without a hand-wr
     checkpoint.flatten()[moved.flatten()] = ours.flatten()
 
 Experts stored stacked in one checkpoint tensor ('experts.gate_up_proj[3]') are stacked back.
-A GGUF-loaded model is written as the HF model of its architecture (llama / qwen2 / qwen3), with a
-config.json built from its ModelConfig and a tokenizer.json from the GGUF vocabulary.
+A GGUF-loaded model is written as the HF model of its architecture (`_HF_CONFIGS`: llama, qwen2/3,
+their MoE forms, phi3, stablelm, gpt_neox, falcon, bloom, gpt2, gptj), with a config.json built from
+its ModelConfig and a tokenizer.json from the GGUF vocabulary.
 """
 
 from __future__ import annotations
@@ -90,11 +91,14 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     cfg = model.config
     out: dict[str, torch.Tensor] = {}
     stacked: dict[str, dict[int, torch.Tensor]] = {}
+    params = {n for n, _ in model.named_parameters()}
     for name, t in model.state_dict().items():
         if cfg.tie_embeddings and name == "lm_head.weight":
             continue
         template, index = name_template(name)
         if template not in weights:
+            if name in params:
+                raise UnsupportedModelError(f"the {layout.model_type!r} checkpoint layout has no tensor for {name}")
             continue  # a buffer the checkpoint does not store
         parts = [fill_template(p, index) for p in weights[template]]
         t = t.detach().cpu().contiguous()
@@ -114,26 +118,100 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # --- config.json for a GGUF-loaded model -------------------------------------------------------
 
+_ACT = {"swiglu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new"}
+
+
+def _llama_keys(cfg: ModelConfig) -> dict:
+    return {"hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
+            "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+            "hidden_act": "silu"}
+
+
+def _qwen_moe_keys(cfg: ModelConfig) -> dict:
+    dense = [i for i in range(cfg.n_layer) if not cfg.layer_is_moe(i)]
+    return {**_llama_keys(cfg), "num_experts": cfg.n_experts, "num_experts_per_tok": cfg.n_experts_per_tok,
+            "moe_intermediate_size": cfg.moe_intermediate_size, "norm_topk_prob": cfg.moe_renormalize,
+            "decoder_sparse_step": 1, "mlp_only_layers": dense,
+            "shared_expert_intermediate_size": cfg.shared_expert_size}
+
+
+def _deepseek_keys(cfg: ModelConfig) -> dict:
+    moe = [i for i in range(cfg.n_layer) if cfg.layer_is_moe(i)]
+    v3 = cfg.router == "sigmoid"  # V3's router (sigmoid scores, selection bias) is DeepseekV3's class
+    keys = {**_llama_keys(cfg), "num_key_value_heads": cfg.n_head, "q_lora_rank": cfg.q_lora_rank,
+            "kv_lora_rank": cfg.kv_lora_rank, "qk_nope_head_dim": cfg.qk_nope_head_dim,
+            "qk_rope_head_dim": cfg.qk_rope_head_dim, "v_head_dim": cfg.v_head_dim, "head_dim": cfg.qk_rope_head_dim,
+            "n_routed_experts": cfg.n_experts or None, "num_experts_per_tok": cfg.n_experts_per_tok or None,
+            "moe_intermediate_size": cfg.moe_intermediate_size,
+            "n_shared_experts": cfg.shared_expert_size // cfg.moe_intermediate_size if cfg.n_experts else None,
+            "first_k_dense_replace": moe[0] if moe else cfg.n_layer, "moe_layer_freq": 1,
+            "n_group": cfg.router_groups, "topk_group": cfg.router_topk_groups,
+            "routed_scaling_factor": cfg.routed_scaling, "norm_topk_prob": cfg.moe_renormalize,
+            "attention_bias": cfg.qkv_bias}
+    if v3:
+        return {**keys, "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"]}
+    return {**keys, "topk_method": "group_limited_greedy" if cfg.router_groups > 1 else "greedy"}
+
+
+# GGUF architectures -> the HF model of the same network: (class, config.json keys of the ModelConfig)
+_HF_CONFIGS = {
+    "llama": ("LlamaForCausalLM", lambda c: {**_llama_keys(c), "attention_bias": c.qkv_bias,
+                                             "mlp_bias": c.mlp_bias}),
+    "mixtral": ("MixtralForCausalLM", lambda c: {**_llama_keys(c), "num_local_experts": c.n_experts,
+                                                 "num_experts_per_tok": c.n_experts_per_tok,
+                                                 "intermediate_size": c.moe_intermediate_size,
+                                                 "sliding_window": c.sliding_window}),
+    "deepseek_v2": ("DeepseekV2ForCausalLM", _deepseek_keys),
+    "qwen2": ("Qwen2ForCausalLM", _llama_keys),
+    "qwen3": ("Qwen3ForCausalLM", _llama_keys),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", _qwen_moe_keys),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", _qwen_moe_keys),
+    "phi3": ("Phi3ForCausalLM", lambda c: {**_llama_keys(c), "partial_rotary_factor": c.rotary_percentage,
+                                           "original_max_position_embeddings": c.max_seq_len,
+                                           "sliding_window": c.sliding_window}),
+    "stablelm": ("StableLmForCausalLM", lambda c: {
+        **{k: v for k, v in _llama_keys(c).items() if k != "rms_norm_eps"}, "layer_norm_eps": c.norm_eps,
+        "partial_rotary_factor": c.rotary_percentage, "use_qkv_bias": c.qkv_bias, "qk_layernorm": c.qk_norm,
+        "use_parallel_residual": c.parallel_residual}),
+    "gpt_neox": ("GPTNeoXForCausalLM", lambda c: {
+        "hidden_size": c.n_embd, "intermediate_size": c.intermediate_size, "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head, "max_position_embeddings": c.max_seq_len, "layer_norm_eps": c.norm_eps,
+        "rotary_pct": c.rotary_percentage, "rope_theta": c.rope_theta, "hidden_act": _ACT[c.mlp],
+        "use_parallel_residual": c.parallel_residual, "attention_bias": c.qkv_bias}),
+    "falcon": ("FalconForCausalLM", lambda c: {
+        "hidden_size": c.n_embd, "ffn_hidden_size": c.intermediate_size, "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head, "num_kv_heads": c.n_kv_head, "new_decoder_architecture": not c.shared_norm,
+        "multi_query": c.n_kv_head == 1, "parallel_attn": c.parallel_residual, "bias": c.qkv_bias, "alibi": False,
+        "layer_norm_epsilon": c.norm_eps, "activation": _ACT[c.mlp], "max_position_embeddings": c.max_seq_len,
+        "rope_theta": c.rope_theta}),
+    "bloom": ("BloomForCausalLM", lambda c: {
+        "hidden_size": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "layer_norm_epsilon": c.norm_eps,
+        "seq_length": c.max_seq_len}),
+    "gpt2": ("GPT2LMHeadModel", lambda c: {
+        "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.intermediate_size,
+        "n_positions": c.max_seq_len, "layer_norm_epsilon": c.norm_eps, "activation_function": _ACT[c.mlp]}),
+    "gptj": ("GPTJForCausalLM", lambda c: {
+        "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.intermediate_size,
+        "n_positions": c.max_seq_len, "layer_norm_epsilon": c.norm_eps, "activation_function": _ACT[c.mlp],
+        "rotary_dim": c.rope_dim}),
+}
+
+
 def hf_config_from(cfg: ModelConfig, model_type: str, dtype: torch.dtype) -> dict:
-    if model_type not in ("llama", "qwen2", "qwen3"):
-        raise UnsupportedModelError(f"cannot write an HF config for GGUF architecture {model_type!r}")
+    if model_type not in _HF_CONFIGS:
+        raise UnsupportedModelError(f"cannot write an HF config for GGUF architecture {model_type!r}; "
+                                    f"supported: {', '.join(sorted(_HF_CONFIGS))}")
     if cfg.rope_scaling.kind not in ("default", "none") and cfg.rope_scaling.kind is not None:
         raise UnsupportedModelError(f"exporting RoPE scaling {cfg.rope_scaling.kind!r} from GGUF is not supported yet")
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]
+    arch, keys = _HF_CONFIGS[model_type]
     eos = list(cfg.eos_token_id)
-    d = {
-        "architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim, "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta, "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings,
+    return {
+        "architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size, **keys(cfg),
+        "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": cfg.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
         "pad_token_id": cfg.pad_token_id, "torch_dtype": str(dtype).removeprefix("torch."),
     }
-    if model_type == "llama":
-        d["attention_bias"] = cfg.qkv_bias
-        d["mlp_bias"] = cfg.mlp_bias
-    return d
 
 
 def _tokenizer_files(src: Path, out: Path, tok) -> None:
@@ -192,7 +270,7 @@ def save_hf(model: nn.Module, out_dir, *, tokenizer=None, tokenizer_source=None,
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         src = tokenizer_source or layout.path
         src = Path(src) if src else None
-        if layout.hf_config:
+        if layout.hf_config and not layout.from_gguf:
             hf = {**layout.hf_config, "torch_dtype": str(dtype).removeprefix("torch.")}
             hf.pop("dtype", None)
         else:

@@ -84,20 +84,24 @@ def write_tensor(w, name: str, a: np.ndarray, kind: str, rng) -> None:
         w.add_tensor(name, a.astype(np.float32))
     elif kind == "F16":
         w.add_tensor(name, a.astype(np.float16))
-    elif kind in ("Q4_K", "Q6_K"):
+    elif kind in K_SCALE_FIELDS:
         # the gguf package cannot quantise K-quants: random (valid) blocks with sane scales
-        qk, size = gguf_ref.QK[kind]
-        raw = rng.integers(0, 256, (a.shape[0], a.shape[1] // qk * size), dtype=np.uint8)
-        blocks = raw.reshape(-1, size)
-        small = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
-        if kind == "Q4_K":
-            blocks[:, 0:2] = small
-            blocks[:, 2:4] = small
-        else:
-            blocks[:, 208:210] = small
-        w.add_tensor(name, raw, raw_dtype=T[kind])
+        w.add_tensor(name, random_blocks(rng, kind, *a.shape), raw_dtype=T[kind])
     else:
         w.add_tensor(name, gguf.quants.quantize(a.astype(np.float32), T[kind]), raw_dtype=T[kind])
+
+
+# byte offsets of each K-quant block's f16 scale fields (d, dmin), set to small values in random blocks
+K_SCALE_FIELDS = {"Q4_K": (0, 2), "Q6_K": (208,), "Q5_K": (0, 2), "Q3_K": (108,), "Q2_K": (80, 82)}
+
+
+def random_blocks(rng, kind: str, rows: int, cols: int, d: float = 0.002) -> np.ndarray:
+    qk, size = gguf.GGML_QUANT_SIZES[T[kind]]
+    raw = rng.integers(0, 256, (rows, cols // qk * size), dtype=np.uint8)
+    small = np.frombuffer(np.float16(d).tobytes(), np.uint8)
+    for o in K_SCALE_FIELDS.get(kind, (0,) if kind in ("Q5_0", "Q8_0", "Q4_0") else (0, 2)):
+        raw.reshape(-1, size)[:, o:o + 2] = small
+    return raw
 
 
 def test_f32_matches_transformers(tmp_path):
@@ -154,7 +158,7 @@ def test_bad_magic(tmp_path):
 def test_unsupported_architecture(tmp_path):
     p = tmp_path / "m.gguf"
     write_gguf(p, gguf_tensors(hf_model()), "F32", arch="mamba")
-    with pytest.raises(UnsupportedModelError, match="'mamba'.*supported: llama"):
+    with pytest.raises(UnsupportedModelError, match="'mamba'.*supported: .*gptneox.*llama.*qwen3moe"):
         lmzoo.from_pretrained(p)
 
 
@@ -181,3 +185,54 @@ def test_block_type_table_matches_the_gguf_package():
     for type_id, (name, block, size) in BLOCK_TYPES.items():
         t = gguf.GGMLQuantizationType(type_id)
         assert (t.name, (block, size)) == (name, gguf.GGML_QUANT_SIZES[t])
+
+
+NEW_BLOCKS = ["Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K"]
+
+
+@pytest.mark.parametrize("kind", NEW_BLOCKS)
+def test_block_decoding_is_bitwise_the_gguf_packages(kind):
+    """lmzoo's own decoders (and, where the codes fit one, the integer layer made from the blocks)
+    give exactly the gguf package's float32 values."""
+    from lmzoo.checkpoints.gguf_quant import QUANTISED, _codes, dequantize
+    from lmzoo.quant.layers import Int8Linear
+
+    raw = random_blocks(np.random.default_rng(1), kind, 12, 768, d=0.01)
+    ref = gguf.quants.dequantize(raw, T[kind])
+    ours = dequantize(raw, kind, 768)
+    assert ours.dtype == np.float32 and np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
+    if kind in QUANTISED:
+        width, q, scale, mn = _codes(raw, kind, 768)
+        assert width == "int8" and mn is None
+        m = Int8Linear(768, 12, group_size=768 // scale.shape[1])
+        m.q.copy_(torch.from_numpy(np.ascontiguousarray(q)))
+        m.scale.copy_(torch.from_numpy(np.ascontiguousarray(scale)))
+        assert torch.equal(m.dequantize(), torch.from_numpy(ref))
+
+
+@pytest.mark.parametrize("kind", NEW_BLOCKS)
+@pytest.mark.parametrize("keep_quantized", [True, False])
+def test_new_block_types_load(tmp_path, kind, keep_quantized):
+    """A model stored in each new block type matches the plain LLaMA forward on the gguf package's
+    dequantisation of its tensors (Q5_0 / Q3_K stay integer layers when kept)."""
+    p = tmp_path / f"m-{kind}.gguf"
+    write_gguf(p, gguf_tensors(hf_model()), kind, rng=np.random.default_rng(0))
+    ours = lmzoo.from_pretrained(p, keep_quantized=keep_quantized)
+    kept = [m for m in ours.modules() if type(m).__name__ == "Int8Linear"]
+    assert len(kept) == (4 * L + 1 if keep_quantized and kind in ("Q5_0", "Q3_K") else 0)
+    r = gguf.GGUFReader(str(p))
+    meta = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    w = {}
+    for t in r.tensors:
+        a = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float64)
+        a = a.reshape(tuple(int(x) for x in reversed(t.shape.tolist())))
+        if t.name.endswith("attn_q.weight"):
+            a = gguf_ref.unpermute_qk(a, H)
+        elif t.name.endswith("attn_k.weight"):
+            a = gguf_ref.unpermute_qk(a, KV)
+        w[t.name] = a
+    ids = [3, 17, 42, 5, 88, 1, 60, 9]
+    ref = gguf_ref.llama_logits(meta, w, ids)
+    with torch.no_grad():
+        got = ours(torch.tensor([ids]))[0].double().numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
