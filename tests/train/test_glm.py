@@ -228,6 +228,15 @@ def test_tokens_from_the_config_or_a_clear_error():
     cfg = tiny_glm().config
     t = glm_tokens(cfg)
     assert (t.gmask, t.mask, t.smask, t.sop, t.eop) == (GMASK, MASK, SMASK, SOP, EOP)
+    class Tok:  # GLM's HF tokenizers name <sop> / <eop> <|startofpiece|> / <|endofpiece|>
+        names = {"[MASK]": 80, "[gMASK]": 81, "[sMASK]": 82, "<|startofpiece|>": 83, "<|endofpiece|>": 84}
+        eos_token_ids = [5]
+
+        def token_to_id(self, name):
+            return self.names.get(name)
+
+    t = glm_tokens(cfg, Tok())  # the tokenizer's names win over the config
+    assert (t.mask, t.gmask, t.smask, t.sop, t.eop, t.doc_end) == (80, 81, 82, 83, 84, 5)
     with pytest.raises(ConfigError, match=r"needs the tokens \['\[MASK\]', '\[gMASK\]', '<sop>', '<eop>'\]"):
         glm_tokens(ModelConfig(name="plain", vocab_size=96, n_layer=1, n_embd=16, n_head=2, intermediate_size=32))
 
