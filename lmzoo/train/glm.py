@@ -163,6 +163,12 @@ class BlankSampler:
     Documents (runs between doc_end tokens) get spans as GLM shares them out: every document but the
     longest takes the next lengths while they total <= int(mask_ratio * its length); the longest takes
     the rest while lengths + one separator each fit; lengths that fit nowhere are dropped.
+
+    Where this differs from THUDM's code: a row whose lengths do not all fit keeps the spans that do
+    (GLM drops the sample); the lengths are shuffled once (GLM shuffles twice: the same distribution);
+    the last document is not shortened by one token (GLM's rows end in a token it never masks);
+    [gMASK] always blanks a suffix (GLM's code blanks one span anywhere in half of those rows; GLM-130B
+    describes the suffix) and, like every span, ends in <eop>; at least one [MASK] span per row.
     """
 
     def __init__(self, *, tokens: GLMTokens, mix: dict | None = None, mask_ratio: float = 0.15,

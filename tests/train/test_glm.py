@@ -370,3 +370,39 @@ def test_tiny_glm_fills_held_out_blanks_better_than_unigram(tmp_path):
           f"{result['loss']:.3f}; held-out blanks: NLL {nll:.3f} vs unigram {u_nll:.3f} nats/word, "
           f"top-1 {acc:.1%} vs unigram {u_acc:.1%}")
     assert nll < u_nll - 0.5 and acc > 1.5 * u_acc
+
+
+def test_glm_training_resumes_exactly(tmp_path):
+    """The blanks are a function of (seed, epoch, batch): a run stopped and resumed ends with bitwise the
+    weights of an uninterrupted one, on the shared Trainer."""
+    from lmzoo.train.loop import TrainConfig, Trainer, trainable_state
+
+    toks, starts = corpus(seed=4)
+    windows = TokenWindows(toks, starts, 40)
+    sampler = BlankSampler(tokens=TOKENS, mix=GLM10B_MIX, sentence_end={DOT})
+    cfg = TrainConfig(lr=1e-3, max_steps=6, batch_size=2, seq_len=64, log_every=1, seed=3, autocast_bf16=False)
+
+    def trainer(out, stop_after=None, resume=False):
+        torch.manual_seed(0)
+        model = tiny_glm()
+        box = {}
+
+        def make(d, epoch, seed):
+            for b in glm_batches(d, sampler, cfg.batch_size, seed, epoch):
+                if stop_after is not None and box["t"].micro + 1 >= stop_after:
+                    box["t"]._stop = True  # as SIGTERM does: finish this step, checkpoint, stop
+                yield b
+
+        t = Trainer(model, cfg, windows, out_dir=tmp_path / out, objective=GLMObjective(), make_batches=make,
+                    batches_per_epoch=len(windows) // 2, resume=resume, progress=False)
+        box["t"] = t
+        return t
+
+    whole = trainer("whole")
+    whole.fit()
+    part = trainer("part", stop_after=3)
+    assert part.fit()["stopped"] and part.step == 3
+    rest = trainer("part", resume=True)
+    assert rest.step == 3 and rest.fit()["finished"]
+    a, b = trainable_state(whole.model), trainable_state(rest.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
