@@ -97,8 +97,10 @@ def blank_infilling(tokens: list, spans: list[tuple[int, int]], *, mask="[M]", s
 # --- which blanks: GLM's span sampling ----------------------------------------------------------------
 #
 # The task mix: the fraction of rows given each of [MASK] / [sMASK] / [gMASK].
-#   GLM-130B (Zeng et al. 2022, arXiv:2210.02414, section 2.1 "Self-Supervised Blank Infilling"):
-#     [MASK] for 30% of the training sequences, [gMASK] for the other 70% (no [sMASK]).
+#   GLM-130B (Zeng et al. 2022, arXiv:2210.02414, pre-training setup, "Self-Supervised Blank Infilling
+#     (95% tokens)"): [MASK] spans (Poisson(3), adding up to 15%) in 30% of the training sequences,
+#     [gMASK] on the rest of the sequence after a kept prefix in the other 70% (no [sMASK]; the other
+#     5% of its tokens, multi-task instruction pre-training, is not blank infilling and not done here).
 #   GLM-10B (THUDM/GLM config/ds_block_10B.sh: --task-mask --bert-prob 0.4 --gap-sentence-prob 0.3,
 #     the rest generation): [MASK] 40%, [sMASK] 30%, [gMASK] 30%.
 GLM130B_MIX = {"mask": 0.3, "smask": 0.0, "gmask": 0.7}
