@@ -32,6 +32,7 @@ class PretrainConfig:
     config: str | None = None            # catalog name or a JSON file of ModelConfig fields
     overrides: dict = field(default_factory=dict)
     init_from: str | None = None         # continue from this checkpoint instead
+    init_std: float = 0.02               # from scratch: N(0, init_std) weights (transformers' 0.02)
     tokenizer: str | None = None         # default: the checkpoint's, else the default model's
     eval_data: list[str] | None = None
     resume: bool = False
@@ -153,6 +154,8 @@ def prepare(cfg: PretrainConfig):
 
     if (cfg.config is None) == (cfg.init_from is None):
         raise ConfigError("give exactly one of --config (from scratch) or --from (continue a checkpoint)")
+    if not cfg.init_std > 0:
+        raise ConfigError(f"--init-std must be > 0, got {cfg.init_std}")
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"--objective {cfg.objective!r}: expected one of {', '.join(OBJECTIVES)}")
     from lmzoo.train.loop import check_out_dir
@@ -171,7 +174,7 @@ def prepare(cfg: PretrainConfig):
         model_type = hf_model_type(mc)
         sampler = glm_sampler(cfg, mc, tok) if cfg.objective == "glm" else None  # before building: errors are cheap
         model = Transformer(mc)
-        init_weights(model)
+        init_weights(model, std=cfg.init_std)
         model.checkpoint_layout = CheckpointLayout(model_type, chatglm_v1_hf_config(mc) if model_type == "chatglm" else {})
     if model.config.vocab_size < tok.vocab_size:
         raise ConfigError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "

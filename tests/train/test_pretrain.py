@@ -145,7 +145,7 @@ def test_pretrain_glm_objective_from_scratch(corpus, tmp_path):
     import lmzoo
 
     d, _ = corpus
-    r = _run(*GLM_TINY, "--objective", "glm", "--glm-mix", "0.4,0.3,0.3", "--data", str(d), "--out",
+    r = _run(*GLM_TINY, "--objective", "glm", "--glm-mix", "0.4,0.3,0.3", "--init-std", "0.1", "--data", str(d), "--out",
              str(tmp_path / "run"), "--max-steps", "25", "--seq-len", "64", "--batch-size", "8", "--lr", "3e-3",
              "--warmup-steps", "3")
     assert r.returncode == 0, r.stderr
@@ -169,6 +169,7 @@ def test_pretrain_glm_objective_from_scratch(corpus, tmp_path):
     ([*GLM_TINY, "--objective", "glm", "--glm-mix", "0.5,0.5"], "expected three fractions"),
     ([*GLM_TINY, "--objective", "glm", "--glm-mix", "0.5,0.2,0.2"], "summing to 1"),
     ([*GLM_TINY, "--objective", "bert"], "expected one of causal, glm"),
+    ([*GLM_TINY, "--init-std", "0"], "--init-std must be > 0, got 0.0"),
 ])
 def test_glm_objective_errors_are_one_line(corpus, tmp_path, args, message):
     d, _ = corpus
