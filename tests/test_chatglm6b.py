@@ -142,3 +142,82 @@ def test_unsupported_variants_are_refused(tmp_path, change, match):
     save_file(_state(CFG), str(tmp_path / "model.safetensors"))
     with pytest.raises(lmzoo.errors.UnsupportedModelError, match=match):
         lmzoo.from_pretrained(tmp_path)
+
+
+# --- explicit layouts: Transformer.forward(ids, positions=, allowed=) (GLM blank-infilling training) --
+
+def _blank_rows():
+    """Two GLM blank-infilling rows of different lengths (spans given), padded into one batch."""
+    from lmzoo.train.glm import blank_infilling, collate
+
+    a = blank_infilling(_prompt(14, 11)[:-2], [(2, 4), (7, 8), (10, 13)], mask=MASK, start=SOP, end=EOP,
+                        order=[2, 0, 1], first_position=0)
+    b = blank_infilling(_prompt(9, 12)[:-2], [(5, 9)], mask=GMASK, start=SOP, end=EOP, order=[0],
+                        first_position=0)
+    return (a, b), collate([a, b], pad=3)
+
+
+def test_explicit_layout_matches_the_prefix_lm_path_and_reference(checkpoint):
+    """Where they coincide (one [gMASK] span at the end: ChatGLM-6B's own prompt layout), the explicit
+    mask and positions give the logits of the ordinary prefix-LM forward and of the reference."""
+    d, state = checkpoint
+    m = lmzoo.from_pretrained(d)
+    ids = _prompt(10, 13) + [20, 21, 22, 23]
+    mask, pos, _, _ = ref.masks_and_positions(ids, CFG)
+    with torch.no_grad():
+        explicit = m(torch.tensor([ids]), positions=pos, allowed=~mask[:, 0])
+        ordinary = m(torch.tensor([ids]))
+    assert (explicit - ordinary).abs().max() <= ATOL
+    assert (explicit - ref.logits(state, CFG, ids)).abs().max() <= ATOL
+
+
+def test_blank_infilling_batch_matches_reference(checkpoint):
+    """Several spans, Part B shuffled, two padded rows: every real position's logits equal the
+    reference run with the same ids, 2-D positions and mask (each row alone)."""
+    d, state = checkpoint
+    m = lmzoo.from_pretrained(d)
+    rows, b = _blank_rows()
+    with torch.no_grad():
+        ours = m(b.ids, positions=b.positions, allowed=b.allowed)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        want, _ = ref.forward(state, CFG, torch.tensor([r.input_ids]), r.position_ids[None],
+                              ~r.attention_mask[None, None])
+        assert (ours[i, :n] - want[0]).abs().max() <= ATOL
+
+
+def test_part_b_logits_ignore_what_they_must_not_see(checkpoint):
+    """Perturbation: changing a Part B token changes no Part A logit and no earlier Part B logit (nor
+    the other row); changing a Part A token changes Part B's logits."""
+    m = lmzoo.from_pretrained(checkpoint[0])
+    (a, _), b = _blank_rows()
+    A, n = a.part_a_len, len(a.input_ids)
+    with torch.no_grad():
+        base = m(b.ids, positions=b.positions, allowed=b.allowed)
+        for t in range(A, n):
+            ids = b.ids.clone()
+            ids[0, t] = 99 if int(ids[0, t]) != 99 else 98
+            out = m(ids, positions=b.positions, allowed=b.allowed)
+            assert (out[0, :t] - base[0, :t]).abs().max() == 0, t   # nothing before t looks at t
+            assert (out[1] - base[1]).abs().max() == 0
+            if t + 1 < n:
+                assert (out[0, t + 1:n] - base[0, t + 1:n]).abs().max() > 1e-4  # later Part B does
+        ids = b.ids.clone()
+        ids[0, 0] = 99
+        out = m(ids, positions=b.positions, allowed=b.allowed)
+        assert (out[0, A:n] - base[0, A:n]).abs().max() > 1e-3
+
+
+def test_explicit_layout_errors_show_the_offending_values(checkpoint):
+    m = lmzoo.from_pretrained(checkpoint[0])
+    _, b = _blank_rows()
+    with pytest.raises(ValueError, match=r"bool \(B, T, T\) = \(2, 20, 20\).*int64 \(2, 20, 20\)"):
+        m(b.ids, positions=b.positions, allowed=b.allowed.long())
+    with pytest.raises(ValueError, match=r"needs its \(B, 2, T\) positions too"):
+        m(b.ids, allowed=b.allowed)
+    empty = b.allowed.clone()
+    empty[1, 3] = False
+    with pytest.raises(ValueError, match=r"allowed\[1, 3\].*no key"):
+        m(b.ids, positions=b.positions, allowed=empty)
+    with pytest.raises(ValueError, match="cannot be combined with"):
+        m(b.ids, positions=b.positions, allowed=b.allowed, attention_mask=torch.ones_like(b.ids))

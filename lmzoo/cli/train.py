@@ -202,6 +202,13 @@ def pretrain(
     set_: list[str] | None = typer.Option(None, "--set", help="Override a config field, e.g. --set n_layer=4 "
                                           "(repeatable)."),
     init_from: str | None = typer.Option(None, "--from", help="Continue pretraining this checkpoint instead."),
+    init_std: float = typer.Option(0.02, "--init-std", help="From scratch: weights ~ N(0, STD). DeepNorm-style "
+                                   "models (ChatGLM-6B shapes) learn far faster at small widths with ~0.1."),
+    objective: str = typer.Option("causal", "--objective", help="causal (next-token prediction) | glm (GLM's "
+                                  "autoregressive blank infilling; GLM configs such as ChatGLM-6B)."),
+    glm_mix: str | None = typer.Option(None, "--glm-mix", help="glm: fractions MASK,sMASK,gMASK of "
+                                       "rows given short spans, sentences, a long suffix [default: GLM-130B's "
+                                       "0.3,0,0.7]"),
     tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer source [default: the checkpoint's, "
                                          "else SmolLM2's]"),
     eval_data: list[str] | None = typer.Option(None, "--eval-data", help="Held-out corpus for eval loss."),
@@ -224,9 +231,10 @@ def pretrain(
     overwrite: bool = typer.Option(False, "--overwrite"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Pretrain with next-token prediction: from scratch (--config, --set) or continued (--from)."""
+    """Pretrain with next-token prediction or GLM blank infilling: from scratch (--config, --set) or
+    continued (--from)."""
     from lmzoo.train.loop import TrainConfig
-    from lmzoo.train.pretrain import PretrainConfig, parse_overrides
+    from lmzoo.train.pretrain import PretrainConfig, parse_mix, parse_overrides
     from lmzoo.train.pretrain import pretrain as run
 
     tc = TrainConfig(lr=lr, min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps, weight_decay=weight_decay,
@@ -235,7 +243,8 @@ def pretrain(
                      save_every=save_every, log_every=log_every, seed=seed,
                      activation_checkpointing=activation_checkpointing)
     pc = PretrainConfig(data=data, out=out, config=config, overrides=parse_overrides(set_ or []), init_from=init_from,
-                        tokenizer=tokenizer, eval_data=eval_data, resume=resume, overwrite=overwrite, train=tc)
+                        tokenizer=tokenizer, eval_data=eval_data, resume=resume, overwrite=overwrite, train=tc,
+                        objective=objective, glm_mix=parse_mix(glm_mix), init_std=init_std)
     log = _logger(quiet)
     result = run(pc, progress=not quiet, log=log)
     _report(result)

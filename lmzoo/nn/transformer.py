@@ -6,6 +6,9 @@
       -> norm -> lm_head                         (B, T, vocab)
 
 `forward(ids)` is a plain causal pass; `attention_mask` (B, T) marks real tokens (0 = left padding).
+`forward(ids, positions=p, allowed=m)` takes the layout from the caller instead: explicit positions
+((B, T), or (B, 2, T) for GLM's 2-D positions) and which key each query may see, m (B, T, T) bool —
+what GLM's blank-infilling training rows need (lmzoo.train.glm: Part A bidirectional, Part B causal).
 `forward(ids, cache=c)` continues the rows of a caller-owned cache (lmzoo.runtime.KVCache): each row
 writes its new keys/values after its own last slot and attends to everything it wrote. The model
 holds no request state; the same forward serves eager decoding and fixed-shape compiled steps
@@ -71,6 +74,7 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
         last_only: bool = False,
         hidden_only: bool = False,
     ) -> torch.Tensor:
@@ -82,11 +86,17 @@ class Transformer(nn.Module):
         call's tokens. positions (B, T) (or (B, 2, T), GLM) overrides the positions counted from
         each row's real tokens. segment_ids (B, T), no cache: packed training rows — a token attends
         only to earlier tokens of its own segment, and positions restart at 0 in each segment.
+        allowed (B, T, T) bool, no cache: query t may attend key s where allowed[b, t, s] (e.g. GLM's
+        blank infilling, lmzoo.train.glm); it replaces the causal / prefix-LM / padding mask, and the
+        positions are the caller's (`positions`, required for rope_2d) or 0..T-1.
         hidden_only: return the last hidden states (B, T, d) instead of logits (a chunked loss applies
         the head itself, `logits`)."""
         B, T = input_ids.shape
         cfg = self.config
         dev = input_ids.device
+        if allowed is not None:
+            check_allowed(allowed, B, T, cfg, cache=cache, attention_mask=attention_mask,
+                          segment_ids=segment_ids, positions=positions, patterns=self.patterns)
         if cache is None:
             if T > cfg.max_seq_len:
                 raise ContextLengthError(f"sequence of {T} tokens exceeds the model's context of {cfg.max_seq_len}")
@@ -100,7 +110,8 @@ class Transformer(nn.Module):
             key_valid, key_pos, L, step = real, pos, T, None
             dense_prefill = real is None and segment_ids is None  # slot 0, no padding, one segment: causal
             dense_decode = T == 1
-            prefix = prefix_lm_state(input_ids, attention_mask, cfg) if cfg.prefix_lm else None
+            # an explicit `allowed` mask carries the prefix-LM layout itself (no <sop> search)
+            prefix = prefix_lm_state(input_ids, attention_mask, cfg) if cfg.prefix_lm and allowed is None else None
             ntk_len = (real.sum(-1) if real is not None else torch.full((B,), T, device=dev)) \
                 if cfg.rope_scaling.kind == "ntk_alpha" else None
         else:
@@ -142,6 +153,10 @@ class Transformer(nn.Module):
             bias = alibi_bias(self.alibi_slopes, key_pos, dtype=cfg.alibi_dtype, scale=scale)  # (B, n_head, 1, L)
         masks = {}
         for w, c in self.patterns:
+            if allowed is not None:  # the caller's mask: (B, T, T) -> (B, 1, T, T), shared by the heads
+                m = allowed[:, None]
+                masks[w, c] = m if bias is None else bias.to(x.dtype).masked_fill(~m, float("-inf"))
+                continue
             if w is None and c is None and bias is None and prefix_end is None and (dense_prefill or dense_decode):
                 masks[w, c] = None  # plain causal (or one query seeing every key): SDPA's fused path
                 continue
@@ -194,6 +209,28 @@ class Transformer(nn.Module):
         """Final norm, projection and LM head: (B, T, d) -> (B, T, vocab)."""
         logits = self.lm_head(self.head_input(x))
         return logits * self.config.logit_scale if self.config.logit_scale != 1.0 else logits
+
+
+def check_allowed(allowed: torch.Tensor, B: int, T: int, cfg: ModelConfig, *, cache, attention_mask, segment_ids,
+                  positions, patterns) -> None:
+    """ValueErrors for an explicit attention mask that the forward cannot honour as given."""
+    if allowed.dtype != torch.bool or tuple(allowed.shape) != (B, T, T):
+        raise ValueError(f"allowed must be a bool (B, T, T) = ({B}, {T}, {T}) tensor, "
+                         f"got {allowed.dtype} {tuple(allowed.shape)}")
+    given = [n for n, v in (("cache", cache), ("attention_mask", attention_mask), ("segment_ids", segment_ids))
+             if v is not None]
+    if given:
+        raise ValueError(f"allowed= is the whole attention layout; it cannot be combined with {given}")
+    if any(p != (None, None) for p in patterns):
+        raise ValueError(f"allowed= is not supported with sliding-window / chunked layers (patterns {patterns})")
+    if cfg.position == "rope_2d" and (positions is None or positions.dim() != 3):
+        raise ValueError("a rope_2d model given allowed= needs its (B, 2, T) positions too (positions=), got "
+                         + ("none" if positions is None else f"shape {tuple(positions.shape)}"))
+    empty = ~allowed.any(-1)  # (B, T): a query that sees nothing would make a NaN softmax row
+    if bool(empty.any()):
+        b, t = (int(i) for i in empty.nonzero()[0])
+        raise ValueError(f"allowed[{b}, {t}] lets query {t} of row {b} attend to no key; every query needs one "
+                         "(let padding attend to itself)")
 
 
 def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:

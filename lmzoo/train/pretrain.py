@@ -1,9 +1,11 @@
-"""`lmzoo pretrain`: next-token prediction from scratch (a catalog config shrunk with overrides) or
+"""`lmzoo pretrain`: next-token prediction (`--objective causal`) or GLM's autoregressive blank
+infilling (`--objective glm`, lmzoo.train.glm), from scratch (a catalog config shrunk with overrides) or
 continued from a checkpoint, on the fine-tuning loop (same checkpoints, resume, metrics, plots).
 
     config (catalog name | ModelConfig JSON, + --set overrides)  or  --from CHECKPOINT
       -> model (from scratch: N(0, 0.02) weights, zero biases, unit norms; transformers' init)
     corpus files / dirs -> token file (tokenised once, lmzoo.train.corpus) -> windows of seq_len
+      (glm: windows of text short enough that text + a [MASK] and a <sop> per span fit seq_len)
       -> Trainer.fit -> out/model (an HF checkpoint)
 """
 
@@ -20,6 +22,8 @@ from lmzoo.config import ModelConfig
 from lmzoo.errors import ConfigError
 from lmzoo.train.loop import SFTObjective, TrainConfig, Trainer
 
+OBJECTIVES = ("causal", "glm")
+
 
 @dataclass
 class PretrainConfig:
@@ -28,10 +32,13 @@ class PretrainConfig:
     config: str | None = None            # catalog name or a JSON file of ModelConfig fields
     overrides: dict = field(default_factory=dict)
     init_from: str | None = None         # continue from this checkpoint instead
+    init_std: float = 0.02               # from scratch: N(0, init_std) weights (transformers' 0.02)
     tokenizer: str | None = None         # default: the checkpoint's, else the default model's
     eval_data: list[str] | None = None
     resume: bool = False
     overwrite: bool = False
+    objective: str = "causal"            # causal | glm (blank infilling, GLM / ChatGLM-6B configs)
+    glm_mix: dict | None = None          # glm: the [MASK]/[sMASK]/[gMASK] row fractions (None: GLM-130B's)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -70,6 +77,9 @@ def build_config(name_or_file: str, overrides: dict, vocab_size: int) -> ModelCo
     changes = {"vocab_size": vocab_size, **overrides}
     if "n_embd" in overrides or "n_head" in overrides:
         changes.setdefault("head_dim", None)  # re-derived from the new width
+    if "n_layer" in overrides and cfg.norm_placement == "deepnorm" and \
+            abs(cfg.deepnorm_alpha - (2 * cfg.n_layer) ** 0.5) < 1e-9:
+        changes.setdefault("deepnorm_alpha", (2 * overrides["n_layer"]) ** 0.5)  # alpha = sqrt(2 n_layer), GLM's
     cfg = cfg.replace(**changes)
     if cfg.vocab_size < vocab_size:
         raise ConfigError(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {vocab_size} tokens")
@@ -78,12 +88,40 @@ def build_config(name_or_file: str, overrides: dict, vocab_size: int) -> ModelCo
 
 def hf_model_type(cfg: ModelConfig) -> str:
     """The HF family a from-scratch config is written out as (save_hf needs one)."""
+    if cfg.position == "rope_2d":
+        chatglm_v1_hf_config(cfg)  # refuses what THUDM's config.json cannot describe
+        return "chatglm"
     llama_like = (cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.position == "rope" and cfg.residual == "pre"
                   and cfg.attention == "standard" and not cfg.n_experts and cfg.rope_scaling.kind in ("none", "default"))
     if not llama_like:
         raise ConfigError(f"pretraining {cfg.name!r} from scratch is supported for LLaMA / Qwen-shaped configs "
-                          "(RMSNorm, SwiGLU, RoPE, pre-norm, dense); continue from a checkpoint (--from) for others")
+                          "(RMSNorm, SwiGLU, RoPE, pre-norm, dense) and ChatGLM-6B-shaped ones; continue from a "
+                          "checkpoint (--from) for others")
     return "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+
+
+def chatglm_v1_hf_config(cfg: ModelConfig) -> dict:
+    """THUDM's ChatGLM-6B config.json for a ChatGLM-6B-shaped config (the inverse of the checkpoint
+    adapter's chatglm_v1_config), so a from-scratch GLM saves as a checkpoint lmzoo loads back."""
+    want = dict(norm="layernorm", norm_placement="deepnorm", mlp="gelu_tanh", mlp_bias=True, qkv_bias=True,
+                attn_out_bias=True, position="rope_2d", rope_theta=10000.0, rope_table_dtype="float16",
+                prefix_lm=True, tie_embeddings=True, n_kv_head=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
+                deepnorm_alpha=(2 * cfg.n_layer) ** 0.5)
+    off = {k: (getattr(cfg, k), v) for k, v in want.items()
+           if (abs(getattr(cfg, k) - v) > 1e-9 if isinstance(v, float) else getattr(cfg, k) != v)}
+    if off or len(cfg.mask_token_ids) < 2 or cfg.bos_token_id is None or not cfg.eos_token_id:
+        raise ConfigError(f"a rope_2d config is saved as ChatGLM-6B, which it must match: differs in "
+                          f"{ {k: f'{a!r} (ChatGLM-6B: {b!r})' for k, (a, b) in off.items()} }, needs "
+                          f"mask_token_ids [gMASK, MASK] (got {list(cfg.mask_token_ids)}), bos_token_id <sop> "
+                          f"(got {cfg.bos_token_id}) and eos_token_id <eop> (got {list(cfg.eos_token_id)})")
+    return {"model_type": "chatglm", "architectures": ["ChatGLMModel"], "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.n_embd, "num_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+            "layernorm_epsilon": cfg.norm_eps, "inner_hidden_size": cfg.intermediate_size,
+            "max_sequence_length": cfg.max_seq_len, "position_encoding_2d": True,
+            "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id[0],
+            "gmask_token_id": cfg.mask_token_ids[0], "mask_token_id": cfg.mask_token_ids[1],
+            "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id[0],
+            "quantization_bit": 0, "pre_seq_len": None}
 
 
 @torch.no_grad()
@@ -112,9 +150,14 @@ def prepare(cfg: PretrainConfig):
     from lmzoo.nn.transformer import Transformer
     from lmzoo.tokenizer import load_tokenizer
     from lmzoo.train.corpus import TokenWindows, tokenize_corpus
+    from lmzoo.train.glm import glm_text_len
 
     if (cfg.config is None) == (cfg.init_from is None):
         raise ConfigError("give exactly one of --config (from scratch) or --from (continue a checkpoint)")
+    if not cfg.init_std > 0:
+        raise ConfigError(f"--init-std must be > 0, got {cfg.init_std}")
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"--objective {cfg.objective!r}: expected one of {', '.join(OBJECTIVES)}")
     from lmzoo.train.loop import check_out_dir
 
     check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -125,12 +168,14 @@ def prepare(cfg: PretrainConfig):
         if cfg.overrides:
             raise ConfigError("--set changes a from-scratch config; a checkpoint (--from) keeps its own")
         model = lmzoo.from_pretrained(cfg.init_from, dtype=torch.float32, keep_quantized=False, cpu_kernels=False)
+        sampler = glm_sampler(cfg, model.config, tok) if cfg.objective == "glm" else None
     else:
         mc = build_config(cfg.config, cfg.overrides, tok.vocab_size)
         model_type = hf_model_type(mc)
+        sampler = glm_sampler(cfg, mc, tok) if cfg.objective == "glm" else None  # before building: errors are cheap
         model = Transformer(mc)
-        init_weights(model)
-        model.checkpoint_layout = CheckpointLayout(model_type, {})
+        init_weights(model, std=cfg.init_std)
+        model.checkpoint_layout = CheckpointLayout(model_type, chatglm_v1_hf_config(mc) if model_type == "chatglm" else {})
     if model.config.vocab_size < tok.vocab_size:
         raise ConfigError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
                           f"({tok.vocab_size}); pass a matching --tokenizer")
@@ -139,30 +184,77 @@ def prepare(cfg: PretrainConfig):
     seq = cfg.train.seq_len
     if seq > model.config.max_seq_len:
         raise ConfigError(f"--seq-len {seq} exceeds the model's context of {model.config.max_seq_len}")
+    text = seq if sampler is None else glm_text_len(seq, sampler.mask_ratio)
     tokens, starts, _ = tokenize_corpus(cfg.data, tok, str(Path(tok_path).resolve()))
-    train = TokenWindows(tokens, starts, seq)
+    train = TokenWindows(tokens, starts, text)
     evals = None
     if cfg.eval_data:
         et, es, _ = tokenize_corpus(cfg.eval_data, tok, str(Path(tok_path).resolve()))
-        evals = TokenWindows(et, es, seq)
-    return model, tok, train, evals
+        evals = TokenWindows(et, es, text)
+    return model, tok, train, evals, sampler
+
+
+def glm_sampler(cfg: PretrainConfig, mc: ModelConfig, tok):
+    """GLM's blank sampler for this model and tokenizer; one-line ConfigErrors when the model cannot
+    take GLM's inputs (no mask / <sop> / <eop> tokens, 1-D positions)."""
+    from lmzoo.train.glm import GLM130B_MIX, BlankSampler, glm_tokens, sentence_end_ids
+
+    if mc.position != "rope_2d":
+        raise ConfigError(f"--objective glm needs a GLM model with 2-D positions (position='rope_2d', e.g. "
+                          f"--config ChatGLM-6B); {mc.name!r} has position={mc.position!r}")
+    tokens = glm_tokens(mc, tok)
+    mix = cfg.glm_mix or GLM130B_MIX
+    if mix.get("smask", 0) > 0 and tokens.smask is None:
+        raise ConfigError(f"--glm-mix {mix} uses [sMASK], which neither the tokenizer nor the config has (a third "
+                          "mask_token_ids entry)")
+    try:
+        return BlankSampler(tokens=tokens, mix=mix,
+                            sentence_end=sentence_end_ids(tok) if mix.get("smask", 0) > 0 else None)
+    except ValueError as e:
+        raise ConfigError(f"--glm-mix: {e}") from None
+
+
+def parse_mix(text: str | None) -> dict | None:
+    """'0.4,0.3,0.3' -> {'mask': 0.4, 'smask': 0.3, 'gmask': 0.3} ([MASK], [sMASK], [gMASK] fractions)."""
+    if text is None:
+        return None
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3:
+        raise ConfigError(f"--glm-mix {text!r}: expected three fractions MASK,sMASK,gMASK, e.g. 0.3,0,0.7")
+    return dict(zip(("mask", "smask", "gmask"), parts))
 
 
 def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
     from lmzoo.checkpoints.save import save_hf
     from lmzoo.sizing import count_params
 
-    model, tok, train, evals = prepare(cfg)
+    model, tok, train, evals, sampler = prepare(cfg)
     t = cfg.train
     log(f"model: {count_params(model.config).total:,} parameters ({model.config.n_layer} layers, d={model.config.n_embd}); "
         f"corpus: {len(train.tokens):,} tokens in {len(train)} windows of {t.seq_len}")
 
-    def make_batches(data, epoch, seed):
-        return data.batches(t.batch_size, seed, epoch)
+    if sampler is not None:
+        from lmzoo.train.glm import GLMObjective, glm_batches
+
+        objective = GLMObjective(loss_chunk=t.loss_chunk)
+        log(f"objective: GLM blank infilling, rows {dict(zip(('[MASK]', '[sMASK]', '[gMASK]'), sampler.p))}, "
+            f"text windows of {train.seq_len} tokens (+ a mask and a <sop> per span <= {t.seq_len})")
+
+        def make_batches(data, epoch, seed):
+            return glm_batches(data, sampler, t.batch_size, seed, epoch)
+    else:
+        objective = SFTObjective(t.loss_chunk)
+
+        def make_batches(data, epoch, seed):
+            return data.batches(t.batch_size, seed, epoch)
 
     run_info = {"from": cfg.init_from, "arch": cfg.config, "overrides": cfg.overrides,
-                "data": [str(Path(d).resolve()) for d in cfg.data], "tokenizer": tok_source(cfg)}
-    trainer = Trainer(model, t, train, out_dir=cfg.out, eval_data=evals, objective=SFTObjective(t.loss_chunk),
+                "data": [str(Path(d).resolve()) for d in cfg.data], "tokenizer": tok_source(cfg),
+                **({"objective": "glm", "glm_mix": cfg.glm_mix} if sampler is not None else {})}
+    trainer = Trainer(model, t, train, out_dir=cfg.out, eval_data=evals, objective=objective,
                       make_batches=make_batches, batches_per_epoch=max(1, len(train) // t.batch_size),
                       resume=cfg.resume, overwrite=cfg.overwrite, run_info=run_info, progress=progress)
     result = trainer.fit()

@@ -129,3 +129,49 @@ def test_bad_corpus_is_one_line(tmp_path):
     for path, message in ((tmp_path / "empty.txt", "holds no text"), (tmp_path / "nope", "does not exist")):
         r = _run(*TINY, "--data", str(path), "--out", str(tmp_path / "x"), "--max-steps", "1", "--seq-len", "64")
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# --- --objective glm: GLM's blank infilling on a ChatGLM-6B-shaped model (lmzoo.train.glm) ------------
+
+V_SMOL = 49152  # the default tokenizer's; GLM's five tokens sit after it
+GLM_TINY = ["--config", "ChatGLM-6B", "--set", "n_layer=2", "--set", "n_embd=64", "--set", "n_head=4",
+            "--set", "n_kv_head=4", "--set", "intermediate_size=128", "--set", "max_seq_len=128",
+            "--set", f"vocab_size={V_SMOL + 8}", "--set", f"mask_token_ids=[{V_SMOL + 1},{V_SMOL},{V_SMOL + 2}]",
+            "--set", f"bos_token_id={V_SMOL + 3}", "--set", f"eos_token_id=[{V_SMOL + 4}]",
+            "--set", f"pad_token_id={V_SMOL + 4}"]
+
+
+def test_pretrain_glm_objective_from_scratch(corpus, tmp_path):
+    import lmzoo
+
+    d, _ = corpus
+    r = _run(*GLM_TINY, "--objective", "glm", "--glm-mix", "0.4,0.3,0.3", "--init-std", "0.1", "--data", str(d), "--out",
+             str(tmp_path / "run"), "--max-steps", "25", "--seq-len", "64", "--batch-size", "8", "--lr", "3e-3",
+             "--warmup-steps", "3")
+    assert r.returncode == 0, r.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["objective"] == "glm" and run["glm_mix"] == {"mask": 0.4, "smask": 0.3, "gmask": 0.3}
+    m = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert m[-1]["loss"] < 0.6 * m[0]["loss"], (m[0]["loss"], m[-1]["loss"])
+    model = lmzoo.from_pretrained(tmp_path / "run" / "model", dtype=torch.float32)  # THUDM's ChatGLM-6B layout
+    c = model.config
+    assert (c.position, c.prefix_lm, c.n_layer, c.mask_token_ids, c.bos_token_id) == \
+        ("rope_2d", True, 2, (V_SMOL + 1, V_SMOL), V_SMOL + 3)
+    assert c.deepnorm_alpha == pytest.approx(2.0)  # sqrt(2 n_layer), re-derived for the 2 layers
+    again = _run("--from", str(tmp_path / "run" / "model"), "--objective", "glm", "--data", str(d), "--out",
+                 str(tmp_path / "more"), "--max-steps", "2", "--seq-len", "64", "--batch-size", "4")
+    assert again.returncode == 0, again.stderr  # continued: the tokens come from the saved config
+
+
+@pytest.mark.parametrize("args,message", [
+    ([*TINY, "--objective", "glm"], "needs a GLM model with 2-D positions"),
+    (["--config", "ChatGLM-6B", "--set", "n_layer=1", "--objective", "glm"], "outside the model's vocabulary"),
+    ([*GLM_TINY, "--objective", "glm", "--glm-mix", "0.5,0.5"], "expected three fractions"),
+    ([*GLM_TINY, "--objective", "glm", "--glm-mix", "0.5,0.2,0.2"], "summing to 1"),
+    ([*GLM_TINY, "--objective", "bert"], "expected one of causal, glm"),
+    ([*GLM_TINY, "--init-std", "0"], "--init-std must be > 0, got 0.0"),
+])
+def test_glm_objective_errors_are_one_line(corpus, tmp_path, args, message):
+    d, _ = corpus
+    r = _run(*args, "--data", str(d), "--out", str(tmp_path / "x"), "--max-steps", "1", "--seq-len", "64")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
