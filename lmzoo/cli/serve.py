@@ -34,18 +34,13 @@ def serve(
                                        "tokens under load; a greedy answer may then differ from alone in rare ties."),
 ) -> None:
     """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
-    from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import ConfigError
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     if max_running < 1 or max_queued < 0:
         raise ConfigError(f"--max-running must be >= 1 and --max-queued >= 0, got {max_running}, {max_queued}")
-    try:
-        resolve_dtype(dtype)
-    except ValueError as e:
-        raise ConfigError(f"--dtype: {e}") from None
-    model, name = _model_path(model, served_model_name)
+    model, name = _model_path(model, served_model_name, dtype)
 
     import signal
     import threading
@@ -86,9 +81,15 @@ def serve(
     http.join(timeout=15)
 
 
-def _model_path(model: Path | None, served_model_name: str | None) -> tuple[Path, str]:
+def _model_path(model: Path | None, served_model_name: str | None, dtype: str | None) -> tuple[Path, str]:
+    """The model to load (default: the embedded SmolLM2) and the id clients send; --dtype checked."""
+    from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import ConfigError
 
+    try:
+        resolve_dtype(dtype)
+    except ValueError as e:
+        raise ConfigError(f"--dtype: {e}") from None
     if model is None:
         from lmzoo.checkpoints.assets import default_model_path
 
@@ -134,18 +135,13 @@ def mcp(
 
     import anyio
 
-    from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import ConfigError
     from lmzoo.serve.app import ServerState
     from lmzoo.serve.mcp import create_mcp_server
 
     if max_running < 1:
         raise ConfigError(f"--max-running must be >= 1, got {max_running}")
-    try:
-        resolve_dtype(dtype)
-    except ValueError as e:
-        raise ConfigError(f"--dtype: {e}") from None
-    model, name = _model_path(model, None)
+    model, name = _model_path(model, None, dtype)
     state = ServerState()
     server = create_mcp_server(state, model_name=name)
     done = threading.Event()

@@ -19,7 +19,9 @@ def tiny(cfg):
     kv = min(cfg.n_kv_head, 2)
     change = dict(n_layer=n_layer, n_embd=64, n_kv_head=kv, n_head=kv * min(cfg.n_head // cfg.n_kv_head, 2),
                   intermediate_size=48, vocab_size=300, max_seq_len=min(cfg.max_seq_len, 128),
-                  embed_dim=32 if cfg.embed_dim else None)
+                  embed_dim=32 if cfg.embed_dim else None,
+                  # special tokens must lie in the shrunk vocabulary (ModelConfig checks them)
+                  bos_token_id=None, pad_token_id=None, eos_token_id=(2,))
     if cfg.attention == "mla":
         change |= dict(kv_lora_rank=16, q_lora_rank=16 if cfg.q_lora_rank else None, qk_nope_head_dim=8,
                        qk_rope_head_dim=4, v_head_dim=8)

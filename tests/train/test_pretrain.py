@@ -165,7 +165,7 @@ def test_pretrain_glm_objective_from_scratch(corpus, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     ([*TINY, "--objective", "glm"], "needs a GLM model with 2-D positions"),
-    (["--config", "ChatGLM-6B", "--set", "n_layer=1", "--objective", "glm"], "outside the model's vocabulary"),
+    (["--config", "ChatGLM-6B", "--set", "n_layer=1", "--objective", "glm"], "is outside the vocabulary"),
     ([*GLM_TINY, "--objective", "glm", "--glm-mix", "0.5,0.5"], "expected three fractions"),
     ([*GLM_TINY, "--objective", "glm", "--glm-mix", "0.5,0.2,0.2"], "summing to 1"),
     ([*GLM_TINY, "--objective", "bert"], "expected one of causal, glm"),
