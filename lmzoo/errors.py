@@ -32,6 +32,11 @@ class GenerationError(LmzooError, ValueError):
     """An invalid sampling or generation parameter (temperature < 0, top_p outside (0, 1], ...)."""
 
 
+class InputError(GenerationError):
+    """Model inputs (token ids, attention masks) of the wrong type, shape or range (a GenerationError,
+    so code that catches that for lmzoo.generate keeps working)."""
+
+
 class TokenizerError(LmzooError, ValueError):
     """A tokenizer that cannot be found or built, or a chat template that cannot be rendered."""
 

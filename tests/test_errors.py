@@ -236,3 +236,39 @@ def test_config_json_that_is_a_directory(ckpt):
     with pytest.raises(ModelNotFoundError) as e:
         lmzoo.from_pretrained(ckpt)
     assert "a directory named config.json" in one_line(e)
+
+
+# --- ids and masks handed to the model or to generate ---------------------------------------------
+IDS = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+
+
+@pytest.mark.parametrize("ids, mask, needle", [
+    (IDS.float(), None, "integer token ids"),
+    (IDS.bool(), None, "integer token ids"),
+    (IDS[0], None, "(batch, seq) tensor"),
+    (IDS - 5, None, "got values in [-4, 3]"),
+    (IDS + 60, None, "[0, 64) (the model's vocabulary)"),
+    (IDS, torch.ones(2, 3, dtype=torch.long), "attention_mask must have input_ids' shape (2, 4)"),
+    (IDS, torch.ones(2, 4, 4, dtype=torch.long), "attention_mask must have input_ids' shape"),
+    (IDS, torch.tensor([[1, 1, 2, 1], [1, 1, 1, 1]]), "only 0 (padding) and 1"),
+    (IDS, torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]), "rows [0] have no real token"),
+])
+def test_bad_ids_and_masks(model, ids, mask, needle):
+    from lmzoo.errors import InputError
+
+    calls = [lambda: model(ids, attention_mask=mask)]
+    if ids.dim() == 2:  # (generate takes one unbatched row as a convenience)
+        calls.append(lambda: lmzoo.generate(model, ids, attention_mask=mask, max_new_tokens=2))
+    for call in calls:
+        with pytest.raises(InputError) as e:
+            call()
+        assert needle in one_line(e)
+
+
+def test_right_padded_rows_generate_their_own_tokens(model):
+    """generate takes each row's real tokens (mask 1) wherever they are: a right-padded row gives what
+    the row alone gives."""
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    batch = lmzoo.generate(model, IDS, attention_mask=mask, max_new_tokens=3)
+    alone = lmzoo.generate(model, IDS[:1, :2], max_new_tokens=3)
+    assert torch.equal(batch[0, : alone.shape[1]], alone[0])

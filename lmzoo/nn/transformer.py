@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.errors import ContextLengthError, GenerationError
+from lmzoo.errors import ContextLengthError, GenerationError, InputError
 from lmzoo.nn.alibi import alibi_bias, alibi_slopes
 from lmzoo.nn.attention import AttnInputs, build_mask
 from lmzoo.nn.block import QueryLayer, build_block
@@ -91,8 +91,10 @@ class Transformer(nn.Module):
         positions are the caller's (`positions`, required for rope_2d) or 0..T-1.
         hidden_only: return the last hidden states (B, T, d) instead of logits (a chunked loss applies
         the head itself, `logits`)."""
-        B, T = input_ids.shape
         cfg = self.config
+        if not torch.compiler.is_compiling():
+            check_inputs(input_ids, attention_mask, cfg.vocab_size)
+        B, T = input_ids.shape
         dev = input_ids.device
         if allowed is not None:
             check_allowed(allowed, B, T, cfg, cache=cache, attention_mask=attention_mask,
@@ -231,6 +233,33 @@ def check_allowed(allowed: torch.Tensor, B: int, T: int, cfg: ModelConfig, *, ca
         b, t = (int(i) for i in empty.nonzero()[0])
         raise ValueError(f"allowed[{b}, {t}] lets query {t} of row {b} attend to no key; every query needs one "
                          "(let padding attend to itself)")
+
+
+def check_inputs(input_ids, attention_mask, vocab_size: int) -> None:
+    """What a caller hands the model, checked before it reaches an embedding lookup or a mask (where
+    a wrong value fails deep inside torch, or silently gives wrong logits). Values are checked on CPU
+    (a GPU check would synchronise every step; CUDA's own index assert still fires there)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise InputError(f"input_ids must be a (batch, seq) tensor of token ids, got {shape}")
+    if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise InputError(f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}")
+    cpu = input_ids.device.type == "cpu"
+    if cpu and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise InputError(f"input_ids must lie in [0, {vocab_size}) (the model's vocabulary), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]; do the tokenizer and the model match?")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise InputError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)} (1 = real token, "
+                         f"0 = padding), got {shape}")
+    if cpu:
+        if not ((attention_mask == 0) | (attention_mask == 1)).all():
+            raise InputError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        empty = (~attention_mask.bool().any(-1)).nonzero().flatten().tolist()
+        if empty and input_ids.shape[1]:
+            raise InputError(f"attention_mask rows {empty} have no real token")
 
 
 def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:

@@ -52,11 +52,12 @@ def stream_generate(
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise GenerationError(f"input_ids must be (batch, seq) with seq >= 1, got shape {tuple(input_ids.shape)}")
     cfg = model.config
+    from lmzoo.nn.transformer import check_inputs
+
+    check_inputs(input_ids, attention_mask, cfg.vocab_size)
     B, T0 = input_ids.shape
     if T0 > cfg.max_seq_len:
         raise ContextLengthError(f"prompt of {T0} tokens is longer than the model's context of {cfg.max_seq_len} tokens")
-    if input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size:
-        raise GenerationError(f"input_ids must lie in [0, {cfg.vocab_size}); got values outside")
     max_new_tokens = min(max_new_tokens, cfg.max_seq_len - T0)
     if max_new_tokens == 0:
         return
