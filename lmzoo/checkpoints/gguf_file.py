@@ -105,25 +105,37 @@ class GGUFFile:
             pos += n
             return s
 
-        def value(t: int) -> Any:
+        def count(n: int, min_bytes: int, what: str) -> int:
+            """A count read from the file, bounded by the bytes left (a corrupt count must fail at once,
+            not loop for billions of entries)."""
+            if n * min_bytes > len(mv) - pos:
+                raise ValueError(f"{what} count {n} cannot fit in the {len(mv) - pos} bytes left")
+            return n
+
+        def value(t: int, depth: int = 0) -> Any:
             nonlocal pos
             if t in _SCALARS:
                 return take(_SCALARS[t])
             if t == STRING:
                 return string()
             if t == ARRAY:
+                if depth >= 4:  # GGUF writers nest at most one level; bound the recursion
+                    raise ValueError("metadata arrays nested more than 4 deep")
                 et, n = take("<I"), take("<Q")
                 if et in _NP:  # numeric arrays in one go
-                    a = np.frombuffer(mv, dtype=_NP[et], count=n, offset=pos)
+                    a = np.frombuffer(mv, dtype=_NP[et], count=count(n, np.dtype(_NP[et]).itemsize, "array"),
+                                      offset=pos)
                     pos += a.nbytes
                     return a.tolist()
-                return [value(et) for _ in range(n)]
+                return [value(et, depth + 1) for _ in range(count(n, 1, "array"))]
             raise ValueError(f"unknown metadata value type {t}")
 
         self.version = take("<I")
-        if self.version < 2:
-            raise ValueError(f"GGUF version {self.version} is not supported (need 2 or 3)")
+        if self.version not in (2, 3):
+            raise ValueError(f"GGUF version {self.version} is not supported (this reader knows 2 and 3)")
         n_tensors, n_kv = take("<Q"), take("<Q")
+        count(n_kv, 8 + 4, "metadata")  # a key's length + a type, at the least
+        count(n_tensors, 8 + 4 + 4 + 8, "tensor")  # name length, n_dims, type, offset
         self.metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = string()
@@ -131,9 +143,14 @@ class GGUFFile:
         infos = []
         for _ in range(n_tensors):
             name = string()
-            ne = tuple(take("<Q") for _ in range(take("<I")))
+            n_dims = take("<I")
+            if not 1 <= n_dims <= 4:
+                raise ValueError(f"tensor {name!r} has {n_dims} dimensions (GGUF tensors have 1 to 4)")
+            ne = tuple(take("<Q") for _ in range(n_dims))
             infos.append((name, ne, take("<I"), take("<Q")))
-        align = int(self.metadata.get("general.alignment", 32))
+        align = self.metadata.get("general.alignment", 32)
+        if not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise ValueError(f"general.alignment must be a positive power of two, got {align!r}")
         data_start = (pos + align - 1) // align * align
         self.tensors: dict[str, GGUFTensor] = {}
         for name, ne, type_id, off in infos:
