@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmzoo.checkpoints.peft import CheckpointLayout
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ConfigError
 from lmzoo.train.loop import SFTObjective, TrainConfig, Trainer
@@ -86,11 +87,16 @@ def build_config(name_or_file: str, overrides: dict, vocab_size: int) -> ModelCo
     return cfg
 
 
-def hf_model_type(cfg: ModelConfig) -> str:
-    """The HF family a from-scratch config is written out as (save_hf needs one)."""
+def from_scratch_layout(cfg: ModelConfig) -> CheckpointLayout:
+    """The HF checkpoint a from-scratch config is written out as (save_hf needs one): ChatGLM-6B's
+    own config.json for rope_2d configs (refusing what it cannot describe), else LLaMA / Qwen, whose
+    config save_hf builds from the ModelConfig."""
     if cfg.position == "rope_2d":
-        chatglm_v1_hf_config(cfg)  # refuses what THUDM's config.json cannot describe
-        return "chatglm"
+        return CheckpointLayout("chatglm", chatglm_v1_hf_config(cfg))
+    return CheckpointLayout(_llama_like_type(cfg), {})
+
+
+def _llama_like_type(cfg: ModelConfig) -> str:
     llama_like = (cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.position == "rope" and cfg.residual == "pre"
                   and cfg.attention == "standard" and not cfg.n_experts and cfg.rope_scaling.kind in ("none", "default"))
     if not llama_like:
@@ -146,7 +152,6 @@ def tok_source(cfg: PretrainConfig) -> str:
 
 def prepare(cfg: PretrainConfig):
     import lmzoo
-    from lmzoo.checkpoints.peft import CheckpointLayout
     from lmzoo.nn.transformer import Transformer
     from lmzoo.tokenizer import load_tokenizer
     from lmzoo.train.corpus import TokenWindows, tokenize_corpus
@@ -171,11 +176,11 @@ def prepare(cfg: PretrainConfig):
         sampler = glm_sampler(cfg, model.config, tok) if cfg.objective == "glm" else None
     else:
         mc = build_config(cfg.config, cfg.overrides, tok.vocab_size)
-        model_type = hf_model_type(mc)
+        layout = from_scratch_layout(mc)
         sampler = glm_sampler(cfg, mc, tok) if cfg.objective == "glm" else None  # before building: errors are cheap
         model = Transformer(mc)
         init_weights(model, std=cfg.init_std)
-        model.checkpoint_layout = CheckpointLayout(model_type, chatglm_v1_hf_config(mc) if model_type == "chatglm" else {})
+        model.checkpoint_layout = layout
     if model.config.vocab_size < tok.vocab_size:
         raise ConfigError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
                           f"({tok.vocab_size}); pass a matching --tokenizer")
