@@ -66,9 +66,15 @@ def _(x, q, scale, mn, group):
 
 
 class _QuantLinear(nn.Module):
-    """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM."""
+    """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM.
+
+    activations (a runtime choice, `set_activations`): "float" multiplies the float32 rows by the
+    integer weights exactly (dequant(W) @ x, up to summation order); "q8" first quantises each row
+    per 32 values to int8, as llama.cpp does, and multiplies integers (dequant(W) @ dequant(q8(x))).
+    """
 
     bits = ""
+    activations = "float"
 
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -126,6 +132,8 @@ class Int8Linear(_QuantLinear):
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return int8_linear_op(x2, self.q, self.scale, self.group_size)
+        if self.activations == "q8" and self.in_features % 32 == 0 and (self.group_size == 16 or self.group_size % 32 == 0):
+            return k.int8_linear_q8(x2, self.q, self.scale, self.group_size)
         return k.int8_linear(x2, self.q, self.scale, self.group_size)
 
 
@@ -181,6 +189,8 @@ class Int4Linear(_QuantLinear):
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return int4_linear_op(x2, self.q, self.scale, self.min, self.group_size)
+        if self.activations == "q8":
+            return k.int4_linear_q8(x2, self.q, self.scale, self.min, self.group_size)
         return k.int4_linear(x2, self.q, self.scale, self.min, self.group_size)
 
 
@@ -237,6 +247,19 @@ class NF4Linear(_QuantLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+ACTIVATIONS = ("float", "q8")
+
+
+def set_activations(model: nn.Module, activations: str) -> nn.Module:
+    """How the int8/int4 layers' CPU kernels take their input rows (see _QuantLinear), in place."""
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"activations {activations!r} is not one of {ACTIVATIONS}")
+    for m in model.modules():
+        if isinstance(m, (Int8Linear, Int4Linear)):
+            m.activations = activations
+    return model
 
 
 MODES = ("int8", "int4", "nf4")
