@@ -97,6 +97,23 @@ class _QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.bits}, group={self.group_size}"
 
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor | None = None):
+        """A layer around existing codes and scales (min: Int4Linear's offsets), taking the tensors
+        as they are: no zero-filled buffers to overwrite (loading GGUF blocks, lmzoo.checkpoints)."""
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        N = q.shape[0]
+        K = q.shape[1] * (2 if cls is Int4Linear else 1)
+        m.in_features, m.out_features = K, N
+        m.group_size = _groups(K, K // scale.shape[1], 32 if cls is Int4Linear else 8)
+        m.register_buffer("q", q)
+        m.register_buffer("scale", scale)
+        if cls is Int4Linear:
+            m.register_buffer("min", mn)
+        m.bias = None
+        return m
+
 
 class Int8Linear(_QuantLinear):
     """y = x @ (scale * q)^T + bias with q int8 (N, K) and scale (N, K // group_size)."""

@@ -112,3 +112,23 @@ def test_rope_heads_matches_apply_rope(rot, cos_batch):
     torch.testing.assert_close(gq.view(B, T, H, hd).transpose(1, 2), want_q, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gk.view(B, T, Hkv, hd).transpose(1, 2), want_k, rtol=1e-6, atol=1e-6)
     assert torch.equal(gv, v)  # values are not rotated
+
+
+def test_from_pretrained_q8_activations(smollm2_path):
+    """The default model with llama.cpp-style 8-bit activations: every int layer switched, and the
+    next-token distribution close to the exact (float-activation) one."""
+    import lmzoo
+    from lmzoo.errors import ConfigError
+
+    exact = lmzoo.from_pretrained(smollm2_path)
+    fast = lmzoo.from_pretrained(smollm2_path, activations="q8")
+    layers = [m for m in fast.modules() if isinstance(m, (Int4Linear, Int8Linear))]
+    assert layers and all(m.activations == "q8" for m in layers)
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 1345, 314]])
+    with torch.inference_mode():
+        a, b = exact(ids[:, :1]), fast(ids[:, :1])  # one row: the kernel path
+    assert not torch.equal(a, b)  # a different product ...
+    assert (a - b).abs().max() < 0.05 * a.abs().max()  # ... of nearly the same function
+    assert a[0, -1].argmax() == b[0, -1].argmax()
+    with pytest.raises(ConfigError, match="activations must be one of"):
+        lmzoo.from_pretrained(smollm2_path, activations="q4")
