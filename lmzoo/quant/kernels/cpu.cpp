@@ -425,20 +425,10 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, Weig
 }
 #endif
 
-// request the cache lines of [p, p + bytes) ahead of use: a decode step reads each weight once from
-// DRAM, row after row, and the hardware prefetcher alone left these loops at ~5 GB/s per core
-inline void prefetch(const void* p, int64_t bytes) {
-  const char* c = (const char*)p;
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 0);
-}
-
-constexpr int64_t PF_ROWS = 4;  // rows ahead
-
-template <typename Weights, typename Block, typename Extra, typename Ahead>
-void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, Weights weights, Block block, Extra extra, Ahead ahead) {
+template <typename Weights, typename Block, typename Extra>
+void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, Weights weights, Block block, Extra extra) {
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      if (n + PF_ROWS < n1) ahead(n + PF_ROWS);
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
         const int64_t mb = std::min<int64_t>(RB, M - m0);
 #ifdef LMZOO_AVX2
@@ -476,11 +466,6 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const float *sp = scale.data_ptr<float>(), *mp = mins.data_ptr<float>();
   auto extra = [&](int64_t m, int64_t n) { return dot_f32(mp + n * G, xsg + m * G, G); };
-  auto ahead = [&](int64_t n) {
-    prefetch(qp + n * (K / 2), K / 2);
-    prefetch(sp + n * G, G * 4);
-    prefetch(mp + n * G, G * 4);
-  };
 #ifdef LMZOO_AVX2
   auto weights = [&](int64_t n, int64_t b) { return unpack_i4(qp + n * (K / 2) + b * 16); };
   auto block = [&](__m256i w, int64_t m, int64_t n, int64_t b) {
@@ -496,7 +481,7 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
     return (float)acc * xd[m * nb + b] * sp[n * G + (bpg == 1 ? b : b / bpg)];
   };
 #endif
-  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra, ahead);
+  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra);
   return y;
 }
 
@@ -512,10 +497,6 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
   auto extra = [](int64_t, int64_t) { return 0.f; };
-  auto ahead = [&](int64_t n) {
-    prefetch(qp + n * K, K);
-    prefetch(sp + n * G, G * 4);
-  };
 #ifdef LMZOO_AVX2
   auto weights = [&](int64_t n, int64_t b) { return _mm256_loadu_si256((const __m256i*)(qp + n * K + b * QB)); };
   auto block = [&](__m256i w, int64_t m, int64_t n, int64_t b) {
@@ -544,7 +525,7 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
     return (float)acc * dx * sp[n * G + (bpg == 1 ? b : b / bpg)];
   };
 #endif
-  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra, ahead);
+  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra);
   return y;
 }
 
