@@ -8,7 +8,7 @@ peak RSS, greedy agreement. Each (backend, round) is a fresh process; backends a
 --forms re-writes the model in other GGUF block types with the `gguf` package (dequantise every
 tensor, quantise again; metadata copied) into ~/.cache/lmzoo/bench/; --shape 1b writes a Llama with
 1B-class dimensions and random weights (SmolLM2's vocabulary) instead of the default model.
-Both backends get the same prompt ids (random, seeded), greedy decoding, no stop token; llama.cpp
+Every backend gets the same prompt ids (random, seeded), greedy decoding, no stop token; llama.cpp
 through its Python binding's low-level eval (one `eval` for the prompt, then one per token).
 Not run in CI (llama.cpp takes too long to build there).
 """
@@ -36,17 +36,21 @@ def prompt_ids(n: int, vocab: int) -> list[int]:
 
 
 def peak_mb() -> float:
+    """This process's peak RSS: VmHWM (ru_maxrss would start at the parent's RSS across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_lmzoo(path: str, prompt: int, new: int, threads: int) -> dict:
+def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: str = "float") -> dict:
     import torch
 
     torch.set_num_threads(threads)
     import lmzoo
 
     t0 = time.perf_counter()
-    model = lmzoo.from_pretrained(path)
+    model = lmzoo.from_pretrained(path, activations=activations)
     load = time.perf_counter() - t0
     ids = torch.tensor([prompt_ids(prompt, model.config.vocab_size)])
     out, times = [], []
@@ -69,9 +73,14 @@ def worker_llamacpp(path: str, prompt: int, new: int, threads: int) -> dict:
     ids = prompt_ids(prompt, llm.n_vocab())
     out, times = [], []
     t0 = time.perf_counter()
+    n_vocab = llm.n_vocab()
+
+    def last_logits():  # the binding keeps only the last position's logits (logits_all=False)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+
     llm.eval(ids)
     for _ in range(new):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits()))
         times.append(time.perf_counter())
         out.append(tok)
         if len(out) < new:
@@ -204,7 +213,7 @@ def agreement(a: list[int], b: list[int]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", choices=["lmzoo", "llamacpp"])
+    ap.add_argument("--worker", choices=["lmzoo", "lmzoo-q8", "llamacpp"])
     ap.add_argument("--model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=256)
@@ -212,11 +221,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--forms", default="", help="comma list of GGUF types to re-write the model in, e.g. q8_0,f16")
     ap.add_argument("--shape", choices=["1b"], help="a random-weight Llama of this shape instead")
-    ap.add_argument("--backends", default="lmzoo,llamacpp")
+    ap.add_argument("--backends", default="lmzoo,lmzoo-q8,llamacpp",
+                    help="lmzoo (exact float activations), lmzoo-q8 (--activations q8), llamacpp")
     a = ap.parse_args()
     if a.worker:
-        fn = worker_lmzoo if a.worker == "lmzoo" else worker_llamacpp
-        print(json.dumps(fn(a.model, a.prompt, a.new, a.threads)))
+        if a.worker == "llamacpp":
+            out = worker_llamacpp(a.model, a.prompt, a.new, a.threads)
+        else:
+            out = worker_lmzoo(a.model, a.prompt, a.new, a.threads, "q8" if a.worker == "lmzoo-q8" else "float")
+        print(json.dumps(out))
         return
     from lmzoo.checkpoints.assets import default_model_path
     from lmzoo.tools.bench import read_bandwidth_gbs
@@ -225,7 +238,7 @@ def main() -> None:
     files = {"file": src} if not a.shape else {}
     for kind in filter(None, a.forms.split(",")):
         files[kind] = random_llama(src, kind) if a.shape else requantize(src, kind)
-    pythons = {"lmzoo": sys.executable, "llamacpp": os.environ.get("LLAMACPP_PYTHON", "")}
+    pythons = {"lmzoo": sys.executable, "lmzoo-q8": sys.executable, "llamacpp": os.environ.get("LLAMACPP_PYTHON", "")}
     backends = a.backends.split(",")
     if "llamacpp" in backends and not pythons["llamacpp"]:
         raise SystemExit("set LLAMACPP_PYTHON to a python with llama-cpp-python (benchmarks/setup_llamacpp.sh)")

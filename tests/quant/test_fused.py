@@ -16,14 +16,26 @@ K = cpu_kernels()
 pytestmark = pytest.mark.skipif(K is None, reason="no C++ compiler for the CPU kernels")
 
 
-def q8_reference(x: torch.Tensor) -> torch.Tensor:
-    """x (M, K) -> the values 8-bit activation blocks represent, dequantised (float64)."""
+def q8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) -> (values the 8-bit blocks stand for (M, K), each block's stored s (M, K/32)), float64.
+    ggml: d = amax / 127 and s = d * sum(q) kept in float16; codes round(x * 127 / amax)."""
     xb = x.view(x.shape[0], -1, 32)
-    d = xb.abs().amax(-1) / 127.0  # float32 division, as the kernel
-    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    amax = xb.abs().amax(-1)
+    d = amax / 127.0
+    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
     q = torch.round(xb * inv[..., None])  # round half to even
     assert q.abs().max() <= 127
-    return (q.double() * d.double()[..., None]).view_as(x)
+    s = (d * q.sum(-1)).half().double()
+    return (q.double() * d.half().double()[..., None]).view_as(x), s
+
+
+def int4_reference(x: torch.Tensor, m: Int4Linear) -> torch.Tensor:
+    """w = scale * q + min: the scale part against the blocks' values, the min part against their s."""
+    xr, s = q8_reference(x)
+    K, g = m.in_features, m.group_size
+    codes = (m.dequantize().double() - m.min.double().repeat_interleave(g, 1))  # scale * q
+    s_group = s.view(x.shape[0], K // g, g // 32).sum(-1)  # (M, G)
+    return xr @ codes.T + s_group @ m.min.double().T
 
 
 def int8_layer(lin: nn.Linear, group: int | None) -> Int8Linear:
@@ -43,11 +55,11 @@ def test_q8_products_match_reference(M, Kdim, N):
     x = torch.randn(M, Kdim) * 3
     x[0, :32] = 0.0  # an all-zero block: d = 0, codes 0
     x[-1, 32:64] *= 1000
-    xr = q8_reference(x)
+    xr, _ = q8_reference(x)
     for g in (32, 96 if Kdim % 96 == 0 else 32):
         m = Int4Linear.from_linear(lin, group_size=g)
         y = K.int4_linear_q8(x, m.q, m.scale, m.min, g)
-        ref = xr @ m.dequantize().double().T
+        ref = int4_reference(x, m)
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     for g in (32, 16, None):
         m = int8_layer(lin, g)
@@ -79,7 +91,7 @@ def test_q8_activations_in_a_layer(monkeypatch):
     set_activations(q, "q8")
     with torch.inference_mode():
         y = q(x)
-    ref = q8_reference(x) @ q.dequantize().double().T + q.bias.double()
+    ref = int4_reference(x, q) + q.bias.double()
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
     with pytest.raises(Exception, match="activations 'int2' is not one of"):
         set_activations(q, "int2")

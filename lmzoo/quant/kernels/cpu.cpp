@@ -295,7 +295,8 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 // Integer products with 8-bit activations (llama.cpp's scheme for its CPU matmuls: ggml's Q8_1
 // activation blocks against Q4_1 / Q8_0 weight blocks). Each row of x is quantised per 32-block:
 //
-//     d = max|x_b| / 127,  q = round_half_even(x_b / d) in -127..127,  s = d * sum(q)
+//     d = max|x_b| / 127,  q = round_half_even(x_b * 127 / max|x_b|) in -127..127,  s = d * sum(q)
+//     (d and s rounded to float16, as ggml's block_q8_1 / block_q8_0 store them)
 //
 // and each 32-block product becomes one integer dot product (8-bit x 8-bit -> 16 -> 32-bit lanes,
 // exact), scaled once in float:
@@ -303,11 +304,15 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 //     int4:  y[m,n] = sum_b  d_x[m,b] * scale[n,g(b)] * dot(q_x, q_w) + sum_g min[n,g] * sum_{b in g} s[m,b]
 //     int8:  y[m,n] = sum_b  d_x[m,b] * scale[n,g(b)] * dot(q_x, q_w)         (g = 16: two scales a block)
 //
-// i.e. exactly dequant(W) @ dequant(quant(x)) up to float summation order. Half the instructions of
+// i.e. dequant(W) @ dequant(quant(x)) up to float summation order (the min term uses the stored s). Half the instructions of
 // widening every weight to float, so the product keeps up with memory instead of the FMA ports.
 namespace {
 
 constexpr int64_t QB = 32;  // activation block
+
+// ggml keeps an activation block's d and s in float16: rounding them the same way makes a q8
+// product the one llama.cpp computes (its ggml_vec_dot_q4_1_q8_1 / _q8_0_q8_0), not just a similar one
+inline float f16_round(float v) { return static_cast<float>(c10::Half(v)); }
 
 // x (M, K) -> q (M, K) int8, d (M, K/32), s (M, K/32)
 void quantize_rows_q8(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
@@ -328,7 +333,7 @@ void quantize_rows_q8(const float* x, int64_t M, int64_t K, int8_t* q, float* d,
       m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
       m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
       const float amax = _mm_cvtss_f32(m4);
-      const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+      const float db = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
       const __m256 vid = _mm256_set1_ps(id);
       __m256i r[4];
       for (int j = 0; j < 4; ++j)
@@ -341,20 +346,20 @@ void quantize_rows_q8(const float* x, int64_t M, int64_t K, int8_t* q, float* d,
       s4 = _mm_hadd_epi32(s4, s4);
       const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
       _mm256_storeu_si256((__m256i*)qb, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-      d[i] = db;
-      s[i] = db * (float)_mm_cvtsi128_si32(s4);
+      d[i] = f16_round(db);
+      s[i] = f16_round(db * (float)_mm_cvtsi128_si32(s4));
 #else
       float amax = 0.f;
       for (int j = 0; j < QB; ++j) amax = std::max(amax, std::fabs(xb[j]));
-      const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+      const float db = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
       int sum = 0;
       for (int j = 0; j < QB; ++j) {
         const int v = (int)std::nearbyint(xb[j] * id);
         qb[j] = (int8_t)v;
         sum += v;
       }
-      d[i] = db;
-      s[i] = db * (float)sum;
+      d[i] = f16_round(db);
+      s[i] = f16_round(db * (float)sum);
 #endif
     }
   });
