@@ -27,7 +27,8 @@ from typing import Any
 from lmzoo.errors import TokenizerError
 
 # Tokens that end an assistant turn in common chat formats; counted as EOS when the template uses them.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|user|>")
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|user|>",
+               "<|observation|>")
 
 # llama.cpp `tokenizer.ggml.pre` -> the regex that splits text before byte-level BPE
 _LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -88,10 +89,21 @@ class Tokenizer:
 
     def __init__(self, *, backend=None, sp=None, bos_token: str | None = None, eos_token: str | None = None,
                  pad_token: str | None = None, unk_token: str | None = None, add_bos: bool = False,
-                 chat_template: str | None = None, special_tokens: Iterable[str] = ()) -> None:
+                 chat_template: str | None = None, special_tokens: Iterable[str] = (),
+                 appended: dict[str, int] | None = None, prefix: Iterable[str] = (),
+                 special_pattern: str | None = None, end_of_turn: Iterable[str] = ()) -> None:
+        """`appended`: special tokens numbered after the backend's vocabulary that the backend does
+        not know (ChatGLM's [gMASK] sop ...); with them lmzoo splits the text on the specials itself
+        and encodes every piece between them on its own. `prefix`: tokens put before the text instead
+        of BOS (ChatGLM's [gMASK] sop). `special_pattern`: the regex that finds special tokens in
+        text, when matching their spellings anywhere would be wrong."""
         if (backend is None) == (sp is None):
             raise ValueError("give exactly one of backend (tokenizers) or sp (sentencepiece)")
         self._tok, self._sp = backend, sp
+        self._appended = dict(appended or {})
+        self._appended_ids = {i: t for t, i in self._appended.items()}
+        self.prefix = tuple(prefix)
+        self.end_of_turn = tuple(end_of_turn)  # tokens that end a reply besides EOS (ChatGLM's <|user|>)
         self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, unk_token
         self.add_bos = add_bos
         self.chat_template = chat_template
@@ -100,15 +112,27 @@ class Tokenizer:
         # one alternation, longest first, so "<|im_end|>" wins over a shorter special it contains
         longest_first = sorted(self.special_tokens, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if longest_first else None
+        if special_pattern:
+            self._special_re = re.compile("(" + special_pattern + ")")
 
     # --- vocabulary -------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True) if self._tok else self._sp.get_piece_size()
+        base = self._tok.get_vocab_size(with_added_tokens=True) if self._tok else self._sp.get_piece_size()
+        return max([base - 1, *self._appended.values()]) + 1
+
+    def check_vocab_size(self, model_vocab_size: int, what: str = "the model") -> None:
+        """One-line TokenizerError when this tokenizer can write ids the model has no embedding for (a
+        model's vocabulary may be larger than its tokenizer's: padded for speed, as ChatGLM's 65,024)."""
+        if self.vocab_size > int(model_vocab_size):
+            raise TokenizerError(f"the tokenizer has {self.vocab_size} tokens but {what} has a vocabulary of "
+                                 f"{model_vocab_size}: the tokenizer files do not belong to this checkpoint")
 
     def token_to_id(self, token: str | None) -> int | None:
         if token is None:
             return None
+        if token in self._appended:
+            return self._appended[token]
         if self._tok:
             return self._tok.token_to_id(token)
         i = self._sp.piece_to_id(token)
@@ -134,14 +158,23 @@ class Tokenizer:
             i = self.token_to_id(t)
             if i is not None and i not in ids and (self.chat_template and t in self.chat_template):
                 ids.append(i)
+        for t in self.end_of_turn:
+            i = self.token_to_id(t)
+            if i is not None and i not in ids:
+                ids.append(i)
         return ids
 
     # --- encode / decode --------------------------------------------------------------------------
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        if self._tok:
-            ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if self._appended:
+            ids = self._split_encode(text)
+        elif self._tok:
+            ids = self._tok.encode(text, add_special_tokens=add_special_tokens and not self.prefix).ids
         else:
             ids = self._sp_encode(text)
+        if add_special_tokens and self.prefix:
+            pre = [self.token_to_id(t) for t in self.prefix]
+            return ids if ids[: len(pre)] == pre else pre + ids
         if add_special_tokens and self.add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             if self._sp is not None or not self._post_adds_bos():
                 ids = [self.bos_token_id] + ids
@@ -172,8 +205,35 @@ class Tokenizer:
                 after_special = False
         return ids
 
+    def _split_encode(self, text: str) -> list[int]:
+        """Special tokens found by `_special_re`, every piece between them encoded on its own (so each
+        gets SentencePiece's dummy-prefix space, as ChatGLM's SPTokenizer encodes its pieces)."""
+        ids: list[int] = []
+        parts = self._special_re.split(text) if self._special_re else [text]
+        for k, p in enumerate(parts):
+            if k % 2:
+                ids.append(self.token_to_id(p))
+            elif p:
+                ids.extend(self._tok.encode(p, add_special_tokens=False).ids if self._tok else self._sp.encode(p))
+        return ids
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         ids = [int(i) for i in ids]
+        if self._appended:  # runs of backend ids decoded together, appended specials spelled out
+            text, run = "", []
+            for i in ids + [None]:
+                if i is None or i in self._appended_ids:
+                    if run:
+                        text += self._decode_base(run, skip_special_tokens)
+                        run = []
+                    if i is not None and not skip_special_tokens:
+                        text += self._appended_ids[i]
+                else:
+                    run.append(i)
+            return text
+        return self._decode_base(ids, skip_special_tokens)
+
+    def _decode_base(self, ids: list[int], skip_special_tokens: bool) -> str:
         if self._tok:
             return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
         if skip_special_tokens:
@@ -326,8 +386,16 @@ def _token_str(v: Any) -> str | None:
     return v
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """Tokenizer for an HF checkpoint directory or a .gguf file."""
+def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
+    """Tokenizer for an HF checkpoint directory or a .gguf file. With `vocab_size` (the model's), a
+    tokenizer that writes ids past it is refused with a one-line TokenizerError."""
+    tok = _load_tokenizer(path)
+    if vocab_size is not None:
+        tok.check_vocab_size(vocab_size)
+    return tok
+
+
+def _load_tokenizer(path) -> Tokenizer:
     p = Path(path).expanduser()
     if p.is_file():
         return _from_gguf(p)
@@ -355,6 +423,11 @@ def load_tokenizer(path) -> Tokenizer:
                   chat_template=template)
     if (p / "qwen.tiktoken").exists() and not (p / "tokenizer.json").exists():
         return _from_qwen_tiktoken(p / "qwen.tiktoken", common)
+    model_file = p / "tokenizer.model"
+    if model_file.exists() and not (p / "tokenizer.json").exists() and _is_tiktoken(model_file):
+        return _from_tiktoken_model(model_file, cfg, common)
+    if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and ((p / "tokenizer.json").exists() or model_file.exists()):
+        return _chatglm(p, cfg, common)
     if (p / "tokenizer.json").exists():
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -363,6 +436,11 @@ def load_tokenizer(path) -> Tokenizer:
         except Exception as e:
             raise TokenizerError(f"{p / 'tokenizer.json'} cannot be read ({e})") from None
         specials += [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        if cfg.get("add_bos_token") is False and not cfg.get("add_eos_token"):
+            # the config turns BOS off (Baichuan 2) while the file's post-processor would add it: the
+            # config wins, as with the model's own (SentencePiece) tokenizer class
+            if backend.encode("a").ids != backend.encode("a", add_special_tokens=False).ids:
+                backend.post_processor = None
         return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", False)),
                          special_tokens=dict.fromkeys(s for s in specials if s), **common)
     if (p / "tokenizer.model").exists():
@@ -443,14 +521,14 @@ def _gguf_byte_level_bpe(path: Path, meta: dict[str, Any], tokens: list[str]):
 
 
 def _byte_level_backend(vocab: dict[str, int], merges: list[tuple[str, str]], how: str,
-                        pattern: str | tuple[str, ...] | None):
+                        pattern: str | tuple[str, ...] | None, ignore_merges: bool = False):
     """A `tokenizers` byte-level BPE: tokens in GPT-2's byte alphabet, text split first by `how`
     ("bytelevel": GPT-2's own regex, "digits": single digits then GPT-2's, "regex": `pattern`, or
     each of several patterns in turn)."""
     from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=ignore_merges))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=how != "regex")
     if how == "bytelevel":
         backend.pre_tokenizer = byte_level
@@ -566,7 +644,8 @@ def tiktoken_backend(ranks: dict[bytes, int], pattern: str):
         merges += [(rank, spell(a), spell(b)) for a, b in splits]
     merges.sort(key=lambda m: m[0])
     vocab = {spell(t): r for t, r in ranks.items()}
-    return _byte_level_backend(vocab, [(a, b) for _, a, b in merges], "regex", pattern)
+    # tiktoken takes a piece that is itself a token whole, before any merging (ignore_merges)
+    return _byte_level_backend(vocab, [(a, b) for _, a, b in merges], "regex", pattern, ignore_merges=True)
 
 
 def _from_qwen_tiktoken(path: Path, common: dict[str, Any]) -> Tokenizer:
@@ -579,3 +658,107 @@ def _from_qwen_tiktoken(path: Path, common: dict[str, Any]) -> Tokenizer:
               "pad_token": common.get("pad_token") or "<|endoftext|>",
               "chat_template": common.get("chat_template") or QWEN_CHATML}
     return Tokenizer(backend=backend, add_bos=False, special_tokens=QWEN_SPECIALS, **common)
+
+
+# --- ChatGLM2 / ChatGLM3 (THUDM's tokenization_chatglm.py: SPTokenizer) -----------------------------
+# SentencePiece pieces first, then these specials numbered from the piece count (ChatGLM2 has the first
+# five; ChatGLM3 adds the role tokens). Every input starts with [gMASK] sop.
+CHATGLM_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>",
+                    "<|observation|>")
+# ChatGLM2's prompt format (its build_prompt), the [gMASK] sop prefix written by the template itself
+CHATGLM2_PROMPT = (
+    "[gMASK]sop{% set r = namespace(n=0) %}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{% set r.n = r.n + 1 %}[Round {{ r.n }}]\n\n问：{{ m['content'] }}\n\n答："
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}\n\n"
+    "{% else %}{{ raise_exception('ChatGLM2 has user and assistant turns only, not ' + m['role']) }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def _chatglm(p: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Tokenizer:
+    """ChatGLM2/3 from tokenizer.model (as THUDM ship it) or a tokenizer.json converted from it.
+
+    The specials are recognised in text by lmzoo, not by the backend, because "sop"/"eop" are also
+    ordinary letters ("sophisticated", "people"): they are the token only right after a [*MASK]."""
+    if (p / "tokenizer.json").exists():
+        from tokenizers import Tokenizer as HFTokenizer
+
+        backend, sp = HFTokenizer.from_file(str(p / "tokenizer.json")), None
+        backend.post_processor = None  # the [gMASK] sop prefix replaces whatever the conversion added
+        n = backend.get_vocab_size(with_added_tokens=True)
+    else:
+        import sentencepiece as spm
+
+        backend, sp = None, spm.SentencePieceProcessor(model_file=str(p / "tokenizer.model"))
+        n = sp.get_piece_size()
+    declared = json.dumps(cfg.get("added_tokens_decoder", {})) + (common["chat_template"] or "")
+    roles = any(t in declared for t in CHATGLM_SPECIALS[5:])
+    names = CHATGLM_SPECIALS if roles else CHATGLM_SPECIALS[:5]
+    appended = {t: n + k for k, t in enumerate(names)}
+    for i, v in cfg.get("added_tokens_decoder", {}).items():
+        t = _token_str(v)
+        if t in appended and appended[t] != int(i):
+            raise TokenizerError(f"{p / 'tokenizer_config.json'} puts {t} at id {i}, but ChatGLM numbers it "
+                                 f"{appended[t]} (after the {n} SentencePiece pieces): not a ChatGLM2/3 tokenizer")
+    # as SPTokenizer: only the appended specials are tokens in text (</s> written out is text)
+    named = [t for t in (common["eos_token"], common["unk_token"], common["pad_token"], "<s>", "</s>") if t]
+    plain = sorted((t for t in names if t not in ("sop", "eop")), key=len, reverse=True)
+    pattern = "|".join([*map(re.escape, plain), r"(?<=MASK\])(?:sop|eop)"])
+    common = {**common, "eos_token": common["eos_token"] or "</s>",
+              "chat_template": common["chat_template"] or (None if roles else CHATGLM2_PROMPT)}
+    return Tokenizer(backend=backend, sp=sp, add_bos=False, special_tokens=[*names, *named], appended=appended,
+                     prefix=("[gMASK]", "sop"), special_pattern=pattern, end_of_turn=("<|user|>", "<|observation|>"),
+                     **common)
+
+
+# --- tiktoken tokenizer.model files (Meta's Llama 3, THUDM's GLM-4) -----------------------------------
+# Meta's tokenizer.py: 256 specials after the ranks, these first, then reserved ones
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                   "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>")
+LLAMA3_SPECIALS += tuple(f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(LLAMA3_SPECIALS)))
+# Meta's ChatFormat (llama_models/llama3/chat_format.py): header, content as given, <|eot_id|>
+LLAMA3_CHAT = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# tokenizer classes whose tokenizer.model is a tiktoken ranks file: (split regex, prefix tokens)
+# and the tokens that end a reply besides EOS (generation_config's eos_token_id)
+TIKTOKEN_CLASSES = {"ChatGLM4Tokenizer": (_LLAMA3_RE, ("[gMASK]", "<sop>"), ("<|user|>", "<|observation|>"))}
+
+
+def _is_tiktoken(path: Path) -> bool:
+    """A tiktoken ranks file ("base64 rank" lines) rather than a SentencePiece protobuf."""
+    with open(path, "rb") as f:
+        head = f.read(200).split(b"\n", 1)[0]
+    return re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", head) is not None
+
+
+def _from_tiktoken_model(path: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Tokenizer:
+    """A tiktoken tokenizer.model: GLM-4's (tokenizer_class ChatGLM4Tokenizer, specials from the
+    config's added_tokens_decoder) or, with no tokenizer class, Meta's Llama 3 layout."""
+    from tokenizers import AddedToken
+
+    ranks = read_tiktoken(path)
+    cls = cfg.get("tokenizer_class")
+    if cls in TIKTOKEN_CLASSES:
+        pattern, prefix, end_of_turn = TIKTOKEN_CLASSES[cls]
+        declared = {int(i): _token_str(v) for i, v in cfg.get("added_tokens_decoder", {}).items()}
+    elif cls is None:  # Meta's layout (tokenizer.model + params.json)
+        pattern, prefix, end_of_turn = _LLAMA3_RE, (), ("<|eot_id|>", "<|eom_id|>")
+        declared = {len(ranks) + k: t for k, t in enumerate(LLAMA3_SPECIALS)}
+        common = {**common, "bos_token": common["bos_token"] or "<|begin_of_text|>",
+                  "eos_token": common["eos_token"] or "<|end_of_text|>",
+                  "chat_template": common["chat_template"] or LLAMA3_CHAT}
+    else:
+        raise TokenizerError(f"{path} is a tiktoken file, but tokenizer class {cls!r} is not one lmzoo knows "
+                             f"for it; known: {sorted(TIKTOKEN_CLASSES)} or none (Meta's Llama 3 layout)")
+    if sorted(declared) != list(range(len(ranks), len(ranks) + len(declared))):
+        raise TokenizerError(f"{path.name}: the special tokens must be numbered {len(ranks)}.. right after the "
+                             f"{len(ranks)} ranks; the config numbers them {min(declared, default=None)}..")
+    backend = tiktoken_backend(ranks, pattern)
+    specials = [declared[i] for i in sorted(declared)]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", cls is None)),
+                     special_tokens=specials, prefix=prefix, end_of_turn=end_of_turn, **common)

