@@ -262,3 +262,22 @@ def test_glm4_tiktoken_layout(tmp_path):
     assert rendered.startswith("[gMASK]<sop><|system|>\nBe brief.<|user|>") and rendered.endswith("<|assistant|>")
     assert ours.encode_chat(CONV) == enc.encode(rendered, allowed_special="all")
     assert ours.token_to_id("<|user|>") in ours.eos_token_ids
+
+
+def test_cli_refuses_a_tokenizer_bigger_than_the_model(tmp_path):
+    """`lmzoo generate` on a checkpoint whose tokenizer files belong to another model: one line, exit 2."""
+    import subprocess
+    import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(npm_dir("llama2") / f, tmp_path / f)
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "generate", "--model", str(tmp_path), "--raw", "hi"],
+                       capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "32000 tokens but the model has a vocabulary of 1000" in err[0]
