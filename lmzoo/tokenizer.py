@@ -426,6 +426,8 @@ def _load_tokenizer(path) -> Tokenizer:
     model_file = p / "tokenizer.model"
     if model_file.exists() and not (p / "tokenizer.json").exists() and _is_tiktoken(model_file):
         return _from_tiktoken_model(model_file, cfg, common)
+    if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and (p / "ice_text.model").exists():
+        return _chatglm6b(p / "ice_text.model", cfg, common)
     if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and ((p / "tokenizer.json").exists() or model_file.exists()):
         return _chatglm(p, cfg, common)
     if (p / "tokenizer.json").exists():
@@ -762,3 +764,80 @@ def _from_tiktoken_model(path: Path, cfg: dict[str, Any], common: dict[str, Any]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", cls is None)),
                      special_tokens=specials, prefix=prefix, end_of_turn=end_of_turn, **common)
+
+
+# --- ChatGLM-6B (v1: ice_text.model, THUDM's icetk-style SPTokenizer) --------------------------------
+# Text ids follow `num_image_tokens` image ids (20,000 in the original code, 0 once the release pruned
+# them); newlines are the piece <n>, tabs <|tab|>, runs of 2-80 spaces <|blank_n|>; the specials are
+# pieces of the model; [gMASK] <sop> are appended after the text. Chat: modeling_chatglm.py's chat().
+CHATGLM6B_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>")
+CHATGLM6B_PROMPT = (
+    "{% set last = namespace(i=-1) %}{% for m in messages %}{% if m['role'] == 'user' %}{% set last.i = loop.index0 %}"
+    "{% endif %}{% endfor %}{% for m in messages %}"
+    "{% if m['role'] not in ['user', 'assistant'] %}"
+    "{{ raise_exception('ChatGLM-6B has user and assistant turns only, not ' + m['role']) }}{% endif %}"
+    "{% if loop.index0 < last.i %}{% if m['role'] == 'user' %}{{ '[Round ' ~ (loop.index0 // 2) ~ ']\\n问：' ~ "
+    "m['content'] ~ '\\n答：' }}{% else %}{{ m['content'] ~ '\\n' }}{% endif %}"
+    "{% elif loop.index0 == last.i %}{% if last.i > 0 %}{{ '[Round ' ~ (loop.index0 // 2) ~ ']\\n问：' ~ m['content'] ~ "
+    "'\\n答：' }}{% else %}{{ m['content'] }}{% endif %}[gMASK]<sop>"
+    "{% else %}{{ m['content'] }}<eop>{% endif %}{% endfor %}"
+)
+
+
+class IceTokenizer(Tokenizer):
+    """ChatGLM-6B's tokenizer: SentencePiece ids shifted by the image-token count, whitespace spelled
+    as pieces before encoding and restored after decoding, [gMASK] <sop> after the text."""
+
+    MAX_BLANK = 80
+
+    def __init__(self, sp, *, offset: int, **kw: Any) -> None:
+        self._offset = offset
+        super().__init__(sp=sp, **kw)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._offset + self._sp.get_piece_size()
+
+    def token_to_id(self, token: str | None) -> int | None:
+        i = super().token_to_id(token)
+        return None if i is None else i + self._offset
+
+    @classmethod
+    def _spell_whitespace(cls, text: str) -> str:
+        text = text.replace("\n", "<n>").replace("\t", "<|tab|>")
+        return re.sub(" {2," + str(cls.MAX_BLANK) + "}", lambda m: f"<|blank_{len(m.group())}|>", text)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = []
+        parts = self._special_re.split(text)  # specials whole; every piece between them has the dummy prefix
+        for k, p in enumerate(parts):
+            if k % 2:
+                ids.append(self.token_to_id(p))
+            elif p:
+                ids += [i + self._offset for i in self._sp.encode(self._spell_whitespace(p))]
+        if add_special_tokens:
+            ids += [self.token_to_id("[gMASK]"), self.token_to_id("<sop>")]
+        return ids
+
+    def _decode_base(self, ids: list[int], skip_special_tokens: bool) -> str:
+        ids = [i - self._offset for i in ids if i >= self._offset]
+        if skip_special_tokens:
+            ids = [i for i in ids if i + self._offset not in self._special_ids and not self._sp.is_control(i)]
+        text = self._sp.decode(ids).replace("<n>", "\n").replace("<|tab|>", "\t")
+        return re.sub(r"<\|blank_(\d+)\|>", lambda m: " " * int(m.group(1)), text)
+
+
+def _chatglm6b(path: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Tokenizer:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    missing = [t for t in ("<n>", "<|tab|>", *CHATGLM6B_SPECIALS) if sp.piece_to_id(t) == sp.unk_id()]
+    if missing:
+        raise TokenizerError(f"{path} lacks ChatGLM-6B's pieces {missing}: not ChatGLM-6B's ice_text.model")
+    named = [_token_str(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token",
+                                              "gmask_token")]
+    specials = list(dict.fromkeys([*CHATGLM6B_SPECIALS, *(t for t in named if t)]))
+    common = {**common, "bos_token": common["bos_token"] or "<sop>", "eos_token": common["eos_token"] or "<eop>",
+              "chat_template": common["chat_template"] or CHATGLM6B_PROMPT}
+    return IceTokenizer(sp, offset=int(cfg.get("num_image_tokens", 20000)), special_tokens=specials,
+                        end_of_turn=("<eop>",), **common)

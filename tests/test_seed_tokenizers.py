@@ -281,3 +281,53 @@ def test_cli_refuses_a_tokenizer_bigger_than_the_model(tmp_path):
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "32000 tokens but the model has a vocabulary of 1000" in err[0]
+
+
+# --- ChatGLM-6B: icetk-style ice_text.model (not on a registry: one trained here with its pieces) -----
+ICE_PIECES = ["<n>", "<|tab|>", *(f"<|blank_{i}|>" for i in range(2, 81)), "[MASK]", "[gMASK]", "[sMASK]",
+              "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
+
+
+@pytest.fixture(scope="module", params=[20000, 0])
+def ice_dir(request, tmp_path_factory):
+    import sentencepiece as spm
+
+    d = tmp_path_factory.mktemp("ice")
+    spell = chatglm_ref.IceSPTokenizer(None)._preprocess
+    (d / "corpus.txt").write_text("\n".join(spell(s) for s in TEXTS * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(d / "corpus.txt"), model_prefix=str(d / "ice_text"), vocab_size=700, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
+        user_defined_symbols=ICE_PIECES, normalization_rule_name="identity", remove_extra_whitespaces=False)
+    (d / "corpus.txt").unlink()
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "ChatGLMTokenizer", "bos_token": "<sop>", "eos_token": "<eop>", "end_token": "</s>",
+         "gmask_token": "[gMASK]", "mask_token": "[MASK]", "pad_token": "<pad>", "unk_token": "<unk>",
+         "num_image_tokens": request.param, "remove_space": False, "do_lower_case": False}))
+    return d, request.param
+
+
+def test_chatglm6b_icetk_tokenizer(ice_dir):
+    import sentencepiece as spm
+
+    d, offset = ice_dir
+    sp = spm.SentencePieceProcessor(model_file=str(d / "ice_text.model"))
+    ours, ref = load_tokenizer(d), chatglm_ref.IceSPTokenizer(sp, num_image_tokens=offset)
+    assert ours.vocab_size == offset + sp.get_piece_size()
+    assert ours.token_to_id("[gMASK]") == offset + sp.piece_to_id("[gMASK]")
+    texts = TEXTS + ["x" + " " * 85 + "y\t\tz", "a [MASK] b [gMASK]<sop> c<eop>"]
+    for s in texts:
+        ids = ours.encode(s)
+        assert ids == ref(s), s
+        assert ids[-2:] == [ref["[gMASK]"], ref["<sop>"]]
+        if not any(t in s for t in ("[", "<s>", "</s>", "<unk>", "<|", "<sop>", "\u2581")):  # ▁ is SentencePiece's space
+            assert ours.decode(ids) == ref.decode(ids[:-2]) == s, s
+    # chat(): the query alone, or the rounds; the tokenizer's [gMASK] <sop> after it
+    for msgs in (CONV[1:2], CONV[1:]):
+        history = [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs) - 1, 2)]
+        assert ours.encode_chat(msgs) == ref(ref.chat_prompt(msgs[-1]["content"], history))
+    ids, learn = ours.encode_chat_for_training(CONV[1:3])
+    assert ids == ref(CONV[1]["content"]) + ref.encode_text(CONV[2]["content"]) + [ref["<eop>"]]
+    assert sum(learn) == len(ref.encode_text(CONV[2]["content"])) + 1
+    with pytest.raises(TokenizerError, match="user and assistant turns only"):
+        ours.apply_chat_template(CONV)

@@ -106,3 +106,64 @@ class SPTokenizer:
         ids += self.build_single_message(role, "", query)
         ids += [self.get_command("<|assistant|>")]
         return self.prefix_tokens() + ids
+
+
+# --- ChatGLM-6B (v1): THUDM's icetk-style SPTokenizer over ice_text.model --------------------------
+class IceSPTokenizer:
+    """SPTokenizer / ChatGLMTokenizer of chatglm-6b's tokenization_chatglm.py."""
+
+    def __init__(self, sp, num_image_tokens: int = 20000, max_blank_length: int = 80):
+        self.sp, self.num_image_tokens, self.max_blank_length = sp, num_image_tokens, max_blank_length
+        # the tokenizer's special tokens, split out of text before the SentencePiece model sees it
+        self.split_tokens = ["[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<unk>", "<pad>"]
+
+    @staticmethod
+    def get_blank_token(length: int) -> str:
+        return f"<|blank_{length}|>"
+
+    def _encode_whitespaces(self, text: str) -> str:
+        text = text.replace("\t", "<|tab|>")
+        for i in range(self.max_blank_length, 1, -1):
+            text = text.replace(" " * i, self.get_blank_token(i))
+        return text
+
+    def _preprocess(self, text: str) -> str:
+        return self._encode_whitespaces(text.replace("\n", "<n>"))
+
+    def encode_text(self, text: str) -> list[int]:
+        return [x + self.num_image_tokens for x in self.sp.EncodeAsIds(self._preprocess(text))]
+
+    def __getitem__(self, token: str) -> int:
+        return self.sp.PieceToId(token) + self.num_image_tokens
+
+    def postprocess(self, text: str) -> str:
+        text = text.replace("<n>", "\n").replace("<|tab|>", "\t")
+        for i in range(2, self.max_blank_length + 1):
+            text = text.replace(self.get_blank_token(i), " " * i)
+        return text
+
+    def decode(self, ids: list[int]) -> str:
+        ids = [i - self.num_image_tokens for i in ids]
+        return self.postprocess(self.sp.DecodeIds([i for i in ids if i >= 0]))
+
+    def __call__(self, text: str) -> list[int]:
+        """tokenizer(text)["input_ids"]: special tokens split out (transformers' trie), each piece
+        tokenised on its own, then build_inputs_with_special_tokens appends [gMASK] <sop>."""
+        pattern = "(" + "|".join(re.escape(t) for t in self.split_tokens) + ")"
+        ids = []
+        for k, p in enumerate(re.split(pattern, text)):
+            if k % 2:
+                ids.append(self[p])
+            elif p:
+                ids += self.encode_text(p)
+        return ids + [self["[gMASK]"], self["<sop>"]]
+
+    @staticmethod
+    def chat_prompt(query: str, history: list[tuple[str, str]]) -> str:
+        """modeling_chatglm.py ChatGLMForConditionalGeneration.chat()"""
+        if not history:
+            return query
+        prompt = ""
+        for i, (old_query, response) in enumerate(history):
+            prompt += f"[Round {i}]\n问：{old_query}\n答：{response}\n"
+        return prompt + f"[Round {len(history)}]\n问：{query}\n答："
