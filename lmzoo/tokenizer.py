@@ -725,6 +725,31 @@ LLAMA3_CHAT = (
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
+# Meta's Llama 4 tokenizer.py: 2,048 specials after the 200,000 ranks, in these groups, then reserved ones
+def _reserved(name: str, start: int, count: int) -> tuple[str, ...]:
+    return tuple(f"<|{name}_reserved_special_token_{i}|>" for i in range(start, start + count))
+
+
+LLAMA4_SPECIALS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|header_start|>", "<|header_end|>", "<|eom|>", "<|eot|>", "<|step|>", *_reserved("text_post_train", 0, 6),
+    "<|python_start|>", "<|python_end|>", "<|finetune_right_pad|>", *_reserved("text_post_train", 8, 61),
+    "<|image_start|>", "<|image_end|>", *_reserved("vision", 0, 2), "<|tile_x_separator|>", "<|tile_y_separator|>",
+    *_reserved("vision", 2, 4), "<|image|>", *_reserved("vision", 6, 1), "<|patch|>", *_reserved("vision", 7, 1041),
+    *_reserved("reasoning", 0, 8), "<|reasoning_thinking_start|>", "<|reasoning_thinking_end|>",
+)
+LLAMA4_SPECIALS += tuple(f"<|reserved_special_token_{i}|>" for i in range(2048 - len(LLAMA4_SPECIALS)))
+LLAMA4_CHAT = (  # llama_models/llama4/chat_format.py
+    "{{ bos_token }}{% for m in messages %}<|header_start|>{{ 'ipython' if m['role'] == 'tool' else m['role'] }}"
+    "<|header_end|>\n\n{{ m['content'] }}{{ '<|eom|>' if m['role'] == 'tool' else '<|eot|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|header_start|>assistant<|header_end|>\n\n{% endif %}"
+)
+# Meta's layouts (tokenizer.model + params.json, no tokenizer config), told apart by the number of ranks:
+# specials, split regex, chat format, tokens that end a reply besides <|end_of_text|>
+META_TIKTOKEN = {
+    128000: (LLAMA3_SPECIALS, _LLAMA3_RE, LLAMA3_CHAT, ("<|eot_id|>", "<|eom_id|>")),
+    200000: (LLAMA4_SPECIALS, _GPT4O_RE, LLAMA4_CHAT, ("<|eot|>", "<|eom|>")),
+}
 # tokenizer classes whose tokenizer.model is a tiktoken ranks file: (split regex, prefix tokens)
 # and the tokens that end a reply besides EOS (generation_config's eos_token_id)
 TIKTOKEN_CLASSES = {"ChatGLM4Tokenizer": (_LLAMA3_RE, ("[gMASK]", "<sop>"), ("<|user|>", "<|observation|>"))}
@@ -739,7 +764,7 @@ def _is_tiktoken(path: Path) -> bool:
 
 def _from_tiktoken_model(path: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Tokenizer:
     """A tiktoken tokenizer.model: GLM-4's (tokenizer_class ChatGLM4Tokenizer, specials from the
-    config's added_tokens_decoder) or, with no tokenizer class, Meta's Llama 3 layout."""
+    config's added_tokens_decoder) or, with no tokenizer class, Meta's Llama 3 / Llama 4 layout."""
     from tokenizers import AddedToken
 
     ranks = read_tiktoken(path)
@@ -747,12 +772,16 @@ def _from_tiktoken_model(path: Path, cfg: dict[str, Any], common: dict[str, Any]
     if cls in TIKTOKEN_CLASSES:
         pattern, prefix, end_of_turn = TIKTOKEN_CLASSES[cls]
         declared = {int(i): _token_str(v) for i, v in cfg.get("added_tokens_decoder", {}).items()}
-    elif cls is None:  # Meta's layout (tokenizer.model + params.json)
-        pattern, prefix, end_of_turn = _LLAMA3_RE, (), ("<|eot_id|>", "<|eom_id|>")
-        declared = {len(ranks) + k: t for k, t in enumerate(LLAMA3_SPECIALS)}
+    elif cls is None and len(ranks) in META_TIKTOKEN:  # Meta's layout (tokenizer.model + params.json)
+        names, pattern, template, end_of_turn = META_TIKTOKEN[len(ranks)]
+        prefix = ()
+        declared = {len(ranks) + k: t for k, t in enumerate(names)}
         common = {**common, "bos_token": common["bos_token"] or "<|begin_of_text|>",
                   "eos_token": common["eos_token"] or "<|end_of_text|>",
-                  "chat_template": common["chat_template"] or LLAMA3_CHAT}
+                  "chat_template": common["chat_template"] or template}
+    elif cls is None:
+        raise TokenizerError(f"{path} is a tiktoken file of {len(ranks)} ranks and comes with no tokenizer config; "
+                             f"Meta's layouts have {' or '.join(map(str, META_TIKTOKEN))} (Llama 3, Llama 4)")
     else:
         raise TokenizerError(f"{path} is a tiktoken file, but tokenizer class {cls!r} is not one lmzoo knows "
                              f"for it; known: {sorted(TIKTOKEN_CLASSES)} or none (Meta's Llama 3 layout)")

@@ -186,13 +186,18 @@ def test_chatglm3_sentencepiece_model(chatglm_sp_dir, tmp_path):
 
 
 # --- Llama 3: Meta's tiktoken tokenizer.model (PyPI llama-models) ------------------------------------
-@pytest.fixture(scope="module")
-def meta_llama3(tmp_path_factory):
+def meta_dir(tmp_path_factory, version: str):
     pytest.importorskip("tiktoken")
-    f = next(f for f in importlib.metadata.files("llama-models") if str(f) == "llama_models/llama3/tokenizer.model")
-    d = tmp_path_factory.mktemp("llama3")
+    name = f"llama_models/{version}/tokenizer.model"
+    f = next(f for f in importlib.metadata.files("llama-models") if str(f) == name)
+    d = tmp_path_factory.mktemp(version)
     shutil.copy(f.locate(), d / "tokenizer.model")  # Meta's layout: tokenizer.model (+ params.json)
     return d
+
+
+@pytest.fixture(scope="module")
+def meta_llama3(tmp_path_factory):
+    return meta_dir(tmp_path_factory, "llama3")
 
 
 def test_llama3_tiktoken_model_matches_meta(meta_llama3):
@@ -225,6 +230,32 @@ def test_llama3_chat_format_matches_meta(meta_llama3):
     ours = load_tokenizer(meta_llama3)
     want = fmt.encode_dialog_prompt([RawMessage(role=m["role"], content=m["content"]) for m in CONV]).tokens
     assert ours.encode_chat(CONV) == want
+
+
+def test_llama4_tiktoken_model_and_chat_format_match_meta(tmp_path_factory):
+    from llama_models.llama4.tokenizer import Tokenizer as Meta
+
+    d = meta_dir(tmp_path_factory, "llama4")
+    meta, ours = Meta(d / "tokenizer.model"), load_tokenizer(d)
+    assert ours.vocab_size == meta.n_words == 202048
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id) == (meta.bos_id, meta.eos_id, None)
+    assert {meta.eot_id, meta.eom_id} <= set(ours.eos_token_ids)
+    assert all(ours.token_to_id(t) == i for t, i in meta.special_tokens.items())
+    for s in TEXTS:
+        ids = ours.encode(s)
+        assert ids == meta.encode(s, bos=True, eos=False, allowed_special="all"), s
+        assert ours.decode(ids, skip_special_tokens=False) == meta.decode(ids), s
+    # llama_models/llama4/chat_format.py's encode_dialog_prompt, step by step (importing it needs torchvision)
+    sp = meta.special_tokens
+
+    def header(role):
+        return [sp["<|header_start|>"], *meta.encode(role, bos=False, eos=False), sp["<|header_end|>"],
+                *meta.encode("\n\n", bos=False, eos=False)]
+
+    want = [meta.bos_id]
+    for m in CONV:
+        want += header(m["role"]) + meta.encode(m["content"], bos=False, eos=False) + [sp["<|eot|>"]]
+    assert ours.encode_chat(CONV) == want + header("assistant")
 
 
 # --- GLM-4's tiktoken tokenizer.model layout --------------------------------------------------------
