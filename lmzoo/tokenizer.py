@@ -652,9 +652,10 @@ def tiktoken_backend(ranks: dict[bytes, int], pattern: str):
 
 def _from_qwen_tiktoken(path: Path, common: dict[str, Any]) -> Tokenizer:
     """Qwen (first generation): qwen.tiktoken + specials numbered after the ranks (tokenization_qwen.py)."""
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, normalizers
 
     backend = tiktoken_backend(read_tiktoken(path), _QWEN2_RE)
+    backend.normalizer = normalizers.NFC()  # QWenTokenizer.tokenize normalises to NFC first
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIALS])
     common = {**common, "eos_token": common.get("eos_token") or "<|endoftext|>",
               "pad_token": common.get("pad_token") or "<|endoftext|>",

