@@ -1,12 +1,21 @@
 """Tokenizers and chat templates.
 
 Sources, in the order `load_tokenizer` looks for them:
+  * qwen.tiktoken               Qwen (v1): tiktoken ranks + Qwen's specials, as a `tokenizers` BPE
+  * tokenizer.model (tiktoken)  Meta's Llama 3 / Llama 4 layout (no config; told apart by the rank
+                                count) and GLM-4's (tokenizer_class ChatGLM4Tokenizer)
+  * GPTPanguTokenizer           PanGu-alpha: jieba words, then SentencePiece (vocab.model)
+  * ChatGLMTokenizer            ChatGLM-6B (ice_text.model: image-id offset, whitespace pieces) and
+                                ChatGLM2/3 (tokenizer.model or its tokenizer.json: specials after the
+                                pieces, [gMASK] sop first)
   * tokenizer.json              `tokenizers` (the Rust library HF's fast tokenizers are)
   * tokenizer.model             SentencePiece itself (LLaMA-1/2, Baichuan, Yi, Mistral v0.x ...); its
                                 control pieces ([INST], </s>) are special tokens, as in HF
+  * vocab.json + merges.txt     GPT-2's own files (GPT-2, GPT-J, OPT, CodeGen) + added_tokens.json
   * a .gguf file                the vocabulary llama.cpp embeds, rebuilt as a `tokenizers` model:
                                 'gpt2' -> byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre`
                                 names; 'llama' -> SentencePiece BPE ranked by the pieces' scores
+`load_tokenizer(path, vocab_size=N)` refuses tokenizer files that write ids the model has no row for.
 Special tokens, BOS/EOS and the chat template come from tokenizer_config.json /
 special_tokens_map.json (or the GGUF metadata). Chat templates are rendered with jinja2 the way HF
 renders them: a sandboxed environment, trim_blocks + lstrip_blocks, `raise_exception`, `tojson`.
