@@ -175,15 +175,11 @@ def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np
         r = f.raw(t)
         raws.append(r[order] if order is not None else r)
     raw = np.ascontiguousarray(np.concatenate(raws, axis=0))
-    N = raw.shape[0]
     width, q, scale, mn = _codes(raw, kind, K)
-    G = scale.shape[1]
+
+    def tensor(a: np.ndarray, dtype=None) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+
     if width == "int8":
-        m = Int8Linear(K, N, group_size=K // G)
-        m.q.copy_(torch.from_numpy(np.ascontiguousarray(q)))
-    else:
-        m = Int4Linear(K, N, group_size=K // G)
-        m.q.copy_(torch.from_numpy(np.ascontiguousarray(q)))
-        m.min.copy_(torch.from_numpy(np.ascontiguousarray(mn, dtype=np.float32)))
-    m.scale.copy_(torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32)))
-    return m
+        return Int8Linear.from_codes(tensor(q), tensor(scale, np.float32))
+    return Int4Linear.from_codes(tensor(q), tensor(scale, np.float32), tensor(mn, np.float32))

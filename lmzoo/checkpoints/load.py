@@ -14,7 +14,8 @@ from lmzoo.nn.transformer import Transformer
 
 
 def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
-                    keep_quantized: bool = True, mla_cache: str | None = None, adapter=None) -> Transformer:
+                    keep_quantized: bool = True, mla_cache: str | None = None, adapter=None,
+                    activations: str = "float") -> Transformer:
     """Load a model from an HF checkpoint directory or a `.gguf` file.
 
     dtype: None keeps the checkpoint's dtype (float32 for GGUF); device: None -> cpu.
@@ -27,7 +28,14 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
     mla_cache: DeepSeek (MLA) models only — "latent" caches the compressed latent instead of per-head
     keys and values ("expanded", the default); see lmzoo.nn.mla.
     adapter: a PEFT LoRA/DoRA adapter directory applied on top (lmzoo.checkpoints.peft).
+    activations: how the int8/int4 layers' CPU kernels take their input: "float" (exact: the same
+    function as the dequantised weights) or "q8" (each row quantised per 32 values to int8 first and
+    multiplied in integers, as llama.cpp does: faster decode, llama.cpp's numerics; lmzoo.quant.layers).
     """
+    from lmzoo.quant.layers import ACTIVATIONS, set_activations
+
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
     model = _load(path, dtype, device, keep_quantized)
     if adapter is not None:
         from lmzoo.checkpoints.peft import load_adapter
@@ -42,7 +50,7 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
         from lmzoo.quant.gemv import use_cpu_kernels
 
         use_cpu_kernels(model)
-    return model
+    return set_activations(model, activations)
 
 
 def _load(path, dtype, device, keep_quantized: bool) -> Transformer:

@@ -32,6 +32,8 @@ def serve(
     adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA/DoRA adapter directory to apply."),
     batch_prefill: bool = typer.Option(False, "--batch-prefill", help="Prefill new prompts together: faster first "
                                        "tokens under load; a greedy answer may then differ from alone in rare ties."),
+    activations: str = typer.Option("float", "--activations", help="float | q8 (llama.cpp's 8-bit activations for "
+                                    "int8/int4 GGUF layers on CPU: faster, not bit-exact)."),
 ) -> None:
     """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
     from lmzoo.errors import ConfigError
@@ -41,6 +43,10 @@ def serve(
     if max_running < 1 or max_queued < 0:
         raise ConfigError(f"--max-running must be >= 1 and --max-queued >= 0, got {max_running}, {max_queued}")
     model, name = _model_path(model, served_model_name, dtype)
+    from lmzoo.quant.layers import ACTIVATIONS
+
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"--activations must be one of {ACTIVATIONS}, got {activations!r}")
 
     import signal
     import threading
@@ -60,7 +66,8 @@ def serve(
     state = server_app.state.lmzoo
     try:
         loop, tok = _engine_loop(model, state, dtype=dtype, adapter=adapter, max_running=max_running,
-                                 max_queued=max_queued, max_len=max_len, batch_prefill=batch_prefill)
+                                 max_queued=max_queued, max_len=max_len, batch_prefill=batch_prefill,
+                                 activations=activations)
     except Exception:
         server.should_exit = True
         http.join(timeout=15)
@@ -99,7 +106,8 @@ def _model_path(model: Path | None, served_model_name: str | None, dtype: str | 
     return model, served_model_name or (model.stem if model.is_file() else model.name)
 
 
-def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_queued: int, max_len, batch_prefill: bool):
+def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_queued: int, max_len, batch_prefill: bool,
+                 activations: str = "float"):
     """Load the model and its engine into `state` (a serve.app.ServerState); the caller runs the loop
     on the main thread. A load failure is recorded in `state` (what clients are told) and re-raised."""
     import lmzoo
@@ -108,7 +116,7 @@ def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_qu
     from lmzoo.tokenizer import load_tokenizer
 
     try:
-        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter)
+        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations)
         tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
         engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
         loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)

@@ -61,6 +61,13 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        # rope_inplace(y, cos, sin, heads, head_dim): a kernel that rotates the q and k heads of the
+        # fused qkv output in place, installed by a kernel transform (lmzoo.quant.gemv) on layers whose
+        # RoPE is plain (one segment, nothing between the projection and the rotation)
+        self.rope_inplace = None
+
+    def plain_rope(self) -> bool:
+        return self.rope and self.rope_segments == 1 and self.q_norm is None and not self.temp_floor
 
     def cache_shapes(self, layout: str):
         """(heads, dim) of the cached keys and of the values."""
@@ -70,7 +77,11 @@ class Attention(nn.Module):
                 query_input: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d). mask: bool or additive float (B or 1, 1, T, L), or None (causal)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        qkv = self.qkv(x)
+        roped = (self.rope_inplace is not None and a.cos is not None and query_input is None
+                 and qkv.is_contiguous() and not (torch.is_grad_enabled() and qkv.requires_grad)
+                 and self.rope_inplace(qkv, a.cos, a.sin, self.n_head + self.n_kv_head, self.head_dim))
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         if query_input is not None:  # PanGu-alpha's query layer: q from another input, k and v from x
             q = self.qkv(query_input)[..., : self.q_size]
         q = q.view(B, T, self.n_head, self.head_dim)
@@ -83,7 +94,7 @@ class Attention(nn.Module):
             t = torch.log1p(torch.floor((slot + 1.0) / self.temp_floor)) * self.temp_scale + 1.0
             q = (q * t[:, :, None, None]).to(q.dtype)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
-        if a.cos is not None and self.rope:  # RoPE; ALiBi arrives inside `mask` as an additive bias
+        if a.cos is not None and self.rope and not roped:  # RoPE; ALiBi arrives inside `mask` as an additive bias
             q, k = (apply_rope(t, a.cos, a.sin, self.rope_segments) for t in (q, k))
         if a.q_scale is not None:  # per-position query scale (log-n attention), (B, 1, T, 1)
             q = q * a.q_scale.to(q.dtype)

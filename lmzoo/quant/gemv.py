@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmzoo.nn.attention import Attention
+from lmzoo.nn.norm import RMSNorm
 from lmzoo.quant.kernels import cpu_kernels
 from lmzoo.quant.layers import needs_autograd
 
@@ -52,12 +54,44 @@ class GemvLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def _inference_f32(x: torch.Tensor) -> bool:
+    """A float32 CPU tensor that autograd does not track, outside torch.compile (which traces the
+    reference ops instead of calling into the extension)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
+            and not torch.compiler.is_compiling())
+
+
+class FusedRMSNorm(RMSNorm):
+    """RMSNorm whose float32 CPU inference runs as one kernel call (same arithmetic; the reference
+    expression's six ATen ops otherwise); anything autograd records takes RMSNorm's own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _inference_f32(x) and not needs_autograd(self.weight) and self.weight.dtype == torch.float32:
+            return cpu_kernels().rms_norm(x.contiguous(), self.weight, self.eps)
+        return super().forward(x)
+
+
+def _rope_inplace(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head_dim: int) -> bool:
+    """Attention.rope_inplace: rotate q and k inside the fused qkv output; False = not applicable here
+    (the layer then applies RoPE itself)."""
+    if not (_inference_f32(y) and y.dim() == 3 and cos.dtype == torch.float32 and cos.is_contiguous()
+            and sin.is_contiguous()):
+        return False
+    cpu_kernels().rope_heads_(y, cos, sin, heads, head_dim)
+    return True
+
+
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
-    """Swap every plain nn.Linear for GemvLinear in place (a class change: no weights move).
+    """Swap every plain nn.Linear for GemvLinear and RMSNorm for FusedRMSNorm in place (class changes:
+    no weights move), and give plain-RoPE attention layers the in-place rotation kernel.
     Does nothing when the kernels cannot be built."""
     if cpu_kernels() is None:
         return model
     for m in model.modules():
         if type(m) is nn.Linear:
             m.__class__ = GemvLinear
+        elif type(m) is RMSNorm:
+            m.__class__ = FusedRMSNorm
+        elif isinstance(m, Attention) and m.plain_rope():
+            m.rope_inplace = _rope_inplace
     return model

@@ -66,9 +66,15 @@ def _(x, q, scale, mn, group):
 
 
 class _QuantLinear(nn.Module):
-    """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM."""
+    """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM.
+
+    activations (a runtime choice, `set_activations`): "float" multiplies the float32 rows by the
+    integer weights exactly (dequant(W) @ x, up to summation order); "q8" first quantises each row
+    per 32 values to int8, as llama.cpp does, and multiplies integers (dequant(W) @ dequant(q8(x))).
+    """
 
     bits = ""
+    activations = "float"
 
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -90,6 +96,23 @@ class _QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.bits}, group={self.group_size}"
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor | None = None):
+        """A layer around existing codes and scales (min: Int4Linear's offsets), taking the tensors
+        as they are: no zero-filled buffers to overwrite (loading GGUF blocks, lmzoo.checkpoints)."""
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        N = q.shape[0]
+        K = q.shape[1] * (2 if cls is Int4Linear else 1)
+        m.in_features, m.out_features = K, N
+        m.group_size = _groups(K, K // scale.shape[1], 32 if cls is Int4Linear else 8)
+        m.register_buffer("q", q)
+        m.register_buffer("scale", scale)
+        if cls is Int4Linear:
+            m.register_buffer("min", mn)
+        m.bias = None
+        return m
 
 
 class Int8Linear(_QuantLinear):
@@ -126,6 +149,8 @@ class Int8Linear(_QuantLinear):
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return int8_linear_op(x2, self.q, self.scale, self.group_size)
+        if self.activations == "q8" and self.in_features % 32 == 0 and (self.group_size == 16 or self.group_size % 32 == 0):
+            return k.int8_linear_q8(x2, self.q, self.scale, self.group_size)
         return k.int8_linear(x2, self.q, self.scale, self.group_size)
 
 
@@ -181,6 +206,8 @@ class Int4Linear(_QuantLinear):
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return int4_linear_op(x2, self.q, self.scale, self.min, self.group_size)
+        if self.activations == "q8":
+            return k.int4_linear_q8(x2, self.q, self.scale, self.min, self.group_size)
         return k.int4_linear(x2, self.q, self.scale, self.min, self.group_size)
 
 
@@ -237,6 +264,19 @@ class NF4Linear(_QuantLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+ACTIVATIONS = ("float", "q8")
+
+
+def set_activations(model: nn.Module, activations: str) -> nn.Module:
+    """How the int8/int4 layers' CPU kernels take their input rows (see _QuantLinear), in place."""
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"activations {activations!r} is not one of {ACTIVATIONS}")
+    for m in model.modules():
+        if isinstance(m, (Int8Linear, Int4Linear)):
+            m.activations = activations
+    return model
 
 
 MODES = ("int8", "int4", "nf4")

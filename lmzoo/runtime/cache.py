@@ -146,8 +146,10 @@ class KVCache:
             # every row at the same length with no padding: the keys are exactly [0, end) for all
             dense = len(set(starts_host)) == 1 and not any(self.host_padded[i] for i in idx.tolist())
         whole = rows is None
+        # every row of the cache written at the same T slots: the writes are plain slice copies
+        slot0 = starts_host[0] if whole and starts_host and len(set(starts_host)) == 1 else None
         return CacheStep(cache=self, idx=idx, whole=whole, q_slot=q_slot, positions=positions, end=end,
-                         starts=starts_host, dense=bool(dense),
+                         starts=starts_host, dense=bool(dense), slot0=slot0,
                          first=None if starts_host is None else all(s == 0 for s in starts_host),
                          key_valid=(self.valid if whole else self.valid[idx])[:, :end],
                          key_pos=(self.pos if whole else self.pos[idx])[:, :end])
@@ -169,10 +171,17 @@ class CacheStep:
     first: bool | None  # every row starts empty (a prefill's first chunk); None when unknown (static)
     key_valid: torch.Tensor  # (b, end)
     key_pos: torch.Tensor  # (b, end)
+    slot0: int | None = None  # all rows written at slots [slot0, slot0 + T) (None: per-row slots)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor | None):
         """Write k, v (b, heads, T, dim) at this step's slots of `layer`; return all visible (b, heads, end, dim)."""
         c = self.cache
+        if self.slot0 is not None:
+            s = slice(self.slot0, self.slot0 + self.q_slot.shape[1])
+            c.k[layer][:, :, s] = k
+            if v is not None:
+                c.v[layer][:, :, s] = v
+            return self.read(layer)
         rows = self.idx[:, None].expand_as(self.q_slot)
         # advanced indices around a slice put the indexed dims first: (b, T, heads, dim)
         c.k[layer][rows, :, self.q_slot] = k.transpose(1, 2)

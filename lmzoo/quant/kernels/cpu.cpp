@@ -13,6 +13,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cmath>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LMZOO_AVX2 1
@@ -290,8 +291,324 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   return y;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Integer products with 8-bit activations (llama.cpp's scheme for its CPU matmuls: ggml's Q8_1
+// activation blocks against Q4_1 / Q8_0 weight blocks). Each row of x is quantised per 32-block:
+//
+//     d = max|x_b| / 127,  q = round_half_even(x_b / d) in -127..127,  s = d * sum(q)
+//
+// and each 32-block product becomes one integer dot product (8-bit x 8-bit -> 16 -> 32-bit lanes,
+// exact), scaled once in float:
+//
+//     int4:  y[m,n] = sum_b  d_x[m,b] * scale[n,g(b)] * dot(q_x, q_w) + sum_g min[n,g] * sum_{b in g} s[m,b]
+//     int8:  y[m,n] = sum_b  d_x[m,b] * scale[n,g(b)] * dot(q_x, q_w)         (g = 16: two scales a block)
+//
+// i.e. exactly dequant(W) @ dequant(quant(x)) up to float summation order. Half the instructions of
+// widening every weight to float, so the product keeps up with memory instead of the FMA ports.
+namespace {
+
+constexpr int64_t QB = 32;  // activation block
+
+// x (M, K) -> q (M, K) int8, d (M, K/32), s (M, K/32)
+void quantize_rows_q8(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
+  const int64_t nb = K / QB;
+  at::parallel_for(0, M * nb, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xb = x + i * QB;
+      int8_t* qb = q + i * QB;
+#ifdef LMZOO_AVX2
+      const __m256 sign = _mm256_set1_ps(-0.0f);
+      __m256 v[4];
+      __m256 mx = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_loadu_ps(xb + 8 * j);
+        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[j]));
+      }
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+      const float amax = _mm_cvtss_f32(m4);
+      const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+      const __m256 vid = _mm256_set1_ps(id);
+      __m256i r[4];
+      for (int j = 0; j < 4; ++j)
+        r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      // sum of the codes: 32-bit lanes, then pack 32 x int32 -> 32 x int8 (packs interleave the
+      // 128-bit lanes; the permute puts the elements back in order)
+      __m256i sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+      s4 = _mm_hadd_epi32(s4, s4);
+      s4 = _mm_hadd_epi32(s4, s4);
+      const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+      _mm256_storeu_si256((__m256i*)qb, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      d[i] = db;
+      s[i] = db * (float)_mm_cvtsi128_si32(s4);
+#else
+      float amax = 0.f;
+      for (int j = 0; j < QB; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+      int sum = 0;
+      for (int j = 0; j < QB; ++j) {
+        const int v = (int)std::nearbyint(xb[j] * id);
+        qb[j] = (int8_t)v;
+        sum += v;
+      }
+      d[i] = db;
+      s[i] = db * (float)sum;
+#endif
+    }
+  });
+}
+
+struct Q8 {
+  torch::Tensor q, d, s;
+};
+
+Q8 quantize_q8(const torch::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(K % QB == 0, "8-bit activations need K a multiple of 32, got K=", K);
+  Q8 r{torch::empty({M, K}, x.options().dtype(torch::kChar)), torch::empty({M, K / QB}, x.options()),
+       torch::empty({M, K / QB}, x.options())};
+  quantize_rows_q8(x.data_ptr<float>(), M, K, r.q.data_ptr<int8_t>(), r.d.data_ptr<float>(), r.s.data_ptr<float>());
+  return r;
+}
+
+inline float dot_f32(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float acc = 0.f;
+#ifdef LMZOO_AVX2
+  __m256 v = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), v);
+  acc = hsum(v);
+#endif
+  for (; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+#ifdef LMZOO_AVX2
+// 8 float lanes of sum(u[i] * v[i]) over 32 unsigned x signed bytes (pairs of products in 16 bits
+// cannot overflow: |u| <= 128, |v| <= 127)
+inline __m256 dot_u8i8(__m256i u, __m256i v) {
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1)));
+}
+
+inline __m256i unpack_i4(const uint8_t* q) {  // 16 bytes -> 32 codes 0..15 in element order
+  const __m128i raw = _mm_loadu_si128((const __m128i*)q), m = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m), _mm_and_si128(raw, m));
+}
+#endif
+
+// The shared loop. For every output n and every pass of up to RB activation rows: `weights(n, b)`
+// prepares weight block b once, `block(w, row, b)` is its 8-lane product with one row's block b,
+// already scaled. Each row's blocks go to two accumulator chains (even / odd blocks), in the same
+// order whether the row is alone or in a batch, so a row's result never depends on its neighbours.
+#ifdef LMZOO_AVX2
+// MB rows (a compile-time count, so the 2 x MB accumulators live in registers) against output n
+template <int MB, typename Weights, typename Block, typename Extra>
+inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, Weights& weights, Block& block,
+                    Extra& extra) {
+  __m256 a0[MB], a1[MB];
+  for (int j = 0; j < MB; ++j) a0[j] = a1[j] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    const auto w0 = weights(n, b), w1 = weights(n, b + 1);
+    for (int j = 0; j < MB; ++j) {
+      a0[j] = _mm256_add_ps(a0[j], block(w0, m0 + j, n, b));
+      a1[j] = _mm256_add_ps(a1[j], block(w1, m0 + j, n, b + 1));
+    }
+  }
+  if (b < nb) {
+    const auto w0 = weights(n, b);
+    for (int j = 0; j < MB; ++j) a0[j] = _mm256_add_ps(a0[j], block(w0, m0 + j, n, b));
+  }
+  for (int j = 0; j < MB; ++j) y[(m0 + j) * N + n] = hsum(_mm256_add_ps(a0[j], a1[j])) + extra(m0 + j, n);
+}
+#endif
+
+// request the cache lines of [p, p + bytes) ahead of use: a decode step reads each weight once from
+// DRAM, row after row, and the hardware prefetcher alone left these loops at ~5 GB/s per core
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = (const char*)p;
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 0);
+}
+
+constexpr int64_t PF_ROWS = 4;  // rows ahead
+
+template <typename Weights, typename Block, typename Extra, typename Ahead>
+void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, Weights weights, Block block, Extra extra, Ahead ahead) {
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      if (n + PF_ROWS < n1) ahead(n + PF_ROWS);
+      for (int64_t m0 = 0; m0 < M; m0 += RB) {
+        const int64_t mb = std::min<int64_t>(RB, M - m0);
+#ifdef LMZOO_AVX2
+        static_assert(RB == 4, "q8_rows dispatch below");
+        switch (mb) {
+          case 4: q8_rows<4>(m0, n, N, nb, y, weights, block, extra); break;
+          case 3: q8_rows<3>(m0, n, N, nb, y, weights, block, extra); break;
+          case 2: q8_rows<2>(m0, n, N, nb, y, weights, block, extra); break;
+          default: q8_rows<1>(m0, n, N, nb, y, weights, block, extra);
+        }
+#else
+        for (int64_t j = 0; j < mb; ++j) {
+          float acc = 0.f;
+          for (int64_t b = 0; b < nb; ++b) acc += block(weights(n, b), m0 + j, n, b);
+          y[(m0 + j) * N + n] = acc + extra(m0 + j, n);
+        }
+#endif
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// x (M, K) f32, q (N, K/2) uint8 (the int4 block layout above), scale/min (N, K/g) -> (M, N) f32
+torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor scale, torch::Tensor mins, int64_t g) {
+  const int64_t M = x.size(0), N = q.size(0), K = q.size(1) * 2, G = K / g, nb = K / QB, bpg = g / QB;
+  check(x, K);
+  TORCH_CHECK(g % 32 == 0 && K % g == 0, "int4 group size must divide K and be a multiple of 32");
+  const Q8 a = quantize_q8(x);
+  auto sg = a.s.view({M, G, bpg}).sum(-1).contiguous();  // (M, G): sum of d*sum(q) per weight group
+  auto y = torch::empty({M, N}, x.options());
+  const int8_t* xq = a.q.data_ptr<int8_t>();
+  const float *xd = a.d.data_ptr<float>(), *xsg = sg.data_ptr<float>();
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const float *sp = scale.data_ptr<float>(), *mp = mins.data_ptr<float>();
+  auto extra = [&](int64_t m, int64_t n) { return dot_f32(mp + n * G, xsg + m * G, G); };
+  auto ahead = [&](int64_t n) {
+    prefetch(qp + n * (K / 2), K / 2);
+    prefetch(sp + n * G, G * 4);
+    prefetch(mp + n * G, G * 4);
+  };
+#ifdef LMZOO_AVX2
+  auto weights = [&](int64_t n, int64_t b) { return unpack_i4(qp + n * (K / 2) + b * 16); };
+  auto block = [&](__m256i w, int64_t m, int64_t n, int64_t b) {
+    const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
+    return _mm256_mul_ps(dot_u8i8(w, xv), _mm256_set1_ps(xd[m * nb + b] * sp[n * G + (bpg == 1 ? b : b / bpg)]));
+  };
+#else
+  auto weights = [&](int64_t n, int64_t b) { return qp + n * (K / 2) + b * 16; };
+  auto block = [&](const uint8_t* w, int64_t m, int64_t n, int64_t b) {
+    const int8_t* xb = xq + m * K + b * QB;
+    int acc = 0;
+    for (int j = 0; j < 16; ++j) acc += (w[j] & 0x0F) * xb[j] + (w[j] >> 4) * xb[j + 16];
+    return (float)acc * xd[m * nb + b] * sp[n * G + (bpg == 1 ? b : b / bpg)];
+  };
+#endif
+  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra, ahead);
+  return y;
+}
+
+// x (M, K) f32, q (N, K) int8, scale (N, K/g) f32, g = 16 or a multiple of 32 -> (M, N) f32
+torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor scale, int64_t g) {
+  const int64_t M = x.size(0), N = q.size(0), K = q.size(1), G = K / g, nb = K / QB, bpg = std::max<int64_t>(g / QB, 1);
+  check(x, K);
+  TORCH_CHECK((g == 16 || g % 32 == 0) && K % g == 0, "8-bit activations need int8 groups of 16 or a multiple of 32");
+  const Q8 a = quantize_q8(x);
+  auto y = torch::empty({M, N}, x.options());
+  const int8_t* xq = a.q.data_ptr<int8_t>();
+  const float* xd = a.d.data_ptr<float>();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = scale.data_ptr<float>();
+  auto extra = [](int64_t, int64_t) { return 0.f; };
+  auto ahead = [&](int64_t n) {
+    prefetch(qp + n * K, K);
+    prefetch(sp + n * G, G * 4);
+  };
+#ifdef LMZOO_AVX2
+  auto weights = [&](int64_t n, int64_t b) { return _mm256_loadu_si256((const __m256i*)(qp + n * K + b * QB)); };
+  auto block = [&](__m256i w, int64_t m, int64_t n, int64_t b) {
+    const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
+    // signed x signed through maddubs: |w| times x carrying w's sign
+    const __m256 p = dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+    const float dx = xd[m * nb + b];
+    if (g == 16) {  // lanes 0-3 hold elements 0-15, lanes 4-7 elements 16-31
+      const float* s = sp + n * G + 2 * b;
+      return _mm256_mul_ps(p, _mm256_set_m128(_mm_set1_ps(dx * s[1]), _mm_set1_ps(dx * s[0])));
+    }
+    return _mm256_mul_ps(p, _mm256_set1_ps(dx * sp[n * G + (bpg == 1 ? b : b / bpg)]));
+  };
+#else
+  auto weights = [&](int64_t n, int64_t b) { return qp + n * K + b * QB; };
+  auto block = [&](const int8_t* w, int64_t m, int64_t n, int64_t b) {
+    const int8_t* xb = xq + m * K + b * QB;
+    const float dx = xd[m * nb + b];
+    if (g == 16) {
+      int lo = 0, hi = 0;
+      for (int j = 0; j < 16; ++j) lo += w[j] * xb[j], hi += w[j + 16] * xb[j + 16];
+      return dx * (sp[n * G + 2 * b] * (float)lo + sp[n * G + 2 * b + 1] * (float)hi);
+    }
+    int acc = 0;
+    for (int j = 0; j < QB; ++j) acc += w[j] * xb[j];
+    return (float)acc * dx * sp[n * G + (bpg == 1 ? b : b / bpg)];
+  };
+#endif
+  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra, ahead);
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small fused pieces of a decode step (float32, CPU, inference). On a 135M model a decode step is
+// ~40 tiny ATen ops per layer, each a few microseconds of dispatch for a few hundred floats of work;
+// these do the same arithmetic in one call.
+
+// x (R, D), w (D,) -> x * rsqrt(mean(x^2) + eps) * w  (lmzoo.nn.norm.RMSNorm, float32)
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.is_contiguous() && w.scalar_type() == torch::kFloat &&
+              w.is_contiguous() && x.size(-1) == w.numel(), "rms_norm: contiguous float32 x (..., D), w (D,)");
+  const int64_t D = w.numel(), R = x.numel() / std::max<int64_t>(D, 1);
+  auto y = torch::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, R, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * D;
+      float* yr = yp + r * D;
+      const float inv = 1.0f / std::sqrt(dot_f32(xr, xr, D) / (float)D + (float)eps);
+      for (int64_t i = 0; i < D; ++i) yr[i] = wp[i] * (xr[i] * inv);
+    }
+  });
+  return y;
+}
+
+// RoPE (rotate-half layout, lmzoo.nn.rope.apply_rope with one segment) applied in place to the
+// first `heads` heads of a fused projection output:
+//   y (B, T, W) contiguous, head h = y[b, t, h*hd : (h+1)*hd], its first `rot` dims rotated:
+//   out[i] = x[i] c[i] - x[i + rot/2] s[i],  out[i + rot/2] = x[i + rot/2] c[i + rot/2] + x[i] s[i + rot/2]
+//   cos, sin (B or 1, T, rot)
+void rope_heads_(torch::Tensor y, torch::Tensor cos, torch::Tensor sin, int64_t heads, int64_t hd) {
+  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && y.scalar_type() == torch::kFloat, "rope: contiguous float32 (B, T, W)");
+  TORCH_CHECK(cos.dim() == 3 && cos.is_contiguous() && sin.is_contiguous() && cos.sizes() == sin.sizes() &&
+              cos.scalar_type() == torch::kFloat && sin.scalar_type() == torch::kFloat, "rope: float32 cos/sin (B, T, rot)");
+  const int64_t B = y.size(0), T = y.size(1), W = y.size(2), rot = cos.size(2), half = rot / 2;
+  TORCH_CHECK(heads * hd <= W && rot <= hd && rot % 2 == 0 && cos.size(1) == T && (cos.size(0) == B || cos.size(0) == 1),
+              "rope: shapes do not fit");
+  const bool bcast = cos.size(0) == 1;
+  float* yp = y.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  at::parallel_for(0, B * T, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i % T, cb = bcast ? t : i;
+      const float *c = cp + cb * rot, *s = sp + cb * rot;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* x = yp + i * W + h * hd;
+        for (int64_t j = 0; j < half; ++j) {
+          const float a = x[j], b = x[j + half];
+          x[j] = a * c[j] - b * s[j];
+          x[j + half] = b * c[j + half] + a * s[j + half];
+        }
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("f32_linear", &f32_linear, "float32 linear for few rows (CPU)");
   m.def("int8_linear", &int8_linear, "int8 weight-only linear (CPU)");
   m.def("int4_linear", &int4_linear, "int4 weight-only linear (CPU)");
+  m.def("int4_linear_q8", &int4_linear_q8, "int4 weights x 8-bit activations (CPU)");
+  m.def("int8_linear_q8", &int8_linear_q8, "int8 weights x 8-bit activations (CPU)");
+  m.def("rms_norm", &rms_norm, "RMSNorm, float32 (CPU)");
+  m.def("rope_heads_", &rope_heads_, "rotate-half RoPE in place on the first heads of a fused projection (CPU)");
 }

@@ -1,0 +1,259 @@
+"""lmzoo vs llama.cpp on the same GGUF, side by side (issue 16): load time, prefill and decode tok/s,
+peak RSS, greedy agreement. Each (backend, round) is a fresh process; backends alternate.
+
+    bash benchmarks/setup_llamacpp.sh        # once: llama-cpp-python built from its sdist (~15-25 min)
+    LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/vs_llamacpp.py [--model X.gguf]
+        [--rounds 3] [--prompt 256] [--new 128] [--threads 2] [--forms q4_1,q8_0,f16] [--shape 1b]
+
+--forms re-writes the model in other GGUF block types with the `gguf` package (dequantise every
+tensor, quantise again; metadata copied) into ~/.cache/lmzoo/bench/; --shape 1b writes a Llama with
+1B-class dimensions and random weights (SmolLM2's vocabulary) instead of the default model.
+Both backends get the same prompt ids (random, seeded), greedy decoding, no stop token; llama.cpp
+through its Python binding's low-level eval (one `eval` for the prompt, then one per token).
+Not run in CI (llama.cpp takes too long to build there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path.home() / ".cache" / "lmzoo" / "bench"
+
+
+def prompt_ids(n: int, vocab: int) -> list[int]:
+    import random
+
+    r = random.Random(0)
+    return [r.randrange(100, vocab) for _ in range(n)]
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_lmzoo(path: str, prompt: int, new: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    import lmzoo
+
+    t0 = time.perf_counter()
+    model = lmzoo.from_pretrained(path)
+    load = time.perf_counter() - t0
+    ids = torch.tensor([prompt_ids(prompt, model.config.vocab_size)])
+    out, times = [], []
+    t0 = time.perf_counter()
+    for tok in lmzoo.stream_generate(model, ids, max_new_tokens=new, eos_token_id=[]):
+        times.append(time.perf_counter())
+        out.append(int(tok))
+    return dict(load_s=load, prefill_tps=prompt / (times[0] - t0), decode_tps=(new - 1) / (times[-1] - times[0]),
+                peak_mb=peak_mb(), tokens=out)
+
+
+def worker_llamacpp(path: str, prompt: int, new: int, threads: int) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=path, n_ctx=prompt + new + 8, n_threads=threads, n_threads_batch=threads,
+                n_batch=512, verbose=False)
+    load = time.perf_counter() - t0
+    ids = prompt_ids(prompt, llm.n_vocab())
+    out, times = [], []
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    for _ in range(new):
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        times.append(time.perf_counter())
+        out.append(tok)
+        if len(out) < new:
+            llm.eval([tok])
+    return dict(load_s=load, prefill_tps=prompt / (times[0] - t0), decode_tps=(new - 1) / (times[-1] - times[0]),
+                peak_mb=peak_mb(), tokens=out)
+
+
+# --- model files ----------------------------------------------------------------------------------
+def requantize(src: Path, kind: str) -> Path:
+    """src re-written with every 2-D weight in `kind` (F16 / Q8_0 / Q4_1 ...), norms kept F32."""
+    import gguf
+    import numpy as np
+
+    dst = CACHE / f"{src.stem}.{kind}.gguf"
+    if dst.exists():
+        return dst
+    CACHE.mkdir(parents=True, exist_ok=True)
+    r = gguf.GGUFReader(src)
+    arch = r.fields["general.architecture"]
+    w = gguf.GGUFWriter(str(dst) + ".tmp", bytes(arch.parts[arch.data[0]]).decode())
+    for name, field in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vt = field.types[0]
+        if vt == gguf.GGUFValueType.ARRAY:
+            sub = field.types[1]
+            vals = [bytes(field.parts[i]).decode("utf-8", "surrogateescape") if sub == gguf.GGUFValueType.STRING
+                    else field.parts[i].tolist()[0] for i in field.data]
+            w.add_array(name, vals)
+        elif vt == gguf.GGUFValueType.STRING:
+            w.add_string(name, bytes(field.parts[field.data[0]]).decode("utf-8", "surrogateescape"))
+        else:
+            w.add_key_value(name, field.parts[field.data[0]].tolist()[0], vt)
+    qt = gguf.GGMLQuantizationType[kind.upper()]
+    for t in r.tensors:
+        data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        if data.ndim == 2:
+            w.add_tensor(t.name, gguf.quants.quantize(data, qt), raw_dtype=qt)
+        else:
+            w.add_tensor(t.name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(str(dst) + ".tmp", dst)
+    return dst
+
+
+def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_kv_head=8, ffn=8192) -> Path:
+    """A Llama of 1B-class shape with random weights in `kind`, SmolLM2's tokenizer metadata."""
+    import gguf
+    import numpy as np
+
+    dst = CACHE / f"llama-1b-random.{kind}.gguf"
+    if dst.exists():
+        return dst
+    CACHE.mkdir(parents=True, exist_ok=True)
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(str(dst) + ".tmp", "llama")
+    for name, field in r.fields.items():
+        if not name.startswith("tokenizer."):
+            continue
+        vt = field.types[0]
+        if vt == gguf.GGUFValueType.ARRAY:
+            sub = field.types[1]
+            vals = [bytes(field.parts[i]).decode("utf-8", "surrogateescape") if sub == gguf.GGUFValueType.STRING
+                    else field.parts[i].tolist()[0] for i in field.data]
+            w.add_array(name, vals)
+        elif vt == gguf.GGUFValueType.STRING:
+            w.add_string(name, bytes(field.parts[field.data[0]]).decode("utf-8", "surrogateescape"))
+        else:
+            w.add_key_value(name, field.parts[field.data[0]].tolist()[0], vt)
+    vocab = len(r.fields["tokenizer.ggml.tokens"].data)
+    hd = n_embd // n_head
+    w.add_context_length(2048)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv_head)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(0)
+    qt = gguf.GGMLQuantizationType[kind.upper()]
+
+    def mat(name, rows, cols, std=0.02):
+        w.add_tensor(name, gguf.quants.quantize(rng.normal(0, std, (rows, cols)).astype(np.float32), qt), raw_dtype=qt)
+
+    mat("token_embd.weight", vocab, n_embd)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(n_embd, np.float32))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, np.float32))
+        mat(p + "attn_q.weight", n_embd, n_embd)
+        mat(p + "attn_k.weight", n_kv_head * hd, n_embd)
+        mat(p + "attn_v.weight", n_kv_head * hd, n_embd)
+        mat(p + "attn_output.weight", n_embd, n_embd)
+        mat(p + "ffn_gate.weight", ffn, n_embd)
+        mat(p + "ffn_up.weight", ffn, n_embd)
+        mat(p + "ffn_down.weight", n_embd, ffn)
+    w.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(str(dst) + ".tmp", dst)
+    return dst
+
+
+def run(python: str, backend: str, path: Path, a) -> dict:
+    cmd = [python, __file__, "--worker", backend, "--model", str(path), "--prompt", str(a.prompt),
+           "--new", str(a.new), "--threads", str(a.threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=str(ROOT))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"{backend} failed: {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def agreement(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=["lmzoo", "llamacpp"])
+    ap.add_argument("--model")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--forms", default="", help="comma list of GGUF types to re-write the model in, e.g. q8_0,f16")
+    ap.add_argument("--shape", choices=["1b"], help="a random-weight Llama of this shape instead")
+    ap.add_argument("--backends", default="lmzoo,llamacpp")
+    a = ap.parse_args()
+    if a.worker:
+        fn = worker_lmzoo if a.worker == "lmzoo" else worker_llamacpp
+        print(json.dumps(fn(a.model, a.prompt, a.new, a.threads)))
+        return
+    from lmzoo.checkpoints.assets import default_model_path
+    from lmzoo.tools.bench import read_bandwidth_gbs
+
+    src = Path(a.model) if a.model else default_model_path()
+    files = {"file": src} if not a.shape else {}
+    for kind in filter(None, a.forms.split(",")):
+        files[kind] = random_llama(src, kind) if a.shape else requantize(src, kind)
+    pythons = {"lmzoo": sys.executable, "llamacpp": os.environ.get("LLAMACPP_PYTHON", "")}
+    backends = a.backends.split(",")
+    if "llamacpp" in backends and not pythons["llamacpp"]:
+        raise SystemExit("set LLAMACPP_PYTHON to a python with llama-cpp-python (benchmarks/setup_llamacpp.sh)")
+    print(f"# {time.strftime('%Y-%m-%d')}, {a.threads} threads, prompt {a.prompt}, {a.new} new tokens, greedy; "
+          f"memory read {read_bandwidth_gbs(a.threads):.1f} GB/s; {a.rounds} rounds alternating")
+    print("| weights | backend | load s | prefill tok/s | decode tok/s | peak RSS MB | decode vs llama.cpp | "
+          "greedy tokens equal |\n|---|---|---|---|---|---|---|---|")
+    for form, path in files.items():
+        res: dict[str, list[dict]] = {b: [] for b in backends}
+        for _ in range(a.rounds):
+            for b in backends:
+                res[b].append(run(pythons[b], b, path, a))
+        ref = res.get("llamacpp")
+
+        def rng(b, key, fmt="{:.1f}", res=res):
+            v = [r[key] for r in res[b]]
+            return fmt.format(min(v)) + ("" if len(v) == 1 else " - " + fmt.format(max(v)))
+
+        for b in backends:
+            ratio = same = ""
+            if ref and b != "llamacpp":
+                rs = [x["decode_tps"] / y["decode_tps"] for x, y in zip(res[b], ref)]
+                ratio = f"{min(rs):.2f} - {max(rs):.2f}x"
+                same = f"{min(agreement(x['tokens'], y['tokens']) for x, y in zip(res[b], ref))}/{a.new}"
+            print(f"| {path.name if form == 'file' else form} | {b} | {rng(b, 'load_s', '{:.2f}')} | "
+                  f"{rng(b, 'prefill_tps')} | {rng(b, 'decode_tps')} | {rng(b, 'peak_mb', '{:.0f}')} | {ratio} | {same} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

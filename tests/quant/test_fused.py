@@ -1,0 +1,134 @@
+"""The fused CPU pieces of a decode step (lmzoo/quant/kernels/cpu.cpp) against the PyTorch
+expressions they replace, and the 8-bit-activation integer products against an independent
+reference: llama.cpp's activation quantisation (ggml's quantize_row_q8_1: d = max|x| / 127 per 32
+values, codes round-half-even(x / d)) written here in torch, then an exact float64 product."""
+
+import pytest
+import torch
+from torch import nn
+
+from lmzoo.nn.norm import RMSNorm
+from lmzoo.nn.rope import apply_rope
+from lmzoo.quant.kernels import cpu_kernels
+from lmzoo.quant.layers import Int4Linear, Int8Linear, set_activations
+
+K = cpu_kernels()
+pytestmark = pytest.mark.skipif(K is None, reason="no C++ compiler for the CPU kernels")
+
+
+def q8_reference(x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) -> the values 8-bit activation blocks represent, dequantised (float64)."""
+    xb = x.view(x.shape[0], -1, 32)
+    d = xb.abs().amax(-1) / 127.0  # float32 division, as the kernel
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(xb * inv[..., None])  # round half to even
+    assert q.abs().max() <= 127
+    return (q.double() * d.double()[..., None]).view_as(x)
+
+
+def int8_layer(lin: nn.Linear, group: int | None) -> Int8Linear:
+    if group != 16:
+        return Int8Linear.from_linear(lin, group_size=group)
+    m = Int8Linear.from_linear(lin, group_size=32)  # Q6_K / Q3_K's layout: one scale per 16 values
+    m.group_size = 16
+    m.scale = m.scale.repeat_interleave(2, 1) * torch.rand(m.out_features, m.in_features // 16) + 0.5
+    return m
+
+
+@pytest.mark.parametrize("M", [1, 2, 4, 7])
+@pytest.mark.parametrize("Kdim,N", [(576, 67), (1536, 40), (96, 5)])
+def test_q8_products_match_reference(M, Kdim, N):
+    torch.manual_seed(M * Kdim + N)
+    lin = nn.Linear(Kdim, N, bias=False)
+    x = torch.randn(M, Kdim) * 3
+    x[0, :32] = 0.0  # an all-zero block: d = 0, codes 0
+    x[-1, 32:64] *= 1000
+    xr = q8_reference(x)
+    for g in (32, 96 if Kdim % 96 == 0 else 32):
+        m = Int4Linear.from_linear(lin, group_size=g)
+        y = K.int4_linear_q8(x, m.q, m.scale, m.min, g)
+        ref = xr @ m.dequantize().double().T
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    for g in (32, 16, None):
+        m = int8_layer(lin, g)
+        y = K.int8_linear_q8(x, m.q, m.scale, m.group_size)
+        ref = xr @ m.dequantize().double().T
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_q8_row_result_does_not_depend_on_its_batch():
+    """The engine batches rows that are at different points of their requests: a row's product must
+    be the same bits alone or beside others (any row count, any position in the pass of four)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(576, 100)
+    m4, m8 = Int4Linear.from_linear(lin), Int8Linear.from_linear(lin, group_size=32)
+    x = torch.randn(9, 576)
+    for f in (lambda a: K.int4_linear_q8(a, m4.q, m4.scale, m4.min, 32),
+              lambda a: K.int8_linear_q8(a, m8.q, m8.scale, 32)):
+        batched = f(x)
+        alone = torch.cat([f(x[i:i + 1].contiguous()) for i in range(9)])
+        assert torch.equal(batched, alone)
+        assert torch.equal(f(x[3:8].contiguous()), batched[3:8])
+
+
+def test_q8_activations_in_a_layer(monkeypatch):
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 48, bias=True)
+    q = Int4Linear.from_linear(lin)
+    x = torch.randn(3, 256)
+    set_activations(q, "q8")
+    with torch.inference_mode():
+        y = q(x)
+    ref = q8_reference(x) @ q.dequantize().double().T + q.bias.double()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+    with pytest.raises(Exception, match="activations 'int2' is not one of"):
+        set_activations(q, "int2")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 5, 64), (3, 100)])
+def test_rms_norm_matches_module(shape):
+    torch.manual_seed(0)
+    norm = RMSNorm(shape[-1], eps=1e-5)
+    norm.weight.data = torch.randn(shape[-1])
+    x = torch.randn(*shape) * 4
+    with torch.inference_mode():
+        torch.testing.assert_close(K.rms_norm(x, norm.weight, 1e-5), norm(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rot", [64, 32])  # full and partial rotary (Phi / StableLM / GPT-NeoX style)
+@pytest.mark.parametrize("cos_batch", [1, 2])
+def test_rope_heads_matches_apply_rope(rot, cos_batch):
+    torch.manual_seed(0)
+    B, T, H, Hkv, hd = 2, 3, 6, 2, 64
+    y = torch.randn(B, T, (H + 2 * Hkv) * hd)
+    ang = torch.randn(cos_batch, T, rot // 2).repeat(1, 1, 2)  # rotate-half tables repeat their halves
+    cos, sin = ang.cos().contiguous(), ang.sin().contiguous()
+    q, k, v = y.split((H * hd, Hkv * hd, Hkv * hd), dim=-1)
+    want_q = apply_rope(q.view(B, T, H, hd).transpose(1, 2), cos, sin)
+    want_k = apply_rope(k.view(B, T, Hkv, hd).transpose(1, 2), cos, sin)
+    got = y.clone()
+    K.rope_heads_(got, cos, sin, H + Hkv, hd)
+    gq, gk, gv = got.split((H * hd, Hkv * hd, Hkv * hd), dim=-1)
+    torch.testing.assert_close(gq.view(B, T, H, hd).transpose(1, 2), want_q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gk.view(B, T, Hkv, hd).transpose(1, 2), want_k, rtol=1e-6, atol=1e-6)
+    assert torch.equal(gv, v)  # values are not rotated
+
+
+def test_from_pretrained_q8_activations(smollm2_path):
+    """The default model with llama.cpp-style 8-bit activations: every int layer switched, and the
+    next-token distribution close to the exact (float-activation) one."""
+    import lmzoo
+    from lmzoo.errors import ConfigError
+
+    exact = lmzoo.from_pretrained(smollm2_path)
+    fast = lmzoo.from_pretrained(smollm2_path, activations="q8")
+    layers = [m for m in fast.modules() if isinstance(m, (Int4Linear, Int8Linear))]
+    assert layers and all(m.activations == "q8" for m in layers)
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 1345, 314]])
+    with torch.inference_mode():
+        a, b = exact(ids[:, :1]), fast(ids[:, :1])  # one row: the kernel path
+    assert not torch.equal(a, b)  # a different product ...
+    assert (a - b).abs().max() < 0.05 * a.abs().max()  # ... of nearly the same function
+    assert a[0, -1].argmax() == b[0, -1].argmax()
+    with pytest.raises(ConfigError, match="activations must be one of"):
+        lmzoo.from_pretrained(smollm2_path, activations="q4")
