@@ -442,6 +442,7 @@ def _load_tokenizer(path) -> Tokenizer:
     if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and ((p / "tokenizer.json").exists() or model_file.exists()):
         return _chatglm(p, cfg, common)
     if (p / "tokenizer.json").exists():
+        from tokenizers import AddedToken
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
@@ -449,6 +450,12 @@ def _load_tokenizer(path) -> Tokenizer:
         except Exception as e:
             raise TokenizerError(f"{p / 'tokenizer.json'} cannot be read ({e})") from None
         specials += [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        fmt = CHAT_FORMATS.get(cfg.get("tokenizer_class"))
+        if fmt and not common["chat_template"] and all(backend.token_to_id(t) is not None for t in fmt[1]):
+            # a family whose chat format lives in its code, not in a template (Baichuan 2's build_chat_input)
+            common = {**common, "chat_template": fmt[0]}
+            backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fmt[1]])
+            specials += list(fmt[1])
         if cfg.get("add_bos_token") is False and not cfg.get("add_eos_token"):
             # the config turns BOS off (Baichuan 2) while the file's post-processor would add it: the
             # config wins, as with the model's own (SentencePiece) tokenizer class
@@ -512,6 +519,18 @@ def _from_vocab_merges(p: Path, cfg: dict[str, Any], common: dict[str, Any], spe
     return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", False)),
                      special_tokens=dict.fromkeys(s for s in specials if s), **common)
 
+
+# Chat formats written in a family's code rather than a template, by tokenizer class: (template, the
+# tokens it writes, which become special). Baichuan 2 (generation_utils.py build_chat_input): the system
+# text, then per turn <reserved_106> (user_token_id 195) or <reserved_107> (assistant_token_id 196) and
+# the content, each encoded on its own; <reserved_107> to prompt the reply.
+BAICHUAN2_CHAT = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% if not loop.first %}"
+    "{{ raise_exception('Baichuan 2 takes a system message first only') }}{% endif %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<reserved_106>{{ m['content'] }}{% else %}<reserved_107>{{ m['content'] }}"
+    "{% endif %}{% endfor %}{% if messages[-1]['role'] != 'assistant' %}<reserved_107>{% endif %}"
+)
+CHAT_FORMATS = {"BaichuanTokenizer": (BAICHUAN2_CHAT, ("<reserved_106>", "<reserved_107>"))}
 
 # llama.cpp token types (gguf.TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

@@ -79,7 +79,7 @@ def test_npm_tokenizer_matches_transformers(family):
     assert ours.eos_token_id == ref.eos_token_id
     if family == "baichuan2":  # add_bos_token false: no <s>, although the converted file's post-processor adds it
         assert ours.encode("hi")[0] != 1
-    if ours.chat_template:
+    if cfg.get("chat_template"):  # (Baichuan 2's format is in its code: tested below)
         from transformers import AutoTokenizer
 
         auto = AutoTokenizer.from_pretrained(d)  # the model's own class (Qwen2Tokenizer, ...)
@@ -478,3 +478,37 @@ def test_pangu_jieba_sentencepiece(tmp_path):
             assert ours.decode(ids) == s, s
     # <eot> written in text is the token, the text around it cut as before
     assert ours.encode("你好<eot>世界") == ref.encode("你好") + [ours.eos_token_id] + ref.encode("世界")
+
+
+def test_baichuan2_chat_format_matches_build_chat_input():
+    """Baichuan 2's chat() prompt (generation_utils.py build_chat_input, re-implemented here without its
+    length truncation): system text, then <reserved_106>/<reserved_107> + each content encoded alone."""
+    from tokenizers import Tokenizer as HF
+
+    d = npm_dir("baichuan2")
+    ours, enc = load_tokenizer(d), HF.from_file(str(d / "tokenizer.json"))
+
+    def encode(text):  # BaichuanTokenizer.encode with add_bos_token false
+        return enc.encode(text, add_special_tokens=False).ids
+
+    def build_chat_input(messages):
+        system, rounds, turn = "", [], []
+        for i, m in enumerate(messages):
+            if m["role"] == "system":
+                assert i == 0
+                system = m["content"]
+                continue
+            if m["role"] == "user" and turn:
+                rounds.append(turn)
+                turn = []
+            turn.append(m)
+        rounds += [turn] if turn else []
+        ids = encode(system)
+        for r in rounds:
+            for m in r:
+                ids += [195 if m["role"] == "user" else 196] + encode(m["content"])
+        return ids + ([196] if messages[-1]["role"] != "assistant" else [])
+
+    for msgs in (CONV, CONV[1:2], CONV[:3]):
+        assert ours.encode_chat(msgs) == build_chat_input(msgs), msgs
+    assert ours.encode("<reserved_106>", add_special_tokens=False) == [195]
