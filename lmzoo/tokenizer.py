@@ -1,12 +1,21 @@
 """Tokenizers and chat templates.
 
 Sources, in the order `load_tokenizer` looks for them:
+  * qwen.tiktoken               Qwen (v1): tiktoken ranks + Qwen's specials, as a `tokenizers` BPE
+  * tokenizer.model (tiktoken)  Meta's Llama 3 / Llama 4 layout (no config; told apart by the rank
+                                count) and GLM-4's (tokenizer_class ChatGLM4Tokenizer)
+  * GPTPanguTokenizer           PanGu-alpha: jieba words, then SentencePiece (vocab.model)
+  * ChatGLMTokenizer            ChatGLM-6B (ice_text.model: image-id offset, whitespace pieces) and
+                                ChatGLM2/3 (tokenizer.model or its tokenizer.json: specials after the
+                                pieces, [gMASK] sop first)
   * tokenizer.json              `tokenizers` (the Rust library HF's fast tokenizers are)
   * tokenizer.model             SentencePiece itself (LLaMA-1/2, Baichuan, Yi, Mistral v0.x ...); its
                                 control pieces ([INST], </s>) are special tokens, as in HF
+  * vocab.json + merges.txt     GPT-2's own files (GPT-2, GPT-J, OPT, CodeGen) + added_tokens.json
   * a .gguf file                the vocabulary llama.cpp embeds, rebuilt as a `tokenizers` model:
                                 'gpt2' -> byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre`
                                 names; 'llama' -> SentencePiece BPE ranked by the pieces' scores
+`load_tokenizer(path, vocab_size=N)` refuses tokenizer files that write ids the model has no row for.
 Special tokens, BOS/EOS and the chat template come from tokenizer_config.json /
 special_tokens_map.json (or the GGUF metadata). Chat templates are rendered with jinja2 the way HF
 renders them: a sandboxed environment, trim_blocks + lstrip_blocks, `raise_exception`, `tojson`.
@@ -27,7 +36,8 @@ from typing import Any
 from lmzoo.errors import TokenizerError
 
 # Tokens that end an assistant turn in common chat formats; counted as EOS when the template uses them.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|user|>")
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|user|>",
+               "<|observation|>")
 
 # llama.cpp `tokenizer.ggml.pre` -> the regex that splits text before byte-level BPE
 _LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -88,10 +98,21 @@ class Tokenizer:
 
     def __init__(self, *, backend=None, sp=None, bos_token: str | None = None, eos_token: str | None = None,
                  pad_token: str | None = None, unk_token: str | None = None, add_bos: bool = False,
-                 chat_template: str | None = None, special_tokens: Iterable[str] = ()) -> None:
+                 chat_template: str | None = None, special_tokens: Iterable[str] = (),
+                 appended: dict[str, int] | None = None, prefix: Iterable[str] = (),
+                 special_pattern: str | None = None, end_of_turn: Iterable[str] = ()) -> None:
+        """`appended`: special tokens numbered after the backend's vocabulary that the backend does
+        not know (ChatGLM's [gMASK] sop ...); with them lmzoo splits the text on the specials itself
+        and encodes every piece between them on its own. `prefix`: tokens put before the text instead
+        of BOS (ChatGLM's [gMASK] sop). `special_pattern`: the regex that finds special tokens in
+        text, when matching their spellings anywhere would be wrong."""
         if (backend is None) == (sp is None):
             raise ValueError("give exactly one of backend (tokenizers) or sp (sentencepiece)")
         self._tok, self._sp = backend, sp
+        self._appended = dict(appended or {})
+        self._appended_ids = {i: t for t, i in self._appended.items()}
+        self.prefix = tuple(prefix)
+        self.end_of_turn = tuple(end_of_turn)  # tokens that end a reply besides EOS (ChatGLM's <|user|>)
         self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, unk_token
         self.add_bos = add_bos
         self.chat_template = chat_template
@@ -100,15 +121,27 @@ class Tokenizer:
         # one alternation, longest first, so "<|im_end|>" wins over a shorter special it contains
         longest_first = sorted(self.special_tokens, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if longest_first else None
+        if special_pattern:
+            self._special_re = re.compile("(" + special_pattern + ")")
 
     # --- vocabulary -------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True) if self._tok else self._sp.get_piece_size()
+        base = self._tok.get_vocab_size(with_added_tokens=True) if self._tok else self._sp.get_piece_size()
+        return max([base - 1, *self._appended.values()]) + 1
+
+    def check_vocab_size(self, model_vocab_size: int, what: str = "the model") -> None:
+        """One-line TokenizerError when this tokenizer can write ids the model has no embedding for (a
+        model's vocabulary may be larger than its tokenizer's: padded for speed, as ChatGLM's 65,024)."""
+        if self.vocab_size > int(model_vocab_size):
+            raise TokenizerError(f"the tokenizer has {self.vocab_size} tokens but {what} has a vocabulary of "
+                                 f"{model_vocab_size}: the tokenizer files do not belong to this checkpoint")
 
     def token_to_id(self, token: str | None) -> int | None:
         if token is None:
             return None
+        if token in self._appended:
+            return self._appended[token]
         if self._tok:
             return self._tok.token_to_id(token)
         i = self._sp.piece_to_id(token)
@@ -134,14 +167,23 @@ class Tokenizer:
             i = self.token_to_id(t)
             if i is not None and i not in ids and (self.chat_template and t in self.chat_template):
                 ids.append(i)
+        for t in self.end_of_turn:
+            i = self.token_to_id(t)
+            if i is not None and i not in ids:
+                ids.append(i)
         return ids
 
     # --- encode / decode --------------------------------------------------------------------------
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        if self._tok:
-            ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if self._appended:
+            ids = self._split_encode(text)
+        elif self._tok:
+            ids = self._tok.encode(text, add_special_tokens=add_special_tokens and not self.prefix).ids
         else:
             ids = self._sp_encode(text)
+        if add_special_tokens and self.prefix:
+            pre = [self.token_to_id(t) for t in self.prefix]
+            return ids if ids[: len(pre)] == pre else pre + ids
         if add_special_tokens and self.add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             if self._sp is not None or not self._post_adds_bos():
                 ids = [self.bos_token_id] + ids
@@ -172,8 +214,35 @@ class Tokenizer:
                 after_special = False
         return ids
 
+    def _split_encode(self, text: str) -> list[int]:
+        """Special tokens found by `_special_re`, every piece between them encoded on its own (so each
+        gets SentencePiece's dummy-prefix space, as ChatGLM's SPTokenizer encodes its pieces)."""
+        ids: list[int] = []
+        parts = self._special_re.split(text) if self._special_re else [text]
+        for k, p in enumerate(parts):
+            if k % 2:
+                ids.append(self.token_to_id(p))
+            elif p:
+                ids.extend(self._tok.encode(p, add_special_tokens=False).ids if self._tok else self._sp.encode(p))
+        return ids
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         ids = [int(i) for i in ids]
+        if self._appended:  # runs of backend ids decoded together, appended specials spelled out
+            text, run = "", []
+            for i in ids + [None]:
+                if i is None or i in self._appended_ids:
+                    if run:
+                        text += self._decode_base(run, skip_special_tokens)
+                        run = []
+                    if i is not None and not skip_special_tokens:
+                        text += self._appended_ids[i]
+                else:
+                    run.append(i)
+            return text
+        return self._decode_base(ids, skip_special_tokens)
+
+    def _decode_base(self, ids: list[int], skip_special_tokens: bool) -> str:
         if self._tok:
             return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
         if skip_special_tokens:
@@ -326,8 +395,16 @@ def _token_str(v: Any) -> str | None:
     return v
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """Tokenizer for an HF checkpoint directory or a .gguf file."""
+def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
+    """Tokenizer for an HF checkpoint directory or a .gguf file. With `vocab_size` (the model's), a
+    tokenizer that writes ids past it is refused with a one-line TokenizerError."""
+    tok = _load_tokenizer(path)
+    if vocab_size is not None:
+        tok.check_vocab_size(vocab_size)
+    return tok
+
+
+def _load_tokenizer(path) -> Tokenizer:
     p = Path(path).expanduser()
     if p.is_file():
         return _from_gguf(p)
@@ -355,7 +432,17 @@ def load_tokenizer(path) -> Tokenizer:
                   chat_template=template)
     if (p / "qwen.tiktoken").exists() and not (p / "tokenizer.json").exists():
         return _from_qwen_tiktoken(p / "qwen.tiktoken", common)
+    model_file = p / "tokenizer.model"
+    if model_file.exists() and not (p / "tokenizer.json").exists() and _is_tiktoken(model_file):
+        return _from_tiktoken_model(model_file, cfg, common)
+    if cfg.get("tokenizer_class") == "GPTPanguTokenizer" and (p / "vocab.model").exists():
+        return _pangu(p / "vocab.model", common, specials)
+    if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and (p / "ice_text.model").exists():
+        return _chatglm6b(p / "ice_text.model", cfg, common)
+    if cfg.get("tokenizer_class") == "ChatGLMTokenizer" and ((p / "tokenizer.json").exists() or model_file.exists()):
+        return _chatglm(p, cfg, common)
     if (p / "tokenizer.json").exists():
+        from tokenizers import AddedToken
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
@@ -363,6 +450,17 @@ def load_tokenizer(path) -> Tokenizer:
         except Exception as e:
             raise TokenizerError(f"{p / 'tokenizer.json'} cannot be read ({e})") from None
         specials += [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        fmt = CHAT_FORMATS.get(cfg.get("tokenizer_class"))
+        if fmt and not common["chat_template"] and all(backend.token_to_id(t) is not None for t in fmt[1]):
+            # a family whose chat format lives in its code, not in a template (Baichuan 2's build_chat_input)
+            common = {**common, "chat_template": fmt[0]}
+            backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fmt[1]])
+            specials += list(fmt[1])
+        if cfg.get("add_bos_token") is False and not cfg.get("add_eos_token"):
+            # the config turns BOS off (Baichuan 2) while the file's post-processor would add it: the
+            # config wins, as with the model's own (SentencePiece) tokenizer class
+            if backend.encode("a").ids != backend.encode("a", add_special_tokens=False).ids:
+                backend.post_processor = None
         return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", False)),
                          special_tokens=dict.fromkeys(s for s in specials if s), **common)
     if (p / "tokenizer.model").exists():
@@ -384,8 +482,55 @@ def load_tokenizer(path) -> Tokenizer:
         specials += [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i)]
         return Tokenizer(sp=sp, add_bos=bool(cfg.get("add_bos_token", True)),
                          special_tokens=dict.fromkeys(s for s in specials if s), **common)
-    raise TokenizerError(f"{p} has no tokenizer: expected tokenizer.json or tokenizer.model")
+    if (p / "vocab.json").exists() and (p / "merges.txt").exists():
+        return _from_vocab_merges(p, cfg, common, specials)
+    raise TokenizerError(f"{p} has no tokenizer: expected tokenizer.json, tokenizer.model or vocab.json + merges.txt")
 
+
+def _from_vocab_merges(p: Path, cfg: dict[str, Any], common: dict[str, Any], specials: list) -> Tokenizer:
+    """GPT-2's own files (vocab.json + merges.txt, as GPT-2, GPT-J, OPT, CodeGen ship them): byte-level
+    BPE with GPT-2's split; added_tokens.json (CodeGen's whitespace runs, GPT-J's extras) numbered after
+    the vocabulary and matched whole in text."""
+    from tokenizers import AddedToken
+
+    try:
+        vocab = json.loads((p / "vocab.json").read_text())
+        added = json.loads((p / "added_tokens.json").read_text()) if (p / "added_tokens.json").exists() else {}
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{p}: vocab.json / added_tokens.json is not valid JSON ({e})") from None
+    merges = []
+    for n, line in enumerate((p / "merges.txt").read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("#version") or not line.strip():
+            continue
+        pair = line.split(" ")
+        if len(pair) != 2:
+            raise TokenizerError(f"{p / 'merges.txt'} line {n} is not two tokens: {line[:60]!r}")
+        merges.append(tuple(pair))
+    backend = _byte_level_backend(vocab, merges, "bytelevel", None)
+    extra = sorted((int(i), t) for t, i in added.items() if t not in vocab)
+    if [i for i, _ in extra] != list(range(len(vocab), len(vocab) + len(extra))):
+        raise TokenizerError(f"{p / 'added_tokens.json'}: the added tokens must be numbered {len(vocab)}.. right "
+                             "after vocab.json's tokens")
+    special = set(specials)
+    for _, t in extra:  # one by one, in id order, so each gets its own id
+        backend.add_tokens([AddedToken(t, special=t in special, normalized=False)])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in dict.fromkeys(specials)
+                                if t and t in vocab])
+    return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", False)),
+                     special_tokens=dict.fromkeys(s for s in specials if s), **common)
+
+
+# Chat formats written in a family's code rather than a template, by tokenizer class: (template, the
+# tokens it writes, which become special). Baichuan 2 (generation_utils.py build_chat_input): the system
+# text, then per turn <reserved_106> (user_token_id 195) or <reserved_107> (assistant_token_id 196) and
+# the content, each encoded on its own; <reserved_107> to prompt the reply.
+BAICHUAN2_CHAT = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% if not loop.first %}"
+    "{{ raise_exception('Baichuan 2 takes a system message first only') }}{% endif %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<reserved_106>{{ m['content'] }}{% else %}<reserved_107>{{ m['content'] }}"
+    "{% endif %}{% endfor %}{% if messages[-1]['role'] != 'assistant' %}<reserved_107>{% endif %}"
+)
+CHAT_FORMATS = {"BaichuanTokenizer": (BAICHUAN2_CHAT, ("<reserved_106>", "<reserved_107>"))}
 
 # llama.cpp token types (gguf.TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -443,14 +588,14 @@ def _gguf_byte_level_bpe(path: Path, meta: dict[str, Any], tokens: list[str]):
 
 
 def _byte_level_backend(vocab: dict[str, int], merges: list[tuple[str, str]], how: str,
-                        pattern: str | tuple[str, ...] | None):
+                        pattern: str | tuple[str, ...] | None, ignore_merges: bool = False):
     """A `tokenizers` byte-level BPE: tokens in GPT-2's byte alphabet, text split first by `how`
     ("bytelevel": GPT-2's own regex, "digits": single digits then GPT-2's, "regex": `pattern`, or
     each of several patterns in turn)."""
     from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=ignore_merges))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=how != "regex")
     if how == "bytelevel":
         backend.pre_tokenizer = byte_level
@@ -566,16 +711,263 @@ def tiktoken_backend(ranks: dict[bytes, int], pattern: str):
         merges += [(rank, spell(a), spell(b)) for a, b in splits]
     merges.sort(key=lambda m: m[0])
     vocab = {spell(t): r for t, r in ranks.items()}
-    return _byte_level_backend(vocab, [(a, b) for _, a, b in merges], "regex", pattern)
+    # tiktoken takes a piece that is itself a token whole, before any merging (ignore_merges)
+    return _byte_level_backend(vocab, [(a, b) for _, a, b in merges], "regex", pattern, ignore_merges=True)
 
 
 def _from_qwen_tiktoken(path: Path, common: dict[str, Any]) -> Tokenizer:
     """Qwen (first generation): qwen.tiktoken + specials numbered after the ranks (tokenization_qwen.py)."""
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, normalizers
 
     backend = tiktoken_backend(read_tiktoken(path), _QWEN2_RE)
+    backend.normalizer = normalizers.NFC()  # QWenTokenizer.tokenize normalises to NFC first
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIALS])
     common = {**common, "eos_token": common.get("eos_token") or "<|endoftext|>",
               "pad_token": common.get("pad_token") or "<|endoftext|>",
               "chat_template": common.get("chat_template") or QWEN_CHATML}
     return Tokenizer(backend=backend, add_bos=False, special_tokens=QWEN_SPECIALS, **common)
+
+
+# --- ChatGLM2 / ChatGLM3 (THUDM's tokenization_chatglm.py: SPTokenizer) -----------------------------
+# SentencePiece pieces first, then these specials numbered from the piece count (ChatGLM2 has the first
+# five; ChatGLM3 adds the role tokens). Every input starts with [gMASK] sop.
+CHATGLM_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>",
+                    "<|observation|>")
+# ChatGLM2's prompt format (its build_prompt), the [gMASK] sop prefix written by the template itself
+CHATGLM2_PROMPT = (
+    "[gMASK]sop{% set r = namespace(n=0) %}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{% set r.n = r.n + 1 %}[Round {{ r.n }}]\n\n问：{{ m['content'] }}\n\n答："
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}\n\n"
+    "{% else %}{{ raise_exception('ChatGLM2 has user and assistant turns only, not ' + m['role']) }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def _chatglm(p: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Tokenizer:
+    """ChatGLM2/3 from tokenizer.model (as THUDM ship it) or a tokenizer.json converted from it.
+
+    The specials are recognised in text by lmzoo, not by the backend, because "sop"/"eop" are also
+    ordinary letters ("sophisticated", "people"): they are the token only right after a [*MASK]."""
+    if (p / "tokenizer.json").exists():
+        from tokenizers import Tokenizer as HFTokenizer
+
+        backend, sp = HFTokenizer.from_file(str(p / "tokenizer.json")), None
+        backend.post_processor = None  # the [gMASK] sop prefix replaces whatever the conversion added
+        n = backend.get_vocab_size(with_added_tokens=True)
+    else:
+        import sentencepiece as spm
+
+        backend, sp = None, spm.SentencePieceProcessor(model_file=str(p / "tokenizer.model"))
+        n = sp.get_piece_size()
+    declared = json.dumps(cfg.get("added_tokens_decoder", {})) + (common["chat_template"] or "")
+    roles = any(t in declared for t in CHATGLM_SPECIALS[5:])
+    names = CHATGLM_SPECIALS if roles else CHATGLM_SPECIALS[:5]
+    appended = {t: n + k for k, t in enumerate(names)}
+    for i, v in cfg.get("added_tokens_decoder", {}).items():
+        t = _token_str(v)
+        if t in appended and appended[t] != int(i):
+            raise TokenizerError(f"{p / 'tokenizer_config.json'} puts {t} at id {i}, but ChatGLM numbers it "
+                                 f"{appended[t]} (after the {n} SentencePiece pieces): not a ChatGLM2/3 tokenizer")
+    # as SPTokenizer: only the appended specials are tokens in text (</s> written out is text)
+    named = [t for t in (common["eos_token"], common["unk_token"], common["pad_token"], "<s>", "</s>") if t]
+    plain = sorted((t for t in names if t not in ("sop", "eop")), key=len, reverse=True)
+    pattern = "|".join([*map(re.escape, plain), r"(?<=MASK\])(?:sop|eop)"])
+    common = {**common, "eos_token": common["eos_token"] or "</s>",
+              "chat_template": common["chat_template"] or (None if roles else CHATGLM2_PROMPT)}
+    return Tokenizer(backend=backend, sp=sp, add_bos=False, special_tokens=[*names, *named], appended=appended,
+                     prefix=("[gMASK]", "sop"), special_pattern=pattern, end_of_turn=("<|user|>", "<|observation|>"),
+                     **common)
+
+
+# --- tiktoken tokenizer.model files (Meta's Llama 3, THUDM's GLM-4) -----------------------------------
+# Meta's tokenizer.py: 256 specials after the ranks, these first, then reserved ones
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                   "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>")
+LLAMA3_SPECIALS += tuple(f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(LLAMA3_SPECIALS)))
+# Meta's ChatFormat (llama_models/llama3/chat_format.py): header, content as given, <|eot_id|>
+LLAMA3_CHAT = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# Meta's Llama 4 tokenizer.py: 2,048 specials after the 200,000 ranks, in these groups, then reserved ones
+def _reserved(name: str, start: int, count: int) -> tuple[str, ...]:
+    return tuple(f"<|{name}_reserved_special_token_{i}|>" for i in range(start, start + count))
+
+
+LLAMA4_SPECIALS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|header_start|>", "<|header_end|>", "<|eom|>", "<|eot|>", "<|step|>", *_reserved("text_post_train", 0, 6),
+    "<|python_start|>", "<|python_end|>", "<|finetune_right_pad|>", *_reserved("text_post_train", 8, 61),
+    "<|image_start|>", "<|image_end|>", *_reserved("vision", 0, 2), "<|tile_x_separator|>", "<|tile_y_separator|>",
+    *_reserved("vision", 2, 4), "<|image|>", *_reserved("vision", 6, 1), "<|patch|>", *_reserved("vision", 7, 1041),
+    *_reserved("reasoning", 0, 8), "<|reasoning_thinking_start|>", "<|reasoning_thinking_end|>",
+)
+LLAMA4_SPECIALS += tuple(f"<|reserved_special_token_{i}|>" for i in range(2048 - len(LLAMA4_SPECIALS)))
+LLAMA4_CHAT = (  # llama_models/llama4/chat_format.py
+    "{{ bos_token }}{% for m in messages %}<|header_start|>{{ 'ipython' if m['role'] == 'tool' else m['role'] }}"
+    "<|header_end|>\n\n{{ m['content'] }}{{ '<|eom|>' if m['role'] == 'tool' else '<|eot|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|header_start|>assistant<|header_end|>\n\n{% endif %}"
+)
+# Meta's layouts (tokenizer.model + params.json, no tokenizer config), told apart by the number of ranks:
+# specials, split regex, chat format, tokens that end a reply besides <|end_of_text|>
+META_TIKTOKEN = {
+    128000: (LLAMA3_SPECIALS, _LLAMA3_RE, LLAMA3_CHAT, ("<|eot_id|>", "<|eom_id|>")),
+    200000: (LLAMA4_SPECIALS, _GPT4O_RE, LLAMA4_CHAT, ("<|eot|>", "<|eom|>")),
+}
+# tokenizer classes whose tokenizer.model is a tiktoken ranks file: (split regex, prefix tokens)
+# and the tokens that end a reply besides EOS (generation_config's eos_token_id)
+TIKTOKEN_CLASSES = {"ChatGLM4Tokenizer": (_LLAMA3_RE, ("[gMASK]", "<sop>"), ("<|user|>", "<|observation|>"))}
+
+
+def _is_tiktoken(path: Path) -> bool:
+    """A tiktoken ranks file ("base64 rank" lines) rather than a SentencePiece protobuf."""
+    with open(path, "rb") as f:
+        head = f.read(200).split(b"\n", 1)[0]
+    return re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", head) is not None
+
+
+def _from_tiktoken_model(path: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Tokenizer:
+    """A tiktoken tokenizer.model: GLM-4's (tokenizer_class ChatGLM4Tokenizer, specials from the
+    config's added_tokens_decoder) or, with no tokenizer class, Meta's Llama 3 / Llama 4 layout."""
+    from tokenizers import AddedToken
+
+    ranks = read_tiktoken(path)
+    cls = cfg.get("tokenizer_class")
+    if cls in TIKTOKEN_CLASSES:
+        pattern, prefix, end_of_turn = TIKTOKEN_CLASSES[cls]
+        declared = {int(i): _token_str(v) for i, v in cfg.get("added_tokens_decoder", {}).items()}
+    elif cls is None and len(ranks) in META_TIKTOKEN:  # Meta's layout (tokenizer.model + params.json)
+        names, pattern, template, end_of_turn = META_TIKTOKEN[len(ranks)]
+        prefix = ()
+        declared = {len(ranks) + k: t for k, t in enumerate(names)}
+        common = {**common, "bos_token": common["bos_token"] or "<|begin_of_text|>",
+                  "eos_token": common["eos_token"] or "<|end_of_text|>",
+                  "chat_template": common["chat_template"] or template}
+    elif cls is None:
+        raise TokenizerError(f"{path} is a tiktoken file of {len(ranks)} ranks and comes with no tokenizer config; "
+                             f"Meta's layouts have {' or '.join(map(str, META_TIKTOKEN))} (Llama 3, Llama 4)")
+    else:
+        raise TokenizerError(f"{path} is a tiktoken file, but tokenizer class {cls!r} is not one lmzoo knows "
+                             f"for it; known: {sorted(TIKTOKEN_CLASSES)} or none (Meta's Llama 3 layout)")
+    if sorted(declared) != list(range(len(ranks), len(ranks) + len(declared))):
+        raise TokenizerError(f"{path.name}: the special tokens must be numbered {len(ranks)}.. right after the "
+                             f"{len(ranks)} ranks; the config numbers them {min(declared, default=None)}..")
+    backend = tiktoken_backend(ranks, pattern)
+    specials = [declared[i] for i in sorted(declared)]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return Tokenizer(backend=backend, add_bos=bool(cfg.get("add_bos_token", cls is None)),
+                     special_tokens=specials, prefix=prefix, end_of_turn=end_of_turn, **common)
+
+
+# --- ChatGLM-6B (v1: ice_text.model, THUDM's icetk-style SPTokenizer) --------------------------------
+# Text ids follow `num_image_tokens` image ids (20,000 in the original code, 0 once the release pruned
+# them); newlines are the piece <n>, tabs <|tab|>, runs of 2-80 spaces <|blank_n|>; the specials are
+# pieces of the model; [gMASK] <sop> are appended after the text. Chat: modeling_chatglm.py's chat().
+CHATGLM6B_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>")
+CHATGLM6B_PROMPT = (
+    "{% set last = namespace(i=-1) %}{% for m in messages %}{% if m['role'] == 'user' %}{% set last.i = loop.index0 %}"
+    "{% endif %}{% endfor %}{% for m in messages %}"
+    "{% if m['role'] not in ['user', 'assistant'] %}"
+    "{{ raise_exception('ChatGLM-6B has user and assistant turns only, not ' + m['role']) }}{% endif %}"
+    "{% if loop.index0 < last.i %}{% if m['role'] == 'user' %}{{ '[Round ' ~ (loop.index0 // 2) ~ ']\\n问：' ~ "
+    "m['content'] ~ '\\n答：' }}{% else %}{{ m['content'] ~ '\\n' }}{% endif %}"
+    "{% elif loop.index0 == last.i %}{% if last.i > 0 %}{{ '[Round ' ~ (loop.index0 // 2) ~ ']\\n问：' ~ m['content'] ~ "
+    "'\\n答：' }}{% else %}{{ m['content'] }}{% endif %}[gMASK]<sop>"
+    "{% else %}{{ m['content'] }}<eop>{% endif %}{% endfor %}"
+)
+
+
+class IceTokenizer(Tokenizer):
+    """ChatGLM-6B's tokenizer: SentencePiece ids shifted by the image-token count, whitespace spelled
+    as pieces before encoding and restored after decoding, [gMASK] <sop> after the text."""
+
+    MAX_BLANK = 80
+
+    def __init__(self, sp, *, offset: int, **kw: Any) -> None:
+        self._offset = offset
+        super().__init__(sp=sp, **kw)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._offset + self._sp.get_piece_size()
+
+    def token_to_id(self, token: str | None) -> int | None:
+        i = super().token_to_id(token)
+        return None if i is None else i + self._offset
+
+    @classmethod
+    def _spell_whitespace(cls, text: str) -> str:
+        text = text.replace("\n", "<n>").replace("\t", "<|tab|>")
+        return re.sub(" {2," + str(cls.MAX_BLANK) + "}", lambda m: f"<|blank_{len(m.group())}|>", text)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = []
+        parts = self._special_re.split(text)  # specials whole; every piece between them has the dummy prefix
+        for k, p in enumerate(parts):
+            if k % 2:
+                ids.append(self.token_to_id(p))
+            elif p:
+                ids += [i + self._offset for i in self._sp.encode(self._spell_whitespace(p))]
+        if add_special_tokens:
+            ids += [self.token_to_id("[gMASK]"), self.token_to_id("<sop>")]
+        return ids
+
+    def _decode_base(self, ids: list[int], skip_special_tokens: bool) -> str:
+        ids = [i - self._offset for i in ids if i >= self._offset]
+        if skip_special_tokens:
+            ids = [i for i in ids if i + self._offset not in self._special_ids and not self._sp.is_control(i)]
+        text = self._sp.decode(ids).replace("<n>", "\n").replace("<|tab|>", "\t")
+        return re.sub(r"<\|blank_(\d+)\|>", lambda m: " " * int(m.group(1)), text)
+
+
+def _chatglm6b(path: Path, cfg: dict[str, Any], common: dict[str, Any]) -> Tokenizer:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    missing = [t for t in ("<n>", "<|tab|>", *CHATGLM6B_SPECIALS) if sp.piece_to_id(t) == sp.unk_id()]
+    if missing:
+        raise TokenizerError(f"{path} lacks ChatGLM-6B's pieces {missing}: not ChatGLM-6B's ice_text.model")
+    named = [_token_str(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token",
+                                              "gmask_token")]
+    specials = list(dict.fromkeys([*CHATGLM6B_SPECIALS, *(t for t in named if t)]))
+    common = {**common, "bos_token": common["bos_token"] or "<sop>", "eos_token": common["eos_token"] or "<eop>",
+              "chat_template": common["chat_template"] or CHATGLM6B_PROMPT}
+    return IceTokenizer(sp, offset=int(cfg.get("num_image_tokens", 20000)), special_tokens=specials,
+                        end_of_turn=("<eop>",), **common)
+
+
+# --- PanGu-alpha (PCL's tokenization_jieba.py: jieba words, then SentencePiece) -----------------------
+class JiebaTokenizer(Tokenizer):
+    """PanGu-alpha's tokenizer: jieba cuts the text into words; in each word a space becomes U+2582 and a
+    newline U+2583; the words are joined by spaces and encoded by SentencePiece (whose own spaces are
+    dropped again when decoding). Special tokens ( <eot> ...) are kept whole; nothing is added."""
+
+    _TO_PIECES = str.maketrans(" \n", "\u2582\u2583")
+
+    def _sp_encode(self, text: str) -> list[int]:
+        try:
+            import jieba
+        except ImportError:
+            raise TokenizerError("PanGu-alpha's tokenizer cuts words with jieba: pip install jieba") from None
+        ids: list[int] = []
+        parts = self._special_re.split(text) if self._special_re else [text]
+        for k, p in enumerate(parts):
+            if k % 2:
+                ids.append(self.token_to_id(p))
+            elif p:
+                ids += self._sp.encode(" ".join(w.translate(self._TO_PIECES) for w in jieba.cut(p, cut_all=False)))
+        return ids
+
+    def _decode_base(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return super()._decode_base(ids, skip_special_tokens).replace(" ", "").replace("\u2582", " ").replace("\u2583", "\n")
+
+
+def _pangu(path: Path, common: dict[str, Any], specials: list) -> Tokenizer:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    common = {**common, "eos_token": common["eos_token"] or ("<eot>" if sp.piece_to_id("<eot>") != sp.unk_id() else None)}
+    named = [t for t in (*specials, common["eos_token"]) if t and sp.piece_to_id(t) != sp.unk_id()]
+    return JiebaTokenizer(sp=sp, add_bos=False, special_tokens=dict.fromkeys(named), **common)

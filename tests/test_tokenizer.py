@@ -129,7 +129,7 @@ def test_stream_decoder_handles_split_characters(which, request):
 
 def test_missing_tokenizer(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(TokenizerError, match="expected tokenizer.json or tokenizer.model"):
+    with pytest.raises(TokenizerError, match="expected tokenizer.json, tokenizer.model or vocab.json"):
         load_tokenizer(tmp_path)
     with pytest.raises(TokenizerError, match="does not exist"):
         load_tokenizer(tmp_path / "nope")

@@ -34,7 +34,7 @@ from lmzoo.errors import ConfigError, UnsupportedModelError
 from lmzoo.nn.lora import lora_layers
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "qwen.tiktoken",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "qwen.tiktoken", "ice_text.model",
                    "generation_config.json")
 
 

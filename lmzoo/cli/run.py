@@ -79,7 +79,7 @@ def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, ac
         model = default_model_path()
     with _status(f"loading {model.name}"):
         m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations)
-        tok = load_tokenizer(model)
+        tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
     return m, tok
 
 

@@ -117,7 +117,7 @@ def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_qu
 
     try:
         m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations)
-        tok = load_tokenizer(model)
+        tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
         engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
         loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)
     except Exception as e:

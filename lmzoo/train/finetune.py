@@ -57,7 +57,7 @@ def load_base(path: str | None, method: str):
         from lmzoo.quant.layers import quantize
 
         quantize(model, mode="nf4", include_head=False)
-    return model, load_tokenizer(p), p
+    return model, load_tokenizer(p, vocab_size=model.config.vocab_size), p
 
 
 def _load_data(cfg: FinetuneConfig, path, tok):
