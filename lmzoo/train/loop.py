@@ -432,13 +432,20 @@ class Trainer:
         return total / max(n, 1)
 
     def _grad_norm(self, params: list) -> float:
-        """The global gradient norm (clipped to max_grad_norm when set); FSDP2's is a DTensor."""
+        """The global gradient norm, accumulated in float64 (FSDP2: each rank's shards, squares summed
+        over the ranks), and the gradients clipped to max_grad_norm when set (clip_grad_norm_'s rule)."""
+        from lmzoo.train.parallel import all_sum
+
         c = self.cfg
-        if c.max_grad_norm is None and not self.sharded:
-            return float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-        max_norm = c.max_grad_norm if c.max_grad_norm is not None else float("inf")
-        gn = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=False)
-        return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
+        sq = sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in local)
+        total = (all_sum([sq])[0] if self.sharded else sq) ** 0.5
+        if c.max_grad_norm is not None:
+            coef = c.max_grad_norm / (total + 1e-6)
+            if coef < 1.0:
+                for g in local:
+                    g.mul_(coef)
+        return total
 
     def fit(self) -> dict:
         from lmzoo.train.parallel import all_sum

@@ -1,0 +1,189 @@
+"""Distributed training on CPU with gloo, several processes launched by the real `torchrun`:
+2 ranks x (batch / 2) follow the loss trajectory of 1 process x batch; FSDP2 (with activation
+checkpointing) follows DDP; a 2-rank FSDP2 run's sharded (DCP) checkpoint resumes on 1 process; the
+tensor-parallel forward equals the single-device one; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["--config", "Llama-2-7B", "--set", "n_layer=2", "--set", "n_embd=64", "--set", "n_head=4",
+        "--set", "n_kv_head=2", "--set", "intermediate_size=128", "--set", "max_seq_len=128"]
+RUN = ["--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1"]
+
+
+def _torchrun() -> list[str]:
+    exe = Path(sys.executable).with_name("torchrun")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    rng = random.Random(0)
+    words = "the cat sat on a mat and the dog ran to the big red ball while a bird sang in the old tree".split()
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 30))) + "." for _ in range(120)]
+    (d / "corpus").mkdir()
+    (d / "corpus" / "a.txt").write_text("\n\n".join(docs) + "\n")
+    e = {**os.environ, "LMZOO_CACHE": str(d / "cache"), "OMP_NUM_THREADS": "1"}
+    root = str(Path(__file__).resolve().parents[2])
+    e["PYTHONPATH"] = root + os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else root
+    return d, e
+
+
+def pretrain(env, out, *args, nproc: int | None = None, timeout=300):
+    d, e = env
+    launch = [*_torchrun(), "--standalone", "--nproc-per-node", str(nproc), "-m", "lmzoo"] if nproc \
+        else [sys.executable, "-m", "lmzoo"]
+    cmd = [*launch, "pretrain", "--quiet", *TINY, "--data", str(d / "corpus"), "--out", str(out), *RUN, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def same_trajectory(a: list[dict], b: list[dict], tol=1e-5, keys=("loss", "grad_norm")) -> None:
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for x, y in zip(a, b):
+        assert x["tokens"] == y["tokens"]
+        for k in keys:
+            assert abs(x[k] - y[k]) <= tol * max(1.0, abs(y[k])), (x["step"], k, x[k], y[k])
+
+
+@pytest.fixture(scope="module")
+def single(env):
+    """The reference: one process, the whole batch of 4, 4 steps, a checkpoint at step 2."""
+    out = env[0] / "single"
+    r = pretrain(env, out, "--max-steps", "4", "--save-every", "2")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_two_ranks_ddp_follow_one_process(env, single):
+    """torchrun 2 ranks x 2 rows (DDP) == 1 process x 4 rows, step by step within 1e-5; only rank 0
+    writes (one metrics line per step, one progress report), and the saved model loads."""
+    out = env[0] / "ddp"
+    r = pretrain(env, out, "--max-steps", "4", "--save-every", "2", nproc=2)
+    assert r.returncode == 0, r.stderr
+    m = metrics(out)
+    assert len(m) == 4 and m[-1]["loss"] < m[0]["loss"]
+    same_trajectory(m, metrics(single))
+    assert r.stderr.count("lmzoo: done at step 4") == 1
+    ckpt = sorted((out / "checkpoints").iterdir())
+    assert [p.name for p in ckpt] == ["latest", "step-000002", "step-000004"]
+    assert (out / "checkpoints" / "step-000004" / "trainable.safetensors").exists()  # replicas: one file
+    assert (out / "model" / "model.safetensors").exists() and (out / "loss.png").exists()
+
+
+def test_world_size_must_divide_the_batch(env, tmp_path):
+    """One line, exit 2 (WORLD_SIZE as torchrun sets it; checked before any model is built)."""
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--quiet", *TINY, "--data", str(env[0] / "corpus"),
+                        "--out", str(tmp_path / "x"), "--seq-len", "32", "--batch-size", "3"],
+                       capture_output=True, text=True, timeout=120, env={**env[1], "WORLD_SIZE": "2"})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--batch-size 3 is not divisible by the world size 2" in lines[0], r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--parallel", "zero"], "--parallel 'zero': expected one of ddp, fsdp"),
+    (["--mixed-precision", "bf16"], "--mixed-precision is FSDP2's policy"),
+])
+def test_parallel_flags_are_checked(env, tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--quiet", *TINY, "--data", str(env[0] / "corpus"),
+                        "--out", str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=120,
+                       env=env[1])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_fsdp2_follows_ddp_and_its_sharded_checkpoint_resumes_on_one_process(env, single):
+    """FSDP2 on 2 ranks (activation checkpointing on) == 1 process (== DDP, above) within 1e-5; its DCP
+    checkpoint of step 2 (one shard file per rank) resumes in a single process, which then follows the
+    uninterrupted trajectory to step 4 and ends with its weights."""
+    from safetensors.torch import load_file
+
+    out = env[0] / "fsdp"
+    r = pretrain(env, out, "--max-steps", "4", "--save-every", "2", "--parallel", "fsdp",
+                 "--activation-checkpointing", nproc=2)
+    assert r.returncode == 0, r.stderr
+    same_trajectory(metrics(out), metrics(single))
+    dcp = out / "checkpoints" / "step-000002" / "dcp"
+    assert sorted(p.name for p in dcp.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+    resumed = env[0] / "fsdp-resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000004")
+    shutil.rmtree(resumed / "model")
+    (resumed / "checkpoints" / "latest").write_text("step-000002")
+    r = pretrain(env, resumed, "--max-steps", "4", "--save-every", "2", "--activation-checkpointing", "--resume")
+    assert r.returncode == 0, r.stderr
+    same_trajectory(metrics(resumed), metrics(out))
+    a, b = load_file(str(resumed / "model" / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) <= 1e-5
+    c = load_file(str(single / "model" / "model.safetensors"))
+    assert max(float((a[k].float() - c[k].float()).abs().max()) for k in a) <= 1e-5
+
+
+@pytest.mark.slow
+def test_replicated_checkpoint_resumes_sharded(env, single, tmp_path):
+    """The other way: a 1-process checkpoint (full tensors) resumes under FSDP2 on 2 ranks."""
+    resumed = tmp_path / "r"
+    shutil.copytree(single, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000004")
+    (resumed / "checkpoints" / "latest").write_text("step-000002")
+    r = pretrain(env, resumed, "--max-steps", "4", "--save-every", "2", "--parallel", "fsdp", "--resume", nproc=2)
+    assert r.returncode == 0, r.stderr
+    same_trajectory(metrics(resumed), metrics(single))
+
+
+@pytest.mark.slow
+def test_fsdp2_bf16_mixed_precision_trains(env):
+    out = env[0] / "bf16"
+    r = pretrain(env, out, "--max-steps", "4", "--parallel", "fsdp", "--mixed-precision", "bf16", nproc=2)
+    assert r.returncode == 0, r.stderr
+    m = metrics(out)
+    assert m[-1]["loss"] < m[0]["loss"] - 0.5
+
+
+def test_checkpoint_from_another_config_is_refused(env, single, tmp_path):
+    """Resuming a run's checkpoint with another model config: one line, exit 2."""
+    other = tmp_path / "o"
+    shutil.copytree(single, other)
+    info = json.loads((other / "run.json").read_text())
+    info["overrides"]["n_embd"] = 32  # as if the run had been made with --set n_embd=32
+    (other / "run.json").write_text(json.dumps(info))
+    d, e = env
+    args = [a if a != "n_embd=64" else "n_embd=32" for a in TINY]
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--quiet", *args, "--data", str(d / "corpus"),
+                        "--out", str(other), *RUN, "--max-steps", "4", "--resume"],
+                       capture_output=True, text=True, timeout=120, env=e)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "was written by another model config" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_tensor_parallel_forward_equals_single_device(env):
+    """tensor_parallel on 2 gloo ranks: logits within 1e-4 (fp32) of the unsharded model for a LLaMA
+    (GQA, SwiGLU: fused [q; k; v] and [gate; up] split per part), GPT-NeoX (parallel residual, GELU,
+    partial RoPE, biases) and BLOOM (ALiBi: each rank its heads' slopes) shape."""
+    worker = Path(__file__).with_name("dist_tp_worker.py")
+    r = subprocess.run([*_torchrun(), "--standalone", "--nproc-per-node", "2", str(worker)], capture_output=True,
+                       text=True, timeout=300, env=env[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result) == {"llama", "gpt_neox", "bloom"}
+    for name, v in result.items():
+        assert v["logits"] <= 1e-4 and v["roundtrip"] == 0.0, (name, v)
+        assert v["local_heads"] == v["heads"] // 2 and v["qkv_rows"][1] == v["qkv_rows"][0] // 2, (name, v)
