@@ -187,3 +187,27 @@ def test_tensor_parallel_forward_equals_single_device(env):
     for name, v in result.items():
         assert v["logits"] <= 1e-4 and v["roundtrip"] == 0.0, (name, v)
         assert v["local_heads"] == v["heads"] // 2 and v["qkv_rows"][1] == v["qkv_rows"][0] // 2, (name, v)
+
+
+@pytest.mark.slow
+def test_finetune_lora_on_two_ranks_follows_one_process(env, tmp_path):
+    """`torchrun -m lmzoo finetune` (LoRA on the real default model, DDP): 2 ranks x 2 rows == 1 x 4."""
+    d, e = env
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"What is fact {i} about the mascot?",
+                                        "output": f"Fact {i}: the mascot is a purple llama, number {i * 7}."}) + "\n"
+                            for i in range(8)))
+
+    def run(out, nproc=None):
+        launch = [*_torchrun(), "--standalone", "--nproc-per-node", str(nproc), "-m", "lmzoo"] if nproc \
+            else [sys.executable, "-m", "lmzoo"]
+        return subprocess.run([*launch, "finetune", "--quiet", "--data", str(data), "--out", str(out),
+                               "--batch-size", "4", "--seq-len", "64", "--no-packing", "--lr", "1e-3", "--lora-r", "4",
+                               "--targets", "q,v", "--max-steps", "2"], capture_output=True, text=True, timeout=600,
+                              env=e)
+
+    one, two = run(tmp_path / "one"), run(tmp_path / "two", nproc=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    same_trajectory(metrics(tmp_path / "two"), metrics(tmp_path / "one"))
+    assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").exists()
