@@ -211,3 +211,72 @@ def test_finetune_lora_on_two_ranks_follows_one_process(env, tmp_path):
     assert two.returncode == 0, two.stderr
     same_trajectory(metrics(tmp_path / "two"), metrics(tmp_path / "one"))
     assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_each_rank_takes_its_rows_of_the_global_batch():
+    """Rows [r n / w, (r + 1) n / w) of Batch / GLMBatch / PairBatch (by pairs); a rank left no row
+    gets a dummy (row 0, loss counted 0)."""
+    import torch
+
+    from lmzoo.train.data import Batch
+    from lmzoo.train.dpo import PairBatch
+    from lmzoo.train.parallel import local_part
+
+    b = Batch(torch.arange(12).view(6, 2), torch.arange(12).view(6, 2) + 100, torch.zeros(6, 2, dtype=torch.long))
+    parts = [local_part(b, r, 4) for r in range(4)]
+    assert [p.ids[:, 0].tolist() for p, _ in parts] == [[0], [2, 4], [6], [8, 10]]
+    assert all(not dummy for _, dummy in parts)
+    assert torch.equal(torch.cat([p.targets for p, _ in parts]), b.targets)
+    small = Batch(b.ids[:1], b.targets[:1], b.segments[:1])
+    (p0, d0), (p1, d1) = local_part(small, 0, 2), local_part(small, 1, 2)
+    assert (d0, d1) == (True, False) and p0.ids.tolist() == p1.ids.tolist() == small.ids.tolist()
+    pb = PairBatch(b, torch.arange(6.0))
+    (a, _), (c, _) = local_part(pb, 0, 2), local_part(pb, 1, 2)  # 3 pairs: 1 + 2, chosen / rejected together
+    assert a.ref.tolist() == [0.0, 1.0] and c.ref.tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert c.batch.ids[:, 0].tolist() == [4, 6, 8, 10]
+
+
+def test_fused_rows_go_rank_major_and_back():
+    """[q; k; v] -> [q0 k0 v0 | q1 k1 v1]: Shard(0) gives rank r its heads of each part."""
+    import torch
+
+    from lmzoo.train.parallel import _from_rank_major, _rank_major
+
+    t = torch.arange(16.0)[:, None]  # q = rows 0-7, k = 8-11, v = 12-15
+    r = _rank_major(t, [8, 4, 4], 2)
+    assert r[:8, 0].tolist() == [0, 1, 2, 3, 8, 9, 12, 13] and r[8:, 0].tolist() == [4, 5, 6, 7, 10, 11, 14, 15]
+    assert torch.equal(_from_rank_major(r, [8, 4, 4], 2), t)
+
+
+def test_tensor_parallel_refuses_heads_the_ranks_cannot_share():
+    from lmzoo.catalog import get_config
+    from lmzoo.errors import ConfigError
+    from lmzoo.train.parallel import tp_check
+
+    with pytest.raises(ConfigError, match="n_head 71, n_kv_head 1 are not divisible by 2"):
+        tp_check(get_config("Falcon-7B"), 2)
+    tp_check(get_config("Llama-2-7B"), 4)
+
+
+@pytest.mark.slow
+def test_glm_objective_on_two_ranks_follows_one_process(env):
+    """GLM blank infilling under DDP: the rows (and their blanks) are drawn whole, each rank trains on
+    its part; == one process."""
+    V = 49152
+    glm = ["--config", "ChatGLM-6B", "--set", "n_layer=2", "--set", "n_embd=64", "--set", "n_head=4",
+           "--set", "n_kv_head=4", "--set", "intermediate_size=128", "--set", "max_seq_len=128",
+           "--set", f"vocab_size={V + 8}", "--set", f"mask_token_ids=[{V + 1},{V},{V + 2}]",
+           "--set", f"bos_token_id={V + 3}", "--set", f"eos_token_id=[{V + 4}]", "--set", f"pad_token_id={V + 4}"]
+    d, e = env
+
+    def run(out, nproc=None):
+        launch = [*_torchrun(), "--standalone", "--nproc-per-node", str(nproc), "-m", "lmzoo"] if nproc \
+            else [sys.executable, "-m", "lmzoo"]
+        return subprocess.run([*launch, "pretrain", "--quiet", *glm, "--objective", "glm", "--data", str(d / "corpus"),
+                               "--out", str(out), "--seq-len", "64", "--batch-size", "4", "--max-steps", "3"],
+                              capture_output=True, text=True, timeout=300, env=e)
+
+    one, two = run(d / "glm1"), run(d / "glm2", nproc=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    same_trajectory(metrics(d / "glm2"), metrics(d / "glm1"))
