@@ -280,3 +280,33 @@ def test_glm_objective_on_two_ranks_follows_one_process(env):
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     same_trajectory(metrics(d / "glm2"), metrics(d / "glm1"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step(env):
+    """SIGTERM to torchrun reaches both ranks at different moments; the stop request is summed over
+    the ranks each step, so both finish the same step, write one sharded checkpoint and stop; a single
+    process then resumes it."""
+    import signal
+    import time
+
+    d, e = env
+    out = d / "sigterm"
+    launch = [*_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "lmzoo"]
+    p = subprocess.Popen([*launch, "pretrain", "--quiet", *TINY, "--data", str(d / "corpus"), "--out", str(out), *RUN,
+                          "--max-steps", "500", "--parallel", "fsdp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=e)
+    t0 = time.time()
+    while time.time() - t0 < 120 and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 2):
+        time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert err.count("lmzoo: stopped at step") == 1, err[-3000:]
+    step = metrics(out)[-1]["step"]
+    assert 2 <= step < 500
+    ckpt = out / "checkpoints" / f"step-{step:06d}"
+    assert (out / "checkpoints" / "latest").read_text() == ckpt.name
+    assert sorted(x.name for x in (ckpt / "dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    r = pretrain(env, out, "--max-steps", str(step + 2), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert [m["step"] for m in metrics(out)] == list(range(1, step + 3))
