@@ -195,11 +195,14 @@ def wrap(model: nn.Module, parallel: str, d: Dist, mixed_precision: str = "fp32"
                               "(LoRA / DoRA) train with --parallel ddp")
         if not d.active:
             raise ConfigError("--parallel fsdp needs a process group (lmzoo.train.parallel.init)")
+        from torch.distributed.device_mesh import init_device_mesh
+
         dtype = MIXED_PRECISION[mixed_precision]
         mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
+        mesh = init_device_mesh(next(model.parameters()).device.type, (d.world,))  # where the weights are
         for layer in model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
         return model
     if d.world == 1:
         return model
@@ -351,15 +354,17 @@ def tensor_parallel(model: nn.Module, mesh=None) -> nn.Module:
     return model
 
 
-def tp_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A tensor-parallel model's weights in lmzoo's canonical layout (fused rows back in q, k, v /
-    gate, up order), full tensors on every rank (collective)."""
+def tp_full_state_dict(model: nn.Module, *, grads: bool = False) -> dict[str, torch.Tensor]:
+    """A tensor-parallel model's weights (or, grads=True, their gradients) in lmzoo's canonical layout
+    (fused rows back in q, k, v / gate, up order), full tensors on every rank (collective)."""
     from torch.distributed.tensor import DTensor
 
     world = getattr(model, "_lmzoo_tp", 1)
     fused = {n for n, s in tp_modules(model).items() if s == "colwise_fused"}
     out = {}
-    for k, v in model.state_dict().items():
+    items = ((n, p.grad) for n, p in model.named_parameters() if p.grad is not None) if grads \
+        else model.state_dict().items()
+    for k, v in items:
         t = v.full_tensor() if isinstance(v, DTensor) else v
         mod = k.rsplit(".", 1)[0]
         if mod in fused:

@@ -32,12 +32,20 @@ def main() -> None:
                 p.add_(torch.randn_like(p) * 0.02)
         canonical = {k: v.clone() for k, v in model.state_dict().items()}
         ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1))
+        want = model(ids)
+        want.square().mean().backward()
+        want_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        tensor_parallel(model)
+        got = model(ids)
+        got.square().mean().backward()  # trainable: gradients through the shards, in canonical layout
+        grads = tp_full_state_dict(model, grads=True)
         with torch.no_grad():
-            want = model(ids)
-            tensor_parallel(model)
-            got = model(ids)
+            want, got = want.detach(), got.detach()
         back = tp_full_state_dict(model)
         out[key] = {"logits": float((got - want).abs().max()),
+                    "grads": max(float((grads[n] - g).abs().max()) / max(float(g.abs().max()), 1e-12)
+                                 for n, g in want_grads.items()),
                     "roundtrip": max(float((back[k] - canonical[k]).abs().max()) for k in canonical),
                     "heads": cfg.n_head, "local_heads": model.layers[0].attn.n_head,
                     "qkv_rows": [cfg.q_size + 2 * cfg.kv_size, model.layers[0].attn.qkv.weight.to_local().shape[0]]}
