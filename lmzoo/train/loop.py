@@ -32,6 +32,7 @@ import random
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -249,7 +250,7 @@ class Trainer:
 
             old, new = flat(json.loads(run.read_text())), flat(_jsonable(self.run_info))
             free = ("max_steps", "epochs", "eval_every", "save_every", "log_every", "keep_checkpoints", "parallel",
-                    "mixed_precision")
+                    "mixed_precision", "activation_checkpointing")  # how, not what, the run computes
             changed = {k: (old.get(k), v) for k, v in new.items() if k not in free and old.get(k) != v}
             if changed:
                 raise TrainError(f"cannot resume {self.out}: settings differ from the run's ({changed}); "
@@ -268,6 +269,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write checkpoints/step-N (rank 0; every rank its shards when FSDP2 shards the model), then
         `latest`. Collective under torchrun: a failure on any rank is a TrainError on every rank."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
         from lmzoo.train.parallel import agree, all_sum
 
         main = self.dist.main
@@ -278,8 +281,7 @@ class Trainer:
 
         def failed(e) -> TrainError:
             prev = (root / "latest").read_text().strip() if (root / "latest").exists() else None
-            why = (e.strerror or e) if isinstance(e, OSError) else "another rank failed" if e is None else \
-                " ".join(str(e).split())[:300]
+            why = (e.strerror or e) if isinstance(e, OSError) else "another rank failed" if e is None else _dcp_cause(e)
             return TrainError(f"checkpoint at step {self.step} could not be written ({why}); "
                               + (f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint"))
 
@@ -301,7 +303,7 @@ class Trainer:
 
                     save_file(trainable_state(self.model), str(tmp / "trainable.safetensors"))
                     torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-            except Exception as e:  # noqa: BLE001 - OSError, or DCP's CheckpointException wrapping one
+            except (Exception, CheckpointException) as e:  # noqa: BLE001 - OSError, or DCP's (a BaseException)
                 err = e
         if agree(err is None) and main:
             try:
@@ -344,15 +346,17 @@ class Trainer:
 
     def _load_dcp(self, path: Path) -> None:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         state = self._dcp_state()
         try:
-            dcp.load(state, checkpoint_id=str(path))
-        except Exception as e:  # noqa: BLE001 - DCP reports a mismatch as CheckpointException / RuntimeError
-            msg = " ".join(str(e).split())
+            with warnings.catch_warnings():  # a single process loading shards is what is meant
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load(state, checkpoint_id=str(path))
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's (a BaseException) wraps the cause
             raise TrainError(f"checkpoint {path.parent} does not match this model or optimizer "
-                             f"({msg[:300]})") from None
+                             f"({_dcp_cause(e)})") from None
         set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
                        options=StateDictOptions(strict=False))
 
@@ -559,6 +563,16 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _dcp_cause(e: BaseException) -> str:
+    """The first rank's own error inside DCP's CheckpointException (whose text is every rank's traceback)."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        e = next(iter(failures.values()))[0]
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return " ".join(str(e).split())[:300]
 
 
 def _jsonable(d: dict) -> dict:

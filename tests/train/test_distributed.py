@@ -135,6 +135,18 @@ def test_fsdp2_follows_ddp_and_its_sharded_checkpoint_resumes_on_one_process(env
     c = load_file(str(single / "model" / "model.safetensors"))
     assert max(float((a[k].float() - c[k].float()).abs().max()) for k in a) <= 1e-5
 
+    other = env[0] / "fsdp-other"  # the sharded checkpoint under another config: one line, exit 2
+    shutil.copytree(out, other)
+    info = json.loads((other / "run.json").read_text())
+    info["overrides"]["intermediate_size"] = 96
+    (other / "run.json").write_text(json.dumps(info))
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--quiet",
+                        *[x if x != "intermediate_size=128" else "intermediate_size=96" for x in TINY],
+                        "--data", str(env[0] / "corpus"), "--out", str(other), *RUN, "--max-steps", "6", "--resume"],
+                       capture_output=True, text=True, timeout=120, env=env[1])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "does not match this model or optimizer" in r.stderr, r.stderr
+
 
 @pytest.mark.slow
 def test_replicated_checkpoint_resumes_sharded(env, single, tmp_path):
