@@ -19,7 +19,12 @@ from lmzoo.errors import ConfigError
 
 _TRAIN_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "max_steps", "epochs", "batch_size", "grad_accum",
                "max_grad_norm", "seq_len", "packing", "eval_every", "save_every", "log_every", "keep_checkpoints",
-               "seed", "activation_checkpointing", "loss_chunk", "autocast_bf16")
+               "seed", "activation_checkpointing", "loss_chunk", "autocast_bf16", "parallel", "mixed_precision")
+
+
+_PARALLEL_HELP = ("Under torchrun (--nproc-per-node N): ddp (a replica per rank) | fsdp (FSDP2: parameters, "
+                  "gradients and optimizer state sharded; sharded checkpoints). --batch-size is the global batch.")
+_MP_HELP = "fsdp: fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction)."
 
 
 def _logger(quiet: bool):
@@ -27,7 +32,14 @@ def _logger(quiet: bool):
 
 
 def _report(result: dict) -> None:
-    """The run's last line on stderr: where it ended and what it saved (or how to continue)."""
+    """The run's last line on stderr (rank 0's, under torchrun): where it ended and what it saved (or
+    how to continue)."""
+    from lmzoo.train.parallel import current, shutdown
+
+    main = current().main
+    shutdown()
+    if not main:
+        return
     if result["finished"]:
         ev = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
         typer.echo(f"lmzoo: done at step {result['step']}: loss {result['loss']:.4f}{ev}; saved {result['saved']}",
@@ -98,6 +110,8 @@ def finetune(
     loss_chunk: int = typer.Option(256, "--loss-chunk", help="Target tokens per slice of the LM head in the loss."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
     autocast_bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (fp32 master weights)."),
+    parallel: str = typer.Option("ddp", "--parallel", help=_PARALLEL_HELP),
+    mixed_precision: str = typer.Option("fp32", "--mixed-precision", help=_MP_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad records instead of stopping."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
@@ -227,6 +241,8 @@ def pretrain(
     log_every: int = typer.Option(1, "--log-every"),
     seed: int = typer.Option(0, "--seed"),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    parallel: str = typer.Option("ddp", "--parallel", help=_PARALLEL_HELP),
+    mixed_precision: str = typer.Option("fp32", "--mixed-precision", help=_MP_HELP),
     resume: bool = typer.Option(False, "--resume"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     quiet: bool = typer.Option(False, "--quiet"),
@@ -241,7 +257,8 @@ def pretrain(
                      max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
                      max_grad_norm=max_grad_norm, seq_len=seq_len, packing=False, eval_every=eval_every,
                      save_every=save_every, log_every=log_every, seed=seed,
-                     activation_checkpointing=activation_checkpointing)
+                     activation_checkpointing=activation_checkpointing, parallel=parallel,
+                     mixed_precision=mixed_precision)
     pc = PretrainConfig(data=data, out=out, config=config, overrides=parse_overrides(set_ or []), init_from=init_from,
                         tokenizer=tokenizer, eval_data=eval_data, resume=resume, overwrite=overwrite, train=tc,
                         objective=objective, glm_mix=parse_mix(glm_mix), init_std=init_std)

@@ -114,7 +114,9 @@ def tokenize_corpus(paths, tok, tokenizer_id: str) -> tuple[np.ndarray, np.ndarr
 
 class TokenWindows:
     """The corpus as windows of seq_len tokens (the last partial window dropped); batches of windows
-    in an order fixed by (seed, epoch); rank r of world w takes every w-th batch."""
+    in an order fixed by (seed, epoch); rank r of world w reads only its rows [r B / w, (r + 1) B / w)
+    of every batch of B windows (a batch smaller than the world leaves some ranks no window: they get
+    one with no targets, so every rank still steps)."""
 
     def __init__(self, tokens: np.ndarray, doc_starts: np.ndarray, seq_len: int, *, rank: int = 0, world: int = 1):
         self.tokens, self.seq_len, self.rank, self.world = tokens, seq_len, rank, world
@@ -144,8 +146,8 @@ class TokenWindows:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         chunks = [order[s:s + rows] for s in range(0, self.n - rows + 1, rows)] or [order]
-        for j, chunk in enumerate(chunks):
-            if j % self.world != self.rank:
-                continue
-            ids, targets, segs = zip(*(self.window(i) for i in chunk))
-            yield Batch(torch.stack(ids), torch.stack(targets), torch.stack(segs))
+        for chunk in chunks:
+            mine = chunk[self.rank * len(chunk) // self.world:(self.rank + 1) * len(chunk) // self.world]
+            ids, targets, segs = zip(*(self.window(i) for i in mine or chunk[:1]))
+            targets = torch.stack(targets) if mine else torch.full_like(targets[0], IGNORE)[None]
+            yield Batch(torch.stack(ids), targets, torch.stack(segs))

@@ -112,7 +112,16 @@ def prepare(cfg: FinetuneConfig):
 
 def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
     from lmzoo.checkpoints.peft import save_adapter
+    from lmzoo.train import parallel
 
+    cfg.train.validate()
+    parallel.check_batch(cfg.train.batch_size)  # before any work: the world size torchrun announces
+    if cfg.train.parallel == "fsdp" and cfg.method != "full":
+        raise ConfigError("--parallel fsdp shards full training (--method full); adapters (LoRA / DoRA / QLoRA) "
+                          "train with --parallel ddp")
+    d = parallel.init(cfg.train.parallel)
+    if not d.main:
+        log = _quiet
     model, tok, base_path, train, evals, report = prepare(cfg)
     log(f"data: {report.summary()}" + (f"; {len(evals)} eval examples" if evals else ""))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -130,22 +139,32 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
     trainer = Trainer(model, cfg.train, train, out_dir=cfg.out, eval_data=evals, resume=cfg.resume,
                       overwrite=cfg.overwrite, run_info=run_info, progress=progress, objective=objective,
                       make_batches=make_batches)
-    if cfg.objective == "dpo":
+    if cfg.objective == "dpo" and d.main:
         _save_reference(Path(cfg.out), train, evals)
     result = trainer.fit()
     out = Path(cfg.out)
     if result["finished"]:
+        whole = trainer.export_model()  # collective when FSDP2 shards the model
         if cfg.method == "full":
             from lmzoo.checkpoints.save import save_hf
 
-            if (out / "model").exists():
-                import shutil
+            if d.main:
+                if (out / "model").exists():
+                    import shutil
 
-                shutil.rmtree(out / "model")
-            result["saved"] = str(save_hf(model, out / "model", tokenizer=tok))
+                    shutil.rmtree(out / "model")
+                save_hf(whole, out / "model", tokenizer=tok)
+            result["saved"] = str(out / "model")
         else:
-            result["saved"] = str(save_adapter(model, out / "adapter", base_model_name_or_path=base_path))
+            if d.main:
+                save_adapter(whole, out / "adapter", base_model_name_or_path=base_path)
+            result["saved"] = str(out / "adapter")
+        parallel.barrier()
     return result
+
+
+def _quiet(*_) -> None:
+    pass
 
 
 # --- DPO: the reference log-probs are the model's before the first step, computed once and kept in the

@@ -14,6 +14,13 @@ Resume restores the trainable weights, the optimizer, the step (the schedule is 
 the data position (the batch order is a function of the seed and epoch) and the RNG states, so on
 CPU a resumed run ends with bitwise the weights of an uninterrupted one. SIGINT / SIGTERM finish
 the current step, checkpoint and stop.
+
+Under torchrun (lmzoo.train.parallel) the same loop runs on every rank: each takes its rows of the
+global batch, the loss, units, tokens and the stop request are summed over the ranks every step,
+and only rank 0 writes run.json, metrics, progress, plots and (replicated runs) checkpoints. An
+FSDP2-sharded run writes its checkpoints with torch.distributed.checkpoint instead, every rank its
+shards (checkpoints/step-N/dcp/), which a run on any world size loads; the temporary directory,
+rename and `latest` are as above.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import random
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,6 +69,8 @@ class TrainConfig:
     activation_checkpointing: bool = False
     loss_chunk: int = 256
     autocast_bf16: bool = True       # on CUDA: bf16 autocast for the forward (fp32 master weights)
+    parallel: str = "ddp"            # under torchrun: ddp (replicas) | fsdp (FSDP2 shards)
+    mixed_precision: str = "fp32"    # fsdp: fp32 | bf16 (MixedPrecisionPolicy: bf16 compute, fp32 reduce)
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -81,6 +91,9 @@ class TrainConfig:
             raise ConfigError(f"max_grad_norm must be > 0 (or None), got {self.max_grad_norm}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        from lmzoo.train.parallel import check_parallel
+
+        check_parallel(self.parallel, self.mixed_precision)
 
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
@@ -159,19 +172,26 @@ def check_out_dir(out, *, resume: bool, overwrite: bool) -> None:
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, train: list, *, out_dir, eval_data: list | None = None,
                  objective: Objective | None = None, make_batches=None, batches_per_epoch: int | None = None,
-                 resume: bool = False,
+                 resume: bool = False, sharded_batches: bool = False,
                  overwrite: bool = False, run_info: dict | None = None, progress: bool = True) -> None:
+        from lmzoo.train import parallel
+
         cfg.validate()
+        self.dist = parallel.init(cfg.parallel)
+        parallel.check_batch(cfg.batch_size, self.dist.world)
         self.model, self.cfg, self.train, self.eval_data = model, cfg, train, eval_data or []
         self.out = Path(out_dir)
         self.objective = objective or SFTObjective(cfg.loss_chunk)
         self._sft_data = make_batches is None
         self.make_batches = make_batches or self._sft_batches
-        self.progress = progress
+        self.sharded_batches = sharded_batches  # make_batches yields this rank's rows already
+        self.progress = progress and self.dist.main
         self.run_info = {"config": _jsonable(asdict(cfg)), **(run_info or {})}
         self._prepare_dir(resume, overwrite)
         if cfg.activation_checkpointing:
             checkpoint_blocks(model)
+        self.net = parallel.wrap(model, cfg.parallel, self.dist, cfg.mixed_precision)  # what the objective calls
+        self.sharded = parallel.is_sharded(model)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
@@ -198,71 +218,147 @@ class Trainer:
                              seed=c.seed, epoch=epoch)
         return sum(1 for _ in self.make_batches(self.train, epoch, c.seed))
 
+    def _local(self, b):
+        """(this rank's rows of a global batch, dummy: no rows of its own, its loss counts 0)."""
+        from lmzoo.train.parallel import local_part
+
+        if self.sharded_batches:
+            return b, False
+        return local_part(b, self.dist.rank, self.dist.world)
+
     def _stream(self):
-        """Micro-batches from the current data position on, epoch after epoch."""
+        """This rank's micro-batches from the current data position on, epoch after epoch."""
         skip, epoch = self.micro, 0
         while True:
             for b in self.make_batches(self.train, epoch, self.cfg.seed):
                 if skip:
                     skip -= 1
                     continue
-                yield b
+                yield self._local(b)
             epoch += 1
 
     # --- directory, checkpoints -------------------------------------------------------------------
     def _prepare_dir(self, resume: bool, overwrite: bool) -> None:
+        from lmzoo.train.parallel import barrier
+
+        barrier()  # every rank checks the directory before rank 0 changes it
         run = self.out / "run.json"
         check_out_dir(self.out, resume=resume, overwrite=overwrite)
-        if run.exists() and not resume:
-            shutil.rmtree(self.out)  # --overwrite
         if resume and run.exists():
             def flat(info: dict) -> dict:
                 return {**{k: v for k, v in info.items() if k != "config"}, **info.get("config", {})}
 
             old, new = flat(json.loads(run.read_text())), flat(_jsonable(self.run_info))
-            free = ("max_steps", "epochs", "eval_every", "save_every", "log_every", "keep_checkpoints")
+            free = ("max_steps", "epochs", "eval_every", "save_every", "log_every", "keep_checkpoints", "parallel",
+                    "mixed_precision", "activation_checkpointing")  # how, not what, the run computes
             changed = {k: (old.get(k), v) for k, v in new.items() if k not in free and old.get(k) != v}
             if changed:
                 raise TrainError(f"cannot resume {self.out}: settings differ from the run's ({changed}); "
                                  "resume with the same settings")
-        self.out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run, json.dumps(self.run_info, indent=2))
+        barrier()
+        if self.dist.main:
+            if run.exists() and not resume:
+                shutil.rmtree(self.out)  # --overwrite
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_write(run, json.dumps(self.run_info, indent=2))
+        barrier()
 
     def _ckpt_root(self) -> Path:
         return self.out / "checkpoints"
 
     def save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
+        """Write checkpoints/step-N (rank 0; every rank its shards when FSDP2 shards the model), then
+        `latest`. Collective under torchrun: a failure on any rank is a TrainError on every rank."""
+        from torch.distributed.checkpoint.api import CheckpointException
 
+        from lmzoo.train.parallel import agree, all_sum
+
+        main = self.dist.main
         root = self._ckpt_root()
-        root.mkdir(exist_ok=True)
         name = f"step-{self.step:06d}"
         final = root / name
-        tmp = root / f".{name}.tmp-{os.getpid()}"
-        try:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-            save_file(trainable_state(self.model), str(tmp / "trainable.safetensors"))
-            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-            state = {"step": self.step, "micro": self.micro, "tokens": self.tokens, "total": self.total,
-                     "rng_torch": torch.get_rng_state().tolist(), "rng_python": _py_rng_state()}
-            (tmp / "state.json").write_text(json.dumps(state))
-            for f in tmp.iterdir():
-                _fsync(f)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _atomic_write(root / "latest", name)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp = root / f".{name}.tmp-{int(all_sum([os.getpid() if main else 0])[0])}"  # rank 0's pid
+
+        def failed(e) -> TrainError:
             prev = (root / "latest").read_text().strip() if (root / "latest").exists() else None
-            raise TrainError(f"checkpoint at step {self.step} could not be written ({e.strerror or e}); "
-                             + (f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint")) from None
-        kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-        for old in kept[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            why = (e.strerror or e) if isinstance(e, OSError) else "another rank failed" if e is None else _dcp_cause(e)
+            return TrainError(f"checkpoint at step {self.step} could not be written ({why}); "
+                              + (f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint"))
+
+        err = None
+        if main:
+            try:
+                root.mkdir(exist_ok=True)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+            except OSError as e:
+                err = e
+        if agree(err is None):
+            try:
+                if self.sharded:
+                    self._save_dcp(tmp / "dcp")  # every rank writes its shards
+                elif main:
+                    from safetensors.torch import save_file
+
+                    save_file(trainable_state(self.model), str(tmp / "trainable.safetensors"))
+                    torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+            except (Exception, CheckpointException) as e:  # noqa: BLE001 - OSError, or DCP's (a BaseException)
+                err = e
+        if agree(err is None) and main:
+            try:
+                state = {"step": self.step, "micro": self.micro, "tokens": self.tokens, "total": self.total,
+                         "world": self.dist.world, "rng_torch": torch.get_rng_state().tolist(),
+                         "rng_python": _py_rng_state()}
+                (tmp / "state.json").write_text(json.dumps(state))
+                for f in tmp.rglob("*"):
+                    if f.is_file():
+                        _fsync(f)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _atomic_write(root / "latest", name)
+            except OSError as e:
+                err = e
+        if not agree(err is None):
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise failed(err) from None
+        if main:
+            kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+            for old in kept[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _dcp_state(self) -> dict:
+        """{"model": trainable parameters, "optim": optimizer state}, by parameter name (DCP's
+        layout-free form: it reshards on load)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.model, self.opt)
+        names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        return {"model": {k: v for k, v in msd.items() if k in names}, "optim": osd}
+
+    def _save_dcp(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._dcp_state(), checkpoint_id=str(path))
+
+    def _load_dcp(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        state = self._dcp_state()
+        try:
+            with warnings.catch_warnings():  # a single process loading shards is what is meant
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load(state, checkpoint_id=str(path))
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's (a BaseException) wraps the cause
+            raise TrainError(f"checkpoint {path.parent} does not match this model or optimizer "
+                             f"({_dcp_cause(e)})") from None
+        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=StateDictOptions(strict=False))
 
     def _load_latest(self) -> None:
         from safetensors.torch import load_file
@@ -272,20 +368,45 @@ class Trainer:
             return  # nothing saved yet: start from the beginning
         d = self._ckpt_root() / latest.read_text().strip()
         state = json.loads((d / "state.json").read_text())
-        weights = load_file(str(d / "trainable.safetensors"))
-        params = dict(self.model.named_parameters())
-        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-        if missing or set(weights) - set(params):
-            raise TrainError(f"checkpoint {d} does not match this model's trainable parameters "
-                             f"(e.g. {(missing or sorted(set(weights) - set(params)))[:3]})")
-        with torch.no_grad():
-            for n, t in weights.items():
-                params[n].copy_(t)
-        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        if (d / "dcp").is_dir():
+            self._load_dcp(d / "dcp")
+        else:
+            weights = load_file(str(d / "trainable.safetensors"))
+            params = dict(self.model.named_parameters())
+            missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+            if missing or set(weights) - set(params):
+                raise TrainError(f"checkpoint {d} does not match this model's trainable parameters "
+                                 f"(e.g. {(missing or sorted(set(weights) - set(params)))[:3]})")
+            shapes = [f"{n} {tuple(t.shape)} vs {tuple(params[n].shape)}" for n, t in weights.items()
+                      if tuple(t.shape) != tuple(params[n].shape)]
+            if shapes:
+                raise TrainError(f"checkpoint {d} was written by another model config (e.g. {shapes[0]})")
+            opt_state = torch.load(d / "optimizer.pt", weights_only=True)
+            if self.sharded:
+                self._load_full(weights, opt_state)
+            else:
+                with torch.no_grad():
+                    for n, t in weights.items():
+                        params[n].copy_(t)
+                self.opt.load_state_dict(opt_state)
         self.step, self.micro, self.tokens = state["step"], state["micro"], state["tokens"]
         torch.set_rng_state(torch.tensor(state["rng_torch"], dtype=torch.uint8))
         random.setstate(_py_rng_from(state["rng_python"]))
-        _truncate_metrics(self.out / "metrics.jsonl", self.step)
+        if self.dist.main:
+            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+
+    def _load_full(self, weights: dict, opt_state: dict) -> None:
+        """A replicated run's checkpoint (full tensors; optimizer state by parameter index) into a
+        sharded model: by name, every rank keeping its shards."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        order = [names[id(p)] for g in self.opt.param_groups for p in g["params"]]
+        optim = {"state": {order[int(i)]: st for i, st in opt_state["state"].items()},
+                 "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]}
+                                  for g in opt_state["param_groups"]]}
+        set_state_dict(self.model, self.opt, model_state_dict=weights, optim_state_dict=optim,
+                       options=StateDictOptions(full_state_dict=True, strict=False))
 
     # --- the loop ---------------------------------------------------------------------------------
     def _autocast(self):
@@ -296,67 +417,98 @@ class Trainer:
         self._stop = True
 
     def evaluate(self) -> float | None:
+        from lmzoo.train.parallel import all_sum
+
         if not self.eval_data:
             return None
         was = self.model.training
         self.model.eval()
         total, n = 0.0, 0
         with torch.no_grad():
-            for b in self.make_batches(self.eval_data, 0, self.cfg.seed):
+            for g in self.make_batches(self.eval_data, 0, self.cfg.seed):
+                b, dummy = self._local(g)
                 with self._autocast():
-                    s, _ = self.objective.loss(self.model, b)
-                total, n = total + float(s), n + self.objective.units(b)
+                    s, _ = self.objective.loss(self.net, b)
+                if not dummy:
+                    total, n = total + float(s), n + self.objective.units(b)
+        total, n = all_sum([total, n])
         self.model.train(was)
         return total / max(n, 1)
 
-    def fit(self) -> dict:
+    def _grad_norm(self, params: list) -> float:
+        """The global gradient norm, accumulated in float64 (FSDP2: each rank's shards, squares summed
+        over the ranks), and the gradients clipped to max_grad_norm when set (clip_grad_norm_'s rule)."""
+        from lmzoo.train.parallel import all_sum
+
         c = self.cfg
+        local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
+        sq = sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in local)
+        total = (all_sum([sq])[0] if self.sharded else sq) ** 0.5
+        if c.max_grad_norm is not None:
+            coef = c.max_grad_norm / (total + 1e-6)
+            if coef < 1.0:
+                for g in local:
+                    g.mul_(coef)
+        return total
+
+    def fit(self) -> dict:
+        from lmzoo.train.parallel import all_sum
+
+        c = self.cfg
+        main, world = self.dist.main, self.dist.world
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         stream = self._stream()
-        metrics_f = open(self.out / "metrics.jsonl", "a")
+        metrics_f = open(self.out / "metrics.jsonl", "a") if main else None
         bar = _Progress(self.total, self.step, enabled=self.progress)
-        last = {}
+        last, stopping = {}, False
         try:
             if self.step == 0 and self.eval_data:
                 base = self.evaluate()  # the starting point, so the curve shows what training changed
-                metrics_f.write(json.dumps({"step": 0, "eval_loss": base, "tokens": 0}) + "\n")
-                metrics_f.flush()
+                if main:
+                    metrics_f.write(json.dumps({"step": 0, "eval_loss": base, "tokens": 0}) + "\n")
+                    metrics_f.flush()
             self.model.train()
-            while self.step < self.total and not self._stop:
+            while self.step < self.total and not stopping:
                 t0 = time.perf_counter()
-                micro = [next(stream) for _ in range(c.grad_accum)]
+                micro = [next(stream) for _ in range(c.grad_accum)]  # (this rank's rows, dummy)
                 lr = lr_at(self.step, c, self.total)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
-                # each micro-batch's summed loss over the step's units (tokens or pairs): the step's
-                # gradient equals that of one batch holding all of them
-                units = sum(self.objective.units(b) for b in micro)
+                # each micro-batch's summed loss over the step's units (tokens or pairs) of every rank,
+                # times the world size (DDP / FSDP2 average the ranks' gradients): the step's gradient
+                # equals that of one batch holding all of them
+                units, step_tokens = all_sum([sum(0 if d else self.objective.units(b) for b, d in micro),
+                                              sum(0 if d else b.n_tokens for b, d in micro)])
+                units, step_tokens = int(units), int(step_tokens)
                 self.opt.zero_grad(set_to_none=True)
                 loss_sum, extras = 0.0, []
-                for b in micro:
+                for b, dummy in micro:
                     with self._autocast():
-                        total, extra = self.objective.loss(self.model, b)
-                    (total / max(units, 1)).backward()
+                        total, extra = self.objective.loss(self.net, b)
+                    if dummy:
+                        total = total * 0.0
+                    (total * world / max(units, 1)).backward()
                     loss_sum += float(total.detach())
-                    extras.append(extra)
+                    if not dummy:
+                        extras.append(extra)
                 params = [p for g in self.opt.param_groups for p in g["params"]]
-                if c.max_grad_norm is not None:
-                    gn = float(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm, foreach=False))
-                else:
-                    gn = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+                gn = self._grad_norm(params)
                 self.opt.step()
                 self.step += 1
                 self.micro += c.grad_accum
-                step_tokens = sum(b.n_tokens for b in micro)
+                keys = sorted({k for e in extras for k in e})
+                summed = all_sum([loss_sum, float(self._stop), len(extras)]
+                                 + [sum(float(e[k]) for e in extras if k in e) for k in keys])
+                loss_sum, stopping = summed[0], summed[1] > 0
                 self.tokens += step_tokens
                 dt = time.perf_counter() - t0
                 last = {"step": self.step, "loss": loss_sum / max(units, 1), "lr": lr, "grad_norm": gn,
                         "tokens": self.tokens, "tokens_per_s": step_tokens / dt if dt > 0 else None}
-                for k in extras[0]:
-                    last[k] = sum(float(e[k]) for e in extras) / len(extras)
+                for k, v in zip(keys, summed[3:]):
+                    last[k] = v / max(summed[2], 1)
                 if self.eval_data and ((c.eval_every and self.step % c.eval_every == 0) or self.step == self.total):
                     last["eval_loss"] = self.evaluate()
-                if self.step % c.log_every == 0 or "eval_loss" in last or self.step == self.total:
+                if main and (self.step % c.log_every == 0 or "eval_loss" in last or self.step == self.total):
                     metrics_f.write(json.dumps(last) + "\n")
                     metrics_f.flush()
                 bar.update(self.step, last)
@@ -365,14 +517,25 @@ class Trainer:
             self.save_checkpoint()
         finally:
             bar.close()
-            metrics_f.close()
+            if metrics_f is not None:
+                metrics_f.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
-        if self.step >= self.total:
+        if self.step >= self.total and main:
             from lmzoo.train.plot import plot_metrics
 
             plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
+        self._stop = self._stop or stopping
         return {**last, "finished": self.step >= self.total, "stopped": self._stop}
+
+    def export_model(self) -> nn.Module | None:
+        """The trained model as one plain module to save: itself, or (FSDP2) an unsharded copy on
+        rank 0 (collective; None on the other ranks)."""
+        from lmzoo.train.parallel import unsharded_copy
+
+        if not self.sharded:
+            return self.model if self.dist.main else None
+        return unsharded_copy(self.model)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -400,6 +563,16 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _dcp_cause(e: BaseException) -> str:
+    """The first rank's own error inside DCP's CheckpointException (whose text is every rank's traceback)."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        e = next(iter(failures.values()))[0]
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return " ".join(str(e).split())[:300]
 
 
 def _jsonable(d: dict) -> dict:

@@ -190,12 +190,18 @@ def prepare(cfg: PretrainConfig):
     if seq > model.config.max_seq_len:
         raise ConfigError(f"--seq-len {seq} exceeds the model's context of {model.config.max_seq_len}")
     text = seq if sampler is None else glm_text_len(seq, sampler.mask_ratio)
+    # causal: each rank reads only its rows of every batch; GLM's rows are drawn whole (their blanks are
+    # a function of the batch) and the loop hands each rank its part
+    from lmzoo.train.parallel import current
+
+    d = current() if sampler is None else None
+    shard = dict(rank=d.rank, world=d.world) if d else {}
     tokens, starts, _ = tokenize_corpus(cfg.data, tok, str(Path(tok_path).resolve()))
-    train = TokenWindows(tokens, starts, text)
+    train = TokenWindows(tokens, starts, text, **shard)
     evals = None
     if cfg.eval_data:
         et, es, _ = tokenize_corpus(cfg.eval_data, tok, str(Path(tok_path).resolve()))
-        evals = TokenWindows(et, es, text)
+        evals = TokenWindows(et, es, text, **shard)
     return model, tok, train, evals, sampler
 
 
@@ -235,9 +241,15 @@ def parse_mix(text: str | None) -> dict | None:
 def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
     from lmzoo.checkpoints.save import save_hf
     from lmzoo.sizing import count_params
+    from lmzoo.train import parallel
 
-    model, tok, train, evals, sampler = prepare(cfg)
     t = cfg.train
+    t.validate()
+    parallel.check_batch(t.batch_size)  # before any work: the world size torchrun announces
+    d = parallel.init(t.parallel)
+    if not d.main:
+        log = _quiet
+    model, tok, train, evals, sampler = prepare(cfg)
     log(f"model: {count_params(model.config).total:,} parameters ({model.config.n_layer} layers, d={model.config.n_embd}); "
         f"corpus: {len(train.tokens):,} tokens in {len(train)} windows of {t.seq_len}")
 
@@ -261,13 +273,22 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
                 **({"objective": "glm", "glm_mix": cfg.glm_mix} if sampler is not None else {})}
     trainer = Trainer(model, t, train, out_dir=cfg.out, eval_data=evals, objective=objective,
                       make_batches=make_batches, batches_per_epoch=max(1, len(train) // t.batch_size),
-                      resume=cfg.resume, overwrite=cfg.overwrite, run_info=run_info, progress=progress)
+                      sharded_batches=sampler is None, resume=cfg.resume, overwrite=cfg.overwrite,
+                      run_info=run_info, progress=progress)
     result = trainer.fit()
     if result["finished"]:
         out = Path(cfg.out) / "model"
-        if out.exists():
-            import shutil
+        whole = trainer.export_model()  # collective when FSDP2 shards the model
+        if d.main:
+            if out.exists():
+                import shutil
 
-            shutil.rmtree(out)
-        result["saved"] = str(save_hf(model, out, tokenizer=tok, tokenizer_source=tok_source(cfg)))
+                shutil.rmtree(out)
+            save_hf(whole, out, tokenizer=tok, tokenizer_source=tok_source(cfg))
+        parallel.barrier()
+        result["saved"] = str(out)
     return result
+
+
+def _quiet(*_) -> None:
+    pass
