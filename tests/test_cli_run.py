@@ -179,5 +179,5 @@ def test_checkpoint_without_tokenizer(tiny, tmp_path):
     for f in ("config.json", "model.safetensors"):
         shutil.copy(tiny / f, tmp_path / f)
     r = lmzoo("generate", "--model", str(tmp_path), "hi")
-    assert r.returncode == 2 and "tokenizer.json or tokenizer.model" in r.stderr
+    assert r.returncode == 2 and "has no tokenizer: expected tokenizer.json, tokenizer.model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
