@@ -332,12 +332,24 @@ def _pre_signature(pre: dict | None) -> tuple:
         return tuple(s for p in pre["pretokenizers"] for s in _pre_signature(p))
     if kind == "Split":
         pat = pre.get("pattern", {})
-        return (("split", pat.get("Regex", pat.get("String"))),)
+        return (("split", _unescape(pat.get("Regex", pat.get("String")))),)
     if kind == "ByteLevel":
         return (("bytelevel", bool(pre.get("use_regex", True))),)
     if kind == "Digits":
         return (("digits", bool(pre.get("individual_digits"))),)
     return ((kind, json.dumps(pre, sort_keys=True)),)
+
+
+_ESCAPES = {"r": "\r", "n": "\n", "t": "\t", '"': '"', "'": "'"}
+
+
+def _unescape(pattern: str | None) -> str | None:
+    """One spelling for regexes written with or without escapes for \\r, \\n, \\t and quotes."""
+    import re
+
+    if pattern is None:
+        return None
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), pattern)
 
 
 def _gguf_pre_name(pre: dict | None) -> str:
