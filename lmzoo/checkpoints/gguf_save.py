@@ -666,8 +666,8 @@ def save_gguf(model, tokenizer, path, type: str = "f16", *, overwrite: bool = Fa
               progress: Callable[[int, int, str], None] | None = None) -> WriteSummary:
     """Write `model` (any lmzoo model of a family in EXPORTS) as a GGUF file llama.cpp reads.
 
-    tokenizer: an lmzoo Tokenizer, a .gguf path whose vocabulary is copied, or None (the model's own
-    GGUF's vocabulary when it was loaded from one; else none written). type: f32 | f16 | bf16 | q8_0 |
+    tokenizer: an lmzoo Tokenizer, a .gguf path whose vocabulary is copied, or None (the vocabulary of
+    the checkpoint the model was loaded from, GGUF or HF directory; none written if it has none). type: f32 | f16 | bf16 | q8_0 |
     q4_0 | q4_1 | q5_0 | q5_1. model_type: the HF model_type to write as (default: the checkpoint's).
     Returns a summary (path, tensor count per type, bytes)."""
     from torch import nn
@@ -684,8 +684,10 @@ def save_gguf(model, tokenizer, path, type: str = "f16", *, overwrite: bool = Fa
     if model_type is None:
         raise ConfigError(f"this model was not loaded from a checkpoint; pass model_type= (one of "
                           f"{', '.join(sorted(EXPORTS))})")
-    if tokenizer is None and layout is not None and layout.from_gguf:
-        tokenizer = layout.path
+    if tokenizer is None and layout is not None and layout.path:
+        from lmzoo.checkpoints.convert import _hf_tokenizer
+
+        tokenizer = layout.path if layout.from_gguf else _hf_tokenizer(Path(layout.path))
     state = model.state_dict()
     shapes = [(k, torch.empty(v.shape, device="meta")) for k, v in state.items()]
     return write_gguf(path, model.config, model_type, lambda: state.items(), shapes, tokenizer=tokenizer,
