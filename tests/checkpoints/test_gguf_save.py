@@ -249,3 +249,31 @@ def test_smollm2_tokenizer_object_round_trip(smollm2_model, tmp_path):
     """The vocabulary rebuilt from the Tokenizer object (not copied from a file): same encodings."""
     _, tok = smollm2_model
     vocab_round_trip(tok, tmp_path, VARIED + ["<|im_start|>user\nhi<|im_end|>\n"])
+
+
+def test_sentencepiece_as_tokenizer_json(tmp_path):
+    """A LLaMA-style vocabulary shipped as tokenizer.json only (transformers' conversion of Mistral's
+    SentencePiece model): written as a `llama` vocabulary, scores from the merge order."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lmzoo.tokenizer import load_tokenizer
+    from tests.test_tokenizer import HF_EXACT, mistral_model_file
+
+    sp = tmp_path / "sp"
+    sp.mkdir()
+    shutil.copy(mistral_model_file("tokenizer.model.v1"), sp / "tokenizer.model")
+    (sp / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                                                          "add_bos_token": True, "tokenizer_class": "LlamaTokenizer"}))
+    d = tmp_path / "fast"
+    AutoTokenizer.from_pretrained(sp).save_pretrained(d)  # tokenizer.json + tokenizer_config.json
+    assert not (d / "tokenizer.model").exists()
+    tok = load_tokenizer(d)
+    assert tok._tok is not None
+    # (text starting with a space aside: there transformers' Metaspace and llama.cpp's add_space_prefix
+    # differ by design, "  two" -> ["▁▁", "two"] vs ["▁▁", "▁two"])
+    p = vocab_round_trip(tok, tmp_path, [s for s in HF_EXACT + VARIED if "<" not in s and "[" not in s
+                                         and not s.startswith(" ")])
+    assert gguf.GGUFReader(str(p)).fields["tokenizer.ggml.model"].contents() == "llama"
