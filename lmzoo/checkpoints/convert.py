@@ -121,19 +121,11 @@ def _lazy(cfg, model_type, source, weights, transforms, path: Path, is_gguf: boo
 
 def convert_to_gguf(src, out, *, type: str = "f16", overwrite: bool = False, tokenizer=None, progress=None):
     """Stream the checkpoint at `src` into a GGUF file at `out` (see gguf_save.write_gguf). The
-    vocabulary: `tokenizer`, else the source GGUF's, else the HF directory's tokenizer files."""
+    vocabulary: `tokenizer` (an lmzoo Tokenizer or a .gguf path), else the source GGUF's."""
     from lmzoo.checkpoints.gguf_save import write_gguf
 
     lazy = open_lazy(src)
-    if tokenizer is None:
-        tokenizer = lazy.path if lazy.is_gguf else _hf_tokenizer(lazy.path)
+    if tokenizer is None and lazy.is_gguf:
+        tokenizer = lazy.path
     return write_gguf(out, lazy.cfg, lazy.model_type, lazy.tensors, lazy.shapes, tokenizer=tokenizer, type=type,
                       overwrite=overwrite, progress=progress)
-
-
-def _hf_tokenizer(p: Path):
-    from lmzoo.tokenizer import load_tokenizer
-
-    if not any((p / f).exists() for f in ("tokenizer.json", "tokenizer.model", "qwen.tiktoken")):
-        return None
-    return load_tokenizer(p)

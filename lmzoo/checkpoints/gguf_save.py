@@ -25,7 +25,6 @@ tables stay F32.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -265,22 +264,23 @@ def _rope_scaling_metadata(cfg: ModelConfig) -> dict[str, Any]:
 
 
 # --- tokenizer metadata -----------------------------------------------------------------------------
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+UNUSED = 5  # llama.cpp's token type of padding entries
 
 
 def tokenizer_metadata(tokenizer, vocab_size: int) -> dict[str, Any]:
-    """`tokenizer.*` keys for `tokenizer`: a .gguf path (its keys copied as they are), or an lmzoo
-    Tokenizer (byte-level BPE -> `gpt2` with merges and the matching `pre`; SentencePiece -> `llama`
-    with scores and token types). The token list is padded to the model's vocabulary with [PAD{i}]
-    entries (as llama.cpp's converter pads); a vocabulary larger than the model's is refused."""
+    """`tokenizer.*` keys for `tokenizer`: a .gguf path (its keys copied as they are), a dict of such
+    keys, or an lmzoo Tokenizer (its `gguf_vocabulary()`: byte-level BPE -> `gpt2` with merges and the
+    matching `pre`; SentencePiece -> `llama` with scores and token types). The token list is padded to
+    the model's vocabulary with [PAD{i}] entries (as llama.cpp's converter pads); a vocabulary larger
+    than the model's is refused."""
     if isinstance(tokenizer, (str, Path)):
         from lmzoo.checkpoints.gguf import gguf_metadata
 
         meta = {k: v for k, v in gguf_metadata(tokenizer).items() if k.startswith("tokenizer.")}
-    elif getattr(tokenizer, "_sp", None) is not None:
-        meta = _sentencepiece_meta(tokenizer)
-    elif getattr(tokenizer, "_tok", None) is not None:
-        meta = _tokenizers_meta(tokenizer)
+    elif isinstance(tokenizer, dict):
+        meta = dict(tokenizer)
+    elif hasattr(tokenizer, "gguf_vocabulary"):
+        meta = tokenizer.gguf_vocabulary()
     else:
         raise TokenizerError(f"cannot write a GGUF vocabulary from {type(tokenizer).__name__}")
     tokens = list(meta.get("tokenizer.ggml.tokens") or [])
@@ -294,118 +294,6 @@ def tokenizer_metadata(tokenizer, vocab_size: int) -> dict[str, Any]:
             meta["tokenizer.ggml.token_type"] = list(meta["tokenizer.ggml.token_type"]) + [UNUSED] * pad
         if "tokenizer.ggml.scores" in meta:
             meta["tokenizer.ggml.scores"] = list(meta["tokenizer.ggml.scores"]) + [-1e9] * pad
-    return meta
-
-
-def _special_ids(tok, meta: dict[str, Any]) -> None:
-    for key, token in (("bos", tok.bos_token), ("eos", tok.eos_token), ("unknown", tok.unk_token),
-                       ("padding", tok.pad_token)):
-        i = tok.token_to_id(token)
-        if i is not None:
-            meta[f"tokenizer.ggml.{key}_token_id"] = int(i)
-    if tok.chat_template:
-        meta["tokenizer.chat_template"] = tok.chat_template
-
-
-def _sentencepiece_meta(tok) -> dict[str, Any]:
-    sp = tok._sp
-    n = sp.get_piece_size()
-    types = []
-    for i in range(n):
-        types.append(CONTROL if sp.is_control(i) else UNKNOWN if sp.is_unknown(i) else BYTE if sp.is_byte(i)
-                     else UNUSED if sp.is_unused(i) else NORMAL)
-    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
-            "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
-            "tokenizer.ggml.scores": [float(sp.get_score(i)) for i in range(n)],
-            "tokenizer.ggml.token_type": types, "tokenizer.ggml.add_bos_token": bool(tok.add_bos),
-            "tokenizer.ggml.add_eos_token": False}
-    _special_ids(tok, meta)
-    return meta
-
-
-def _pre_signature(pre: dict | None) -> tuple:
-    """A tokenizers pre_tokenizer (JSON) as what splits text: (kind, pattern) steps."""
-    if not pre:
-        return ()
-    kind = pre.get("type")
-    if kind == "Sequence":
-        return tuple(s for p in pre["pretokenizers"] for s in _pre_signature(p))
-    if kind == "Split":
-        pat = pre.get("pattern", {})
-        return (("split", _unescape(pat.get("Regex", pat.get("String")))),)
-    if kind == "ByteLevel":
-        return (("bytelevel", bool(pre.get("use_regex", True))),)
-    if kind == "Digits":
-        return (("digits", bool(pre.get("individual_digits"))),)
-    return ((kind, json.dumps(pre, sort_keys=True)),)
-
-
-_ESCAPES = {"r": "\r", "n": "\n", "t": "\t", '"': '"', "'": "'"}
-
-
-def _unescape(pattern: str | None) -> str | None:
-    """One spelling for regexes written with or without escapes for \\r, \\n, \\t and quotes."""
-    import re
-
-    if pattern is None:
-        return None
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), pattern)
-
-
-def _gguf_pre_name(pre: dict | None) -> str:
-    """The `tokenizer.ggml.pre` whose pre-tokenizer splits text as `pre` does (lmzoo's table)."""
-    from lmzoo.tokenizer import GGUF_PRE, _byte_level_backend
-
-    want = _pre_signature(pre)
-    for name, (how, pattern) in GGUF_PRE.items():
-        probe = _byte_level_backend({"a": 0}, [], how, pattern)
-        if _pre_signature(json.loads(probe.to_str()).get("pre_tokenizer")) == want:
-            return name
-    raise TokenizerError(f"the tokenizer's pre-tokenizer ({', '.join(str(s[0]) for s in want) or 'none'}) matches "
-                         f"none llama.cpp names; supported: {', '.join(sorted(GGUF_PRE))}")
-
-
-def _tokenizers_meta(tok) -> dict[str, Any]:
-    j = json.loads(tok._tok.to_str())
-    model = j.get("model") or {}
-    if model.get("type") != "BPE":
-        raise TokenizerError(f"GGUF vocabularies are BPE; this tokenizer's model is {model.get('type')!r}")
-    vocab = dict(model["vocab"])
-    added = {t["content"]: t for t in j.get("added_tokens") or []}
-    for t in added.values():
-        vocab[t["content"]] = t["id"]
-    n = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    for t, i in vocab.items():
-        tokens[i] = t
-    types = [UNUSED if tokens[i] == f"[PAD{i}]" else NORMAL for i in range(n)]
-    for t in added.values():
-        types[t["id"]] = CONTROL if t.get("special") else USER_DEFINED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    byte_level = "ByteLevel" in json.dumps(j.get("decoder")) or "ByteLevel" in json.dumps(j.get("pre_tokenizer"))
-    meta: dict[str, Any] = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types}
-    if byte_level:
-        meta |= {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": _gguf_pre_name(j.get("pre_tokenizer")),
-                 "tokenizer.ggml.merges": merges}
-        add_bos = bool(tok.add_bos) or (tok.bos_token_id is not None and tok._post_adds_bos())
-    else:  # SentencePiece BPE as tokenizer.json: scores from the merge ranks (earlier merge, higher score)
-        rank = {}
-        for r, m in enumerate(merges):
-            rank.setdefault(m.replace(" ", ""), r)
-        unk = tok.token_to_id(tok.unk_token)
-        for i, t in enumerate(tokens):
-            if types[i] == NORMAL and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
-                types[i] = BYTE
-        if unk is not None:
-            types[unk] = UNKNOWN
-        meta |= {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
-                 "tokenizer.ggml.scores": [-float(rank.get(t, len(merges) + i)) for i, t in enumerate(tokens)],
-                 "tokenizer.ggml.add_space_prefix": "Prepend" in json.dumps(j.get("normalizer"))
-                 or "prepend_scheme" in json.dumps(j.get("pre_tokenizer"))}
-        add_bos = bool(tok.add_bos) or (tok.bos_token_id is not None and tok._post_adds_bos())
-    meta["tokenizer.ggml.add_bos_token"] = add_bos
-    meta["tokenizer.ggml.add_eos_token"] = False
-    _special_ids(tok, meta)
     return meta
 
 
@@ -666,8 +554,9 @@ def save_gguf(model, tokenizer, path, type: str = "f16", *, overwrite: bool = Fa
               progress: Callable[[int, int, str], None] | None = None) -> WriteSummary:
     """Write `model` (any lmzoo model of a family in EXPORTS) as a GGUF file llama.cpp reads.
 
-    tokenizer: an lmzoo Tokenizer, a .gguf path whose vocabulary is copied, or None (the vocabulary of
-    the checkpoint the model was loaded from, GGUF or HF directory; none written if it has none). type: f32 | f16 | bf16 | q8_0 |
+    tokenizer: an lmzoo Tokenizer (lmzoo.tokenizer.load_tokenizer), a .gguf path whose vocabulary is
+    copied, or None (the model's own GGUF's vocabulary when it was loaded from one; else none written —
+    llama.cpp then cannot tokenise). type: f32 | f16 | bf16 | q8_0 |
     q4_0 | q4_1 | q5_0 | q5_1. model_type: the HF model_type to write as (default: the checkpoint's).
     Returns a summary (path, tensor count per type, bytes)."""
     from torch import nn
@@ -684,10 +573,8 @@ def save_gguf(model, tokenizer, path, type: str = "f16", *, overwrite: bool = Fa
     if model_type is None:
         raise ConfigError(f"this model was not loaded from a checkpoint; pass model_type= (one of "
                           f"{', '.join(sorted(EXPORTS))})")
-    if tokenizer is None and layout is not None and layout.path:
-        from lmzoo.checkpoints.convert import _hf_tokenizer
-
-        tokenizer = layout.path if layout.from_gguf else _hf_tokenizer(Path(layout.path))
+    if tokenizer is None and layout is not None and layout.from_gguf:
+        tokenizer = layout.path
     state = model.state_dict()
     shapes = [(k, torch.empty(v.shape, device="meta")) for k, v in state.items()]
     return write_gguf(path, model.config, model_type, lambda: state.items(), shapes, tokenizer=tokenizer,

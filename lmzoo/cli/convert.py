@@ -61,7 +61,8 @@ def convert(
 
             update, stop = _bar(not quiet)
             try:
-                summary = convert_to_gguf(src, out, type=type or "f16", overwrite=overwrite, progress=update)
+                summary = convert_to_gguf(src, out, type=type or "f16", overwrite=overwrite, progress=update,
+                                          tokenizer=_hf_tokenizer(src))
             finally:
                 stop()
             typer.echo(str(summary))
@@ -69,6 +70,15 @@ def convert(
             typer.echo(_to_hf(src, out, type, overwrite))
     except OSError as e:  # disk full, permissions: nothing was left under the final name
         raise CheckpointError(f"writing {out} failed ({e.strerror or e}); nothing was written to {out}") from None
+
+
+def _hf_tokenizer(src: Path):
+    """An HF directory's tokenizer (None for a GGUF source, whose vocabulary is copied, or without one)."""
+    from lmzoo.tokenizer import load_tokenizer
+
+    if src.is_dir() and any((src / f).exists() for f in ("tokenizer.json", "tokenizer.model", "qwen.tiktoken")):
+        return load_tokenizer(src)
+    return None
 
 
 def _to_hf(src: Path, out: Path, dtype: str | None, overwrite: bool) -> str:

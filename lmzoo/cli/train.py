@@ -196,7 +196,10 @@ def export(
     src = model or str(default_model_path())
     m = lmzoo.from_pretrained(src, keep_quantized=False, cpu_kernels=False)
     if to == "gguf":
-        typer.echo(str(lmzoo.save_gguf(m, None, out, type, overwrite=overwrite)))
+        from lmzoo.cli.convert import _hf_tokenizer
+
+        tok = _hf_tokenizer(Path(src))
+        typer.echo(str(lmzoo.save_gguf(m, tok, out, type, overwrite=overwrite)))
         return
     typer.echo(str(save_hf(m, out, tokenizer=load_tokenizer(src), dtype=resolve_dtype(dtype))))
 
