@@ -219,3 +219,15 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path, capsys, monkeypatch, exist
     assert [p.name for p in out.parent.iterdir()] == (["o.gguf"] if existing else [])
     if existing:
         assert out.read_bytes() == b"old"
+
+
+def test_export_to_gguf(tmp_path, capsys):
+    """`lmzoo export --to gguf` (the model loaded, then lmzoo.save_gguf) writes what convert streams."""
+    _, d = hf_dir(tmp_path)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    code, stdout, err = run(capsys, "export", "--model", str(d), "--to", "gguf", "--type", "q8_0", "--out", str(a))
+    assert code == 0, err
+    assert stdout.startswith(f"wrote {a}: GGUF llama, Q8_0")
+    code, _, err = run(capsys, "convert", str(d), "--to", "gguf", "--type", "q8_0", "--out", str(b), "-q")
+    assert code == 0, err
+    assert a.read_bytes() == b.read_bytes()
