@@ -426,11 +426,12 @@ class WriteSummary:
     n_bytes: int
     types: dict[str, int]  # GGML type -> tensor count
     n_params: int
+    vocabulary: str = "none"  # e.g. "gpt2 (pre smollm), 49152 tokens"
 
     def __str__(self) -> str:
         mix = ", ".join(f"{n} {k}" for k, n in sorted(self.types.items()))
         return (f"wrote {self.path}: GGUF {self.arch}, {self.type}, {self.n_tensors} tensors ({mix}), "
-                f"{self.n_params / 1e6:.1f}M parameters, {self.n_bytes / 2**20:.1f} MiB")
+                f"{self.n_params / 1e6:.1f}M parameters, vocabulary {self.vocabulary}, {self.n_bytes / 2**20:.1f} MiB")
 
 
 def write_gguf(path, cfg: ModelConfig, model_type: str | None, tensors: Callable[[], Iterable[tuple[str, torch.Tensor]]],
@@ -506,7 +507,12 @@ def write_gguf(path, cfg: ModelConfig, model_type: str | None, tensors: Callable
     for k in kinds.values():
         counts[k] = counts.get(k, 0) + 1
     n_params = sum(math.prod(t.shape) for n, t in table.items() if n not in CONFIG_TENSORS)
-    return WriteSummary(out, spec.arch, ggml_type, len(table), out.stat().st_size, counts, n_params)
+    vocab = "none"
+    if tok_meta:
+        vocab = (f"{tok_meta.get('tokenizer.ggml.model')} (pre {tok_meta.get('tokenizer.ggml.pre', 'default')}), "
+                 f"{len(tok_meta.get('tokenizer.ggml.tokens') or [])} tokens"
+                 + (", chat template" if tok_meta.get("tokenizer.chat_template") else ""))
+    return WriteSummary(out, spec.arch, ggml_type, len(table), out.stat().st_size, counts, n_params, vocab)
 
 
 def _check_blocks(spec: GGUFOut, kinds: dict[str, str], table: dict[str, _StubTensor], ggml_type: str) -> None:
