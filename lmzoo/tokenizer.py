@@ -698,7 +698,7 @@ def _tokenizers_meta(tok) -> dict[str, Any]:
         meta |= {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
                  "tokenizer.ggml.scores": [-float(rank.get(t, len(merges) + i)) for i, t in enumerate(tokens)],
                  "tokenizer.ggml.add_space_prefix": "Prepend" in json.dumps(j.get("normalizer"))
-                 or "prepend_scheme" in json.dumps(j.get("pre_tokenizer"))}
+                 or any(f'"prepend_scheme": "{k}"' in json.dumps(j.get("pre_tokenizer")) for k in ("always", "first"))}
         add_bos = bool(tok.add_bos) or (tok.bos_token_id is not None and tok._post_adds_bos())
     meta["tokenizer.ggml.add_bos_token"] = add_bos
     meta["tokenizer.ggml.add_eos_token"] = False
