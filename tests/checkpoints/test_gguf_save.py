@@ -11,17 +11,40 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import transformers as tf
 
 import lmzoo
 from lmzoo.checkpoints.gguf_save import save_gguf
-from tests.checkpoints.test_gguf_arches import AS_ARCH, V, hf_model
+from tests.checkpoints import test_gguf_arches as arches
+from tests.checkpoints.test_gguf_arches import AS_ARCH, ATT, V
+from tests.helpers import perturb_
 from tests.refs import gguf_ref
 
 gguf = pytest.importorskip("gguf")
 
+# besides test_gguf_arches.MODELS: the plain families (GQA llama, tied or not; qwen2's q/k/v biases;
+# qwen3's q/k norms)
+EXTRA = {
+    "llama": lambda: tf.LlamaConfig(**ATT, num_key_value_heads=2, intermediate_size=128),
+    "llama-tied": lambda: tf.LlamaConfig(**ATT, num_key_value_heads=1, intermediate_size=128, tie_word_embeddings=True),
+    "qwen2": lambda: tf.Qwen2Config(**ATT, num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True),
+    "qwen3": lambda: tf.Qwen3Config(**ATT, num_key_value_heads=2, intermediate_size=128, head_dim=32),
+}
+
+
+def hf_model(key: str, kind: str):
+    if key not in EXTRA:
+        return arches.hf_model(key, kind)
+    torch.manual_seed(0)
+    m = perturb_(tf.AutoModelForCausalLM.from_config(EXTRA[key](), attn_implementation="eager"), scale=0.05).eval()
+    gguf_ref.round_to_(m, kind)
+    return m
+
+
 # families whose HF checkpoint lmzoo loads and whose GGUF architecture it writes (glm4, qwen v1
 # and baichuan have no transformers class here)
-FAMILIES = ["llama3.1", "mixtral", "qwen2moe", "qwen2moe-dense-layer", "qwen3moe", "phi3", "phi3-longrope",
+FAMILIES = ["llama", "llama-tied", "qwen2", "qwen3",
+            "llama3.1", "mixtral", "qwen2moe", "qwen2moe-dense-layer", "qwen3moe", "phi3", "phi3-longrope",
             "gptneox", "gptneox-sequential", "falcon", "falcon-40b", "bloom", "stablelm", "stablelm2",
             "deepseek2-v2-lite", "deepseek2-v3", "chatglm", "gpt2", "gptj"]
 
@@ -67,7 +90,8 @@ def test_f32_round_trip_and_converter_layout(tmp_path, key):
 # quantised files: what transformers' model computes with the values the file holds (gguf_ref.round_to_);
 # GPT-2 is left out here only because its position table stays F32 (as llama.cpp keeps it) while
 # round_to_ rounds every matrix
-QUANT_FAMILIES = ["mixtral", "qwen2moe", "phi3", "gptneox", "falcon-40b", "bloom", "stablelm2", "deepseek2-v3",
+QUANT_FAMILIES = ["llama", "qwen2", "qwen3",
+                  "mixtral", "qwen2moe", "phi3", "gptneox", "falcon-40b", "bloom", "stablelm2", "deepseek2-v3",
                   "chatglm", "gptj"]
 
 

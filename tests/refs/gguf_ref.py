@@ -311,7 +311,7 @@ def _falcon_kv(c) -> int:
 
 def _metadata(c) -> tuple[str, dict]:
     mt = c.model_type
-    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "mixtral", "glm", "glm4"):
+    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "mixtral", "glm", "glm4", "qwen2", "qwen3"):
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         m = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
              "feed_forward_length": c.intermediate_size, "block_count": c.num_hidden_layers,
