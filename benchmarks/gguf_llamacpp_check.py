@@ -76,7 +76,9 @@ def build(case: str, out: Path, smollm2: Path) -> Path:
     ref = tiny_family(case, vocab=49152)
     ref.save_pretrained(out / case)
     m = lmzoo.from_pretrained(out / case, dtype=torch.float32, cpu_kernels=False)
-    lmzoo.save_gguf(m, smollm2, p, "f32", overwrite=True)
+    # a neutral general.name: llama.cpp applies Phi-3's token-attribute fix to any model *named* phi3,
+    # which fails on a vocabulary without Phi-3's special tokens (SmolLM2's here)
+    lmzoo.save_gguf(m, smollm2, p, "f32", overwrite=True, name="lmzoo tiny random model")
     return p
 
 

@@ -557,14 +557,15 @@ def _add(w, key: str, v: Any) -> None:
 # --- the public entry ------------------------------------------------------------------------------------
 
 def save_gguf(model, tokenizer, path, type: str = "f16", *, overwrite: bool = False, model_type: str | None = None,
-              progress: Callable[[int, int, str], None] | None = None) -> WriteSummary:
+              progress: Callable[[int, int, str], None] | None = None, name: str | None = None) -> WriteSummary:
     """Write `model` (any lmzoo model of a family in EXPORTS) as a GGUF file llama.cpp reads.
 
     tokenizer: an lmzoo Tokenizer (lmzoo.tokenizer.load_tokenizer), a .gguf path whose vocabulary is
     copied, or None (the model's own GGUF's vocabulary when it was loaded from one; else none written —
     llama.cpp then cannot tokenise). type: f32 | f16 | bf16 | q8_0 |
     q4_0 | q4_1 | q5_0 | q5_1. model_type: the HF model_type to write as (default: the checkpoint's).
-    Returns a summary (path, tensor count per type, bytes)."""
+    name: general.name (default: the config's; llama.cpp keys a few token-attribute fixes on it, e.g.
+    "phi3" expects Phi-3's special tokens). Returns a summary (path, tensor count per type, bytes)."""
     from torch import nn
 
     from lmzoo.nn.lora import lora_layers
@@ -584,4 +585,4 @@ def save_gguf(model, tokenizer, path, type: str = "f16", *, overwrite: bool = Fa
     state = model.state_dict()
     shapes = [(k, torch.empty(v.shape, device="meta")) for k, v in state.items()]
     return write_gguf(path, model.config, model_type, lambda: state.items(), shapes, tokenizer=tokenizer,
-                      type=type, overwrite=overwrite, progress=progress)
+                      type=type, overwrite=overwrite, progress=progress, name=name)
