@@ -55,7 +55,7 @@ class GGUFOut:
     arch: str  # general.architecture: a key of lmzoo.checkpoints.gguf.ARCHES
     fused_qkv: bool = False  # attn_qkv (q, k, v rows in turn) instead of attn_q / attn_k / attn_v
     fused_gate_up: bool = False  # ffn_up holding gate | up (Phi-3, GLM-4) instead of ffn_gate + ffn_up
-    mlp_norm: str = "ffn_norm"  # Falcon-40B's second norm is attn_norm_2
+    mlp_norm: str = "ffn_norm"  # Falcon-40B's two norms: attn_norm_2 (ln_attn) and attn_norm (ln_mlp)
     head_always: bool = False  # output.weight written even when tied (the GPT-2 and BLOOM converters)
     parallel_key: bool = False  # writes {arch}.use_parallel_residual
     original_context: bool = False  # writes rope.scaling.original_context_length always (Phi-3)
@@ -114,7 +114,7 @@ def _probe_names(spec: GGUFOut, cfg: ModelConfig) -> list[str]:
     names = ["blk.0.attn_qkv.weight"] if spec.fused_qkv else ["blk.0.attn_q.weight"]
     gated = cfg.mlp in ("swiglu", "geglu")
     names += [] if spec.fused_gate_up or not gated else ["blk.0.ffn_gate.weight"]
-    return names + [f"blk.0.{spec.mlp_norm}.weight"]
+    return names + ([] if cfg.shared_norm else [f"blk.0.{spec.mlp_norm}.weight"])
 
 
 class _Plan:
