@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "get_config": "lmzoo.catalog", "get_entry": "lmzoo.catalog", "list_models": "lmzoo.catalog",
     "from_pretrained": "lmzoo.checkpoints.load",
+    "save_gguf": "lmzoo.checkpoints.save",
     "Transformer": "lmzoo.nn.transformer",
     **{n: "lmzoo.runtime" for n in ("Engine", "Event", "KVCache", "Request", "SamplingParams", "generate",
                                     "stream_generate")},
@@ -47,7 +48,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ModelConfig", "RopeScaling", "Transformer", "from_pretrained", "generate", "stream_generate",
+    "ModelConfig", "RopeScaling", "Transformer", "from_pretrained", "save_gguf", "generate", "stream_generate",
     "Engine", "Request", "Event", "KVCache", "SamplingParams",
     "count_params", "ParamCount", "estimate_memory", "MemoryEstimate", "gpus_needed",
     "list_models", "get_config", "get_entry", "UnknownModelError",

@@ -310,6 +310,10 @@ class Tokenizer:
             raise TokenizerError("the conversation has no assistant message to learn from")
         return ids, learn
 
+    def gguf_vocabulary(self) -> dict[str, Any]:
+        """The vocabulary as GGUF `tokenizer.*` keys (see the module function `gguf_vocabulary`)."""
+        return gguf_vocabulary(self)
+
     @property
     def special_tokens_map(self) -> dict[str, Any]:
         """What HF hands a chat template besides the messages: the named special tokens that are set
@@ -971,3 +975,122 @@ def _pangu(path: Path, common: dict[str, Any], specials: list) -> Tokenizer:
     common = {**common, "eos_token": common["eos_token"] or ("<eot>" if sp.piece_to_id("<eot>") != sp.unk_id() else None)}
     named = [t for t in (*specials, common["eos_token"]) if t and sp.piece_to_id(t) != sp.unk_id()]
     return JiebaTokenizer(sp=sp, add_bos=False, special_tokens=dict.fromkeys(named), **common)
+# --- GGUF vocabularies out (lmzoo.checkpoints.gguf_save writes them) ------------------------------------
+
+def gguf_vocabulary(tok: Tokenizer) -> dict[str, Any]:
+    """The `tokenizer.*` GGUF keys llama.cpp reads for `tok`, the inverse of `_from_gguf`: a
+    SentencePiece model -> `llama` (pieces, scores, token types); a byte-level BPE tokenizer.json ->
+    `gpt2` (tokens, merges, and the `pre` name whose regexes split text as its pre-tokenizer does); a
+    SentencePiece-style BPE tokenizer.json -> `llama` with scores from the merge order (an earlier
+    merge scores higher, which is how SentencePiece and llama.cpp pick the pair to join)."""
+    if tok._sp is not None:
+        return _sentencepiece_meta(tok)
+    return _tokenizers_meta(tok)
+
+
+def _special_ids(tok, meta: dict[str, Any]) -> None:
+    for key, token in (("bos", tok.bos_token), ("eos", tok.eos_token), ("unknown", tok.unk_token),
+                       ("padding", tok.pad_token)):
+        i = tok.token_to_id(token)
+        if i is not None:
+            meta[f"tokenizer.ggml.{key}_token_id"] = int(i)
+    if tok.chat_template:
+        meta["tokenizer.chat_template"] = tok.chat_template
+
+
+def _sentencepiece_meta(tok) -> dict[str, Any]:
+    sp = tok._sp
+    n = sp.get_piece_size()
+    types = []
+    for i in range(n):
+        types.append(CONTROL if sp.is_control(i) else UNKNOWN if sp.is_unknown(i) else BYTE if sp.is_byte(i)
+                     else UNUSED if sp.is_unused(i) else NORMAL)
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+            "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+            "tokenizer.ggml.scores": [float(sp.get_score(i)) for i in range(n)],
+            "tokenizer.ggml.token_type": types, "tokenizer.ggml.add_bos_token": bool(tok.add_bos),
+            "tokenizer.ggml.add_eos_token": False}
+    _special_ids(tok, meta)
+    return meta
+
+
+def _pre_signature(pre: dict | None) -> tuple:
+    """A tokenizers pre_tokenizer (JSON) as what splits text: (kind, pattern) steps."""
+    if not pre:
+        return ()
+    kind = pre.get("type")
+    if kind == "Sequence":
+        return tuple(s for p in pre["pretokenizers"] for s in _pre_signature(p))
+    if kind == "Split":
+        pat = pre.get("pattern", {})
+        return (("split", _unescape(pat.get("Regex", pat.get("String")))),)
+    if kind == "ByteLevel":
+        return (("bytelevel", bool(pre.get("use_regex", True))),)
+    if kind == "Digits":
+        return (("digits", bool(pre.get("individual_digits"))),)
+    return ((kind, json.dumps(pre, sort_keys=True)),)
+
+
+_ESCAPES = {"r": "\r", "n": "\n", "t": "\t", '"': '"', "'": "'"}
+
+
+def _unescape(pattern: str | None) -> str | None:
+    """One spelling for regexes written with or without escapes for \\r, \\n, \\t and quotes."""
+    if pattern is None:
+        return None
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), pattern)
+
+
+def _gguf_pre_name(pre: dict | None) -> str:
+    """The `tokenizer.ggml.pre` whose pre-tokenizer splits text as `pre` does (GGUF_PRE)."""
+    want = _pre_signature(pre)
+    for name, (how, pattern) in GGUF_PRE.items():
+        probe = _byte_level_backend({"a": 0}, [], how, pattern)
+        if _pre_signature(json.loads(probe.to_str()).get("pre_tokenizer")) == want:
+            return name
+    raise TokenizerError(f"the tokenizer's pre-tokenizer ({', '.join(str(s[0]) for s in want) or 'none'}) matches "
+                         f"none llama.cpp names; supported: {', '.join(sorted(GGUF_PRE))}")
+
+
+def _tokenizers_meta(tok) -> dict[str, Any]:
+    j = json.loads(tok._tok.to_str())
+    model = j.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TokenizerError(f"GGUF vocabularies are BPE; this tokenizer's model is {model.get('type')!r}")
+    vocab = dict(model["vocab"])
+    added = {t["content"]: t for t in j.get("added_tokens") or []}
+    for t in added.values():
+        vocab[t["content"]] = t["id"]
+    n = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    for t, i in vocab.items():
+        tokens[i] = t
+    types = [UNUSED if tokens[i] == f"[PAD{i}]" else NORMAL for i in range(n)]
+    for t in added.values():
+        types[t["id"]] = CONTROL if t.get("special") else USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    byte_level = "ByteLevel" in json.dumps(j.get("decoder")) or "ByteLevel" in json.dumps(j.get("pre_tokenizer"))
+    meta: dict[str, Any] = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types}
+    if byte_level:
+        meta |= {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": _gguf_pre_name(j.get("pre_tokenizer")),
+                 "tokenizer.ggml.merges": merges}
+        add_bos = bool(tok.add_bos) or (tok.bos_token_id is not None and tok._post_adds_bos())
+    else:  # SentencePiece BPE as tokenizer.json: scores from the merge ranks (earlier merge, higher score)
+        rank = {}
+        for r, m in enumerate(merges):
+            rank.setdefault(m.replace(" ", ""), r)
+        unk = tok.token_to_id(tok.unk_token)
+        for i, t in enumerate(tokens):
+            if types[i] == NORMAL and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                types[i] = BYTE
+        if unk is not None:
+            types[unk] = UNKNOWN
+        meta |= {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+                 "tokenizer.ggml.scores": [-float(rank.get(t, len(merges) + i)) for i, t in enumerate(tokens)],
+                 "tokenizer.ggml.add_space_prefix": "Prepend" in json.dumps(j.get("normalizer"))
+                 or any(f'"prepend_scheme": "{k}"' in json.dumps(j.get("pre_tokenizer")) for k in ("always", "first"))}
+        add_bos = bool(tok.add_bos) or (tok.bos_token_id is not None and tok._post_adds_bos())
+    meta["tokenizer.ggml.add_bos_token"] = add_bos
+    meta["tokenizer.ggml.add_eos_token"] = False
+    _special_ids(tok, meta)
+    return meta

@@ -127,7 +127,10 @@ def gguf_weights(names) -> dict[str, tuple[str, ...]]:
     wb = ("weight", "bias")
     qkv = ("attn_qkv",) if "attn_qkv.weight" in stems else ("attn_q", "attn_k", "attn_v")
     gate_up = ("ffn_gate", "ffn_up") if "ffn_gate.weight" in stems else ("ffn_up",)  # phi3: ffn_up = gate|up
-    mlp_norm = "ffn_norm" if "ffn_norm.weight" in stems else "attn_norm_2"  # Falcon-40B: ln_mlp
+    # Falcon-40B (two norms, no ffn_norm): attn_norm_2 is ln_attn, the attention's, and attn_norm ln_mlp
+    # (gguf-py's tensor_mapping; llama.cpp's falcon graph reads them so)
+    falcon40 = "ffn_norm.weight" not in stems and "attn_norm_2.weight" in stems
+    attn_norm, mlp_norm = ("attn_norm_2", "attn_norm") if falcon40 else ("attn_norm", "ffn_norm")
     w: dict[str, tuple[str, ...]] = {
         "embed.weight": ("token_embd.weight",),
         "pos_embed.weight": ("position_embd.weight",),
@@ -159,7 +162,7 @@ def gguf_weights(names) -> dict[str, tuple[str, ...]]:
         w |= {
             f"embed_norm.{p}": (f"token_embd_norm.{p}",),
             f"norm.{p}": (f"output_norm.{p}",),
-            f"layers.{{i}}.attn_norm.{p}": (B + f"attn_norm.{p}",),
+            f"layers.{{i}}.attn_norm.{p}": (B + f"{attn_norm}.{p}",),
             f"layers.{{i}}.mlp_norm.{p}": (B + f"{mlp_norm}.{p}",),
             f"layers.{{i}}.attn.qkv.{p}": tuple(B + f"{t}.{p}" for t in qkv),
             f"layers.{{i}}.attn.o.{p}": (B + f"attn_output.{p}",),

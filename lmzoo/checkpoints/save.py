@@ -28,6 +28,7 @@ from torch import nn
 
 from lmzoo.checkpoints.build import fill_template, name_template
 from lmzoo.checkpoints.checkpoint import split_index
+from lmzoo.checkpoints.gguf_save import save_gguf  # noqa: F401 - GGUF out lives beside HF out
 from lmzoo.checkpoints.peft import _role_ranges, layout_of
 from lmzoo.config import ModelConfig
 from lmzoo.errors import ConfigError, UnsupportedModelError

@@ -22,7 +22,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # topic modules add their commands to `app` on import
-    from lmzoo.cli import bench, run, serve, train, vocab, zoo  # noqa: F401
+    from lmzoo.cli import bench, convert, run, serve, train, vocab, zoo  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -190,19 +190,31 @@ def merge(
 
 @app.command()
 def export(
-    out: Path = typer.Option(..., "--out", help="New directory for the HF checkpoint."),
+    out: Path = typer.Option(..., "--out", help="New directory (hf) or file (gguf)."),
     model: str | None = typer.Option(None, "--model", "-m", help="HF directory or .gguf [default: SmolLM2-135M-Instruct]"),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: the model's]"),
+    to: str = typer.Option("hf", "--to", help="hf | gguf (llama.cpp / Ollama / LM Studio)"),
+    type: str = typer.Option("f16", "--type", help="GGUF: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="GGUF: replace the file if it exists."),
 ) -> None:
-    """Write any model lmzoo loads (GGUF included) as an HF checkpoint: config.json, safetensors, tokenizer."""
+    """Write any model lmzoo loads (GGUF included) as an HF checkpoint (config.json, safetensors,
+    tokenizer) or a GGUF file with llama.cpp's metadata and vocabulary (see also `lmzoo convert`)."""
     import lmzoo
     from lmzoo.checkpoints.assets import default_model_path
     from lmzoo.checkpoints.save import save_hf
     from lmzoo.dtypes import resolve_dtype
     from lmzoo.tokenizer import load_tokenizer
 
+    if to not in ("hf", "gguf"):
+        raise ConfigError(f"--to {to!r}: expected hf or gguf")
     src = model or str(default_model_path())
     m = lmzoo.from_pretrained(src, keep_quantized=False, cpu_kernels=False)
+    if to == "gguf":
+        from lmzoo.cli.convert import _hf_tokenizer
+
+        tok = _hf_tokenizer(Path(src))
+        typer.echo(str(lmzoo.save_gguf(m, tok, out, type, overwrite=overwrite)))
+        return
     typer.echo(str(save_hf(m, out, tokenizer=load_tokenizer(src), dtype=resolve_dtype(dtype))))
 
 

@@ -171,7 +171,7 @@ _LAYER_NAMES = {  # HF module path inside a block -> GGUF tensor stem
     "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down",
     # BLOOM / Falcon
     "self_attention.query_key_value": "attn_qkv", "self_attention.dense": "attn_output",
-    "ln_attn": "attn_norm", "ln_mlp": "attn_norm_2",
+    "ln_attn": "attn_norm_2", "ln_mlp": "attn_norm",  # Falcon-40B, as gguf-py's tensor_mapping names them
     # GPT-2 / GPT-J
     "ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
     "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down", "attn.q_proj": "attn_q", "attn.k_proj": "attn_k",
@@ -311,7 +311,7 @@ def _falcon_kv(c) -> int:
 
 def _metadata(c) -> tuple[str, dict]:
     mt = c.model_type
-    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "mixtral", "glm", "glm4"):
+    if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "mixtral", "glm", "glm4", "qwen2", "qwen3"):
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         m = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
              "feed_forward_length": c.intermediate_size, "block_count": c.num_hidden_layers,

@@ -1,0 +1,131 @@
+"""Checkpoint -> checkpoint without building the model: `lmzoo convert`.
+
+`open_lazy` reads a checkpoint's config and tensor map (HF directory or GGUF file) and hands out the
+canonical lmzoo tensors one at a time — assembled from the checkpoint's tensors as the shared builder
+(checkpoints.build) assembles them, but yielded instead of kept — so a GGUF export holds about one
+tensor at a time (plus the source's memory map) instead of the whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmzoo.checkpoints.build import empty_model, fill_template, name_template
+from lmzoo.checkpoints.checkpoint import split_index
+from lmzoo.config import ModelConfig
+from lmzoo.errors import CheckpointError, ConfigError, LmzooError, ModelNotFoundError, UnsupportedModelError
+
+
+@dataclass
+class LazyCheckpoint:
+    cfg: ModelConfig
+    model_type: str  # the HF model_type of the network (what gguf_save.EXPORTS is keyed by)
+    shapes: list[tuple[str, torch.Tensor]]  # canonical names with meta tensors, in model order
+    tensors: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    path: Path
+    is_gguf: bool
+
+
+def open_lazy(path) -> LazyCheckpoint:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelNotFoundError(f"{p} does not exist; expected an HF checkpoint directory or a .gguf file")
+    if p.is_file():
+        return _gguf(p)
+    return _hf(p)
+
+
+def _gguf(p: Path) -> LazyCheckpoint:
+    from lmzoo.checkpoints.gguf import (
+        CONFIG_TENSORS,
+        GGUF_TRANSFORMS,
+        SUPPORTED_TYPES,
+        GGUFSource,
+        _field,
+        gguf_config,
+        gguf_weights,
+    )
+    from lmzoo.checkpoints.gguf_file import GGUFFile
+
+    reader = GGUFFile(p)
+    cfg, arch = gguf_config(reader, p)
+    bad = sorted({t.type_name for t in reader.tensors.values()} - set(SUPPORTED_TYPES))
+    if bad:
+        raise UnsupportedModelError(f"{p.name} holds tensors of block type {', '.join(bad)}; supported: "
+                                    f"{', '.join(SUPPORTED_TYPES)}")
+    source = GGUFSource(reader, cfg, arch)
+    weights = gguf_weights(reader.tensors)
+    name = _field(reader, "general.architecture")
+    model_type = (cfg.n_experts and arch.hf_moe_model_type) or arch.hf_model_type or name
+    return _lazy(cfg, model_type, source, weights, {**GGUF_TRANSFORMS, **arch.transforms}, p, True,
+                 ignore=CONFIG_TENSORS)
+
+
+def _hf(p: Path) -> LazyCheckpoint:
+    from lmzoo.checkpoints.checkpoint import open_checkpoint_dir, read_json
+    from lmzoo.checkpoints.hf import get_adapter
+
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise ModelNotFoundError(f"{p} has no config.json; expected an HF checkpoint directory or a .gguf file")
+    hf = read_json(cfg_path)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object")
+    adapter = get_adapter(hf.get("model_type"))
+    try:
+        cfg = adapter.config(hf)
+    except KeyError as e:
+        raise ConfigError(f"{cfg_path} has no {e.args[0]!r}, which a {hf.get('model_type')!r} checkpoint needs") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, LmzooError):
+            raise
+        raise ConfigError(f"{cfg_path}: a value has the wrong type or form ({' '.join(str(e).split())})") from None
+    source = open_checkpoint_dir(p)
+    weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
+    transforms = (adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms) or {}
+    return _lazy(cfg, hf["model_type"], source, weights, transforms, p, False)
+
+
+def _lazy(cfg, model_type, source, weights, transforms, path: Path, is_gguf: bool, ignore=()) -> LazyCheckpoint:
+    expected = dict(empty_model(cfg).state_dict())
+    if cfg.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    available = set(source.keys())
+    for name in expected:  # everything the model needs is there, before a byte is written
+        template, index = name_template(name)
+        if template not in weights:
+            raise CheckpointError(f"{path.name}: no checkpoint tensor maps to {name}")
+        missing = [q for q in (fill_template(x, index) for x in weights[template]) if split_index(q)[0] not in available]
+        if missing:
+            raise CheckpointError(f"{path.name} is missing tensor(s) {missing[:3]}")
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, param in expected.items():
+            template, index = name_template(name)
+            parts = [fill_template(q, index) for q in weights[template]]
+            ts = [source.get(q) for q in parts]
+            t = ts[0] if len(ts) == 1 else torch.cat(ts, dim=0)
+            if template in transforms:
+                t = transforms[template](t, cfg)
+            if tuple(t.shape) != tuple(param.shape):
+                raise CheckpointError(f"{path.name}: {' + '.join(parts)} gives shape {tuple(t.shape)}, the config "
+                                      f"needs {tuple(param.shape)} for {name}")
+            yield name, t.float() if t.is_floating_point() else t
+
+    return LazyCheckpoint(cfg, model_type, list(expected.items()), tensors, path, is_gguf)
+
+
+def convert_to_gguf(src, out, *, type: str = "f16", overwrite: bool = False, tokenizer=None, progress=None):
+    """Stream the checkpoint at `src` into a GGUF file at `out` (see gguf_save.write_gguf). The
+    vocabulary: `tokenizer` (an lmzoo Tokenizer or a .gguf path), else the source GGUF's."""
+    from lmzoo.checkpoints.gguf_save import write_gguf
+
+    lazy = open_lazy(src)
+    if tokenizer is None and lazy.is_gguf:
+        tokenizer = lazy.path
+    return write_gguf(out, lazy.cfg, lazy.model_type, lazy.tensors, lazy.shapes, tokenizer=tokenizer, type=type,
+                      overwrite=overwrite, progress=progress)
