@@ -50,7 +50,7 @@ def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: st
     import lmzoo
 
     t0 = time.perf_counter()
-    model = lmzoo.from_pretrained(path, activations=activations)
+    model = lmzoo.from_pretrained(path, **({} if activations == "float" else {"activations": activations}))
     load = time.perf_counter() - t0
     ids = torch.tensor([prompt_ids(prompt, model.config.vocab_size)])
     out, times = [], []
@@ -195,7 +195,8 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
 def run(python: str, backend: str, path: Path, a) -> dict:
     cmd = [python, __file__, "--worker", backend, "--model", str(path), "--prompt", str(a.prompt),
            "--new", str(a.new), "--threads", str(a.threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=str(ROOT))
+    tree = a.baseline if backend == "baseline" else str(ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=tree)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{backend} failed: {r.stderr.strip()[-2000:]}")
@@ -213,7 +214,9 @@ def agreement(a: list[int], b: list[int]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", choices=["lmzoo", "lmzoo-q8", "llamacpp"])
+    ap.add_argument("--worker", choices=["lmzoo", "lmzoo-q8", "llamacpp", "baseline"])
+    ap.add_argument("--baseline", help="another lmzoo checkout (git worktree add /tmp/old <commit>): adds its "
+                    "lmzoo as backend 'baseline'")
     ap.add_argument("--model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=256)
@@ -238,8 +241,9 @@ def main() -> None:
     files = {"file": src} if not a.shape else {}
     for kind in filter(None, a.forms.split(",")):
         files[kind] = random_llama(src, kind) if a.shape else requantize(src, kind)
-    pythons = {"lmzoo": sys.executable, "lmzoo-q8": sys.executable, "llamacpp": os.environ.get("LLAMACPP_PYTHON", "")}
-    backends = a.backends.split(",")
+    pythons = {"lmzoo": sys.executable, "lmzoo-q8": sys.executable, "baseline": sys.executable,
+               "llamacpp": os.environ.get("LLAMACPP_PYTHON", "")}
+    backends = (["baseline"] if a.baseline else []) + a.backends.split(",")
     if "llamacpp" in backends and not pythons["llamacpp"]:
         raise SystemExit("set LLAMACPP_PYTHON to a python with llama-cpp-python (benchmarks/setup_llamacpp.sh)")
     print(f"# {time.strftime('%Y-%m-%d')}, {a.threads} threads, prompt {a.prompt}, {a.new} new tokens, greedy; "
