@@ -90,6 +90,25 @@ def worker_llamacpp(path: str, prompt: int, new: int, threads: int) -> dict:
 
 
 # --- model files ----------------------------------------------------------------------------------
+def copy_fields(r, w, keep) -> None:
+    """Metadata fields of GGUFReader `r` whose name passes `keep`, into GGUFWriter `w`, as they are."""
+    import gguf
+
+    for name, field in r.fields.items():
+        if not keep(name):
+            continue
+        vt = field.types[0]
+        if vt == gguf.GGUFValueType.ARRAY:
+            sub = field.types[1]
+            vals = [bytes(field.parts[i]).decode("utf-8", "surrogateescape") if sub == gguf.GGUFValueType.STRING
+                    else field.parts[i].tolist()[0] for i in field.data]
+            w.add_array(name, vals)
+        elif vt == gguf.GGUFValueType.STRING:
+            w.add_string(name, bytes(field.parts[field.data[0]]).decode("utf-8", "surrogateescape"))
+        else:
+            w.add_key_value(name, field.parts[field.data[0]].tolist()[0], vt)
+
+
 def requantize(src: Path, kind: str) -> Path:
     """src re-written with every 2-D weight in `kind` (F16 / Q8_0 / Q4_1 ...), norms kept F32."""
     import gguf
@@ -102,19 +121,7 @@ def requantize(src: Path, kind: str) -> Path:
     r = gguf.GGUFReader(src)
     arch = r.fields["general.architecture"]
     w = gguf.GGUFWriter(str(dst) + ".tmp", bytes(arch.parts[arch.data[0]]).decode())
-    for name, field in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        vt = field.types[0]
-        if vt == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            vals = [bytes(field.parts[i]).decode("utf-8", "surrogateescape") if sub == gguf.GGUFValueType.STRING
-                    else field.parts[i].tolist()[0] for i in field.data]
-            w.add_array(name, vals)
-        elif vt == gguf.GGUFValueType.STRING:
-            w.add_string(name, bytes(field.parts[field.data[0]]).decode("utf-8", "surrogateescape"))
-        else:
-            w.add_key_value(name, field.parts[field.data[0]].tolist()[0], vt)
+    copy_fields(r, w, lambda name: not name.startswith("GGUF.") and name != "general.architecture")
     qt = gguf.GGMLQuantizationType[kind.upper()]
     for t in r.tensors:
         data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
@@ -141,19 +148,7 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
     CACHE.mkdir(parents=True, exist_ok=True)
     r = gguf.GGUFReader(src)
     w = gguf.GGUFWriter(str(dst) + ".tmp", "llama")
-    for name, field in r.fields.items():
-        if not name.startswith("tokenizer."):
-            continue
-        vt = field.types[0]
-        if vt == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            vals = [bytes(field.parts[i]).decode("utf-8", "surrogateescape") if sub == gguf.GGUFValueType.STRING
-                    else field.parts[i].tolist()[0] for i in field.data]
-            w.add_array(name, vals)
-        elif vt == gguf.GGUFValueType.STRING:
-            w.add_string(name, bytes(field.parts[field.data[0]]).decode("utf-8", "surrogateescape"))
-        else:
-            w.add_key_value(name, field.parts[field.data[0]].tolist()[0], vt)
+    copy_fields(r, w, lambda name: name.startswith("tokenizer."))
     vocab = len(r.fields["tokenizer.ggml.tokens"].data)
     hd = n_embd // n_head
     w.add_context_length(2048)
