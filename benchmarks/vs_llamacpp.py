@@ -90,6 +90,16 @@ def worker_llamacpp(path: str, prompt: int, new: int, threads: int) -> dict:
 
 
 # --- model files ----------------------------------------------------------------------------------
+def finish(w, dst: Path) -> Path:
+    """Write GGUFWriter `w` (opened on dst + ".tmp") out and move it into place."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(str(dst) + ".tmp", dst)
+    return dst
+
+
 def copy_fields(r, w, keep) -> None:
     """Metadata fields of GGUFReader `r` whose name passes `keep`, into GGUFWriter `w`, as they are."""
     import gguf
@@ -129,12 +139,7 @@ def requantize(src: Path, kind: str) -> Path:
             w.add_tensor(t.name, gguf.quants.quantize(data, qt), raw_dtype=qt)
         else:
             w.add_tensor(t.name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(str(dst) + ".tmp", dst)
-    return dst
+    return finish(w, dst)
 
 
 def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_kv_head=8, ffn=8192) -> Path:
@@ -179,12 +184,7 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
         mat(p + "ffn_up.weight", ffn, n_embd)
         mat(p + "ffn_down.weight", n_embd, ffn)
     w.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(str(dst) + ".tmp", dst)
-    return dst
+    return finish(w, dst)
 
 
 def run(python: str, backend: str, path: Path, a) -> dict:

@@ -17,7 +17,7 @@ import torch
 from lmzoo.checkpoints.build import empty_model, fill_template, name_template
 from lmzoo.checkpoints.checkpoint import split_index
 from lmzoo.config import ModelConfig
-from lmzoo.errors import CheckpointError, ConfigError, LmzooError, ModelNotFoundError, UnsupportedModelError
+from lmzoo.errors import CheckpointError, ModelNotFoundError, UnsupportedModelError
 
 
 @dataclass
@@ -66,24 +66,10 @@ def _gguf(p: Path) -> LazyCheckpoint:
 
 
 def _hf(p: Path) -> LazyCheckpoint:
-    from lmzoo.checkpoints.checkpoint import open_checkpoint_dir, read_json
-    from lmzoo.checkpoints.hf import get_adapter
+    from lmzoo.checkpoints.checkpoint import open_checkpoint_dir
+    from lmzoo.checkpoints.load import read_hf_config
 
-    cfg_path = p / "config.json"
-    if not cfg_path.is_file():
-        raise ModelNotFoundError(f"{p} has no config.json; expected an HF checkpoint directory or a .gguf file")
-    hf = read_json(cfg_path)
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{cfg_path} must hold a JSON object")
-    adapter = get_adapter(hf.get("model_type"))
-    try:
-        cfg = adapter.config(hf)
-    except KeyError as e:
-        raise ConfigError(f"{cfg_path} has no {e.args[0]!r}, which a {hf.get('model_type')!r} checkpoint needs") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        if isinstance(e, LmzooError):
-            raise
-        raise ConfigError(f"{cfg_path}: a value has the wrong type or form ({' '.join(str(e).split())})") from None
+    hf, adapter, cfg = read_hf_config(p)
     source = open_checkpoint_dir(p)
     weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
     transforms = (adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms) or {}

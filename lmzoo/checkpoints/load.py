@@ -54,8 +54,7 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
 
 
 def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
-    from lmzoo.checkpoints.checkpoint import open_checkpoint_dir, read_json
-    from lmzoo.checkpoints.hf import get_adapter
+    from lmzoo.checkpoints.checkpoint import open_checkpoint_dir
 
     p = Path(path).expanduser()
     device = torch.device(device or "cpu")
@@ -67,22 +66,8 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
             from lmzoo.checkpoints.gguf import load_gguf
             return load_gguf(p, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
         raise ModelNotFoundError(f"{p} is a file but not a GGUF file; expected a .gguf file or a checkpoint directory")
+    hf, adapter, cfg = read_hf_config(p)
     cfg_path = p / "config.json"
-    if not cfg_path.is_file():
-        what = "a directory named config.json" if cfg_path.exists() else "no config.json"
-        raise ModelNotFoundError(f"{p} has {what}; expected an HF checkpoint directory")
-    hf = read_json(cfg_path)
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{cfg_path} must hold a JSON object, got a {type(hf).__name__}")
-    adapter = get_adapter(hf.get("model_type"))
-    try:
-        cfg = adapter.config(hf)
-    except KeyError as e:  # the family's translation reads a key the file lacks
-        raise ConfigError(f"{cfg_path} has no {e.args[0]!r}, which a {hf.get('model_type')!r} checkpoint needs") from None
-    except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type or form
-        if isinstance(e, LmzooError):
-            raise
-        raise ConfigError(f"{cfg_path}: a value has the wrong type or form ({' '.join(str(e).split())})") from None
     if dtype is None:
         stored = hf.get("torch_dtype") or hf.get("dtype") or "float32"
         try:
@@ -120,3 +105,29 @@ def _check_size(cfg, p: Path) -> None:
 def _is_gguf(p: Path) -> bool:
     with open(p, "rb") as f:
         return f.read(4) == b"GGUF"
+
+
+def read_hf_config(p: Path):
+    """An HF checkpoint directory's config.json -> (the raw dict, its family adapter, the ModelConfig),
+    every user mistake in it a one-line error naming the file."""
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        what = "a directory named config.json" if cfg_path.exists() else "no config.json"
+        raise ModelNotFoundError(f"{p} has {what}; expected an HF checkpoint directory")
+    from lmzoo.checkpoints.checkpoint import read_json
+
+    hf = read_json(cfg_path)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object, got a {type(hf).__name__}")
+    from lmzoo.checkpoints.hf import get_adapter
+
+    adapter = get_adapter(hf.get("model_type"))
+    try:
+        cfg = adapter.config(hf)
+    except KeyError as e:  # the family's translation reads a key the file lacks
+        raise ConfigError(f"{cfg_path} has no {e.args[0]!r}, which a {hf.get('model_type')!r} checkpoint needs") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type or form
+        if isinstance(e, LmzooError):
+            raise
+        raise ConfigError(f"{cfg_path}: a value has the wrong type or form ({' '.join(str(e).split())})") from None
+    return hf, adapter, cfg
