@@ -98,26 +98,48 @@ def build_state_dict(
             missing.extend(absent)
             continue
         tensors = [source.get(p) for p in parts]
-        t = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
-        if transforms and template in transforms:
-            t = transforms[template](t, cfg)
-        if tuple(t.shape) != tuple(param.shape):
-            got = " + ".join(f"{p} {tuple(x.shape)}" for p, x in zip(parts, tensors))
-            raise CheckpointError(
-                f"shape mismatch: {got} gives {tuple(t.shape)}, but the config needs {tuple(param.shape)} "
-                f"for {name}; the config and the weights disagree"
-            )
+        t = assemble(name, parts, tensors, param.shape, (transforms or {}).get(template), cfg)
         state[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         used.update(split_index(p)[0] for p in parts)
     if missing:
         raise CheckpointError(
             f"checkpoint is missing {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}"
         )
-    # a tied head stored anyway is fine when it equals the embedding
+    check_all_used(available, used, ignore, cfg, weights)
+    return state
+
+
+def shape_mismatch(name: str, parts: list[str], shapes: list[tuple], got: tuple | None, need) -> CheckpointError:
+    pieces = " + ".join(f"{p} {tuple(x)}" for p, x in zip(parts, shapes))
+    gives = "" if got is None else f" gives {tuple(got)},"
+    return CheckpointError(f"shape mismatch: {pieces}{gives} but the config needs {tuple(need)} for {name}; "
+                           "the config and the weights disagree")
+
+
+def assemble(name: str, parts: list[str], tensors: list[torch.Tensor], need, transform, cfg) -> torch.Tensor:
+    """The pieces of one parameter stacked along rows (fused qkv, gate+up), transformed, shape-checked."""
+    if len({tuple(x.shape[1:]) for x in tensors}) > 1:  # pieces that cannot even be stacked
+        raise shape_mismatch(name, parts, [x.shape for x in tensors], None, need)
+    t = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+    if transform is not None:
+        try:
+            t = transform(t, cfg)
+        except (RuntimeError, ValueError) as e:  # a layout change that the pieces' shapes do not allow
+            raise CheckpointError(f"{' + '.join(parts)} {tuple(t.shape)} cannot be rearranged into {name} "
+                                  f"{tuple(need)} ({e}); the config and the weights disagree") from None
+    if tuple(t.shape) != tuple(need):
+        raise shape_mismatch(name, parts, [x.shape for x in tensors], t.shape, need)
+    return t
+
+
+def check_all_used(available: set[str], used: set[str], ignore: tuple[str, ...], cfg: ModelConfig,
+                   weights: dict[str, tuple[str, ...]]) -> None:
+    """Every tensor of the checkpoint is part of the model: an unused one means the config describes
+    another model than the weights (a layer count one short would silently drop a layer)."""
     extra = sorted(
         n for n in available - used if not any(n.endswith(s) or n.startswith(s) for s in ignore)
     )
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings:  # a tied head stored anyway is fine when it equals the embedding
         head = [n for n in extra if weights.get("lm_head.weight") and n in weights["lm_head.weight"]]
         extra = [n for n in extra if n not in head]
     if extra:
@@ -125,7 +147,6 @@ def build_state_dict(
             f"checkpoint has {len(extra)} tensor(s) the config does not use, e.g. {extra[:3]}; "
             "the config and the weights disagree"
         )
-    return state
 
 
 def instantiate(

@@ -23,6 +23,7 @@ r = i*2 + j  (i < hd/2, j in {0, 1}) from j*hd/2 + i:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,11 +214,27 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
             raise CheckpointError(f"{path.name}: GGUF metadata lacks {a + key}")
         return v
 
+    def count(key: str, default: Any = None) -> int:
+        """A size field: a positive integer (a corrupt 0 or 4e9 is caught here, before any division
+        or allocation sized by it)."""
+        v = need(key) if default is None else _field(reader, a + key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**31:
+            raise CheckpointError(f"{path.name}: GGUF metadata {a + key} = {v!r}; expected a positive integer")
+        return v
+
     names = set(reader.tensors)
     stems = _stems(names)
-    n_layer = int(need("block_count"))
-    n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
-    head_dim = int(_field(reader, a + "attention.key_length", n_embd // n_head))
+    n_layer = count("block_count")
+    blocks = {int(n.split(".")[1]) for n in names if re.match(r"blk\.\d+\.", n)}
+    if blocks != set(range(n_layer)):
+        held = f"blk.0 - blk.{max(blocks)} ({len(blocks)} blocks)" if blocks else "no blk.N tensors"
+        raise CheckpointError(f"{path.name}: GGUF metadata {a}block_count = {n_layer} but the file holds {held}; "
+                              "the metadata and the tensors disagree")
+    n_embd, n_head = count("embedding_length"), count("attention.head_count")
+    if n_embd % n_head and a + "attention.key_length" not in reader.metadata:
+        raise CheckpointError(f"{path.name}: GGUF metadata {a}embedding_length = {n_embd} is not a multiple of "
+                              f"{a}attention.head_count = {n_head}, and no {a}attention.key_length is given")
+    head_dim = count("attention.key_length", n_embd // n_head)
     rope_dim = int(_field(reader, a + "rope.dimension_count", head_dim))
     max_seq = int(_field(reader, a + "context_length", 2048))
     scaling = _rope_scaling(reader, path, a, max_seq, rope_dim)
@@ -239,7 +256,7 @@ def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
         n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
-        n_kv_head=int(_field(reader, a + "attention.head_count_kv", n_head)),
+        n_kv_head=count("attention.head_count_kv", n_head),
         head_dim=head_dim,
         intermediate_size=_mlp_width(reader, a, moe, need),
         max_seq_len=max_seq,
@@ -474,7 +491,7 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
     import numpy as np
     from torch import nn
 
-    from lmzoo.checkpoints.build import empty_model, fill_template, name_template
+    from lmzoo.checkpoints.build import assemble, check_all_used, empty_model, fill_template, name_template, shape_mismatch
     from lmzoo.checkpoints.gguf_quant import QUANTISED, RowConcat, quantised_linear
 
     def rows(name: str, t) -> np.ndarray | None:
@@ -485,10 +502,15 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         order = _row_order(base, t.shape[0], cfg, arch)
         return None if order is None else order.numpy()
 
-    def build(names: list[str], template: str):
+    def build(names: list[str], template: str, name: str, need: nn.Linear):
         ts = [f.tensors.get(split_index(n)[0]) for n in names]
         if any(t is None or t.type_name not in QUANTISED for t in ts):
             return None  # float tensors (or missing, reassembled ones) take the ordinary path
+        # (rows, cols) each piece gives: an expert's slice of a stacked (n_expert, n, k) tensor gives n rows
+        shapes = [(t.shape[1] if split_index(n)[1] is not None else t.shape[0], t.ne[0]) for n, t in zip(names, ts)]
+        if {c for _, c in shapes} != {need.in_features} or sum(r for r, _ in shapes) != need.out_features:
+            raise shape_mismatch(name + ".weight", names, shapes, None, (need.out_features, need.in_features))
+        used.update(split_index(n)[0] for n in names)
         orders = [rows(n, t) for n, t in zip(names, ts)]
         if template in arch.transforms:  # a row permutation of the whole tensor
             if len(ts) > 1 or orders[0] is not None:
@@ -499,6 +521,7 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         if all(b in f.tensors for b in biases):
             parts = mod.parts if isinstance(mod, RowConcat) else [mod]
             vals = [source.get(b) for b in biases]
+            used.update(split_index(b)[0] for b in biases)
             bias_template = template.replace(".weight", ".bias")
             if len(parts) == 1:
                 vals = [torch.cat(vals)]
@@ -509,6 +532,7 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         return mod
 
     model = empty_model(cfg)
+    used: set[str] = set()
     heads = {"lm_head"}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
@@ -520,7 +544,7 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
             parts = [fill_template(q, index) for q in weights[template]]
         else:
             continue
-        mod = build(parts, template)
+        mod = build(parts, template, name, module)
         if mod is not None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, mod)
@@ -539,14 +563,9 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         missing = [q for q in parts if split_index(q)[0] not in available]
         if missing:
             raise CheckpointError(f"{f.path.name} is missing tensor(s) {missing}")
-        ts = [source.get(q) for q in parts]
-        t = torch.cat(ts) if len(ts) > 1 else ts[0]
-        if template in transforms:
-            t = transforms[template](t, cfg)
-        if tuple(t.shape) != tuple(p.shape):
-            raise CheckpointError(f"{f.path.name}: {' + '.join(parts)} gives shape {tuple(t.shape)}, the config "
-                                  f"needs {tuple(p.shape)} for {name}")
-        state[name] = t
+        state[name] = assemble(name, parts, [source.get(q) for q in parts], p.shape, transforms.get(template), cfg)
+        used.update(split_index(q)[0] for q in parts)
+    check_all_used(available, used, CONFIG_TENSORS, cfg, weights)
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.embed.weight
