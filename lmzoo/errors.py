@@ -46,3 +46,25 @@ class UnknownModelError(LmzooError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ResourceError(LmzooError, OSError):
+    """The machine, not the input: out of memory or disk space (the CLI exits with 1, not 2)."""
+
+
+def resource_error(e: BaseException) -> ResourceError | None:
+    """The ResourceError an exception from torch / the OS stands for, or None if it is not one:
+    MemoryError, torch's OutOfMemoryError or CPU allocator failure, ENOMEM (an mmap refused), a shared
+    library that cannot be mapped, ENOSPC."""
+    import errno
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+            isinstance(e, RuntimeError) and ("can't allocate memory" in first or "out of memory" in first)) or (
+            isinstance(e, OSError) and e.errno == errno.ENOMEM) or (
+            isinstance(e, ImportError) and "failed to map segment" in first):  # a shared library under a cap
+        return ResourceError(f"out of memory ({first}); expected more free memory: try a smaller or quantised "
+                             "model, a lower dtype, or a shorter context")
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return ResourceError(f"no space left on device ({e.filename or first}); expected free disk space")
+    return None

@@ -272,3 +272,52 @@ def test_right_padded_rows_generate_their_own_tokens(model):
     batch = lmzoo.generate(model, IDS, attention_mask=mask, max_new_tokens=3)
     alone = lmzoo.generate(model, IDS[:1, :2], max_new_tokens=3)
     assert torch.equal(batch[0, : alone.shape[1]], alone[0])
+
+
+# --- checkpoint files that parse but cannot be this model: one line each, before any forward -------
+def _shard(ckpt, index: str | None):
+    (ckpt / "model.safetensors").rename(ckpt / "model-00001-of-00001.safetensors")
+    if index is not None:
+        (ckpt / "model.safetensors.index.json").write_text(index)
+
+
+UP = "model.layers.0.mlp.up_proj.weight"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: _rewrite(d, lambda sd: sd.__setitem__(UP, sd[UP].to(torch.int32))), "holds int32 values, but"),
+    (lambda d: _rewrite(d, lambda sd: sd.__setitem__(UP, sd[UP] > 0)), "holds bool values"),
+    (lambda d: _shard(d, json.dumps({"weight_map": ["a"]})), "weight_map is a list; expected an object"),
+    (lambda d: _shard(d, json.dumps({"weight_map": {UP: 3}})), "weight_map names 3 as shards"),
+    (lambda d: _shard(d, json.dumps({"weight_map": {UP: "../../etc/passwd"}})), "'../../etc/passwd' as shards"),
+    (lambda d: _shard(d, "[1]"), "not a valid index file; expected a JSON object with a weight_map"),
+    (lambda d: _shard(d, "{oops"), "is not valid JSON"),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                          "tie_word_embeddings": "no"})),
+     "tie_word_embeddings = 'no'; expected true or false"),  # bool("no") is True
+])
+def test_checkpoint_files_that_cannot_be_this_model(ckpt, edit, needle):
+    from lmzoo.errors import LmzooError
+
+    edit(ckpt)
+    with pytest.raises(LmzooError) as e:
+        lmzoo.from_pretrained(ckpt)
+    assert needle in one_line(e)
+
+
+def test_legacy_torch_save_bin_loads(ckpt):
+    """pytorch_model.bin in the pre-1.6 (non-zip) format: readable with weights_only, not mmap-able."""
+    ref = lmzoo.from_pretrained(ckpt)
+    torch.save(load_file(ckpt / "model.safetensors"), ckpt / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    (ckpt / "model.safetensors").unlink()
+    m = lmzoo.from_pretrained(ckpt)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(m(ids), ref(ids))
+
+
+def test_nan_weights_are_an_error_not_an_empty_answer(ckpt):
+    _rewrite(ckpt, lambda sd: sd["model.norm.weight"].__setitem__(0, float("nan")))
+    model = lmzoo.from_pretrained(ckpt)
+    with pytest.raises(GenerationError) as e:
+        lmzoo.generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    assert "logits are NaN" in one_line(e)

@@ -98,7 +98,8 @@ def build_state_dict(
             missing.extend(absent)
             continue
         tensors = [source.get(p) for p in parts]
-        t = assemble(name, parts, tensors, param.shape, (transforms or {}).get(template), cfg)
+        t = assemble(name, parts, tensors, param.shape, (transforms or {}).get(template), cfg,
+                     param.is_floating_point())
         state[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         used.update(split_index(p)[0] for p in parts)
     if missing:
@@ -116,8 +117,13 @@ def shape_mismatch(name: str, parts: list[str], shapes: list[tuple], got: tuple 
                            "the config and the weights disagree")
 
 
-def assemble(name: str, parts: list[str], tensors: list[torch.Tensor], need, transform, cfg) -> torch.Tensor:
+def assemble(name: str, parts: list[str], tensors: list[torch.Tensor], need, transform, cfg,
+             need_float: bool = True) -> torch.Tensor:
     """The pieces of one parameter stacked along rows (fused qkv, gate+up), transformed, shape-checked."""
+    bad = [(q, x.dtype) for q, x in zip(parts, tensors) if not x.is_floating_point()]
+    if bad and need_float:
+        raise CheckpointError(f"{bad[0][0]} holds {str(bad[0][1]).removeprefix('torch.')} values, but {name} is a "
+                              "floating-point parameter; expected a float tensor (quantised codes need their format)")
     if len({tuple(x.shape[1:]) for x in tensors}) > 1:  # pieces that cannot even be stacked
         raise shape_mismatch(name, parts, [x.shape for x in tensors], None, need)
     t = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)

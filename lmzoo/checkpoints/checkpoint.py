@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lmzoo.errors import CheckpointError, ModelNotFoundError
+from lmzoo.errors import CheckpointError, ModelNotFoundError, resource_error
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -49,7 +49,7 @@ class TensorSource:
         except CheckpointError:
             raise
         except Exception as e:  # truncated data, bad offsets, ...
-            raise CheckpointError(f"{path.name}: cannot read tensor {name!r} ({_one_line(e)})") from None
+            raise resource_error(e) or CheckpointError(f"{path.name}: cannot read tensor {name!r} ({_one_line(e)})") from None
 
     def close(self) -> None:
         self._handles.clear()
@@ -81,7 +81,7 @@ def _open_safetensors(path: Path):
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except Exception as e:
-        raise CheckpointError(
+        raise resource_error(e) or CheckpointError(
             f"{path} is not a readable safetensors file ({_one_line(e)}); "
             "expected a complete file written by safetensors"
         ) from None
@@ -92,20 +92,35 @@ def _safetensors_names(path: Path) -> list[str]:
 
 
 def _open_bin(path: Path):
+    import zipfile
+
     try:
-        return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        # memory-mapped where the file allows it: the legacy (pre-zip, torch < 1.6) format cannot be
+        obj = torch.load(str(path), map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
     except Exception as e:
-        raise CheckpointError(
+        raise resource_error(e) or CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({_one_line(e)}); "
             "expected a state dict saved with torch.save"
         ) from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict; expected a mapping "
+                              "of tensor names to tensors saved with torch.save")
+    return obj
 
 
 def _read_index(path: Path) -> dict[str, Path]:
-    try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a valid index file ({_one_line(e)})") from None
+    index = read_json(path)
+    if not isinstance(index, dict) or "weight_map" not in index:
+        raise CheckpointError(f"{path} is not a valid index file; expected a JSON object with a weight_map")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: weight_map is a {type(weight_map).__name__}; expected an object "
+                              "mapping tensor names to shard file names")
+    bad = list(dict.fromkeys(repr(f) for f in weight_map.values()
+                             if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")))
+    if bad:  # a shard is a file next to the index: never a path elsewhere on disk
+        raise CheckpointError(f"{path}: weight_map names {', '.join(bad[:3])} as shards; expected file names "
+                              "in the checkpoint directory")
     files = {name: path.parent / fname for name, fname in weight_map.items()}
     missing = sorted({p.name for p in files.values() if not p.exists()})
     if missing:

@@ -35,7 +35,7 @@ from lmzoo.checkpoints.checkpoint import split_index
 from lmzoo.checkpoints.gguf_file import GGUFFile
 from lmzoo.checkpoints.permute import pairs_to_halves
 from lmzoo.config import ModelConfig, RopeScaling
-from lmzoo.errors import CheckpointError, UnsupportedModelError
+from lmzoo.errors import CheckpointError, LmzooError, UnsupportedModelError, resource_error
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q5_0", "Q5_1", "Q5_K", "Q3_K",
                    "Q2_K")
@@ -200,6 +200,18 @@ def gguf_metadata(path) -> dict[str, Any]:
 
 
 def gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
+    """The file's metadata -> (ModelConfig, architecture); any value of the wrong type, form or range
+    (a string block count, a zero head count) is one CheckpointError line."""
+    try:
+        return _gguf_config(reader, path)
+    except (TypeError, ValueError, AttributeError, ArithmeticError, IndexError, KeyError) as e:
+        if isinstance(e, LmzooError):
+            raise
+        raise CheckpointError(f"{path.name}: GGUF metadata has a value of the wrong type, form or range "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
     arch_name = _field(reader, "general.architecture")
     if arch_name not in ARCHES:
         raise UnsupportedModelError(
@@ -440,7 +452,7 @@ class GGUFSource:
         try:
             return torch.from_numpy(self._file.array(t))
         except Exception as e:
-            raise CheckpointError(f"{self._file.path.name}: cannot decode tensor {name} ({e})") from None
+            raise resource_error(e) or CheckpointError(f"{self._file.path.name}: cannot decode tensor {name} ({e})") from None
 
 
 # tensors read into the config, not the weights
@@ -563,7 +575,8 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         missing = [q for q in parts if split_index(q)[0] not in available]
         if missing:
             raise CheckpointError(f"{f.path.name} is missing tensor(s) {missing}")
-        state[name] = assemble(name, parts, [source.get(q) for q in parts], p.shape, transforms.get(template), cfg)
+        state[name] = assemble(name, parts, [source.get(q) for q in parts], p.shape, transforms.get(template), cfg,
+                               p.is_floating_point())
         used.update(split_index(q)[0] for q in parts)
     check_all_used(available, used, CONFIG_TENSORS, cfg, weights)
     model.load_state_dict(state, strict=False, assign=True)

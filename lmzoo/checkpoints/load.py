@@ -126,8 +126,9 @@ def read_hf_config(p: Path):
         cfg = adapter.config(hf)
     except KeyError as e:  # the family's translation reads a key the file lacks
         raise ConfigError(f"{cfg_path} has no {e.args[0]!r}, which a {hf.get('model_type')!r} checkpoint needs") from None
-    except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type or form
-        if isinstance(e, LmzooError):
+    except (TypeError, ValueError, AttributeError, ArithmeticError, IndexError) as e:  # a value of the wrong type,
+        if isinstance(e, LmzooError):                                          # form or range (0 heads)
             raise
-        raise ConfigError(f"{cfg_path}: a value has the wrong type or form ({' '.join(str(e).split())})") from None
+        raise ConfigError(f"{cfg_path}: a value has the wrong type, form or range ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())})") from None
     return hf, adapter, cfg

@@ -83,6 +83,9 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 
 def sample_next(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """logits (B, vocab) float32 -> next ids (B,)."""
+    if torch.isnan(logits).any():  # argmax / multinomial would pick a token anyway, silently
+        raise GenerationError("the model's logits are NaN: its weights hold non-finite values or a float16 "
+                              "computation overflowed; expected finite weights (float16 models: try float32)")
     if p.greedy:
         return logits.argmax(-1)
     probs = filter_logits(logits, p).softmax(-1)

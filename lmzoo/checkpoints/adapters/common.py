@@ -31,6 +31,17 @@ LLAMA_WEIGHTS: dict[str, tuple[str, ...]] = {
 
 # Baichuan-7B: LLaMA with q, k, v stored fused as W_pack (3d, d), rows in q, k, v order.
 
+def flag(hf: dict, key: str, default: bool = False) -> bool:
+    """A boolean config.json field. JSON has true/false; a string such as "false" would read as True
+    under bool(), so anything but a boolean (or 0/1, as some old configs write) is refused."""
+    v = hf.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or v in (0, 1):
+        return bool(v)
+    raise ConfigError(f"config.json {key} = {v!r}; expected true or false")
+
+
 def _rope_scaling(hf: dict, theta_default: float = 10000.0) -> tuple[float, RopeScaling]:
     """Read RoPE theta and scaling from either the transformers 4.x (`rope_theta`, `rope_scaling`)
     or the 5.x (`rope_parameters`) layout."""
@@ -137,14 +148,14 @@ def llama_config(hf: dict, **overrides: Any) -> ModelConfig:
         norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         mlp="swiglu",
-        mlp_bias=bool(hf.get("mlp_bias", False)),
-        qkv_bias=bool(hf.get("attention_bias", False)),
-        attn_out_bias=bool(hf.get("attention_bias", False)),
+        mlp_bias=flag(hf, "mlp_bias", False),
+        qkv_bias=flag(hf, "attention_bias", False),
+        attn_out_bias=flag(hf, "attention_bias", False),
         rope_theta=theta,
         rope_scaling=scaling,
         sliding_window=window,
         sliding_window_layers=window_layers,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=flag(hf, "tie_word_embeddings", False),
         **_token_ids(hf),
     )
     act = hf.get("hidden_act", "silu")

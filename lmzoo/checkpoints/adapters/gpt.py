@@ -7,6 +7,7 @@ from lmzoo.checkpoints.adapters.common import (
     _rope_scaling,
     _rotary_fraction,
     _token_ids,
+    flag,
     rope_pairs_to_halves,
     transpose,
 )
@@ -25,10 +26,10 @@ def gpt_neox_config(hf: dict) -> ModelConfig:
         max_seq_len=hf.get("max_position_embeddings", 2048),
         norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5),
         mlp=_plain_mlp(hf), mlp_bias=True,
-        qkv_bias=bool(hf.get("attention_bias", True)), attn_out_bias=bool(hf.get("attention_bias", True)),
+        qkv_bias=flag(hf, "attention_bias", True), attn_out_bias=flag(hf, "attention_bias", True),
         rope_theta=theta, rope_scaling=scaling, rotary_percentage=_rotary_fraction(hf),
-        parallel_residual=bool(hf.get("use_parallel_residual", True)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        parallel_residual=flag(hf, "use_parallel_residual", True),
+        tie_embeddings=flag(hf, "tie_word_embeddings", False),
         **_token_ids(hf),
     )
 
@@ -57,7 +58,7 @@ def gptj_config(hf: dict) -> ModelConfig:
         mlp=_plain_mlp(hf, "activation_function"), mlp_bias=True,
         rotary_percentage=(hf.get("rotary_dim") or d // H) / (d // H),
         parallel_residual=True, shared_norm=True, lm_head_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=flag(hf, "tie_word_embeddings", False),
         **_token_ids(hf),
     )
 
@@ -116,7 +117,7 @@ def gpt2_config(hf: dict) -> ModelConfig:
         intermediate_size=hf.get("n_inner") or 4 * d, max_seq_len=hf.get("n_positions", 1024),
         norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         mlp=_plain_mlp(hf, "activation_function"), mlp_bias=True, qkv_bias=True, attn_out_bias=True,
-        position="learned", tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        position="learned", tie_embeddings=flag(hf, "tie_word_embeddings", True),
         **_token_ids(hf),
     )
 
@@ -139,7 +140,7 @@ def opt_config(hf: dict) -> ModelConfig:
     """OPT: learned positions offset by 2, ReLU MLP; pre-LN, except OPT-350m: post-LN with a narrower
     word embedding projected in and out."""
     d = hf["hidden_size"]
-    pre = bool(hf.get("do_layer_norm_before", True))
+    pre = flag(hf, "do_layer_norm_before", True)
     return ModelConfig(
         norm_placement="pre" if pre else "post",
         final_norm=pre and not hf.get("_remove_final_layer_norm", False),
@@ -149,9 +150,9 @@ def opt_config(hf: dict) -> ModelConfig:
         n_head=hf["num_attention_heads"], intermediate_size=hf["ffn_dim"],
         max_seq_len=hf.get("max_position_embeddings", 2048), position="learned", position_offset=2,
         norm="layernorm", norm_eps=1e-5, mlp=_plain_mlp(hf, "activation_function"),
-        mlp_bias=bool(hf.get("enable_bias", True)), qkv_bias=bool(hf.get("enable_bias", True)),
-        attn_out_bias=bool(hf.get("enable_bias", True)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        mlp_bias=flag(hf, "enable_bias", True), qkv_bias=flag(hf, "enable_bias", True),
+        attn_out_bias=flag(hf, "enable_bias", True),
+        tie_embeddings=flag(hf, "tie_word_embeddings", True),
         **_token_ids(hf),
     )
 
@@ -196,7 +197,7 @@ def refined_web(hf: dict) -> dict:
 
 
 def _falcon_layout(hf: dict) -> tuple[bool, int]:
-    new = bool(hf.get("new_decoder_architecture", False))
+    new = flag(hf, "new_decoder_architecture", False)
     n_ln = hf.get("num_ln_in_parallel_attn") or (2 if new else 1)
     return new, n_ln
 
@@ -207,14 +208,14 @@ def falcon_config(hf: dict) -> ModelConfig:
     Falcon-RW-1B/7B = ALiBi (added before the softmax scale, in bfloat16), sequential MHA with biases."""
     hf = refined_web(hf)
     new, n_ln = _falcon_layout(hf)
-    parallel = new or bool(hf.get("parallel_attn", True))
+    parallel = new or flag(hf, "parallel_attn", True)
     if new and not hf.get("parallel_attn", True):
         raise UnsupportedModelError("Falcon new_decoder_architecture without parallel_attn is not supported")
     H = hf["num_attention_heads"]
     kv = (hf.get("num_kv_heads") or H) if (new or not hf.get("multi_query", True)) else 1
     d = hf["hidden_size"]
     theta, scaling = _rope_scaling(hf)
-    bias = bool(hf.get("bias", False))
+    bias = flag(hf, "bias", False)
     return ModelConfig(
         name=hf.get("_name_or_path") or "falcon",
         vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=d,
@@ -224,14 +225,14 @@ def falcon_config(hf: dict) -> ModelConfig:
         mlp_bias=bias, qkv_bias=bias, attn_out_bias=bias, rope_theta=theta, rope_scaling=scaling,
         position="alibi" if hf.get("alibi") else "rope", alibi_scaled=True, alibi_dtype="bfloat16",
         parallel_residual=parallel, shared_norm=parallel and n_ln == 1,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), **_token_ids(hf),
+        tie_embeddings=flag(hf, "tie_word_embeddings", True), **_token_ids(hf),
     )
 
 
 def falcon_weights(hf: dict) -> dict[str, tuple[str, ...]]:
     F = "transformer.h.{i}."
     new, n_ln = _falcon_layout(refined_web(hf))
-    parallel = new or bool(hf.get("parallel_attn", True))
+    parallel = new or flag(hf, "parallel_attn", True)
     if parallel and n_ln == 2:
         norms = {"attn_norm": "ln_attn", "mlp_norm": "ln_mlp"}
     elif parallel:
@@ -261,7 +262,7 @@ def bloom_config(hf: dict) -> ModelConfig:
         max_seq_len=hf.get("seq_length", 2048),  # trained length; ALiBi itself has no limit
         norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), embed_norm=True,
         mlp="gelu_tanh", mlp_bias=True, qkv_bias=True, attn_out_bias=True, position="alibi",
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        tie_embeddings=flag(hf, "tie_word_embeddings", True),
         **_token_ids(hf),
     )
 
@@ -295,7 +296,7 @@ def pangu_config(hf: dict) -> ModelConfig:
         mlp=_plain_mlp(hf, "activation_function"), mlp_bias=True, qkv_bias=True, attn_out_bias=True,
         position="learned", query_layer=True,
         attn_scale=None if hf.get("scale_attn_weights", True) else 1.0,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), **_token_ids(hf),
+        tie_embeddings=flag(hf, "tie_word_embeddings", True), **_token_ids(hf),
     )
 
 

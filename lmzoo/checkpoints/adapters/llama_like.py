@@ -8,6 +8,7 @@ from lmzoo.checkpoints.adapters.common import (
     L,
     _rotary_fraction,
     _token_ids,
+    flag,
     llama_config,
     per_head_qkv,
     rope_pairs_to_halves,
@@ -22,7 +23,7 @@ def qwen2_config(hf: dict) -> ModelConfig:
 
 
 def qwen3_config(hf: dict) -> ModelConfig:
-    bias = bool(hf.get("attention_bias", False))
+    bias = flag(hf, "attention_bias", False)
     return llama_config(hf, qk_norm=True, qkv_bias=bias, attn_out_bias=bias)
 
 BAICHUAN_WEIGHTS = {
@@ -39,7 +40,7 @@ def qwen_config(hf: dict) -> ModelConfig:
     context; with both off the context is seq_length."""
     d = hf["hidden_size"]
     L0 = hf.get("seq_length", 2048)
-    ntk, logn = bool(hf.get("use_dynamic_ntk")), bool(hf.get("use_logn_attn"))
+    ntk, logn = flag(hf, "use_dynamic_ntk"), flag(hf, "use_logn_attn")
     context = L0
     if logn:
         context = 32767
@@ -55,7 +56,7 @@ def qwen_config(hf: dict) -> ModelConfig:
         rope_scaling=RopeScaling(kind="ntk_alpha", original_max_position=L0) if ntk else RopeScaling(),
         logn_attn_base=L0 if logn else None,
         rope_theta=float(hf.get("rotary_emb_base", 10000)), rotary_percentage=float(hf.get("rotary_pct", 1.0)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_token_ids(hf),
+        tie_embeddings=flag(hf, "tie_word_embeddings", False), **_token_ids(hf),
     )
 
 
@@ -107,7 +108,7 @@ PHI3_WEIGHTS = {
 def glm_config(hf: dict) -> ModelConfig:
     """GLM-4 / ChatGLM in transformers' `glm` layout: LLaMA block with q/k/v biases, fused gate_up,
     pair-interleaved RoPE on the first half of each head (re-ordered at load, see rope_pairs_to_halves)."""
-    bias = bool(hf.get("attention_bias", True))
+    bias = flag(hf, "attention_bias", True)
     return llama_config(hf, qkv_bias=bias, attn_out_bias=False, rotary_percentage=_rotary_fraction(hf, 0.5))
 
 
@@ -188,15 +189,15 @@ def chatglm_config(hf: dict) -> ModelConfig:
                                     "ChatGLM2/3 and GLM-4 are")
     H = hf["num_attention_heads"]
     kv = hf["multi_query_group_num"] if hf.get("multi_query_attention") else H
-    bias = bool(hf.get("add_qkv_bias", True))
+    bias = flag(hf, "add_qkv_bias", True)
     return ModelConfig(
         name=hf.get("_name_or_path") or "chatglm",
         vocab_size=hf.get("padded_vocab_size") or hf["vocab_size"], n_layer=hf["num_layers"],
         n_embd=hf["hidden_size"], n_head=H, n_kv_head=kv, head_dim=hf.get("kv_channels"),
         intermediate_size=hf["ffn_hidden_size"], max_seq_len=hf.get("seq_length", 2048),
         norm="rmsnorm", norm_eps=hf.get("layernorm_epsilon", 1e-5), mlp="swiglu",
-        mlp_bias=bool(hf.get("add_bias_linear", False)), qkv_bias=bias,
-        attn_out_bias=bool(hf.get("add_bias_linear", False)),
+        mlp_bias=flag(hf, "add_bias_linear", False), qkv_bias=bias,
+        attn_out_bias=flag(hf, "add_bias_linear", False),
         rope_theta=10000.0 * float(hf.get("rope_ratio", 1.0)), rotary_percentage=0.5,
         tie_embeddings=False, **_token_ids(hf),
     )
@@ -219,10 +220,10 @@ CHATGLM_WEIGHTS = {
 def stablelm_config(hf: dict) -> ModelConfig:
     """StableLM (`stablelm`): LLaMA block with LayerNorm, partial rotary, optional q/k/v bias, optional
     parallel residual with one shared norm."""
-    parallel = bool(hf.get("use_parallel_residual", False))
+    parallel = flag(hf, "use_parallel_residual", False)
     return llama_config(hf, norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5),
-                        qk_norm=bool(hf.get("qk_layernorm", False)), qk_norm_kind="layernorm_per_head",
-                        qkv_bias=bool(hf.get("use_qkv_bias", False)), attn_out_bias=False,
+                        qk_norm=flag(hf, "qk_layernorm", False), qk_norm_kind="layernorm_per_head",
+                        qkv_bias=flag(hf, "use_qkv_bias", False), attn_out_bias=False,
                         rotary_percentage=_rotary_fraction(hf), parallel_residual=parallel, shared_norm=parallel)
 
 

@@ -9,6 +9,7 @@ from lmzoo.checkpoints.adapters.common import (
     L,
     _rope_scaling,
     _token_ids,
+    flag,
     llama_config,
     rope_pairs_to_halves,
     transpose,
@@ -29,7 +30,7 @@ def _qwen_moe(hf: dict, **overrides: Any) -> ModelConfig:
     return llama_config(hf, n_experts=hf.get("num_experts") or hf["num_local_experts"],
                         n_experts_per_tok=hf["num_experts_per_tok"],
                         moe_intermediate_size=hf["moe_intermediate_size"],
-                        moe_renormalize=bool(hf.get("norm_topk_prob", False)),
+                        moe_renormalize=flag(hf, "norm_topk_prob", False),
                         moe_layers=None if len(moe) == n else moe, **overrides)
 
 
@@ -40,7 +41,7 @@ def qwen2_moe_config(hf: dict) -> ModelConfig:
 
 
 def qwen3_moe_config(hf: dict) -> ModelConfig:
-    bias = bool(hf.get("attention_bias", False))
+    bias = flag(hf, "attention_bias", False)
     return _qwen_moe(hf, qk_norm=True, qkv_bias=bias, attn_out_bias=bias)
 
 
@@ -96,7 +97,7 @@ def _deepseek_config(hf: dict, *, sigmoid_router: bool) -> ModelConfig:
         hf, attention="mla", q_lora_rank=hf.get("q_lora_rank") or None, kv_lora_rank=hf["kv_lora_rank"],
         qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
         v_head_dim=hf["v_head_dim"], head_dim=qk_dim, n_kv_head=hf["num_attention_heads"],
-        qkv_bias=bool(hf.get("attention_bias", False)), attn_out_bias=bool(hf.get("attention_bias", False)),
+        qkv_bias=flag(hf, "attention_bias", False), attn_out_bias=flag(hf, "attention_bias", False),
         attn_scale=scale, rope_theta=theta, rope_scaling=scaling,
         n_experts=E, n_experts_per_tok=hf.get("num_experts_per_tok") or 0,
         moe_intermediate_size=hf.get("moe_intermediate_size"), moe_layers=moe if E else None,
@@ -173,12 +174,12 @@ def llama4_config(hf: dict) -> ModelConfig:
     types = hf.get("layer_types") or []
     chunked = tuple(i for i, t in enumerate(types) if t == "chunked_attention")
     E = hf.get("num_local_experts") or 0
-    temp = bool(hf.get("attn_temperature_tuning", False))
+    temp = bool(hf.get("attn_temperature_tuning", False))  # Llama-4 configs write a number (4) here
     return llama_config(
         hf, intermediate_size=hf.get("intermediate_size_mlp") or hf["intermediate_size"],
         nope_layers=tuple(i for i in range(n) if not rope_on[i]) or None,
         attention_chunk=hf.get("attention_chunk_size") if chunked else None, chunked_layers=chunked or None,
-        qk_norm=bool(hf.get("use_qk_norm", False)), qk_norm_kind="l2", qk_norm_layers=rope_layers,
+        qk_norm=flag(hf, "use_qk_norm", False), qk_norm_kind="l2", qk_norm_layers=rope_layers,
         attn_temperature_floor=int(hf.get("floor_scale", 8192)) if temp else 0,
         attn_temperature_scale=float(hf.get("attn_scale", 0.1)) if temp else 0.0,
         n_experts=E, n_experts_per_tok=hf.get("num_experts_per_tok") or 0,

@@ -51,10 +51,25 @@ def _build(name: str, build: Path, flags: list[str]):
             (build / "lock").unlink(missing_ok=True)
             print("lmzoo: building the CPU kernels for this torch (once; about a minute)...", file=sys.stderr,
                   flush=True)
+        import logging
+
         from torch.utils.cpp_extension import load
 
-        return load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                    build_directory=str(build), verbose=False)
+        log = logging.getLogger("torch.utils.cpp_extension")  # its multi-line compiler-ABI banner
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            return load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                        build_directory=str(build), verbose=False)
+        finally:
+            log.setLevel(level)
+
+
+def _compiler() -> str | None:
+    """The C++ compiler torch's build would run ($CXX, else c++), as a full path; None if absent."""
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "c++"))
 
 
 def cpu_kernels():
@@ -76,9 +91,24 @@ def cpu_kernels():
             _KERNELS = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(_KERNELS)
             return _KERNELS
-        _KERNELS = _build(name, build, flags)
+        cxx = _compiler()
+        failed = build / "failed"  # "<compiler>\n<message>" of a build that failed with that compiler
+        if cxx is None:
+            raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'c++')} not found; install g++ or set CXX)")
+        if failed.exists() and failed.read_text().split("\n", 1)[0] == cxx:
+            raise RuntimeError(f"{failed.read_text().split(chr(10), 1)[-1]}; not retried with the same compiler "
+                               f"until {failed} is removed")
+        try:
+            _KERNELS = _build(name, build, flags)
+        except Exception as e:
+            failed.write_text(f"{cxx}\n{_first_line(e)}")
+            raise
     except Exception as e:  # no compiler / ninja: correct, just slower
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        warnings.warn(f"lmzoo: CPU kernels unavailable ({msg}); using plain PyTorch ops", stacklevel=2)
+        warnings.warn(f"lmzoo: CPU kernels unavailable ({_first_line(e)}); using plain PyTorch ops (slower)",
+                      stacklevel=2)
         _KERNELS = None
     return _KERNELS
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
