@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,13 @@ def test_tiny_checkpoint_bad_input(tiny, args, needle):
     r = lmzoo(*args[:1], "--model", str(tiny), *args[1:])
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_chat_with_stdin_closed(tiny):
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "chat", "--model", str(tiny)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.close(0))
+    assert r.returncode == 2 and r.stderr.strip() == ("lmzoo: error: standard input is closed; lmzoo chat reads "
+                                                      "its messages from it (a terminal, a pipe or a file)"), r.stderr
 
 
 def test_chat_survives_a_turn_longer_than_context(tiny):

@@ -238,6 +238,11 @@ def chat(
     from lmzoo.errors import TokenizerError
 
     _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed, stop)
+    if sys.stdin is None:  # `lmzoo chat <&-`: checked before the model loads
+        from lmzoo.errors import GenerationError
+
+        raise GenerationError("standard input is closed; lmzoo chat reads its messages from it "
+                              "(a terminal, a pipe or a file)")
     m, tok = _load(model, dtype, adapter, activations)
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
