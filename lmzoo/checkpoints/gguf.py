@@ -399,7 +399,8 @@ def _moe_fields(reader: GGUFFile, path: Path, a: str, n_layer: int) -> dict[str,
 def _row_order(name: str, n_rows: int, cfg: ModelConfig, arch: GGUFArch):
     """Source row of each row of tensor `name` in lmzoo's layout, or None when they agree."""
     heads = {"attn_q": cfg.n_head, "attn_k": cfg.n_kv_head}.get(name.split(".")[-2])
-    if not arch.rope_pairs or heads is None:
+    # rows that disagree with the config keep their order: the shape check then names both
+    if not arch.rope_pairs or heads is None or n_rows != heads * cfg.head_dim:
         return None
     return unpermute_qk(torch.arange(n_rows), heads, cfg.rope_dim)
 

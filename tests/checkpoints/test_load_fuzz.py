@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import lmzoo
@@ -145,6 +145,8 @@ def test_gguf_metadata_under_hostile_values():
 
     @FUZZ
     @given(edits=st.dictionaries(st.sampled_from(KEYS), GGUF_VALUES, min_size=1, max_size=3))
+    # found on CI: a head width that disagrees with the q/k rows reached llama.cpp's row un-permute
+    @example(edits={"llama.feed_forward_length": ("i32", 0), "llama.attention.key_length": ("i32", 10)})
     def run(edits):
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "m.gguf"
