@@ -22,6 +22,7 @@ CALLS = ('{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsi
          '{"name": "get_time", "parameters": {"tz": "CET"}}')
 WHOLE = ("", [(0, "get_weather", {"city": "Paris", "unit": "celsius"}), (1, "get_time", {"tz": "CET"})])
 MODEL = "llama-tiny"
+MAX_LEN = 640  # below the model's context of 2048: the cache's limit is the one a prompt meets
 
 
 def parse(text: str, step: int | None = None):
@@ -70,7 +71,7 @@ def llama_dir(tmp_path_factory, llama31_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def server(llama_dir):
-    proc, base = start_server("--model", str(llama_dir), "--served-model-name", MODEL)
+    proc, base = start_server("--model", str(llama_dir), "--served-model-name", MODEL, "--max-len", str(MAX_LEN))
     yield base
     proc.terminate()
     proc.wait(timeout=20)
@@ -141,3 +142,12 @@ def test_tool_result_goes_back_as_ipython(client, server):
 def test_none_renders_no_tools(client):
     free = chat(client, tool_choice="none", max_tokens=1).usage.prompt_tokens
     assert chat(client, tool_choice="auto", max_tokens=1).usage.prompt_tokens > free + 50
+
+
+def test_prompt_beyond_the_cache_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 700}])
+    assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "messages"
+    assert f"max_len of {MAX_LEN}" in e.value.body["message"]
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 500}])
+    assert r.usage.prompt_tokens + r.usage.completion_tokens <= MAX_LEN and r.choices[0].finish_reason == "length"
