@@ -39,7 +39,7 @@ def main() -> None:
     for kind in ("expanded", "latent"):
         cache = KVCache(model, 1, a.prompt + a.new, mla_cache=kind)
         per_tok = cache.k[0][0, :, 0].numel() + (cache.v[0][0, :, 0].numel() if cache.v[0] is not None else 0)
-        mib = cache.nbytes() / 2**20
+        mib = cache.full_nbytes() / 2**20
         with torch.inference_mode():
             t0 = time.perf_counter()
             out = model(ids, cache=cache, last_only=True)

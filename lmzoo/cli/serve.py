@@ -3,8 +3,9 @@
     lmzoo serve                                   # SmolLM2-135M-Instruct on http://127.0.0.1:8000/v1
     lmzoo serve --model m.gguf --api-key KEY --max-running 8 --max-queued 64
 
-Binds to loopback unless --host says otherwise. The model loads after the port is open: /health
-answers 503 until it is ready.
+Binds to loopback unless --host says otherwise. The KV cache grows with use (runtime.cache): a
+small machine pays for the tokens its requests hold, not for --max-running x --max-len. The model
+loads after the port is open: /health answers 503 until it is ready.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def serve(
     api_key: list[str] | None = typer.Option(None, "--api-key", help="Require this bearer key (repeatable)."),
     max_running: int = typer.Option(8, "--max-running", help="Requests decoded together (continuous batching)."),
     max_queued: int = typer.Option(64, "--max-queued", help="Requests waiting for a slot before 429s."),
-    max_len: int | None = typer.Option(None, "--max-len", help="Tokens per request (prompt + output) "
-                                       "[default: min(context, 4096)]."),
+    max_len: int | None = typer.Option(None, "--max-len", help="Tokens per request (prompt + output); a longer "
+                                       "prompt is a 400 context_length_exceeded. The KV cache grows with use (256 "
+                                       "tokens a row, doubling up to this), not allocated for --max-running x "
+                                       "--max-len up front [default: min(context, 4096)]."),
     served_model_name: str | None = typer.Option(None, "--served-model-name", help="The model id clients send."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
     adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA/DoRA adapter directory to apply."),

@@ -18,6 +18,12 @@ and attends to the slots written so far. A row is recycled with `reset(rows)`.
     row 0:  [pad][pad] a    b    c    .    .    .        lengths 5, n_valid 3, positions 0 1 2
     row 1:   x    y    z    w    v    u    t    .        lengths 7
 
+An eager cache (the default) grows on demand: it starts with room for `initial` slots per row and
+doubles (up to `max_len`) when a forward needs more, so memory follows the longest row written,
+not the longest allowed — 16 rows of a 4,096-token limit cost nothing until a request uses them.
+Growing copies the written slots into larger buffers; every forward reads slots [0, end) only, so
+the results do not depend on the buffers' size.
+
 `static=True` makes every step attend over the whole buffer (masking unwritten slots) instead of
 slicing to the longest row: the shapes of a decode step never change, which is what torch.compile
 and CUDA graphs need (runtime.compiled). The host-side copy of the lengths is then not kept, so a
@@ -34,8 +40,10 @@ from lmzoo.errors import ContextLengthError, GenerationError
 
 
 class KVCache:
+    GROW_STEP = 256  # an eager cache's slots are allocated in multiples of this
+
     def __init__(self, model, batch: int, max_len: int, *, dtype=None, device=None, static: bool = False,
-                 mla_cache: str | None = None) -> None:
+                 mla_cache: str | None = None, initial: int | None = None) -> None:
         cfg = model.config
         if max_len > cfg.max_seq_len:
             raise ContextLengthError(
@@ -49,16 +57,18 @@ class KVCache:
         if self.layout not in ("standard", "expanded", "latent"):
             raise ValueError(f"mla_cache must be 'expanded' or 'latent', got {mla_cache!r}")
         self.batch, self.max_len, self.static = batch, max_len, static
+        # slots allocated per row: all of them for a static cache (fixed shapes), else a first step
+        self.capacity = max_len if static else min(max_len, initial or self.GROW_STEP)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor | None] = []
         for layer in model.layers:
             (hk, dk), vshape = layer.attn.cache_shapes(self.layout)
-            self.k.append(torch.zeros(batch, hk, max_len, dk, dtype=dtype, device=device))
+            self.k.append(torch.zeros(batch, hk, self.capacity, dk, dtype=dtype, device=device))
             self.v.append(None if vshape is None else
-                          torch.zeros(batch, vshape[0], max_len, vshape[1], dtype=dtype, device=device))
+                          torch.zeros(batch, vshape[0], self.capacity, vshape[1], dtype=dtype, device=device))
         z = lambda dt=torch.long: torch.zeros(batch, dtype=dt, device=device)  # noqa: E731
-        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.pos = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch, self.capacity, dtype=torch.bool, device=device)
+        self.pos = torch.zeros(batch, self.capacity, dtype=torch.long, device=device)
         self.lengths, self.n_valid, self.ntk_len = z(), z(), z()
         self.prefix_first, self.prefix_sop, self.prefix_mask = z(), z(), z()
         self.host_lengths = [0] * batch  # eager mode: the lengths on the host (no device sync per step)
@@ -69,7 +79,29 @@ class KVCache:
         return self.valid.device
 
     def nbytes(self) -> int:
+        """Bytes of keys and values allocated now (an eager cache grows: see `full_nbytes`)."""
         return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+
+    def full_nbytes(self) -> int:
+        """Bytes of keys and values once every row holds `max_len` slots."""
+        return self.nbytes() * self.max_len // self.capacity
+
+    def _grow(self, need: int) -> None:
+        """Room for `need` slots per row: double (at least), in GROW_STEP multiples, up to max_len."""
+        step = self.GROW_STEP
+        cap = min(self.max_len, max(need, 2 * self.capacity) + (-max(need, 2 * self.capacity)) % step)
+
+        def wider(t: torch.Tensor, dim: int) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = cap
+            out = t.new_zeros(shape)
+            out.narrow(dim, 0, self.capacity).copy_(t)
+            return out
+
+        self.k = [wider(t, 2) for t in self.k]
+        self.v = [None if t is None else wider(t, 2) for t in self.v]
+        self.valid, self.pos = wider(self.valid, 1), wider(self.pos, 1)
+        self.capacity = cap
 
     # --- row bookkeeping ---------------------------------------------------------------------------
     def _index(self, rows) -> torch.Tensor:
@@ -120,6 +152,8 @@ class KVCache:
             if end > self.max_len:
                 raise ContextLengthError(
                     f"{T} new tokens after {max(starts_host)} cached do not fit the cache of {self.max_len} slots")
+            if end > self.capacity:
+                self._grow(end)
         else:
             end = self.max_len
         starts = self.lengths[idx]  # (b,)

@@ -37,9 +37,9 @@ from lmzoo.runtime.constrain import check_grammar, json_schema_grammar
 from lmzoo.runtime.engine import Engine, Event
 from lmzoo.runtime.engine import Request as EngineRequest
 from lmzoo.runtime.sampling import SamplingParams
-from lmzoo.serve.protocol import UNSUPPORTED, ChatRequest, CompletionRequest, error_body
+from lmzoo.serve.protocol import UNSUPPORTED, ChatMessage, ChatRequest, CompletionRequest, error_body
 from lmzoo.serve.scheduler import EngineLoop, QueueFull, ShuttingDown
-from lmzoo.serve.tools import ToolCallParser, ToolFormat, call_grammar, detect_format, tool_names
+from lmzoo.serve.tools import ToolFormat, call_grammar, detect_format, tool_names
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
@@ -183,8 +183,13 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
     async def tokenize(body: dict):
         ready()
         tok = state.tokenizer
-        if "messages" in body:
-            ids = tok.encode_chat(body["messages"])
+        if "messages" in body:  # rendered exactly as a chat request renders them (tools included)
+            try:
+                msgs = [ChatMessage.model_validate(m).plain() for m in body["messages"]]
+            except (ValueError, TypeError) as e:
+                raise ApiError(400, f"messages: {' '.join(str(e).split())}", param="messages") from None
+            tools = body.get("tools") or None
+            ids = tok.encode_chat(msgs, **({"tools": tools} if tools else {}))
         elif isinstance(body.get("prompt"), str):
             ids = tok.encode(body["prompt"], add_special_tokens=bool(body.get("add_special_tokens", True)))
         else:
@@ -259,7 +264,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
 
     async def respond(kind: str, req, reqs: list[EngineRequest], tool_fmt: ToolFormat | None = None):
         streams = await submit(reqs)
-        parsers = [ToolCallParser(tool_fmt) if tool_fmt else None for _ in streams]
+        parsers = [tool_fmt.parser() if tool_fmt else None for _ in streams]
 
         def finish_reason(i: int, reason: str) -> str:
             calls = parsers[i] is not None and parsers[i].calls

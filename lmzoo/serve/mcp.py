@@ -266,11 +266,9 @@ async def run_tool_loop(messages: list[dict[str, Any]], tools: McpTools, generat
     """Generate; while the reply holds tool calls, run them and generate again with the results.
     `generate(messages, tools)` returns the model's raw reply text; `fmt` is the model's
     serve.tools.ToolFormat. Appends every turn to `messages`; returns the final text answer."""
-    from lmzoo.serve.tools import ToolCallParser
-
     for _ in range(max_rounds):
         raw = await generate(messages, tools.tools)
-        parser = ToolCallParser(fmt)
+        parser = fmt.parser()
         content = parser.feed(raw)[0] + parser.flush()
         if not parser.calls:
             messages.append({"role": "assistant", "content": raw})

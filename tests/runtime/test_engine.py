@@ -74,6 +74,30 @@ def test_batched_greedy_equals_alone(family_model, monkeypatch):
         assert got[i] == alone(family_model, p, NEW[i]) == whole[i], f"request {i}"
 
 
+def test_growing_cache_equals_a_whole_one(tmp_path, monkeypatch):
+    """The eager cache grows on demand (doubling from GROW_STEP slots per row); batched greedy tokens
+    and logprobs with a cache that grew many times equal those with the cache allocated whole."""
+    from lmzoo.runtime.cache import KVCache
+
+    build_reference("llama-gqa", tmp_path)
+    model = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    ps = prompts(V)
+    monkeypatch.setattr(KVCache, "GROW_STEP", 4)
+    grown = staggered(model, ps)
+    small = Engine(model, max_running=4)
+    assert small.cache.capacity == 4 < small.cache.max_len and small.cache.full_nbytes() > small.cache.nbytes()
+    monkeypatch.setattr(KVCache, "GROW_STEP", 1 << 30)  # the first allocation is the whole cache
+    whole = staggered(model, ps)
+    assert Engine(model, max_running=4).cache.capacity == model.config.max_seq_len
+    assert grown == whole and all(len(grown[i]) == NEW[i] for i in range(len(NEW)))
+    monkeypatch.setattr(KVCache, "GROW_STEP", 4)
+    eng = Engine(model, max_running=2)
+    for p in ps[:2]:
+        eng.submit(Request(prompt=p, max_tokens=8, stop_token_ids=[]))
+    list(eng.run())
+    assert 4 < eng.cache.capacity <= 2 * (max(map(len, ps[:2])) + 8)  # grown to what was used, not max_len
+
+
 def test_batched_seeded_sampling_equals_alone(family_model):
     ps = prompts(V)
     params = lambda i: SamplingParams(temperature=0.9, top_p=0.9, top_k=20, seed=100 + i)  # noqa: E731
