@@ -10,11 +10,25 @@ adapter trained elsewhere loads onto the lmzoo model:
                                  base_model.model.<checkpoint module>.lora_B.weight (out, r)
                                  base_model.model.<checkpoint module>.lora_magnitude_vector (out,)   DoRA only
 
-Canonical targets: q k v o gate up down (dense MLPs and shared experts; routed MoE experts are not
-adapted: transformers 5 and peft hold them as stacked tensors), "all-linear" (every one of those),
-or the checkpoint's own module names (q_proj, query_key_value, ...). On checkpoints that store q, k, v
-(or gate, up) as one tensor, the roles sharing it are adapted together — as PEFT would — and asking
-for only some of them is an error.
+Canonical targets: q k v o gate up down, "all-linear" (every one of those), or the checkpoint's own
+module names (q_proj, query_key_value, ...). On checkpoints that store q, k, v (or gate, up) as one
+tensor, the roles sharing it are adapted together — as PEFT would — and asking for only some of them
+is an error.
+
+Routed MoE experts: transformers holds them stacked, one parameter per projection for all E experts
+(`experts.gate_up_proj` (E, 2I, d) with gate and up fused, `experts.down_proj` (E, d, I)), and PEFT
+adapts such a parameter with one LoRA of rank r per expert side by side (`target_parameters`,
+peft.tuners.lora.layer.ParamWrapper):
+
+    lora_A.weight (E*r, in)     expert e's A = A.view(E, r, in)[e]          experts in blocks of r rows
+    lora_B.weight (out, r*E)    expert e's B = B.view(out, r, E)[:, :, e]   experts interleaved
+    two targeted parameters on one module nest: the first registered (gate_up_proj) is the inner
+    wrapper, so its keys read `experts.base_layer.lora_A.weight`, down_proj's `experts.lora_A.weight`
+
+lmzoo's experts are modules, so each expert's projection is an ordinary LoraLinear and the stacking
+happens in the files only. Where the stacked parameter is stored (in, out) (Llama 4), PEFT's A and B
+swap roles: expert e's update is A_e^T B_e^T in lmzoo's (out, in) terms. PEFT's stacked LoRA has no
+dropout and no DoRA, so with either the routed experts stay frozen.
 """
 
 from __future__ import annotations
@@ -34,6 +48,8 @@ from lmzoo.errors import CheckpointError, ConfigError
 from lmzoo.nn.lora import LoraLinear, Part, linear_shape, lora_layers
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+# lmzoo expert projection -> transformers' stacked parameter, in the order transformers registers them
+EXPERT_PARAMS = {"gate_up": "gate_up_proj", "down": "down_proj"}
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
@@ -67,6 +83,8 @@ class Site:
     parts: list[Part]
     rows: torch.Tensor | None        # lmzoo row j = checkpoint row rows[j]; None: same order
     roles: dict[str, frozenset]      # part name -> the canonical roles its rows serve
+    expert: int | None = None        # a routed expert: its index in the stacked parameter (the one part)
+    transposed: bool = False         # ... and that parameter is stored (in, out)
 
 
 def _role_ranges(module: str, cfg, out: int) -> list[tuple[str, int]]:
@@ -116,7 +134,10 @@ def sites(model: nn.Module) -> dict[str, Site]:
             mod = mod.base
         leaf = name.rsplit(".", 1)[-1]
         if ".experts." in name:
-            continue  # routed experts: transformers 5 + peft hold them as stacked tensors (not adapted yet)
+            site = _expert_site(name, mod, adapter, transforms, cfg)
+            if site is not None:
+                found[name] = site
+            continue
         if not name.startswith("layers.") or leaf not in ("qkv", "o", "gate_up", "down", "q", "q_a", "q_b",
                                                            "kv_a", "kv_b"):
             continue
@@ -146,6 +167,30 @@ def sites(model: nn.Module) -> dict[str, Site]:
             part_roles[p.name] = frozenset(roles[i][0] for i in torch.bucketize(lm_rows, ends, right=True).unique().tolist())
         found[name] = Site(name, parts, rows, part_roles)
     return found
+
+
+def _expert_site(name: str, mod: nn.Module, adapter, transforms, cfg) -> Site | None:
+    """A routed expert's projection: one part, the stacked parameter it is a slice of (module docstring)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if adapter.experts is None or leaf not in EXPERT_PARAMS:
+        return None
+    template, index = name_template(name + ".weight")
+    out, inp = linear_shape(mod)
+    transposed = _is_transpose((transforms or {}).get(template), out, inp, cfg, name)
+    part = Part(f"{fill_template(adapter.experts, index)}.{EXPERT_PARAMS[leaf]}", 0, out)
+    roles = frozenset(role for role, _ in _role_ranges(name, cfg, out))
+    return Site(name, [part], None, {part.name: roles}, expert=int(index["{e}"]), transposed=transposed)
+
+
+def _is_transpose(transform, out: int, inp: int, cfg, where: str) -> bool:
+    """Whether a layout transform is the (in, out) -> (out, in) transpose (None: no transform)."""
+    if transform is None:
+        return False
+    probe = torch.arange(out * inp, dtype=torch.float64).view(inp, out)
+    t = transform(probe, cfg)
+    if tuple(t.shape) != (out, inp) or not torch.equal(t, probe.t()):
+        raise ConfigError(f"cannot place a LoRA on {where}: its checkpoint layout is not a transpose")
+    return True
 
 
 def _expand_roles(roles: frozenset) -> frozenset:
@@ -197,6 +242,12 @@ def add_lora(model: nn.Module, *, targets="all-linear", r: int = 8, alpha: float
         raise ConfigError("this model already has LoRA layers; merge them (lmzoo.nn.lora.merge_lora) first")
     all_sites = sites(model)
     chosen = select_parts(model, targets, all_sites)
+    if dora or dropout:  # PEFT's stacked-expert LoRA has neither (module docstring)
+        chosen = {m: names for m, names in chosen.items() if all_sites[m].expert is None}
+        if not chosen:
+            raise ConfigError(f"LoRA targets {targets} are routed MoE experts only, which take LoRA without DoRA "
+                              f"and without dropout (PEFT's format for them has neither); got dora={dora}, "
+                              f"dropout={dropout}")
     for p in model.parameters():
         p.requires_grad_(False)
     for module, names in chosen.items():
@@ -211,16 +262,54 @@ def add_lora(model: nn.Module, *, targets="all-linear", r: int = 8, alpha: float
 
 # --- PEFT files ------------------------------------------------------------------------------------
 
-def _target_modules(model: nn.Module, layers: dict[str, LoraLinear]):
-    """PEFT's target_modules: the leaf names when they pick exactly the adapted modules, else a regex
-    of the full names. Always the regex on MoE models: peft re-targets per-expert leaf names
-    (gate_proj, ...) onto transformers' stacked expert tensors, which lmzoo does not adapt."""
-    adapted = {n for m in layers.values() for n in m.targets}
-    every = {p.name for s in sites(model).values() for p in s.parts}
+def _target_modules(model: nn.Module, layers: dict[str, LoraLinear], all_sites: dict[str, Site]):
+    """PEFT's target_modules for the adapted modules that are not routed experts: the leaf names when
+    they pick exactly those, else a regex of the full names. Always the regex on MoE models: peft
+    re-targets per-expert leaf names (gate_proj, ...) onto transformers' stacked expert tensors."""
+    adapted = {n for name, m in layers.items() if all_sites[name].expert is None for n in m.targets}
+    every = {p.name for s in all_sites.values() if s.expert is None for p in s.parts}
     leaves = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+    if not adapted:
+        return []
     if not model.config.n_experts and {n for n in every if n.rsplit(".", 1)[-1] in leaves} == adapted:
         return leaves
     return "^(" + "|".join(re.escape(n) for n in sorted(adapted)) + ")$"
+
+
+def _expert_keys(params: set[str]) -> dict[str, str]:
+    """Stacked parameter -> its module's name in PEFT's keys (nested wrappers, module docstring)."""
+    out = {}
+    for module in {p.rsplit(".", 1)[0] for p in params}:
+        targeted = [f"{module}.{leaf}" for leaf in EXPERT_PARAMS.values() if f"{module}.{leaf}" in params]
+        for depth, p in enumerate(reversed(targeted)):
+            out[p] = module + ".base_layer" * depth
+    return out
+
+
+def _stack_experts(per_expert: dict[int, tuple[torch.Tensor, torch.Tensor]], n_experts: int,
+                   transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each expert's (A (r, in), B (out, r)) -> PEFT's stacked (lora_A (E*r, .), lora_B (., r*E))."""
+    pairs = [per_expert[e] for e in range(n_experts)]
+    if transposed:  # PEFT's A and B act in the other order on an (in, out) parameter
+        pairs = [(B.t(), A.t()) for A, B in pairs]
+    A = torch.cat([a for a, _ in pairs])
+    B = torch.stack([b for _, b in pairs], dim=-1)
+    return A, B.reshape(B.shape[0], -1)
+
+
+def _unstack_expert(got: dict[str, torch.Tensor], e: int, n_experts: int, transposed: bool, where: str):
+    """The inverse of _stack_experts for expert e: {'lora_A': (r, in), 'lora_B': (out, r)}."""
+    A, B = got.get("lora_A"), got.get("lora_B")
+    if A is None or B is None:
+        raise CheckpointError(f"adapter lacks the {'lora_A' if A is None else 'lora_B'} of {where}")
+    if A.dim() != 2 or B.dim() != 2 or A.shape[0] % n_experts or B.shape[1] != A.shape[0]:
+        raise CheckpointError(f"adapter tensors of {where} have shapes {tuple(A.shape)} and {tuple(B.shape)}; "
+                              f"expected (E*r, in) and (out, r*E) for the {n_experts} experts")
+    r = A.shape[0] // n_experts
+    a, b = A.view(n_experts, r, -1)[e], B.view(B.shape[0], r, n_experts)[:, :, e]
+    if transposed:
+        a, b = b.t(), a.t()
+    return {"lora_A": a.contiguous(), "lora_B": b.contiguous()}
 
 
 def save_adapter(model: nn.Module, out_dir, *, base_model_name_or_path: str | None = None) -> Path:
@@ -239,20 +328,42 @@ def save_adapter(model: nn.Module, out_dir, *, base_model_name_or_path: str | No
     alphas = {n: a for m in layers.values() for n, a in zip(m.targets, m.alphas)}
     r0 = max(set(ranks.values()), key=list(ranks.values()).count)
     a0 = max(set(alphas.values()), key=list(alphas.values()).count)
-    rank_pattern = {re.escape(n): k for n, k in ranks.items() if k != r0}
-    alpha_pattern = {re.escape(n): a for n, a in alphas.items() if a != a0}
+    all_sites = sites(model)
     tensors = {}
-    for m in layers.values():
+    stacked: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for module, m in layers.items():
+        s = all_sites[module]
         for i, name in enumerate(m.targets):
+            if s.expert is not None:
+                stacked.setdefault(name, {})[s.expert] = (m.lora_A[i].detach().float().cpu(),
+                                                          m.lora_B[i].detach().float().cpu())
+                continue
             tensors[f"{PREFIX}{name}.lora_A.weight"] = m.lora_A[i].detach().float().contiguous().cpu()
             tensors[f"{PREFIX}{name}.lora_B.weight"] = m.lora_B[i].detach().float().contiguous().cpu()
             if m.dora:
                 tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = m.magnitude[i].detach().float().contiguous().cpu()
+    keys = _expert_keys(set(stacked))
+    for name, per_expert in stacked.items():
+        if len(per_expert) != model.config.n_experts:
+            raise ConfigError(f"{name}: PEFT stacks all {model.config.n_experts} experts' LoRA, but "
+                              f"{len(per_expert)} of them carry one")
+        transposed = all_sites[next(mod for mod in layers if all_sites[mod].parts[0].name == name)].transposed
+        A, B = _stack_experts(per_expert, model.config.n_experts, transposed)
+        tensors[f"{PREFIX}{keys[name]}.lora_A.weight"] = A.contiguous()
+        tensors[f"{PREFIX}{keys[name]}.lora_B.weight"] = B.contiguous()
+    # stacked experts' rank and alpha always spelled out, and first (peft takes the first matching
+    # pattern): peft's transformers-v5 conversion adds `.*\.gate_up_proj` with twice the rank when it
+    # reads gate_proj + up_proj among the targets (a v4 adapter's separate gate and up experts fused)
+    rank_pattern = {re.escape(n): ranks[n] for n in sorted(stacked)} | \
+        {re.escape(n): k for n, k in ranks.items() if k != r0 and n not in stacked}
+    alpha_pattern = {re.escape(n): alphas[n] for n in sorted(stacked)} | \
+        {re.escape(n): a for n, a in alphas.items() if a != a0 and n not in stacked}
     layout = layout_of(model)
     p = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r0, "lora_alpha": a0,
-        "lora_dropout": p, "target_modules": _target_modules(model, layers), "use_rslora": first.rslora,
+        "lora_dropout": p, "target_modules": _target_modules(model, layers, all_sites),
+        "target_parameters": sorted(stacked) or None, "use_rslora": first.rslora,
         "use_dora": first.dora, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
         "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
         "base_model_name_or_path": base_model_name_or_path or layout.path or None,
@@ -299,15 +410,22 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
         state = load_file(str(wpath))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{wpath} is not a readable safetensors file ({e})") from None
+    all_sites = sites(model)
+    part_sites: dict[str, list[Site]] = {}
+    for s in all_sites.values():
+        for p in s.parts:
+            part_sites.setdefault(p.name, []).append(s)
+    # a stacked-experts key names its module (nested wrappers): back to the parameter it adapts
+    targeted = [n for n, ss in part_sites.items() if ss[0].expert is not None and _names_parameter(cfg, n)]
+    from_key = {k: n for n, k in _expert_keys(set(targeted)).items()}
     per_part: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in state.items():
         m = re.fullmatch(r"base_model\.model\.(.+)\.(lora_A|lora_B)(?:\.default)?\.weight", key) or \
             re.fullmatch(r"base_model\.model\.(.+)\.(lora_magnitude_vector)(?:\.default)?(?:\.weight)?", key)
         if m is None:
             raise CheckpointError(f"{wpath}: tensor {key!r} is not a LoRA A/B matrix or DoRA magnitude")
-        per_part.setdefault(m.group(1), {})[m.group(2)] = t
-    part_site = {p.name: s for s in sites(model).values() for p in s.parts}
-    unknown = sorted(set(per_part) - set(part_site))
+        per_part.setdefault(from_key.get(m.group(1), m.group(1)), {})[m.group(2)] = t
+    unknown = sorted(set(per_part) - set(part_sites))
     if unknown:
         raise CheckpointError(f"adapter {d} adapts modules this model does not have, e.g. {unknown[:3]}; "
                               "it was trained for another base model")
@@ -316,11 +434,12 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
     dora = bool(cfg.get("use_dora"))
     chosen: dict[str, list[str]] = {}
     for name in per_part:
-        chosen.setdefault(part_site[name].module, []).append(name)
+        for s in part_sites[name]:
+            chosen.setdefault(s.module, []).append(name)
     for p in model.parameters():
         p.requires_grad_(False)
     for module, names in chosen.items():
-        s = part_site[names[0]]
+        s = all_sites[module]
         parent_name, _, child = module.rpartition(".")
         parent = model.get_submodule(parent_name)
         base = getattr(parent, child)
@@ -333,7 +452,8 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
                           dropout=float(cfg.get("lora_dropout") or 0.0), rslora=bool(cfg.get("use_rslora")), dora=dora)
         with torch.no_grad():
             for i, name in enumerate(lora.targets):
-                got = per_part[name]
+                got = per_part[name] if s.expert is None else \
+                    _unstack_expert(per_part[name], s.expert, model.config.n_experts, s.transposed, name)
                 need = {"lora_A": lora.lora_A[i], "lora_B": lora.lora_B[i]}
                 if dora:
                     need["lora_magnitude_vector"] = lora.magnitude[i]
@@ -348,6 +468,11 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
                     param.requires_grad_(False)
         setattr(parent, child, lora.train(model.training))  # an eval-mode model gets no dropout
     return model
+
+
+def _names_parameter(cfg: dict, name: str) -> bool:
+    """Whether PEFT's target_parameters select this parameter (peft: the full name, or a suffix of it)."""
+    return any(name == t or name.endswith("." + t) for t in cfg.get("target_parameters") or ())
 
 
 def _pattern_value(patterns: dict, name: str, default):

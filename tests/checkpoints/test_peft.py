@@ -20,14 +20,17 @@ peft = pytest.importorskip("peft")
 
 # fused qkv with per-head interleaving (gpt_neox, bloom), grouped (falcon-40b), multi-query (falcon-7b),
 # fused qkv_proj / gate_up_proj (phi3), pair-interleaved rope re-ordered at load (glm, gptj), MLA
-# (deepseek), MoE experts as modules (qwen2-moe) beside stacked ones (mixtral: attention only)
+# (deepseek), routed MoE experts stacked in transformers (mixtral, qwen2/3-moe with a shared expert,
+# deepseek; llama4 stores them (in, out))
 FAMILIES = ["llama-gqa", "qwen2", "qwen3", "mistral-window", "gpt-neox-parallel", "falcon-7b", "falcon-40b",
-            "bloom", "phi3", "glm", "gptj", "stablelm", "opt", "mixtral", "qwen2-moe", "deepseek-v3"]
+            "bloom", "phi3", "glm", "gptj", "stablelm", "opt", "mixtral", "qwen2-moe", "qwen3-moe", "deepseek-v3",
+            "llama4"]
 # peft 0.21 re-targets every gate/up/down_proj of a DeepSeek checkpoint onto transformers 5's stacked
-# experts (peft/utils/transformers_weight_conversion.py), so a DeepSeek MLP adapter means something else there
-TARGETS = {"deepseek-v3": "q,k,v,o"}
+# experts (peft/utils/transformers_weight_conversion.py), so a LoRA on DeepSeek's dense or shared MLP
+# means something else there: attention and the routed experts' gate_up only
+TARGETS = {"deepseek-v3": "q,k,v,o,gate_up_proj"}
 # peft cannot put DoRA on a transformers-5 MoE model ("lora.ParamWrapper does not work with use_dora=True")
-NO_PEFT_DORA = {"mixtral", "qwen2-moe", "deepseek-v3"}
+NO_PEFT_DORA = {"mixtral", "qwen2-moe", "qwen3-moe", "deepseek-v3", "llama4"}
 
 
 @torch.no_grad()
@@ -77,10 +80,14 @@ def _peft_adapter(name, tmp_path, dora=False):
     if dora and name in NO_PEFT_DORA:
         pytest.skip("peft cannot make DoRA adapters on transformers-5 MoE models")
     ref = build_reference(name, tmp_path / "ref")
-    # every projection lmzoo adapts (PEFT's "all-linear" would also take MoE routers and stacked experts)
+    # every projection lmzoo adapts (PEFT's "all-linear" would also take MoE routers); stacked routed
+    # experts are parameters to peft (target_parameters)
     chosen = select_parts(lmzoo.from_pretrained(tmp_path / "ref"), TARGETS.get(name, "all-linear"))
-    leaves = sorted({n.rsplit(".", 1)[-1] for names in chosen.values() for n in names})
-    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=leaves, init_lora_weights=False, use_dora=dora)
+    names = {n for module, ns in chosen.items() for n in ns if not (dora and ".experts." in module)}
+    stacked = sorted(n for n in names if n.endswith(("experts.gate_up_proj", "experts.down_proj")))
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in set(names) - set(stacked)})
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=leaves, target_parameters=stacked or None,
+                          init_lora_weights=False, use_dora=dora)
     torch.manual_seed(1)
     model = peft.get_peft_model(ref, cfg)
     model.save_pretrained(tmp_path / "peft")
@@ -115,18 +122,33 @@ def test_lora_gradients_match_peft(family, dora, tmp_path):
     (ref(ids).logits * w).sum().backward()
     (ours(ids) * w).sum().backward()
     theirs = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
-    checked = 0
-    for m in lora_layers(ours).values():
+    # peft's wrapper of each stacked expert parameter: its module path, found on peft's own modules
+    wrapper = {f"{n.removeprefix('base_model.model.').replace('.base_layer', '')}.{m.parameter_name}": n
+               for n, m in ref.named_modules() if type(m).__name__ == "ParamWrapper"}
+    n_experts = ours.config.n_experts
+    seen = set()
+    for module, m in lora_layers(ours).items():
         for i, part in enumerate(m.targets):
             pairs = [("lora_A", m.lora_A[i]), ("lora_B", m.lora_B[i])]
             if dora:
                 pairs.append(("lora_magnitude_vector", m.magnitude[i]))
             for kind, p in pairs:
-                key = next(k for k in theirs if k.startswith(f"base_model.model.{part}.{kind}"))
+                if part in wrapper:  # an expert no token was routed to has no gradient; peft's slice is 0
+                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad
                 assert p.grad is not None, (part, kind)
-                torch.testing.assert_close(p.grad, theirs[key], atol=1e-4, rtol=1e-4)
-                checked += 1
-    assert checked == len(theirs), (checked, len(theirs))
+                if part in wrapper:  # expert e of E: A rows [e*r, (e+1)*r), B columns e, e+E, e+2E, ...
+                    e = int(module.split(".experts.")[1].split(".")[0])
+                    key = f"{wrapper[part]}.{kind}.default.weight"
+                    if name == "llama4":  # stored (in, out): peft's A and B act the other way round
+                        key = key.replace(kind, {"lora_A": "lora_B", "lora_B": "lora_A"}[kind])
+                    g = theirs[key]
+                    g = g.view(n_experts, -1, g.shape[1])[e] if "lora_A" in key else g.view(g.shape[0], -1, n_experts)[..., e]
+                    torch.testing.assert_close(p.grad, g.t() if name == "llama4" else g, atol=1e-4, rtol=1e-4)
+                else:
+                    key = next(k for k in theirs if k.startswith(f"base_model.model.{part}.{kind}"))
+                    torch.testing.assert_close(p.grad, theirs[key], atol=1e-4, rtol=1e-4)
+                seen.add(key)
+    assert seen == set(theirs), set(theirs) - seen
 
 
 def test_targets_by_role_and_errors(tmp_path):
@@ -207,3 +229,41 @@ def test_rank_and_alpha_patterns(direction, tmp_path):
         ref = _peft_load(build_reference(name, tmp_path / "ref"), tmp_path / "ad")
     with torch.no_grad():
         assert (ref(ids).logits - ours.eval()(ids)).abs().max().item() <= ATOL
+
+
+# llama4's dense MLP also has a down_proj: its routed experts are picked by gate_up_proj alone
+@pytest.mark.parametrize("name,targets", [("mixtral", "gate_up_proj,down_proj"), ("llama4", "gate_up_proj")])
+def test_routed_experts_alone(name, targets, tmp_path):
+    """A LoRA on the routed experts only (transformers' stacked gate_up_proj / down_proj): the same
+    logits in peft, a real change from the base, and the same adapter back in lmzoo."""
+    build_reference(name, tmp_path / "b")
+    ours = lmzoo.from_pretrained(tmp_path / "b", dtype=torch.float32)
+    add_lora(ours, targets=targets, r=3, alpha=5)
+    adapted = sorted(lora_layers(ours))
+    assert adapted and all(".experts." in n for n in adapted)
+    moe_layers = sum(1 for b in ours.layers if hasattr(b.mlp, "experts"))
+    assert len(adapted) == len(targets.split(",")) * ours.config.n_experts * moe_layers
+    _randomise_lora(ours)
+    save_adapter(ours, tmp_path / "ad")
+    ref = _peft_load(build_reference(name, tmp_path / "ref"), tmp_path / "ad")
+    ids = random_ids(V, (2, 11), seed=8)
+    with torch.no_grad():
+        want = ours.eval()(ids)
+        assert (ref(ids).logits - want).abs().max().item() <= ATOL
+        assert (build_reference(name, tmp_path / "r2")(ids).logits - want).abs().max().item() > 100 * ATOL
+        back = lmzoo.from_pretrained(tmp_path / "b", dtype=torch.float32, adapter=tmp_path / "ad")
+        assert (back(ids) - want).abs().max().item() <= ATOL
+
+
+def test_routed_experts_take_no_dora_or_dropout(tmp_path):
+    """PEFT's stacked-expert LoRA has no DoRA and no dropout: with either the experts stay frozen, and
+    asking for the experts alone says why."""
+    build_reference("mixtral", tmp_path)
+    for kw in (dict(dora=True), dict(dropout=0.1)):
+        model = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+        add_lora(model, targets="all-linear", r=2, **kw)
+        assert lora_layers(model) and not any(".experts." in n for n in lora_layers(model))
+        with pytest.raises(ConfigError, match="routed MoE experts only"):
+            add_lora(lmzoo.from_pretrained(tmp_path, dtype=torch.float32), targets="gate_up_proj", r=2, **kw)
+    with pytest.raises(ConfigError, match="one tensor"):  # gate and up are one stacked parameter
+        add_lora(lmzoo.from_pretrained(tmp_path, dtype=torch.float32), targets="gate", r=2)

@@ -221,3 +221,7 @@ class Adapter:
     # canonical template -> fn(tensor, cfg): layout changes applied after assembling; or a function
     # of config.json returning that dict
     transforms: dict[str, Callable] | Callable[[dict], dict[str, Callable]] = field(default_factory=dict)
+    # transformers' module that holds the routed experts stacked ("model.layers.{i}.mlp.experts", with
+    # parameters gate_up_proj (E, 2I, d) and down_proj (E, d, I)): where PEFT puts their LoRA
+    # (`target_parameters`); None: the family's routed experts take no LoRA
+    experts: str | None = None
