@@ -331,12 +331,14 @@ def save_adapter(model: nn.Module, out_dir, *, base_model_name_or_path: str | No
     all_sites = sites(model)
     tensors = {}
     stacked: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    transposed: dict[str, bool] = {}
     for module, m in layers.items():
         s = all_sites[module]
         for i, name in enumerate(m.targets):
             if s.expert is not None:
                 stacked.setdefault(name, {})[s.expert] = (m.lora_A[i].detach().float().cpu(),
                                                           m.lora_B[i].detach().float().cpu())
+                transposed[name] = s.transposed
                 continue
             tensors[f"{PREFIX}{name}.lora_A.weight"] = m.lora_A[i].detach().float().contiguous().cpu()
             tensors[f"{PREFIX}{name}.lora_B.weight"] = m.lora_B[i].detach().float().contiguous().cpu()
@@ -347,8 +349,7 @@ def save_adapter(model: nn.Module, out_dir, *, base_model_name_or_path: str | No
         if len(per_expert) != model.config.n_experts:
             raise ConfigError(f"{name}: PEFT stacks all {model.config.n_experts} experts' LoRA, but "
                               f"{len(per_expert)} of them carry one")
-        transposed = all_sites[next(mod for mod in layers if all_sites[mod].parts[0].name == name)].transposed
-        A, B = _stack_experts(per_expert, model.config.n_experts, transposed)
+        A, B = _stack_experts(per_expert, model.config.n_experts, transposed[name])
         tensors[f"{PREFIX}{keys[name]}.lora_A.weight"] = A.contiguous()
         tensors[f"{PREFIX}{keys[name]}.lora_B.weight"] = B.contiguous()
     # stacked experts' rank and alpha always spelled out, and first (peft takes the first matching
