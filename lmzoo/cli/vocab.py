@@ -1,6 +1,7 @@
 """`lmzoo vocab extend`: the Chinese-LLaMA vocabulary extension (lmzoo.train.vocab).
 
     lmzoo vocab extend --model llama-dir --corpus zh.txt [--corpus more/] --add 20000 --out llama-zh
+        (llama-dir: a SentencePiece tokenizer.model, LLaMA 1/2; or a byte-level BPE tokenizer.json, LLaMA 3 / Qwen)
     lmzoo pretrain --from llama-zh --data zh.txt --out runs/zh ...     # then continue pretraining
 """
 
@@ -12,14 +13,15 @@ import typer
 
 from lmzoo.cli import app
 
-vocab_app = typer.Typer(help="Vocabulary tools (extend a SentencePiece vocabulary with Chinese pieces).",
+vocab_app = typer.Typer(help="Vocabulary tools (extend a SentencePiece or byte-level BPE vocabulary with Chinese tokens).",
                         no_args_is_help=True)
 app.add_typer(vocab_app, name="vocab")
 
 
 @vocab_app.command("extend")
 def extend(
-    model: Path = typer.Option(..., "--model", "-m", help="HF checkpoint directory with a SentencePiece tokenizer.model."),
+    model: Path = typer.Option(..., "--model", "-m", help="HF checkpoint directory with a SentencePiece "
+                                "tokenizer.model or a byte-level BPE tokenizer.json."),
     corpus: list[str] = typer.Option(..., "--corpus", help="Chinese text: text / JSONL files or directories (repeatable)."),
     add: int = typer.Option(20000, "--add", help="How many new pieces to append (Chinese-LLaMA: ~20k)."),
     out: Path = typer.Option(..., "--out", help="Where to write the extended checkpoint + tokenizer."),
@@ -31,8 +33,9 @@ def extend(
     from lmzoo.errors import ConfigError
     from lmzoo.tokenizer import load_tokenizer
     from lmzoo.train.corpus import _documents, corpus_files
-    from lmzoo.train.vocab import ANSI, extend_vocab, tokens_per_char
+    from lmzoo.train.vocab import ANSI, base_vocabulary, extend_vocab, tokens_per_char
 
+    base_vocabulary(model)  # a tokenizer it can extend, before reading the corpus
     if not 0 <= held_out < 1:
         raise ConfigError(f"--held-out must be in [0, 1), got {held_out}")
     if out.exists() and any(out.iterdir()):

