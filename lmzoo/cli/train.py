@@ -237,6 +237,13 @@ def pretrain(
                                        "0.3,0,0.7]"),
     tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer source [default: the checkpoint's, "
                                          "else SmolLM2's]"),
+    trainable: str = typer.Option("full", "--trainable", help="full | embeddings (Chinese-LLaMA stage 1: the "
+                                  "embedding and LM head only) | lora (stage 2: LoRA on --lora-targets + the "
+                                  "embedding and LM head; saved merged)."),
+    lora_r: int = typer.Option(8, "--lora-r", help="--trainable lora: the rank."),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="--trainable lora: the scale numerator."),
+    lora_targets: str = typer.Option("q,k,v,o", "--lora-targets", help="--trainable lora: the projections "
+                                     "(as lmzoo finetune --targets)."),
     eval_data: list[str] | None = typer.Option(None, "--eval-data", help="Held-out corpus for eval loss."),
     lr: float = typer.Option(3e-4, "--lr"),
     min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio"),
@@ -273,7 +280,8 @@ def pretrain(
                      mixed_precision=mixed_precision)
     pc = PretrainConfig(data=data, out=out, config=config, overrides=parse_overrides(set_ or []), init_from=init_from,
                         tokenizer=tokenizer, eval_data=eval_data, resume=resume, overwrite=overwrite, train=tc,
-                        objective=objective, glm_mix=parse_mix(glm_mix), init_std=init_std)
+                        objective=objective, glm_mix=parse_mix(glm_mix), init_std=init_std, trainable=trainable,
+                        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets)
     log = _logger(quiet)
     result = run(pc, progress=not quiet, log=log)
     _report(result)

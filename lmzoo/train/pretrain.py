@@ -7,6 +7,15 @@ continued from a checkpoint, on the fine-tuning loop (same checkpoints, resume, 
     corpus files / dirs -> token file (tokenised once, lmzoo.train.corpus) -> windows of seq_len
       (glm: windows of text short enough that text + a [MASK] and a <sop> per span fit seq_len)
       -> Trainer.fit -> out/model (an HF checkpoint)
+
+What trains (`--trainable`), for continued pretraining after a vocabulary extension — the two stages
+of Chinese-LLaMA (Cui et al. 2023, section 3.3):
+
+    full        every weight (pretraining from scratch, or plain continued pretraining)
+    embeddings  stage 1: the embedding and the LM head only; the transformer blocks stay frozen, so
+                the new tokens' rows adapt without disturbing what the model knows
+    lora        stage 2: LoRA on the attention projections (`--lora-targets`, default q,k,v,o) plus the
+                embedding and the LM head; saved with the LoRA update merged into the weights
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -24,6 +34,8 @@ from lmzoo.errors import ConfigError
 from lmzoo.train.loop import SFTObjective, TrainConfig, Trainer
 
 OBJECTIVES = ("causal", "glm")
+Trainable = Literal["full", "embeddings", "lora"]
+TRAINABLE = get_args(Trainable)
 
 
 @dataclass
@@ -40,6 +52,10 @@ class PretrainConfig:
     overwrite: bool = False
     objective: str = "causal"            # causal | glm (blank infilling, GLM / ChatGLM-6B configs)
     glm_mix: dict | None = None          # glm: the [MASK]/[sMASK]/[gMASK] row fractions (None: GLM-130B's)
+    trainable: Trainable = "full"        # full | embeddings | lora (module docstring)
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "q,k,v,o"        # Chinese-LLaMA's stage 2: the attention projections
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -184,8 +200,7 @@ def prepare(cfg: PretrainConfig):
     if model.config.vocab_size < tok.vocab_size:
         raise ConfigError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
                           f"({tok.vocab_size}); pass a matching --tokenizer")
-    for p in model.parameters():
-        p.requires_grad_(True)
+    set_trainable(model, cfg)
     seq = cfg.train.seq_len
     if seq > model.config.max_seq_len:
         raise ConfigError(f"--seq-len {seq} exceeds the model's context of {model.config.max_seq_len}")
@@ -203,6 +218,26 @@ def prepare(cfg: PretrainConfig):
         et, es, _ = tokenize_corpus(cfg.eval_data, tok, str(Path(tok_path).resolve()))
         evals = TokenWindows(et, es, text, **shard)
     return model, tok, train, evals, sampler
+
+
+def set_trainable(model: nn.Module, cfg: PretrainConfig) -> None:
+    """Mark what trains (`cfg.trainable`, the module docstring); LoRA layers are added here."""
+    if cfg.trainable not in TRAINABLE:
+        raise ConfigError(f"--trainable {cfg.trainable!r}: expected one of {', '.join(TRAINABLE)}")
+    if cfg.trainable != "full" and cfg.init_from is None:
+        raise ConfigError(f"--trainable {cfg.trainable} freezes a trained model's blocks; it continues a "
+                          "checkpoint (--from), and a from-scratch model trains all its weights")
+    if cfg.trainable == "lora" and cfg.train.parallel == "fsdp":
+        raise ConfigError("--parallel fsdp shards full training; --trainable lora trains with --parallel ddp")
+    for p in model.parameters():
+        p.requires_grad_(cfg.trainable == "full")
+    if cfg.trainable == "lora":
+        from lmzoo.checkpoints.peft import add_lora
+
+        add_lora(model, targets=cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    if cfg.trainable != "full":
+        for p in (*model.embed.parameters(), *model.lm_head.parameters()):
+            p.requires_grad_(True)
 
 
 def glm_sampler(cfg: PretrainConfig, mc: ModelConfig, tok):
@@ -250,8 +285,10 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
     if not d.main:
         log = _quiet
     model, tok, train, evals, sampler = prepare(cfg)
-    log(f"model: {count_params(model.config).total:,} parameters ({model.config.n_layer} layers, d={model.config.n_embd}); "
-        f"corpus: {len(train.tokens):,} tokens in {len(train)} windows of {t.seq_len}")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"model: {count_params(model.config).total:,} parameters ({model.config.n_layer} layers, d={model.config.n_embd}), "
+        f"{n_train:,} trained ({cfg.trainable}); corpus: {len(train.tokens):,} tokens in {len(train)} windows of "
+        f"{t.seq_len}")
 
     if sampler is not None:
         from lmzoo.train.glm import GLMObjective, glm_batches
@@ -268,7 +305,9 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
         def make_batches(data, epoch, seed):
             return data.batches(t.batch_size, seed, epoch)
 
-    run_info = {"from": cfg.init_from, "arch": cfg.config, "overrides": cfg.overrides,
+    run_info = {"from": cfg.init_from, "arch": cfg.config, "overrides": cfg.overrides, "trainable": cfg.trainable,
+                **({"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets}
+                   if cfg.trainable == "lora" else {}),
                 "data": [str(Path(d).resolve()) for d in cfg.data], "tokenizer": tok_source(cfg),
                 **({"objective": "glm", "glm_mix": cfg.glm_mix} if sampler is not None else {})}
     trainer = Trainer(model, t, train, out_dir=cfg.out, eval_data=evals, objective=objective,
@@ -284,7 +323,9 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
                 import shutil
 
                 shutil.rmtree(out)
-            save_hf(whole, out, tokenizer=tok, tokenizer_source=tok_source(cfg))
+            from lmzoo.nn.lora import merge_lora
+
+            save_hf(merge_lora(whole), out, tokenizer=tok, tokenizer_source=tok_source(cfg))
         parallel.barrier()
         result["saved"] = str(out)
     return result

@@ -4,7 +4,7 @@ PyPI mistral-common: 32k BPE pieces with byte fallback), on real byte-level BPE 
 classical poems and sayings). The grown checkpoint loads in transformers with the same
 logits as lmzoo; old ids, English tokenisation and English logits are unchanged; Chinese text takes
 fewer tokens on held-out documents; new rows are the mean of their old parts; continued pretraining
-lowers the loss on Chinese text."""
+lowers the loss on Chinese text, in Chinese-LLaMA's two stages (embeddings, then + LoRA)."""
 
 from __future__ import annotations
 
@@ -119,16 +119,57 @@ def test_new_rows_are_the_mean_of_their_old_parts(extended):
             torch.testing.assert_close(a[i], b[parts].mean(0))
 
 
-def test_continued_pretraining_lowers_the_chinese_loss(extended, tmp_path):
-    _, out, corpus, _, _ = extended
-    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--from", str(out), "--data", str(corpus),
-                        "--out", str(tmp_path / "run"), "--max-steps", "30", "--seq-len", "64", "--batch-size", "8",
-                        "--lr", "3e-3", "--warmup-steps", "3"], capture_output=True, text=True,
-                       timeout=900)
+def _pretrain(src: Path, corpus: Path, out: Path, *args: str) -> list[float]:
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--from", str(src), "--data", str(corpus),
+                        "--out", str(out), "--max-steps", "20", "--seq-len", "64", "--batch-size", "8",
+                        "--warmup-steps", "3", *args], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [x["loss"] for x in rows if "loss" in x]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses  # nats, in 30 steps from ln(36000) ~ 10.5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in rows if "loss" in x]
+
+
+def test_two_stage_continued_pretraining_lowers_the_chinese_loss(extended, tmp_path):
+    """Chinese-LLaMA's recipe on the extended model: stage 1 trains the embedding and the LM head only,
+    stage 2 adds LoRA on the attention projections; each lowers the loss on Chinese text, and each
+    leaves what it does not train bit for bit as it was."""
+    import transformers as tf
+    from safetensors.torch import load_file
+
+    _, out, corpus, _, docs = extended
+    s1, s2 = tmp_path / "s1" / "model", tmp_path / "s2" / "model"
+    stage1 = _pretrain(out, corpus, s1.parent, "--trainable", "embeddings", "--lr", "1e-2")
+    assert sum(stage1[-5:]) / 5 < sum(stage1[:5]) / 5 - 1.0, stage1  # nats, in 20 steps from ln(36000) ~ 10.5
+    _pretrain(s1, corpus, s2.parent, "--trainable", "lora", "--lr", "3e-3", "--seed", "1")  # other batches
+    tok = load_tokenizer(out)
+    held = [torch.tensor([tok.encode(d)[:64]]) for d in docs[-int(len(docs) * 0.05):][:40]]  # never trained on
+
+    def held_out_loss(path) -> float:
+        m = lmzoo.from_pretrained(path)
+        with torch.no_grad():
+            return sum(torch.nn.functional.cross_entropy(m(x)[0, :-1], x[0, 1:]).item() for x in held) / len(held)
+
+    before, after1, after2 = held_out_loss(out), held_out_loss(s1), held_out_loss(s2)
+    assert after1 < before - 1.0 and after2 < after1 - 0.05, (before, after1, after2)
+
+    w0, w1, w2 = (load_file(str(d / "model.safetensors")) for d in (out, s1, s2))
+    embed = {"model.embed_tokens.weight", "lm_head.weight"}
+    assert set(w0) == set(w1) == set(w2)  # stage 2 is saved merged: no LoRA tensors
+    for k in w0:
+        attn = any(f"self_attn.{p}_proj" in k for p in "qkvo")
+        assert torch.equal(w0[k], w1[k]) == (k not in embed), k  # stage 1: only the embeddings moved
+        assert torch.equal(w1[k], w2[k]) == (k not in embed and not attn), k  # stage 2: + attention
+    ours = lmzoo.from_pretrained(s2)
+    theirs = tf.AutoModelForCausalLM.from_pretrained(s2, dtype=torch.float32).eval()
+    ids = torch.tensor([load_tokenizer(s2).encode("床前明月光，疑是地上霜。")])
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids).logits).abs().max() < 1e-4
+
+
+def test_trainable_needs_a_checkpoint(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--config", "Llama-2-7B", "--set", "n_layer=1",
+                        "--trainable", "embeddings", "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "continues a checkpoint (--from)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_bad_input():
