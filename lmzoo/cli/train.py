@@ -23,7 +23,8 @@ _TRAIN_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "max_steps"
 
 
 _PARALLEL_HELP = ("Under torchrun (--nproc-per-node N): ddp (a replica per rank) | fsdp (FSDP2: parameters, "
-                  "gradients and optimizer state sharded; sharded checkpoints). --batch-size is the global batch.")
+                  "gradients and optimizer state sharded; sharded checkpoints) | tp (tensor parallelism: heads and "
+                  "MLP width split over the ranks, each reading the whole batch). --batch-size is the global batch.")
 _MP_HELP = "fsdp: fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction)."
 
 

@@ -115,10 +115,10 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
     from lmzoo.train import parallel
 
     cfg.train.validate()
-    parallel.check_batch(cfg.train.batch_size)  # before any work: the world size torchrun announces
-    if cfg.train.parallel == "fsdp" and cfg.method != "full":
-        raise ConfigError("--parallel fsdp shards full training (--method full); adapters (LoRA / DoRA / QLoRA) "
-                          "train with --parallel ddp")
+    parallel.check_batch(cfg.train.batch_size, parallel=cfg.train.parallel)  # before any work: torchrun's world
+    if cfg.train.parallel in parallel.SHARDED and cfg.method != "full":
+        raise ConfigError(f"--parallel {cfg.train.parallel} splits full training (--method full); adapters "
+                          "(LoRA / DoRA / QLoRA) train with --parallel ddp")
     d = parallel.init(cfg.train.parallel)
     if not d.main:
         log = _quiet

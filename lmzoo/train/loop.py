@@ -178,7 +178,7 @@ class Trainer:
 
         cfg.validate()
         self.dist = parallel.init(cfg.parallel)
-        parallel.check_batch(cfg.batch_size, self.dist.world)
+        parallel.check_batch(cfg.batch_size, self.dist.dp_world)
         self.model, self.cfg, self.train, self.eval_data = model, cfg, train, eval_data or []
         self.out = Path(out_dir)
         self.objective = objective or SFTObjective(cfg.loss_chunk)
@@ -224,7 +224,7 @@ class Trainer:
 
         if self.sharded_batches:
             return b, False
-        return local_part(b, self.dist.rank, self.dist.world)
+        return local_part(b, self.dist.dp_rank, self.dist.dp_world)
 
     def _stream(self):
         """This rank's micro-batches from the current data position on, epoch after epoch."""
@@ -308,7 +308,7 @@ class Trainer:
         if agree(err is None) and main:
             try:
                 state = {"step": self.step, "micro": self.micro, "tokens": self.tokens, "total": self.total,
-                         "world": self.dist.world, "rng_torch": torch.get_rng_state().tolist(),
+                         "world": self.dist.world, "tp": self.dist.tp, "rng_torch": torch.get_rng_state().tolist(),
                          "rng_python": _py_rng_state()}
                 (tmp / "state.json").write_text(json.dumps(state))
                 for f in tmp.rglob("*"):
@@ -368,6 +368,9 @@ class Trainer:
             return  # nothing saved yet: start from the beginning
         d = self._ckpt_root() / latest.read_text().strip()
         state = json.loads((d / "state.json").read_text())
+        if state.get("tp", 1) != self.dist.tp:  # tensor parallelism keeps fused rows in its ranks' order
+            raise TrainError(f"checkpoint {d} was written by a run with {state.get('tp', 1)} tensor-parallel "
+                             f"rank(s), this run has {self.dist.tp}; resume with the same --parallel and world size")
         if (d / "dcp").is_dir():
             self._load_dcp(d / "dcp")
         else:
@@ -431,19 +434,26 @@ class Trainer:
                     s, _ = self.objective.loss(self.net, b)
                 if not dummy:
                     total, n = total + float(s), n + self.objective.units(b)
-        total, n = all_sum([total, n])
+        total, n = all_sum([total, n], data=True)
         self.model.train(was)
         return total / max(n, 1)
 
     def _grad_norm(self, params: list) -> float:
-        """The global gradient norm, accumulated in float64 (FSDP2: each rank's shards, squares summed
-        over the ranks), and the gradients clipped to max_grad_norm when set (clip_grad_norm_'s rule)."""
+        """The global gradient norm, accumulated in float64 (sharded gradients, FSDP2's and tensor
+        parallelism's: each rank's shards, squares summed over the ranks; replicated ones counted once),
+        and the gradients clipped to max_grad_norm when set (clip_grad_norm_'s rule)."""
         from lmzoo.train.parallel import all_sum
 
         c = self.cfg
-        local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
-        sq = sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in local)
-        total = (all_sum([sq])[0] if self.sharded else sq) ** 0.5
+        grads = [p.grad for p in params if p.grad is not None]
+        split = [g.to_local() for g in grads if hasattr(g, "to_local")]  # DTensor: this rank's shard
+        whole = [g for g in grads if not hasattr(g, "to_local")]  # the same on every rank (replicated)
+        local = split + whole
+
+        def sq(gs) -> float:
+            return sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in gs)
+
+        total = ((all_sum([sq(split)])[0] if self.sharded else 0.0) + sq(whole)) ** 0.5
         if c.max_grad_norm is not None:
             coef = c.max_grad_norm / (total + 1e-6)
             if coef < 1.0:
@@ -455,7 +465,7 @@ class Trainer:
         from lmzoo.train.parallel import all_sum
 
         c = self.cfg
-        main, world = self.dist.main, self.dist.world
+        main, world = self.dist.main, self.dist.dp_world
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         stream = self._stream()
         metrics_f = open(self.out / "metrics.jsonl", "a") if main else None
@@ -478,7 +488,7 @@ class Trainer:
                 # times the world size (DDP / FSDP2 average the ranks' gradients): the step's gradient
                 # equals that of one batch holding all of them
                 units, step_tokens = all_sum([sum(0 if d else self.objective.units(b) for b, d in micro),
-                                              sum(0 if d else b.n_tokens for b, d in micro)])
+                                              sum(0 if d else b.n_tokens for b, d in micro)], data=True)
                 units, step_tokens = int(units), int(step_tokens)
                 self.opt.zero_grad(set_to_none=True)
                 loss_sum, extras = 0.0, []
@@ -497,15 +507,15 @@ class Trainer:
                 self.step += 1
                 self.micro += c.grad_accum
                 keys = sorted({k for e in extras for k in e})
-                summed = all_sum([loss_sum, float(self._stop), len(extras)]
-                                 + [sum(float(e[k]) for e in extras if k in e) for k in keys])
-                loss_sum, stopping = summed[0], summed[1] > 0
+                summed = all_sum([loss_sum, len(extras)] + [sum(float(e[k]) for e in extras if k in e) for k in keys],
+                                 data=True)
+                loss_sum, stopping = summed[0], all_sum([float(self._stop)])[0] > 0  # a stop on any rank
                 self.tokens += step_tokens
                 dt = time.perf_counter() - t0
                 last = {"step": self.step, "loss": loss_sum / max(units, 1), "lr": lr, "grad_norm": gn,
                         "tokens": self.tokens, "tokens_per_s": step_tokens / dt if dt > 0 else None}
-                for k, v in zip(keys, summed[3:]):
-                    last[k] = v / max(summed[2], 1)
+                for k, v in zip(keys, summed[2:]):
+                    last[k] = v / max(summed[1], 1)
                 if self.eval_data and ((c.eval_every and self.step % c.eval_every == 0) or self.step == self.total):
                     last["eval_loss"] = self.evaluate()
                 if main and (self.step % c.log_every == 0 or "eval_loss" in last or self.step == self.total):

@@ -2,7 +2,7 @@
 distributed checkpoints (torch.distributed.checkpoint). The model code stays single-device; this
 module wraps or transforms a built model.
 
-    torchrun --nproc-per-node 2 -m lmzoo pretrain ... [--parallel ddp|fsdp] [--mixed-precision bf16]
+    torchrun --nproc-per-node 2 -m lmzoo pretrain ... [--parallel ddp|fsdp|tp] [--mixed-precision bf16]
 
 Data: `--batch-size` is the global batch (rows per micro-batch summed over ranks); rank r of w takes
 rows [r B / w, (r + 1) B / w) of every batch, so a run's batches, step count and data position do not
@@ -14,6 +14,12 @@ w ranks, so the step's gradient is that of one process holding the whole batch.
     fsdp   FSDP2 (torch.distributed.fsdp.fully_shard): each block, then the root (embeddings, final
            norm, head); parameters, gradients and optimizer state sharded; MixedPrecisionPolicy for
            bf16 compute with fp32 master weights and fp32 gradient reduction
+    tp     tensor parallelism over every rank (`tensor_parallel`, below): one model split by heads and
+           MLP width, every rank reading the whole batch (the data-parallel world is 1)
+
+The data-parallel coordinates (`Dist.dp_rank`, `Dist.dp_world`) are what batches, losses and token
+counts are split and summed over; under `tp` they are (0, 1) on every rank, and the ranks compute
+the same loss from the same rows.
 
 Tensor parallelism (`tensor_parallel`) is a transform of a built model, one plan for every family by
 canonical parameter names (TP_PLAN). lmzoo fuses projections (attn.qkv = [q; k; v] rows, mlp.gate_up
@@ -35,7 +41,8 @@ from torch import nn
 
 from lmzoo.errors import ConfigError
 
-PARALLEL = ("ddp", "fsdp")
+PARALLEL = ("ddp", "fsdp", "tp")
+SHARDED = ("fsdp", "tp")  # modes that split the weights: full training only
 MIXED_PRECISION = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -44,10 +51,19 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    tp: int = 1  # tensor-parallel ranks per data-parallel replica
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
+
+    @property
+    def dp_world(self) -> int:
+        return self.world // self.tp
 
     @property
     def active(self) -> bool:
@@ -62,9 +78,10 @@ def env_world() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
-def check_batch(batch_size: int, world: int | None = None) -> None:
-    """The one-line error for a global batch the ranks cannot share equally."""
-    world = env_world() if world is None else world
+def check_batch(batch_size: int, world: int | None = None, parallel: str = "ddp") -> None:
+    """The one-line error for a global batch the data-parallel ranks cannot share equally (`world`:
+    the data-parallel world, default torchrun's; 1 under tensor parallelism)."""
+    world = (1 if parallel == "tp" else env_world()) if world is None else world
     if batch_size % world:
         raise ConfigError(f"--batch-size {batch_size} is not divisible by the world size {world} (each rank takes "
                           f"batch-size / world rows of every batch); use a multiple of {world}")
@@ -79,6 +96,9 @@ def check_parallel(parallel: str, mixed_precision: str) -> None:
         raise ConfigError("--mixed-precision is FSDP2's policy; use it with --parallel fsdp")
 
 
+_TP = {"size": 1}  # set by init("tp"): the tensor-parallel world of this process group
+
+
 def init(parallel: str = "ddp") -> Dist:
     """Join torchrun's process group (gloo on CPU, NCCL for CUDA tensors) once; outside torchrun a
     single process, with a process group of one when FSDP2 asks for one."""
@@ -87,6 +107,7 @@ def init(parallel: str = "ddp") -> Dist:
     world = env_world()
     if world == 1 and parallel != "fsdp":
         return Dist()
+    _TP["size"] = world if parallel == "tp" else 1
     timeout = datetime.timedelta(seconds=float(os.environ.get("LMZOO_DIST_TIMEOUT", 1800)))
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if "MASTER_ADDR" in os.environ:
@@ -99,7 +120,7 @@ def init(parallel: str = "ddp") -> Dist:
 def current() -> Dist:
     if not (dist.is_available() and dist.is_initialized()):
         return Dist()
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), _TP["size"])
 
 
 def shutdown() -> None:
@@ -113,10 +134,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_sum(values: list[float]) -> list[float]:
-    """Element-wise sum over the ranks (float64), the values themselves in a single process."""
+def all_sum(values: list[float], *, data: bool = False) -> list[float]:
+    """Element-wise sum over the ranks (float64), the values themselves in a single process; data=True
+    sums over the data-parallel ranks only (a tensor-parallel group holds one copy of the data)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return list(values)
+    if data and current().dp_world == 1:
+        return list(values)
+    if data and current().tp > 1:
+        raise NotImplementedError("data-parallel sums within a tensor-parallel world need a 2-D mesh")
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return t.tolist()
@@ -187,12 +213,14 @@ def wrap(model: nn.Module, parallel: str, d: Dist, mixed_precision: str = "fp32"
     """The model as the loop runs it: itself (one process, DDP-free), a DDP replica, or sharded in
     place by FSDP2 (per block, then the root)."""
     check_parallel(parallel, mixed_precision)
+    if parallel in SHARDED and any(not p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"--parallel {parallel} splits full training (pretrain, finetune --method full); "
+                          "adapters (LoRA / DoRA) and frozen parts train with --parallel ddp")
+    if parallel == "tp":
+        return tensor_parallel(model) if d.world > 1 else model
     if parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        if any(not p.requires_grad for p in model.parameters()):
-            raise ConfigError("--parallel fsdp shards full training (pretrain, finetune --method full); adapters "
-                              "(LoRA / DoRA) train with --parallel ddp")
         if not d.active:
             raise ConfigError("--parallel fsdp needs a process group (lmzoo.train.parallel.init)")
         from torch.distributed.device_mesh import init_device_mesh
@@ -231,14 +259,17 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def unsharded_copy(model: nn.Module) -> nn.Module | None:
-    """A plain single-device copy of an FSDP2-sharded lmzoo Transformer (collective; rank 0 gets the
-    model, the others None), e.g. to save it as an HF checkpoint."""
+    """A plain single-device copy of an FSDP2-sharded or tensor-parallel lmzoo Transformer (collective;
+    rank 0 gets the model, the others None), e.g. to save it as an HF checkpoint."""
     from lmzoo.nn.transformer import Transformer
 
-    sd = full_state_dict(model)
+    tp = getattr(model, "_lmzoo_tp", 1) > 1
+    sd = tp_full_state_dict(model) if tp else full_state_dict(model)
     if not current().main:
         return None
     plain = Transformer(model.config)
+    if tp:  # the parameters only: buffers (RoPE tables, a rank's ALiBi slopes) come from the config
+        sd = {k: v for k, v in sd.items() if k in dict(plain.named_parameters())}
     plain.load_state_dict(sd, strict=False)
     for k, v in vars(model).items():
         if not k.startswith("_") and k not in vars(plain):

@@ -210,7 +210,7 @@ def prepare(cfg: PretrainConfig):
     from lmzoo.train.parallel import current
 
     d = current() if sampler is None else None
-    shard = dict(rank=d.rank, world=d.world) if d else {}
+    shard = dict(rank=d.dp_rank, world=d.dp_world) if d else {}
     tokens, starts, _ = tokenize_corpus(cfg.data, tok, str(Path(tok_path).resolve()))
     train = TokenWindows(tokens, starts, text, **shard)
     evals = None
@@ -227,8 +227,11 @@ def set_trainable(model: nn.Module, cfg: PretrainConfig) -> None:
     if cfg.trainable != "full" and cfg.init_from is None:
         raise ConfigError(f"--trainable {cfg.trainable} freezes a trained model's blocks; it continues a "
                           "checkpoint (--from), and a from-scratch model trains all its weights")
-    if cfg.trainable == "lora" and cfg.train.parallel == "fsdp":
-        raise ConfigError("--parallel fsdp shards full training; --trainable lora trains with --parallel ddp")
+    from lmzoo.train.parallel import SHARDED
+
+    if cfg.trainable != "full" and cfg.train.parallel in SHARDED:
+        raise ConfigError(f"--parallel {cfg.train.parallel} splits full training; --trainable {cfg.trainable} "
+                          "trains with --parallel ddp")
     for p in model.parameters():
         p.requires_grad_(cfg.trainable == "full")
     if cfg.trainable == "lora":
@@ -280,7 +283,7 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
 
     t = cfg.train
     t.validate()
-    parallel.check_batch(t.batch_size)  # before any work: the world size torchrun announces
+    parallel.check_batch(t.batch_size, parallel=t.parallel)  # before any work: the world size torchrun announces
     d = parallel.init(t.parallel)
     if not d.main:
         log = _quiet

@@ -1,7 +1,8 @@
 """Distributed training on CPU with gloo, several processes launched by the real `torchrun`:
 2 ranks x (batch / 2) follow the loss trajectory of 1 process x batch; FSDP2 (with activation
 checkpointing) follows DDP; a 2-rank FSDP2 run's sharded (DCP) checkpoint resumes on 1 process; the
-tensor-parallel forward equals the single-device one; bad input is one line, exit 2."""
+tensor-parallel forward equals the single-device one, and tensor-parallel training follows 1 process;
+bad input is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_world_size_must_divide_the_batch(env, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--parallel", "zero"], "--parallel 'zero': expected one of ddp, fsdp"),
+    (["--parallel", "zero"], "--parallel 'zero': expected one of ddp, fsdp, tp"),
     (["--mixed-precision", "bf16"], "--mixed-precision is FSDP2's policy"),
 ])
 def test_parallel_flags_are_checked(env, tmp_path, args, message):
@@ -146,6 +147,44 @@ def test_fsdp2_follows_ddp_and_its_sharded_checkpoint_resumes_on_one_process(env
                        capture_output=True, text=True, timeout=120, env=env[1])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "does not match this model or optimizer" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_tensor_parallel_training_follows_one_process_and_resumes(env, single):
+    """`--parallel tp` on 2 ranks (each reading the whole batch, heads and MLP width split): the loss
+    and gradient-norm trajectory of 1 process within 1e-5, the saved model (fused rows back in
+    canonical order) within 1e-5 of its weights; its checkpoint resumes on 2 tp ranks to the same end,
+    and a run of another layout refuses it in one line."""
+    from safetensors.torch import load_file
+
+    out = env[0] / "tp"
+    r = pretrain(env, out, "--max-steps", "4", "--save-every", "2", "--parallel", "tp", nproc=2)
+    assert r.returncode == 0, r.stderr
+    same_trajectory(metrics(out), metrics(single))
+    a, c = (load_file(str(d / "model" / "model.safetensors")) for d in (out, single))
+    assert a.keys() == c.keys() and max(float((a[k] - c[k]).abs().max()) for k in a) <= 1e-5
+
+    resumed = env[0] / "tp-resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000004")
+    shutil.rmtree(resumed / "model")
+    (resumed / "checkpoints" / "latest").write_text("step-000002")
+    other = env[0] / "tp-other"
+    shutil.copytree(resumed, other)
+    r = pretrain(env, resumed, "--max-steps", "4", "--save-every", "2", "--parallel", "tp", "--resume", nproc=2)
+    assert r.returncode == 0, r.stderr
+    same_trajectory(metrics(resumed), metrics(out))
+    r = pretrain(env, other, "--max-steps", "4", "--resume")  # one process: the rows would be in tp order
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "2 tensor-parallel rank(s), this run has 1" in r.stderr, r.stderr
+
+
+def test_tensor_parallel_takes_no_adapters(env, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "finetune", "--quiet", "--data", str(tmp_path / "x.json"),
+                        "--out", str(tmp_path / "o"), "--parallel", "tp"], capture_output=True, text=True,
+                       timeout=120, env=env[1])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--parallel tp splits full training (--method full)" in r.stderr, r.stderr
 
 
 @pytest.mark.slow
