@@ -1,7 +1,8 @@
-"""Pretraining throughput on CPU: `lmzoo pretrain` vs transformers' Trainer, same model shape, data,
-batch and optimizer settings, side by side; tokens/s and model FLOPs utilisation (MFU).
+"""Pretraining throughput on CPU: `lmzoo pretrain` vs transformers' Trainer and litgpt, same model
+shape, data, batch and optimizer settings, side by side; tokens/s and model FLOPs utilisation (MFU).
 
     python benchmarks/pretrain.py [--layers 4] [--width 256] [--seq 256] [--rows 8] [--steps 8] [--ddp]
+    LITGPT_PYTHON=.venv-litgpt/bin/python python benchmarks/pretrain.py     # + litgpt (benchmarks/setup_litgpt.sh)
 
 Model: a LLaMA shape from scratch (RMSNorm, SwiGLU, RoPE; `--config Llama-2-7B --set ...` for lmzoo,
 the equal `LlamaConfig` for transformers), the default tokenizer's 49,152-token vocabulary, untied
@@ -77,9 +78,9 @@ def run_lmzoo(a, corpus: Path, work: Path, env: dict, nproc: int = 0) -> dict:
     return {"tokens_per_s": tps, "loss": (m[0]["loss"], m[-1]["loss"])}
 
 
-def hf_worker(a, corpus: str) -> dict:
+def windows(a, corpus: str) -> list:
+    """The (ids, targets, _) windows the transformers and litgpt sides train on, in order."""
     import torch
-    import transformers
 
     from lmzoo.checkpoints.assets import default_model_path
     from lmzoo.tokenizer import load_tokenizer
@@ -89,7 +90,63 @@ def hf_worker(a, corpus: str) -> dict:
     tokens, starts, _ = tokenize_corpus([corpus], load_tokenizer(tok_path), str(Path(tok_path).resolve()))
     w = TokenWindows(tokens, starts, a.seq)
     order = torch.randperm(len(w), generator=torch.Generator().manual_seed(0)).tolist()
-    rows = [w.window(i) for i in order[: a.rows * (a.steps + 2)]]
+    return [w.window(i) for i in order[: a.rows * (a.steps + 2)]]
+
+
+def litgpt_worker(a, path: str) -> dict:
+    """litgpt's pretraining step (litgpt.pretrain.fit's body) on the saved windows; no lmzoo import."""
+    import lightning as L
+    import torch
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.utils import chunked_cross_entropy
+
+    ids, targets = torch.load(path)
+    cfg = Config(name="bench", block_size=a.seq, vocab_size=VOCAB, padded_vocab_size=VOCAB, n_layer=a.layers,
+                 n_head=a.heads, n_embd=a.width, n_query_groups=a.heads, rotary_percentage=1.0,
+                 parallel_residual=False, bias=False, norm_class_name="RMSNorm", norm_eps=1e-5,
+                 mlp_class_name="LLaMAMLP", intermediate_size=a.mlp, rope_base=10000)
+    fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true")
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    model.apply(model._init_weights)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, betas=(0.9, 0.999))  # as the others
+    model, opt = fabric.setup(model, opt)
+    times, losses = [], []
+    for i in range(a.steps + 2):
+        t0 = time.perf_counter()
+        x, y = ids[i * a.rows:(i + 1) * a.rows], targets[i * a.rows:(i + 1) * a.rows]
+        loss = chunked_cross_entropy(model(x), y)
+        fabric.backward(loss)
+        fabric.clip_gradients(model, opt, max_norm=1.0)
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+        times.append(time.perf_counter() - t0)
+    return {"tokens_per_s": a.rows * a.seq / statistics.median(times[2:]), "loss": (losses[0], losses[-1])}
+
+
+def run_litgpt(a, corpus: Path, work: Path, env: dict) -> dict | None:
+    exe = os.environ.get("LITGPT_PYTHON")
+    if not exe:
+        return None
+    import torch
+
+    rows = windows(a, str(corpus))
+    path = work / "windows.pt"
+    torch.save((torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])), path)
+    r = subprocess.run([exe, __file__, "--litgpt-worker", str(path), *sys.argv[1:]], capture_output=True, text=True,
+                       env={k: v for k, v in env.items() if k != "PYTHONPATH"})
+    if r.returncode:
+        raise SystemExit(f"litgpt failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def hf_worker(a, corpus: str) -> dict:
+    import torch
+    import transformers
+
+    rows = windows(a, corpus)
 
     class Windows(torch.utils.data.Dataset):
         def __len__(self):
@@ -169,9 +226,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--ddp", action="store_true", help="also lmzoo on 2 ranks (torchrun, DDP, 1 thread each)")
     p.add_argument("--hf-worker", help=argparse.SUPPRESS)
+    p.add_argument("--litgpt-worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.hf_worker:
         print(json.dumps(hf_worker(a, a.hf_worker)))
+        return
+    if a.litgpt_worker:
+        print(json.dumps(litgpt_worker(a, a.litgpt_worker)))
         return
     import torch
     import transformers
@@ -184,6 +245,9 @@ def main() -> None:
         peak = peak_flops()
         fpt = flops_per_token(a)
         rows = [("lmzoo", run_lmzoo(a, corpus, work, env)), ("transformers Trainer", run_hf(a, corpus, env))]
+        lit = run_litgpt(a, corpus, work, env)
+        if lit:
+            rows.append(("litgpt (pretrain loop, Fabric)", lit))
         if a.ddp:
             rows.append(("lmzoo DDP 2 ranks x 1 thread", run_lmzoo(a, corpus, work, env, nproc=2)))
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {os.cpu_count()} CPUs; "
