@@ -33,7 +33,7 @@ import shutil
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
 import torch
@@ -69,8 +69,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     loss_chunk: int = 256
     autocast_bf16: bool = True       # on CUDA: bf16 autocast for the forward (fp32 master weights)
-    parallel: str = "ddp"            # under torchrun: ddp (replicas) | fsdp (FSDP2 shards)
+    parallel: str = "ddp"            # under torchrun: ddp (replicas) | fsdp (FSDP2 shards) | tp (tensor parallel)
     mixed_precision: str = "fp32"    # fsdp: fp32 | bf16 (MixedPrecisionPolicy: bf16 compute, fp32 reduce)
+    device: str = "auto"             # auto: cuda:LOCAL_RANK when CUDA is there, else cpu | cpu | cuda
+    compile: bool = False            # torch.compile each block in place (torchtitan's per-block compile)
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -91,9 +93,22 @@ class TrainConfig:
             raise ConfigError(f"max_grad_norm must be > 0 (or None), got {self.max_grad_norm}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible to this process")
         from lmzoo.train.parallel import check_parallel
 
         check_parallel(self.parallel, self.mixed_precision)
+
+    def torch_device(self, local_rank: int = 0) -> torch.device:
+        """Where the model and batches live: a rank's own GPU (cuda:LOCAL_RANK) or the CPU."""
+        if self.device == "cpu" or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
@@ -188,8 +203,15 @@ class Trainer:
         self.progress = progress and self.dist.main
         self.run_info = {"config": _jsonable(asdict(cfg)), **(run_info or {})}
         self._prepare_dir(resume, overwrite)
+        self.device = cfg.torch_device(self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        model.to(self.device)
         if cfg.activation_checkpointing:
             checkpoint_blocks(model)
+        if cfg.compile:
+            for layer in model.layers:  # in place: parameter names (checkpoints, saving) stay as they are
+                layer.compile()
         self.net = parallel.wrap(model, cfg.parallel, self.dist, cfg.mixed_precision)  # what the objective calls
         self.sharded = parallel.is_sharded(model)
         torch.manual_seed(cfg.seed)
@@ -234,7 +256,8 @@ class Trainer:
                 if skip:
                     skip -= 1
                     continue
-                yield self._local(b)
+                local, dummy = self._local(b)
+                yield to_device(local, self.device), dummy
             epoch += 1
 
     # --- directory, checkpoints -------------------------------------------------------------------
@@ -250,7 +273,7 @@ class Trainer:
 
             old, new = flat(json.loads(run.read_text())), flat(_jsonable(self.run_info))
             free = ("max_steps", "epochs", "eval_every", "save_every", "log_every", "keep_checkpoints", "parallel",
-                    "mixed_precision", "activation_checkpointing")  # how, not what, the run computes
+                    "mixed_precision", "activation_checkpointing", "device", "compile")  # how, not what, it computes
             changed = {k: (old.get(k), v) for k, v in new.items() if k not in free and old.get(k) != v}
             if changed:
                 raise TrainError(f"cannot resume {self.out}: settings differ from the run's ({changed}); "
@@ -430,6 +453,7 @@ class Trainer:
         with torch.no_grad():
             for g in self.make_batches(self.eval_data, 0, self.cfg.seed):
                 b, dummy = self._local(g)
+                b = to_device(b, self.device)
                 with self._autocast():
                     s, _ = self.objective.loss(self.net, b)
                 if not dummy:
@@ -544,11 +568,23 @@ class Trainer:
         from lmzoo.train.parallel import unsharded_copy
 
         if not self.sharded:
-            return self.model if self.dist.main else None
+            return self.model.cpu() if self.dist.main else None
         return unsharded_copy(self.model)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+def to_device(b, device: torch.device):
+    """A batch dataclass (Batch, GLMBatch, PairBatch with its inner Batch) with its tensors on `device`."""
+    if device.type == "cpu":
+        return b
+    moved = {}
+    for f in fields(b):
+        v = getattr(b, f.name)
+        moved[f.name] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else \
+            to_device(v, device) if is_dataclass(v) else v
+    return replace(b, **moved)
+
 
 class _Progress:
     def __init__(self, total: int, start: int, *, enabled: bool) -> None:

@@ -179,6 +179,26 @@ def test_tensor_parallel_training_follows_one_process_and_resumes(env, single):
     assert "2 tensor-parallel rank(s), this run has 1" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
+def test_compiled_blocks_follow_eager(env, single):
+    """--compile (torch.compile of each block, in place): the eager run's trajectory within 1e-4 and
+    the same parameter names in the saved model."""
+    from safetensors.torch import load_file
+
+    out = env[0] / "compiled"
+    r = pretrain(env, out, "--max-steps", "4", "--save-every", "2", "--compile")
+    assert r.returncode == 0, r.stderr
+    same_trajectory(metrics(out), metrics(single), tol=1e-4)
+    assert load_file(str(out / "model" / "model.safetensors")).keys() == \
+        load_file(str(single / "model" / "model.safetensors")).keys()
+
+
+def test_device_is_checked(env, tmp_path):
+    r = pretrain(env, tmp_path / "x", "--device", "tpu")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--device 'tpu': expected one of auto, cpu, cuda" in r.stderr
+
+
 def test_tensor_parallel_takes_no_adapters(env, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lmzoo", "finetune", "--quiet", "--data", str(tmp_path / "x.json"),
                         "--out", str(tmp_path / "o"), "--parallel", "tp"], capture_output=True, text=True,
