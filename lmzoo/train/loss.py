@@ -34,16 +34,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = h.new_zeros((), dtype=torch.float32)
         for s in range(0, h.shape[0], chunk):
             hc, yc = h[s:s + chunk].float(), y[s:s + chunk]
-            z = F.linear(hc, w, None if bias is None else bias.float()) * scale  # (chunk, V)
-            lse = torch.logsumexp(z, dim=-1)
-            total += (lse - z.gather(1, yc[:, None])[:, 0]).sum()
-            g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            z = F.linear(hc, w, None if bias is None else bias.float())  # (chunk, V)
+            if scale != 1.0:
+                z *= scale
+            # log-sum-exp and softmax in place of the logits, one exp pass (logsumexp and a softmax would
+            # take two, and a temporary the size of the logits)
+            z_y = z.gather(1, yc[:, None])[:, 0]
+            top = z.amax(dim=-1, keepdim=True)
+            e = z.sub_(top).exp_()
+            norm = e.sum(dim=-1, keepdim=True)
+            total += (norm.log()[:, 0] + top[:, 0] - z_y).sum()
+            g = e.div_(norm)  # softmax
             g[torch.arange(len(yc), device=g.device), yc] -= 1.0
             if scale != 1.0:
                 g *= scale
-            dh[s:s + chunk] = g @ w
+            torch.mm(g, w, out=dh[s:s + chunk])
             if need_w:
-                dw += g.t() @ hc
+                dw.addmm_(g.t(), hc)
             if need_b:
                 db += g.sum(0)
         ctx.save_for_backward(dh, dw, db)
