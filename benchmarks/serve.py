@@ -2,12 +2,15 @@
 clients (the official openai AsyncOpenAI), each asking its own question (greedy, `--new` tokens).
 
     python benchmarks/serve.py [--concurrency 1,4,16,64] [--new 64] [--max-running 16] [--rss 500]
+    LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/serve.py --llamacpp   # + llama.cpp's server
 
 Per level: p50 / p90 time to first token, p50 inter-token latency, requests/s and aggregate
 generated tokens/s (all tokens of all requests over the wall time of the level, first request sent
 to last token received), and how many requests failed or came back without their tokens (lost).
 `--rss N`: N sequential short requests after the levels, the server's resident memory read from
-/proc every 50 (flat = within 10% of the first reading).
+/proc every 50 (flat = within 10% of the first reading). `--llamacpp`: then the same levels against
+llama.cpp's OpenAI server (llama-cpp-python's `llama_cpp.server`, built by benchmarks/setup_llamacpp.sh)
+on the same GGUF file with 2 threads and the GGUF's own chat template; one server runs at a time.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ async def one(client, model: str, question: str, new: int) -> tuple[float, list[
         stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
                                                       temperature=0, max_tokens=new, stream=True,
                                                       stream_options={"include_usage": True})
+        usage = None
         async for c in stream:
             if c.choices and c.choices[0].delta.content:
                 stamps.append(time.perf_counter())
             if c.usage:
-                tokens = c.usage.completion_tokens
+                usage = c.usage.completion_tokens
+        tokens = usage if usage is not None else len(stamps)  # no usage chunk (llama.cpp's): a token a chunk
     except openai.OpenAIError as e:
         print(f"request failed: {type(e).__name__}: {e}", file=sys.stderr)
         tokens = -1
@@ -91,31 +96,63 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--max-running", type=int, default=16)
     ap.add_argument("--batch-prefill", action="store_true", help="pass --batch-prefill to the server")
+    ap.add_argument("--llamacpp", action="store_true", help="then llama.cpp's server (LLAMACPP_PYTHON) on the same GGUF")
     a = ap.parse_args()
+    import os
+
+    from lmzoo.checkpoints.assets import default_model_path
+
     port = free_port()
+    lmzoo_cmd = [sys.executable, "-m", "lmzoo", "serve", "--port", str(port), "--max-running", str(a.max_running),
+                 "--max-queued", "256"] + (["--batch-prefill"] if a.batch_prefill else [])
+    totals = {"lmzoo": run_server(f"lmzoo serve --max-running {a.max_running}"
+                                  f"{' --batch-prefill' if a.batch_prefill else ''}", lmzoo_cmd, port, a, "/health")}
+    if a.llamacpp:
+        exe = os.environ.get("LLAMACPP_PYTHON")
+        if not exe:
+            raise SystemExit("--llamacpp needs LLAMACPP_PYTHON (a Python with llama-cpp-python; benchmarks/setup_llamacpp.sh)")
+        port = free_port()
+        cmd = [exe, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--host", "127.0.0.1", "--port",
+               str(port), "--n_threads", "2", "--n_threads_batch", "2", "--n_ctx", "4096", "--model_alias", "smollm2",
+               "--interrupt_requests", "False"]  # queue concurrent requests instead of cutting the running one off
+        totals["llama.cpp"] = run_server("llama.cpp server (llama-cpp-python)", cmd, port, a, "/v1/models", rss=False)
+        print("generated tok/s, lmzoo / llama.cpp: " + ", ".join(
+            f"{n} clients {x / y:.2f}x" for (n, x), (_, y) in zip(totals["lmzoo"], totals["llama.cpp"])))
+    return 0
+
+
+def run_server(name: str, cmd: list[str], port: int, a, ready: str, rss: bool = True) -> list[tuple[int, float]]:
+    """Start a server, wait for `ready` to answer 200, run the levels against it (printing the table),
+    stop it; [(clients, tok/s)]."""
+    import tempfile
+
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "lmzoo", "serve", "--port", str(port), "--max-running",
-                             str(a.max_running), "--max-queued", "256"] + (["--batch-prefill"] if a.batch_prefill else []),
-                            stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a server's chatter would fill it and block the server
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    out = []
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         while time.time() < deadline:
             try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                if httpx.get(base + ready, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            if proc.poll() is not None:
+                log.seek(0)
+                raise SystemExit(f"{name} exited: {log.read()[-3000:]}")
+            time.sleep(0.2)
         model = httpx.get(base + "/v1/models").json()["data"][0]["id"]
         asyncio.run(level(base, model, 2, 8))  # warm-up
-        print(f"lmzoo serve, {model}, {a.new} new tokens per request, greedy, --max-running {a.max_running}"
-              f"{' --batch-prefill' if a.batch_prefill else ''}")
+        print(f"{name}, {model}, {a.new} new tokens per request, greedy")
         print("| concurrent | TTFT p50 s | TTFT p90 s | inter-token p50 ms | requests/s | generated tok/s | lost |")
         print("|---|---|---|---|---|---|---|")
         for n in [int(x) for x in a.concurrency.split(",") if x]:
             r = asyncio.run(level(base, model, n, a.new))
+            out.append((n, r["tok_s"]))
             print(f"| {n} | {r['ttft_p50']:.2f} | {r['ttft_p90']:.2f} | {1000 * r['itl_p50']:.1f} | "
-                  f"{r['req_s']:.2f} | {r['tok_s']:.1f} | {r['lost']} |")
-        if a.rss:
+                  f"{r['req_s']:.2f} | {r['tok_s']:.1f} | {r['lost']} |", flush=True)
+        if a.rss and rss:
             readings = asyncio.run(rss_run(base, model, proc.pid, a.rss))
             first = readings[0][1]
             print(f"server RSS over {a.rss} sequential requests (MiB): "
@@ -123,8 +160,9 @@ def main() -> int:
                   + f"; max change {max(abs(m / first - 1) for _, m in readings):+.1%}")
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
-    return 0
+        proc.wait(timeout=30)
+        log.close()
+    return out
 
 
 if __name__ == "__main__":
