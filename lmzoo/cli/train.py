@@ -20,7 +20,7 @@ from lmzoo.errors import ConfigError
 _TRAIN_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "max_steps", "epochs", "batch_size", "grad_accum",
                "max_grad_norm", "seq_len", "packing", "eval_every", "save_every", "log_every", "keep_checkpoints",
                "seed", "activation_checkpointing", "loss_chunk", "autocast_bf16", "parallel", "mixed_precision",
-               "device", "compile")
+               "tp_size", "device", "compile")
 
 
 _PARALLEL_HELP = ("Under torchrun (--nproc-per-node N): ddp (a replica per rank) | fsdp (FSDP2: parameters, "
@@ -115,6 +115,8 @@ def finetune(
     autocast_bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (fp32 master weights)."),
     parallel: str = typer.Option("ddp", "--parallel", help=_PARALLEL_HELP),
     mixed_precision: str = typer.Option("fp32", "--mixed-precision", help=_MP_HELP),
+    tp_size: int = typer.Option(1, "--tp-size", help="fsdp: tensor-parallel ranks per FSDP2 replica (a 2-D mesh; "
+                                "must divide the world size)."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each block (faster steps after a "
                                   "compile warm-up; needs a C++ compiler on CPU)."),
@@ -268,6 +270,8 @@ def pretrain(
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
     parallel: str = typer.Option("ddp", "--parallel", help=_PARALLEL_HELP),
     mixed_precision: str = typer.Option("fp32", "--mixed-precision", help=_MP_HELP),
+    tp_size: int = typer.Option(1, "--tp-size", help="fsdp: tensor-parallel ranks per FSDP2 replica (a 2-D mesh; "
+                                "must divide the world size)."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each block (faster steps after a "
                                   "compile warm-up; needs a C++ compiler on CPU)."),
@@ -286,7 +290,7 @@ def pretrain(
                      max_grad_norm=max_grad_norm, seq_len=seq_len, packing=False, eval_every=eval_every,
                      save_every=save_every, log_every=log_every, seed=seed,
                      activation_checkpointing=activation_checkpointing, parallel=parallel,
-                     mixed_precision=mixed_precision, device=device, compile=compile)
+                     mixed_precision=mixed_precision, tp_size=tp_size, device=device, compile=compile)
     pc = PretrainConfig(data=data, out=out, config=config, overrides=parse_overrides(set_ or []), init_from=init_from,
                         tokenizer=tokenizer, eval_data=eval_data, resume=resume, overwrite=overwrite, train=tc,
                         objective=objective, glm_mix=parse_mix(glm_mix), init_std=init_std, trainable=trainable,

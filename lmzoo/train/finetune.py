@@ -115,11 +115,11 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, log=print) -> dict:
     from lmzoo.train import parallel
 
     cfg.train.validate()
-    parallel.check_batch(cfg.train.batch_size, parallel=cfg.train.parallel)  # before any work: torchrun's world
+    parallel.check_batch(cfg.train.batch_size, parallel=cfg.train.parallel, tp_size=cfg.train.tp_size)  # torchrun's
     if cfg.train.parallel in parallel.SHARDED and cfg.method != "full":
         raise ConfigError(f"--parallel {cfg.train.parallel} splits full training (--method full); adapters "
                           "(LoRA / DoRA / QLoRA) train with --parallel ddp")
-    d = parallel.init(cfg.train.parallel)
+    d = parallel.init(cfg.train.parallel, cfg.train.tp_size)
     if not d.main:
         log = _quiet
     model, tok, base_path, train, evals, report = prepare(cfg)

@@ -71,6 +71,7 @@ class TrainConfig:
     autocast_bf16: bool = True       # on CUDA: bf16 autocast for the forward (fp32 master weights)
     parallel: str = "ddp"            # under torchrun: ddp (replicas) | fsdp (FSDP2 shards) | tp (tensor parallel)
     mixed_precision: str = "fp32"    # fsdp: fp32 | bf16 (MixedPrecisionPolicy: bf16 compute, fp32 reduce)
+    tp_size: int = 1                 # fsdp: tensor-parallel ranks per FSDP2 replica (a 2-D mesh)
     device: str = "auto"             # auto: cuda:LOCAL_RANK when CUDA is there, else cpu | cpu | cuda
     compile: bool = False            # torch.compile each block in place (torchtitan's per-block compile)
 
@@ -99,7 +100,7 @@ class TrainConfig:
             raise ConfigError("--device cuda: no CUDA device is visible to this process")
         from lmzoo.train.parallel import check_parallel
 
-        check_parallel(self.parallel, self.mixed_precision)
+        check_parallel(self.parallel, self.mixed_precision, self.tp_size)
 
     def torch_device(self, local_rank: int = 0) -> torch.device:
         """Where the model and batches live: a rank's own GPU (cuda:LOCAL_RANK) or the CPU."""
@@ -192,7 +193,7 @@ class Trainer:
         from lmzoo.train import parallel
 
         cfg.validate()
-        self.dist = parallel.init(cfg.parallel)
+        self.dist = parallel.init(cfg.parallel, cfg.tp_size)
         parallel.check_batch(cfg.batch_size, self.dist.dp_world)
         self.model, self.cfg, self.train, self.eval_data = model, cfg, train, eval_data or []
         self.out = Path(out_dir)
@@ -273,7 +274,7 @@ class Trainer:
 
             old, new = flat(json.loads(run.read_text())), flat(_jsonable(self.run_info))
             free = ("max_steps", "epochs", "eval_every", "save_every", "log_every", "keep_checkpoints", "parallel",
-                    "mixed_precision", "activation_checkpointing", "device", "compile")  # how, not what, it computes
+                    "mixed_precision", "tp_size", "activation_checkpointing", "device", "compile")  # how, not what, it computes
             changed = {k: (old.get(k), v) for k, v in new.items() if k not in free and old.get(k) != v}
             if changed:
                 raise TrainError(f"cannot resume {self.out}: settings differ from the run's ({changed}); "
@@ -470,14 +471,21 @@ class Trainer:
 
         c = self.cfg
         grads = [p.grad for p in params if p.grad is not None]
-        split = [g.to_local() for g in grads if hasattr(g, "to_local")]  # DTensor: this rank's shard
+        split = [g for g in grads if hasattr(g, "to_local")]  # DTensors: this rank's shards
         whole = [g for g in grads if not hasattr(g, "to_local")]  # the same on every rank (replicated)
-        local = split + whole
+        local = [g.to_local() for g in split] + whole
+        world = self.dist.world
 
-        def sq(gs) -> float:
-            return sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in gs)
+        def sq(g) -> float:
+            return float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2
 
-        total = ((all_sum([sq(split)])[0] if self.sharded else 0.0) + sq(whole)) ** 0.5
+        def copies(g) -> int:  # ranks holding this shard: outside its mesh, and along its replicated dims
+            mesh = g.device_mesh
+            return world // mesh.size() * math.prod(mesh.size(i) for i, p in enumerate(g.placements)
+                                                    if p.is_replicate())
+
+        sharded = sum(sq(g.to_local()) / copies(g) for g in split)
+        total = ((all_sum([sharded])[0] if self.sharded else 0.0) + sum(sq(g) for g in whole)) ** 0.5
         if c.max_grad_norm is not None:
             coef = c.max_grad_norm / (total + 1e-6)
             if coef < 1.0:

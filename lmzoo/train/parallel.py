@@ -16,6 +16,13 @@ w ranks, so the step's gradient is that of one process holding the whole batch.
            bf16 compute with fp32 master weights and fp32 gradient reduction
     tp     tensor parallelism over every rank (`tensor_parallel`, below): one model split by heads and
            MLP width, every rank reading the whole batch (the data-parallel world is 1)
+    fsdp with tp_size T > 1: both, on a 2-D (dp, tp) mesh (torchtitan's layout): ranks
+           [k T, (k + 1) T) hold one model split by tensor parallelism, FSDP2 shards it over the
+           world / T such groups, each group reading its rows of the batch
+
+           rank:   0    1    2    3          (world 4, tp_size 2)
+           dp:     0    0    1    1          batch rows: dp 0 -> first half, dp 1 -> second half
+           tp:     0    1    0    1          heads / MLP slice
 
 The data-parallel coordinates (`Dist.dp_rank`, `Dist.dp_world`) are what batches, losses and token
 counts are split and summed over; under `tp` they are (0, 1) on every rank, and the ranks compute
@@ -78,16 +85,24 @@ def env_world() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
-def check_batch(batch_size: int, world: int | None = None, parallel: str = "ddp") -> None:
+def check_batch(batch_size: int, world: int | None = None, parallel: str = "ddp", tp_size: int = 1) -> None:
     """The one-line error for a global batch the data-parallel ranks cannot share equally (`world`:
-    the data-parallel world, default torchrun's; 1 under tensor parallelism)."""
-    world = (1 if parallel == "tp" else env_world()) if world is None else world
+    the data-parallel world, default torchrun's over the tensor-parallel size; 1 under `tp`)."""
+    if world is None:
+        if parallel == "fsdp" and env_world() % tp_size:
+            raise ConfigError(f"--tp-size {tp_size} does not divide the world size {env_world()}")
+        world = 1 if parallel == "tp" else env_world() // (tp_size if parallel == "fsdp" else 1)
     if batch_size % world:
         raise ConfigError(f"--batch-size {batch_size} is not divisible by the world size {world} (each rank takes "
                           f"batch-size / world rows of every batch); use a multiple of {world}")
 
 
-def check_parallel(parallel: str, mixed_precision: str) -> None:
+def check_parallel(parallel: str, mixed_precision: str, tp_size: int = 1) -> None:
+    if not isinstance(tp_size, int) or tp_size < 1:
+        raise ConfigError(f"--tp-size must be a positive integer, got {tp_size!r}")
+    if tp_size > 1 and parallel != "fsdp":
+        raise ConfigError("--tp-size splits each FSDP2 replica by tensor parallelism; use it with --parallel fsdp "
+                          "(--parallel tp splits over every rank)")
     if parallel not in PARALLEL:
         raise ConfigError(f"--parallel {parallel!r}: expected one of {', '.join(PARALLEL)}")
     if mixed_precision not in MIXED_PRECISION:
@@ -96,18 +111,20 @@ def check_parallel(parallel: str, mixed_precision: str) -> None:
         raise ConfigError("--mixed-precision is FSDP2's policy; use it with --parallel fsdp")
 
 
-_TP = {"size": 1}  # set by init("tp"): the tensor-parallel world of this process group
+_TP = {"size": 1, "dp_group": None}  # set by init / wrap: the tensor-parallel size, the 2-D mesh's dp group
 
 
-def init(parallel: str = "ddp") -> Dist:
+def init(parallel: str = "ddp", tp_size: int = 1) -> Dist:
     """Join torchrun's process group (gloo on CPU, NCCL for CUDA tensors) once; outside torchrun a
     single process, with a process group of one when FSDP2 asks for one."""
     if dist.is_available() and dist.is_initialized():
         return current()
     world = env_world()
+    if parallel == "fsdp" and world % tp_size:
+        raise ConfigError(f"--tp-size {tp_size} does not divide the world size {world}")
     if world == 1 and parallel != "fsdp":
         return Dist()
-    _TP["size"] = world if parallel == "tp" else 1
+    _TP["size"] = world if parallel == "tp" else tp_size if parallel == "fsdp" else 1
     timeout = datetime.timedelta(seconds=float(os.environ.get("LMZOO_DIST_TIMEOUT", 1800)))
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if "MASTER_ADDR" in os.environ:
@@ -141,10 +158,8 @@ def all_sum(values: list[float], *, data: bool = False) -> list[float]:
         return list(values)
     if data and current().dp_world == 1:
         return list(values)
-    if data and current().tp > 1:
-        raise NotImplementedError("data-parallel sums within a tensor-parallel world need a 2-D mesh")
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=_TP["dp_group"] if data and current().tp > 1 else None)
     return t.tolist()
 
 
@@ -227,7 +242,14 @@ def wrap(model: nn.Module, parallel: str, d: Dist, mixed_precision: str = "fp32"
 
         dtype = MIXED_PRECISION[mixed_precision]
         mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
-        mesh = init_device_mesh(next(model.parameters()).device.type, (d.world,))  # where the weights are
+        dev = next(model.parameters()).device.type  # where the weights are
+        if d.tp > 1:  # 2-D: tensor parallelism inside each group of tp ranks, FSDP2 across the groups
+            mesh2 = init_device_mesh(dev, (d.dp_world, d.tp), mesh_dim_names=("dp", "tp"))
+            tensor_parallel(model, mesh2["tp"])
+            mesh = mesh2["dp"]
+            _TP["dp_group"] = mesh.get_group()
+        else:
+            mesh = init_device_mesh(dev, (d.world,))
         for layer in model.layers:
             fully_shard(layer, mesh=mesh, mp_policy=mp)
         fully_shard(model, mesh=mesh, mp_policy=mp)

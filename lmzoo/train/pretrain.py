@@ -283,8 +283,8 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True, log=print) -> dict:
 
     t = cfg.train
     t.validate()
-    parallel.check_batch(t.batch_size, parallel=t.parallel)  # before any work: the world size torchrun announces
-    d = parallel.init(t.parallel)
+    parallel.check_batch(t.batch_size, parallel=t.parallel, tp_size=t.tp_size)  # before any work: torchrun's world
+    d = parallel.init(t.parallel, t.tp_size)
     if not d.main:
         log = _quiet
     model, tok, train, evals, sampler = prepare(cfg)

@@ -99,6 +99,7 @@ def test_world_size_must_divide_the_batch(env, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--parallel", "zero"], "--parallel 'zero': expected one of ddp, fsdp, tp"),
     (["--mixed-precision", "bf16"], "--mixed-precision is FSDP2's policy"),
+    (["--tp-size", "2"], "--tp-size splits each FSDP2 replica"),
 ])
 def test_parallel_flags_are_checked(env, tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--quiet", *TINY, "--data", str(env[0] / "corpus"),
@@ -177,6 +178,25 @@ def test_tensor_parallel_training_follows_one_process_and_resumes(env, single):
     r = pretrain(env, other, "--max-steps", "4", "--resume")  # one process: the rows would be in tp order
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "2 tensor-parallel rank(s), this run has 1" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_fsdp_with_tensor_parallel_on_a_2d_mesh_follows_one_process(env, single):
+    """4 ranks as 2 FSDP2 replicas x 2 tensor-parallel ranks (`--parallel fsdp --tp-size 2`): each
+    pair reads its half of the batch, the trajectory is 1 process's within 1e-5 and the saved model its
+    weights; a --tp-size that does not divide the world is one line."""
+    from safetensors.torch import load_file
+
+    out = env[0] / "fsdp-tp"
+    r = pretrain(env, out, "--max-steps", "4", "--parallel", "fsdp", "--tp-size", "2", nproc=4, timeout=600)
+    assert r.returncode == 0, r.stderr
+    same_trajectory(metrics(out), metrics(single))
+    a, c = (load_file(str(d / "model" / "model.safetensors")) for d in (out, single))
+    assert a.keys() == c.keys() and max(float((a[k] - c[k]).abs().max()) for k in a) <= 1e-5
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "pretrain", "--quiet", *TINY, "--data", str(env[0] / "corpus"),
+                        "--out", str(env[0] / "x3"), "--parallel", "fsdp", "--tp-size", "2"], capture_output=True,
+                       text=True, timeout=120, env={**env[1], "WORLD_SIZE": "3"})
+    assert r.returncode == 2 and "--tp-size 2 does not divide the world size 3" in r.stderr, r.stderr
 
 
 @pytest.mark.slow
