@@ -150,7 +150,9 @@ class LoraLinear(nn.Module):
             return y
         h = self.dropout(x)
         dt = x.dtype
-        lora = {p.name: F.linear(F.linear(h, A.to(dt)), B.to(dt)) * sc
+        # the scale on the rank-r product (B, T, r), not on the (B, T, out) update: out / r times fewer
+        # multiplies for the same value (peft scales the update; equal up to rounding)
+        lora = {p.name: F.linear(F.linear(h, A.to(dt)) * sc, B.to(dt))
                 for p, A, B, sc in zip(self._tparts, self.lora_A, self.lora_B, self.scalings)}
         if self.dora:
             # peft: (scale - 1) * base_without_bias + scale * lora, the base recomputed on the dropped-out
