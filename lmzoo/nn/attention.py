@@ -65,6 +65,9 @@ class Attention(nn.Module):
         # fused qkv output in place, installed by a kernel transform (lmzoo.quant.gemv) on layers whose
         # RoPE is plain (one segment, nothing between the projection and the rotation)
         self.rope_inplace = None
+        # decode_attention(qkv, kv_step, layer, mask) -> (B, 1, q_size) or None: one decode step's cache
+        # write + attention in one kernel call, installed by the same transform; None = not applicable
+        self.decode_attention = None
 
     def plain_rope(self) -> bool:
         return self.rope and self.rope_segments == 1 and self.q_norm is None and not self.temp_floor
@@ -81,6 +84,11 @@ class Attention(nn.Module):
         roped = (self.rope_inplace is not None and a.cos is not None and query_input is None
                  and qkv.is_contiguous() and not (torch.is_grad_enabled() and qkv.requires_grad)
                  and self.rope_inplace(qkv, a.cos, a.sin, self.n_head + self.n_kv_head, self.head_dim))
+        if (roped and T == 1 and self.decode_attention is not None and a.kv is not None and a.q_scale is None
+                and not self.softcap):
+            y = self.decode_attention(qkv, a.kv, self, mask)
+            if y is not None:
+                return self.o(y)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         if query_input is not None:  # PanGu-alpha's query layer: q from another input, k and v from x
             q = self.qkv(query_input)[..., : self.q_size]

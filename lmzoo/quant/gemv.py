@@ -81,9 +81,27 @@ def _rope_inplace(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: 
     return True
 
 
+def _decode_attention(qkv: torch.Tensor, step, attn: Attention, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Attention.decode_attention: write the new keys/values into the cache and attend, one kernel call
+    (float32 eager caches with boolean or no masks; None = not applicable, the layer goes its own way)."""
+    c = getattr(step, "cache", None)
+    if c is None or c.layout != "standard" or step.starts is None:
+        return None
+    k, v = c.k[attn.layer], c.v[attn.layer]
+    if k.dtype != torch.float32 or v is None or not (k.is_contiguous() and v.is_contiguous()):
+        return None
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            return None  # an additive bias (ALiBi)
+        mask = mask.reshape(mask.shape[0], mask.shape[-1]).contiguous()
+    return cpu_kernels().decode_attention(qkv, k, v, step.idx, step.q_slot.reshape(-1), step.end, mask,
+                                          attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
+
+
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
     """Swap every plain nn.Linear for GemvLinear and RMSNorm for FusedRMSNorm in place (class changes:
-    no weights move), and give plain-RoPE attention layers the in-place rotation kernel.
+    no weights move), and give plain-RoPE attention layers the in-place rotation kernel and the
+    one-token cache attention kernel.
     Does nothing when the kernels cannot be built."""
     if cpu_kernels() is None:
         return model
@@ -94,4 +112,5 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
             m.__class__ = FusedRMSNorm
         elif isinstance(m, Attention) and m.plain_rope():
             m.rope_inplace = _rope_inplace
+            m.decode_attention = _decode_attention
     return model

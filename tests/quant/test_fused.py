@@ -144,3 +144,61 @@ def test_from_pretrained_q8_activations(smollm2_path):
     assert a[0, -1].argmax() == b[0, -1].argmax()
     with pytest.raises(ConfigError, match="activations must be one of"):
         lmzoo.from_pretrained(smollm2_path, activations="q4")
+
+
+@pytest.mark.parametrize("H,Hkv", [(6, 2), (4, 4), (8, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_attention_matches_sdpa(H, Hkv, masked):
+    """One query per row against a cache: the kernel writes the new key/value at each row's slot and
+    attends like SDPA over the visible slots (rows at different lengths, a subset of cache rows)."""
+    torch.manual_seed(H * 10 + Hkv)
+    B, Bc, cap, hd, end = 3, 5, 40, 32, 33
+    kc, vc = torch.randn(Bc, Hkv, cap, hd), torch.randn(Bc, Hkv, cap, hd)
+    qkv = torch.randn(B, 1, (H + 2 * Hkv) * hd + 7)  # wider than the heads: only its first columns are read
+    rows, slots = torch.tensor([4, 0, 2]), torch.tensor([32, 10, 0])
+    mask = (torch.arange(end)[None] <= slots[:, None]) & (torch.rand(B, end) > 0.3 if masked else True)
+    mask[torch.arange(B), slots] = True
+    want_k, want_v = kc.clone(), vc.clone()
+    q = qkv[..., : H * hd].view(B, 1, H, hd).transpose(1, 2)
+    for b in range(B):
+        r, s = int(rows[b]), int(slots[b])
+        want_k[r, :, s] = qkv[b, 0, H * hd:(H + Hkv) * hd].view(Hkv, hd)
+        want_v[r, :, s] = qkv[b, 0, (H + Hkv) * hd:(H + 2 * Hkv) * hd].view(Hkv, hd)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, want_k[rows, :, :end], want_v[rows, :, :end], attn_mask=mask[:, None, None], scale=0.3,
+        enable_gqa=H != Hkv).transpose(1, 2).reshape(B, 1, H * hd)
+    got = K.decode_attention(qkv, kc, vc, rows, slots, end, mask, H, Hkv, 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kc, want_k) and torch.equal(vc, want_v)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        K.decode_attention(qkv, kc, vc, rows, torch.tensor([0, 1, end]), end, None, H, Hkv, 0.3)
+
+
+@pytest.mark.parametrize("extra", [{}, {"qkv_bias": True, "n_kv_head": 6}, {"sliding_window": 5}])
+def test_decode_attention_in_generation(extra):
+    """Greedy generation with the kernels on equals the plain PyTorch model's, for one row and for a
+    left-padded batch whose rows run at different lengths (the masked, per-row-slot path)."""
+    import lmzoo
+    from lmzoo.nn.transformer import Transformer
+    from lmzoo.quant.gemv import use_cpu_kernels
+
+    torch.manual_seed(0)
+    cfg = lmzoo.ModelConfig(**{**dict(vocab_size=97, n_layer=2, n_embd=48, n_head=6, n_kv_head=2,
+                                      intermediate_size=80), **extra})
+    plain = Transformer(cfg).eval()
+    fast = use_cpu_kernels(Transformer(cfg).eval())
+    fast.load_state_dict(plain.state_dict())
+    assert all(layer.attn.decode_attention is not None for layer in fast.layers)
+    calls = []
+    kernel = fast.layers[0].attn.decode_attention
+    fast.layers[0].attn.decode_attention = lambda *a: calls.append(1) or kernel(*a)
+    ids = torch.randint(0, cfg.vocab_size, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    for kw in ({"input_ids": ids[:1]}, {"input_ids": ids, "attention_mask": mask}):
+        want = lmzoo.generate(plain, max_new_tokens=12, eos_token_id=[], **kw)
+        n = len(calls)
+        got = lmzoo.generate(fast, max_new_tokens=12, eos_token_id=[], **kw)
+        assert torch.equal(got, want)
+        assert len(calls) - n == 11  # every decode step went through the kernel
