@@ -83,16 +83,18 @@ class _QuantLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, K = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, K)
-        k = cpu_kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        if k is not None and x2.shape[0] <= KERNEL_MAX_ROWS and not needs_autograd(x, self.bias):
-            y = self._kernel(k, x2.contiguous())
-            if self.bias is not None:
-                y = y + self.bias
-        else:
-            y = F.linear(x2, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        return y.view(*lead, self.out_features)
+        # a decode step calls this ~120 times: buffers are read from _buffers (nn.Module's __getattr__
+        # costs a microsecond per name) and the checks are ordered cheapest first
+        K = x.shape[-1]
+        bias = self.bias
+        k = cpu_kernels() if x.dtype == torch.float32 and x.device.type == "cpu" else None
+        if k is not None and x.numel() <= KERNEL_MAX_ROWS * K and not needs_autograd(x, bias):
+            y = self._kernel(k, x.reshape(-1, K).contiguous())
+            if bias is not None:
+                y += bias
+            return y.view(x.shape[:-1] + (self.out_features,))
+        y = F.linear(x, self.dequantize(x.dtype), None if bias is None else bias.to(x.dtype))
+        return y
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.bits}, group={self.group_size}"
@@ -147,11 +149,12 @@ class Int8Linear(_QuantLinear):
         return (self.q.view(N, K // g, g).to(dtype) * self.scale[..., None].to(dtype)).view(N, K)
 
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        b, g = self._buffers, self.group_size
         if torch.compiler.is_compiling():
-            return int8_linear_op(x2, self.q, self.scale, self.group_size)
-        if self.activations == "q8" and self.in_features % 32 == 0 and (self.group_size == 16 or self.group_size % 32 == 0):
-            return k.int8_linear_q8(x2, self.q, self.scale, self.group_size)
-        return k.int8_linear(x2, self.q, self.scale, self.group_size)
+            return int8_linear_op(x2, b["q"], b["scale"], g)
+        if self.activations == "q8" and self.in_features % 32 == 0 and (g == 16 or g % 32 == 0):
+            return k.int8_linear_q8(x2, b["q"], b["scale"], g)
+        return k.int8_linear(x2, b["q"], b["scale"], g)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -204,11 +207,11 @@ class Int4Linear(_QuantLinear):
         return (q * self.scale[..., None].to(dtype) + self.min[..., None].to(dtype)).view(N, K)
 
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        b = self._buffers
         if torch.compiler.is_compiling():
-            return int4_linear_op(x2, self.q, self.scale, self.min, self.group_size)
-        if self.activations == "q8":
-            return k.int4_linear_q8(x2, self.q, self.scale, self.min, self.group_size)
-        return k.int4_linear(x2, self.q, self.scale, self.min, self.group_size)
+            return int4_linear_op(x2, b["q"], b["scale"], b["min"], self.group_size)
+        f = k.int4_linear_q8 if self.activations == "q8" else k.int4_linear
+        return f(x2, b["q"], b["scale"], b["min"], self.group_size)
 
 
 # NormalFloat-4 (Dettmers et al. 2023, "QLoRA", appendix E): the 16 quantiles of N(0, 1) rescaled to

@@ -36,7 +36,65 @@ inline float hsum(__m256 v) {
 }
 #endif
 
+// block b -> its scale group b / per_group, as a table: a 64-bit division per block costs more
+// than the block's whole product
+inline std::vector<int64_t> group_of(int64_t nb, int64_t per_group) {
+  std::vector<int64_t> t(nb);
+  for (int64_t b = 0; b < nb; ++b) t[b] = b / per_group;
+  return t;
+}
+
+// x[0] + ... + x[n-1] (8 lanes, then across them)
+inline float sum_f32(const float* x, int64_t n) {
+  int64_t i = 0;
+  float acc = 0.f;
 #ifdef LMZOO_AVX2
+  __m256 v = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) v = _mm256_add_ps(v, _mm256_loadu_ps(x + i));
+  acc = hsum(v);
+#endif
+  for (; i < n; ++i) acc += x[i];
+  return acc;
+}
+
+inline float dot_f32(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float acc = 0.f;
+#ifdef LMZOO_AVX2
+  __m256 v = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), v);
+  acc = hsum(v);
+#endif
+  for (; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+#ifdef LMZOO_AVX2
+// the four horizontal sums of a, b, c, d -> out[0:4]
+inline void hsum4(__m256 a, __m256 b, __m256 c, __m256 d, float* out) {
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
+
+// exp(x) for x <= 0, 8 lanes: Cephes' expf (n = round(x / ln 2), x - n ln 2 in two parts, a degree-5
+// polynomial; relative error ~1e-7), inputs below -87.3 give exp(-87.3) ~ 1e-38
+inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
 // 8-lane partial sums of x[0:len] * q[0:len] (int8 q, len % 8 == 0); reduced once per output
 inline __m256 dot_i8_vec(const float* x, const int8_t* q, int64_t len) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -54,20 +112,51 @@ inline __m256 dot_i8_vec(const float* x, const int8_t* q, int64_t len) {
   return _mm256_add_ps(acc0, acc1);
 }
 
-// acc + 8-lane partial sums of one 32-element int4 block (16 bytes) times x[0:32]
-inline __m256 dot_i4_block_vec(const float* x, const uint8_t* q, __m256 acc) {
-  __m128i b = _mm_loadu_si128((const __m128i*)q);
-  __m128i m = _mm_set1_epi8(0x0F);
-  __m128i lo = _mm_and_si128(b, m);
-  __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8),
-                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 16), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), acc);
-  acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + 24),
-                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), acc);
-  return acc;
+// one 32-element int4 block (16 bytes) -> its 32 codes as four 8-float vectors, in element order
+inline void i4_unpack_f(const uint8_t* q, __m256 w[4]) {
+  const __m128i b = _mm_loadu_si128((const __m128i*)q), m = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+  w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+  w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+  w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+  w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
 }
+
+// 8-lane partial sums of x[0:32] times an unpacked block, as two short chains (the block's four
+// products do not wait on each other)
+inline __m256 i4_block_prod(const float* x, const __m256 w[4]) {
+  const __m256 t0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), w[1], _mm256_mul_ps(_mm256_loadu_ps(x), w[0]));
+  const __m256 t1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 24), w[3], _mm256_mul_ps(_mm256_loadu_ps(x + 16), w[2]));
+  return _mm256_add_ps(t0, t1);
+}
+
+// MB rows x (MB, K) (row stride K) against one int4 weight row: y[j * N] = sum_b scale[b] * (x_j . q_b)
+// (the min term is added by the caller). Blocks alternate between two accumulators per row, so the
+// loop runs at the rate instructions issue, not at the latency of one FMA chain; every row gets the
+// same operations in the same order for any MB (a row's result never depends on its neighbours).
+template <int MB>
+inline void i4_rows(const float* x, int64_t K, const uint8_t* q, const float* scale, const int64_t* gof, float* y,
+                    int64_t N) {
+  __m256 a0[MB], a1[MB], w[4];
+  for (int j = 0; j < MB; ++j) a0[j] = a1[j] = _mm256_setzero_ps();
+  const int64_t nb = K / 32;
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    i4_unpack_f(q + b * 16, w);
+    __m256 s = _mm256_set1_ps(scale[gof[b]]);
+    for (int j = 0; j < MB; ++j) a0[j] = _mm256_fmadd_ps(s, i4_block_prod(x + j * K + b * 32, w), a0[j]);
+    i4_unpack_f(q + (b + 1) * 16, w);
+    s = _mm256_set1_ps(scale[gof[b + 1]]);
+    for (int j = 0; j < MB; ++j) a1[j] = _mm256_fmadd_ps(s, i4_block_prod(x + j * K + (b + 1) * 32, w), a1[j]);
+  }
+  if (b < nb) {
+    i4_unpack_f(q + b * 16, w);
+    const __m256 s = _mm256_set1_ps(scale[gof[b]]);
+    for (int j = 0; j < MB; ++j) a0[j] = _mm256_fmadd_ps(s, i4_block_prod(x + j * K + b * 32, w), a0[j]);
+  }
+  for (int j = 0; j < MB; ++j) y[j * N] = hsum(_mm256_add_ps(a0[j], a1[j]));
+}
+
 #endif
 
 #ifndef LMZOO_AVX2
@@ -204,72 +293,33 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   check(x, K);
   TORCH_CHECK(g % 32 == 0 && K % g == 0, "int4 group size must divide K and be a multiple of 32");
   // per-row group sums of x feed the `min` term
-  auto xs = x.view({M, G, g}).sum(-1).contiguous();
-  auto y = torch::empty({M, N}, x.options());
+  // (plain loops, not ATen ops: at decode sizes an op's dispatch costs more than its arithmetic)
   const float* xp = x.data_ptr<float>();
-  const float* xsp = xs.data_ptr<float>();
+  std::vector<float> xs(M * G);
+  for (int64_t i = 0; i < M * G; ++i) xs[i] = sum_f32(xp + i * g, g);
+  auto y = torch::empty({M, N}, x.options());
+  const float* xsp = xs.data();
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const float* sp = scale.data_ptr<float>();
   const float* mp = mins.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t blocks = g / 32;
+  const std::vector<int64_t> gof = group_of(K / 32, blocks);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
       const float* sr = sp + n * G;
       const float* mr = mp + n * G;
 #ifdef LMZOO_AVX2
-      // rows in passes of RB: each 32-weight block is unpacked to floats once and used for RB rows
+      // rows in passes of up to RB: each block is unpacked to floats once and used for every row
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
-        const int64_t mb = std::min<int64_t>(RB, M - m0);
-        if (mb == 1) {  // one row: the block-at-a-time dot product
-          const int64_t m = m0;
-          const float* xr = xp + m * K;
-          float mn = 0.f;
-          for (int64_t gi = 0; gi < G; ++gi) mn += mr[gi] * xsp[m * G + gi];
-          __m256 a1 = _mm256_setzero_ps();
-          for (int64_t gi = 0; gi < G; ++gi) {
-            __m256 d1 = _mm256_setzero_ps();
-            for (int64_t bi = 0; bi < blocks; ++bi) {
-              const int64_t e = gi * g + bi * 32;
-              d1 = dot_i4_block_vec(xr + e, qr + e / 2, d1);
-            }
-            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sr[gi]), d1, a1);
-          }
-          yp[m * N + n] = mn + hsum(a1);
-          continue;
+        switch (std::min<int64_t>(RB, M - m0)) {
+          case 4: i4_rows<4>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
+          case 3: i4_rows<3>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
+          case 2: i4_rows<2>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
+          default: i4_rows<1>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N);
         }
-        __m256 acc[RB];
-        for (int64_t j = 0; j < RB; ++j) acc[j] = _mm256_setzero_ps();
-        for (int64_t gi = 0; gi < G; ++gi) {
-          __m256 d[RB];
-          for (int64_t j = 0; j < RB; ++j) d[j] = _mm256_setzero_ps();
-          for (int64_t bi = 0; bi < blocks; ++bi) {
-            const int64_t e = gi * g + bi * 32;
-            __m128i raw = _mm_loadu_si128((const __m128i*)(qr + e / 2));
-            __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0F));
-            __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
-            const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-            const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-            const __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-            const __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-            for (int64_t j = 0; j < mb; ++j) {
-              const float* xr = xp + (m0 + j) * K + e;
-              __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, d[j]);
-              t = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w1, t);
-              t = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), w2, t);
-              d[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 24), w3, t);
-            }
-          }
-          const __m256 sc = _mm256_set1_ps(sr[gi]);
-          for (int64_t j = 0; j < mb; ++j) acc[j] = _mm256_fmadd_ps(sc, d[j], acc[j]);
-        }
-        for (int64_t j = 0; j < mb; ++j) {
-          const int64_t m = m0 + j;
-          float mn = 0.f;  // the `min` term, scalar
-          for (int64_t gi = 0; gi < G; ++gi) mn += mr[gi] * xsp[m * G + gi];
-          yp[m * N + n] = mn + hsum(acc[j]);
-        }
+        for (int64_t m = m0; m < std::min(M, m0 + RB); ++m) yp[m * N + n] += dot_f32(mr, xsp + m * G, G);
       }
 #else
       for (int64_t m = 0; m < M; ++m) {
@@ -366,36 +416,34 @@ void quantize_rows_q8(const float* x, int64_t M, int64_t K, int8_t* q, float* d,
   });
 }
 
+// an activation row set in 8-bit blocks; plain buffers (at decode sizes allocating tensors costs
+// more than filling them)
 struct Q8 {
-  torch::Tensor q, d, s;
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
 };
 
 Q8 quantize_q8(const torch::Tensor& x) {
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(K % QB == 0, "8-bit activations need K a multiple of 32, got K=", K);
-  Q8 r{torch::empty({M, K}, x.options().dtype(torch::kChar)), torch::empty({M, K / QB}, x.options()),
-       torch::empty({M, K / QB}, x.options())};
-  quantize_rows_q8(x.data_ptr<float>(), M, K, r.q.data_ptr<int8_t>(), r.d.data_ptr<float>(), r.s.data_ptr<float>());
+  Q8 r{std::vector<int8_t>(M * K), std::vector<float>(M * K / QB), std::vector<float>(M * K / QB)};
+  quantize_rows_q8(x.data_ptr<float>(), M, K, r.q.data(), r.d.data(), r.s.data());
   return r;
 }
 
-inline float dot_f32(const float* a, const float* b, int64_t n) {
-  int64_t i = 0;
-  float acc = 0.f;
-#ifdef LMZOO_AVX2
-  __m256 v = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), v);
-  acc = hsum(v);
-#endif
-  for (; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
 
 #ifdef LMZOO_AVX2
 // 8 float lanes of sum(u[i] * v[i]) over 32 unsigned x signed bytes (pairs of products in 16 bits
-// cannot overflow: |u| <= 128, |v| <= 127)
+// cannot overflow: |u| <= 128, |v| <= 127); with VNNI one instruction does the multiply-and-add
+// (the same exact integer sums)
 inline __m256 dot_u8i8(__m256i u, __m256i v) {
+#if defined(__AVXVNNI__)
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, v));
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, v));
+#else
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1)));
+#endif
 }
 
 inline __m256i unpack_i4(const uint8_t* q) {  // 16 bytes -> 32 codes 0..15 in element order
@@ -465,10 +513,12 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   check(x, K);
   TORCH_CHECK(g % 32 == 0 && K % g == 0, "int4 group size must divide K and be a multiple of 32");
   const Q8 a = quantize_q8(x);
-  auto sg = a.s.view({M, G, bpg}).sum(-1).contiguous();  // (M, G): sum of d*sum(q) per weight group
+  const std::vector<int64_t> gof = group_of(nb, bpg);
+  std::vector<float> sg(M * G);  // (M, G): sum of d*sum(q) per weight group
+  for (int64_t i = 0; i < M * G; ++i) sg[i] = sum_f32(a.s.data() + i * bpg, bpg);
   auto y = torch::empty({M, N}, x.options());
-  const int8_t* xq = a.q.data_ptr<int8_t>();
-  const float *xd = a.d.data_ptr<float>(), *xsg = sg.data_ptr<float>();
+  const int8_t* xq = a.q.data();
+  const float *xd = a.d.data(), *xsg = sg.data();
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const float *sp = scale.data_ptr<float>(), *mp = mins.data_ptr<float>();
   auto extra = [&](int64_t m, int64_t n) { return dot_f32(mp + n * G, xsg + m * G, G); };
@@ -476,7 +526,7 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   auto weights = [&](int64_t n, int64_t b) { return unpack_i4(qp + n * (K / 2) + b * 16); };
   auto block = [&](__m256i w, int64_t m, int64_t n, int64_t b) {
     const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
-    return _mm256_mul_ps(dot_u8i8(w, xv), _mm256_set1_ps(xd[m * nb + b] * sp[n * G + (bpg == 1 ? b : b / bpg)]));
+    return _mm256_mul_ps(dot_u8i8(w, xv), _mm256_set1_ps(xd[m * nb + b] * sp[n * G + gof[b]]));
   };
 #else
   auto weights = [&](int64_t n, int64_t b) { return qp + n * (K / 2) + b * 16; };
@@ -484,7 +534,7 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
     const int8_t* xb = xq + m * K + b * QB;
     int acc = 0;
     for (int j = 0; j < 16; ++j) acc += (w[j] & 0x0F) * xb[j] + (w[j] >> 4) * xb[j + 16];
-    return (float)acc * xd[m * nb + b] * sp[n * G + (bpg == 1 ? b : b / bpg)];
+    return (float)acc * xd[m * nb + b] * sp[n * G + gof[b]];
   };
 #endif
   q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra);
@@ -497,9 +547,10 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   check(x, K);
   TORCH_CHECK((g == 16 || g % 32 == 0) && K % g == 0, "8-bit activations need int8 groups of 16 or a multiple of 32");
   const Q8 a = quantize_q8(x);
+  const std::vector<int64_t> gof = group_of(nb, bpg);
   auto y = torch::empty({M, N}, x.options());
-  const int8_t* xq = a.q.data_ptr<int8_t>();
-  const float* xd = a.d.data_ptr<float>();
+  const int8_t* xq = a.q.data();
+  const float* xd = a.d.data();
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
   auto extra = [](int64_t, int64_t) { return 0.f; };
@@ -514,7 +565,7 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
       const float* s = sp + n * G + 2 * b;
       return _mm256_mul_ps(p, _mm256_set_m128(_mm_set1_ps(dx * s[1]), _mm_set1_ps(dx * s[0])));
     }
-    return _mm256_mul_ps(p, _mm256_set1_ps(dx * sp[n * G + (bpg == 1 ? b : b / bpg)]));
+    return _mm256_mul_ps(p, _mm256_set1_ps(dx * sp[n * G + gof[b]]));
   };
 #else
   auto weights = [&](int64_t n, int64_t b) { return qp + n * K + b * QB; };
@@ -528,7 +579,7 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
     }
     int acc = 0;
     for (int j = 0; j < QB; ++j) acc += w[j] * xb[j];
-    return (float)acc * dx * sp[n * G + (bpg == 1 ? b : b / bpg)];
+    return (float)acc * dx * sp[n * G + gof[b]];
   };
 #endif
   q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra);
@@ -597,7 +648,7 @@ void rope_heads_(torch::Tensor y, torch::Tensor cos, torch::Tensor sin, int64_t 
 //   rows, slots (B,) long       each row's cache row and the slot its new key/value is written to
 //   mask (Bm, end) bool, Bm 1 or B, or None    visible slots (None: all of [0, end))
 // -> (B, 1, H*hd): softmax(scale * q.k_j) . v_j over the visible j < end, head h reading kv head
-// h / (H / Hkv) (Ainslie et al. 2023). The same arithmetic as SDPA's math path in float32, in one
+// h / (H / Hkv) (Ainslie et al. 2023). SDPA's result in float32 (up to summation order), in one
 // call instead of the ~20 views, copies and SDPA's own setup that cost more than the product here.
 torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tensor vc, torch::Tensor rows,
                                torch::Tensor slots, int64_t end, c10::optional<torch::Tensor> mask, int64_t H,
@@ -636,35 +687,116 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
   auto y = torch::empty({B, 1, H * hd}, qkv.options());
   float* yp = y.data_ptr<float>();
   const int64_t group = H / Hkv;
-  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> p(end);
+  // Split the keys into chunks of CH (flash-decoding): a task is (row, kv head, chunk) and computes,
+  // for each query head of the group, the chunk's max score, sum of exp and unnormalised output; the
+  // chunks are merged below. Every thread has work even for one row, and each kv head's keys stay in
+  // L1 while its group's query heads read them.
+  constexpr int64_t CH = 64;
+  const float sc = (float)scale;
+  const int64_t nch = (end + CH - 1) / CH;
+  std::vector<float> pm(B * H * nch), pl(B * H * nch), po(B * H * nch * hd);
+  at::parallel_for(0, B * Hkv * nch, 1, [&](int64_t i0, int64_t i1) {
+    float p[CH];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / H, h = i % H;
-      const float* q = qp + b * W + h * hd;
-      const int64_t base = (rp[b] * Hkv + h / group) * cap * hd;
-      const bool* m = mp ? mp + (mrows == 1 ? 0 : b) * end : nullptr;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < end; ++j) {
-        p[j] = (m && !m[j]) ? -INFINITY : dot_f32(q, kp + base + j * hd, hd) * (float)scale;
-        mx = std::max(mx, p[j]);
+      const int64_t b = i / (Hkv * nch), g = (i / nch) % Hkv, c = i % nch;
+      const int64_t j0 = c * CH, n = std::min(end, j0 + CH) - j0;
+      const float* kr = kp + ((rp[b] * Hkv + g) * cap + j0) * hd;  // (n, hd) keys of this chunk
+      const float* vr = vp + ((rp[b] * Hkv + g) * cap + j0) * hd;
+      const bool* m = mp ? mp + (mrows == 1 ? 0 : b) * end + j0 : nullptr;
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        const float* q = qp + b * W + h * hd;
+        // scores q.k_j: four keys at a time, four independent FMA chains in flight
+        int64_t j = 0;
+#ifdef LMZOO_AVX2
+        if (hd % 8 == 0) {
+          for (; j + 4 <= n; j += 4) {
+            const float* k0 = kr + j * hd;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < hd; d += 8) {
+              const __m256 qv = _mm256_loadu_ps(q + d);
+              a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
+              a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + hd + d), a1);
+              a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * hd + d), a2);
+              a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * hd + d), a3);
+            }
+            hsum4(a0, a1, a2, a3, p + j);
+          }
+        }
+#endif
+        for (; j < n; ++j) p[j] = dot_f32(q, kr + j * hd, hd);
+        float mx = -INFINITY;
+        for (j = 0; j < n; ++j) {
+          p[j] = (m && !m[j]) ? -INFINITY : p[j] * sc;
+          mx = std::max(mx, p[j]);
+        }
+        const int64_t slot = (b * H + h) * nch + c;
+        float* o = po.data() + slot * hd;
+        pm[slot] = mx;
+        if (mx == -INFINITY) {  // every key of the chunk masked
+          pl[slot] = 0.f;
+          std::fill_n(o, hd, 0.f);
+          continue;
+        }
+        // p_j = exp(s_j - max), masked keys 0
+        float sum = 0.f;
+        j = 0;
+#ifdef LMZOO_AVX2
+        const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
+        __m256 vs = _mm256_setzero_ps();
+        for (; j + 8 <= n; j += 8) {
+          const __m256 x = _mm256_loadu_ps(p + j);
+          const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(x, vmx)), _mm256_cmp_ps(x, ninf, _CMP_NEQ_OQ));
+          _mm256_storeu_ps(p + j, e);
+          vs = _mm256_add_ps(vs, e);
+        }
+        sum = hsum(vs);
+#endif
+        for (; j < n; ++j) {
+          p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
+          sum += p[j];
+        }
+        pl[slot] = sum;
+        // o = sum_j p_j v_j: per 8 dims, four keys' chains at a time
+        int64_t d0 = 0;
+#ifdef LMZOO_AVX2
+        for (; d0 + 8 <= hd; d0 += 8) {
+          __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+          const float* v = vr + d0;
+          for (j = 0; j + 4 <= n; j += 4) {
+            c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * hd), c0);
+            c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), _mm256_loadu_ps(v + (j + 1) * hd), c1);
+            c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), _mm256_loadu_ps(v + (j + 2) * hd), c2);
+            c3 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), _mm256_loadu_ps(v + (j + 3) * hd), c3);
+          }
+          for (; j < n; ++j) c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * hd), c0);
+          _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
+        }
+#endif
+        for (int64_t d = d0; d < hd; ++d) {
+          float acc = 0.f;
+          for (j = 0; j < n; ++j) acc += p[j] * vr[j * hd + d];
+          o[d] = acc;
+        }
       }
-      float sum = 0.f;
-      for (int64_t j = 0; j < end; ++j) {
-        p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
-        sum += p[j];
-      }
-      float* out = yp + b * H * hd + h * hd;
-      std::fill_n(out, hd, 0.f);
-      for (int64_t j = 0; j < end; ++j) {
-        if (p[j] == 0.f) continue;
-        const float pj = p[j];
-        const float* v = vp + base + j * hd;
-        for (int64_t d = 0; d < hd; ++d) out[d] += pj * v[d];
-      }
-      const float inv = 1.f / sum;
-      for (int64_t d = 0; d < hd; ++d) out[d] *= inv;
     }
   });
+  // merge the chunks: out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c,  M = max_c m_c
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const float* m = pm.data() + bh * nch;
+    const float M = *std::max_element(m, m + nch);
+    float* out = yp + bh * hd;
+    std::fill_n(out, hd, 0.f);
+    float l = 0.f;
+    for (int64_t c = 0; c < nch; ++c) {
+      if (m[c] == -INFINITY) continue;
+      const float w = nch == 1 ? 1.f : std::exp(m[c] - M);
+      l += w * pl[bh * nch + c];
+      const float* o = po.data() + (bh * nch + c) * hd;
+      for (int64_t d = 0; d < hd; ++d) out[d] += w * o[d];
+    }
+    const float inv = 1.f / l;
+    for (int64_t d = 0; d < hd; ++d) out[d] *= inv;
+  }
   return y;
 }
 
