@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.nn.attention import Attention
+from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import RMSNorm
 from lmzoo.quant.kernels import cpu_kernels
 from lmzoo.quant.layers import needs_autograd
@@ -71,6 +72,18 @@ class FusedRMSNorm(RMSNorm):
         return super().forward(x)
 
 
+class FusedSwiGLU(MLP):
+    """A SwiGLU MLP whose float32 CPU inference computes silu(gate) * up in one kernel call (instead
+    of chunk + silu + mul); anything autograd records takes MLP's own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.gate_up(x)
+        if _inference_f32(h) and h.is_contiguous():
+            return self.down(cpu_kernels().silu_mul(h))
+        gate, up = h.chunk(2, dim=-1)
+        return self.down(self.act(gate) * up)
+
+
 def _rope_inplace(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head_dim: int) -> bool:
     """Attention.rope_inplace: rotate q and k inside the fused qkv output; False = not applicable here
     (the layer then applies RoPE itself)."""
@@ -99,9 +112,9 @@ def _decode_attention(qkv: torch.Tensor, step, attn: Attention, mask: torch.Tens
 
 
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
-    """Swap every plain nn.Linear for GemvLinear and RMSNorm for FusedRMSNorm in place (class changes:
-    no weights move), and give plain-RoPE attention layers the in-place rotation kernel and the
-    one-token cache attention kernel.
+    """Swap every plain nn.Linear for GemvLinear, RMSNorm for FusedRMSNorm and SwiGLU MLPs for
+    FusedSwiGLU in place (class changes: no weights move), and give plain-RoPE attention layers the
+    in-place rotation kernel and the one-token cache attention kernel.
     Does nothing when the kernels cannot be built."""
     if cpu_kernels() is None:
         return model
@@ -110,6 +123,8 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
             m.__class__ = GemvLinear
         elif type(m) is RMSNorm:
             m.__class__ = FusedRMSNorm
+        elif type(m) is MLP and m.gated and m.act is F.silu:
+            m.__class__ = FusedSwiGLU
         elif isinstance(m, Attention) and m.plain_rope():
             m.rope_inplace = _rope_inplace
             m.decode_attention = _decode_attention

@@ -76,10 +76,10 @@ inline void hsum4(__m256 a, __m256 b, __m256 c, __m256 d, float* out) {
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
 }
 
-// exp(x) for x <= 0, 8 lanes: Cephes' expf (n = round(x / ln 2), x - n ln 2 in two parts, a degree-5
-// polynomial; relative error ~1e-7), inputs below -87.3 give exp(-87.3) ~ 1e-38
+// exp(x), 8 lanes: Cephes' expf (n = round(x / ln 2), x - n ln 2 in two parts, a degree-5
+// polynomial; relative error ~1e-7); x is clamped to [-87.3, 88] (exp(-87.3) ~ 1e-38, exp(88) ~ 1.7e38)
 inline __m256 exp256(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -800,6 +800,35 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
   return y;
 }
 
+// h (..., 2I) contiguous -> silu(h[..., :I]) * h[..., I:]  (a SwiGLU MLP's gate, lmzoo.nn.mlp)
+torch::Tensor silu_mul(torch::Tensor h) {
+  TORCH_CHECK(h.scalar_type() == torch::kFloat && h.is_contiguous() && h.dim() >= 1 && h.size(-1) % 2 == 0,
+              "silu_mul: contiguous float32 (..., 2I)");
+  const int64_t I = h.size(-1) / 2, R = h.numel() / std::max<int64_t>(2 * I, 1);
+  auto sizes = h.sizes().vec();
+  sizes.back() = I;
+  auto y = torch::empty(sizes, h.options());
+  const float* hp = h.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, R, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *g = hp + r * 2 * I, *u = g + I;
+      float* o = yp + r * I;
+      int64_t i = 0;
+#ifdef LMZOO_AVX2
+      const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+      for (; i + 8 <= I; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 sg = _mm256_div_ps(x, _mm256_add_ps(one, exp256(_mm256_sub_ps(zero, x))));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(sg, _mm256_loadu_ps(u + i)));
+      }
+#endif
+      for (; i < I; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    }
+  });
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("f32_linear", &f32_linear, "float32 linear for few rows (CPU)");
   m.def("int8_linear", &int8_linear, "int8 weight-only linear (CPU)");
@@ -808,5 +837,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear_q8", &int8_linear_q8, "int8 weights x 8-bit activations (CPU)");
   m.def("rms_norm", &rms_norm, "RMSNorm, float32 (CPU)");
   m.def("decode_attention", &decode_attention, "one query per row against the KV cache, GQA, float32 (CPU)");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate_up output, float32 (CPU)");
   m.def("rope_heads_", &rope_heads_, "rotate-half RoPE in place on the first heads of a fused projection (CPU)");
 }
