@@ -68,13 +68,15 @@ def test_q8_products_match_reference(M, Kdim, N):
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-def test_q8_row_result_does_not_depend_on_its_batch():
+@pytest.mark.parametrize("Kdim", [576, 608])  # an even and an odd number of 32-blocks
+def test_q8_row_result_does_not_depend_on_its_batch(Kdim):
     """The engine batches rows that are at different points of their requests: a row's product must
-    be the same bits alone or beside others (any row count, any position in the pass of four)."""
+    be the same bits alone or beside others (any row count, any position in the pass of four; a lone
+    row takes the 512-bit path where the CPU has one)."""
     torch.manual_seed(0)
-    lin = nn.Linear(576, 100)
+    lin = nn.Linear(Kdim, 100)
     m4, m8 = Int4Linear.from_linear(lin), Int8Linear.from_linear(lin, group_size=32)
-    x = torch.randn(9, 576)
+    x = torch.randn(9, Kdim)
     for f in (lambda a: K.int4_linear_q8(a, m4.q, m4.scale, m4.min, 32),
               lambda a: K.int8_linear_q8(a, m8.q, m8.scale, 32)):
         batched = f(x)

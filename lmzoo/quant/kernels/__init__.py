@@ -29,10 +29,10 @@ def _flags() -> list[str]:
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
         cpu = _cpu_flags()
-        if "avx_vnni" in cpu:  # 8-bit dot products in one instruction (the q8 kernels)
+        if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"} <= cpu:  # 512-bit q8 decode kernel
+            flags += ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni"]
+        elif "avx_vnni" in cpu:  # 8-bit dot products in one instruction (the q8 kernels)
             flags.append("-mavxvnni")
-        elif {"avx512_vnni", "avx512vl"} <= cpu:
-            flags += ["-mavx512vnni", "-mavx512vl"]
     return flags
 
 
