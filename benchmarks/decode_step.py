@@ -1,0 +1,94 @@
+"""Where one CPU decode step of a GGUF model goes (issue 16): the whole step, the quantised kernels'
+share of it, and the kernels' streaming rate against the host's memory read bandwidth.
+
+    python benchmarks/decode_step.py [--model X.gguf] [--prompt 256] [--steps 60] [--threads 2]
+        [--activations float|q8]
+
+1. step: the model's forward for one token after a `--prompt` prefill (no engine), averaged;
+2. kernels: the same steps with a timer around every int4/int8 kernel call (their sum per step; the
+   rest of the step is attention, norms, Python and dispatch);
+3. pass: every quantised matrix of the model multiplied once by one row, back to back (weights come
+   from DRAM, as in a decode step), in ms and GB/s of weights read, beside
+   `lmzoo.tools.bench.read_bandwidth_gbs` (a plain streaming read of a large buffer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model")
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--activations", default="float", choices=["float", "q8"])
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    import lmzoo
+    from lmzoo.checkpoints.assets import default_model_path
+    from lmzoo.quant.kernels import cpu_kernels
+    from lmzoo.quant.layers import Int4Linear, Int8Linear
+    from lmzoo.runtime.cache import KVCache
+    from lmzoo.tools.bench import read_bandwidth_gbs
+
+    model = lmzoo.from_pretrained(a.model or str(default_model_path()), activations=a.activations)
+    layers = [m for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
+    nbytes = sum(b.numel() * b.element_size() for m in layers for b in m.buffers())
+    ids = torch.randint(100, model.config.vocab_size, (1, a.prompt), generator=torch.Generator().manual_seed(0))
+    cache = KVCache(model, 1, a.prompt + 3 * a.steps + 8)
+
+    with torch.inference_mode():
+        tok = model(ids, cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+
+        def steps(n: int) -> float:
+            nonlocal tok
+            t0 = time.perf_counter()
+            for _ in range(n):
+                tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)
+            return (time.perf_counter() - t0) / n
+
+        steps(5)
+        step = steps(a.steps)
+        spent = [0.0]
+        originals = {c: c._kernel for c in (Int4Linear, Int8Linear)}
+
+        def timed(f):
+            def kernel(self, k, x2):
+                t = time.perf_counter()
+                y = f(self, k, x2)
+                spent[0] += time.perf_counter() - t
+                return y
+            return kernel
+
+        for c, f in originals.items():
+            c._kernel = timed(f)
+        try:
+            timed_step = steps(a.steps)
+        finally:
+            for c, f in originals.items():
+                c._kernel = f
+        k = cpu_kernels()
+        rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+        for m in layers:
+            m._kernel(k, rows[m.in_features])
+        t0 = time.perf_counter()
+        for _ in range(10):
+            for m in layers:
+                m._kernel(k, rows[m.in_features])
+        dt = (time.perf_counter() - t0) / 10
+    kernels = spent[0] / a.steps
+    print(f"# {a.threads} threads, prompt {a.prompt}, {a.steps} steps, activations {a.activations}")
+    print(f"step: {step * 1e3:.2f} ms ({1 / step:.1f} tok/s)")
+    print(f"kernels: {kernels * 1e3:.2f} ms of a {timed_step * 1e3:.2f} ms timed step, {len(layers)} calls; "
+          f"the rest {(timed_step - kernels) * 1e3:.2f} ms")
+    print(f"pass over the quantised weights: {dt * 1e3:.2f} ms, {nbytes / 1e6:.1f} MB, {nbytes / dt / 1e9:.1f} GB/s; "
+          f"memory read {read_bandwidth_gbs(a.threads):.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main()
