@@ -483,28 +483,75 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, Weig
 #endif
 
 #ifdef LMZOO_AVX512
-// One activation row against every weight row, 8-bit activations, with 512-bit registers: the lower
-// 256 bits carry the even blocks, the upper the odd ones, so each lane does exactly what q8_rows<1>
-// does in its a0 / a1 accumulators (same products, same order, same final reduction): a row's result
-// is the same bits whichever path computes it. `pair(n, b)`: the integer dot products of blocks b and
-// b+1 of weight row n with the row's blocks (16 lanes, as floats); `single(n, b)`: block b alone (8).
-template <typename Pair, typename Single, typename Extra>
-void q8_row_avx512(const float* xd, const float* sp, const int64_t* gof, int64_t nb, int64_t G, int64_t N,
-                   float* y, Pair pair, Single single, Extra& extra) {
+// One activation row against every int4 weight row, 8-bit activations, with 512-bit registers: the
+// lower 256 bits carry the even blocks, the upper the odd ones, so each lane does exactly what
+// q8_rows<MB> does in its a0 / a1 accumulators (same products, same order, same final reduction):
+// a row's result is the same bits whichever path computes it.
+template <typename Extra>
+void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, const float* sp, const int64_t* gof,
+                      int64_t nb, int64_t G, int64_t N, float* y, Extra& extra) {
+  const int64_t K = nb * QB;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* qr = qp + n * (K / 2);
       const float* sr = sp + n * G;
       __m512 acc = _mm512_setzero_ps();
       int64_t b = 0;
       for (; b + 1 < nb; b += 2) {
-        const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(xd[b] * sr[gof[b]]),
-                                             _mm256_set1_ps(xd[b + 1] * sr[gof[b + 1]]), 1);
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(pair(n, b), sc));
+        // 32 bytes = blocks b, b+1 -> bytes [lo(b) hi(b) lo(b+1) hi(b+1)]: each block's 32 codes in order
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qr + b * 16));
+        const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // [lo(b) lo(b+1) hi(b) hi(b+1)]
+        const __m512i wv = _mm512_shuffle_i64x2(w, w, _MM_SHUFFLE(3, 1, 2, 0));
+        const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv));
+        const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(xd[b] * sr[gof[b]]), _mm256_set1_ps(xd[b + 1] * sr[gof[b + 1]]), 1);
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(d, sc));
       }
       __m256 a0 = _mm512_castps512_ps256(acc);
       const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
-      if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(single(n, b), _mm256_set1_ps(xd[b] * sr[gof[b]])));
+      if (b < nb) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(dot_u8i8(unpack_i4(qr + b * 16), xv), _mm256_set1_ps(xd[b] * sr[gof[b]])));
+      }
       y[n] = hsum(_mm256_add_ps(a0, a1)) + extra(0, n);
+    }
+  });
+}
+#endif
+
+#ifdef LMZOO_AVX512
+// One activation row against every int8 weight row (one scale per 32 or more), as the int4 kernel
+// above: the lanes repeat q8_rows' a0 / a1 arithmetic for the even / odd blocks.
+void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const float* sp, const int64_t* gof,
+                      int64_t nb, int64_t G, int64_t N, float* y) {
+  const int64_t K = nb * QB;
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const int8_t* qr = qp + n * K;
+      const float* sr = sp + n * G;
+      __m512 acc = _mm512_setzero_ps();
+      int64_t b = 0;
+      for (; b + 1 < nb; b += 2) {
+        // signed x signed as unsigned x signed: |w| times x carrying w's sign (x where w = 0 is
+        // multiplied by |w| = 0 either way)
+        const __m512i w = _mm512_loadu_si512((const void*)(qr + b * QB));
+        const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
+        const __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs));
+        const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(xd[b] * sr[gof[b]]), _mm256_set1_ps(xd[b + 1] * sr[gof[b + 1]]), 1);
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(d, sc));
+      }
+      __m256 a0 = _mm512_castps512_ps256(acc);
+      const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
+      if (b < nb) {
+        const __m256i w = _mm256_loadu_si256((const __m256i*)(qr + b * QB));
+        const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)),
+                                             _mm256_set1_ps(xd[b] * sr[gof[b]])));
+      }
+      y[n] = hsum(_mm256_add_ps(a0, a1));
     }
   });
 }
@@ -570,17 +617,7 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
 #endif
 #ifdef LMZOO_AVX512
   if (M == 1) {  // one row (decode): two blocks per 512-bit instruction
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    auto pair = [&](int64_t n, int64_t b) {
-      // 32 bytes = blocks b, b+1 -> bytes [lo(b) hi(b) lo(b+1) hi(b+1)]: each block's 32 codes in order
-      const __m256i raw = _mm256_loadu_si256((const __m256i*)(qp + n * (K / 2) + b * 16));
-      const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-      const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // [lo(b) lo(b+1) hi(b) hi(b+1)]
-      const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
-      return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_shuffle_i64x2(w, w, _MM_SHUFFLE(3, 1, 2, 0)), xv));
-    };
-    auto single = [&](int64_t n, int64_t b) { return dot_u8i8(weights(n, b), _mm256_loadu_si256((const __m256i*)(xq + b * QB))); };
-    q8_row_avx512(xd, sp, gof.data(), nb, G, N, y.data_ptr<float>(), pair, single, extra);
+    i4_q8_row_avx512(xq, xd, qp, sp, gof.data(), nb, G, N, y.data_ptr<float>(), extra);
     return y;
   }
 #endif
@@ -631,19 +668,7 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
 #endif
 #ifdef LMZOO_AVX512
   if (M == 1 && g != 16) {  // one row (decode): two blocks per 512-bit instruction
-    auto pair = [&](int64_t n, int64_t b) {
-      // signed x signed as unsigned x signed: |w| times x carrying w's sign (where w = 0 the
-      // product is 0 either way)
-      const __m512i w = _mm512_loadu_si512((const void*)(qp + n * K + b * QB));
-      const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
-      const __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
-      return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs));
-    };
-    auto single = [&](int64_t n, int64_t b) {
-      const __m256i w = weights(n, b), xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
-      return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-    };
-    q8_row_avx512(xd, sp, gof.data(), nb, G, N, y.data_ptr<float>(), pair, single, extra);
+    i8_q8_row_avx512(xq, xd, qp, sp, gof.data(), nb, G, N, y.data_ptr<float>());
     return y;
   }
 #endif
