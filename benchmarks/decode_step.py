@@ -5,8 +5,9 @@ share of it, and the kernels' streaming rate against the host's memory read band
         [--activations float|q8]
 
 1. step: the model's forward for one token after a `--prompt` prefill (no engine), averaged;
-2. kernels: the same steps with a timer around every int4/int8 kernel call (their sum per step; the
-   rest of the step is attention, norms, Python and dispatch);
+2. kernels: the same steps with a timer around every call into lmzoo's compiled kernels (the fused
+   decode blocks, the LM head's product, norms; their sum per step), and the rest of the step
+   (Python, PyTorch ops and dispatch outside the kernels);
 3. pass: every quantised matrix of the model multiplied once by one row, back to back (weights come
    from DRAM, as in a decode step), in ms and GB/s of weights read, beside
    `lmzoo.tools.bench.read_bandwidth_gbs` (a plain streaming read of a large buffer).
@@ -54,25 +55,26 @@ def main() -> None:
 
         steps(5)
         step = steps(a.steps)
-        spent = [0.0]
-        originals = {c: c._kernel for c in (Int4Linear, Int8Linear)}
+        k = cpu_kernels()
+        spent, calls = [0.0], [0]
+        originals = {n: getattr(k, n) for n in dir(k) if not n.startswith("_") and callable(getattr(k, n))}
 
         def timed(f):
-            def kernel(self, k, x2):
+            def kernel(*args):
                 t = time.perf_counter()
-                y = f(self, k, x2)
+                y = f(*args)
                 spent[0] += time.perf_counter() - t
+                calls[0] += 1
                 return y
             return kernel
 
-        for c, f in originals.items():
-            c._kernel = timed(f)
+        for n, f in originals.items():
+            setattr(k, n, timed(f))
         try:
             timed_step = steps(a.steps)
         finally:
-            for c, f in originals.items():
-                c._kernel = f
-        k = cpu_kernels()
+            for n, f in originals.items():
+                setattr(k, n, f)
         rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
         for m in layers:
             m._kernel(k, rows[m.in_features])
@@ -84,7 +86,8 @@ def main() -> None:
     kernels = spent[0] / a.steps
     print(f"# {a.threads} threads, prompt {a.prompt}, {a.steps} steps, activations {a.activations}")
     print(f"step: {step * 1e3:.2f} ms ({1 / step:.1f} tok/s)")
-    print(f"kernels: {kernels * 1e3:.2f} ms of a {timed_step * 1e3:.2f} ms timed step, {len(layers)} calls; "
+    print(f"kernels: {kernels * 1e3:.2f} ms of a {timed_step * 1e3:.2f} ms timed step, "
+          f"{calls[0] / a.steps:.0f} calls; "
           f"the rest {(timed_step - kernels) * 1e3:.2f} ms")
     print(f"pass over the quantised weights: {dt * 1e3:.2f} ms, {nbytes / 1e6:.1f} MB, {nbytes / dt / 1e9:.1f} GB/s; "
           f"memory read {read_bandwidth_gbs(a.threads):.1f} GB/s")

@@ -31,6 +31,10 @@ class Block(nn.Module):
         self.attn = MLAttention(cfg, layer) if cfg.attention == "mla" else Attention(cfg, layer)
         self.mlp_norm = None if cfg.shared_norm else build_norm(cfg.norm, cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg)
+        # decode_step(block, x, a, mask) -> (B, 1, d) or None: the whole block's one-token step in one
+        # kernel call, installed by a kernel transform (lmzoo.quant.gemv) on pre-norm blocks; None =
+        # not applicable to this call, the modules run as usual
+        self.decode_step = None
 
     def forward(self, x, a: AttnInputs, mask):
         raise NotImplementedError
@@ -38,6 +42,10 @@ class Block(nn.Module):
 
 class PreNormBlock(Block):
     def forward(self, x, a: AttnInputs, mask):
+        if self.decode_step is not None and x.shape[1] == 1:
+            y = self.decode_step(self, x, a, mask)
+            if y is not None:
+                return y
         x = x + self.attn(self.attn_norm(x), a, mask)
         return x + self.mlp(self.mlp_norm(x))
 

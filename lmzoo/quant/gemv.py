@@ -15,12 +15,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from lmzoo.nn.attention import Attention
+from lmzoo.nn.block import PreNormBlock
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import RMSNorm
 from lmzoo.quant.kernels import cpu_kernels
-from lmzoo.quant.layers import needs_autograd
+from lmzoo.quant.layers import KERNEL_MAX_ROWS, Int4Linear, Int8Linear, needs_autograd
 
 GEMV_MAX_ROWS = 16
 
@@ -94,9 +96,10 @@ def _rope_inplace(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: 
     return True
 
 
-def _decode_attention(qkv: torch.Tensor, step, attn: Attention, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Attention.decode_attention: write the new keys/values into the cache and attend, one kernel call
-    (float32 eager caches with boolean or no masks; None = not applicable, the layer goes its own way)."""
+def _cache_args(step, attn: Attention, mask: torch.Tensor | None) -> tuple | None:
+    """The cache arguments of the decode attention kernel for this layer and step: (k, v, rows, slots,
+    end, mask (B or 1, end) bool or None); None when the kernel cannot serve it (float32 eager caches
+    of the standard layout, boolean or no masks)."""
     c = getattr(step, "cache", None)
     if c is None or c.layout != "standard" or step.starts is None:
         return None
@@ -107,14 +110,72 @@ def _decode_attention(qkv: torch.Tensor, step, attn: Attention, mask: torch.Tens
         if mask.dtype != torch.bool:
             return None  # an additive bias (ALiBi)
         mask = mask.reshape(mask.shape[0], mask.shape[-1]).contiguous()
-    return cpu_kernels().decode_attention(qkv, k, v, step.idx, step.q_slot.reshape(-1), step.end, mask,
-                                          attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
+    return k, v, step.idx, step.q_slot.reshape(-1), step.end, mask
+
+
+def _decode_attention(qkv: torch.Tensor, step, attn: Attention, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Attention.decode_attention: write the new keys/values into the cache and attend, one kernel call
+    (None = not applicable, the layer goes its own way)."""
+    args = _cache_args(step, attn, mask)
+    if args is None:
+        return None
+    return cpu_kernels().decode_attention(qkv, *args, attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
+
+
+def _linear_spec(m: nn.Module, rows: int) -> tuple | None:
+    """(kind, tensors, group, bias) of a linear layer for the fused decode block, as its own forward
+    would compute `rows` rows (None: its forward would take another path, or it is not one of ours)."""
+    t = type(m)
+    if t is GemvLinear:
+        p = m._parameters
+        w = p["weight"]
+        if rows > GEMV_MAX_ROWS or w.dtype != torch.float32 or not w.is_contiguous():
+            return None
+        return 0, (w,), 0, p["bias"]
+    if (t is Int4Linear or t is Int8Linear) and rows <= KERNEL_MAX_ROWS:
+        kind, tensors = m.kernel_spec()
+        return kind, tensors, m.group_size, m.bias
+    return None
+
+
+def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """PreNormBlock.decode_step: the block's one-token step in one kernel call, when every part is one
+    the kernel reproduces (FusedRMSNorm, plain-RoPE attention with the cache kernel, FusedSwiGLU, linears
+    on their kernel paths), nothing records autograd and no forward hook would miss a call; None
+    otherwise (the modules run). Runs once per layer and token: submodules are read from `_modules`
+    (nn.Module's __getattr__ costs a microsecond a name)."""
+    if (torch.is_grad_enabled() or a.kv is None or a.cos is None or a.q_scale is not None
+            or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
+            or a.cos.dtype != torch.float32 or not (a.cos.is_contiguous() and a.sin.is_contiguous())):
+        return None
+    bm = block._modules
+    attn, mlp, n1, n2 = bm["attn"], bm["mlp"], bm["attn_norm"], bm["mlp_norm"]
+    if (type(n1) is not FusedRMSNorm or type(n2) is not FusedRMSNorm or type(mlp) is not FusedSwiGLU
+            or type(attn) is not Attention or attn.decode_attention is not _decode_attention or attn.rope_inplace is not _rope_inplace
+            or attn.softcap):
+        return None
+    am, mm = attn._modules, mlp._modules
+    lins = (am["qkv"], am["o"], mm["gate_up"], mm["down"])
+    rows = x.shape[0]
+    specs = [_linear_spec(m, rows) for m in lins]
+    if None in specs or _global_forward_hooks or _global_forward_pre_hooks or any(
+            m._forward_hooks or m._forward_pre_hooks for m in (block, attn, mlp, n1, n2) + lins):
+        return None
+    w1, w2 = n1._parameters["weight"], n2._parameters["weight"]
+    cache = _cache_args(a.kv, attn, mask)
+    if cache is None or w1.dtype != torch.float32 or w2.dtype != torch.float32:
+        return None
+    return cpu_kernels().prenorm_decode_block(
+        x, w1, n1.eps, w2, n2.eps, [s[0] for s in specs], [s[2] for s in specs],
+        [t for s in specs for t in s[1]], [s[3] for s in specs], a.cos, a.sin, *cache,
+        attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
 
 
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
     """Swap every plain nn.Linear for GemvLinear, RMSNorm for FusedRMSNorm and SwiGLU MLPs for
-    FusedSwiGLU in place (class changes: no weights move), and give plain-RoPE attention layers the
-    in-place rotation kernel and the one-token cache attention kernel.
+    FusedSwiGLU in place (class changes: no weights move), give plain-RoPE attention layers the
+    in-place rotation kernel and the one-token cache attention kernel, and pre-norm blocks the fused
+    one-token step (used when every part of the block is one of these).
     Does nothing when the kernels cannot be built."""
     if cpu_kernels() is None:
         return model
@@ -128,4 +189,6 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
         elif isinstance(m, Attention) and m.plain_rope():
             m.rope_inplace = _rope_inplace
             m.decode_attention = _decode_attention
+        elif type(m) is PreNormBlock:
+            m.decode_step = _decode_block
     return model

@@ -148,13 +148,19 @@ class Int8Linear(_QuantLinear):
         N, K, g = self.out_features, self.in_features, self.group_size
         return (self.q.view(N, K // g, g).to(dtype) * self.scale[..., None].to(dtype)).view(N, K)
 
-    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+    def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """(kind, tensors) as the fused decode kernel takes them (cpu.cpp, prenorm_decode_block):
+        1 int8_linear, 2 int8_linear_q8."""
         b, g = self._buffers, self.group_size
+        q8 = self.activations == "q8" and self.in_features % 32 == 0 and (g == 16 or g % 32 == 0)
+        return 2 if q8 else 1, (b["q"], b["scale"])
+
+    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            return int8_linear_op(x2, b["q"], b["scale"], g)
-        if self.activations == "q8" and self.in_features % 32 == 0 and (g == 16 or g % 32 == 0):
-            return k.int8_linear_q8(x2, b["q"], b["scale"], g)
-        return k.int8_linear(x2, b["q"], b["scale"], g)
+            b = self._buffers
+            return int8_linear_op(x2, b["q"], b["scale"], self.group_size)
+        kind, t = self.kernel_spec()
+        return (k.int8_linear_q8 if kind == 2 else k.int8_linear)(x2, *t, self.group_size)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -206,12 +212,17 @@ class Int4Linear(_QuantLinear):
         q = unpack_int4(self.q).view(N, K // g, g).to(dtype)
         return (q * self.scale[..., None].to(dtype) + self.min[..., None].to(dtype)).view(N, K)
 
-    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+    def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """(kind, tensors) as the fused decode kernel takes them: 3 int4_linear, 4 int4_linear_q8."""
         b = self._buffers
+        return 4 if self.activations == "q8" else 3, (b["q"], b["scale"], b["min"])
+
+    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
+            b = self._buffers
             return int4_linear_op(x2, b["q"], b["scale"], b["min"], self.group_size)
-        f = k.int4_linear_q8 if self.activations == "q8" else k.int4_linear
-        return f(x2, b["q"], b["scale"], b["min"], self.group_size)
+        kind, t = self.kernel_spec()
+        return (k.int4_linear_q8 if kind == 4 else k.int4_linear)(x2, *t, self.group_size)
 
 
 # NormalFloat-4 (Dettmers et al. 2023, "QLoRA", appendix E): the 16 quantiles of N(0, 1) rescaled to

@@ -213,3 +213,105 @@ def test_silu_mul_matches_torch(shape):
     h.view(-1)[:4] = torch.tensor([-100.0, 100.0, 0.0, -87.5])  # the exp's clamped range and zero
     gate, up = h.chunk(2, dim=-1)
     torch.testing.assert_close(K.silu_mul(h), torch.nn.functional.silu(gate) * up, rtol=1e-6, atol=1e-6)
+
+
+def _decode_block_pair(cfg, form: str):
+    """(plain PyTorch model, the same weights with the kernels on) in weight form `form`."""
+    from lmzoo.nn.transformer import Transformer
+    from lmzoo.quant.gemv import use_cpu_kernels
+    from lmzoo.quant.layers import quantize
+
+    torch.manual_seed(0)
+    plain = Transformer(cfg).eval()
+    for p in plain.parameters():  # non-trivial norm weights and biases
+        if p.dim() == 1:
+            p.data.uniform_(0.5, 1.5)
+    if form != "f32":
+        quantize(plain, mode=form.split("/")[0])
+        set_activations(plain, "q8" if form.endswith("/q8") else "float")
+    fast = use_cpu_kernels(copy_model(plain))
+    return plain, fast
+
+
+def copy_model(m):
+    import copy
+
+    return copy.deepcopy(m)
+
+
+@pytest.mark.parametrize("form", ["f32", "int8", "int8/q8", "int4", "int4/q8"])
+@pytest.mark.parametrize("extra", [{}, {"qkv_bias": True, "n_kv_head": 4}, {"sliding_window": 5}])
+def test_decode_block_in_generation(form, extra):
+    """The fused one-token block step gives the modules' own logits, bit for bit (the same kernels in
+    the same order), in every weight form, for one row and a left-padded batch at different lengths,
+    and it ran every decode step of every layer; against the plain PyTorch model it agrees within
+    the forms' tolerance and greedy tokens are identical."""
+    import lmzoo
+
+    cfg = lmzoo.ModelConfig(**{**dict(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+                                      intermediate_size=96), **extra})
+    plain, fast = _decode_block_pair(cfg, form)
+    steps = [layer.decode_step for layer in fast.layers]
+    assert all(s is not None for s in steps)
+    ran = []
+    for layer, s in zip(fast.layers, steps):
+        layer.decode_step = lambda *a, s=s: ran.append(y := s(*a)) or y
+    ids = torch.randint(0, cfg.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    for kw in ({"input_ids": ids[:1]}, {"input_ids": ids, "attention_mask": mask}):
+        want = lmzoo.generate(plain, max_new_tokens=10, eos_token_id=[], **kw)
+        n = len(ran)
+        got = lmzoo.generate(fast, max_new_tokens=10, eos_token_id=[], **kw)
+        assert torch.equal(got, want)
+        assert len(ran) - n == 9 * cfg.n_layer and all(y is not None for y in ran[n:])
+    # logits, fused vs the modules with the same kernels (decode_step off), then vs plain PyTorch
+    from lmzoo.runtime.cache import KVCache
+
+    def logits(model, off: bool):
+        saved = [layer.decode_step for layer in model.layers]
+        if off:
+            for layer in model.layers:
+                layer.decode_step = None
+        try:
+            cache = KVCache(model, 3, 16)
+            with torch.inference_mode():
+                model(ids, cache=cache, attention_mask=mask)
+                return torch.cat([model(ids[:, j:j + 1], cache=cache) for j in range(4)], 1)
+        finally:
+            for layer, s in zip(model.layers, saved):
+                layer.decode_step = s
+
+    fused = logits(fast, off=False)
+    assert torch.equal(fused, logits(fast, off=True))
+    tol = 1e-4 if form in ("f32", "int8", "int4") else 5e-2  # q8: the activations are rounded
+    torch.testing.assert_close(fused, logits(plain, off=True), rtol=0, atol=tol)
+
+
+def test_decode_block_steps_aside_for_hooks_and_lora(tmp_path):
+    """A forward hook on a part of the block, or a LoRA wrapped around the projections after the
+    kernels were put in, makes the block run its modules (the fused step would skip them): the hook
+    sees every decode step and the LoRA model generates what the plain PyTorch one does."""
+    import lmzoo
+    from lmzoo.checkpoints.peft import add_lora
+    from tests.test_parity import build_reference
+
+    build_reference("llama-gqa", tmp_path)
+    plain = lmzoo.from_pretrained(tmp_path, dtype=torch.float32, cpu_kernels=False)
+    fast = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    assert fast.layers[1].decode_step is not None
+    ids = torch.randint(0, fast.config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(2))
+    seen = []
+    handle = fast.layers[1].attn.o.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    lmzoo.generate(fast, ids, max_new_tokens=5, eos_token_id=[])
+    handle.remove()
+    assert seen == [(1, 7, fast.config.n_embd)] + [(1, 1, fast.config.n_embd)] * 4
+    for m in (plain, fast):
+        add_lora(m, r=4)
+        torch.manual_seed(3)
+        for p in m.parameters():  # the same non-zero adapters in both
+            if p.requires_grad:
+                p.data.normal_(0, 0.5)
+    want = lmzoo.generate(plain, ids, max_new_tokens=6, eos_token_id=[])
+    assert torch.equal(lmzoo.generate(fast, ids, max_new_tokens=6, eos_token_id=[]), want)

@@ -919,6 +919,88 @@ torch::Tensor silu_mul(torch::Tensor h) {
   return y;
 }
 
+// ---------------------------------------------------------------------------------------------
+// A whole pre-norm block's decode step in one call (lmzoo.nn.block.PreNormBlock with RMSNorms, plain
+// RoPE attention and a SwiGLU MLP; installed by lmzoo.quant.gemv.use_cpu_kernels):
+//
+//   h = rms_norm(x) -> qkv = h W_qkv -> RoPE on q, k -> cache write + attention -> x += att W_o
+//   h = rms_norm(x) -> x += silu_mul(h W_gate_up) W_down
+//
+// The pieces are the kernels above, called in the order the modules call them, so the result is the
+// module path's bits; what goes away is ~12 Python module calls and their tensor bookkeeping per
+// block (about as long as the block's arithmetic on a 135M model).
+//
+// A linear layer is (kind, its tensors, group, bias):
+//   0 float32 w (N, K)           f32_linear
+//   1 int8 q, scale               int8_linear        2  the same, 8-bit activations  int8_linear_q8
+//   3 int4 q, scale, min          int4_linear        4  the same, 8-bit activations  int4_linear_q8
+namespace {
+
+int64_t linear_tensors(int64_t kind) { return kind == 0 ? 1 : kind <= 2 ? 2 : 3; }
+
+torch::Tensor any_linear(const torch::Tensor& x2, int64_t kind, const torch::Tensor* t, int64_t g,
+                         const c10::optional<torch::Tensor>& bias) {
+  torch::Tensor y;
+  switch (kind) {
+    case 0: y = f32_linear(x2, t[0]); break;
+    case 1: y = int8_linear(x2, t[0], t[1], g); break;
+    case 2: y = int8_linear_q8(x2, t[0], t[1], g); break;
+    case 3: y = int4_linear(x2, t[0], t[1], t[2], g); break;
+    case 4: y = int4_linear_q8(x2, t[0], t[1], t[2], g); break;
+    default: TORCH_CHECK(false, "decode block: unknown linear kind ", kind);
+  }
+  if (bias.has_value()) {
+    const torch::Tensor& b = *bias;
+    TORCH_CHECK(b.scalar_type() == torch::kFloat && b.is_contiguous() && b.numel() == y.size(1),
+                "decode block: bias must be float32 (N,)");
+    float* yp = y.data_ptr<float>();
+    const float* bp = b.data_ptr<float>();
+    for (int64_t m = 0, N = y.size(1); m < y.size(0); ++m)
+      for (int64_t n = 0; n < N; ++n) yp[m * N + n] += bp[n];
+  }
+  return y;
+}
+
+void add_(torch::Tensor& x, const torch::Tensor& y) {  // x += y, same shapes, contiguous float32
+  float* xp = x.data_ptr<float>();
+  const float* yp = y.data_ptr<float>();
+  for (int64_t i = 0, n = x.numel(); i < n; ++i) xp[i] += yp[i];
+}
+
+}  // namespace
+
+// x (B, 1, d) -> the block's output (B, 1, d), a new tensor. kinds, groups, biases: the four linears
+// qkv, o, gate_up, down in that order; weights: their tensors one after another (linear_tensors each).
+torch::Tensor prenorm_decode_block(torch::Tensor x, torch::Tensor attn_norm, double attn_eps, torch::Tensor mlp_norm,
+                                   double mlp_eps, std::vector<int64_t> kinds, std::vector<int64_t> groups,
+                                   std::vector<torch::Tensor> weights, std::vector<c10::optional<torch::Tensor>> biases,
+                                   torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc,
+                                   torch::Tensor rows, torch::Tensor slots, int64_t end,
+                                   c10::optional<torch::Tensor> mask, int64_t H, int64_t Hkv, double scale) {
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.is_contiguous() && x.scalar_type() == torch::kFloat,
+              "decode block: contiguous float32 x (B, 1, d)");
+  TORCH_CHECK(kinds.size() == 4 && groups.size() == 4 && biases.size() == 4, "decode block: four linears");
+  const torch::Tensor* t[4];
+  size_t used = 0;
+  for (int i = 0; i < 4; ++i) {
+    t[i] = weights.data() + used;
+    used += linear_tensors(kinds[i]);
+  }
+  TORCH_CHECK(used == weights.size(), "decode block: ", weights.size(), " weight tensors for kinds needing ", used);
+  const int64_t B = x.size(0), d = x.size(2), hd = kc.size(3);
+  auto qkv = any_linear(rms_norm(x, attn_norm, attn_eps).view({B, d}), kinds[0], t[0], groups[0], biases[0]);
+  qkv = qkv.view({B, 1, qkv.size(1)});
+  rope_heads_(qkv, cos, sin, H + Hkv, hd);
+  auto att = decode_attention(qkv, kc, vc, rows, slots, end, mask, H, Hkv, scale);
+  auto o = any_linear(att.view({B, H * hd}), kinds[1], t[1], groups[1], biases[1]);
+  TORCH_CHECK(o.size(1) == d, "decode block: o projection gives ", o.size(1), " features, x has ", d);
+  auto out = x.clone();
+  add_(out, o);
+  auto h = any_linear(rms_norm(out, mlp_norm, mlp_eps).view({B, d}), kinds[2], t[2], groups[2], biases[2]);
+  add_(out, any_linear(silu_mul(h), kinds[3], t[3], groups[3], biases[3]));
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("f32_linear", &f32_linear, "float32 linear for few rows (CPU)");
   m.def("int8_linear", &int8_linear, "int8 weight-only linear (CPU)");
@@ -928,5 +1010,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm, float32 (CPU)");
   m.def("decode_attention", &decode_attention, "one query per row against the KV cache, GQA, float32 (CPU)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate_up output, float32 (CPU)");
+  m.def("prenorm_decode_block", &prenorm_decode_block, "one pre-norm block's decode step (RMSNorm, RoPE attention, SwiGLU; CPU)");
   m.def("rope_heads_", &rope_heads_, "rotate-half RoPE in place on the first heads of a fused projection (CPU)");
 }
