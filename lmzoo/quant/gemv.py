@@ -151,8 +151,8 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
     bm = block._modules
     attn, mlp, n1, n2 = bm["attn"], bm["mlp"], bm["attn_norm"], bm["mlp_norm"]
     if (type(n1) is not FusedRMSNorm or type(n2) is not FusedRMSNorm or type(mlp) is not FusedSwiGLU
-            or type(attn) is not Attention or attn.decode_attention is not _decode_attention or attn.rope_inplace is not _rope_inplace
-            or attn.softcap):
+            or type(attn) is not Attention or attn.decode_attention is not _decode_attention
+            or attn.rope_inplace is not _rope_inplace or attn.softcap):
         return None
     am, mm = attn._modules, mlp._modules
     lins = (am["qkv"], am["o"], mm["gate_up"], mm["down"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from lmzoo.errors import GenerationError
+from lmzoo.quant.kernels import cpu_kernels
 
 
 @dataclass(kw_only=True)
@@ -83,6 +84,11 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 
 def sample_next(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """logits (B, vocab) float32 -> next ids (B,)."""
+    k = cpu_kernels() if p.greedy and logits.device.type == "cpu" and logits.dtype == torch.float32 else None
+    if k is not None:  # argmax and the NaN check in one pass (torch's argmax alone takes ~0.1 ms a row)
+        ids, nan = k.greedy_ids(logits.contiguous())
+        if not nan:
+            return ids
     if torch.isnan(logits).any():  # argmax / multinomial would pick a token anyway, silently
         raise GenerationError("the model's logits are NaN: its weights hold non-finite values or a float16 "
                               "computation overflowed; expected finite weights (float16 models: try float32)")

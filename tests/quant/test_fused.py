@@ -68,17 +68,21 @@ def test_q8_products_match_reference(M, Kdim, N):
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("Kdim", [576, 608])  # an even and an odd number of 32-blocks
-def test_q8_row_result_does_not_depend_on_its_batch(Kdim):
+# an even and an odd number of 32-blocks, then groups of several blocks (and one per row for int8)
+@pytest.mark.parametrize("Kdim, g", [(576, 32), (608, 32), (1152, 64), (1184, 32 * 37)])
+def test_q8_row_result_does_not_depend_on_its_batch(Kdim, g):
     """The engine batches rows that are at different points of their requests: a row's product must
     be the same bits alone or beside others (any row count, any position in the pass of four; a lone
     row takes the 512-bit path where the CPU has one)."""
     torch.manual_seed(0)
     lin = nn.Linear(Kdim, 100)
-    m4, m8 = Int4Linear.from_linear(lin), Int8Linear.from_linear(lin, group_size=32)
+    m8 = Int8Linear.from_linear(lin, group_size=g)
     x = torch.randn(9, Kdim)
-    for f in (lambda a: K.int4_linear_q8(a, m4.q, m4.scale, m4.min, 32),
-              lambda a: K.int8_linear_q8(a, m8.q, m8.scale, 32)):
+    fs = [lambda a: K.int8_linear_q8(a, m8.q, m8.scale, g)]
+    if g <= 64:
+        m4 = Int4Linear.from_linear(lin, group_size=g)
+        fs.append(lambda a: K.int4_linear_q8(a, m4.q, m4.scale, m4.min, g))
+    for f in fs:
         batched = f(x)
         alone = torch.cat([f(x[i:i + 1].contiguous()) for i in range(9)])
         assert torch.equal(batched, alone)
@@ -315,3 +319,20 @@ def test_decode_block_steps_aside_for_hooks_and_lora(tmp_path):
                 p.data.normal_(0, 0.5)
     want = lmzoo.generate(plain, ids, max_new_tokens=6, eos_token_id=[])
     assert torch.equal(lmzoo.generate(fast, ids, max_new_tokens=6, eos_token_id=[]), want)
+
+
+@pytest.mark.parametrize("V", [5, 8, 97, 49152])
+def test_greedy_ids_matches_argmax(V):
+    """First index of the maximum (ties, -inf rows, the vector tail), and NaN anywhere in a row flagged."""
+    torch.manual_seed(0)
+    x = torch.randn(6, V)
+    x[1] = float("-inf")
+    x[2, V // 3] = x[2, V - 1] = x[2].max() + 1  # a tie: the first one wins
+    x[3] = torch.randint(0, 3, (V,)).float()  # many ties
+    x[4, -1] = 1e30  # the maximum in the tail
+    ids, nan = K.greedy_ids(x)
+    assert torch.equal(ids, x.argmax(-1)) and not nan
+    for j in (0, V // 2, V - 1):
+        y = x.clone()
+        y[5, j] = float("nan")
+        assert K.greedy_ids(y)[1]

@@ -487,35 +487,69 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, Weig
 // lower 256 bits carry the even blocks, the upper the odd ones, so each lane does exactly what
 // q8_rows<MB> does in its a0 / a1 accumulators (same products, same order, same final reduction):
 // a row's result is the same bits whichever path computes it.
+// The per-block scales of blocks b, b+1 as the two 256-bit halves of one register: d_x[b] * scale[g(b)]
+// (the products q8_rows takes one by one), 16 blocks at a time: one vector multiply, then one lane
+// permute per pair of blocks instead of two scalar products and three register moves.
+struct PairScales {
+  __m512i idx[8];  // pair p -> lanes 2p (low half), 2p+1 (high half)
+  PairScales() {
+    for (int p = 0; p < 8; ++p)
+      idx[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * p)), _mm256_set1_epi32(2 * p + 1), 1);
+  }
+  // the 16 products of blocks [b, b+16) of a weight row with scales sr (group table gof, bpg blocks a group)
+  static __m512 products(const float* xd, const float* sr, const int64_t* gof, int64_t bpg, int64_t b) {
+    if (bpg == 1) return _mm512_mul_ps(_mm512_loadu_ps(xd + b), _mm512_loadu_ps(sr + b));
+    float w[16];
+    for (int i = 0; i < 16; ++i) w[i] = sr[gof[b + i]];
+    return _mm512_mul_ps(_mm512_loadu_ps(xd + b), _mm512_loadu_ps(w));
+  }
+  __m512 pair(__m512 products, int p) const { return _mm512_permutexvar_ps(idx[p], products); }
+  static __m512 pair(const float* xd, const float* sr, const int64_t* gof, int64_t b) {
+    return _mm512_insertf32x8(_mm512_set1_ps(xd[b] * sr[gof[b]]), _mm256_set1_ps(xd[b + 1] * sr[gof[b + 1]]), 1);
+  }
+};
+
+// The loop both one-row kernels share: `dot(b)` is blocks b, b+1's integer products as 16 float lanes
+// (b's 8 lanes low, b+1's high), `tail(b)` the last odd block's 8 lanes (unscaled); returns the row's
+// sum over its nb blocks.
+template <typename Dot, typename Tail>
+inline float q8_row_avx512(const PairScales& ps, const float* xd, const float* sr, const int64_t* gof, int64_t bpg,
+                           int64_t nb, Dot& dot, Tail& tail) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 16 <= nb; b += 16) {
+    const __m512 sc = PairScales::products(xd, sr, gof, bpg, b);
+    for (int p = 0; p < 8; ++p) acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b + 2 * p), ps.pair(sc, p)));
+  }
+  for (; b + 1 < nb; b += 2) acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b), PairScales::pair(xd, sr, gof, b)));
+  __m256 a0 = _mm512_castps512_ps256(acc);
+  const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
+  if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(tail(b), _mm256_set1_ps(xd[b] * sr[gof[b]])));
+  return hsum(_mm256_add_ps(a0, a1));
+}
+
 template <typename Extra>
 void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, const float* sp, const int64_t* gof,
                       int64_t nb, int64_t G, int64_t N, float* y, Extra& extra) {
-  const int64_t K = nb * QB;
+  const int64_t K = nb * QB, bpg = nb / G;
+  const PairScales ps;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
-      const float* sr = sp + n * G;
-      __m512 acc = _mm512_setzero_ps();
-      int64_t b = 0;
-      for (; b + 1 < nb; b += 2) {
+      auto dot = [&](int64_t b) {
         // 32 bytes = blocks b, b+1 -> bytes [lo(b) hi(b) lo(b+1) hi(b+1)]: each block's 32 codes in order
         const __m256i raw = _mm256_loadu_si256((const __m256i*)(qr + b * 16));
         const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
         const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // [lo(b) lo(b+1) hi(b) hi(b+1)]
         const __m512i wv = _mm512_shuffle_i64x2(w, w, _MM_SHUFFLE(3, 1, 2, 0));
         const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv));
-        const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(xd[b] * sr[gof[b]]), _mm256_set1_ps(xd[b + 1] * sr[gof[b + 1]]), 1);
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(d, sc));
-      }
-      __m256 a0 = _mm512_castps512_ps256(acc);
-      const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
-      if (b < nb) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(dot_u8i8(unpack_i4(qr + b * 16), xv), _mm256_set1_ps(xd[b] * sr[gof[b]])));
-      }
-      y[n] = hsum(_mm256_add_ps(a0, a1)) + extra(0, n);
+        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv));
+      };
+      auto tail = [&](int64_t b) {
+        return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + b * QB)));
+      };
+      y[n] = q8_row_avx512(ps, xd, sp + n * G, gof, bpg, nb, dot, tail) + extra(0, n);
     }
   });
 }
@@ -526,32 +560,25 @@ void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, cons
 // above: the lanes repeat q8_rows' a0 / a1 arithmetic for the even / odd blocks.
 void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const float* sp, const int64_t* gof,
                       int64_t nb, int64_t G, int64_t N, float* y) {
-  const int64_t K = nb * QB;
+  const int64_t K = nb * QB, bpg = nb / G;
+  const PairScales ps;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
-      const float* sr = sp + n * G;
-      __m512 acc = _mm512_setzero_ps();
-      int64_t b = 0;
-      for (; b + 1 < nb; b += 2) {
+      auto dot = [&](int64_t b) {
         // signed x signed as unsigned x signed: |w| times x carrying w's sign (x where w = 0 is
         // multiplied by |w| = 0 either way)
         const __m512i w = _mm512_loadu_si512((const void*)(qr + b * QB));
         const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
         const __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs));
-        const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(xd[b] * sr[gof[b]]), _mm256_set1_ps(xd[b + 1] * sr[gof[b + 1]]), 1);
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(d, sc));
-      }
-      __m256 a0 = _mm512_castps512_ps256(acc);
-      const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
-      if (b < nb) {
+        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs));
+      };
+      auto tail = [&](int64_t b) {
         const __m256i w = _mm256_loadu_si256((const __m256i*)(qr + b * QB));
         const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)),
-                                             _mm256_set1_ps(xd[b] * sr[gof[b]])));
-      }
-      y[n] = hsum(_mm256_add_ps(a0, a1));
+        return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+      };
+      y[n] = q8_row_avx512(ps, xd, sp + n * G, gof, bpg, nb, dot, tail);
     }
   });
 }
@@ -919,6 +946,57 @@ torch::Tensor silu_mul(torch::Tensor h) {
   return y;
 }
 
+// logits (B, V) float32 -> ((B,) long, has_nan): each row's first index of its largest value (what
+// torch.argmax returns for finite rows), in one pass over the row instead of argmax + isnan().any();
+// has_nan: some row holds a NaN (the caller raises; its ids are then meaningless)
+std::tuple<torch::Tensor, bool> greedy_ids(torch::Tensor logits) {
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == torch::kFloat &&
+              logits.size(1) > 0, "greedy_ids: contiguous float32 logits (B, V)");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  auto ids = torch::empty({B}, logits.options().dtype(torch::kLong));
+  const float* lp = logits.data_ptr<float>();
+  int64_t* ip = ids.data_ptr<int64_t>();
+  bool nan = false;
+  for (int64_t b = 0; b < B; ++b) {
+    const float* r = lp + b * V;
+    float best = r[0];
+    int64_t i = 0;
+#ifdef LMZOO_AVX2
+    if (V >= 8) {  // lane maxima and a NaN flag, then the first position holding the maximum
+      __m256 mx = _mm256_loadu_ps(r), bad = _mm256_cmp_ps(mx, mx, _CMP_UNORD_Q);
+      for (i = 8; i + 8 <= V; i += 8) {
+        const __m256 v = _mm256_loadu_ps(r + i);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        mx = _mm256_max_ps(mx, v);
+      }
+      nan |= _mm256_movemask_ps(bad) != 0;
+      float lanes[8];
+      _mm256_storeu_ps(lanes, mx);
+      best = *std::max_element(lanes, lanes + 8);
+    }
+#endif
+    for (; i < V; ++i) {
+      nan |= std::isnan(r[i]);
+      best = std::max(best, r[i]);
+    }
+    nan |= std::isnan(best);
+    int64_t at = 0;
+#ifdef LMZOO_AVX2
+    const __m256 bv = _mm256_set1_ps(best);
+    for (; at + 8 <= V; at += 8) {
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(r + at), bv, _CMP_EQ_OQ));
+      if (hit) {
+        at += __builtin_ctz(hit);
+        break;
+      }
+    }
+#endif
+    while (at < V && r[at] != best) ++at;
+    ip[b] = at < V ? at : 0;
+  }
+  return {ids, nan};
+}
+
 // ---------------------------------------------------------------------------------------------
 // A whole pre-norm block's decode step in one call (lmzoo.nn.block.PreNormBlock with RMSNorms, plain
 // RoPE attention and a SwiGLU MLP; installed by lmzoo.quant.gemv.use_cpu_kernels):
@@ -1011,5 +1089,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "one query per row against the KV cache, GQA, float32 (CPU)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate_up output, float32 (CPU)");
   m.def("prenorm_decode_block", &prenorm_decode_block, "one pre-norm block's decode step (RMSNorm, RoPE attention, SwiGLU; CPU)");
+  m.def("greedy_ids", &greedy_ids, "argmax of each logits row and whether any is NaN (CPU)");
   m.def("rope_heads_", &rope_heads_, "rotate-half RoPE in place on the first heads of a fused projection (CPU)");
 }
