@@ -37,7 +37,13 @@ DECODED = ("Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K")  # decoded by `dequantize` (t
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)[..., 0]
+    return _half(b).astype(np.float32)
+
+
+def _half(b: np.ndarray) -> np.ndarray:
+    """A block field of two bytes as the float16 it is (a layer keeps Q8_0 / Q4_0 / Q4_1 scales so:
+    exact, and half the bytes a decode step streams for them)."""
+    return np.ascontiguousarray(b).view(np.float16)[..., 0]
 
 
 def _codes(raw: np.ndarray, kind: str, K: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -45,7 +51,7 @@ def _codes(raw: np.ndarray, kind: str, K: int) -> tuple[str, np.ndarray, np.ndar
     N = raw.shape[0]
     if kind == "Q8_0":
         b = raw.reshape(N, K // 32, 34)
-        return "int8", b[..., 2:].view(np.int8).reshape(N, K), _f16(b[..., 0:2]), None
+        return "int8", b[..., 2:].view(np.int8).reshape(N, K), _half(b[..., 0:2]), None
     if kind == "Q6_K":
         b = raw.reshape(N * K // 256, 210)
         ql, qh = b[:, :128], b[:, 128:192]
@@ -61,10 +67,10 @@ def _codes(raw: np.ndarray, kind: str, K: int) -> tuple[str, np.ndarray, np.ndar
     if kind in ("Q4_0", "Q4_1"):
         size = 18 if kind == "Q4_0" else 20
         b = raw.reshape(N, K // 32, size)
-        d = _f16(b[..., 0:2])
-        if kind == "Q4_0":
-            return "int4", b[..., 2:18].reshape(N, K // 2), d, -8.0 * d
-        return "int4", b[..., 4:20].reshape(N, K // 2), d, _f16(b[..., 2:4])
+        d = _half(b[..., 0:2])
+        if kind == "Q4_0":  # -8 d: exact in float16 too
+            return "int4", b[..., 2:18].reshape(N, K // 2), d, np.float16(-8.0) * d
+        return "int4", b[..., 4:20].reshape(N, K // 2), d, _half(b[..., 2:4])
     if kind == "Q4_K":
         b = raw.reshape(N * K // 256, 144)
         d = np.ascontiguousarray(b[:, 0:2]).view(np.float16).astype(np.float32)
@@ -180,6 +186,8 @@ def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np
     def tensor(a: np.ndarray, dtype=None) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
 
+    # scales stay float16 where the format stores them so (Q8_0, Q4_0, Q4_1), else float32 products
     if width == "int8":
-        return Int8Linear.from_codes(tensor(q), tensor(scale, np.float32))
-    return Int4Linear.from_codes(tensor(q), tensor(scale, np.float32), tensor(mn, np.float32))
+        return Int8Linear.from_codes(tensor(q), tensor(scale, scale.dtype if scale.dtype == np.float16 else np.float32))
+    dt = np.float16 if scale.dtype == np.float16 and mn.dtype == np.float16 else np.float32
+    return Int4Linear.from_codes(tensor(q), tensor(scale, dt), tensor(mn, dt))

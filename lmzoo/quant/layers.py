@@ -118,7 +118,8 @@ class _QuantLinear(nn.Module):
 
 
 class Int8Linear(_QuantLinear):
-    """y = x @ (scale * q)^T + bias with q int8 (N, K) and scale (N, K // group_size)."""
+    """y = x @ (scale * q)^T + bias with q int8 (N, K) and scale (N, K // group_size), float32 — or
+    float16 where the checkpoint stores it so (GGUF Q8_0; from_codes keeps the given dtype)."""
 
     bits = "int8"
 
@@ -177,7 +178,8 @@ def unpack_int4(p: torch.Tensor) -> torch.Tensor:
 
 
 class Int4Linear(_QuantLinear):
-    """y = x @ (scale * q + min)^T + bias, q in 0..15 packed two per byte, per group of K."""
+    """y = x @ (scale * q + min)^T + bias, q in 0..15 packed two per byte, per group of K; scale and
+    min float32, or float16 as GGUF's Q4_0 / Q4_1 store them (4 bytes per 32 weights instead of 8)."""
 
     bits = "int4"
 

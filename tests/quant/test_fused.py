@@ -336,3 +336,25 @@ def test_greedy_ids_matches_argmax(V):
         y = x.clone()
         y[5, j] = float("nan")
         assert K.greedy_ids(y)[1]
+
+
+@pytest.mark.parametrize("g", [16, 32, 64])
+@pytest.mark.parametrize("M", [1, 3, 9])
+def test_float16_scales_give_the_float32_results(g, M):
+    """Scales / mins kept as float16 (GGUF's Q8_0 / Q4_x store them so) are widened exactly: every
+    kernel gives the bits it gives for the same values held as float32."""
+    torch.manual_seed(0)
+    lin = nn.Linear(608 if g != 64 else 640, 70)
+    x = torch.randn(M, lin.in_features)
+    m8 = Int8Linear.from_linear(lin, group_size=g)
+    s16 = m8.scale.half()
+    pairs = [(K.int8_linear, (m8.q,), (s16,), g), (K.int8_linear_q8, (m8.q,), (s16,), g)]
+    if g != 16:
+        m4 = Int4Linear.from_linear(lin, group_size=g)
+        h = (m4.scale.half(), m4.min.half())
+        pairs += [(K.int4_linear, (m4.q,), h, g), (K.int4_linear_q8, (m4.q,), h, g)]
+    for f, codes, half, group in pairs:
+        want = f(x, *codes, *(t.float() for t in half), group)
+        assert torch.equal(f(x, *codes, *half, group), want), f.__name__
+    with pytest.raises(RuntimeError, match="float32 or float16"):
+        K.int8_linear(x, m8.q, m8.scale.double(), g)

@@ -72,6 +72,33 @@ inline float dot_f32(const float* a, const float* b, int64_t n) {
   return acc;
 }
 
+// A weight row's per-group scales (or mins) as float32. float32 tensors are read in place; float16
+// ones (GGUF's own d and m kept as stored: Q4_1 streams 20 bytes per 32 weights instead of 24) are
+// widened into the caller's buffer first, exactly, so the arithmetic below is the same either way.
+struct Scales {
+  const float* f = nullptr;
+  const c10::Half* h = nullptr;
+  int64_t G = 0;
+  Scales(const torch::Tensor& t, int64_t N, int64_t G_) : G(G_) {
+    TORCH_CHECK(t.is_contiguous() && t.dim() == 2 && t.size(0) == N && t.size(1) == G_ &&
+                (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kHalf),
+                "scales / mins must be contiguous float32 or float16 (N, K/g) = (", N, ", ", G_, "), got ", t.sizes());
+    if (t.scalar_type() == torch::kFloat) f = t.data_ptr<float>();
+    else h = t.data_ptr<c10::Half>();
+  }
+  const float* row(int64_t n, std::vector<float>& buf) const {
+    if (f) return f + n * G;
+    buf.resize(G);
+    const c10::Half* p = h + n * G;
+    int64_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= G; i += 8) _mm256_storeu_ps(buf.data() + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + i))));
+#endif
+    for (; i < G; ++i) buf[i] = static_cast<float>(p[i]);
+    return buf.data();
+  }
+};
+
 #ifdef LMZOO_AVX2
 // the four horizontal sums of a, b, c, d -> out[0:4]
 inline void hsum4(__m256 a, __m256 b, __m256 c, __m256 d, float* out) {
@@ -228,15 +255,16 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   const int64_t M = x.size(0), N = q.size(0), K = q.size(1), G = K / g;
   check(x, K);
   TORCH_CHECK(g % 8 == 0 && K % g == 0, "group size must divide K and be a multiple of 8");
+  const Scales ss(scale, N, G);
   auto y = torch::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> sbuf;
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
-      const float* sr = sp + n * G;
+      const float* sr = ss.row(n, sbuf);
 #ifdef LMZOO_AVX2
       // rows in passes of RB: each 16-weight chunk is widened to float once and used for RB rows
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
@@ -303,16 +331,16 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   auto y = torch::empty({M, N}, x.options());
   const float* xsp = xs.data();
   const uint8_t* qp = q.data_ptr<uint8_t>();
-  const float* sp = scale.data_ptr<float>();
-  const float* mp = mins.data_ptr<float>();
+  const Scales ss(scale, N, G), ms(mins, N, G);
   float* yp = y.data_ptr<float>();
   const int64_t blocks = g / 32;
   const std::vector<int64_t> gof = group_of(K / 32, blocks);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> sbuf, mbuf;
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
-      const float* sr = sp + n * G;
-      const float* mr = mp + n * G;
+      const float* sr = ss.row(n, sbuf);
+      const float* mr = ms.row(n, mbuf);
 #ifdef LMZOO_AVX2
       // rows in passes of up to RB: each block is unpacked to floats once and used for every row
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
@@ -462,23 +490,23 @@ inline __m256i unpack_i4(const uint8_t* q) {  // 16 bytes -> 32 codes 0..15 in e
 #ifdef LMZOO_AVX2
 // MB rows (a compile-time count, so the 2 x MB accumulators live in registers) against output n
 template <int MB, typename Weights, typename Block, typename Extra>
-inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, Weights& weights, Block& block,
-                    Extra& extra) {
+inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, const float* sr, const float* mr,
+                    Weights& weights, Block& block, Extra& extra) {
   __m256 a0[MB], a1[MB];
   for (int j = 0; j < MB; ++j) a0[j] = a1[j] = _mm256_setzero_ps();
   int64_t b = 0;
   for (; b + 1 < nb; b += 2) {
     const auto w0 = weights(n, b), w1 = weights(n, b + 1);
     for (int j = 0; j < MB; ++j) {
-      a0[j] = _mm256_add_ps(a0[j], block(w0, m0 + j, n, b));
-      a1[j] = _mm256_add_ps(a1[j], block(w1, m0 + j, n, b + 1));
+      a0[j] = _mm256_add_ps(a0[j], block(w0, m0 + j, sr, b));
+      a1[j] = _mm256_add_ps(a1[j], block(w1, m0 + j, sr, b + 1));
     }
   }
   if (b < nb) {
     const auto w0 = weights(n, b);
-    for (int j = 0; j < MB; ++j) a0[j] = _mm256_add_ps(a0[j], block(w0, m0 + j, n, b));
+    for (int j = 0; j < MB; ++j) a0[j] = _mm256_add_ps(a0[j], block(w0, m0 + j, sr, b));
   }
-  for (int j = 0; j < MB; ++j) y[(m0 + j) * N + n] = hsum(_mm256_add_ps(a0[j], a1[j])) + extra(m0 + j, n);
+  for (int j = 0; j < MB; ++j) y[(m0 + j) * N + n] = hsum(_mm256_add_ps(a0[j], a1[j])) + extra(m0 + j, mr);
 }
 #endif
 
@@ -529,12 +557,13 @@ inline float q8_row_avx512(const PairScales& ps, const float* xd, const float* s
 }
 
 template <typename Extra>
-void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, const float* sp, const int64_t* gof,
-                      int64_t nb, int64_t G, int64_t N, float* y, Extra& extra) {
+void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, const Scales& ss, const Scales& ms,
+                      const int64_t* gof, int64_t nb, int64_t G, int64_t N, float* y, Extra& extra) {
   const int64_t K = nb * QB, bpg = nb / G;
   const PairScales ps;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
+    std::vector<float> sbuf, mbuf;
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
       auto dot = [&](int64_t b) {
@@ -549,7 +578,7 @@ void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, cons
       auto tail = [&](int64_t b) {
         return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + b * QB)));
       };
-      y[n] = q8_row_avx512(ps, xd, sp + n * G, gof, bpg, nb, dot, tail) + extra(0, n);
+      y[n] = q8_row_avx512(ps, xd, ss.row(n, sbuf), gof, bpg, nb, dot, tail) + extra(0, ms.row(n, mbuf));
     }
   });
 }
@@ -558,11 +587,12 @@ void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, cons
 #ifdef LMZOO_AVX512
 // One activation row against every int8 weight row (one scale per 32 or more), as the int4 kernel
 // above: the lanes repeat q8_rows' a0 / a1 arithmetic for the even / odd blocks.
-void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const float* sp, const int64_t* gof,
+void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const Scales& ss, const int64_t* gof,
                       int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
   const PairScales ps;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> sbuf;
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
       auto dot = [&](int64_t b) {
@@ -578,31 +608,36 @@ void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const
         const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
         return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
       };
-      y[n] = q8_row_avx512(ps, xd, sp + n * G, gof, bpg, nb, dot, tail);
+      y[n] = q8_row_avx512(ps, xd, ss.row(n, sbuf), gof, bpg, nb, dot, tail);
     }
   });
 }
 #endif
 
+// ss: the weights' scales; ms: their mins (int4) or null
 template <typename Weights, typename Block, typename Extra>
-void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, Weights weights, Block block, Extra extra) {
+void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, const Scales& ss, const Scales* ms, Weights weights,
+             Block block, Extra extra) {
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> sbuf, mbuf;
     for (int64_t n = n0; n < n1; ++n) {
+      const float* sr = ss.row(n, sbuf);
+      const float* mr = ms ? ms->row(n, mbuf) : nullptr;
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
         const int64_t mb = std::min<int64_t>(RB, M - m0);
 #ifdef LMZOO_AVX2
         static_assert(RB == 4, "q8_rows dispatch below");
         switch (mb) {
-          case 4: q8_rows<4>(m0, n, N, nb, y, weights, block, extra); break;
-          case 3: q8_rows<3>(m0, n, N, nb, y, weights, block, extra); break;
-          case 2: q8_rows<2>(m0, n, N, nb, y, weights, block, extra); break;
-          default: q8_rows<1>(m0, n, N, nb, y, weights, block, extra);
+          case 4: q8_rows<4>(m0, n, N, nb, y, sr, mr, weights, block, extra); break;
+          case 3: q8_rows<3>(m0, n, N, nb, y, sr, mr, weights, block, extra); break;
+          case 2: q8_rows<2>(m0, n, N, nb, y, sr, mr, weights, block, extra); break;
+          default: q8_rows<1>(m0, n, N, nb, y, sr, mr, weights, block, extra);
         }
 #else
         for (int64_t j = 0; j < mb; ++j) {
           float acc = 0.f;
-          for (int64_t b = 0; b < nb; ++b) acc += block(weights(n, b), m0 + j, n, b);
-          y[(m0 + j) * N + n] = acc + extra(m0 + j, n);
+          for (int64_t b = 0; b < nb; ++b) acc += block(weights(n, b), m0 + j, sr, b);
+          y[(m0 + j) * N + n] = acc + extra(m0 + j, mr);
         }
 #endif
       }
@@ -625,30 +660,30 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const int8_t* xq = a.q.data();
   const float *xd = a.d.data(), *xsg = sg.data();
   const uint8_t* qp = q.data_ptr<uint8_t>();
-  const float *sp = scale.data_ptr<float>(), *mp = mins.data_ptr<float>();
-  auto extra = [&](int64_t m, int64_t n) { return dot_f32(mp + n * G, xsg + m * G, G); };
+  const Scales ss(scale, N, G), ms(mins, N, G);
+  auto extra = [&](int64_t m, const float* mr) { return dot_f32(mr, xsg + m * G, G); };
 #ifdef LMZOO_AVX2
   auto weights = [&](int64_t n, int64_t b) { return unpack_i4(qp + n * (K / 2) + b * 16); };
-  auto block = [&](__m256i w, int64_t m, int64_t n, int64_t b) {
+  auto block = [&](__m256i w, int64_t m, const float* sr, int64_t b) {
     const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
-    return _mm256_mul_ps(dot_u8i8(w, xv), _mm256_set1_ps(xd[m * nb + b] * sp[n * G + gof[b]]));
+    return _mm256_mul_ps(dot_u8i8(w, xv), _mm256_set1_ps(xd[m * nb + b] * sr[gof[b]]));
   };
 #else
   auto weights = [&](int64_t n, int64_t b) { return qp + n * (K / 2) + b * 16; };
-  auto block = [&](const uint8_t* w, int64_t m, int64_t n, int64_t b) {
+  auto block = [&](const uint8_t* w, int64_t m, const float* sr, int64_t b) {
     const int8_t* xb = xq + m * K + b * QB;
     int acc = 0;
     for (int j = 0; j < 16; ++j) acc += (w[j] & 0x0F) * xb[j] + (w[j] >> 4) * xb[j + 16];
-    return (float)acc * xd[m * nb + b] * sp[n * G + gof[b]];
+    return (float)acc * xd[m * nb + b] * sr[gof[b]];
   };
 #endif
 #ifdef LMZOO_AVX512
   if (M == 1) {  // one row (decode): two blocks per 512-bit instruction
-    i4_q8_row_avx512(xq, xd, qp, sp, gof.data(), nb, G, N, y.data_ptr<float>(), extra);
+    i4_q8_row_avx512(xq, xd, qp, ss, ms, gof.data(), nb, G, N, y.data_ptr<float>(), extra);
     return y;
   }
 #endif
-  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra);
+  q8_loop(M, N, nb, y.data_ptr<float>(), ss, &ms, weights, block, extra);
   return y;
 }
 
@@ -663,43 +698,43 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const int8_t* xq = a.q.data();
   const float* xd = a.d.data();
   const int8_t* qp = q.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  auto extra = [](int64_t, int64_t) { return 0.f; };
+  const Scales ss(scale, N, G);
+  auto extra = [](int64_t, const float*) { return 0.f; };
 #ifdef LMZOO_AVX2
   auto weights = [&](int64_t n, int64_t b) { return _mm256_loadu_si256((const __m256i*)(qp + n * K + b * QB)); };
-  auto block = [&](__m256i w, int64_t m, int64_t n, int64_t b) {
+  auto block = [&](__m256i w, int64_t m, const float* sr, int64_t b) {
     const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
     // signed x signed through maddubs: |w| times x carrying w's sign
     const __m256 p = dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
     const float dx = xd[m * nb + b];
     if (g == 16) {  // lanes 0-3 hold elements 0-15, lanes 4-7 elements 16-31
-      const float* s = sp + n * G + 2 * b;
+      const float* s = sr + 2 * b;
       return _mm256_mul_ps(p, _mm256_set_m128(_mm_set1_ps(dx * s[1]), _mm_set1_ps(dx * s[0])));
     }
-    return _mm256_mul_ps(p, _mm256_set1_ps(dx * sp[n * G + gof[b]]));
+    return _mm256_mul_ps(p, _mm256_set1_ps(dx * sr[gof[b]]));
   };
 #else
   auto weights = [&](int64_t n, int64_t b) { return qp + n * K + b * QB; };
-  auto block = [&](const int8_t* w, int64_t m, int64_t n, int64_t b) {
+  auto block = [&](const int8_t* w, int64_t m, const float* sr, int64_t b) {
     const int8_t* xb = xq + m * K + b * QB;
     const float dx = xd[m * nb + b];
     if (g == 16) {
       int lo = 0, hi = 0;
       for (int j = 0; j < 16; ++j) lo += w[j] * xb[j], hi += w[j + 16] * xb[j + 16];
-      return dx * (sp[n * G + 2 * b] * (float)lo + sp[n * G + 2 * b + 1] * (float)hi);
+      return dx * (sr[2 * b] * (float)lo + sr[2 * b + 1] * (float)hi);
     }
     int acc = 0;
     for (int j = 0; j < QB; ++j) acc += w[j] * xb[j];
-    return (float)acc * dx * sp[n * G + gof[b]];
+    return (float)acc * dx * sr[gof[b]];
   };
 #endif
 #ifdef LMZOO_AVX512
   if (M == 1 && g != 16) {  // one row (decode): two blocks per 512-bit instruction
-    i8_q8_row_avx512(xq, xd, qp, sp, gof.data(), nb, G, N, y.data_ptr<float>());
+    i8_q8_row_avx512(xq, xd, qp, ss, gof.data(), nb, G, N, y.data_ptr<float>());
     return y;
   }
 #endif
-  q8_loop(M, N, nb, y.data_ptr<float>(), weights, block, extra);
+  q8_loop(M, N, nb, y.data_ptr<float>(), ss, nullptr, weights, block, extra);
   return y;
 }
 
