@@ -15,7 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define LMZOO_AVX2 1
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
@@ -86,18 +86,42 @@ struct Scales {
     if (t.scalar_type() == torch::kFloat) f = t.data_ptr<float>();
     else h = t.data_ptr<c10::Half>();
   }
+  // buf: G floats
   const float* row(int64_t n, std::vector<float>& buf) const {
     if (f) return f + n * G;
-    buf.resize(G);
     const c10::Half* p = h + n * G;
+    float* o = buf.data();
     int64_t i = 0;
 #ifdef __F16C__
-    for (; i + 8 <= G; i += 8) _mm256_storeu_ps(buf.data() + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + i))));
+    for (; i + 8 <= G; i += 8) _mm256_storeu_ps(o + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + i))));
+    for (; i < G; ++i) o[i] = _cvtsh_ss(p[i].x);
+#else
+    for (; i < G; ++i) o[i] = static_cast<float>(p[i]);
 #endif
-    for (; i < G; ++i) buf[i] = static_cast<float>(p[i]);
-    return buf.data();
+    return o;
   }
 };
+
+// a scale as float: float32 read, float16 widened (exact)
+inline float ld(const float* p) { return *p; }
+#ifdef LMZOO_AVX2
+inline float ld(const c10::Half* p) { return _cvtsh_ss(p->x); }
+inline __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 ld8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+
+// dot_f32(a, b, n) with a's values read through `ld` (the same operations in the same order)
+template <typename S>
+inline float dot_sf(const S* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  __m256 v = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) v = _mm256_fmadd_ps(ld8(a + i), _mm256_loadu_ps(b + i), v);
+  float acc = hsum(v);
+  for (; i < n; ++i) acc += ld(a + i) * b[i];
+  return acc;
+}
+#else
+inline float ld(const c10::Half* p) { return static_cast<float>(*p); }
+#endif
 
 #ifdef LMZOO_AVX2
 // the four horizontal sums of a, b, c, d -> out[0:4]
@@ -164,8 +188,8 @@ inline __m256 i4_block_prod(const float* x, const __m256 w[4]) {
 // (the min term is added by the caller). Blocks alternate between two accumulators per row, so the
 // loop runs at the rate instructions issue, not at the latency of one FMA chain; every row gets the
 // same operations in the same order for any MB (a row's result never depends on its neighbours).
-template <int MB>
-inline void i4_rows(const float* x, int64_t K, const uint8_t* q, const float* scale, const int64_t* gof, float* y,
+template <int MB, typename S>
+inline void i4_rows(const float* x, int64_t K, const uint8_t* q, const S* scale, const int64_t* gof, float* y,
                     int64_t N) {
   __m256 a0[MB], a1[MB], w[4];
   for (int j = 0; j < MB; ++j) a0[j] = a1[j] = _mm256_setzero_ps();
@@ -173,15 +197,15 @@ inline void i4_rows(const float* x, int64_t K, const uint8_t* q, const float* sc
   int64_t b = 0;
   for (; b + 1 < nb; b += 2) {
     i4_unpack_f(q + b * 16, w);
-    __m256 s = _mm256_set1_ps(scale[gof[b]]);
+    __m256 s = _mm256_set1_ps(ld(scale + gof[b]));
     for (int j = 0; j < MB; ++j) a0[j] = _mm256_fmadd_ps(s, i4_block_prod(x + j * K + b * 32, w), a0[j]);
     i4_unpack_f(q + (b + 1) * 16, w);
-    s = _mm256_set1_ps(scale[gof[b + 1]]);
+    s = _mm256_set1_ps(ld(scale + gof[b + 1]));
     for (int j = 0; j < MB; ++j) a1[j] = _mm256_fmadd_ps(s, i4_block_prod(x + j * K + (b + 1) * 32, w), a1[j]);
   }
   if (b < nb) {
     i4_unpack_f(q + b * 16, w);
-    const __m256 s = _mm256_set1_ps(scale[gof[b]]);
+    const __m256 s = _mm256_set1_ps(ld(scale + gof[b]));
     for (int j = 0; j < MB; ++j) a0[j] = _mm256_fmadd_ps(s, i4_block_prod(x + j * K + b * 32, w), a0[j]);
   }
   for (int j = 0; j < MB; ++j) y[j * N] = hsum(_mm256_add_ps(a0[j], a1[j]));
@@ -261,19 +285,21 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   const int8_t* qp = q.data_ptr<int8_t>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> sbuf;
+    std::vector<float> sbuf(G);
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
-      const float* sr = ss.row(n, sbuf);
 #ifdef LMZOO_AVX2
+      const float* sr = M == 1 ? nullptr : ss.row(n, sbuf);  // one row reads the scales as stored
       // rows in passes of RB: each 16-weight chunk is widened to float once and used for RB rows
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
         const int64_t mb = std::min<int64_t>(RB, M - m0);
         if (mb == 1) {  // one row: two independent accumulator chains keep the FMA units busy
           const float* xr = xp + m0 * K;
           __m256 a1 = _mm256_setzero_ps();
-          for (int64_t gi = 0; gi < G; ++gi)
-            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sr[gi]), dot_i8_vec(xr + gi * g, qr + gi * g, g), a1);
+          for (int64_t gi = 0; gi < G; ++gi) {
+            const float sc = sr ? sr[gi] : ss.f ? ss.f[n * G + gi] : ld(ss.h + n * G + gi);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc), dot_i8_vec(xr + gi * g, qr + gi * g, g), a1);
+          }
           yp[m0 * N + n] = hsum(a1);
           continue;
         }
@@ -305,6 +331,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
         for (int64_t j = 0; j < mb; ++j) yp[(m0 + j) * N + n] = hsum(acc[j]);
       }
 #else
+      const float* sr = ss.row(n, sbuf);
       for (int64_t m = 0; m < M; ++m) {
         const float* xr = xp + m * K;
         float acc = 0.f;
@@ -336,23 +363,28 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   const int64_t blocks = g / 32;
   const std::vector<int64_t> gof = group_of(K / 32, blocks);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> sbuf, mbuf;
+    std::vector<float> sbuf(G), mbuf(G);
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
-      const float* sr = ss.row(n, sbuf);
-      const float* mr = ms.row(n, mbuf);
 #ifdef LMZOO_AVX2
       // rows in passes of up to RB: each block is unpacked to floats once and used for every row
-      for (int64_t m0 = 0; m0 < M; m0 += RB) {
-        switch (std::min<int64_t>(RB, M - m0)) {
-          case 4: i4_rows<4>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
-          case 3: i4_rows<3>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
-          case 2: i4_rows<2>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
-          default: i4_rows<1>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N);
+      auto pass = [&](const auto* sr, const auto* mr) {
+        for (int64_t m0 = 0; m0 < M; m0 += RB) {
+          switch (std::min<int64_t>(RB, M - m0)) {
+            case 4: i4_rows<4>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
+            case 3: i4_rows<3>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
+            case 2: i4_rows<2>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
+            default: i4_rows<1>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N);
+          }
+          for (int64_t m = m0; m < std::min(M, m0 + RB); ++m) yp[m * N + n] += dot_sf(mr, xsp + m * G, G);
         }
-        for (int64_t m = m0; m < std::min(M, m0 + RB); ++m) yp[m * N + n] += dot_f32(mr, xsp + m * G, G);
-      }
+      };
+      if (ss.f && ms.f) pass(ss.f + n * G, ms.f + n * G);
+      else if (ss.h && ms.h) pass(ss.h + n * G, ms.h + n * G);
+      else pass(ss.row(n, sbuf), ms.row(n, mbuf));
 #else
+      const float* sr = ss.row(n, sbuf);
+      const float* mr = ms.row(n, mbuf);
       for (int64_t m = 0; m < M; ++m) {
         const float* xr = xp + m * K;
         float acc = 0.f;  // the `min` term, scalar
@@ -518,6 +550,9 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 // The per-block scales of blocks b, b+1 as the two 256-bit halves of one register: d_x[b] * scale[g(b)]
 // (the products q8_rows takes one by one), 16 blocks at a time: one vector multiply, then one lane
 // permute per pair of blocks instead of two scalar products and three register moves.
+inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 ld16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+
 struct PairScales {
   __m512i idx[8];  // pair p -> lanes 2p (low half), 2p+1 (high half)
   PairScales() {
@@ -525,23 +560,25 @@ struct PairScales {
       idx[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * p)), _mm256_set1_epi32(2 * p + 1), 1);
   }
   // the 16 products of blocks [b, b+16) of a weight row with scales sr (group table gof, bpg blocks a group)
-  static __m512 products(const float* xd, const float* sr, const int64_t* gof, int64_t bpg, int64_t b) {
-    if (bpg == 1) return _mm512_mul_ps(_mm512_loadu_ps(xd + b), _mm512_loadu_ps(sr + b));
+  template <typename S>
+  static __m512 products(const float* xd, const S* sr, const int64_t* gof, int64_t bpg, int64_t b) {
+    if (bpg == 1) return _mm512_mul_ps(_mm512_loadu_ps(xd + b), ld16(sr + b));
     float w[16];
-    for (int i = 0; i < 16; ++i) w[i] = sr[gof[b + i]];
+    for (int i = 0; i < 16; ++i) w[i] = ld(sr + gof[b + i]);
     return _mm512_mul_ps(_mm512_loadu_ps(xd + b), _mm512_loadu_ps(w));
   }
   __m512 pair(__m512 products, int p) const { return _mm512_permutexvar_ps(idx[p], products); }
-  static __m512 pair(const float* xd, const float* sr, const int64_t* gof, int64_t b) {
-    return _mm512_insertf32x8(_mm512_set1_ps(xd[b] * sr[gof[b]]), _mm256_set1_ps(xd[b + 1] * sr[gof[b + 1]]), 1);
+  template <typename S>
+  static __m512 pair(const float* xd, const S* sr, const int64_t* gof, int64_t b) {
+    return _mm512_insertf32x8(_mm512_set1_ps(xd[b] * ld(sr + gof[b])), _mm256_set1_ps(xd[b + 1] * ld(sr + gof[b + 1])), 1);
   }
 };
 
 // The loop both one-row kernels share: `dot(b)` is blocks b, b+1's integer products as 16 float lanes
 // (b's 8 lanes low, b+1's high), `tail(b)` the last odd block's 8 lanes (unscaled); returns the row's
 // sum over its nb blocks.
-template <typename Dot, typename Tail>
-inline float q8_row_avx512(const PairScales& ps, const float* xd, const float* sr, const int64_t* gof, int64_t bpg,
+template <typename S, typename Dot, typename Tail>
+inline float q8_row_avx512(const PairScales& ps, const float* xd, const S* sr, const int64_t* gof, int64_t bpg,
                            int64_t nb, Dot& dot, Tail& tail) {
   __m512 acc = _mm512_setzero_ps();
   int64_t b = 0;
@@ -552,18 +589,17 @@ inline float q8_row_avx512(const PairScales& ps, const float* xd, const float* s
   for (; b + 1 < nb; b += 2) acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b), PairScales::pair(xd, sr, gof, b)));
   __m256 a0 = _mm512_castps512_ps256(acc);
   const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
-  if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(tail(b), _mm256_set1_ps(xd[b] * sr[gof[b]])));
+  if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(tail(b), _mm256_set1_ps(xd[b] * ld(sr + gof[b]))));
   return hsum(_mm256_add_ps(a0, a1));
 }
 
-template <typename Extra>
-void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, const Scales& ss, const Scales& ms,
-                      const int64_t* gof, int64_t nb, int64_t G, int64_t N, float* y, Extra& extra) {
+// xsg (G,): the row's sum of d * sum(q) per weight group, for the min term (q8_loop's `extra`)
+void i4_q8_row_avx512(const int8_t* xq, const float* xd, const float* xsg, const uint8_t* qp, const Scales& ss,
+                      const Scales& ms, const int64_t* gof, int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
   const PairScales ps;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    std::vector<float> sbuf, mbuf;
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
       auto dot = [&](int64_t b) {
@@ -578,7 +614,9 @@ void i4_q8_row_avx512(const int8_t* xq, const float* xd, const uint8_t* qp, cons
       auto tail = [&](int64_t b) {
         return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + b * QB)));
       };
-      y[n] = q8_row_avx512(ps, xd, ss.row(n, sbuf), gof, bpg, nb, dot, tail) + extra(0, ms.row(n, mbuf));
+      const int64_t o = n * G;
+      y[n] = ss.f ? q8_row_avx512(ps, xd, ss.f + o, gof, bpg, nb, dot, tail) + dot_sf(ms.f + o, xsg, G)
+                  : q8_row_avx512(ps, xd, ss.h + o, gof, bpg, nb, dot, tail) + dot_sf(ms.h + o, xsg, G);
     }
   });
 }
@@ -592,7 +630,6 @@ void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const
   const int64_t K = nb * QB, bpg = nb / G;
   const PairScales ps;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> sbuf;
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
       auto dot = [&](int64_t b) {
@@ -608,7 +645,8 @@ void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const
         const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
         return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
       };
-      y[n] = q8_row_avx512(ps, xd, ss.row(n, sbuf), gof, bpg, nb, dot, tail);
+      y[n] = ss.f ? q8_row_avx512(ps, xd, ss.f + n * G, gof, bpg, nb, dot, tail)
+                  : q8_row_avx512(ps, xd, ss.h + n * G, gof, bpg, nb, dot, tail);
     }
   });
 }
@@ -619,7 +657,7 @@ template <typename Weights, typename Block, typename Extra>
 void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, const Scales& ss, const Scales* ms, Weights weights,
              Block block, Extra extra) {
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> sbuf, mbuf;
+    std::vector<float> sbuf(ss.G), mbuf(ss.G);
     for (int64_t n = n0; n < n1; ++n) {
       const float* sr = ss.row(n, sbuf);
       const float* mr = ms ? ms->row(n, mbuf) : nullptr;
@@ -679,7 +717,7 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
 #endif
 #ifdef LMZOO_AVX512
   if (M == 1) {  // one row (decode): two blocks per 512-bit instruction
-    i4_q8_row_avx512(xq, xd, qp, ss, ms, gof.data(), nb, G, N, y.data_ptr<float>(), extra);
+    i4_q8_row_avx512(xq, xd, xsg, qp, ss, ms, gof.data(), nb, G, N, y.data_ptr<float>());
     return y;
   }
 #endif
