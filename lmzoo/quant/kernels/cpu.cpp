@@ -543,92 +543,112 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 #endif
 
 #ifdef LMZOO_AVX512
-// One activation row against every int4 weight row, 8-bit activations, with 512-bit registers: the
-// lower 256 bits carry the even blocks, the upper the odd ones, so each lane does exactly what
-// q8_rows<MB> does in its a0 / a1 accumulators (same products, same order, same final reduction):
-// a row's result is the same bits whichever path computes it.
-// The per-block scales of blocks b, b+1 as the two 256-bit halves of one register: d_x[b] * scale[g(b)]
-// (the products q8_rows takes one by one), 16 blocks at a time: one vector multiply, then one lane
-// permute per pair of blocks instead of two scalar products and three register moves.
+// One activation row against every weight row, 8-bit activations, two 32-blocks per 512-bit
+// instruction. Each block's products land in 8 lanes that do exactly what q8_rows<MB> does in its
+// a0 (even blocks) / a1 (odd blocks) accumulators — same products, same order, same final
+// reduction — so a row's result is the same bits whichever path computes it. Where a block's lanes
+// sit in the register is the weight format's business (`Lanes`):
+//
+//   int8     [ b: elements 0-31 (8 lanes) | b+1: 0-31 ]                 the bytes as stored
+//   int4     [ b: 0-15 | b+1: 0-15 | b: 16-31 | b+1: 16-31 ]            the two blocks' 32 bytes of
+//            nibbles, low nibbles then high: one shift and one mask, no cross-lane shuffle (the
+//            activations are put in that order once per call instead)
+//
+// The per-block scales d_x[b] * scale[g(b)] (the products q8_rows takes one by one) are multiplied
+// 16 blocks at a time, then spread over each pair's lanes by one permute.
+
 inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 ld16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 
-struct PairScales {
-  __m512i idx[8];  // pair p -> lanes 2p (low half), 2p+1 (high half)
-  PairScales() {
-    for (int p = 0; p < 8; ++p)
-      idx[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * p)), _mm256_set1_epi32(2 * p + 1), 1);
-  }
-  // the 16 products of blocks [b, b+16) of a weight row with scales sr (group table gof, bpg blocks a group)
-  template <typename S>
-  static __m512 products(const float* xd, const S* sr, const int64_t* gof, int64_t bpg, int64_t b) {
-    if (bpg == 1) return _mm512_mul_ps(_mm512_loadu_ps(xd + b), ld16(sr + b));
-    float w[16];
-    for (int i = 0; i < 16; ++i) w[i] = ld(sr + gof[b + i]);
-    return _mm512_mul_ps(_mm512_loadu_ps(xd + b), _mm512_loadu_ps(w));
-  }
-  __m512 pair(__m512 products, int p) const { return _mm512_permutexvar_ps(idx[p], products); }
-  template <typename S>
-  static __m512 pair(const float* xd, const S* sr, const int64_t* gof, int64_t b) {
-    return _mm512_insertf32x8(_mm512_set1_ps(xd[b] * ld(sr + gof[b])), _mm256_set1_ps(xd[b + 1] * ld(sr + gof[b + 1])), 1);
+struct Lanes {
+  __m512i pair[8];  // pair p of a 16-block chunk -> the lanes' scale indices (2p or 2p+1)
+  __m512i even_odd;  // the 16 lanes -> [a0's 8 lanes | a1's 8 lanes] in q8_rows' lane order
+  explicit Lanes(bool nibbles) {
+    for (int p = 0; p < 8; ++p) {
+      const __m256i e = _mm256_set1_epi32(2 * p), o = _mm256_set1_epi32(2 * p + 1);
+      pair[p] = nibbles ? _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_blend_epi32(e, o, 0xF0)),
+                                             _mm256_blend_epi32(e, o, 0xF0), 1)
+                        : _mm512_inserti64x4(_mm512_castsi256_si512(e), o, 1);
+    }
+    even_odd = nibbles ? _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)
+                       : _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   }
 };
 
-// The loop both one-row kernels share: `dot(b)` is blocks b, b+1's integer products as 16 float lanes
-// (b's 8 lanes low, b+1's high), `tail(b)` the last odd block's 8 lanes (unscaled); returns the row's
-// sum over its nb blocks.
+// the 16 products d_x[b+i] * scale[g(b+i)] of blocks [b, b+16) (gof: block -> group, bpg blocks a group)
+template <typename S>
+inline __m512 block_scales16(const float* xd, const S* sr, const int64_t* gof, int64_t bpg, int64_t b) {
+  if (bpg == 1) return _mm512_mul_ps(_mm512_loadu_ps(xd + b), ld16(sr + b));
+  float w[16];
+  for (int i = 0; i < 16; ++i) w[i] = ld(sr + gof[b + i]);
+  return _mm512_mul_ps(_mm512_loadu_ps(xd + b), _mm512_loadu_ps(w));
+}
+
+// The loop the one-row kernels share: `dot(b)` is blocks b, b+1's integer products as 16 float lanes
+// (laid out as `ln` says), `tail(b)` the last odd block's 8 lanes in element order (unscaled);
+// returns the row's sum over its nb blocks.
 template <typename S, typename Dot, typename Tail>
-inline float q8_row_avx512(const PairScales& ps, const float* xd, const S* sr, const int64_t* gof, int64_t bpg,
+inline float q8_row_avx512(const Lanes& ln, const float* xd, const S* sr, const int64_t* gof, int64_t bpg,
                            int64_t nb, Dot& dot, Tail& tail) {
   __m512 acc = _mm512_setzero_ps();
   int64_t b = 0;
   for (; b + 16 <= nb; b += 16) {
-    const __m512 sc = PairScales::products(xd, sr, gof, bpg, b);
-    for (int p = 0; p < 8; ++p) acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b + 2 * p), ps.pair(sc, p)));
+    const __m512 sc = block_scales16(xd, sr, gof, bpg, b);
+    for (int p = 0; p < 8; ++p)
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b + 2 * p), _mm512_permutexvar_ps(ln.pair[p], sc)));
   }
-  for (; b + 1 < nb; b += 2) acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b), PairScales::pair(xd, sr, gof, b)));
+  for (; b + 1 < nb; b += 2) {
+    const __m512 sc = _mm512_castps128_ps512(_mm_setr_ps(xd[b] * ld(sr + gof[b]), xd[b + 1] * ld(sr + gof[b + 1]), 0.f, 0.f));
+    acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b), _mm512_permutexvar_ps(ln.pair[0], sc)));
+  }
+  acc = _mm512_permutexvar_ps(ln.even_odd, acc);
   __m256 a0 = _mm512_castps512_ps256(acc);
   const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
   if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(tail(b), _mm256_set1_ps(xd[b] * ld(sr + gof[b]))));
   return hsum(_mm256_add_ps(a0, a1));
 }
 
-// xsg (G,): the row's sum of d * sum(q) per weight group, for the min term (q8_loop's `extra`)
+// int4 weights. xsg (G,): the row's sum of d * sum(q) per weight group, for the min term (q8_loop's
+// `extra`)
 void i4_q8_row_avx512(const int8_t* xq, const float* xd, const float* xsg, const uint8_t* qp, const Scales& ss,
                       const Scales& ms, const int64_t* gof, int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
-  const PairScales ps;
+  const Lanes ln(true);
+  // the activations of each pair of blocks in the nibbles' order: [b 0-15 | b+1 0-15 | b 16-31 | b+1 16-31]
+  std::vector<int8_t> xn(K);
+  for (int64_t b = 0; b + 1 < nb; b += 2) {
+    const int8_t *x0 = xq + b * QB, *x1 = x0 + QB;
+    int8_t* o = xn.data() + b * QB;
+    std::copy(x0, x0 + 16, o);
+    std::copy(x1, x1 + 16, o + 16);
+    std::copy(x0 + 16, x0 + 32, o + 32);
+    std::copy(x1 + 16, x1 + 32, o + 48);
+  }
+  const int8_t* xv = xn.data();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
       auto dot = [&](int64_t b) {
-        // 32 bytes = blocks b, b+1 -> bytes [lo(b) hi(b) lo(b+1) hi(b+1)]: each block's 32 codes in order
-        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qr + b * 16));
-        const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // [lo(b) lo(b+1) hi(b) hi(b+1)]
-        const __m512i wv = _mm512_shuffle_i64x2(w, w, _MM_SHUFFLE(3, 1, 2, 0));
-        const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
-        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv));
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qr + b * 16));  // blocks b, b+1
+        const __m512i w = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1), m4);
+        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512((const void*)(xv + b * QB))));
       };
       auto tail = [&](int64_t b) {
         return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + b * QB)));
       };
       const int64_t o = n * G;
-      y[n] = ss.f ? q8_row_avx512(ps, xd, ss.f + o, gof, bpg, nb, dot, tail) + dot_sf(ms.f + o, xsg, G)
-                  : q8_row_avx512(ps, xd, ss.h + o, gof, bpg, nb, dot, tail) + dot_sf(ms.h + o, xsg, G);
+      y[n] = ss.f ? q8_row_avx512(ln, xd, ss.f + o, gof, bpg, nb, dot, tail) + dot_sf(ms.f + o, xsg, G)
+                  : q8_row_avx512(ln, xd, ss.h + o, gof, bpg, nb, dot, tail) + dot_sf(ms.h + o, xsg, G);
     }
   });
 }
-#endif
 
-#ifdef LMZOO_AVX512
-// One activation row against every int8 weight row (one scale per 32 or more), as the int4 kernel
-// above: the lanes repeat q8_rows' a0 / a1 arithmetic for the even / odd blocks.
+// int8 weights (one scale per 32 or more)
 void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const Scales& ss, const int64_t* gof,
                       int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
-  const PairScales ps;
+  const Lanes ln(false);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
@@ -645,8 +665,8 @@ void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const
         const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
         return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
       };
-      y[n] = ss.f ? q8_row_avx512(ps, xd, ss.f + n * G, gof, bpg, nb, dot, tail)
-                  : q8_row_avx512(ps, xd, ss.h + n * G, gof, bpg, nb, dot, tail);
+      y[n] = ss.f ? q8_row_avx512(ln, xd, ss.f + n * G, gof, bpg, nb, dot, tail)
+                  : q8_row_avx512(ln, xd, ss.h + n * G, gof, bpg, nb, dot, tail);
     }
   });
 }
