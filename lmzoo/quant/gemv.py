@@ -74,18 +74,6 @@ class FusedRMSNorm(RMSNorm):
         return super().forward(x)
 
 
-class FusedSwiGLU(MLP):
-    """A SwiGLU MLP whose float32 CPU inference computes silu(gate) * up in one kernel call (instead
-    of chunk + silu + mul); anything autograd records takes MLP's own forward."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate_up(x)
-        if _inference_f32(h) and h.is_contiguous():
-            return self.down(cpu_kernels().silu_mul(h))
-        gate, up = h.chunk(2, dim=-1)
-        return self.down(self.act(gate) * up)
-
-
 def _rope_inplace(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head_dim: int) -> bool:
     """Attention.rope_inplace: rotate q and k inside the fused qkv output; False = not applicable here
     (the layer then applies RoPE itself)."""
@@ -138,9 +126,13 @@ def _linear_spec(m: nn.Module, rows: int) -> tuple | None:
     return None
 
 
+def _swiglu(m: nn.Module) -> bool:
+    return type(m) is MLP and m.gated and m.act is F.silu
+
+
 def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | None) -> torch.Tensor | None:
     """PreNormBlock.decode_step: the block's one-token step in one kernel call, when every part is one
-    the kernel reproduces (FusedRMSNorm, plain-RoPE attention with the cache kernel, FusedSwiGLU, linears
+    the kernel reproduces (FusedRMSNorm, plain-RoPE attention with the cache kernel, a SwiGLU MLP, linears
     on their kernel paths), nothing records autograd and no forward hook would miss a call; None
     otherwise (the modules run). Runs once per layer and token: submodules are read from `_modules`
     (nn.Module's __getattr__ costs a microsecond a name)."""
@@ -150,7 +142,7 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
         return None
     bm = block._modules
     attn, mlp, n1, n2 = bm["attn"], bm["mlp"], bm["attn_norm"], bm["mlp_norm"]
-    if (type(n1) is not FusedRMSNorm or type(n2) is not FusedRMSNorm or type(mlp) is not FusedSwiGLU
+    if (type(n1) is not FusedRMSNorm or type(n2) is not FusedRMSNorm or not _swiglu(mlp)
             or type(attn) is not Attention or attn.decode_attention is not _decode_attention
             or attn.rope_inplace is not _rope_inplace or attn.softcap):
         return None
@@ -172,10 +164,10 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
 
 
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
-    """Swap every plain nn.Linear for GemvLinear, RMSNorm for FusedRMSNorm and SwiGLU MLPs for
-    FusedSwiGLU in place (class changes: no weights move), give plain-RoPE attention layers the
-    in-place rotation kernel and the one-token cache attention kernel, and pre-norm blocks the fused
-    one-token step (used when every part of the block is one of these).
+    """Swap every plain nn.Linear for GemvLinear and RMSNorm for FusedRMSNorm in place (class
+    changes: no weights move), give plain-RoPE attention layers the in-place rotation kernel and the
+    one-token cache attention kernel, and pre-norm blocks the fused one-token step (used when every
+    part of the block is one of these).
     Does nothing when the kernels cannot be built."""
     if cpu_kernels() is None:
         return model
@@ -184,8 +176,6 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
             m.__class__ = GemvLinear
         elif type(m) is RMSNorm:
             m.__class__ = FusedRMSNorm
-        elif type(m) is MLP and m.gated and m.act is F.silu:
-            m.__class__ = FusedSwiGLU
         elif isinstance(m, Attention) and m.plain_rope():
             m.rope_inplace = _rope_inplace
             m.decode_attention = _decode_attention
