@@ -162,7 +162,7 @@ def test_unsupported_architecture(tmp_path):
         lmzoo.from_pretrained(p)
 
 
-@pytest.mark.parametrize("kind", ["F32", "F16", "BF16", "Q8_0", "Q4_1", "Q4_K_M"])
+@pytest.mark.parametrize("kind", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K_M"])
 def test_chunked_dequantisation_matches_numpy_reference(tmp_path, kind):
     """GGUFFile.array decodes a few rows at a time; chunk boundaries (here every 1-2 rows, one a
     partial chunk at the end) must not change a value."""
