@@ -1,7 +1,7 @@
 """Serving benchmark: a real `lmzoo serve` process on the default model, N concurrent streaming
 clients (the official openai AsyncOpenAI), each asking its own question (greedy, `--new` tokens).
 
-    python benchmarks/serve.py [--concurrency 1,4,16,64] [--new 64] [--max-running 16] [--rss 500]
+    python benchmarks/serve.py [--concurrency 1,4,16,64] [--new 64] [--max-running 16] [--rss 500] [--activations q8]
     LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/serve.py --llamacpp   # + llama.cpp's server
 
 Per level: p50 / p90 time to first token, p50 inter-token latency, requests/s and aggregate
@@ -96,6 +96,7 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--max-running", type=int, default=16)
     ap.add_argument("--batch-prefill", action="store_true", help="pass --batch-prefill to the server")
+    ap.add_argument("--activations", default="float", choices=["float", "q8"], help="the lmzoo server's --activations")
     ap.add_argument("--llamacpp", action="store_true", help="then llama.cpp's server (LLAMACPP_PYTHON) on the same GGUF")
     a = ap.parse_args()
     import os
@@ -104,6 +105,7 @@ def main() -> int:
 
     port = free_port()
     lmzoo_cmd = [sys.executable, "-m", "lmzoo", "serve", "--port", str(port), "--max-running", str(a.max_running),
+                 "--activations", a.activations,
                  "--max-queued", "256"] + (["--batch-prefill"] if a.batch_prefill else [])
     totals = {"lmzoo": run_server(f"lmzoo serve --max-running {a.max_running}"
                                   f"{' --batch-prefill' if a.batch_prefill else ''}", lmzoo_cmd, port, a, "/health")}
