@@ -89,12 +89,16 @@ def check_batch(batch_size: int, world: int | None = None, parallel: str = "ddp"
     """The one-line error for a global batch the data-parallel ranks cannot share equally (`world`:
     the data-parallel world, default torchrun's over the tensor-parallel size; 1 under `tp`)."""
     if world is None:
-        if parallel == "fsdp" and env_world() % tp_size:
-            raise ConfigError(f"--tp-size {tp_size} does not divide the world size {env_world()}")
+        check_tp_size(parallel, tp_size, env_world())
         world = 1 if parallel == "tp" else env_world() // (tp_size if parallel == "fsdp" else 1)
     if batch_size % world:
         raise ConfigError(f"--batch-size {batch_size} is not divisible by the world size {world} (each rank takes "
                           f"batch-size / world rows of every batch); use a multiple of {world}")
+
+
+def check_tp_size(parallel: str, tp_size: int, world: int) -> None:
+    if parallel == "fsdp" and world % tp_size:
+        raise ConfigError(f"--tp-size {tp_size} does not divide the world size {world}")
 
 
 def check_parallel(parallel: str, mixed_precision: str, tp_size: int = 1) -> None:
@@ -120,8 +124,7 @@ def init(parallel: str = "ddp", tp_size: int = 1) -> Dist:
     if dist.is_available() and dist.is_initialized():
         return current()
     world = env_world()
-    if parallel == "fsdp" and world % tp_size:
-        raise ConfigError(f"--tp-size {tp_size} does not divide the world size {world}")
+    check_tp_size(parallel, tp_size, world)
     if world == 1 and parallel != "fsdp":
         return Dist()
     _TP["size"] = world if parallel == "tp" else tp_size if parallel == "fsdp" else 1

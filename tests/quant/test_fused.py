@@ -180,6 +180,17 @@ def test_decode_attention_matches_sdpa(H, Hkv, masked):
         K.decode_attention(qkv, kc, vc, rows, torch.tensor([0, 1, end]), end, None, H, Hkv, 0.3)
 
 
+def generation_inputs(cfg, seed: int | None) -> list[dict]:
+    """One row, then a left-padded batch of three whose rows start at different lengths (the masked,
+    per-row-slot decode path)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.vocab_size, (3, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    return [{"input_ids": ids[:1]}, {"input_ids": ids, "attention_mask": mask}]
+
+
 @pytest.mark.parametrize("extra", [{}, {"qkv_bias": True, "n_kv_head": 6}, {"sliding_window": 5}])
 def test_decode_attention_in_generation(extra):
     """Greedy generation with the kernels on equals the plain PyTorch model's, for one row and for a
@@ -198,11 +209,7 @@ def test_decode_attention_in_generation(extra):
     calls = []
     kernel = fast.layers[0].attn.decode_attention
     fast.layers[0].attn.decode_attention = lambda *a: calls.append(1) or kernel(*a)
-    ids = torch.randint(0, cfg.vocab_size, (3, 9))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :7] = 0
-    for kw in ({"input_ids": ids[:1]}, {"input_ids": ids, "attention_mask": mask}):
+    for kw in generation_inputs(cfg, seed=None):
         want = lmzoo.generate(plain, max_new_tokens=12, eos_token_id=[], **kw)
         n = len(calls)
         got = lmzoo.generate(fast, max_new_tokens=12, eos_token_id=[], **kw)
@@ -251,11 +258,8 @@ def test_decode_block_in_generation(form, extra):
     ran = []
     for layer, s in zip(fast.layers, steps):
         layer.decode_step = lambda *a, s=s: ran.append(y := s(*a)) or y
-    ids = torch.randint(0, cfg.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :7] = 0
-    for kw in ({"input_ids": ids[:1]}, {"input_ids": ids, "attention_mask": mask}):
+    inputs = generation_inputs(cfg, seed=1)
+    for kw in inputs:
         want = lmzoo.generate(plain, max_new_tokens=10, eos_token_id=[], **kw)
         n = len(ran)
         got = lmzoo.generate(fast, max_new_tokens=10, eos_token_id=[], **kw)
@@ -263,6 +267,8 @@ def test_decode_block_in_generation(form, extra):
         assert len(ran) - n == 9 * cfg.n_layer and all(y is not None for y in ran[n:])
     # logits, fused vs the modules with the same kernels (decode_step off), then vs plain PyTorch
     from lmzoo.runtime.cache import KVCache
+
+    ids, mask = inputs[1]["input_ids"], inputs[1]["attention_mask"]
 
     def logits(model, off: bool):
         saved = [layer.decode_step for layer in model.layers]
