@@ -132,12 +132,13 @@ def _swiglu(m: nn.Module) -> bool:
 
 def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | None) -> torch.Tensor | None:
     """PreNormBlock.decode_step: the block's one-token step in one kernel call, when every part is one
-    the kernel reproduces (FusedRMSNorm, plain-RoPE attention with the cache kernel, a SwiGLU MLP, linears
-    on their kernel paths), nothing records autograd and no forward hook would miss a call; None
-    otherwise (the modules run). Runs once per layer and token: submodules are read from `_modules`
-    (nn.Module's __getattr__ costs a microsecond a name)."""
-    if (torch.is_grad_enabled() or a.kv is None or a.cos is None or a.q_scale is not None
-            or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
+    the kernel reproduces (FusedRMSNorm, plain-RoPE attention with the cache kernel, a SwiGLU MLP,
+    linears on their kernel paths), nothing records autograd, torch.compile is not tracing (it traces
+    the modules) and no forward hook would miss a call; None otherwise (the modules run). Runs once
+    per layer and token: submodules are read from `_modules` (nn.Module's __getattr__ costs a
+    microsecond a name)."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or a.kv is None or a.cos is None
+            or a.q_scale is not None or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
             or a.cos.dtype != torch.float32 or not (a.cos.is_contiguous() and a.sin.is_contiguous())):
         return None
     bm = block._modules
