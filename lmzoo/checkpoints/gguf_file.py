@@ -189,15 +189,7 @@ class GGUFFile:
                 b = part.reshape(part.shape[0], K // 32, 34)
                 d = np.ascontiguousarray(b[..., :2]).view(np.float16).astype(np.float32)  # (rows, K/32, 1)
                 out[r:r + step] = (b[..., 2:].view(np.int8) * d).reshape(part.shape[0], K)
-            elif kind in ("Q4_0", "Q4_1"):  # 32-blocks of (f16 d[, f16 m], 16 bytes of nibbles): w = d * q + m
-                size = 18 if kind == "Q4_0" else 20
-                b = part.reshape(part.shape[0], K // 32, size)
-                d = np.ascontiguousarray(b[..., :2]).view(np.float16).astype(np.float32)  # (rows, K/32, 1)
-                m = -8 * d if kind == "Q4_0" else np.ascontiguousarray(b[..., 2:4]).view(np.float16).astype(np.float32)
-                qs = b[..., size - 16:]  # byte j: element j in the low nibble, element j + 16 in the high
-                q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-                out[r:r + step] = (q * d + m).reshape(part.shape[0], K)
-            elif kind in ("Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K"):
+            elif kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K"):  # gguf_quant.dequantize
                 from lmzoo.checkpoints.gguf_quant import dequantize
 
                 out[r:r + step] = dequantize(part, kind, K)

@@ -147,10 +147,13 @@ def _k_scales(s: np.ndarray, d: np.ndarray, dmin: np.ndarray):
 
 
 def dequantize(raw: np.ndarray, kind: str, K: int) -> np.ndarray:
-    """Rows of block bytes (N, bytes per row) of a DECODED kind -> float32 (N, K): code * scale (+ min),
-    the products ggml's own dequantisers compute."""
+    """Rows of block bytes (N, bytes per row) of a DECODED kind, or Q4_0 / Q4_1 -> float32 (N, K):
+    code * scale (+ min), the products ggml's own dequantisers compute."""
     width, q, scale, mn = _codes(np.ascontiguousarray(raw), kind, K)
     N, G = scale.shape
+    if width == "int4":  # packed in 16-byte blocks: byte j holds element j (low nibble) and j + 16 (high)
+        b = q.reshape(N, K // 32, 16)
+        q = np.concatenate([b & 0x0F, b >> 4], axis=-1)
     w = q.reshape(N, G, K // G).astype(np.float32) * scale[..., None].astype(np.float32)
     if mn is not None:
         w = w + mn[..., None].astype(np.float32)
@@ -187,7 +190,7 @@ def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np
         return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
 
     # scales stay float16 where the format stores them so (Q8_0, Q4_0, Q4_1), else float32 products
+    dt = np.float16 if scale.dtype == np.float16 and (mn is None or mn.dtype == np.float16) else np.float32
     if width == "int8":
-        return Int8Linear.from_codes(tensor(q), tensor(scale, scale.dtype if scale.dtype == np.float16 else np.float32))
-    dt = np.float16 if scale.dtype == np.float16 and mn.dtype == np.float16 else np.float32
+        return Int8Linear.from_codes(tensor(q), tensor(scale, dt))
     return Int4Linear.from_codes(tensor(q), tensor(scale, dt), tensor(mn, dt))
