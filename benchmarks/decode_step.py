@@ -2,9 +2,10 @@
 share of it, and the kernels' streaming rate against the host's memory read bandwidth.
 
     python benchmarks/decode_step.py [--model X.gguf] [--prompt 256] [--steps 60] [--threads 2]
-        [--activations float|q8]
+        [--activations float|q8] [--batch B]
 
-1. step: the model's forward for one token after a `--prompt` prefill (no engine), averaged;
+1. step: the model's forward for one token per row after a `--prompt` prefill of `--batch` rows (no
+   engine), averaged; tok/s counts every row's token (a batched step is what serving 16 clients runs);
 2. kernels: the same steps with a timer around every call into lmzoo's compiled kernels (the fused
    decode blocks, the LM head's product, norms; their sum per step), and the rest of the step
    (Python, PyTorch ops and dispatch outside the kernels);
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--activations", default="float", choices=["float", "q8"])
+    ap.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import lmzoo
@@ -40,8 +42,8 @@ def main() -> None:
     model = lmzoo.from_pretrained(a.model or str(default_model_path()), activations=a.activations)
     layers = [m for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
     nbytes = sum(b.numel() * b.element_size() for m in layers for b in m.buffers())
-    ids = torch.randint(100, model.config.vocab_size, (1, a.prompt), generator=torch.Generator().manual_seed(0))
-    cache = KVCache(model, 1, a.prompt + 3 * a.steps + 8)
+    ids = torch.randint(100, model.config.vocab_size, (a.batch, a.prompt), generator=torch.Generator().manual_seed(0))
+    cache = KVCache(model, a.batch, a.prompt + 3 * a.steps + 8)
 
     with torch.inference_mode():
         tok = model(ids, cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
@@ -84,8 +86,8 @@ def main() -> None:
                 m._kernel(k, rows[m.in_features])
         dt = (time.perf_counter() - t0) / 10
     kernels = spent[0] / a.steps
-    print(f"# {a.threads} threads, prompt {a.prompt}, {a.steps} steps, activations {a.activations}")
-    print(f"step: {step * 1e3:.2f} ms ({1 / step:.1f} tok/s)")
+    print(f"# {a.threads} threads, prompt {a.prompt}, {a.steps} steps, batch {a.batch}, activations {a.activations}")
+    print(f"step: {step * 1e3:.2f} ms ({a.batch / step:.1f} tok/s)")
     print(f"kernels: {kernels * 1e3:.2f} ms of a {timed_step * 1e3:.2f} ms timed step, "
           f"{calls[0] / a.steps:.0f} calls; "
           f"the rest {(timed_step - kernels) * 1e3:.2f} ms")

@@ -72,21 +72,22 @@ def test_q8_products_match_reference(M, Kdim, N):
 @pytest.mark.parametrize("Kdim, g", [(576, 32), (608, 32), (1152, 64), (1184, 32 * 37)])
 def test_q8_row_result_does_not_depend_on_its_batch(Kdim, g):
     """The engine batches rows that are at different points of their requests: a row's product must
-    be the same bits alone or beside others (any row count, any position in the pass of four; a lone
-    row takes the 512-bit path where the CPU has one)."""
+    be the same bits alone or beside others (any row count, any position in a pass of rows: four on
+    the 256-bit path, eight on the 512-bit one)."""
     torch.manual_seed(0)
     lin = nn.Linear(Kdim, 100)
     m8 = Int8Linear.from_linear(lin, group_size=g)
-    x = torch.randn(9, Kdim)
+    x = torch.randn(19, Kdim)
     fs = [lambda a: K.int8_linear_q8(a, m8.q, m8.scale, g)]
     if g <= 64:
         m4 = Int4Linear.from_linear(lin, group_size=g)
         fs.append(lambda a: K.int4_linear_q8(a, m4.q, m4.scale, m4.min, g))
     for f in fs:
         batched = f(x)
-        alone = torch.cat([f(x[i:i + 1].contiguous()) for i in range(9)])
+        alone = torch.cat([f(x[i:i + 1].contiguous()) for i in range(19)])
         assert torch.equal(batched, alone)
         assert torch.equal(f(x[3:8].contiguous()), batched[3:8])
+        assert torch.equal(f(x[5:17].contiguous()), batched[5:17])
 
 
 def test_q8_activations_in_a_layer(monkeypatch):

@@ -543,7 +543,7 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 #endif
 
 #ifdef LMZOO_AVX512
-// One activation row against every weight row, 8-bit activations, two 32-blocks per 512-bit
+// Activation rows against every weight row, 8-bit activations, two 32-blocks per 512-bit
 // instruction. Each block's products land in 8 lanes that do exactly what q8_rows<MB> does in its
 // a0 (even blocks) / a1 (odd blocks) accumulators — same products, same order, same final
 // reduction — so a row's result is the same bits whichever path computes it. Where a block's lanes
@@ -575,98 +575,149 @@ struct Lanes {
   }
 };
 
-// the 16 products d_x[b+i] * scale[g(b+i)] of blocks [b, b+16) (gof: block -> group, bpg blocks a group)
+// the 16 weight scales scale[g(b+i)] of blocks [b, b+16) (gof: block -> group, bpg blocks a group)
 template <typename S>
-inline __m512 block_scales16(const float* xd, const S* sr, const int64_t* gof, int64_t bpg, int64_t b) {
-  if (bpg == 1) return _mm512_mul_ps(_mm512_loadu_ps(xd + b), ld16(sr + b));
+inline __m512 weight_scales16(const S* sr, const int64_t* gof, int64_t bpg, int64_t b) {
+  if (bpg == 1) return ld16(sr + b);
   float w[16];
   for (int i = 0; i < 16; ++i) w[i] = ld(sr + gof[b + i]);
-  return _mm512_mul_ps(_mm512_loadu_ps(xd + b), _mm512_loadu_ps(w));
+  return _mm512_loadu_ps(w);
 }
 
-// The loop the one-row kernels share: `dot(b)` is blocks b, b+1's integer products as 16 float lanes
-// (laid out as `ln` says), `tail(b)` the last odd block's 8 lanes in element order (unscaled);
-// returns the row's sum over its nb blocks.
-template <typename S, typename Dot, typename Tail>
-inline float q8_row_avx512(const Lanes& ln, const float* xd, const S* sr, const int64_t* gof, int64_t bpg,
-                           int64_t nb, Dot& dot, Tail& tail) {
-  __m512 acc = _mm512_setzero_ps();
+// RB512 activation rows per pass over a weight row on the 512-bit path: the pass keeps 2 x RB512
+// vectors (accumulators, block scales) plus the prepared weight pair in the 32 AVX-512 registers
+constexpr int64_t RB512 = 8;
+
+// The loop the 512-bit kernels share, for MB activation rows m0 .. m0+MB-1 (row stride nb blocks in
+// xd) against one weight row: `weights(b)` prepares blocks b, b+1 of the weight row once per pass,
+// `dot(w, m, b)` is their integer products with row m as 16 float lanes (laid out as `ln` says),
+// `tail(m, b)` the last odd block's 8 lanes in element order (unscaled); out[j] = row m0+j's sum over
+// its nb blocks. Each row's arithmetic is the same for any MB (and the same as q8_rows'), so a row's
+// result never depends on its neighbours.
+template <int MB, typename S, typename Weights, typename Dot, typename Tail>
+inline void q8_rows_avx512(const Lanes& ln, int64_t m0, const float* xd, const S* sr, const int64_t* gof,
+                           int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail, float* out) {
+  __m512 acc[MB];
+  for (int j = 0; j < MB; ++j) acc[j] = _mm512_setzero_ps();
   int64_t b = 0;
   for (; b + 16 <= nb; b += 16) {
-    const __m512 sc = block_scales16(xd, sr, gof, bpg, b);
-    for (int p = 0; p < 8; ++p)
-      acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b + 2 * p), _mm512_permutexvar_ps(ln.pair[p], sc)));
+    const __m512 ws = weight_scales16(sr, gof, bpg, b);
+    __m512 sc[MB];  // d_x[m, b+i] * scale[g(b+i)]
+    for (int j = 0; j < MB; ++j) sc[j] = _mm512_mul_ps(_mm512_loadu_ps(xd + (m0 + j) * nb + b), ws);
+    for (int p = 0; p < 8; ++p) {
+      const auto w = weights(b + 2 * p);
+      for (int j = 0; j < MB; ++j)
+        acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(dot(w, m0 + j, b + 2 * p), _mm512_permutexvar_ps(ln.pair[p], sc[j])));
+    }
   }
   for (; b + 1 < nb; b += 2) {
-    const __m512 sc = _mm512_castps128_ps512(_mm_setr_ps(xd[b] * ld(sr + gof[b]), xd[b + 1] * ld(sr + gof[b + 1]), 0.f, 0.f));
-    acc = _mm512_add_ps(acc, _mm512_mul_ps(dot(b), _mm512_permutexvar_ps(ln.pair[0], sc)));
+    const auto w = weights(b);
+    const float s0 = ld(sr + gof[b]), s1 = ld(sr + gof[b + 1]);
+    for (int j = 0; j < MB; ++j) {
+      const float* d = xd + (m0 + j) * nb + b;
+      const __m512 sc = _mm512_castps128_ps512(_mm_setr_ps(d[0] * s0, d[1] * s1, 0.f, 0.f));
+      acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(dot(w, m0 + j, b), _mm512_permutexvar_ps(ln.pair[0], sc)));
+    }
   }
-  acc = _mm512_permutexvar_ps(ln.even_odd, acc);
-  __m256 a0 = _mm512_castps512_ps256(acc);
-  const __m256 a1 = _mm512_extractf32x8_ps(acc, 1);
-  if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(tail(b), _mm256_set1_ps(xd[b] * ld(sr + gof[b]))));
-  return hsum(_mm256_add_ps(a0, a1));
+  for (int j = 0; j < MB; ++j) {
+    const __m512 a = _mm512_permutexvar_ps(ln.even_odd, acc[j]);
+    __m256 a0 = _mm512_castps512_ps256(a);
+    const __m256 a1 = _mm512_extractf32x8_ps(a, 1);
+    if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(tail(m0 + j, b), _mm256_set1_ps(xd[(m0 + j) * nb + b] * ld(sr + gof[b]))));
+    out[j] = hsum(_mm256_add_ps(a0, a1));
+  }
 }
 
-// int4 weights. xsg (G,): the row's sum of d * sum(q) per weight group, for the min term (q8_loop's
+// Every activation row against one weight row, in passes of up to RB512 rows; row_out(m, v) takes
+// row m's sum v (adding what the weight format adds).
+template <typename S, typename Weights, typename Dot, typename Tail, typename Out>
+inline void q8_passes_avx512(const Lanes& ln, int64_t M, const float* xd, const S* sr, const int64_t* gof,
+                             int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail, Out& row_out) {
+  float out[RB512];
+  for (int64_t m0 = 0; m0 < M; m0 += RB512) {
+    const int64_t mb = std::min<int64_t>(RB512, M - m0);
+    static_assert(RB512 == 8, "dispatch below");
+    switch (mb) {
+      case 8: q8_rows_avx512<8>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
+      case 7: q8_rows_avx512<7>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
+      case 6: q8_rows_avx512<6>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
+      case 5: q8_rows_avx512<5>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
+      case 4: q8_rows_avx512<4>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
+      case 3: q8_rows_avx512<3>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
+      case 2: q8_rows_avx512<2>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
+      default: q8_rows_avx512<1>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out);
+    }
+    for (int64_t j = 0; j < mb; ++j) row_out(m0 + j, out[j]);
+  }
+}
+
+// int4 weights. xsg (M, G): each row's sum of d * sum(q) per weight group, for the min term (q8_loop's
 // `extra`)
-void i4_q8_row_avx512(const int8_t* xq, const float* xd, const float* xsg, const uint8_t* qp, const Scales& ss,
-                      const Scales& ms, const int64_t* gof, int64_t nb, int64_t G, int64_t N, float* y) {
+void i4_q8_avx512(const int8_t* xq, const float* xd, const float* xsg, const uint8_t* qp, const Scales& ss,
+                  const Scales& ms, const int64_t* gof, int64_t M, int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
   const Lanes ln(true);
   // the activations of each pair of blocks in the nibbles' order: [b 0-15 | b+1 0-15 | b 16-31 | b+1 16-31]
-  std::vector<int8_t> xn(K);
-  for (int64_t b = 0; b + 1 < nb; b += 2) {
-    const int8_t *x0 = xq + b * QB, *x1 = x0 + QB;
-    int8_t* o = xn.data() + b * QB;
-    std::copy(x0, x0 + 16, o);
-    std::copy(x1, x1 + 16, o + 16);
-    std::copy(x0 + 16, x0 + 32, o + 32);
-    std::copy(x1 + 16, x1 + 32, o + 48);
-  }
+  std::vector<int8_t> xn(M * K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b + 1 < nb; b += 2) {
+      const int8_t *x0 = xq + m * K + b * QB, *x1 = x0 + QB;
+      int8_t* o = xn.data() + m * K + b * QB;
+      std::copy(x0, x0 + 16, o);
+      std::copy(x1, x1 + 16, o + 16);
+      std::copy(x0 + 16, x0 + 32, o + 32);
+      std::copy(x1 + 16, x1 + 32, o + 48);
+    }
   const int8_t* xv = xn.data();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
-      auto dot = [&](int64_t b) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qr + b * 16));  // blocks b, b+1
-        const __m512i w = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1), m4);
-        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512((const void*)(xv + b * QB))));
+      auto weights = [&](int64_t b) {  // blocks b, b+1's 32 bytes: low nibbles, then high
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qr + b * 16));
+        return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1), m4);
       };
-      auto tail = [&](int64_t b) {
-        return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + b * QB)));
+      auto dot = [&](__m512i w, int64_t m, int64_t b) {
+        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w,
+                                                      _mm512_loadu_si512((const void*)(xv + m * K + b * QB))));
+      };
+      auto tail = [&](int64_t m, int64_t b) {
+        return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB)));
       };
       const int64_t o = n * G;
-      y[n] = ss.f ? q8_row_avx512(ln, xd, ss.f + o, gof, bpg, nb, dot, tail) + dot_sf(ms.f + o, xsg, G)
-                  : q8_row_avx512(ln, xd, ss.h + o, gof, bpg, nb, dot, tail) + dot_sf(ms.h + o, xsg, G);
+      auto row_out = [&](int64_t m, float v) {
+        y[m * N + n] = v + (ms.f ? dot_sf(ms.f + o, xsg + m * G, G) : dot_sf(ms.h + o, xsg + m * G, G));
+      };
+      if (ss.f) q8_passes_avx512(ln, M, xd, ss.f + o, gof, bpg, nb, weights, dot, tail, row_out);
+      else q8_passes_avx512(ln, M, xd, ss.h + o, gof, bpg, nb, weights, dot, tail, row_out);
     }
   });
 }
 
 // int8 weights (one scale per 32 or more)
-void i8_q8_row_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const Scales& ss, const int64_t* gof,
-                      int64_t nb, int64_t G, int64_t N, float* y) {
+void i8_q8_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const Scales& ss, const int64_t* gof,
+                  int64_t M, int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
   const Lanes ln(false);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
-      auto dot = [&](int64_t b) {
-        // signed x signed as unsigned x signed: |w| times x carrying w's sign (x where w = 0 is
-        // multiplied by |w| = 0 either way)
-        const __m512i w = _mm512_loadu_si512((const void*)(qr + b * QB));
-        const __m512i xv = _mm512_loadu_si512((const void*)(xq + b * QB));
+      // signed x signed as unsigned x signed: |w| times x carrying w's sign (x where w = 0 is
+      // multiplied by |w| = 0 either way)
+      auto weights = [&](int64_t b) { return _mm512_loadu_si512((const void*)(qr + b * QB)); };
+      auto dot = [&](__m512i w, int64_t m, int64_t b) {
+        const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * K + b * QB));
         const __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
         return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs));
       };
-      auto tail = [&](int64_t b) {
+      auto tail = [&](int64_t m, int64_t b) {
         const __m256i w = _mm256_loadu_si256((const __m256i*)(qr + b * QB));
-        const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + b * QB));
+        const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
         return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
       };
-      y[n] = ss.f ? q8_row_avx512(ln, xd, ss.f + n * G, gof, bpg, nb, dot, tail)
-                  : q8_row_avx512(ln, xd, ss.h + n * G, gof, bpg, nb, dot, tail);
+      auto row_out = [&](int64_t m, float v) { y[m * N + n] = v; };
+      if (ss.f) q8_passes_avx512(ln, M, xd, ss.f + n * G, gof, bpg, nb, weights, dot, tail, row_out);
+      else q8_passes_avx512(ln, M, xd, ss.h + n * G, gof, bpg, nb, weights, dot, tail, row_out);
     }
   });
 }
@@ -736,10 +787,8 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   };
 #endif
 #ifdef LMZOO_AVX512
-  if (M == 1) {  // one row (decode): two blocks per 512-bit instruction
-    i4_q8_row_avx512(xq, xd, xsg, qp, ss, ms, gof.data(), nb, G, N, y.data_ptr<float>());
-    return y;
-  }
+  i4_q8_avx512(xq, xd, xsg, qp, ss, ms, gof.data(), M, nb, G, N, y.data_ptr<float>());  // two blocks an instruction
+  return y;
 #endif
   q8_loop(M, N, nb, y.data_ptr<float>(), ss, &ms, weights, block, extra);
   return y;
@@ -787,8 +836,8 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   };
 #endif
 #ifdef LMZOO_AVX512
-  if (M == 1 && g != 16) {  // one row (decode): two blocks per 512-bit instruction
-    i8_q8_row_avx512(xq, xd, qp, ss, gof.data(), nb, G, N, y.data_ptr<float>());
+  if (g != 16) {  // two blocks an instruction
+    i8_q8_avx512(xq, xd, qp, ss, gof.data(), M, nb, G, N, y.data_ptr<float>());
     return y;
   }
 #endif
