@@ -544,25 +544,26 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 
 #ifdef LMZOO_AVX512
 // Activation rows against every weight row, 8-bit activations, two 32-blocks per 512-bit
-// instruction. Each block's products land in 8 lanes that do exactly what q8_rows<MB> does in its
-// a0 (even blocks) / a1 (odd blocks) accumulators — same products, same order, same final
-// reduction — so a row's result is the same bits whichever path computes it. Where a block's lanes
-// sit in the register is the weight format's business (`Lanes`):
+// instruction (the path every row count takes where the CPU has AVX-512 VNNI; q8_rows elsewhere).
+// A pair of blocks' integer products fill 16 float lanes; where a block's lanes sit is the weight
+// format's business (`Lanes`):
 //
 //   int8     [ b: elements 0-31 (8 lanes) | b+1: 0-31 ]                 the bytes as stored
 //   int4     [ b: 0-15 | b+1: 0-15 | b: 16-31 | b+1: 16-31 ]            the two blocks' 32 bytes of
 //            nibbles, low nibbles then high: one shift and one mask, no cross-lane shuffle (the
 //            activations are put in that order once per call instead)
 //
-// The per-block scales d_x[b] * scale[g(b)] (the products q8_rows takes one by one) are multiplied
-// 16 blocks at a time, then spread over each pair's lanes by one permute.
+// Per block four vector instructions per row: the integer dot product, its conversion to float, the
+// block's scale d_x[b] * scale[g(b)] spread over its lanes (one permute of 16 blocks' scales,
+// multiplied 16 at a time), and one FMA into the row's accumulator, as ggml's vec_dot does per block
+// (fmadd(d_x * d_w, dot, acc)). Int4's min term, sum_b min[g(b)] * s_x[b], is one more FMA per 16
+// blocks into the same accumulator.
 
-inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 ld16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+inline __m512 ld16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+inline __m512 ld16(const c10::Half* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
 
 struct Lanes {
   __m512i pair[8];  // pair p of a 16-block chunk -> the lanes' scale indices (2p or 2p+1)
-  __m512i even_odd;  // the 16 lanes -> [a0's 8 lanes | a1's 8 lanes] in q8_rows' lane order
   explicit Lanes(bool nibbles) {
     for (int p = 0; p < 8; ++p) {
       const __m256i e = _mm256_set1_epi32(2 * p), o = _mm256_set1_epi32(2 * p + 1);
@@ -570,93 +571,112 @@ struct Lanes {
                                              _mm256_blend_epi32(e, o, 0xF0), 1)
                         : _mm512_inserti64x4(_mm512_castsi256_si512(e), o, 1);
     }
-    even_odd = nibbles ? _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)
-                       : _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   }
 };
 
-// the 16 weight scales scale[g(b+i)] of blocks [b, b+16) (gof: block -> group, bpg blocks a group)
+// a weight row's per-group values (scales or mins) of blocks [b, b + cnt) as 16 lanes, 0 past cnt
+// (gof: block -> group, bpg blocks a group)
 template <typename S>
-inline __m512 weight_scales16(const S* sr, const int64_t* gof, int64_t bpg, int64_t b) {
-  if (bpg == 1) return ld16(sr + b);
-  float w[16];
-  for (int i = 0; i < 16; ++i) w[i] = ld(sr + gof[b + i]);
+inline __m512 per_block16(const S* v, const int64_t* gof, int64_t bpg, int64_t b, int64_t cnt) {
+  const __mmask16 k = (__mmask16)((1u << cnt) - 1);
+  if (bpg == 1) return ld16(v + b, k);
+  float w[16] = {};
+  for (int64_t i = 0; i < cnt; ++i) w[i] = ld(v + gof[b + i]);
   return _mm512_loadu_ps(w);
 }
 
-// RB512 activation rows per pass over a weight row on the 512-bit path: the pass keeps 2 x RB512
-// vectors (accumulators, block scales) plus the prepared weight pair in the 32 AVX-512 registers
+// RB512 activation rows per pass over a weight row: the pass keeps 2 x RB512 vectors (accumulators,
+// block scales) plus the prepared weight pair in the 32 AVX-512 registers
 constexpr int64_t RB512 = 8;
 
-// The loop the 512-bit kernels share, for MB activation rows m0 .. m0+MB-1 (row stride nb blocks in
-// xd) against one weight row: `weights(b)` prepares blocks b, b+1 of the weight row once per pass,
-// `dot(w, m, b)` is their integer products with row m as 16 float lanes (laid out as `ln` says),
-// `tail(m, b)` the last odd block's 8 lanes in element order (unscaled); out[j] = row m0+j's sum over
-// its nb blocks. Each row's arithmetic is the same for any MB (and the same as q8_rows'), so a row's
-// result never depends on its neighbours.
-template <int MB, typename S, typename Weights, typename Dot, typename Tail>
-inline void q8_rows_avx512(const Lanes& ln, int64_t m0, const float* xd, const S* sr, const int64_t* gof,
-                           int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail, float* out) {
+// The loop the 512-bit kernels share, for MB activation rows m0 .. m0+MB-1 (xd, xs: their blocks'
+// d and s, row stride nb) against one weight row with scales sr and mins mr (null: none):
+// `weights(b)` prepares blocks b, b+1 once per pass, `dot(w, m, b)` is their integer products with row
+// m as 16 float lanes, `tail(m, b)` a last odd block's 8 lanes in element order; out[j] = row m0+j's
+// product. Each row's arithmetic is the same for any MB: a row's result never depends on its
+// neighbours.
+template <int MB, typename S, typename Mn, typename Weights, typename Dot, typename Tail>
+inline void q8_rows_avx512(const Lanes& ln, int64_t m0, const float* xd, const float* xs, const S* sr, const Mn* mr,
+                           const int64_t* gof, int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail,
+                           float* out) {
   __m512 acc[MB];
   for (int j = 0; j < MB; ++j) acc[j] = _mm512_setzero_ps();
-  int64_t b = 0;
-  for (; b + 16 <= nb; b += 16) {
-    const __m512 ws = weight_scales16(sr, gof, bpg, b);
+  const int64_t pairs = nb & ~int64_t(1);
+  for (int64_t b = 0; b < pairs; b += 16) {
+    const int64_t cnt = std::min<int64_t>(16, pairs - b);
+    const __mmask16 k = (__mmask16)((1u << cnt) - 1);
+    const __m512 ws = per_block16(sr, gof, bpg, b, cnt);
     __m512 sc[MB];  // d_x[m, b+i] * scale[g(b+i)]
-    for (int j = 0; j < MB; ++j) sc[j] = _mm512_mul_ps(_mm512_loadu_ps(xd + (m0 + j) * nb + b), ws);
-    for (int p = 0; p < 8; ++p) {
+    for (int j = 0; j < MB; ++j) sc[j] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xd + (m0 + j) * nb + b), ws);
+    if (mr) {
+      const __m512 wm = per_block16(mr, gof, bpg, b, cnt);
+      for (int j = 0; j < MB; ++j) acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xs + (m0 + j) * nb + b), wm, acc[j]);
+    }
+    for (int64_t p = 0; p < cnt / 2; ++p) {
       const auto w = weights(b + 2 * p);
       for (int j = 0; j < MB; ++j)
-        acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(dot(w, m0 + j, b + 2 * p), _mm512_permutexvar_ps(ln.pair[p], sc[j])));
-    }
-  }
-  for (; b + 1 < nb; b += 2) {
-    const auto w = weights(b);
-    const float s0 = ld(sr + gof[b]), s1 = ld(sr + gof[b + 1]);
-    for (int j = 0; j < MB; ++j) {
-      const float* d = xd + (m0 + j) * nb + b;
-      const __m512 sc = _mm512_castps128_ps512(_mm_setr_ps(d[0] * s0, d[1] * s1, 0.f, 0.f));
-      acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(dot(w, m0 + j, b), _mm512_permutexvar_ps(ln.pair[0], sc)));
+        acc[j] = _mm512_fmadd_ps(dot(w, m0 + j, b + 2 * p), _mm512_permutexvar_ps(ln.pair[p], sc[j]), acc[j]);
     }
   }
   for (int j = 0; j < MB; ++j) {
-    const __m512 a = _mm512_permutexvar_ps(ln.even_odd, acc[j]);
-    __m256 a0 = _mm512_castps512_ps256(a);
-    const __m256 a1 = _mm512_extractf32x8_ps(a, 1);
-    if (b < nb) a0 = _mm256_add_ps(a0, _mm256_mul_ps(tail(m0 + j, b), _mm256_set1_ps(xd[(m0 + j) * nb + b] * ld(sr + gof[b]))));
-    out[j] = hsum(_mm256_add_ps(a0, a1));
+    __m256 r = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm512_extractf32x8_ps(acc[j], 1));
+    float last = 0.f;
+    if (pairs < nb) {  // an odd last block
+      const int64_t b = pairs, m = m0 + j;
+      r = _mm256_fmadd_ps(tail(m, b), _mm256_set1_ps(xd[m * nb + b] * ld(sr + gof[b])), r);
+      if (mr) last = ld(mr + gof[b]) * xs[m * nb + b];
+    }
+    out[j] = hsum(r) + last;
   }
 }
 
-// Every activation row against one weight row, in passes of up to RB512 rows; row_out(m, v) takes
-// row m's sum v (adding what the weight format adds).
-template <typename S, typename Weights, typename Dot, typename Tail, typename Out>
-inline void q8_passes_avx512(const Lanes& ln, int64_t M, const float* xd, const S* sr, const int64_t* gof,
-                             int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail, Out& row_out) {
+// Every activation row against one weight row, in passes of up to RB512 rows; y[m * N] = row m's product.
+template <typename S, typename Mn, typename Weights, typename Dot, typename Tail>
+inline void q8_passes_avx512(const Lanes& ln, int64_t M, const float* xd, const float* xs, const S* sr, const Mn* mr,
+                             const int64_t* gof, int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail,
+                             float* y, int64_t N) {
   float out[RB512];
   for (int64_t m0 = 0; m0 < M; m0 += RB512) {
     const int64_t mb = std::min<int64_t>(RB512, M - m0);
+#define LMZOO_ROWS(R) q8_rows_avx512<R>(ln, m0, xd, xs, sr, mr, gof, bpg, nb, weights, dot, tail, out)
     static_assert(RB512 == 8, "dispatch below");
     switch (mb) {
-      case 8: q8_rows_avx512<8>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
-      case 7: q8_rows_avx512<7>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
-      case 6: q8_rows_avx512<6>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
-      case 5: q8_rows_avx512<5>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
-      case 4: q8_rows_avx512<4>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
-      case 3: q8_rows_avx512<3>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
-      case 2: q8_rows_avx512<2>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out); break;
-      default: q8_rows_avx512<1>(ln, m0, xd, sr, gof, bpg, nb, weights, dot, tail, out);
+      case 8: LMZOO_ROWS(8); break;
+      case 7: LMZOO_ROWS(7); break;
+      case 6: LMZOO_ROWS(6); break;
+      case 5: LMZOO_ROWS(5); break;
+      case 4: LMZOO_ROWS(4); break;
+      case 3: LMZOO_ROWS(3); break;
+      case 2: LMZOO_ROWS(2); break;
+      default: LMZOO_ROWS(1);
     }
-    for (int64_t j = 0; j < mb; ++j) row_out(m0 + j, out[j]);
+#undef LMZOO_ROWS
+    for (int64_t j = 0; j < mb; ++j) y[(m0 + j) * N] = out[j];
   }
 }
 
-// int4 weights. xsg (M, G): each row's sum of d * sum(q) per weight group, for the min term (q8_loop's
-// `extra`)
-void i4_q8_avx512(const int8_t* xq, const float* xd, const float* xsg, const uint8_t* qp, const Scales& ss,
-                  const Scales& ms, const int64_t* gof, int64_t M, int64_t nb, int64_t G, int64_t N, float* y) {
+// the weight row's scales (and mins) as stored, float32 or float16, handed to `f`
+template <typename F>
+inline void with_rows(const Scales& ss, const Scales* ms, int64_t o, F&& f) {
+  const float* none = nullptr;
+  if (!ms) {
+    if (ss.f) f(ss.f + o, none);
+    else f(ss.h + o, none);
+  } else if (ss.f) {
+    if (ms->f) f(ss.f + o, ms->f + o);
+    else f(ss.f + o, ms->h + o);
+  } else {
+    if (ms->f) f(ss.h + o, ms->f + o);
+    else f(ss.h + o, ms->h + o);
+  }
+}
+
+// int4 weights
+void i4_q8_avx512(const Q8& a, const uint8_t* qp, const Scales& ss, const Scales& ms, const int64_t* gof,
+                  int64_t M, int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
   const Lanes ln(true);
+  const int8_t* xq = a.q.data();
   // the activations of each pair of blocks in the nibbles' order: [b 0-15 | b+1 0-15 | b 16-31 | b+1 16-31]
   std::vector<int8_t> xn(M * K);
   for (int64_t m = 0; m < M; ++m)
@@ -684,21 +704,19 @@ void i4_q8_avx512(const int8_t* xq, const float* xd, const float* xsg, const uin
       auto tail = [&](int64_t m, int64_t b) {
         return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB)));
       };
-      const int64_t o = n * G;
-      auto row_out = [&](int64_t m, float v) {
-        y[m * N + n] = v + (ms.f ? dot_sf(ms.f + o, xsg + m * G, G) : dot_sf(ms.h + o, xsg + m * G, G));
-      };
-      if (ss.f) q8_passes_avx512(ln, M, xd, ss.f + o, gof, bpg, nb, weights, dot, tail, row_out);
-      else q8_passes_avx512(ln, M, xd, ss.h + o, gof, bpg, nb, weights, dot, tail, row_out);
+      with_rows(ss, &ms, n * G, [&](const auto* sr, const auto* mr) {
+        q8_passes_avx512(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
+      });
     }
   });
 }
 
 // int8 weights (one scale per 32 or more)
-void i8_q8_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const Scales& ss, const int64_t* gof,
-                  int64_t M, int64_t nb, int64_t G, int64_t N, float* y) {
+void i8_q8_avx512(const Q8& a, const int8_t* qp, const Scales& ss, const int64_t* gof, int64_t M, int64_t nb,
+                  int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
   const Lanes ln(false);
+  const int8_t* xq = a.q.data();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
@@ -715,9 +733,9 @@ void i8_q8_avx512(const int8_t* xq, const float* xd, const int8_t* qp, const Sca
         const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
         return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
       };
-      auto row_out = [&](int64_t m, float v) { y[m * N + n] = v; };
-      if (ss.f) q8_passes_avx512(ln, M, xd, ss.f + n * G, gof, bpg, nb, weights, dot, tail, row_out);
-      else q8_passes_avx512(ln, M, xd, ss.h + n * G, gof, bpg, nb, weights, dot, tail, row_out);
+      with_rows(ss, nullptr, n * G, [&](const auto* sr, const auto* mr) {
+        q8_passes_avx512(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
+      });
     }
   });
 }
@@ -763,13 +781,17 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   TORCH_CHECK(g % 32 == 0 && K % g == 0, "int4 group size must divide K and be a multiple of 32");
   const Q8 a = quantize_q8(x);
   const std::vector<int64_t> gof = group_of(nb, bpg);
-  std::vector<float> sg(M * G);  // (M, G): sum of d*sum(q) per weight group
-  for (int64_t i = 0; i < M * G; ++i) sg[i] = sum_f32(a.s.data() + i * bpg, bpg);
   auto y = torch::empty({M, N}, x.options());
-  const int8_t* xq = a.q.data();
-  const float *xd = a.d.data(), *xsg = sg.data();
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const Scales ss(scale, N, G), ms(mins, N, G);
+#ifdef LMZOO_AVX512
+  i4_q8_avx512(a, qp, ss, ms, gof.data(), M, nb, G, N, y.data_ptr<float>());  // two blocks an instruction
+  return y;
+#endif
+  std::vector<float> sg(M * G);  // (M, G): sum of d*sum(q) per weight group
+  for (int64_t i = 0; i < M * G; ++i) sg[i] = sum_f32(a.s.data() + i * bpg, bpg);
+  const int8_t* xq = a.q.data();
+  const float *xd = a.d.data(), *xsg = sg.data();
   auto extra = [&](int64_t m, const float* mr) { return dot_f32(mr, xsg + m * G, G); };
 #ifdef LMZOO_AVX2
   auto weights = [&](int64_t n, int64_t b) { return unpack_i4(qp + n * (K / 2) + b * 16); };
@@ -785,10 +807,6 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
     for (int j = 0; j < 16; ++j) acc += (w[j] & 0x0F) * xb[j] + (w[j] >> 4) * xb[j + 16];
     return (float)acc * xd[m * nb + b] * sr[gof[b]];
   };
-#endif
-#ifdef LMZOO_AVX512
-  i4_q8_avx512(xq, xd, xsg, qp, ss, ms, gof.data(), M, nb, G, N, y.data_ptr<float>());  // two blocks an instruction
-  return y;
 #endif
   q8_loop(M, N, nb, y.data_ptr<float>(), ss, &ms, weights, block, extra);
   return y;
@@ -837,7 +855,7 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
 #endif
 #ifdef LMZOO_AVX512
   if (g != 16) {  // two blocks an instruction
-    i8_q8_avx512(xq, xd, qp, ss, gof.data(), M, nb, G, N, y.data_ptr<float>());
+    i8_q8_avx512(a, qp, ss, gof.data(), M, nb, G, N, y.data_ptr<float>());
     return y;
   }
 #endif
