@@ -155,15 +155,18 @@ def test_from_pretrained_q8_activations(smollm2_path):
 
 @pytest.mark.parametrize("H,Hkv", [(6, 2), (4, 4), (8, 1)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_decode_attention_matches_sdpa(H, Hkv, masked):
+@pytest.mark.parametrize("end", [33, 150])
+def test_decode_attention_matches_sdpa(H, Hkv, masked, end):
     """One query per row against a cache: the kernel writes the new key/value at each row's slot and
-    attends like SDPA over the visible slots (rows at different lengths, a subset of cache rows)."""
+    attends like SDPA over the visible slots (rows at different lengths, a subset of cache rows; with
+    150 slots whole 64-key chunks of a row are masked: a short row's tail, a window's head)."""
     torch.manual_seed(H * 10 + Hkv)
-    B, Bc, cap, hd, end = 3, 5, 40, 32, 33
+    B, Bc, cap, hd = 3, 5, end + 7, 32
     kc, vc = torch.randn(Bc, Hkv, cap, hd), torch.randn(Bc, Hkv, cap, hd)
     qkv = torch.randn(B, 1, (H + 2 * Hkv) * hd + 7)  # wider than the heads: only its first columns are read
-    rows, slots = torch.tensor([4, 0, 2]), torch.tensor([32, 10, 0])
+    rows, slots = torch.tensor([4, 0, 2]), torch.tensor([end - 1, 10, 0])
     mask = (torch.arange(end)[None] <= slots[:, None]) & (torch.rand(B, end) > 0.3 if masked else True)
+    mask[0, :end - 20] = False  # row 0 sees its last 20 keys only (a sliding window)
     mask[torch.arange(B), slots] = True
     want_k, want_v = kc.clone(), vc.clone()
     q = qkv[..., : H * hd].view(B, 1, H, hd).transpose(1, 2)

@@ -980,6 +980,15 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
       const float* kr = kp + ((rp[b] * Hkv + g) * cap + j0) * hd;  // (n, hd) keys of this chunk
       const float* vr = vp + ((rp[b] * Hkv + g) * cap + j0) * hd;
       const bool* m = mp ? mp + (mrows == 1 ? 0 : b) * end + j0 : nullptr;
+      if (m && std::find(m, m + n, true) == m + n) {  // every key masked (a shorter row, a window): not read
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+          const int64_t slot = (b * H + h) * nch + c;
+          pm[slot] = -INFINITY;
+          pl[slot] = 0.f;
+          std::fill_n(po.data() + slot * hd, hd, 0.f);
+        }
+        continue;
+      }
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         const float* q = qp + b * W + h * hd;
         // scores q.k_j: four keys at a time, four independent FMA chains in flight
