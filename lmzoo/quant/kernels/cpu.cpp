@@ -557,7 +557,9 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 // block's scale d_x[b] * scale[g(b)] spread over its lanes (one permute of 16 blocks' scales,
 // multiplied 16 at a time), and one FMA into the row's accumulator, as ggml's vec_dot does per block
 // (fmadd(d_x * d_w, dot, acc)). Int4's min term, sum_b min[g(b)] * s_x[b], is one more FMA per 16
-// blocks into the same accumulator.
+// blocks into an accumulator of its own, added at the end (ggml's `summs`; folding it into the
+// products' lanes rounds differently enough to flip a near-tie of SmolLM2's greedy tokens vs
+// llama.cpp's).
 
 inline __m512 ld16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
 inline __m512 ld16(const c10::Half* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
@@ -599,8 +601,8 @@ template <int MB, typename S, typename Mn, typename Weights, typename Dot, typen
 inline void q8_rows_avx512(const Lanes& ln, int64_t m0, const float* xd, const float* xs, const S* sr, const Mn* mr,
                            const int64_t* gof, int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail,
                            float* out) {
-  __m512 acc[MB];
-  for (int j = 0; j < MB; ++j) acc[j] = _mm512_setzero_ps();
+  __m512 acc[MB], macc[MB];  // products; int4's min term, summed apart as ggml sums it (`summs`)
+  for (int j = 0; j < MB; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
   const int64_t pairs = nb & ~int64_t(1);
   for (int64_t b = 0; b < pairs; b += 16) {
     const int64_t cnt = std::min<int64_t>(16, pairs - b);
@@ -610,7 +612,7 @@ inline void q8_rows_avx512(const Lanes& ln, int64_t m0, const float* xd, const f
     for (int j = 0; j < MB; ++j) sc[j] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xd + (m0 + j) * nb + b), ws);
     if (mr) {
       const __m512 wm = per_block16(mr, gof, bpg, b, cnt);
-      for (int j = 0; j < MB; ++j) acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xs + (m0 + j) * nb + b), wm, acc[j]);
+      for (int j = 0; j < MB; ++j) macc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xs + (m0 + j) * nb + b), wm, macc[j]);
     }
     for (int64_t p = 0; p < cnt / 2; ++p) {
       const auto w = weights(b + 2 * p);
@@ -626,7 +628,7 @@ inline void q8_rows_avx512(const Lanes& ln, int64_t m0, const float* xd, const f
       r = _mm256_fmadd_ps(tail(m, b), _mm256_set1_ps(xd[m * nb + b] * ld(sr + gof[b])), r);
       if (mr) last = ld(mr + gof[b]) * xs[m * nb + b];
     }
-    out[j] = hsum(r) + last;
+    out[j] = hsum(r) + (mr ? _mm512_reduce_add_ps(macc[j]) + last : 0.f);
   }
 }
 
