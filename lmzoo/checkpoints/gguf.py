@@ -506,6 +506,7 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
 
     from lmzoo.checkpoints.build import assemble, check_all_used, empty_model, fill_template, name_template, shape_mismatch
     from lmzoo.checkpoints.gguf_quant import QUANTISED, RowConcat, quantised_linear
+    from lmzoo.quant.layers import Int4Linear, Int8Linear, QuantEmbedding
 
     def rows(name: str, t) -> np.ndarray | None:
         base, index = split_index(name)
@@ -561,6 +562,15 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         if mod is not None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, mod)
+    # the token table stays in its blocks as well (a lookup dequantises the rows it reads); a tied
+    # head's layer is the table
+    table = model.lm_head if cfg.tie_embeddings else None
+    if table is None and "embed.weight" in weights and "embed.weight" not in arch.transforms:
+        emb = model.embed
+        table = build(list(weights["embed.weight"]), "embed.weight", "embed",
+                      nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False, device="meta"))
+    if type(table) in (Int4Linear, Int8Linear):
+        model.embed = QuantEmbedding(table)
     # everything still on the meta device (embedding, norms, float linears) loads as floats
     state = {}
     persistent = set(model.state_dict())

@@ -168,6 +168,17 @@ class GGUFFile:
         rows = int(np.prod(t.ne[1:])) if len(t.ne) > 1 else 1
         return self._map[t.offset:t.offset + t.nbytes].reshape(rows, -1)
 
+    def release(self, t: GGUFTensor) -> None:
+        """Unmap the pages of a tensor already copied out (they stay in the page cache): mapped pages
+        count in the process's RSS, so without this a load peaks at the file's size plus the model's."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        m = self._map._mmap  # numpy keeps the mmap.mmap it maps
+        start = -(-t.offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+        end = (t.offset + t.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if m is not None and end > start:
+            m.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def array(self, t: GGUFTensor, chunk_elements: int = 1 << 22) -> np.ndarray:
         """Dequantised float32 array in PyTorch order (rows, cols): an own, writable copy.
 

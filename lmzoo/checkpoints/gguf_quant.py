@@ -25,11 +25,14 @@ are repacked. Formats: ggml-quants.c (llama.cpp).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
 
 from lmzoo.checkpoints.gguf_file import GGUFFile, GGUFTensor
+from lmzoo.quant.kernels import cpu_kernels
 from lmzoo.quant.layers import Int4Linear, Int8Linear, pack_int4
 
 QUANTISED = ("Q8_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q3_K")  # kept as integer layers
@@ -172,6 +175,38 @@ class RowConcat(nn.Module):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
+# block kinds whose codes go into the layers as they are: (block bytes, first code byte, has a min)
+SPLIT = {"Q8_0": (34, 2, False), "Q4_0": (18, 2, False), "Q4_1": (20, 4, True)}
+
+
+def _split_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.ndarray | None], kind: str,
+                  K: int) -> nn.Module:
+    """`quantised_linear` for the SPLIT kinds through the kernel that splits blocks into codes, scales
+    and mins in one pass, each tensor's rows written straight into the layer's buffers (the numpy
+    path copies each byte two to four times, mostly in slow strided copies)."""
+    bs, qo, has_min = SPLIT[kind]
+    N = sum(int(np.prod(t.ne[1:])) if o is None else len(o) for t, o in zip(tensors, row_orders))
+    G = K // 32
+    q = torch.empty(N, G * (bs - qo), dtype=torch.uint8)
+    d = torch.empty(N, G, dtype=torch.float16)
+    mn = torch.empty(N, G, dtype=torch.float16) if has_min else None
+    no_order = torch.empty(0, dtype=torch.long)
+    a = 0
+    with warnings.catch_warnings():  # the file's bytes are a read-only memory map, only ever read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for t, order in zip(tensors, row_orders):
+            raw = f.raw(t)
+            n = raw.shape[0] if order is None else len(order)
+            rows = no_order if order is None else torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+            cpu_kernels().split_blocks(torch.from_numpy(raw), bs, qo, rows, q[a:a + n], d[a:a + n],
+                                       None if mn is None else mn[a:a + n])
+            f.release(t)
+            a += n
+    if kind == "Q8_0":
+        return Int8Linear.from_codes(q.view(torch.int8), d)
+    return Int4Linear.from_codes(q, d, d * -8.0 if mn is None else mn)  # Q4_0: w = d q - 8 d (exact in float16)
+
+
 def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.ndarray | None]) -> nn.Module:
     """One layer from one or more GGUF tensors stacked along rows (all must be QUANTISED kinds)."""
     kinds = {t.type_name for t in tensors}
@@ -179,6 +214,8 @@ def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np
         return RowConcat([quantised_linear(f, [t], [o]) for t, o in zip(tensors, row_orders)])
     kind = kinds.pop()
     K = tensors[0].ne[0]
+    if kind in SPLIT and cpu_kernels() is not None:
+        return _split_linear(f, tensors, row_orders, kind, K)
     raws = []
     for t, order in zip(tensors, row_orders):
         r = f.raw(t)

@@ -46,7 +46,7 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
             raise ConfigError(f"mla_cache applies to MLA models (DeepSeek-V2/V3); this model has "
                               f"attention={model.config.attention!r}")
         model.config = model.config.replace(mla_cache=mla_cache)  # validates the value
-    if cpu_kernels and model.embed.weight.device.type == "cpu":
+    if cpu_kernels and model.token_dtype_device()[1].type == "cpu":
         from lmzoo.quant.gemv import use_cpu_kernels
 
         use_cpu_kernels(model)

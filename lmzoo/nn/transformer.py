@@ -56,6 +56,13 @@ class Transformer(nn.Module):
         # distinct (window, chunk) attention patterns; one mask is built per pattern per forward
         self.patterns = sorted({(cfg.layer_window(i), cfg.layer_chunk(i)) for i in range(cfg.n_layer)}, key=str)
 
+    def token_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        """The dtype and device of the token embeddings, i.e. of the activations (a float table's, or
+        a table kept quantised (lmzoo.quant.layers.QuantEmbedding): the dtype it dequantises to)."""
+        e = self.embed
+        w = e._parameters.get("weight") if isinstance(e, nn.Embedding) else None
+        return (w.dtype, w.device) if w is not None else (e.dtype, e.device)
+
     def reset_buffers(self, device=None) -> None:
         """Recompute the non-persistent buffers (RoPE frequencies, ALiBi slopes), e.g. after a
         meta-device build."""

@@ -79,8 +79,11 @@ class _QuantLinear(nn.Module):
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+    def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         raise NotImplementedError
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        return self.dequantize_rows(None, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a decode step calls this ~120 times: buffers are read from _buffers (nn.Module's __getattr__
@@ -145,9 +148,11 @@ class Int8Linear(_QuantLinear):
             m.bias.data.copy_(lin.bias.detach().float())
         return m
 
-    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        N, K, g = self.out_features, self.in_features, self.group_size
-        return (self.q.view(N, K // g, g).to(dtype) * self.scale[..., None].to(dtype)).view(N, K)
+    def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+        """Weight rows `rows` (all when None) as float: (len(rows), K)."""
+        q, scale = (self.q, self.scale) if rows is None else (self.q[rows], self.scale[rows])
+        N, K, g = q.shape[0], self.in_features, self.group_size
+        return (q.view(N, K // g, g).to(dtype) * scale[..., None].to(dtype)).view(N, K)
 
     def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
         """(kind, tensors) as the fused decode kernel takes them (cpu.cpp, prenorm_decode_block):
@@ -209,10 +214,13 @@ class Int4Linear(_QuantLinear):
             m.bias.data.copy_(lin.bias.detach().float())
         return m
 
-    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        N, K, g = self.out_features, self.in_features, self.group_size
-        q = unpack_int4(self.q).view(N, K // g, g).to(dtype)
-        return (q * self.scale[..., None].to(dtype) + self.min[..., None].to(dtype)).view(N, K)
+    def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+        """Weight rows `rows` (all when None) as float: (len(rows), K)."""
+        b = self._buffers
+        q, scale, mn = (b["q"], b["scale"], b["min"]) if rows is None else (b["q"][rows], b["scale"][rows], b["min"][rows])
+        N, K, g = q.shape[0], self.in_features, self.group_size
+        w = unpack_int4(q).view(N, K // g, g).to(dtype)
+        return (w * scale[..., None].to(dtype) + mn[..., None].to(dtype)).view(N, K)
 
     def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
         """(kind, tensors) as the fused decode kernel takes them: 3 int4_linear, 4 int4_linear_q8."""
@@ -225,6 +233,37 @@ class Int4Linear(_QuantLinear):
             return int4_linear_op(x2, b["q"], b["scale"], b["min"], self.group_size)
         kind, t = self.kernel_spec()
         return (k.int4_linear_q8 if kind == 4 else k.int4_linear)(x2, *t, self.group_size)
+
+
+class QuantEmbedding(nn.Module):
+    """A token embedding table kept as a quantised layer's codes (a GGUF's token_embd in its blocks;
+    with tied embeddings the LM head's own layer, shared, not copied): a lookup dequantises the rows
+    it reads, the products the float table would hold (code * scale (+ min), float32). A 1B model's
+    49k x 2048 table is 400 MB as float32, 60 MB as Q4_1 blocks; loading no longer decodes it whole."""
+
+    def __init__(self, table: Int8Linear | Int4Linear, *, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.table = table
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+        # the output dtype, as an empty float buffer so that model.to(dtype) / .half() move it like a table
+        self.register_buffer("like", torch.empty(0, dtype=dtype, device=table.q.device), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.like.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.like.device
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table.dequantize_rows(ids.reshape(-1), self.like.dtype).view(*ids.shape, self.embedding_dim)
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        return self.table.dequantize(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.table.bits} codes"
 
 
 # NormalFloat-4 (Dettmers et al. 2023, "QLoRA", appendix E): the 16 quantiles of N(0, 1) rescaled to

@@ -50,8 +50,8 @@ class KVCache:
                 f"cache length {max_len} exceeds the model's context of {cfg.max_seq_len} tokens")
         if batch < 1 or max_len < 1:
             raise ValueError(f"cache needs batch >= 1 and max_len >= 1, got batch={batch}, max_len={max_len}")
-        p = model.embed.weight
-        dtype, device = dtype or p.dtype, torch.device(device or p.device)
+        dt, dev = model.token_dtype_device()
+        dtype, device = dtype or dt, torch.device(device or dev)
         # MLA's cache form (lmzoo.nn.mla): per-head keys/values or the compressed latent
         self.layout = (mla_cache or cfg.mla_cache) if cfg.attention == "mla" else "standard"
         if self.layout not in ("standard", "expanded", "latent"):

@@ -51,6 +51,6 @@ def decode_step(model, *, compile: bool | str = False):
     per_model = _COMPILED.setdefault(model, {})
     if compile not in per_model:
         mode = compile if isinstance(compile, str) else (
-            "reduce-overhead" if model.embed.weight.device.type == "cuda" else None)
+            "reduce-overhead" if model.token_dtype_device()[1].type == "cuda" else None)
         per_model[compile] = torch.compile(step, mode=mode, dynamic=False)
     return per_model[compile]

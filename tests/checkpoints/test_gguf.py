@@ -11,6 +11,7 @@ import transformers as tf
 
 import lmzoo
 from lmzoo.errors import CheckpointError, UnsupportedModelError
+from lmzoo.quant.layers import QuantEmbedding
 from tests.helpers import greedy_ours, greedy_ref, perturb_
 from tests.refs import gguf_ref
 
@@ -124,9 +125,14 @@ def test_quantised_types_match_numpy_reference(tmp_path, kind, tied, keep_quanti
     ours = lmzoo.from_pretrained(p, keep_quantized=keep_quantized)
     assert ours.config.tie_embeddings == tied
     quantised_layers = [m for m in ours.modules() if type(m).__name__ in ("Int8Linear", "Int4Linear")]
-    # block formats stay integer codes (no float copy); float formats stay float
-    expected = 4 * L + 1 + (2 * L if kind == "Q4_K_M" else 0)  # mixed qkv: three parts side by side
-    assert len(quantised_layers) == (expected if keep_quantized and kind not in ("F16", "BF16") else 0)
+    # block formats stay integer codes (no float copy), the token table too (a tied head's layer is
+    # the table: one layer, not a copy); float formats stay float
+    blocks = keep_quantized and kind not in ("F16", "BF16")
+    expected = 4 * L + 1 + (2 * L if kind == "Q4_K_M" else 0) + (0 if tied else 1)  # mixed qkv: three parts
+    assert len(quantised_layers) == (expected if blocks else 0)
+    assert isinstance(ours.embed, QuantEmbedding) == blocks
+    if blocks and tied:
+        assert ours.embed.table is ours.lm_head
     meta, w = gguf_ref.load_weights(p)
     ids = [3, 17, 42, 5, 88, 1, 60, 9]
     ref = gguf_ref.llama_logits(meta, w, ids)
@@ -187,6 +193,49 @@ def test_block_type_table_matches_the_gguf_package():
         assert (t.name, (block, size)) == (name, gguf.GGML_QUANT_SIZES[t])
 
 
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
+def test_block_split_kernel_equals_numpy_codes(kind):
+    """Loading splits Q8_0 / Q4_0 / Q4_1 blocks into codes, scales and mins with one kernel pass (rows
+    in a given order, written into a slice of the layer's buffers): the same bits as numpy's `_codes`."""
+    from lmzoo.checkpoints.gguf_quant import SPLIT, _codes
+    from lmzoo.quant.kernels import cpu_kernels
+
+    k = cpu_kernels()
+    if k is None:
+        pytest.skip("no CPU kernels here: loading takes the numpy path")
+    bs, qo, has_min = SPLIT[kind]
+    raw = random_blocks(np.random.default_rng(2), kind, 10, 320, d=0.01)
+    order = np.array([3, 0, 9, 9, 4, 1])
+    width, q_ref, d_ref, m_ref = _codes(raw[order], kind, 320)
+    q = torch.zeros(8, q_ref.shape[1], dtype=torch.uint8)
+    d, m = torch.zeros(8, 10, dtype=torch.float16), torch.zeros(8, 10, dtype=torch.float16)
+    k.split_blocks(torch.from_numpy(raw), bs, qo, torch.from_numpy(order), q[1:7], d[1:7], m[1:7] if has_min else None)
+    assert np.array_equal(q[1:7].numpy().view(q_ref.dtype), q_ref)
+    assert np.array_equal(d[1:7].numpy().view(np.uint16), np.ascontiguousarray(d_ref).view(np.uint16))
+    if has_min:
+        assert np.array_equal(m[1:7].numpy().view(np.uint16), np.ascontiguousarray(m_ref).view(np.uint16))
+    assert not q[0].any() and not q[7].any() and not d[0].any() and not d[7].any()  # only its slice written
+    with pytest.raises(RuntimeError, match="outside"):
+        k.split_blocks(torch.from_numpy(raw), bs, qo, torch.tensor([0, 10]), q[:2], d[:2], m[:2] if has_min else None)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
+def test_kernel_load_equals_numpy_load(tmp_path, kind, monkeypatch):
+    """A whole model (q/k rows permuted, fused qkv and gate|up from several tensors, a tied head and
+    table) loads into the same buffers through the split kernel as through numpy."""
+    from lmzoo.checkpoints import gguf_quant
+
+    p = tmp_path / f"m-{kind}.gguf"
+    write_gguf(p, gguf_tensors(hf_model(tied=True)), kind, rng=np.random.default_rng(0))
+    fast = lmzoo.from_pretrained(p, keep_quantized=True)
+    monkeypatch.setattr(gguf_quant, "cpu_kernels", lambda: None)
+    slow = lmzoo.from_pretrained(p, keep_quantized=True)
+    a, b = fast.state_dict(), slow.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+
+
 NEW_BLOCKS = ["Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K"]
 
 
@@ -219,7 +268,7 @@ def test_new_block_types_load(tmp_path, kind, keep_quantized):
     write_gguf(p, gguf_tensors(hf_model()), kind, rng=np.random.default_rng(0))
     ours = lmzoo.from_pretrained(p, keep_quantized=keep_quantized)
     kept = [m for m in ours.modules() if type(m).__name__ == "Int8Linear"]
-    assert len(kept) == (4 * L + 1 if keep_quantized and kind in ("Q5_0", "Q3_K") else 0)
+    assert len(kept) == (4 * L + 2 if keep_quantized and kind in ("Q5_0", "Q3_K") else 0)  # + the token table
     r = gguf.GGUFReader(str(p))
     meta = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
     w = {}

@@ -121,3 +121,21 @@ def test_kernel_rows_are_independent_of_the_batch(kind):
         alone = torch.cat([layer(x[i:i + 1]) for i in range(16)])
         for m in (2, 3, 4, 5, 9, 16):
             assert torch.equal(layer(x[:m]), alone[:m]), m
+
+
+@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
+def test_quant_embedding_looks_up_the_dequantised_rows(cls):
+    """A table kept as codes gives each id the row the float table would hold (written out from the
+    codes here), any id shape; model.to(dtype) moves its output dtype like a float table's."""
+    from lmzoo.quant.layers import QuantEmbedding
+
+    torch.manual_seed(0)
+    table = cls.from_linear(nn.Linear(64, 50), group_size=32)
+    emb = QuantEmbedding(table)
+    ids = torch.tensor([[3, 0, 49], [7, 7, 12]])
+    want = reference_weight(table)[ids]
+    got = emb(ids)
+    assert got.shape == (2, 3, 64) and got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(emb.dequantize(), reference_weight(table))
+    emb.to(torch.bfloat16)
+    assert emb(ids).dtype == torch.bfloat16 and emb.dtype == torch.bfloat16
