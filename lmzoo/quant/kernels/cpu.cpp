@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -562,6 +563,8 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 // products' lanes rounds differently enough to flip a near-tie of SmolLM2's greedy tokens vs
 // llama.cpp's).
 
+inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 ld16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 inline __m512 ld16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
 inline __m512 ld16(const c10::Half* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
 
@@ -577,12 +580,18 @@ struct Lanes {
   }
 };
 
+// 16 floats from p, or (cnt < 16) the first cnt of them and zeros: FULL chunks are plain loads
+template <bool FULL, typename S>
+inline __m512 ld16n(const S* p, int64_t cnt) {
+  if (FULL) return ld16(p);
+  return ld16(p, (__mmask16)((1u << cnt) - 1));
+}
+
 // a weight row's per-group values (scales or mins) of blocks [b, b + cnt) as 16 lanes, 0 past cnt
 // (gof: block -> group, bpg blocks a group)
-template <typename S>
+template <bool FULL, typename S>
 inline __m512 per_block16(const S* v, const int64_t* gof, int64_t bpg, int64_t b, int64_t cnt) {
-  const __mmask16 k = (__mmask16)((1u << cnt) - 1);
-  if (bpg == 1) return ld16(v + b, k);
+  if (bpg == 1) return ld16n<FULL>(v + b, cnt);
   float w[16] = {};
   for (int64_t i = 0; i < cnt; ++i) w[i] = ld(v + gof[b + i]);
   return _mm512_loadu_ps(w);
@@ -599,46 +608,57 @@ constexpr int64_t RB512 = 8;
 // product. Each row's arithmetic is the same for any MB: a row's result never depends on its
 // neighbours.
 template <int MB, typename S, typename Mn, typename Weights, typename Dot, typename Tail>
-inline void q8_rows_avx512(const Lanes& ln, int64_t m0, const float* xd, const float* xs, const S* sr, const Mn* mr,
-                           const int64_t* gof, int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail,
-                           float* out) {
+__attribute__((always_inline)) inline void q8_rows_avx512(
+    const Lanes& ln, int64_t m0, const float* xd, const float* xs, const S* sr, const Mn* mr, const int64_t* gof,
+    int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail, float* out) {
   __m512 acc[MB], macc[MB];  // products; int4's min term, summed apart as ggml sums it (`summs`)
   for (int j = 0; j < MB; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
-  const int64_t pairs = nb & ~int64_t(1);
-  for (int64_t b = 0; b < pairs; b += 16) {
-    const int64_t cnt = std::min<int64_t>(16, pairs - b);
-    const __mmask16 k = (__mmask16)((1u << cnt) - 1);
-    const __m512 ws = per_block16(sr, gof, bpg, b, cnt);
+  // blocks [b, b + cnt), cnt even: 16 (FULL, the pair loop unrolled) or the last chunk's rest
+  auto chunk = [&](int64_t b, int64_t cnt, auto full) {
+    constexpr bool FULL = decltype(full)::value;
+    const int64_t np = FULL ? 8 : cnt / 2;
+    const __m512 ws = per_block16<FULL>(sr, gof, bpg, b, cnt);
     __m512 sc[MB];  // d_x[m, b+i] * scale[g(b+i)]
-    for (int j = 0; j < MB; ++j) sc[j] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xd + (m0 + j) * nb + b), ws);
+    for (int j = 0; j < MB; ++j) sc[j] = _mm512_mul_ps(ld16n<FULL>(xd + (m0 + j) * nb + b, cnt), ws);
     if (mr) {
-      const __m512 wm = per_block16(mr, gof, bpg, b, cnt);
-      for (int j = 0; j < MB; ++j) macc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, xs + (m0 + j) * nb + b), wm, macc[j]);
+      const __m512 wm = per_block16<FULL>(mr, gof, bpg, b, cnt);
+      for (int j = 0; j < MB; ++j) macc[j] = _mm512_fmadd_ps(ld16n<FULL>(xs + (m0 + j) * nb + b, cnt), wm, macc[j]);
     }
-    for (int64_t p = 0; p < cnt / 2; ++p) {
+    for (int64_t p = 0; p < np; ++p) {
       const auto w = weights(b + 2 * p);
       for (int j = 0; j < MB; ++j)
         acc[j] = _mm512_fmadd_ps(dot(w, m0 + j, b + 2 * p), _mm512_permutexvar_ps(ln.pair[p], sc[j]), acc[j]);
     }
-  }
+  };
+  const int64_t pairs = nb & ~int64_t(1);
+  int64_t b = 0;
+  for (; b + 16 <= pairs; b += 16) chunk(b, 16, std::true_type());
+  if (b < pairs) chunk(b, pairs - b, std::false_type());
   for (int j = 0; j < MB; ++j) {
     __m256 r = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm512_extractf32x8_ps(acc[j], 1));
     float last = 0.f;
     if (pairs < nb) {  // an odd last block
-      const int64_t b = pairs, m = m0 + j;
-      r = _mm256_fmadd_ps(tail(m, b), _mm256_set1_ps(xd[m * nb + b] * ld(sr + gof[b])), r);
-      if (mr) last = ld(mr + gof[b]) * xs[m * nb + b];
+      const int64_t m = m0 + j;
+      r = _mm256_fmadd_ps(tail(m, pairs), _mm256_set1_ps(xd[m * nb + pairs] * ld(sr + gof[pairs])), r);
+      if (mr) last = ld(mr + gof[pairs]) * xs[m * nb + pairs];
     }
     out[j] = hsum(r) + (mr ? _mm512_reduce_add_ps(macc[j]) + last : 0.f);
   }
 }
 
 // Every activation row against one weight row, in passes of up to RB512 rows; y[m * N] = row m's product.
-template <typename S, typename Mn, typename Weights, typename Dot, typename Tail>
-inline void q8_passes_avx512(const Lanes& ln, int64_t M, const float* xd, const float* xs, const S* sr, const Mn* mr,
+// ONE: M is 1 (the kernels instantiate their loop apart for it: one-row decode is the hot case, and
+// sharing a function body with the eight pass widths cost it a third of its speed).
+template <bool ONE, typename S, typename Mn, typename Weights, typename Dot, typename Tail>
+__attribute__((always_inline)) inline void q8_passes_avx512(const Lanes& ln, int64_t M, const float* xd, const float* xs, const S* sr, const Mn* mr,
                              const int64_t* gof, int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail,
                              float* y, int64_t N) {
   float out[RB512];
+  if (ONE) {  // decode's one row: its own instantiation, no dispatch
+    q8_rows_avx512<1>(ln, 0, xd, xs, sr, mr, gof, bpg, nb, weights, dot, tail, out);
+    y[0] = out[0];
+    return;
+  }
   for (int64_t m0 = 0; m0 < M; m0 += RB512) {
     const int64_t mb = std::min<int64_t>(RB512, M - m0);
 #define LMZOO_ROWS(R) q8_rows_avx512<R>(ln, m0, xd, xs, sr, mr, gof, bpg, nb, weights, dot, tail, out)
@@ -675,6 +695,7 @@ inline void with_rows(const Scales& ss, const Scales* ms, int64_t o, F&& f) {
 }
 
 // int4 weights
+template <bool ONE>
 void i4_q8_avx512(const Q8& a, const uint8_t* qp, const Scales& ss, const Scales& ms, const int64_t* gof,
                   int64_t M, int64_t nb, int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
@@ -708,13 +729,14 @@ void i4_q8_avx512(const Q8& a, const uint8_t* qp, const Scales& ss, const Scales
         return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB)));
       };
       with_rows(ss, &ms, n * G, [&](const auto* sr, const auto* mr) {
-        q8_passes_avx512(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
+        q8_passes_avx512<ONE>(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
       });
     }
   });
 }
 
 // int8 weights (one scale per 32 or more)
+template <bool ONE>
 void i8_q8_avx512(const Q8& a, const int8_t* qp, const Scales& ss, const int64_t* gof, int64_t M, int64_t nb,
                   int64_t G, int64_t N, float* y) {
   const int64_t K = nb * QB, bpg = nb / G;
@@ -737,7 +759,7 @@ void i8_q8_avx512(const Q8& a, const int8_t* qp, const Scales& ss, const int64_t
         return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
       };
       with_rows(ss, nullptr, n * G, [&](const auto* sr, const auto* mr) {
-        q8_passes_avx512(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
+        q8_passes_avx512<ONE>(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
       });
     }
   });
@@ -788,7 +810,7 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const Scales ss(scale, N, G), ms(mins, N, G);
 #ifdef LMZOO_AVX512
-  i4_q8_avx512(a, qp, ss, ms, gof.data(), M, nb, G, N, y.data_ptr<float>());  // two blocks an instruction
+  (M == 1 ? i4_q8_avx512<true> : i4_q8_avx512<false>)(a, qp, ss, ms, gof.data(), M, nb, G, N, y.data_ptr<float>());
   return y;
 #endif
   std::vector<float> sg(M * G);  // (M, G): sum of d*sum(q) per weight group
@@ -858,7 +880,7 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
 #endif
 #ifdef LMZOO_AVX512
   if (g != 16) {  // two blocks an instruction
-    i8_q8_avx512(a, qp, ss, gof.data(), M, nb, G, N, y.data_ptr<float>());
+    (M == 1 ? i8_q8_avx512<true> : i8_q8_avx512<false>)(a, qp, ss, gof.data(), M, nb, G, N, y.data_ptr<float>());
     return y;
   }
 #endif
