@@ -24,7 +24,10 @@ lmzoo.cli.main(sys.argv[3:])
 """
 
 
-@pytest.mark.parametrize("when, headroom_mb", [("before-torch", 300), ("after-torch", 20), ("after-torch", 300)])
+# after torch, the default model runs in ~250 MB more (its GGUF mapped, codes and scales, KV cache;
+# 300 was enough since its token table stays in blocks): 20 and 150 fail at different points of the
+# load (150: in torch's allocator)
+@pytest.mark.parametrize("when, headroom_mb", [("before-torch", 300), ("after-torch", 20), ("after-torch", 150)])
 def test_out_of_memory_is_one_line_and_exit_1(when, headroom_mb):
     r = subprocess.run([sys.executable, "-c", CAPPED, when, str(headroom_mb), "generate", "Hello", "--max-new-tokens", "2"],
                        capture_output=True, text=True, timeout=300)

@@ -3,6 +3,7 @@ the shared builder, checkpoints.build)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -46,11 +47,35 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
             raise ConfigError(f"mla_cache applies to MLA models (DeepSeek-V2/V3); this model has "
                               f"attention={model.config.attention!r}")
         model.config = model.config.replace(mla_cache=mla_cache)  # validates the value
+    if model.token_dtype_device()[1].type == "cpu":
+        reuse_freed_memory()
     if cpu_kernels and model.token_dtype_device()[1].type == "cpu":
         from lmzoo.quant.gemv import use_cpu_kernels
 
         use_cpu_kernels(model)
     return set_activations(model, activations)
+
+
+@functools.cache
+def reuse_freed_memory() -> None:
+    """glibc's malloc gives every freed block of 128 KiB or more back to the kernel until a large
+    enough free raises that threshold (dynamically, up to 32 MiB). A CPU forward's temporaries (a
+    prefill's dequantised weights and activations, 1-10 MB each) were then mapped and page-faulted
+    afresh on every call, unless the load happened to free a big array first: the default model's
+    256-token prefill ran at 2/3 speed (benchmarks/RESULTS.md, 2026-12-06). Pin the thresholds at
+    glibc's own maximum so such blocks are reused. Once per process; a no-op off glibc."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
 def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
