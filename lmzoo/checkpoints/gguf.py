@@ -462,7 +462,8 @@ CONFIG_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight", "rope
 
 def load_gguf(path, *, dtype: torch.dtype = torch.float32, device="cpu", keep_quantized: bool = False):
     """keep_quantized: block-quantised weight matrices become int8/int4 layers (lmzoo.quant.layers)
-    holding the file's own codes and scales — same function, a fraction of the memory."""
+    holding the file's own codes and scales, F16 / BF16 ones half-precision layers holding the file's
+    values — same function, a fraction of the memory."""
     from lmzoo.checkpoints.build import instantiate
 
     path = Path(path)
@@ -499,14 +500,15 @@ def _hf_view(cfg: ModelConfig) -> dict[str, Any]:
 
 def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFSource,
                     weights: dict[str, tuple[str, ...]], device):
-    """Every Linear whose GGUF tensors are all block-quantised becomes a quantised layer (several
-    tensors, or slices of a stacked expert tensor, stacked along rows); the rest loads as floats."""
+    """Every Linear whose GGUF tensors are all block-quantised or half-precision becomes a quantised
+    layer or a HalfLinear (several tensors, or slices of a stacked expert tensor, stacked along rows);
+    the rest loads as floats."""
     import numpy as np
     from torch import nn
 
     from lmzoo.checkpoints.build import assemble, check_all_used, empty_model, fill_template, name_template, shape_mismatch
-    from lmzoo.checkpoints.gguf_quant import QUANTISED, RowConcat, quantised_linear
-    from lmzoo.quant.layers import Int4Linear, Int8Linear, QuantEmbedding
+    from lmzoo.checkpoints.gguf_quant import HALF, QUANTISED, RowConcat, quantised_linear
+    from lmzoo.quant.layers import HalfLinear, Int4Linear, Int8Linear, QuantEmbedding
 
     def rows(name: str, t) -> np.ndarray | None:
         base, index = split_index(name)
@@ -518,8 +520,8 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
 
     def build(names: list[str], template: str, name: str, need: nn.Linear):
         ts = [f.tensors.get(split_index(n)[0]) for n in names]
-        if any(t is None or t.type_name not in QUANTISED for t in ts):
-            return None  # float tensors (or missing, reassembled ones) take the ordinary path
+        if any(t is None or not (t.type_name in QUANTISED or t.type_name in HALF) for t in ts):
+            return None  # float32 tensors (or missing, reassembled ones) take the ordinary path
         # (rows, cols) each piece gives: an expert's slice of a stacked (n_expert, n, k) tensor gives n rows
         shapes = [(t.shape[1] if split_index(n)[1] is not None else t.shape[0], t.ne[0]) for n, t in zip(names, ts)]
         if {c for _, c in shapes} != {need.in_features} or sum(r for r, _ in shapes) != need.out_features:
@@ -569,7 +571,7 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         emb = model.embed
         table = build(list(weights["embed.weight"]), "embed.weight", "embed",
                       nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False, device="meta"))
-    if type(table) in (Int4Linear, Int8Linear):
+    if type(table) in (Int4Linear, Int8Linear, HalfLinear):
         model.embed = QuantEmbedding(table)
     # everything still on the meta device (embedding, norms, float linears) loads as floats
     state = {}

@@ -33,9 +33,10 @@ from torch import nn
 
 from lmzoo.checkpoints.gguf_file import GGUFFile, GGUFTensor
 from lmzoo.quant.kernels import cpu_kernels
-from lmzoo.quant.layers import Int4Linear, Int8Linear, pack_int4
+from lmzoo.quant.layers import HalfLinear, Int4Linear, Int8Linear, pack_int4
 
 QUANTISED = ("Q8_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q3_K")  # kept as integer layers
+HALF = {"F16": torch.float16, "BF16": torch.bfloat16}  # kept as they are: HalfLinear
 DECODED = ("Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K")  # decoded by `dequantize` (the others: gguf_file)
 
 
@@ -179,6 +180,21 @@ class RowConcat(nn.Module):
 SPLIT = {"Q8_0": (34, 2, False), "Q4_0": (18, 2, False), "Q4_1": (20, 4, True)}
 
 
+def _half_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.ndarray | None], kind: str,
+                 K: int) -> HalfLinear:
+    """`quantised_linear` for F16 / BF16 tensors: their 16-bit values copied once into the layer."""
+    parts = []
+    with warnings.catch_warnings():  # read-only memory map, only ever read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for t, order in zip(tensors, row_orders):
+            w = torch.from_numpy(f.raw(t)).view(torch.int16).view(-1, K)
+            parts.append(w[torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))] if order is not None
+                         else w.clone())
+            f.release(t)
+    w = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return HalfLinear.from_weight(w.view(HALF[kind]))
+
+
 def _split_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.ndarray | None], kind: str,
                   K: int) -> nn.Module:
     """`quantised_linear` for the SPLIT kinds through the kernel that splits blocks into codes, scales
@@ -208,12 +224,14 @@ def _split_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.nd
 
 
 def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.ndarray | None]) -> nn.Module:
-    """One layer from one or more GGUF tensors stacked along rows (all must be QUANTISED kinds)."""
+    """One layer from one or more GGUF tensors stacked along rows (all must be QUANTISED or HALF kinds)."""
     kinds = {t.type_name for t in tensors}
     if len(kinds) > 1:
         return RowConcat([quantised_linear(f, [t], [o]) for t, o in zip(tensors, row_orders)])
     kind = kinds.pop()
     K = tensors[0].ne[0]
+    if kind in HALF:
+        return _half_linear(f, tensors, row_orders, kind, K)
     if kind in SPLIT and cpu_kernels() is not None:
         return _split_linear(f, tensors, row_orders, kind, K)
     raws = []

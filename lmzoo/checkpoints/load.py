@@ -25,7 +25,8 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
     only serve products autograd does not record: with gradients enabled and a parameter or input
     that requires them, the layers take F.linear, so a model loaded this way trains correctly.
     keep_quantized: GGUF only — block-quantised matrices stay int8/int4 (the file's own codes, so
-    the same function as dequantising them) instead of being expanded to float.
+    the same function as dequantising them) and F16 / BF16 ones half precision, instead of being
+    expanded to float32.
     mla_cache: DeepSeek (MLA) models only — "latent" caches the compressed latent instead of per-head
     keys and values ("expanded", the default); see lmzoo.nn.mla.
     adapter: a PEFT LoRA/DoRA adapter directory applied on top (lmzoo.checkpoints.peft).

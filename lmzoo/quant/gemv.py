@@ -3,7 +3,7 @@
 A decode step multiplies one activation row per sequence by every weight matrix: a GEMV, bounded by
 how fast the weights stream from memory. On the 2-core machines we measured, PyTorch's BLAS GEMV
 reached 13-18 GB/s on decode-sized fp32 matrices, single-threaded, while the memory system delivers
-~30 GB/s to two threads; `f32_linear` in lmzoo/quant/kernels/cpu.cpp streams each row once through FMA
+~30 GB/s to two threads; `float_linear` in lmzoo/quant/kernels/cpu.cpp streams each row once through FMA
 lanes with the rows split across threads, and reaches 26-31 GB/s on the same matrices
 (benchmarks/RESULTS.md). Prefill (many rows) is compute-bound and stays with BLAS, and so does any
 product autograd records (the kernel has no backward): training a model with the kernels on gives
@@ -22,21 +22,7 @@ from lmzoo.nn.block import PreNormBlock
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import RMSNorm
 from lmzoo.quant.kernels import cpu_kernels
-from lmzoo.quant.layers import KERNEL_MAX_ROWS, Int4Linear, Int8Linear, needs_autograd
-
-GEMV_MAX_ROWS = 16
-
-
-# The kernel as a PyTorch custom op, so torch.compile traces through it instead of breaking the
-# graph at every Linear (lmzoo.runtime.compiled). Eager calls skip the dispatcher and call it directly.
-@torch.library.custom_op("lmzoo::f32_linear", mutates_args=())
-def f32_linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return cpu_kernels().f32_linear(x, w)
-
-
-@f32_linear_op.register_fake
-def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((x.shape[0], w.shape[0]))
+from lmzoo.quant.layers import GEMV_MAX_ROWS, KERNEL_MAX_ROWS, HalfLinear, Int4Linear, Int8Linear, float_linear_op, needs_autograd
 
 
 class GemvLinear(nn.Linear):
@@ -50,7 +36,7 @@ class GemvLinear(nn.Linear):
             k = cpu_kernels() if rows <= GEMV_MAX_ROWS else None
             if k is not None and self.weight.is_contiguous():
                 x2 = x.reshape(rows, x.shape[-1]).contiguous()
-                y = f32_linear_op(x2, self.weight) if torch.compiler.is_compiling() else k.f32_linear(x2, self.weight)
+                y = float_linear_op(x2, self.weight) if torch.compiler.is_compiling() else k.float_linear(x2, self.weight)
                 if self.bias is not None:
                     y = y + self.bias
                 return y.view(*x.shape[:-1], self.out_features)
@@ -120,7 +106,7 @@ def _linear_spec(m: nn.Module, rows: int) -> tuple | None:
         if rows > GEMV_MAX_ROWS or w.dtype != torch.float32 or not w.is_contiguous():
             return None
         return 0, (w,), 0, p["bias"]
-    if (t is Int4Linear or t is Int8Linear) and rows <= KERNEL_MAX_ROWS:
+    if (t is Int4Linear or t is Int8Linear) and rows <= KERNEL_MAX_ROWS or t is HalfLinear and rows <= GEMV_MAX_ROWS:
         kind, tensors = m.kernel_spec()
         return kind, tensors, m.group_size, m.bias
     return None

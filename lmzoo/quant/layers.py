@@ -24,6 +24,7 @@ from lmzoo.errors import ConfigError
 from lmzoo.quant.kernels import cpu_kernels
 
 KERNEL_MAX_ROWS = 64  # above this many activation rows (long prefill) dequantise + GEMM instead
+GEMV_MAX_ROWS = 16  # the float-weight kernel's limit: from here BLAS on float32 weights is as fast
 
 
 def needs_autograd(*tensors) -> bool:
@@ -44,6 +45,16 @@ def _groups(in_features: int, group_size: int | None, multiple: int) -> int:
 
 # The kernels as PyTorch custom ops so torch.compile traces through them (lmzoo.runtime.compiled);
 # eager calls go straight to the extension.
+@torch.library.custom_op("lmzoo::float_linear", mutates_args=())
+def float_linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return cpu_kernels().float_linear(x, w)
+
+
+@float_linear_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
 @torch.library.custom_op("lmzoo::int8_linear", mutates_args=())
 def int8_linear_op(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, group: int) -> torch.Tensor:
     return cpu_kernels().int8_linear(x, q, scale, group)
@@ -75,6 +86,7 @@ class _QuantLinear(nn.Module):
 
     bits = ""
     activations = "float"
+    kernel_rows = KERNEL_MAX_ROWS  # the most activation rows the kernel takes
 
     def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -91,7 +103,7 @@ class _QuantLinear(nn.Module):
         K = x.shape[-1]
         bias = self.bias
         k = cpu_kernels() if x.dtype == torch.float32 and x.device.type == "cpu" else None
-        if k is not None and x.numel() <= KERNEL_MAX_ROWS * K and not needs_autograd(x, bias):
+        if k is not None and x.numel() <= self.kernel_rows * K and not needs_autograd(x, bias):
             y = self._kernel(k, x.reshape(-1, K).contiguous())
             if bias is not None:
                 y += bias
@@ -169,6 +181,64 @@ class Int8Linear(_QuantLinear):
         return (k.int8_linear_q8 if kind == 2 else k.int8_linear)(x2, *t, self.group_size)
 
 
+class HalfLinear(_QuantLinear):
+    """y = x @ w^T + bias with w (N, K) kept in float16 or bfloat16 (a GGUF's F16 / BF16 tensors,
+    `quantize(mode="f16" | "bf16")`). Decode rows multiply it widened in registers (exact: the float32
+    weights' product up to summation order) and stream half of float32's bytes; more rows multiply a
+    float copy with BLAS."""
+
+    kernel_rows = GEMV_MAX_ROWS
+
+    def __init__(self, in_features: int, out_features: int, *, dtype: torch.dtype = torch.float16,
+                 bias: bool = False, device=None) -> None:
+        super().__init__()
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ConfigError(f"HalfLinear holds float16 or bfloat16 weights, got {dtype}")
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size = in_features
+        self.register_buffer("w", torch.zeros(out_features, in_features, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+
+    @property
+    def bits(self) -> str:
+        return {torch.float16: "f16", torch.bfloat16: "bf16"}.get(self.w.dtype, str(self.w.dtype))
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor) -> HalfLinear:
+        """A layer around an existing (N, K) float16 / bfloat16 tensor, taken as it is."""
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        m.out_features, m.in_features = w.shape
+        m.group_size = m.in_features
+        m.register_buffer("w", w)
+        m.bias = None
+        return m
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, *, dtype: torch.dtype = torch.float16) -> HalfLinear:
+        N, K = lin.weight.shape
+        m = cls(K, N, dtype=dtype, bias=lin.bias is not None, device=lin.weight.device)
+        m.w.copy_(lin.weight.detach())
+        if lin.bias is not None:
+            m.bias.data.copy_(lin.bias.detach().float())
+        return m
+
+    def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+        w = self._buffers["w"]
+        return (w if rows is None else w[rows]).to(dtype)
+
+    def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """(kind, tensors) as the fused decode kernel takes them: 0 float_linear."""
+        return 0, (self._buffers["w"],)
+
+    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+        w = self._buffers["w"]
+        return float_linear_op(x2, w) if torch.compiler.is_compiling() else k.float_linear(x2, w)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.bits}"
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """(N, K) values 0..15 -> (N, K/2) uint8 in 32-element blocks: byte j = q[j] | q[j+16] << 4."""
     N, K = q.shape
@@ -241,12 +311,13 @@ class QuantEmbedding(nn.Module):
     it reads, the products the float table would hold (code * scale (+ min), float32). A 1B model's
     49k x 2048 table is 400 MB as float32, 60 MB as Q4_1 blocks; loading no longer decodes it whole."""
 
-    def __init__(self, table: Int8Linear | Int4Linear, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, table: Int8Linear | Int4Linear | HalfLinear, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.table = table
         self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
         # the output dtype, as an empty float buffer so that model.to(dtype) / .half() move it like a table
-        self.register_buffer("like", torch.empty(0, dtype=dtype, device=table.q.device), persistent=False)
+        self.register_buffer("like", torch.empty(0, dtype=dtype, device=next(table.buffers()).device),
+                             persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -334,7 +405,8 @@ def set_activations(model: nn.Module, activations: str) -> nn.Module:
     return model
 
 
-MODES = ("int8", "int4", "nf4")
+MODES = ("int8", "int4", "nf4", "f16", "bf16")
+HALF = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def quantize(model: nn.Module, *, mode: str = "int8", group_size: int | None = None,
@@ -342,12 +414,17 @@ def quantize(model: nn.Module, *, mode: str = "int8", group_size: int | None = N
     """Replace the model's Linear layers by weight-only quantised ones, in place; returns the model.
 
     mode: "int8" (group_size None = per output channel), "int4" (group_size default 32) or "nf4"
-    (QLoRA's NormalFloat-4, group_size default 64; training's frozen base, no CPU kernel).
+    (QLoRA's NormalFloat-4, group_size default 64; training's frozen base, no CPU kernel), "f16" /
+    "bf16" (the weights rounded to half precision, or kept exactly where the checkpoint stored them
+    so: an HF bf16 checkpoint loaded as float32 takes half the memory and decode reads half the bytes;
+    no group_size).
     """
     if mode not in MODES:
         raise ConfigError(f"quantisation mode {mode!r} is not one of {MODES}")
     if getattr(model, "quantization", None):
         raise ConfigError(f"model is already quantised ({model.quantization}); load it again to re-quantise")
+    if mode in HALF and group_size is not None:
+        raise ConfigError(f"quantisation mode {mode!r} has no groups; got group_size={group_size}")
     if mode == "int4" and group_size is None:
         group_size = 32
     if mode == "nf4" and group_size is None:
@@ -358,6 +435,8 @@ def quantize(model: nn.Module, *, mode: str = "int8", group_size: int | None = N
             return Int8Linear.from_linear(lin, group_size=group_size)
         if mode == "nf4":
             return NF4Linear.from_linear(lin, group_size=group_size)
+        if mode in HALF:
+            return HalfLinear.from_linear(lin, dtype=HALF[mode])
         return Int4Linear.from_linear(lin, group_size=group_size)
 
     for _name, module in list(model.named_modules()):

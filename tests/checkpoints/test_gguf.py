@@ -124,15 +124,17 @@ def test_quantised_types_match_numpy_reference(tmp_path, kind, tied, keep_quanti
     write_gguf(p, gguf_tensors(hf_model(tied)), kind, rng=np.random.default_rng(0))
     ours = lmzoo.from_pretrained(p, keep_quantized=keep_quantized)
     assert ours.config.tie_embeddings == tied
-    quantised_layers = [m for m in ours.modules() if type(m).__name__ in ("Int8Linear", "Int4Linear")]
-    # block formats stay integer codes (no float copy), the token table too (a tied head's layer is
-    # the table: one layer, not a copy); float formats stay float
-    blocks = keep_quantized and kind not in ("F16", "BF16")
+    # block formats stay integer codes (no float copy), half formats half precision, the token table
+    # too (a tied head's layer is the table: one layer, not a copy)
+    half = kind in ("F16", "BF16")
+    kept = [m for m in ours.modules() if type(m).__name__ in (("HalfLinear",) if half else ("Int8Linear", "Int4Linear"))]
     expected = 4 * L + 1 + (2 * L if kind == "Q4_K_M" else 0) + (0 if tied else 1)  # mixed qkv: three parts
-    assert len(quantised_layers) == (expected if blocks else 0)
-    assert isinstance(ours.embed, QuantEmbedding) == blocks
-    if blocks and tied:
+    assert len(kept) == (expected if keep_quantized else 0)
+    assert isinstance(ours.embed, QuantEmbedding) == keep_quantized
+    if keep_quantized and tied:
         assert ours.embed.table is ours.lm_head
+    if keep_quantized and half:
+        assert {m.w.dtype for m in kept} == {torch.float16 if kind == "F16" else torch.bfloat16}
     meta, w = gguf_ref.load_weights(p)
     ids = [3, 17, 42, 5, 88, 1, 60, 9]
     ref = gguf_ref.llama_logits(meta, w, ids)

@@ -9,12 +9,14 @@ from torch import nn
 
 import lmzoo
 from lmzoo.errors import ConfigError
-from lmzoo.quant.layers import Int4Linear, Int8Linear, cpu_kernels, pack_int4, quantize, unpack_int4
+from lmzoo.quant.layers import HalfLinear, Int4Linear, Int8Linear, cpu_kernels, pack_int4, quantize, unpack_int4
 
 
 def reference_weight(q) -> torch.Tensor:
     """The layer's float weight from its codes, written out here (not q.dequantize())."""
     N, K, g = q.out_features, q.in_features, q.group_size
+    if isinstance(q, HalfLinear):
+        return q.w.float()
     if isinstance(q, Int8Linear):
         return (q.q.float().view(N, K // g, g) * q.scale[..., None]).view(N, K)
     codes = unpack_int4(q.q).float().view(N, K // g, g)
@@ -39,7 +41,8 @@ class CountingKernels:
 @pytest.mark.parametrize("M", [1, 3, 40])  # decode rows use the kernel, prefill rows (2 x 40 > 64) dequantise
 @pytest.mark.parametrize(
     "cls,kw", [(Int8Linear, {}), (Int8Linear, {"group_size": 64}),
-               (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 128})],
+               (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 128}),
+               (HalfLinear, {"dtype": torch.float16}), (HalfLinear, {"dtype": torch.bfloat16})],
 )
 def test_quantised_linear_matches_dequantised_weight(M, cls, kw, monkeypatch):
     import lmzoo.quant.layers as Q
@@ -53,13 +56,20 @@ def test_quantised_linear_matches_dequantised_weight(M, cls, kw, monkeypatch):
     with torch.inference_mode():
         y = q(x)
         ref = nn.functional.linear(x, reference_weight(q), q.bias)
-    assert counter.calls == (1 if 2 * M <= Q.KERNEL_MAX_ROWS else 0)  # the path the case claims to test
+    assert counter.calls == (1 if 2 * M <= q.kernel_rows else 0)  # the path the case claims to test
+    assert q.kernel_rows == (16 if cls is HalfLinear else Q.KERNEL_MAX_ROWS)
     assert y.shape == (2, M, 96)
     assert (y - ref).abs().max() < 1e-4
     # and the quantisation error itself is what the bit width allows
-    err = (q.dequantize() - lin.weight).abs().max()
-    step = (lin.weight.abs().max() / 127) if cls is Int8Linear else (2 * lin.weight.abs().max() / 15)
-    assert err <= step / 2 + 1e-6
+    w = lin.weight.detach()
+    err = (q.dequantize() - w).abs()
+    if cls is HalfLinear:  # round to nearest: half a unit in the last place (2^-11 / 2^-8 relative;
+        # float16's subnormals below 2^-14 are spaced 2^-24 apart)
+        f16 = kw["dtype"] == torch.float16
+        assert (err <= (w.abs() * (2.0 ** -11 if f16 else 2.0 ** -8)).clamp(min=2.0 ** -25 if f16 else 0)).all()
+        return
+    step = (w.abs().max() / 127) if cls is Int8Linear else (2 * w.abs().max() / 15)
+    assert err.max() <= step / 2 + 1e-6
 
 
 def test_cpu_kernels_compile():
@@ -100,9 +110,11 @@ def test_quantise_errors():
         quantize(_model(), mode="int3")
     with pytest.raises(ConfigError, match="group_size"):
         quantize(_model(), mode="int4", group_size=48)
+    with pytest.raises(ConfigError, match="'f16' has no groups; got group_size=32"):
+        quantize(_model(), mode="f16", group_size=32)
 
 
-@pytest.mark.parametrize("kind", ["f32", "int8", "int4"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16", "int8", "int4"])
 def test_kernel_rows_are_independent_of_the_batch(kind):
     """A row's product is bit-identical alone or among others (any batch size up to the kernel
     limit): the engine's guarantee that batching never changes a request's tokens rests on it."""
@@ -113,6 +125,8 @@ def test_kernel_rows_are_independent_of_the_batch(kind):
     if kind == "f32":
         layer = copy.deepcopy(lin)
         layer.__class__ = GemvLinear
+    elif kind in ("f16", "bf16"):
+        layer = HalfLinear.from_linear(lin, dtype=torch.float16 if kind == "f16" else torch.bfloat16)
     else:
         layer = (Int8Linear.from_linear(lin, group_size=64) if kind == "int8" else
                  Int4Linear.from_linear(lin, group_size=64))
@@ -123,14 +137,14 @@ def test_kernel_rows_are_independent_of_the_batch(kind):
             assert torch.equal(layer(x[:m]), alone[:m]), m
 
 
-@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
+@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear, HalfLinear])
 def test_quant_embedding_looks_up_the_dequantised_rows(cls):
     """A table kept as codes gives each id the row the float table would hold (written out from the
     codes here), any id shape; model.to(dtype) moves its output dtype like a float table's."""
     from lmzoo.quant.layers import QuantEmbedding
 
     torch.manual_seed(0)
-    table = cls.from_linear(nn.Linear(64, 50), group_size=32)
+    table = cls.from_linear(nn.Linear(64, 50), **({} if cls is HalfLinear else {"group_size": 32}))
     emb = QuantEmbedding(table)
     ids = torch.tensor([[3, 0, 49], [7, 7, 12]])
     want = reference_weight(table)[ids]

@@ -91,7 +91,7 @@ def _compiler() -> str | None:
 
 
 def cpu_kernels():
-    """The compiled module (f32_linear, int8_linear, int4_linear), or None if it cannot be built."""
+    """The compiled module (float_linear, int8_linear, int4_linear, ...), or None if it cannot be built."""
     global _KERNELS, _TRIED
     if _TRIED:
         return _KERNELS

@@ -238,41 +238,119 @@ void check(const torch::Tensor& x, int64_t K) {
 
 }  // namespace
 
-// x (M, K) f32, w (N, K) f32 -> (M, N) f32, for few rows M (decode). BLAS GEMV kernels reach about
-// 40% of this machine's read bandwidth on decode-sized matrices; streaming each weight row once
-// through FMA lanes, rows split across threads, gets much closer to it.
-torch::Tensor f32_linear(torch::Tensor x, torch::Tensor w) {
-  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
-  check(x, K);
-  TORCH_CHECK(w.scalar_type() == torch::kFloat && w.is_contiguous(), "w must be contiguous float32 (N, K)");
-  auto y = torch::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+// Float weights: x (M, K) f32, w (N, K) float32, float16 or bfloat16 -> (M, N) f32, for few rows M
+// (decode). BLAS GEMV kernels reach about 40% of this machine's read bandwidth on decode-sized
+// matrices; streaming each weight row once through FMA lanes, rows split across threads, gets much
+// closer to it. Half-precision weights are widened in registers (float16 by F16C, bfloat16 by a
+// 16-bit shift; both exact), so a product is the float32 weights' product up to summation order, for
+// half the bytes read. Up to RW activation rows share a pass over a weight row (its chunk widened
+// once for all of them). Each row sums its lanes in two chains (even and odd chunks), then across
+// lanes, then the scalar tail: the same operations whatever the pass width, so a row's result does
+// not depend on the rows beside it.
+namespace {
+
+inline float wf(float v) { return v; }
+inline float wf(c10::Half v) { return static_cast<float>(v); }
+inline float wf(c10::BFloat16 v) { return static_cast<float>(v); }
+
+#if defined(LMZOO_AVX512)
+constexpr int64_t RW = 8, WL = 16;  // rows per pass (2 x 8 accumulators + 2 weight vectors of 32 zmm)
+using WVec = __m512;
+inline WVec wzero() { return _mm512_setzero_ps(); }
+inline WVec xld(const float* p) { return _mm512_loadu_ps(p); }
+inline WVec wld(const float* p) { return _mm512_loadu_ps(p); }
+inline WVec wld(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+inline WVec wld(const c10::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+inline WVec wfma(WVec a, WVec b, WVec c) { return _mm512_fmadd_ps(a, b, c); }
+inline float wsum(WVec a, WVec b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
+#elif defined(LMZOO_AVX2)
+constexpr int64_t RW = 4, WL = 8;  // 2 x 4 accumulators + 2 weight vectors of 16 ymm
+using WVec = __m256;
+inline WVec wzero() { return _mm256_setzero_ps(); }
+inline WVec xld(const float* p) { return _mm256_loadu_ps(p); }
+inline WVec wld(const float* p) { return _mm256_loadu_ps(p); }
+inline WVec wld(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+inline WVec wld(const c10::BFloat16* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+inline WVec wfma(WVec a, WVec b, WVec c) { return _mm256_fmadd_ps(a, b, c); }
+inline float wsum(WVec a, WVec b) { return hsum(_mm256_add_ps(a, b)); }
+#else
+constexpr int64_t RW = 4, WL = 0;
+#endif
+
+// rows x[0:R] (stride K) against one weight row w; y[r * N] = row r's product
+template <int R, typename W>
+inline void float_pass(const float* x, int64_t K, const W* w, float* y, int64_t N) {
+  float acc[R];
+  int64_t k = 0;
+#if defined(LMZOO_AVX2)
+  WVec a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = wzero();
+  for (; k + 2 * WL <= K; k += 2 * WL) {
+    const WVec w0 = wld(w + k), w1 = wld(w + k + WL);
+    for (int r = 0; r < R; ++r) {
+      a0[r] = wfma(xld(x + r * K + k), w0, a0[r]);
+      a1[r] = wfma(xld(x + r * K + k + WL), w1, a1[r]);
+    }
+  }
+  if (k + WL <= K) {
+    const WVec w0 = wld(w + k);
+    for (int r = 0; r < R; ++r) a0[r] = wfma(xld(x + r * K + k), w0, a0[r]);
+    k += WL;
+  }
+  for (int r = 0; r < R; ++r) acc[r] = wsum(a0[r], a1[r]);
+#else
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+#endif
+  for (; k < K; ++k) {
+    const float wk = wf(w[k]);
+    for (int r = 0; r < R; ++r) acc[r] += x[r * K + k] * wk;
+  }
+  for (int r = 0; r < R; ++r) y[r * N] = acc[r];
+}
+
+template <typename W>
+void float_rows(const float* xp, int64_t M, int64_t K, const W* wp, int64_t N, float* yp) {
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      const float* wr = wp + n * K;
-      for (int64_t m = 0; m < M; ++m) {
-        const float* xr = xp + m * K;
-        int64_t k = 0;
-#ifdef LMZOO_AVX2
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-               a3 = _mm256_setzero_ps();
-        for (; k + 32 <= K; k += 32) {
-          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k), _mm256_loadu_ps(wr + k), a0);
-          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + 8), _mm256_loadu_ps(wr + k + 8), a1);
-          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + 16), _mm256_loadu_ps(wr + k + 16), a2);
-          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + 24), _mm256_loadu_ps(wr + k + 24), a3);
-        }
-        float acc = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-#else
-        float acc = 0.f;
+      for (int64_t m0 = 0; m0 < M; m0 += RW) {
+        const float* x = xp + m0 * K;
+        const W* w = wp + n * K;
+        float* y = yp + m0 * N + n;
+        switch (std::min<int64_t>(RW, M - m0)) {
+          case 1: float_pass<1>(x, K, w, y, N); break;
+          case 2: float_pass<2>(x, K, w, y, N); break;
+          case 3: float_pass<3>(x, K, w, y, N); break;
+          case 4: float_pass<4>(x, K, w, y, N); break;
+#if defined(LMZOO_AVX512)
+          case 5: float_pass<5>(x, K, w, y, N); break;
+          case 6: float_pass<6>(x, K, w, y, N); break;
+          case 7: float_pass<7>(x, K, w, y, N); break;
+          case 8: float_pass<8>(x, K, w, y, N); break;
 #endif
-        for (; k < K; ++k) acc += xr[k] * wr[k];
-        yp[m * N + n] = acc;
+        }
       }
     }
   });
+}
+
+}  // namespace
+
+torch::Tensor float_linear(torch::Tensor x, torch::Tensor w) {
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  check(x, K);
+  const auto st = w.scalar_type();
+  TORCH_CHECK((st == torch::kFloat || st == torch::kHalf || st == torch::kBFloat16) && w.is_contiguous() &&
+              w.dim() == 2, "w must be contiguous float32, float16 or bfloat16 (N, K)");
+  auto y = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  if (st == torch::kFloat) float_rows(xp, M, K, w.data_ptr<float>(), N, yp);
+  else if (st == torch::kHalf) float_rows(xp, M, K, w.data_ptr<c10::Half>(), N, yp);
+  else float_rows(xp, M, K, w.data_ptr<c10::BFloat16>(), N, yp);
   return y;
 }
 
@@ -1175,7 +1253,7 @@ std::tuple<torch::Tensor, bool> greedy_ids(torch::Tensor logits) {
 // block (about as long as the block's arithmetic on a 135M model).
 //
 // A linear layer is (kind, its tensors, group, bias):
-//   0 float32 w (N, K)           f32_linear
+//   0 float w (N, K)             float_linear (float32, float16 or bfloat16 weights)
 //   1 int8 q, scale               int8_linear        2  the same, 8-bit activations  int8_linear_q8
 //   3 int4 q, scale, min          int4_linear        4  the same, 8-bit activations  int4_linear_q8
 namespace {
@@ -1186,7 +1264,7 @@ torch::Tensor any_linear(const torch::Tensor& x2, int64_t kind, const torch::Ten
                          const c10::optional<torch::Tensor>& bias) {
   torch::Tensor y;
   switch (kind) {
-    case 0: y = f32_linear(x2, t[0]); break;
+    case 0: y = float_linear(x2, t[0]); break;
     case 1: y = int8_linear(x2, t[0], t[1], g); break;
     case 2: y = int8_linear_q8(x2, t[0], t[1], g); break;
     case 3: y = int4_linear(x2, t[0], t[1], t[2], g); break;
@@ -1290,7 +1368,7 @@ void split_blocks(torch::Tensor raw, int64_t bs, int64_t qo, torch::Tensor rows,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("split_blocks", &split_blocks, "GGUF Q8_0 / Q4_0 / Q4_1 blocks -> codes, scales, mins in one pass (CPU)");
-  m.def("f32_linear", &f32_linear, "float32 linear for few rows (CPU)");
+  m.def("float_linear", &float_linear, "float32 / float16 / bfloat16 weights x float32 rows, few rows (CPU)");
   m.def("int8_linear", &int8_linear, "int8 weight-only linear (CPU)");
   m.def("int4_linear", &int4_linear, "int4 weight-only linear (CPU)");
   m.def("int4_linear_q8", &int4_linear_q8, "int4 weights x 8-bit activations (CPU)");
