@@ -3,7 +3,8 @@ compiler flags, source) with torch.utils.cpp_extension and kept in ~/.cache/lmzo
 (LMZOO_KERNEL_CACHE overrides the root). Environments with the same torch share the build; a new
 torch, new flags or an edited source builds its own instead of invalidating another's. A one-line
 notice goes to stderr while a build runs (about a minute on 2 cores). Without a compiler everything
-still runs, through plain PyTorch ops, only slower."""
+still runs, through plain PyTorch ops, only slower. LMZOO_CPU_ISA=avx2|portable caps the instruction
+set (the tests build the narrower variants that way on wide CPUs)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,20 @@ _TRIED = False
 SOURCE = Path(__file__).parent / "cpu.cpp"
 
 
+ISAS = ("portable", "avx2", "avx512")  # LMZOO_CPU_ISA: the most the kernels may use (default: what the CPU has)
+
+
 def _flags() -> list[str]:
     # -fopenmp: at::parallel_for is an OpenMP pragma in a header; without it, one thread
     # -ffp-contract=off: no FMAs the source did not write, so a row's arithmetic is the same in every
     # template instance (a row's result must not depend on how many rows share its pass)
     flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+    cap = os.environ.get("LMZOO_CPU_ISA", "avx512")  # lower: test the narrower code paths on a wider CPU
+    if cap not in ISAS:
+        raise ValueError(f"LMZOO_CPU_ISA={cap!r}: expected one of {', '.join(ISAS)}")
+    if cap != "portable" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-mf16c"]  # every AVX2 CPU has F16C (float16 scales widened in one instruction)
-        cpu = _cpu_flags()
+        cpu = _cpu_flags() if cap == "avx512" else set()
         if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"} <= cpu:  # 512-bit q8 decode kernel
             flags += ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni"]
         elif "avx_vnni" in cpu:  # 8-bit dot products in one instruction (the q8 kernels)

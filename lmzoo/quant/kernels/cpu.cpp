@@ -30,6 +30,11 @@ namespace {
 // activation rows handled per pass over a weight row: the unpacked weights are reused RB times while
 // the RB accumulators (and the 4 unpacked vectors) stay in the 16 AVX2 registers
 constexpr int64_t RB = 4;
+#ifdef LMZOO_AVX512
+constexpr int64_t RI4 = 8;  // the float-activation int4 / int8 kernels' rows per pass (2 x 8 accumulators of 32 zmm)
+#else
+constexpr int64_t RI4 = RB;
+#endif
 
 #ifdef LMZOO_AVX2
 inline float hsum(__m256 v) {
@@ -213,6 +218,88 @@ inline void i4_rows(const float* x, int64_t K, const uint8_t* q, const S* scale,
   for (int j = 0; j < MB; ++j) y[j * N] = hsum(_mm256_add_ps(a0[j], a1[j]));
 }
 
+#ifdef LMZOO_AVX512
+// i4_rows on 512-bit vectors, two blocks at a time. The pair's 32 bytes of nibbles unpack into four
+// 16-float vectors (block b elements 0-15, b+1 0-15, b 16-31, b+1 16-31: low nibbles, then high),
+// widened once for all MB rows; per row and pair two products, two FMAs and two scale FMAs, half the
+// instructions of the 256-bit loop. Block b feeds accumulator a0, b+1 a1, an odd last block a0.
+// 16 bytes of nibbles -> their low nibbles and their high nibbles as 16 floats each (each byte widened
+// to 32 bits first: then a mask and a shift split it, with no masking of the shifted-in bits)
+inline void nibbles_ps(const uint8_t* q, __m512& lo, __m512& hi) {
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)q));
+  lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)));
+  hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+}
+
+template <int MB, typename S>
+inline void i4_rows512(const float* x, int64_t K, const uint8_t* q, const S* scale, const int64_t* gof, float* y,
+                       int64_t N) {
+  __m512 a0[MB], a1[MB];
+  for (int j = 0; j < MB; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
+  const int64_t nb = K / 32;
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    __m512 w0, w1, w2, w3;
+    nibbles_ps(q + b * 16, w0, w2);
+    nibbles_ps(q + b * 16 + 16, w1, w3);
+    const __m512 s0 = _mm512_set1_ps(ld(scale + gof[b])), s1 = _mm512_set1_ps(ld(scale + gof[b + 1]));
+    for (int j = 0; j < MB; ++j) {
+      const float* xb = x + j * K + b * 32;
+      const __m512 t0 = _mm512_fmadd_ps(_mm512_loadu_ps(xb + 16), w2, _mm512_mul_ps(_mm512_loadu_ps(xb), w0));
+      const __m512 t1 = _mm512_fmadd_ps(_mm512_loadu_ps(xb + 48), w3, _mm512_mul_ps(_mm512_loadu_ps(xb + 32), w1));
+      a0[j] = _mm512_fmadd_ps(s0, t0, a0[j]);
+      a1[j] = _mm512_fmadd_ps(s1, t1, a1[j]);
+    }
+  }
+  if (b < nb) {
+    __m512 w0, w2;
+    nibbles_ps(q + b * 16, w0, w2);
+    const __m512 s0 = _mm512_set1_ps(ld(scale + gof[b]));
+    for (int j = 0; j < MB; ++j) {
+      const float* xb = x + j * K + b * 32;
+      a0[j] = _mm512_fmadd_ps(s0, _mm512_fmadd_ps(_mm512_loadu_ps(xb + 16), w2, _mm512_mul_ps(_mm512_loadu_ps(xb), w0)),
+                              a0[j]);
+    }
+  }
+  for (int j = 0; j < MB; ++j) y[j * N] = _mm512_reduce_add_ps(_mm512_add_ps(a0[j], a1[j]));
+}
+
+// MB rows x against one int8 weight row on 512-bit vectors: per group of g (a multiple of 8) the
+// 16-weight chunks alternate between two chains d0 / d1 (a last 8-weight chunk by a masked load), then
+// acc += scale * (d0 + d1). y[j * N] = row j's product.
+template <int MB, typename S>
+inline void i8_rows512(const float* x, int64_t K, const int8_t* q, const S* scale, int64_t g, float* y, int64_t N) {
+  __m512 acc[MB];
+  for (int j = 0; j < MB; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t k0 = 0, gi = 0; k0 < K; k0 += g, ++gi) {
+    __m512 d0[MB], d1[MB];
+    for (int j = 0; j < MB; ++j) d0[j] = d1[j] = _mm512_setzero_ps();
+    const int64_t k1 = k0 + g;
+    int64_t k = k0;
+    for (; k + 32 <= k1; k += 32) {
+      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + k))));
+      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + k + 16))));
+      for (int j = 0; j < MB; ++j) {
+        d0[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + j * K + k), w0, d0[j]);
+        d1[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + j * K + k + 16), w1, d1[j]);
+      }
+    }
+    if (k + 16 <= k1) {
+      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + k))));
+      for (int j = 0; j < MB; ++j) d0[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + j * K + k), w0, d0[j]);
+      k += 16;
+    }
+    if (k < k1) {  // 8 weights
+      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
+      for (int j = 0; j < MB; ++j) d1[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(0xFF, x + j * K + k), w1, d1[j]);
+    }
+    const __m512 sc = _mm512_set1_ps(ld(scale + gi));
+    for (int j = 0; j < MB; ++j) acc[j] = _mm512_fmadd_ps(sc, _mm512_add_ps(d0[j], d1[j]), acc[j]);
+  }
+  for (int j = 0; j < MB; ++j) y[j * N] = _mm512_reduce_add_ps(acc[j]);
+}
+#endif
+
 #endif
 
 #ifndef LMZOO_AVX2
@@ -368,7 +455,26 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
     std::vector<float> sbuf(G);
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
-#ifdef LMZOO_AVX2
+#ifdef LMZOO_AVX512
+      auto pass = [&](const auto* sr) {
+        for (int64_t m0 = 0; m0 < M; m0 += RI4) {
+          const float* x = xp + m0 * K;
+          float* y = yp + m0 * N + n;
+          switch (std::min<int64_t>(RI4, M - m0)) {
+            case 8: i8_rows512<8>(x, K, qr, sr, g, y, N); break;
+            case 7: i8_rows512<7>(x, K, qr, sr, g, y, N); break;
+            case 6: i8_rows512<6>(x, K, qr, sr, g, y, N); break;
+            case 5: i8_rows512<5>(x, K, qr, sr, g, y, N); break;
+            case 4: i8_rows512<4>(x, K, qr, sr, g, y, N); break;
+            case 3: i8_rows512<3>(x, K, qr, sr, g, y, N); break;
+            case 2: i8_rows512<2>(x, K, qr, sr, g, y, N); break;
+            default: i8_rows512<1>(x, K, qr, sr, g, y, N);
+          }
+        }
+      };
+      if (ss.f) pass(ss.f + n * G);
+      else pass(ss.h + n * G);
+#elif defined(LMZOO_AVX2)
       const float* sr = M == 1 ? nullptr : ss.row(n, sbuf);  // one row reads the scales as stored
       // rows in passes of RB: each 16-weight chunk is widened to float once and used for RB rows
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
@@ -447,16 +553,29 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
 #ifdef LMZOO_AVX2
-      // rows in passes of up to RB: each block is unpacked to floats once and used for every row
+      // rows in passes of up to RI4: each block is unpacked to floats once and used for every row
       auto pass = [&](const auto* sr, const auto* mr) {
-        for (int64_t m0 = 0; m0 < M; m0 += RB) {
-          switch (std::min<int64_t>(RB, M - m0)) {
-            case 4: i4_rows<4>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
-            case 3: i4_rows<3>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
-            case 2: i4_rows<2>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N); break;
-            default: i4_rows<1>(xp + m0 * K, K, qr, sr, gof.data(), yp + m0 * N + n, N);
+        for (int64_t m0 = 0; m0 < M; m0 += RI4) {
+          const float* x = xp + m0 * K;
+          float* y = yp + m0 * N + n;
+          switch (std::min<int64_t>(RI4, M - m0)) {
+#ifdef LMZOO_AVX512
+            case 8: i4_rows512<8>(x, K, qr, sr, gof.data(), y, N); break;
+            case 7: i4_rows512<7>(x, K, qr, sr, gof.data(), y, N); break;
+            case 6: i4_rows512<6>(x, K, qr, sr, gof.data(), y, N); break;
+            case 5: i4_rows512<5>(x, K, qr, sr, gof.data(), y, N); break;
+            case 4: i4_rows512<4>(x, K, qr, sr, gof.data(), y, N); break;
+            case 3: i4_rows512<3>(x, K, qr, sr, gof.data(), y, N); break;
+            case 2: i4_rows512<2>(x, K, qr, sr, gof.data(), y, N); break;
+            default: i4_rows512<1>(x, K, qr, sr, gof.data(), y, N);
+#else
+            case 4: i4_rows<4>(x, K, qr, sr, gof.data(), y, N); break;
+            case 3: i4_rows<3>(x, K, qr, sr, gof.data(), y, N); break;
+            case 2: i4_rows<2>(x, K, qr, sr, gof.data(), y, N); break;
+            default: i4_rows<1>(x, K, qr, sr, gof.data(), y, N);
+#endif
           }
-          for (int64_t m = m0; m < std::min(M, m0 + RB); ++m) yp[m * N + n] += dot_sf(mr, xsp + m * G, G);
+          for (int64_t m = m0; m < std::min(M, m0 + RI4); ++m) yp[m * N + n] += dot_sf(mr, xsp + m * G, G);
         }
       };
       if (ss.f && ms.f) pass(ss.f + n * G, ms.f + n * G);
