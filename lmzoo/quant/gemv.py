@@ -22,7 +22,16 @@ from lmzoo.nn.block import PreNormBlock
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import RMSNorm
 from lmzoo.quant.kernels import cpu_kernels
-from lmzoo.quant.layers import GEMV_MAX_ROWS, KERNEL_MAX_ROWS, HalfLinear, Int4Linear, Int8Linear, float_linear_op, needs_autograd
+from lmzoo.quant.layers import (
+    GEMV_MAX_ROWS,
+    KERNEL_MAX_ROWS,
+    ROW_CHUNK,
+    HalfLinear,
+    Int4Linear,
+    Int8Linear,
+    float_linear_op,
+    needs_autograd,
+)
 
 
 class GemvLinear(nn.Linear):
@@ -33,10 +42,15 @@ class GemvLinear(nn.Linear):
         if x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32 \
                 and not needs_autograd(x, self.weight, self.bias):
             rows = x.numel() // x.shape[-1]
-            k = cpu_kernels() if rows <= GEMV_MAX_ROWS else None
+            # few rows, or one token a sequence (decode: the same product in a batch of any size)
+            one = x.dim() > 2 and x.shape[-2] == 1 and not torch.compiler.is_compiling()
+            k = cpu_kernels() if rows <= GEMV_MAX_ROWS or one else None
             if k is not None and self.weight.is_contiguous():
                 x2 = x.reshape(rows, x.shape[-1]).contiguous()
-                y = float_linear_op(x2, self.weight) if torch.compiler.is_compiling() else k.float_linear(x2, self.weight)
+                if torch.compiler.is_compiling():
+                    y = float_linear_op(x2, self.weight)
+                else:
+                    y = torch.cat([k.float_linear(x2[i:i + ROW_CHUNK], self.weight) for i in range(0, rows, ROW_CHUNK)])
                 if self.bias is not None:
                     y = y + self.bias
                 return y.view(*x.shape[:-1], self.out_features)
@@ -107,7 +121,7 @@ def _linear_spec(m: nn.Module, rows: int) -> tuple | None:
             return None
         return 0, (w,), 0, p["bias"]
     if (t is Int4Linear or t is Int8Linear) and rows <= KERNEL_MAX_ROWS or t is HalfLinear and rows <= GEMV_MAX_ROWS:
-        kind, tensors = m.kernel_spec()
+        kind, tensors = m.kernel_spec(rows)
         return kind, tensors, m.group_size, m.bias
     return None
 

@@ -23,8 +23,19 @@ from torch import nn
 from lmzoo.errors import ConfigError
 from lmzoo.quant.kernels import cpu_kernels
 
-KERNEL_MAX_ROWS = 64  # above this many activation rows (long prefill) dequantise + GEMM instead
-GEMV_MAX_ROWS = 16  # the float-weight kernel's limit: from here BLAS on float32 weights is as fast
+# Rows of activations (tokens) -> the path a product takes on CPU (float32 activations, inference).
+# The row kernels run at any length with 8-bit activations (integer dot products: several times the
+# float rate, and llama.cpp's arithmetic in the prompt too) and, on AVX-512 builds, with float
+# activations as well (they match BLAS there: ~780 prompt tok/s on the default model); AVX2 and
+# portable builds switch to BLAS on dequantised tiles past these many rows (the crossover measured
+# with LMZOO_CPU_ISA=avx2: ~48 rows; benchmarks/RESULTS.md 2026-12-06):
+KERNEL_MAX_ROWS = 48  # int8 / int4 weights
+Q8_MAX_ROWS = 32  # 8-bit activations up to here: llama.cpp's prompts of more tokens are nearer float
+# activations (its last-position logits, mean |diff| over the vocabulary, default model: 4-32 tokens
+# q8 0.11-0.20 vs float 0.17-0.30; 64-256 tokens q8 0.29-0.42 vs float 0.12-0.31)
+GEMV_MAX_ROWS = 16  # float weights (float32 / half)
+ROW_CHUNK = 256  # rows per kernel call past the limits (they stay in cache)
+TILE = 1 << 19  # floats in one dequantised tile (2 MiB): multiplied while it is still in cache
 
 
 def needs_autograd(*tensors) -> bool:
@@ -88,14 +99,47 @@ class _QuantLinear(nn.Module):
     activations = "float"
     kernel_rows = KERNEL_MAX_ROWS  # the most activation rows the kernel takes
 
-    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """(kind, tensors) of the kernel for an input of `rows` rows, as the fused decode kernel takes
+        them (cpu.cpp, prenorm_decode_block)."""
+        raise NotImplementedError
+
+    def _q8(self, rows: int) -> bool:
+        return self.activations == "q8" and rows <= Q8_MAX_ROWS
+
+    def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
+        (default: x2's rows; a long input goes in chunks, all of them multiplied alike)."""
         raise NotImplementedError
 
     def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         raise NotImplementedError
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        return self.dequantize_rows(None, dtype)
+        k = cpu_kernels() if dtype == torch.float32 and self.kernel_spec()[1][0].device.type == "cpu" else None
+        if k is None or type(self) is HalfLinear:
+            return self.dequantize_rows(None, dtype)
+        out = torch.empty(self.out_features, self.in_features)  # one pass in C++ (PyTorch's ops take ~2.5x)
+        self._dequant_into(k, 0, out)
+        return out
+
+    def _dequant_into(self, k, n0: int, out: torch.Tensor) -> None:
+        """Weight rows [n0, n0 + len(out)) as float32 into out."""
+        kind, t = self.kernel_spec()
+        k.dequant_rows(kind, list(t), self.group_size, n0, out)
+
+    def _tiled(self, k, x2: torch.Tensor) -> torch.Tensor:
+        """x2 (M, K) @ W^T through BLAS on dequantised tiles of W's rows: y^T row blocks, each
+        tile @ x2^T while the tile is in cache (no float copy of the whole matrix)."""
+        N, K = self.out_features, self.in_features
+        rows = min(N, max(1, TILE // K))
+        yT = x2.new_empty(N, x2.shape[0])
+        buf = x2.new_empty(rows, K)
+        for n0 in range(0, N, rows):
+            w = buf[:min(rows, N - n0)]
+            self._dequant_into(k, n0, w)
+            torch.mm(w, x2.t(), out=yT[n0:n0 + len(w)])
+        return yT.t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a decode step calls this ~120 times: buffers are read from _buffers (nn.Module's __getattr__
@@ -103,13 +147,22 @@ class _QuantLinear(nn.Module):
         K = x.shape[-1]
         bias = self.bias
         k = cpu_kernels() if x.dtype == torch.float32 and x.device.type == "cpu" else None
-        if k is not None and x.numel() <= self.kernel_rows * K and not needs_autograd(x, bias):
-            y = self._kernel(k, x.reshape(-1, K).contiguous())
-            if bias is not None:
-                y += bias
-            return y.view(x.shape[:-1] + (self.out_features,))
-        y = F.linear(x, self.dequantize(x.dtype), None if bias is None else bias.to(x.dtype))
-        return y
+        if k is None or needs_autograd(x, bias) or (x.numel() > self.kernel_rows * K and torch.compiler.is_compiling()):
+            return F.linear(x, self.dequantize(x.dtype), None if bias is None else bias.to(x.dtype))
+        x2 = x.reshape(-1, K).contiguous()
+        M = x2.shape[0]
+        # tokens per sequence (a 2-D input: its rows) choose the activations, and one token (decode)
+        # always takes the kernel: a decode row's product is then the same in a batch of any size
+        T = x.shape[-2] if x.dim() > 2 else M
+        if M <= self.kernel_rows:
+            y = self._kernel(k, x2, T)
+        elif T == 1 or k.isa() == "avx512":
+            y = torch.cat([self._kernel(k, x2[i:i + ROW_CHUNK], T) for i in range(0, M, ROW_CHUNK)])
+        else:
+            y = self._tiled(k, x2)
+        if bias is not None:
+            y += bias
+        return y.view(x.shape[:-1] + (self.out_features,))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.bits}, group={self.group_size}"
@@ -166,18 +219,17 @@ class Int8Linear(_QuantLinear):
         N, K, g = q.shape[0], self.in_features, self.group_size
         return (q.view(N, K // g, g).to(dtype) * scale[..., None].to(dtype)).view(N, K)
 
-    def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """(kind, tensors) as the fused decode kernel takes them (cpu.cpp, prenorm_decode_block):
-        1 int8_linear, 2 int8_linear_q8."""
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """1 int8_linear, 2 int8_linear_q8."""
         b, g = self._buffers, self.group_size
-        q8 = self.activations == "q8" and self.in_features % 32 == 0 and (g == 16 or g % 32 == 0)
+        q8 = self._q8(rows) and self.in_features % 32 == 0 and (g == 16 or g % 32 == 0)
         return 2 if q8 else 1, (b["q"], b["scale"])
 
-    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+    def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling():
             b = self._buffers
             return int8_linear_op(x2, b["q"], b["scale"], self.group_size)
-        kind, t = self.kernel_spec()
+        kind, t = self.kernel_spec(rows or x2.shape[0])
         return (k.int8_linear_q8 if kind == 2 else k.int8_linear)(x2, *t, self.group_size)
 
 
@@ -227,11 +279,14 @@ class HalfLinear(_QuantLinear):
         w = self._buffers["w"]
         return (w if rows is None else w[rows]).to(dtype)
 
-    def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """(kind, tensors) as the fused decode kernel takes them: 0 float_linear."""
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """0 float_linear."""
         return 0, (self._buffers["w"],)
 
-    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+    def _dequant_into(self, k, n0: int, out: torch.Tensor) -> None:
+        out.copy_(self._buffers["w"][n0:n0 + len(out)])
+
+    def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         w = self._buffers["w"]
         return float_linear_op(x2, w) if torch.compiler.is_compiling() else k.float_linear(x2, w)
 
@@ -292,16 +347,16 @@ class Int4Linear(_QuantLinear):
         w = unpack_int4(q).view(N, K // g, g).to(dtype)
         return (w * scale[..., None].to(dtype) + mn[..., None].to(dtype)).view(N, K)
 
-    def kernel_spec(self) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """(kind, tensors) as the fused decode kernel takes them: 3 int4_linear, 4 int4_linear_q8."""
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """3 int4_linear, 4 int4_linear_q8."""
         b = self._buffers
-        return 4 if self.activations == "q8" else 3, (b["q"], b["scale"], b["min"])
+        return 4 if self._q8(rows) else 3, (b["q"], b["scale"], b["min"])
 
-    def _kernel(self, k, x2: torch.Tensor) -> torch.Tensor:
+    def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling():
             b = self._buffers
             return int4_linear_op(x2, b["q"], b["scale"], b["min"], self.group_size)
-        kind, t = self.kernel_spec()
+        kind, t = self.kernel_spec(rows or x2.shape[0])
         return (k.int4_linear_q8 if kind == 4 else k.int4_linear)(x2, *t, self.group_size)
 
 

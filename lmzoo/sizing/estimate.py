@@ -528,12 +528,14 @@ def estimate_memory(
         terms["activations"] = act
         if dtype in ("int8", "int4"):  # a prefill dequantises one Linear at a time into the compute dtype
             # the head sees only the last position of each row; on CPU our int8/int4 kernels take up to
-            # KERNEL_MAX_ROWS rows without dequantising, so there the head needs no buffer
-            from lmzoo.quant.layers import KERNEL_MAX_ROWS
+            # KERNEL_MAX_ROWS rows without dequantising, so there the head needs no buffer, and longer
+            # inputs dequantise a tile of TILE values at a time
+            from lmzoo.quant.layers import KERNEL_MAX_ROWS, TILE
 
             head_kernel = device == "cpu" and batch <= KERNEL_MAX_ROWS
-            terms["dequant_buffer"] = max((t.out_f * t.in_f for t in inv if t.linear
-                                           and not (head_kernel and t.role == "head")), default=0) * compute
+            biggest = max((t.out_f * t.in_f for t in inv if t.linear
+                           and not (head_kernel and t.role == "head")), default=0)
+            terms["dequant_buffer"] = (min(biggest, TILE) if device == "cpu" else biggest) * compute
         if device == "gpu":
             terms["overhead"] = runtime_overhead
         total = sum(terms.values())

@@ -27,18 +27,19 @@ class CountingKernels:
     """Stands in for lmzoo's compiled module and counts the calls that reach it."""
 
     def __init__(self, real):
-        self.real, self.calls = real, 0
+        self.real, self.calls, self.names = real, 0, []
 
     def __getattr__(self, name):
         fn = getattr(self.real, name)
 
         def counted(*a):
             self.calls += 1
+            self.names.append(name)
             return fn(*a)
         return counted
 
 
-@pytest.mark.parametrize("M", [1, 3, 40])  # decode rows use the kernel, prefill rows (2 x 40 > 64) dequantise
+@pytest.mark.parametrize("M", [1, 3, 40])  # decode rows use the kernel, prefill rows (2 x 40) dequantised tiles
 @pytest.mark.parametrize(
     "cls,kw", [(Int8Linear, {}), (Int8Linear, {"group_size": 64}),
                (Int4Linear, {"group_size": 32}), (Int4Linear, {"group_size": 128}),
@@ -56,8 +57,14 @@ def test_quantised_linear_matches_dequantised_weight(M, cls, kw, monkeypatch):
     with torch.inference_mode():
         y = q(x)
         ref = nn.functional.linear(x, reference_weight(q), q.bias)
-    assert counter.calls == (1 if 2 * M <= q.kernel_rows else 0)  # the path the case claims to test
+    # the path the case claims to test: the row kernel, or BLAS over dequantised tiles (half weights: copies)
     assert q.kernel_rows == (16 if cls is HalfLinear else Q.KERNEL_MAX_ROWS)
+    kernel = "float_linear" if cls is HalfLinear else f"{q.bits}_linear"
+    called = [n for n in counter.names if n != "isa"]
+    if 2 * M <= q.kernel_rows or cpu_kernels().isa() == "avx512":  # 512-bit builds: the kernel at any length
+        assert called == [kernel]
+    else:
+        assert called == ([] if cls is HalfLinear else ["dequant_rows"])
     assert y.shape == (2, M, 96)
     assert (y - ref).abs().max() < 1e-4
     # and the quantisation error itself is what the bit width allows
@@ -114,10 +121,12 @@ def test_quantise_errors():
         quantize(_model(), mode="f16", group_size=32)
 
 
-@pytest.mark.parametrize("kind", ["f32", "f16", "bf16", "int8", "int4"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16", "int8", "int4", "int8/q8", "int4/q8"])
 def test_kernel_rows_are_independent_of_the_batch(kind):
-    """A row's product is bit-identical alone or among others (any batch size up to the kernel
-    limit): the engine's guarantee that batching never changes a request's tokens rests on it."""
+    """A row's product is bit-identical alone or among others, and a decode step's rows (one token a
+    sequence) at any batch size, past every row limit too: the engine's guarantee that batching never
+    changes a request's tokens rests on it."""
+    from lmzoo.quant.layers import set_activations
     from lmzoo.quant.gemv import GemvLinear
 
     torch.manual_seed(0)
@@ -128,13 +137,16 @@ def test_kernel_rows_are_independent_of_the_batch(kind):
     elif kind in ("f16", "bf16"):
         layer = HalfLinear.from_linear(lin, dtype=torch.float16 if kind == "f16" else torch.bfloat16)
     else:
-        layer = (Int8Linear.from_linear(lin, group_size=64) if kind == "int8" else
+        layer = (Int8Linear.from_linear(lin, group_size=64) if kind.startswith("int8") else
                  Int4Linear.from_linear(lin, group_size=64))
-    x = torch.randn(16, 320)
+        set_activations(layer, "q8" if kind.endswith("/q8") else "float")
+    x = torch.randn(80, 320)
     with torch.inference_mode():
-        alone = torch.cat([layer(x[i:i + 1]) for i in range(16)])
+        alone = torch.cat([layer(x[i:i + 1]) for i in range(80)])
         for m in (2, 3, 4, 5, 9, 16):
             assert torch.equal(layer(x[:m]), alone[:m]), m
+        decode = layer(x[:, None])  # (80 sequences, 1 token, K)
+        assert torch.equal(decode[:, 0], alone)
 
 
 @pytest.mark.parametrize("cls", [Int8Linear, Int4Linear, HalfLinear])
@@ -153,3 +165,52 @@ def test_quant_embedding_looks_up_the_dequantised_rows(cls):
     assert torch.equal(emb.dequantize(), reference_weight(table))
     emb.to(torch.bfloat16)
     assert emb(ids).dtype == torch.bfloat16 and emb.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear, HalfLinear])
+def test_long_inputs_multiply_dequantised_tiles(cls, monkeypatch):
+    """Past the row kernel's limit the product goes through BLAS on tiles of the weight's rows (here
+    10 rows a tile, the last one short), and equals the dequantised weight's product; with bias."""
+    import lmzoo.quant.layers as Q
+
+    monkeypatch.setattr(Q, "TILE", 256 * 10)
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 96, bias=True)
+    q = cls.from_linear(lin) if cls is not Int4Linear else cls.from_linear(lin, group_size=64)
+    x = torch.randn(90, 256)
+    with torch.inference_mode():
+        y = q._tiled(cpu_kernels(), x)
+        ref = nn.functional.linear(x, reference_weight(q))
+        assert y.shape == (90, 96) and y.is_contiguous()
+        assert (y - ref).abs().max() < 1e-4
+        # and the layer at that length (the tiles on AVX2 builds, the row kernel on AVX-512 ones)
+        assert (q(x[None]) - (ref + q.bias)).abs().max() < 1e-4
+    assert torch.equal(q.dequantize(), reference_weight(q))  # the one-pass C++ dequantisation
+
+
+@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
+def test_8bit_activations_up_to_q8_max_rows_then_float(cls, monkeypatch):
+    """With 8-bit activations an input of up to Q8_MAX_ROWS rows goes through the integer kernel, each
+    row's result the one it gets alone; a longer one (a prompt) is multiplied with float activations
+    (llama.cpp's arithmetic for long prompts is nearer that), exactly, in chunks of rows."""
+    import lmzoo.quant.layers as Q
+    from lmzoo.quant.layers import set_activations
+
+    monkeypatch.setattr(Q, "ROW_CHUNK", 16)
+    torch.manual_seed(0)
+    q = cls.from_linear(nn.Linear(256, 40), group_size=32)
+    set_activations(q, "q8")
+    counter = CountingKernels(cpu_kernels())
+    monkeypatch.setattr(Q, "cpu_kernels", lambda: counter)
+    x = torch.randn(1, 45, 256)
+    ref = nn.functional.linear(x, reference_weight(q), q.bias)
+    with torch.inference_mode():
+        short = q(x[:, :Q.Q8_MAX_ROWS])
+        alone = torch.cat([q(x[:, i:i + 1]) for i in range(Q.Q8_MAX_ROWS)], dim=1)
+        assert set(counter.names) == {f"{q.bits}_linear_q8"}
+        assert torch.equal(short, alone)
+        assert (short - ref[:, :Q.Q8_MAX_ROWS]).abs().max() < 0.05 * ref.abs().max()  # rounded to 8 bits
+        counter.names.clear()
+        long = q(x)
+    assert f"{q.bits}_linear_q8" not in counter.names and counter.names  # the float kernel or the tiles
+    assert (long - ref).abs().max() < 1e-4

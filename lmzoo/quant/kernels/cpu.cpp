@@ -54,6 +54,22 @@ inline std::vector<int64_t> group_of(int64_t nb, int64_t per_group) {
   return t;
 }
 
+// f(n, m0, buf): weight row n against activation rows [m0, m0 + R) (the last pass shorter), for every
+// n and pass; the weight rows split across threads, and within a thread taken in tiles of 16 rows,
+// each tile against one pass of rows after another: the pass's rows stay in L1 across the tile and the
+// tile's weights across the passes (row-major over all rows instead ran prompts of more than ~20
+// tokens at half speed: their rows no longer fit in L1). buf: G floats of scratch per thread.
+template <typename F>
+void weight_row_tiles(int64_t N, int64_t M, int64_t R, int64_t G, F&& f) {
+  constexpr int64_t NT = 16;
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> buf(2 * G);
+    for (int64_t nt = n0; nt < n1; nt += NT)
+      for (int64_t m0 = 0; m0 < M; m0 += R)
+        for (int64_t n = nt; n < std::min(n1, nt + NT); ++n) f(n, m0, buf);
+  });
+}
+
 // x[0] + ... + x[n-1] (8 lanes, then across them)
 inline float sum_f32(const float* x, int64_t n) {
   int64_t i = 0;
@@ -401,25 +417,21 @@ inline void float_pass(const float* x, int64_t K, const W* w, float* y, int64_t 
 
 template <typename W>
 void float_rows(const float* xp, int64_t M, int64_t K, const W* wp, int64_t N, float* yp) {
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t m0 = 0; m0 < M; m0 += RW) {
-        const float* x = xp + m0 * K;
-        const W* w = wp + n * K;
-        float* y = yp + m0 * N + n;
-        switch (std::min<int64_t>(RW, M - m0)) {
-          case 1: float_pass<1>(x, K, w, y, N); break;
-          case 2: float_pass<2>(x, K, w, y, N); break;
-          case 3: float_pass<3>(x, K, w, y, N); break;
-          case 4: float_pass<4>(x, K, w, y, N); break;
+  weight_row_tiles(N, M, RW, 0, [&](int64_t n, int64_t m0, std::vector<float>&) {
+    const float* x = xp + m0 * K;
+    const W* w = wp + n * K;
+    float* y = yp + m0 * N + n;
+    switch (std::min<int64_t>(RW, M - m0)) {
+      case 1: float_pass<1>(x, K, w, y, N); break;
+      case 2: float_pass<2>(x, K, w, y, N); break;
+      case 3: float_pass<3>(x, K, w, y, N); break;
+      case 4: float_pass<4>(x, K, w, y, N); break;
 #if defined(LMZOO_AVX512)
-          case 5: float_pass<5>(x, K, w, y, N); break;
-          case 6: float_pass<6>(x, K, w, y, N); break;
-          case 7: float_pass<7>(x, K, w, y, N); break;
-          case 8: float_pass<8>(x, K, w, y, N); break;
+      case 5: float_pass<5>(x, K, w, y, N); break;
+      case 6: float_pass<6>(x, K, w, y, N); break;
+      case 7: float_pass<7>(x, K, w, y, N); break;
+      case 8: float_pass<8>(x, K, w, y, N); break;
 #endif
-        }
-      }
     }
   });
 }
@@ -451,30 +463,32 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   const float* xp = x.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
   float* yp = y.data_ptr<float>();
+#ifdef LMZOO_AVX512
+  weight_row_tiles(N, M, RI4, 0, [&](int64_t n, int64_t m0, std::vector<float>&) {
+    const int8_t* qr = qp + n * K;
+    auto pass = [&](const auto* sr) {
+      const float* x = xp + m0 * K;
+      float* y = yp + m0 * N + n;
+      switch (std::min<int64_t>(RI4, M - m0)) {
+        case 8: i8_rows512<8>(x, K, qr, sr, g, y, N); break;
+        case 7: i8_rows512<7>(x, K, qr, sr, g, y, N); break;
+        case 6: i8_rows512<6>(x, K, qr, sr, g, y, N); break;
+        case 5: i8_rows512<5>(x, K, qr, sr, g, y, N); break;
+        case 4: i8_rows512<4>(x, K, qr, sr, g, y, N); break;
+        case 3: i8_rows512<3>(x, K, qr, sr, g, y, N); break;
+        case 2: i8_rows512<2>(x, K, qr, sr, g, y, N); break;
+        default: i8_rows512<1>(x, K, qr, sr, g, y, N);
+      }
+    };
+    if (ss.f) pass(ss.f + n * G);
+    else pass(ss.h + n * G);
+  });
+#else
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> sbuf(G);
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
-#ifdef LMZOO_AVX512
-      auto pass = [&](const auto* sr) {
-        for (int64_t m0 = 0; m0 < M; m0 += RI4) {
-          const float* x = xp + m0 * K;
-          float* y = yp + m0 * N + n;
-          switch (std::min<int64_t>(RI4, M - m0)) {
-            case 8: i8_rows512<8>(x, K, qr, sr, g, y, N); break;
-            case 7: i8_rows512<7>(x, K, qr, sr, g, y, N); break;
-            case 6: i8_rows512<6>(x, K, qr, sr, g, y, N); break;
-            case 5: i8_rows512<5>(x, K, qr, sr, g, y, N); break;
-            case 4: i8_rows512<4>(x, K, qr, sr, g, y, N); break;
-            case 3: i8_rows512<3>(x, K, qr, sr, g, y, N); break;
-            case 2: i8_rows512<2>(x, K, qr, sr, g, y, N); break;
-            default: i8_rows512<1>(x, K, qr, sr, g, y, N);
-          }
-        }
-      };
-      if (ss.f) pass(ss.f + n * G);
-      else pass(ss.h + n * G);
-#elif defined(LMZOO_AVX2)
+#if defined(LMZOO_AVX2)
       const float* sr = M == 1 ? nullptr : ss.row(n, sbuf);  // one row reads the scales as stored
       // rows in passes of RB: each 16-weight chunk is widened to float once and used for RB rows
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
@@ -527,6 +541,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 #endif
     }
   });
+#endif
   return y;
 }
 
@@ -548,40 +563,44 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   float* yp = y.data_ptr<float>();
   const int64_t blocks = g / 32;
   const std::vector<int64_t> gof = group_of(K / 32, blocks);
+#ifdef LMZOO_AVX2
+  // rows in passes of up to RI4: each block is unpacked to floats once and used for every row of a pass
+  weight_row_tiles(N, M, RI4, G, [&](int64_t n, int64_t m0, std::vector<float>& buf) {
+    const uint8_t* qr = qp + n * (K / 2);
+    auto pass = [&](const auto* sr, const auto* mr) {
+      const float* x = xp + m0 * K;
+      float* y = yp + m0 * N + n;
+      switch (std::min<int64_t>(RI4, M - m0)) {
+#ifdef LMZOO_AVX512
+        case 8: i4_rows512<8>(x, K, qr, sr, gof.data(), y, N); break;
+        case 7: i4_rows512<7>(x, K, qr, sr, gof.data(), y, N); break;
+        case 6: i4_rows512<6>(x, K, qr, sr, gof.data(), y, N); break;
+        case 5: i4_rows512<5>(x, K, qr, sr, gof.data(), y, N); break;
+        case 4: i4_rows512<4>(x, K, qr, sr, gof.data(), y, N); break;
+        case 3: i4_rows512<3>(x, K, qr, sr, gof.data(), y, N); break;
+        case 2: i4_rows512<2>(x, K, qr, sr, gof.data(), y, N); break;
+        default: i4_rows512<1>(x, K, qr, sr, gof.data(), y, N);
+#else
+        case 4: i4_rows<4>(x, K, qr, sr, gof.data(), y, N); break;
+        case 3: i4_rows<3>(x, K, qr, sr, gof.data(), y, N); break;
+        case 2: i4_rows<2>(x, K, qr, sr, gof.data(), y, N); break;
+        default: i4_rows<1>(x, K, qr, sr, gof.data(), y, N);
+#endif
+      }
+      for (int64_t m = m0; m < std::min(M, m0 + RI4); ++m) yp[m * N + n] += dot_sf(mr, xsp + m * G, G);
+    };
+    if (ss.f && ms.f) pass(ss.f + n * G, ms.f + n * G);
+    else if (ss.h && ms.h) pass(ss.h + n * G, ms.h + n * G);
+    else {
+      std::vector<float> mbuf(G);
+      pass(ss.row(n, buf), ms.row(n, mbuf));
+    }
+  });
+#else
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> sbuf(G), mbuf(G);
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* qr = qp + n * (K / 2);
-#ifdef LMZOO_AVX2
-      // rows in passes of up to RI4: each block is unpacked to floats once and used for every row
-      auto pass = [&](const auto* sr, const auto* mr) {
-        for (int64_t m0 = 0; m0 < M; m0 += RI4) {
-          const float* x = xp + m0 * K;
-          float* y = yp + m0 * N + n;
-          switch (std::min<int64_t>(RI4, M - m0)) {
-#ifdef LMZOO_AVX512
-            case 8: i4_rows512<8>(x, K, qr, sr, gof.data(), y, N); break;
-            case 7: i4_rows512<7>(x, K, qr, sr, gof.data(), y, N); break;
-            case 6: i4_rows512<6>(x, K, qr, sr, gof.data(), y, N); break;
-            case 5: i4_rows512<5>(x, K, qr, sr, gof.data(), y, N); break;
-            case 4: i4_rows512<4>(x, K, qr, sr, gof.data(), y, N); break;
-            case 3: i4_rows512<3>(x, K, qr, sr, gof.data(), y, N); break;
-            case 2: i4_rows512<2>(x, K, qr, sr, gof.data(), y, N); break;
-            default: i4_rows512<1>(x, K, qr, sr, gof.data(), y, N);
-#else
-            case 4: i4_rows<4>(x, K, qr, sr, gof.data(), y, N); break;
-            case 3: i4_rows<3>(x, K, qr, sr, gof.data(), y, N); break;
-            case 2: i4_rows<2>(x, K, qr, sr, gof.data(), y, N); break;
-            default: i4_rows<1>(x, K, qr, sr, gof.data(), y, N);
-#endif
-          }
-          for (int64_t m = m0; m < std::min(M, m0 + RI4); ++m) yp[m * N + n] += dot_sf(mr, xsp + m * G, G);
-        }
-      };
-      if (ss.f && ms.f) pass(ss.f + n * G, ms.f + n * G);
-      else if (ss.h && ms.h) pass(ss.h + n * G, ms.h + n * G);
-      else pass(ss.row(n, sbuf), ms.row(n, mbuf));
-#else
       const float* sr = ss.row(n, sbuf);
       const float* mr = ms.row(n, mbuf);
       for (int64_t m = 0; m < M; ++m) {
@@ -598,9 +617,9 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
         }
         yp[m * N + n] = acc;
       }
-#endif
     }
   });
+#endif
   return y;
 }
 
@@ -1091,6 +1110,51 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
 // these do the same arithmetic in one call.
 
 // x (R, D), w (D,) -> x * rsqrt(mean(x^2) + eps) * w  (lmzoo.nn.norm.RMSNorm, float32)
+// ---------------------------------------------------------------------------------------------
+// Weight rows [n0, n0 + out.size(0)) as float32 into out (R, K), the values the layers' `dequantize`
+// computes (code * scale, then + min for int4: two roundings, as the PyTorch expression rounds):
+// a prefill multiplies tiles of these with BLAS while they are still in cache, instead of a float
+// copy of the whole matrix (135 ms a forward for the default model through PyTorch ops).
+//   kind 1 / 2: int8 q (N, K), scale (N, K/g)     kind 3 / 4: int4 q (N, K/2), scale, min (N, K/g)
+void dequant_rows(int64_t kind, std::vector<torch::Tensor> t, int64_t g, int64_t n0, torch::Tensor out) {
+  TORCH_CHECK(kind >= 1 && kind <= 4 && t.size() == (kind <= 2 ? 2u : 3u), "dequant_rows: kind 1-4 with its tensors");
+  const bool i4 = kind >= 3;
+  const int64_t N = t[0].size(0), K = t[0].size(1) * (i4 ? 2 : 1), R = out.size(0), G = K / g;
+  TORCH_CHECK(out.scalar_type() == torch::kFloat && out.is_contiguous() && out.dim() == 2 && out.size(1) == K &&
+              n0 >= 0 && n0 + R <= N && g > 0 && K % g == 0 && (!i4 || g % 32 == 0) && t[0].is_contiguous(),
+              "dequant_rows: out (R, K) float32 contiguous, rows [n0, n0 + R) of the N = ", N, " weight rows");
+  const Scales ss(t[1], N, G), ms(t[i4 ? 2 : 1], N, G);  // int8: no mins (ms unused)
+  const uint8_t* qp = static_cast<const uint8_t*>(t[0].data_ptr());
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<float> sbuf(G), mbuf(G);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = n0 + r;
+      const float* sr = ss.row(n, sbuf);
+      float* o = op + r * K;
+      if (!i4) {
+        const int8_t* q = reinterpret_cast<const int8_t*>(qp) + n * K;
+        for (int64_t gi = 0; gi < G; ++gi) {
+          const float sc = sr[gi];
+          for (int64_t k = gi * g; k < (gi + 1) * g; ++k) o[k] = static_cast<float>(q[k]) * sc;
+        }
+        continue;
+      }
+      const float* mr = ms.row(n, mbuf);
+      const uint8_t* q = qp + n * (K / 2);
+      for (int64_t b = 0; b < K / 32; ++b) {  // block b: byte j holds element j (low) and j + 16 (high)
+        const float sc = sr[b * 32 / g], mn = mr[b * 32 / g];
+        const uint8_t* qb = q + b * 16;
+        float* ob = o + b * 32;
+        for (int j = 0; j < 16; ++j) {
+          ob[j] = static_cast<float>(qb[j] & 0x0F) * sc + mn;
+          ob[j + 16] = static_cast<float>(qb[j] >> 4) * sc + mn;
+        }
+      }
+    }
+  });
+}
+
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.is_contiguous() && w.scalar_type() == torch::kFloat &&
               w.is_contiguous() && x.size(-1) == w.numel(), "rms_norm: contiguous float32 x (..., D), w (D,)");
@@ -1485,13 +1549,26 @@ void split_blocks(torch::Tensor raw, int64_t bs, int64_t qo, torch::Tensor rows,
   });
 }
 
+// the widest code path this build compiled (the Python side picks row limits by it)
+std::string isa() {
+#if defined(LMZOO_AVX512)
+  return "avx512";
+#elif defined(LMZOO_AVX2)
+  return "avx2";
+#else
+  return "portable";
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("isa", &isa, "the widest instruction set this build uses: avx512, avx2 or portable");
   m.def("split_blocks", &split_blocks, "GGUF Q8_0 / Q4_0 / Q4_1 blocks -> codes, scales, mins in one pass (CPU)");
   m.def("float_linear", &float_linear, "float32 / float16 / bfloat16 weights x float32 rows, few rows (CPU)");
   m.def("int8_linear", &int8_linear, "int8 weight-only linear (CPU)");
   m.def("int4_linear", &int4_linear, "int4 weight-only linear (CPU)");
   m.def("int4_linear_q8", &int4_linear_q8, "int4 weights x 8-bit activations (CPU)");
   m.def("int8_linear_q8", &int8_linear_q8, "int8 weights x 8-bit activations (CPU)");
+  m.def("dequant_rows", &dequant_rows, "int8 / int4 weight rows as float32 into a given tensor (CPU)");
   m.def("rms_norm", &rms_norm, "RMSNorm, float32 (CPU)");
   m.def("decode_attention", &decode_attention, "one query per row against the KV cache, GQA, float32 (CPU)");
   m.def("prenorm_decode_block", &prenorm_decode_block, "one pre-norm block's decode step (RMSNorm, RoPE attention, SwiGLU; CPU)");
