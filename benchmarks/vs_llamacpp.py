@@ -142,12 +142,14 @@ def requantize(src: Path, kind: str) -> Path:
     return finish(w, dst)
 
 
-def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_kv_head=8, ffn=8192) -> Path:
-    """A Llama of 1B-class shape with random weights in `kind`, SmolLM2's tokenizer metadata."""
+def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_kv_head=8, ffn=8192,
+                 tag: str = "1b") -> Path:
+    """A Llama of 1B-class shape (or another, named by tag) with random weights in `kind`, SmolLM2's
+    tokenizer metadata."""
     import gguf
     import numpy as np
 
-    dst = CACHE / f"llama-1b-random.{kind}.gguf"
+    dst = CACHE / f"llama-{tag}-random.{kind}.gguf"
     if dst.exists():
         return dst
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,10 @@ refused with the fields that differ, instead of a file that loads as another net
 Tensors are streamed: the table is planned from shapes (the meta device), then each tensor is
 assembled, quantised and written in turn, into `.NAME.tmp-PID` beside the destination, renamed into
 place at the end (a failed write leaves no file under the final name). Block quantisation is the
-`gguf` package's (gguf.quants.quantize: F16/BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1); K-quants it cannot
-make, so they are not offered. As llama.cpp's converter does, vectors, norms, routers and position
-tables stay F32.
+`gguf` package's (gguf.quants.quantize: F16/BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and, for the K-quants
+it cannot make, lmzoo.checkpoints.kquants' (Q4_K / Q5_K / Q6_K, the bytes llama.cpp's quantiser
+writes), mixed per tensor as llama-quantize mixes Q4_K_M / Q5_K_M / Q6_K (`_k_mix`). As llama.cpp's
+converter does, vectors, norms, routers and position tables stay F32.
 """
 
 from __future__ import annotations
@@ -45,7 +46,13 @@ from lmzoo.errors import ConfigError, TokenizerError, UnsupportedModelError
 # export type -> (GGML type name, llama.cpp's general.file_type name)
 EXPORT_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
                 "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
-                "q5_0": ("Q5_0", "MOSTLY_Q5_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1")}
+                "q5_0": ("Q5_0", "MOSTLY_Q5_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+                # llama.cpp's K-quant mixtures: the type each tensor gets is `_k_mix`'s (lmzoo.checkpoints.kquants)
+                "q4_k_m": ("Q4_K", "MOSTLY_Q4_K_M"), "q5_k_m": ("Q5_K", "MOSTLY_Q5_K_M"),
+                "q6_k": ("Q6_K", "MOSTLY_Q6_K")}
+K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
+# a K-quant tensor whose rows are not a whole number of 256-blocks: llama.cpp's substitute
+K_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,56 @@ CONFIG_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors
 
 def _keeps_f32(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) < 2 or name.endswith(("_norm.weight", *_F32_STEMS)) or name in CONFIG_TENSORS
+
+
+def _k_mix(file_type: str, default: str, arch: str, table: dict[str, tuple[int, ...]], n_expert: int,
+           n_layer: int) -> dict[str, str]:
+    """GGML type of every quantised tensor of a K-quant mixture, as llama.cpp's quantiser picks them
+    (llama-quant.cpp, llama_tensor_get_type, for Q4_K_M / Q5_K_M / Q6_K without an importance matrix;
+    the file's tensor order drives its per-kind counters): the output head (or a tied token table)
+    Q6_K, half-ish of attn_v and ffn_down (`more_bits`) Q6_K, fused attn_qkv one step up, MoE tweaks,
+    and rows that are no whole number of 256-blocks the 32-block type llama.cpp substitutes."""
+    def more_bits(i: int, n: int) -> bool:  # first and last eighth, every third one between
+        return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+    has_output = "output.weight" in table
+    n_v = sum("attn_v.weight" in n for n in table)
+    n_down = sum("ffn_down" in n for n in table)
+    i_v = i_down = 0
+    out: dict[str, str] = {}
+    for name, shape in table.items():
+        t = default
+        head = name == "output.weight" or (not has_output and name == "token_embd.weight")
+        if head:
+            t = "Q8_0" if arch == "falcon" or shape[-1] % 256 else "Q6_K"
+        elif "attn_v.weight" in name:
+            if file_type in ("MOSTLY_Q4_K_M", "MOSTLY_Q5_K_M") and more_bits(i_v, n_v):
+                t = "Q6_K"
+            if arch == "llama" and n_layer == 80 and t == "Q4_K":  # llama.cpp's 70B rule (8 heads share attn_v)
+                t = "Q5_K"
+            if n_expert == 8:
+                t = "Q8_0"
+            i_v += 1
+        elif "attn_k.weight" in name:
+            if n_expert == 8:
+                t = "Q8_0"
+        elif "ffn_down" in name:
+            i = int(name.split(".")[1]) if n_expert > 1 else i_down  # experts: the layer from the name
+            if file_type == "MOSTLY_Q4_K_M":
+                if arch == "falcon":
+                    t = "Q6_K" if i < n_down // 16 else "Q5_K" if more_bits(i, n_down) else "Q4_K"
+                elif more_bits(i, n_down):
+                    t = "Q6_K"
+            elif file_type == "MOSTLY_Q5_K_M" and more_bits(i, n_down):
+                t = "Q6_K"
+            i_down += 1
+        elif "attn_output.weight" in name:
+            if arch != "falcon" and n_expert == 8 and file_type == "MOSTLY_Q4_K_M":
+                t = "Q5_K"
+        elif "attn_qkv.weight" in name:
+            t = {"MOSTLY_Q4_K_M": "Q5_K", "MOSTLY_Q5_K_M": "Q6_K"}.get(file_type, t)
+        out[name] = K_FALLBACK.get(t, t) if not head and shape[-1] % 256 else t
+    return out
 
 
 def export_spec(model_type: str | None) -> GGUFOut:
@@ -409,11 +466,16 @@ def _nbytes(ggml: str, shape: tuple[int, ...]) -> int:
 def _encode(t: torch.Tensor, ggml: str) -> np.ndarray:
     import gguf
 
+    from lmzoo.checkpoints import kquants
+
     a = np.ascontiguousarray(t.detach().to(torch.float32).cpu().numpy())
     if ggml == "F32":
         return a
     if ggml == "F16":
         return a.astype(np.float16)
+    if ggml in K_QUANTS:  # rows of a stacked (experts, rows, cols) tensor are rows like any other
+        enc = getattr(kquants, f"quantize_{ggml.lower()}")
+        return enc(a.reshape(-1, a.shape[-1])).reshape(*a.shape[:-1], -1)
     return gguf.quants.quantize(a, gguf.GGMLQuantizationType[ggml])
 
 
@@ -457,6 +519,9 @@ def write_gguf(path, cfg: ModelConfig, model_type: str | None, tensors: Callable
         data = t.numpy() if gname in CONFIG_TENSORS else None
         table[gname] = _StubTensor(gname, shape, data)
         kinds[gname] = "F32" if _keeps_f32(gname, shape) else ggml_type
+    if ggml_type in K_QUANTS:
+        quantised = {n: table[n].shape for n, k in kinds.items() if k != "F32"}
+        kinds.update(_k_mix(file_type, ggml_type, spec.arch, quantised, cfg.n_experts or 1, cfg.n_layer))
     _check_blocks(spec, kinds, table, ggml_type)
     metadata = gguf_arch_metadata(cfg, spec)
     check_holds(cfg, spec, metadata, table)
@@ -518,16 +583,16 @@ def write_gguf(path, cfg: ModelConfig, model_type: str | None, tensors: Callable
 def _check_blocks(spec: GGUFOut, kinds: dict[str, str], table: dict[str, _StubTensor], ggml_type: str) -> None:
     import gguf
 
-    if ggml_type in ("F32", "F16", "BF16"):
-        return
-    qk = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]][0]
-    bad = [(n, table[n].shape[-1]) for n, k in kinds.items() if k == ggml_type and table[n].shape[-1] % qk]
+    def block(k: str) -> int:  # columns a block spans; a K-quant mixture's narrowest is its 32-block fallback
+        if k in ("F32", "F16", "BF16"):
+            return 1
+        return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[K_FALLBACK.get(k, k)]][0]
+
+    bad = [(n, table[n].shape[-1], k) for n, k in kinds.items() if table[n].shape[-1] % block(k)]
     if bad:
-        n, width = bad[0]
-        fits = [t for t, (g, _) in EXPORT_TYPES.items()
-                if g in ("F32", "F16", "BF16") or all(w % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[g]][0] == 0
-                                                      for _, w in bad)]
-        raise ConfigError(f"{ggml_type.lower()} blocks span {qk} columns but {n} has rows of {width} "
+        n, width, k = bad[0]
+        fits = [t for t, (g, _) in EXPORT_TYPES.items() if all(w % block(g) == 0 for _, w, _ in bad)]
+        raise ConfigError(f"{k.lower()} blocks span {block(k)} columns but {n} has rows of {width} "
                           f"({len(bad)} tensor(s) so); this model can be written as: {', '.join(fits)}")
 
 
@@ -562,8 +627,8 @@ def save_gguf(model, tokenizer, path, type: str = "f16", *, overwrite: bool = Fa
 
     tokenizer: an lmzoo Tokenizer (lmzoo.tokenizer.load_tokenizer), a .gguf path whose vocabulary is
     copied, or None (the model's own GGUF's vocabulary when it was loaded from one; else none written —
-    llama.cpp then cannot tokenise). type: f32 | f16 | bf16 | q8_0 |
-    q4_0 | q4_1 | q5_0 | q5_1. model_type: the HF model_type to write as (default: the checkpoint's).
+    llama.cpp then cannot tokenise). type: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | q4_k_m |
+    q5_k_m | q6_k. model_type: the HF model_type to write as (default: the checkpoint's).
     name: general.name (default: the config's; llama.cpp keys a few token-attribute fixes on it, e.g.
     "phi3" expects Phi-3's special tokens). Returns a summary (path, tensor count per type, bytes)."""
     from torch import nn

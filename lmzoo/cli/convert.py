@@ -46,7 +46,8 @@ def convert(
     to: str = typer.Option(..., "--to", help="hf | gguf"),
     out: Path = typer.Option(..., "--out", help="The new file (gguf) or directory (hf)."),
     type: str | None = typer.Option(None, "--type", help="GGUF: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | "
-                                    "q5_1 [default: f16]; HF: float32 | bfloat16 | float16 [default: the model's]"),
+                                    "q5_1 | q4_k_m | q5_k_m | q6_k [default: f16]; "
+                                    "HF: float32 | bfloat16 | float16 [default: the model's]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

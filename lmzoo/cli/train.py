@@ -202,7 +202,8 @@ def export(
     model: str | None = typer.Option(None, "--model", "-m", help="HF directory or .gguf [default: SmolLM2-135M-Instruct]"),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: the model's]"),
     to: str = typer.Option("hf", "--to", help="hf | gguf (llama.cpp / Ollama / LM Studio)"),
-    type: str = typer.Option("f16", "--type", help="GGUF: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1"),
+    type: str = typer.Option("f16", "--type", help="GGUF: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | "
+                                                  "q4_k_m | q5_k_m | q6_k"),
     overwrite: bool = typer.Option(False, "--overwrite", help="GGUF: replace the file if it exists."),
 ) -> None:
     """Write any model lmzoo loads (GGUF included) as an HF checkpoint (config.json, safetensors,

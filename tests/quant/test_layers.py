@@ -126,8 +126,8 @@ def test_kernel_rows_are_independent_of_the_batch(kind):
     """A row's product is bit-identical alone or among others, and a decode step's rows (one token a
     sequence) at any batch size, past every row limit too: the engine's guarantee that batching never
     changes a request's tokens rests on it."""
-    from lmzoo.quant.layers import set_activations
     from lmzoo.quant.gemv import GemvLinear
+    from lmzoo.quant.layers import set_activations
 
     torch.manual_seed(0)
     lin = nn.Linear(320, 72)
