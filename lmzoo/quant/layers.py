@@ -117,7 +117,7 @@ class _QuantLinear(nn.Module):
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         k = cpu_kernels() if dtype == torch.float32 and self.kernel_spec()[1][0].device.type == "cpu" else None
-        if k is None or type(self) is HalfLinear:
+        if k is None:
             return self.dequantize_rows(None, dtype)
         out = torch.empty(self.out_features, self.in_features)  # one pass in C++ (PyTorch's ops take ~2.5x)
         self._dequant_into(k, 0, out)
@@ -235,9 +235,9 @@ class Int8Linear(_QuantLinear):
 
 class HalfLinear(_QuantLinear):
     """y = x @ w^T + bias with w (N, K) kept in float16 or bfloat16 (a GGUF's F16 / BF16 tensors,
-    `quantize(mode="f16" | "bf16")`). Decode rows multiply it widened in registers (exact: the float32
-    weights' product up to summation order) and stream half of float32's bytes; more rows multiply a
-    float copy with BLAS."""
+    `quantize(mode="f16" | "bf16")`). The kernel multiplies it widened in registers (exact: the float32
+    weights' product up to summation order), streaming half of float32's bytes; past GEMV_MAX_ROWS rows
+    AVX2 / portable builds multiply float tiles with BLAS (see the row limits above)."""
 
     kernel_rows = GEMV_MAX_ROWS
 
@@ -282,6 +282,9 @@ class HalfLinear(_QuantLinear):
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
         """0 float_linear."""
         return 0, (self._buffers["w"],)
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        return self.dequantize_rows(None, dtype)  # a widening copy: nothing for a kernel to do
 
     def _dequant_into(self, k, n0: int, out: torch.Tensor) -> None:
         out.copy_(self._buffers["w"][n0:n0 + len(out)])
