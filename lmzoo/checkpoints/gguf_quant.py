@@ -11,6 +11,7 @@ weights: each block format is re-expressed as integer codes + per-group scale (a
     Q5_0  32-blocks: d, 32 high bits, nibbles  w = d * (q - 16)    -> Int8Linear, group 32
     Q3_K  256-blocks: 32 bytes of high bits, 64 of 2-bit pairs, 16 x 6-bit scales, d
                                             w = d*(sc - 32) * q, q in -4..3   -> Int8Linear, group 16
+    F16 / BF16  the values as they are                                  -> HalfLinear
     Q5_1  32-blocks: d, m, high bits, nibbles  w = d * q + m
     Q5_K  256-blocks: d, dmin, 8 x 6-bit (sc, m), high bits, nibbles    w = d*sc * q - dmin*m
     Q2_K  256-blocks: 16 x (4-bit sc | 4-bit m), 64 bytes of 2-bit codes, d, dmin
