@@ -3,7 +3,7 @@ peak RSS, greedy agreement. Each (backend, round) is a fresh process; backends a
 
     bash benchmarks/setup_llamacpp.sh        # once: llama-cpp-python built from its sdist (~15-25 min)
     LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/vs_llamacpp.py [--model X.gguf]
-        [--rounds 3] [--prompt 256] [--new 128] [--threads 2] [--forms q4_1,q8_0,f16] [--shape 1b]
+        [--rounds 3] [--prompt 256] [--new 128] [--threads 2] [--forms q4_1,q8_0,f16] [--shape 1b] [--agree 4]
 
 --forms re-writes the model in other GGUF block types with the `gguf` package (dequantise every
 tensor, quantise again; metadata copied) into ~/.cache/lmzoo/bench/; --shape 1b writes a Llama with
@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "lmzoo" / "bench"
 
 
-def prompt_ids(n: int, vocab: int) -> list[int]:
+def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     import random
 
-    r = random.Random(0)
+    r = random.Random(seed)
     return [r.randrange(100, vocab) for _ in range(n)]
 
 
@@ -43,7 +43,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: str = "float") -> dict:
+def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: str = "float", agree: int = 0) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -58,11 +58,15 @@ def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: st
     for tok in lmzoo.stream_generate(model, ids, max_new_tokens=new, eos_token_id=[]):
         times.append(time.perf_counter())
         out.append(int(tok))
+    extra = []  # greedy tokens for `agree` more prompts (untimed)
+    for seed in range(1, agree + 1):
+        ids = torch.tensor([prompt_ids(prompt, model.config.vocab_size, seed)])
+        extra.append([int(t) for t in lmzoo.stream_generate(model, ids, max_new_tokens=new, eos_token_id=[])])
     return dict(load_s=load, prefill_tps=prompt / (times[0] - t0), decode_tps=(new - 1) / (times[-1] - times[0]),
-                peak_mb=peak_mb(), tokens=out)
+                peak_mb=peak_mb(), tokens=out, extra=extra)
 
 
-def worker_llamacpp(path: str, prompt: int, new: int, threads: int) -> dict:
+def worker_llamacpp(path: str, prompt: int, new: int, threads: int, agree: int = 0) -> dict:
     import numpy as np
     from llama_cpp import Llama
 
@@ -71,22 +75,30 @@ def worker_llamacpp(path: str, prompt: int, new: int, threads: int) -> dict:
                 n_batch=512, verbose=False)
     load = time.perf_counter() - t0
     ids = prompt_ids(prompt, llm.n_vocab())
-    out, times = [], []
+    times = []
     t0 = time.perf_counter()
     n_vocab = llm.n_vocab()
 
     def last_logits():  # the binding keeps only the last position's logits (logits_all=False)
         return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
 
-    llm.eval(ids)
-    for _ in range(new):
-        tok = int(np.argmax(last_logits()))
-        times.append(time.perf_counter())
-        out.append(tok)
-        if len(out) < new:
-            llm.eval([tok])
+    def greedy(ids, on_token=None) -> list[int]:
+        toks = []
+        llm.reset()
+        llm.eval(ids)
+        for _ in range(new):
+            tok = int(np.argmax(last_logits()))
+            if on_token:
+                on_token()
+            toks.append(tok)
+            if len(toks) < new:
+                llm.eval([tok])
+        return toks
+
+    out = greedy(ids, lambda: times.append(time.perf_counter()))
+    extra = [greedy(prompt_ids(prompt, n_vocab, seed)) for seed in range(1, agree + 1)]
     return dict(load_s=load, prefill_tps=prompt / (times[0] - t0), decode_tps=(new - 1) / (times[-1] - times[0]),
-                peak_mb=peak_mb(), tokens=out)
+                peak_mb=peak_mb(), tokens=out, extra=extra)
 
 
 # --- model files ----------------------------------------------------------------------------------
@@ -191,7 +203,7 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
 
 def run(python: str, backend: str, path: Path, a) -> dict:
     cmd = [python, __file__, "--worker", backend, "--model", str(path), "--prompt", str(a.prompt),
-           "--new", str(a.new), "--threads", str(a.threads)]
+           "--new", str(a.new), "--threads", str(a.threads), "--agree", str(a.agree)]
     tree = a.baseline if backend == "baseline" else str(ROOT)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=tree)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -219,6 +231,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--agree", type=int, default=0, help="greedy agreement also over this many more prompts "
+                    "(other seeds, untimed): one prompt's near-tie decides less")
     ap.add_argument("--forms", default="", help="comma list of GGUF types to re-write the model in, e.g. q8_0,f16")
     ap.add_argument("--shape", choices=["1b"], help="a random-weight Llama of this shape instead")
     ap.add_argument("--backends", default="lmzoo,lmzoo-q8,llamacpp",
@@ -226,9 +240,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         if a.worker == "llamacpp":
-            out = worker_llamacpp(a.model, a.prompt, a.new, a.threads)
+            out = worker_llamacpp(a.model, a.prompt, a.new, a.threads, a.agree)
         else:
-            out = worker_lmzoo(a.model, a.prompt, a.new, a.threads, "q8" if a.worker == "lmzoo-q8" else "float")
+            out = worker_lmzoo(a.model, a.prompt, a.new, a.threads, "q8" if a.worker == "lmzoo-q8" else "float",
+                               a.agree)
         print(json.dumps(out))
         return
     from lmzoo.checkpoints.assets import default_model_path
@@ -264,6 +279,10 @@ def main() -> None:
                 rs = [x["decode_tps"] / y["decode_tps"] for x, y in zip(res[b], ref)]
                 ratio = f"{min(rs):.2f} - {max(rs):.2f}x"
                 same = f"{min(agreement(x['tokens'], y['tokens']) for x, y in zip(res[b], ref))}/{a.new}"
+                if a.agree:  # per extra prompt, the fewest tokens equal over the rounds
+                    per = [min(agreement(x["extra"][i], y["extra"][i]) for x, y in zip(res[b], ref))
+                           for i in range(a.agree)]
+                    same += f"; more prompts: {', '.join(map(str, per))}"
             print(f"| {path.name if form == 'file' else form} | {b} | {rng(b, 'load_s', '{:.2f}')} | "
                   f"{rng(b, 'prefill_tps')} | {rng(b, 'decode_tps')} | {rng(b, 'peak_mb', '{:.0f}')} | {ratio} | {same} |",
                   flush=True)
