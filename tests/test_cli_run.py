@@ -49,6 +49,8 @@ def test_stop_string_and_raw_mode():
     (["generate", "--decode", "warp", "hi"], "--decode"),
     (["generate", "--seed", str(2**63), "hi"], "--seed must fit in 64 bits"),
     (["generate", "--stop", "", "hi"], "--stop needs a non-empty string"),
+    (["generate", "--quantize", "int3", "hi"], "quantize must be one of ('int8', 'int4', 'f16', 'bf16'), got 'int3'"),
+    (["generate", "--quantize", "int8", "hi"], "is a GGUF file whose matrices are already quantised"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
     r = lmzoo(*args)

@@ -16,7 +16,7 @@ from lmzoo.nn.transformer import Transformer
 
 def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
                     keep_quantized: bool = True, mla_cache: str | None = None, adapter=None,
-                    activations: str = "float") -> Transformer:
+                    activations: str = "float", quantize: str | None = None) -> Transformer:
     """Load a model from an HF checkpoint directory or a `.gguf` file.
 
     dtype: None keeps the checkpoint's dtype (float32 for GGUF); device: None -> cpu.
@@ -33,12 +33,28 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
     activations: how the int8/int4 layers' CPU kernels take their input: "float" (exact: the same
     function as the dequantised weights) or "q8" (each row quantised per 32 values to int8 first and
     multiplied in integers, as llama.cpp does: faster decode, llama.cpp's numerics; lmzoo.quant.layers).
+    quantize: "int8" | "int4" | "f16" | "bf16" — the float checkpoint's linear layers quantised at load
+    (lmzoo.quant.layers.quantize; on CPU the rest loads as float32 unless dtype says otherwise, so the
+    decode kernels apply: an HF bf16 checkpoint with "bf16" keeps its weights exactly, in half the
+    memory of float32). A GGUF file's blocks are already quantised: refused.
     """
-    from lmzoo.quant.layers import ACTIVATIONS, set_activations
+    from lmzoo.quant.layers import ACTIVATIONS, MODES, set_activations
+    from lmzoo.quant.layers import quantize as quantize_model
 
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    modes = tuple(m for m in MODES if m != "nf4")  # NF4 is training's frozen base (lmzoo finetune --method qlora)
+    if quantize is not None and quantize not in modes:
+        raise ConfigError(f"quantize must be one of {modes}, got {quantize!r}")
+    if quantize is not None and keep_quantized and Path(path).expanduser().is_file():
+        raise ConfigError(f"quantize={quantize!r}: {Path(path).name} is a GGUF file whose matrices are already "
+                          "quantised; quantize applies to float checkpoints (keep_quantized=False decodes a GGUF's "
+                          "blocks to floats first)")
+    if quantize is not None and dtype is None and torch.device(device or "cpu").type == "cpu":
+        dtype = torch.float32
     model = _load(path, dtype, device, keep_quantized)
+    if quantize is not None:
+        quantize_model(model, mode=quantize)
     if adapter is not None:
         from lmzoo.checkpoints.peft import load_adapter
 

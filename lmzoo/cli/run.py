@@ -34,6 +34,8 @@ SeedOpt = typer.Option(None, "--seed", help="Random seed for sampling.")
 StopOpt = typer.Option(None, "--stop", help="Stop when the output contains this string (repeatable).")
 AdapterOpt = typer.Option(None, "--adapter", help="A PEFT LoRA/DoRA adapter directory to apply (e.g. from lmzoo finetune).")
 DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: checkpoint's; float32 for GGUF]")
+QuantOpt = typer.Option(None, "--quantize", help="int8 | int4 | f16 | bf16: quantise a float checkpoint's linear "
+                        "layers at load (CPU decode kernels; bf16 keeps a bf16 checkpoint's weights exactly)")
 ActOpt = typer.Option("float", "--activations", help="float | q8: how int8/int4 (GGUF) layers take their input on "
                       "CPU; q8 = llama.cpp's 8-bit activations, faster decode, not bit-exact to the float weights")
 
@@ -69,7 +71,8 @@ def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype,
         raise GenerationError(f"--dtype: {e}") from None
 
 
-def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, activations: str = "float"):
+def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, activations: str = "float",
+          quantize: str | None = None):
     import lmzoo
     from lmzoo.tokenizer import load_tokenizer
 
@@ -78,7 +81,7 @@ def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, ac
 
         model = default_model_path()
     with _status(f"loading {model.name}"):
-        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations)
+        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations, quantize=quantize)
         tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
     return m, tok
 
@@ -188,6 +191,7 @@ def generate(
     system: str | None = typer.Option(None, "--system", help="System message (chat mode)."),
     dtype: str | None = DtypeOpt,
     activations: str = ActOpt,
+    quantize: str | None = QuantOpt,
     adapter: Path | None = AdapterOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
     decode: str = typer.Option("eager", "--decode", help="eager | static | compiled (torch.compile; CUDA graphs on GPU)."),
@@ -202,7 +206,7 @@ def generate(
         prompt.encode("utf-8")
     except UnicodeEncodeError:  # bytes that are not UTF-8 arrive from argv as lone surrogates
         raise GenerationError("the prompt is not valid UTF-8 text") from None
-    m, tok = _load(model, dtype, adapter, activations)
+    m, tok = _load(model, dtype, adapter, activations, quantize)
     if chat and tok.chat_template:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = tok.encode_chat(msgs)
@@ -230,6 +234,7 @@ def chat(
     system: str | None = typer.Option(None, "--system", help="System message."),
     dtype: str | None = DtypeOpt,
     activations: str = ActOpt,
+    quantize: str | None = QuantOpt,
     adapter: Path | None = AdapterOpt,
     mcp: list[str] | None = typer.Option(None, "--mcp", help="An MCP server command line (repeatable) whose tools "
                                          "the model may call, e.g. --mcp 'lmzoo mcp' or --mcp 'npx server-x'."),
@@ -243,7 +248,7 @@ def chat(
 
         raise GenerationError("standard input is closed; lmzoo chat reads its messages from it "
                               "(a terminal, a pipe or a file)")
-    m, tok = _load(model, dtype, adapter, activations)
+    m, tok = _load(model, dtype, adapter, activations, quantize)
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []

@@ -37,6 +37,8 @@ def serve(
                                        "tokens under load; a greedy answer may then differ from alone in rare ties."),
     activations: str = typer.Option("float", "--activations", help="float | q8 (llama.cpp's 8-bit activations for "
                                     "int8/int4 GGUF layers on CPU: faster, not bit-exact)."),
+    quantize: str | None = typer.Option(None, "--quantize", help="int8 | int4 | f16 | bf16: quantise a float "
+                                        "checkpoint's linear layers at load."),
 ) -> None:
     """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
     from lmzoo.errors import ConfigError
@@ -70,7 +72,7 @@ def serve(
     try:
         loop, tok = _engine_loop(model, state, dtype=dtype, adapter=adapter, max_running=max_running,
                                  max_queued=max_queued, max_len=max_len, batch_prefill=batch_prefill,
-                                 activations=activations)
+                                 activations=activations, quantize=quantize)
     except Exception:
         server.should_exit = True
         http.join(timeout=15)
@@ -110,7 +112,7 @@ def _model_path(model: Path | None, served_model_name: str | None, dtype: str | 
 
 
 def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_queued: int, max_len, batch_prefill: bool,
-                 activations: str = "float"):
+                 activations: str = "float", quantize: str | None = None):
     """Load the model and its engine into `state` (a serve.app.ServerState); the caller runs the loop
     on the main thread. A load failure is recorded in `state` (what clients are told) and re-raised."""
     import lmzoo
@@ -119,7 +121,7 @@ def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_qu
     from lmzoo.tokenizer import load_tokenizer
 
     try:
-        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations)
+        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations, quantize=quantize)
         tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
         engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
         loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)

@@ -214,3 +214,39 @@ def test_8bit_activations_up_to_q8_max_rows_then_float(cls, monkeypatch):
         long = q(x)
     assert f"{q.bits}_linear_q8" not in counter.names and counter.names  # the float kernel or the tiles
     assert (long - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "f16", "bf16"])
+def test_from_pretrained_quantize(tmp_path, mode):
+    """An HF checkpoint quantised at load: its linears become the mode's layers, the rest float32 on
+    CPU (so the kernels apply), LoRA-free generation runs; a bf16 checkpoint with "bf16" keeps its
+    weights bit for bit and computes the float32 model's logits."""
+    import transformers as tf
+
+    from tests.helpers import perturb_
+
+    V = 97
+    torch.manual_seed(0)
+    ref = perturb_(tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128,
+                                                      num_hidden_layers=2, num_attention_heads=4,
+                                                      num_key_value_heads=2))).eval()
+    ref.save_pretrained(tmp_path)
+    if mode == "bf16":
+        ref.to(torch.bfloat16).save_pretrained(tmp_path)  # a bf16 checkpoint, as most HF ones are
+    m = lmzoo.from_pretrained(tmp_path, quantize=mode)
+    kind = {"int8": Int8Linear, "int4": Int4Linear}.get(mode, HalfLinear)
+    lin = [x for x in m.modules() if isinstance(x, kind)]
+    assert len(lin) == 2 * 4 + 1 and not any(type(x) is nn.Linear for x in m.modules())
+    assert m.token_dtype_device()[0] == torch.float32
+    full = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = full(ids), m(ids)
+    if mode == "bf16":
+        assert torch.equal(m.layers[0].attn.qkv.w.float(), full.layers[0].attn.qkv.weight)
+        assert (a - b).abs().max() < 1e-4
+    else:
+        # relative RMS of the logits: the weights' rounding (int4 of a random model: 0.22 measured);
+        # a misplaced row or scale gives errors of order 1
+        assert ((a - b).square().mean() / a.square().mean()).sqrt() < (0.02 if mode in ("int8", "f16") else 0.4)
+    assert lmzoo.generate(m, ids[:1], max_new_tokens=4, eos_token_id=[]).shape == (1, 4)  # the new tokens
