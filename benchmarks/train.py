@@ -1,11 +1,13 @@
 """Training throughput and peak memory: lmzoo vs transformers + peft, same weights, data and batch.
 
-    python benchmarks/train.py [--rows 4] [--seq 256] [--steps 6] [--rounds 2]
+    python benchmarks/train.py [--rows 4] [--seq 256] [--steps 6] [--rounds 2] [--prompt-fraction 0.5]
 
 The default model (SmolLM2-135M-Instruct) is exported once as a float32 HF checkpoint (lmzoo export),
 and both sides load that directory. Each (backend, method) runs in a fresh process, alternating
 backends, `--rounds` times: 2 warm-up steps, then `--steps` timed optimizer steps on a fixed batch of
-random ids (every token a target), AdamW lr 1e-4. Methods: LoRA r=8 alpha=16 on every linear layer of
+random ids (every token a target, or with --prompt-fraction F the first F of each row a prompt without
+targets, as SFT on instruction or chat data masks the prompt: the same ids and labels for both sides),
+AdamW lr 1e-4. Methods: LoRA r=8 alpha=16 on every linear layer of
 the blocks, and full fine-tuning; plus lmzoo's LoRA over the GGUF's own 4-bit blocks (QLoRA-style,
 a row transformers + peft have no counterpart for on CPU). tokens/s = rows x seq x steps / time;
 peak = the process's max RSS (ru_maxrss), which includes the Python/torch baseline of each side.
@@ -24,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int) -> dict:
+def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int, prompt: float = 0.0) -> dict:
     import resource
     import time
 
@@ -33,6 +35,7 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
     torch.manual_seed(0)
     V = 49152
     ids = torch.randint(0, V, (rows, seq), generator=torch.Generator().manual_seed(1))
+    P = int(prompt * seq)  # tokens 0..P-1 of a row are its prompt: no loss on predicting them
     if backend == "transformers":
         import peft
         import transformers
@@ -41,8 +44,11 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
         if method == "lora":
             model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
 
+        labels = ids.clone()
+        labels[:, :P] = -100  # transformers shifts: labels[t] is the target of position t - 1
+
         def loss_fn():
-            return model(input_ids=ids, labels=ids).loss
+            return model(input_ids=ids, labels=labels).loss
     else:
         import lmzoo
         from lmzoo.checkpoints.peft import add_lora
@@ -61,6 +67,7 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
             for p in model.parameters():
                 p.requires_grad_(True)
         targets = torch.cat([ids[:, 1:], torch.full((rows, 1), IGNORE)], dim=1)
+        targets[:, :max(P - 1, 0)] = IGNORE  # targets[t] = ids[t + 1]: none inside the prompt
         batch = Batch(ids, targets, torch.zeros_like(ids))
         obj = SFTObjective()
 
@@ -95,10 +102,12 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--prompt-fraction", type=float, default=0.0, help="share of each row that is a prompt "
+                    "without targets (SFT with the prompt masked); 0: every token a target")
     ap.add_argument("--worker", nargs=3, metavar=("BACKEND", "METHOD", "PATH"))
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(*a.worker, a.rows, a.seq, a.steps)))
+        print(json.dumps(worker(*a.worker, a.rows, a.seq, a.steps, a.prompt_fraction)))
         return
     tmp = Path(tempfile.mkdtemp()) / "smollm2-hf"
     subprocess.run([sys.executable, "-m", "lmzoo", "export", "--out", str(tmp)], check=True, capture_output=True)
@@ -109,10 +118,12 @@ def main() -> None:
     for _ in range(a.rounds):
         for backend, method in runs:
             out = subprocess.run([sys.executable, __file__, "--worker", backend, method, str(tmp), "--rows", str(a.rows),
-                                  "--seq", str(a.seq), "--steps", str(a.steps)], capture_output=True, text=True,
+                                  "--seq", str(a.seq), "--steps", str(a.steps), "--prompt-fraction",
+                                  str(a.prompt_fraction)], capture_output=True, text=True,
                                  env=env, check=True)
             results[(backend, method)].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"rows={a.rows} seq={a.seq} steps={a.steps} rounds={a.rounds} (SmolLM2-135M, fp32, CPU)")
+    print(f"rows={a.rows} seq={a.seq} steps={a.steps} rounds={a.rounds} prompt fraction={a.prompt_fraction} "
+          "(SmolLM2-135M, fp32, CPU)")
     print(f"{'backend':14} {'method':11} {'tokens/s':>17} {'peak MiB':>15} {'trainable':>12} {'loss first->last':>18}")
     for (backend, method), rs in results.items():
         tps = [r["tokens_per_s"] for r in rs]

@@ -192,7 +192,7 @@ def merge(
         raise ConfigError(f"{adapter}/adapter_config.json names no base model; pass --model")
     m = lmzoo.from_pretrained(base, keep_quantized=False, cpu_kernels=False, adapter=adapter)
     merge_lora(m)
-    path = save_hf(m, out, tokenizer=load_tokenizer(base), dtype=resolve_dtype(dtype))
+    path = save_hf(m, out, tokenizer=load_tokenizer(base, vocab_size=m.config.vocab_size), dtype=resolve_dtype(dtype))
     typer.echo(str(path))
 
 
@@ -224,7 +224,8 @@ def export(
         tok = _hf_tokenizer(Path(src))
         typer.echo(str(lmzoo.save_gguf(m, tok, out, type, overwrite=overwrite)))
         return
-    typer.echo(str(save_hf(m, out, tokenizer=load_tokenizer(src), dtype=resolve_dtype(dtype))))
+    tok = load_tokenizer(src, vocab_size=m.config.vocab_size)
+    typer.echo(str(save_hf(m, out, tokenizer=tok, dtype=resolve_dtype(dtype))))
 
 
 

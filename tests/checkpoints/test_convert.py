@@ -191,6 +191,10 @@ def test_vocabulary_not_matching_the_checkpoint(tmp_path, capsys):
     code, _, err = run(capsys, "convert", str(d), "--to", "gguf", "--out", str(tmp_path / "o.gguf"))
     one_line_error(code, err, f"{V + 40} tokens but the model's vocabulary is {V}")
     assert not (tmp_path / "o.gguf").exists()
+    # lmzoo export (through the model) refuses the same checkpoint, writing nothing
+    code, _, err = run(capsys, "export", "--model", str(d), "--out", str(tmp_path / "hf-out"))
+    one_line_error(code, err, f"{V + 40} tokens but the model has a vocabulary of {V}")
+    assert not (tmp_path / "hf-out").exists()
 
 
 @pytest.mark.parametrize("existing", [False, True])
