@@ -58,7 +58,7 @@ inline std::vector<int64_t> group_of(int64_t nb, int64_t per_group) {
 // n and pass; the weight rows split across threads, and within a thread taken in tiles of 16 rows,
 // each tile against one pass of rows after another: the pass's rows stay in L1 across the tile and the
 // tile's weights across the passes (row-major over all rows instead ran prompts of more than ~20
-// tokens at half speed: their rows no longer fit in L1). buf: G floats of scratch per thread.
+// tokens at half speed: their rows no longer fit in L1). buf: 2 G floats of scratch per thread.
 template <typename F>
 void weight_row_tiles(int64_t N, int64_t M, int64_t R, int64_t G, F&& f) {
   constexpr int64_t NT = 16;
@@ -235,10 +235,6 @@ inline void i4_rows(const float* x, int64_t K, const uint8_t* q, const S* scale,
 }
 
 #ifdef LMZOO_AVX512
-// i4_rows on 512-bit vectors, two blocks at a time. The pair's 32 bytes of nibbles unpack into four
-// 16-float vectors (block b elements 0-15, b+1 0-15, b 16-31, b+1 16-31: low nibbles, then high),
-// widened once for all MB rows; per row and pair two products, two FMAs and two scale FMAs, half the
-// instructions of the 256-bit loop. Block b feeds accumulator a0, b+1 a1, an odd last block a0.
 // 16 bytes of nibbles -> their low nibbles and their high nibbles as 16 floats each (each byte widened
 // to 32 bits first: then a mask and a shift split it, with no masking of the shifted-in bits)
 inline void nibbles_ps(const uint8_t* q, __m512& lo, __m512& hi) {
@@ -247,6 +243,10 @@ inline void nibbles_ps(const uint8_t* q, __m512& lo, __m512& hi) {
   hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
 }
 
+// i4_rows on 512-bit vectors, two blocks at a time. The pair's 32 bytes of nibbles unpack into four
+// 16-float vectors (block b elements 0-15, b+1 0-15, b 16-31, b+1 16-31: low nibbles, then high),
+// widened once for all MB rows; per row and pair two products, two FMAs and two scale FMAs, half the
+// instructions of the 256-bit loop. Block b feeds accumulator a0, b+1 a1, an odd last block a0.
 template <int MB, typename S>
 inline void i4_rows512(const float* x, int64_t K, const uint8_t* q, const S* scale, const int64_t* gof, float* y,
                        int64_t N) {
@@ -341,8 +341,8 @@ void check(const torch::Tensor& x, int64_t K) {
 
 }  // namespace
 
-// Float weights: x (M, K) f32, w (N, K) float32, float16 or bfloat16 -> (M, N) f32, for few rows M
-// (decode). BLAS GEMV kernels reach about 40% of this machine's read bandwidth on decode-sized
+// Float weights: x (M, K) f32, w (N, K) float32, float16 or bfloat16 -> (M, N) f32: decode rows (and
+// on AVX-512 builds prompts too, see lmzoo/quant/layers.py). BLAS GEMV kernels reach about 40% of this machine's read bandwidth on decode-sized
 // matrices; streaming each weight row once through FMA lanes, rows split across threads, gets much
 // closer to it. Half-precision weights are widened in registers (float16 by F16C, bfloat16 by a
 // 16-bit shift; both exact), so a product is the float32 weights' product up to summation order, for
@@ -381,7 +381,7 @@ inline WVec wld(const c10::BFloat16* p) {
 inline WVec wfma(WVec a, WVec b, WVec c) { return _mm256_fmadd_ps(a, b, c); }
 inline float wsum(WVec a, WVec b) { return hsum(_mm256_add_ps(a, b)); }
 #else
-constexpr int64_t RW = 4, WL = 0;
+constexpr int64_t RW = 4;  // portable: scalar loops
 #endif
 
 // rows x[0:R] (stride K) against one weight row w; y[r * N] = row r's product
