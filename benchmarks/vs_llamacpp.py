@@ -3,7 +3,8 @@ peak RSS, greedy agreement. Each (backend, round) is a fresh process; backends a
 
     bash benchmarks/setup_llamacpp.sh        # once: llama-cpp-python built from its sdist (~15-25 min)
     LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/vs_llamacpp.py [--model X.gguf]
-        [--rounds 3] [--prompt 256] [--new 128] [--threads 2] [--forms q4_1,q8_0,f16] [--shape 1b] [--agree 4]
+        [--rounds 3] [--prompt 256] [--new 128] [--threads 2] [--forms q4_1,q8_0,f16] [--shape 1b]
+        [--agree 4] [--agree-chat]
 
 --forms re-writes the model in other GGUF block types with the `gguf` package (dequantise every
 tensor, quantise again; metadata copied) into ~/.cache/lmzoo/bench/; --shape 1b writes a Llama with
@@ -43,7 +44,8 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: str = "float", agree: int = 0) -> dict:
+def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: str = "float",
+                 extra_prompts: list[list[int]] = ()) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -58,15 +60,13 @@ def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: st
     for tok in lmzoo.stream_generate(model, ids, max_new_tokens=new, eos_token_id=[]):
         times.append(time.perf_counter())
         out.append(int(tok))
-    extra = []  # greedy tokens for `agree` more prompts (untimed)
-    for seed in range(1, agree + 1):
-        ids = torch.tensor([prompt_ids(prompt, model.config.vocab_size, seed)])
-        extra.append([int(t) for t in lmzoo.stream_generate(model, ids, max_new_tokens=new, eos_token_id=[])])
+    extra = [[int(t) for t in lmzoo.stream_generate(model, torch.tensor([p]), max_new_tokens=new, eos_token_id=[])]
+             for p in extra_prompts]  # greedy tokens for more prompts (untimed)
     return dict(load_s=load, prefill_tps=prompt / (times[0] - t0), decode_tps=(new - 1) / (times[-1] - times[0]),
                 peak_mb=peak_mb(), tokens=out, extra=extra)
 
 
-def worker_llamacpp(path: str, prompt: int, new: int, threads: int, agree: int = 0) -> dict:
+def worker_llamacpp(path: str, prompt: int, new: int, threads: int, extra_prompts: list[list[int]] = ()) -> dict:
     import numpy as np
     from llama_cpp import Llama
 
@@ -96,7 +96,7 @@ def worker_llamacpp(path: str, prompt: int, new: int, threads: int, agree: int =
         return toks
 
     out = greedy(ids, lambda: times.append(time.perf_counter()))
-    extra = [greedy(prompt_ids(prompt, n_vocab, seed)) for seed in range(1, agree + 1)]
+    extra = [greedy(p) for p in extra_prompts]
     return dict(load_s=load, prefill_tps=prompt / (times[0] - t0), decode_tps=(new - 1) / (times[-1] - times[0]),
                 peak_mb=peak_mb(), tokens=out, extra=extra)
 
@@ -203,13 +203,45 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
 
 def run(python: str, backend: str, path: Path, a) -> dict:
     cmd = [python, __file__, "--worker", backend, "--model", str(path), "--prompt", str(a.prompt),
-           "--new", str(a.new), "--threads", str(a.threads), "--agree", str(a.agree)]
+           "--new", str(a.new), "--threads", str(a.threads)] + (["--extra-prompts", a.extra_prompts] if a.extra_prompts else [])
     tree = a.baseline if backend == "baseline" else str(ROOT)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=tree)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{backend} failed: {r.stderr.strip()[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# chat questions for --agree-chat: real text through the chat template gives peaked next-token
+# distributions, where random ids give flat ones (near-ties that summation order decides)
+CHAT_PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
+                "Explain in two sentences why the sky is blue.", "List three uses of a paperclip.",
+                "How do I boil an egg?", "What is 17 times 23?", "Tell me a fun fact about octopuses.",
+                "Summarise the plot of Romeo and Juliet in one paragraph."]
+
+
+def extra_prompts(a, src: Path) -> str | None:
+    """The untimed agreement prompts as a JSON file of id lists (both backends read the same ids):
+    --agree N random prompts (seeds 1..N), --agree-chat the chat questions."""
+    import tempfile
+
+    vocab = None
+    prompts = []
+    if a.agree:
+        import gguf
+
+        vocab = len(gguf.GGUFReader(src).fields["tokenizer.ggml.tokens"].data)
+        prompts += [prompt_ids(a.prompt, vocab, seed) for seed in range(1, a.agree + 1)]
+    if a.agree_chat:
+        from lmzoo.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(src)
+        prompts += [tok.encode_chat([{"role": "user", "content": q}]) for q in CHAT_PROMPTS]
+    if not prompts:
+        return None
+    f = Path(tempfile.mkdtemp()) / "prompts.json"
+    f.write_text(json.dumps(prompts))
+    return str(f)
 
 
 def agreement(a: list[int], b: list[int]) -> int:
@@ -231,6 +263,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--agree-chat", action="store_true", help="greedy agreement also over the chat questions "
+                    "of CHAT_PROMPTS (the model's chat template; untimed): peaked distributions, unlike random ids")
+    ap.add_argument("--extra-prompts", help=argparse.SUPPRESS)  # workers: a JSON file of id lists
     ap.add_argument("--agree", type=int, default=0, help="greedy agreement also over this many more prompts "
                     "(other seeds, untimed): one prompt's near-tie decides less")
     ap.add_argument("--forms", default="", help="comma list of GGUF types to re-write the model in, e.g. q8_0,f16")
@@ -239,11 +274,12 @@ def main() -> None:
                     help="lmzoo (exact float activations), lmzoo-q8 (--activations q8), llamacpp")
     a = ap.parse_args()
     if a.worker:
+        extra = json.loads(Path(a.extra_prompts).read_text()) if a.extra_prompts else []
         if a.worker == "llamacpp":
-            out = worker_llamacpp(a.model, a.prompt, a.new, a.threads, a.agree)
+            out = worker_llamacpp(a.model, a.prompt, a.new, a.threads, extra)
         else:
             out = worker_lmzoo(a.model, a.prompt, a.new, a.threads, "q8" if a.worker == "lmzoo-q8" else "float",
-                               a.agree)
+                               extra)
         print(json.dumps(out))
         return
     from lmzoo.checkpoints.assets import default_model_path
@@ -258,6 +294,7 @@ def main() -> None:
     backends = (["baseline"] if a.baseline else []) + a.backends.split(",")
     if "llamacpp" in backends and not pythons["llamacpp"]:
         raise SystemExit("set LLAMACPP_PYTHON to a python with llama-cpp-python (benchmarks/setup_llamacpp.sh)")
+    a.extra_prompts = extra_prompts(a, src)
     print(f"# {time.strftime('%Y-%m-%d')}, {a.threads} threads, prompt {a.prompt}, {a.new} new tokens, greedy; "
           f"memory read {read_bandwidth_gbs(a.threads):.1f} GB/s; {a.rounds} rounds alternating")
     print("| weights | backend | load s | prefill tok/s | decode tok/s | peak RSS MB | decode vs llama.cpp | "
@@ -279,9 +316,9 @@ def main() -> None:
                 rs = [x["decode_tps"] / y["decode_tps"] for x, y in zip(res[b], ref)]
                 ratio = f"{min(rs):.2f} - {max(rs):.2f}x"
                 same = f"{min(agreement(x['tokens'], y['tokens']) for x, y in zip(res[b], ref))}/{a.new}"
-                if a.agree:  # per extra prompt, the fewest tokens equal over the rounds
+                if res[b][0]["extra"]:  # per extra prompt, the fewest tokens equal over the rounds
                     per = [min(agreement(x["extra"][i], y["extra"][i]) for x, y in zip(res[b], ref))
-                           for i in range(a.agree)]
+                           for i in range(len(res[b][0]["extra"]))]
                     same += f"; more prompts: {', '.join(map(str, per))}"
             print(f"| {path.name if form == 'file' else form} | {b} | {rng(b, 'load_s', '{:.2f}')} | "
                   f"{rng(b, 'prefill_tps')} | {rng(b, 'decode_tps')} | {rng(b, 'peak_mb', '{:.0f}')} | {ratio} | {same} |",

@@ -30,9 +30,9 @@ from lmzoo.quant.kernels import cpu_kernels
 # portable builds switch to BLAS on dequantised tiles past these many rows (the crossover measured
 # with LMZOO_CPU_ISA=avx2: ~48 rows; benchmarks/RESULTS.md 2026-12-06):
 KERNEL_MAX_ROWS = 48  # int8 / int4 weights
-Q8_MAX_ROWS = 32  # 8-bit activations up to here: llama.cpp's prompts of more tokens are nearer float
-# activations (its last-position logits, mean |diff| over the vocabulary, default model: 4-32 tokens
-# q8 0.11-0.20 vs float 0.17-0.30; 64-256 tokens q8 0.29-0.42 vs float 0.12-0.31)
+Q8_MAX_ROWS = 48  # 8-bit activations up to here: llama.cpp's prompts of more tokens are nearer float
+# activations (its last-position logits, mean |diff| over the vocabulary, default model, q8 / float:
+# 4-48 tokens 0.10-0.27 / 0.17-0.51; 56-256 tokens 0.29-0.50 / 0.12-0.31; benchmarks/RESULTS.md)
 GEMV_MAX_ROWS = 16  # float weights (float32 / half)
 ROW_CHUNK = 256  # rows per kernel call past the limits (they stay in cache)
 TILE = 1 << 19  # floats in one dequantised tile (2 MiB): multiplied while it is still in cache

@@ -202,7 +202,7 @@ def test_8bit_activations_up_to_q8_max_rows_then_float(cls, monkeypatch):
     set_activations(q, "q8")
     counter = CountingKernels(cpu_kernels())
     monkeypatch.setattr(Q, "cpu_kernels", lambda: counter)
-    x = torch.randn(1, 45, 256)
+    x = torch.randn(1, Q.Q8_MAX_ROWS + 13, 256)
     ref = nn.functional.linear(x, reference_weight(q), q.bias)
     with torch.inference_mode():
         short = q(x[:, :Q.Q8_MAX_ROWS])
