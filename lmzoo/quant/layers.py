@@ -24,11 +24,11 @@ from lmzoo.errors import ConfigError
 from lmzoo.quant.kernels import cpu_kernels
 
 # Rows of activations (tokens) -> the path a product takes on CPU (float32 activations, inference).
-# The row kernels run at any length with 8-bit activations (integer dot products: several times the
-# float rate, and llama.cpp's arithmetic in the prompt too) and, on AVX-512 builds, with float
-# activations as well (they match BLAS there: ~780 prompt tok/s on the default model); AVX2 and
-# portable builds switch to BLAS on dequantised tiles past these many rows (the crossover measured
-# with LMZOO_CPU_ISA=avx2: ~48 rows; benchmarks/RESULTS.md 2026-12-06):
+# Decode rows (one token a sequence) always take the row kernels. Longer inputs do too on AVX-512
+# builds (they match BLAS there: ~780 prompt tok/s on the default model); AVX2 and portable builds
+# switch to BLAS on dequantised tiles past KERNEL_MAX_ROWS rows (the crossover measured with
+# LMZOO_CPU_ISA=avx2: ~48 rows; benchmarks/RESULTS.md 2026-12-06). activations="q8" applies to
+# inputs of up to Q8_MAX_ROWS tokens a sequence, float activations beyond:
 KERNEL_MAX_ROWS = 48  # int8 / int4 weights
 Q8_MAX_ROWS = 48  # 8-bit activations up to here: llama.cpp's prompts of more tokens are nearer float
 # activations (its last-position logits, mean |diff| over the vocabulary, default model, q8 / float:
