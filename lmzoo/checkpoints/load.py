@@ -64,9 +64,10 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
             raise ConfigError(f"mla_cache applies to MLA models (DeepSeek-V2/V3); this model has "
                               f"attention={model.config.attention!r}")
         model.config = model.config.replace(mla_cache=mla_cache)  # validates the value
-    if model.token_dtype_device()[1].type == "cpu":
+    on_cpu = model.token_dtype_device()[1].type == "cpu"
+    if on_cpu:
         reuse_freed_memory()
-    if cpu_kernels and model.token_dtype_device()[1].type == "cpu":
+    if cpu_kernels and on_cpu:
         from lmzoo.quant.gemv import use_cpu_kernels
 
         use_cpu_kernels(model)

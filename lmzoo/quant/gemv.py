@@ -22,16 +22,7 @@ from lmzoo.nn.block import PreNormBlock
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import RMSNorm
 from lmzoo.quant.kernels import cpu_kernels
-from lmzoo.quant.layers import (
-    GEMV_MAX_ROWS,
-    KERNEL_MAX_ROWS,
-    ROW_CHUNK,
-    HalfLinear,
-    Int4Linear,
-    Int8Linear,
-    float_linear_op,
-    needs_autograd,
-)
+from lmzoo.quant.layers import GEMV_MAX_ROWS, HalfLinear, Int4Linear, Int8Linear, by_chunks, float_linear_op, needs_autograd
 
 
 class GemvLinear(nn.Linear):
@@ -47,10 +38,8 @@ class GemvLinear(nn.Linear):
             k = cpu_kernels() if rows <= GEMV_MAX_ROWS or one else None
             if k is not None and self.weight.is_contiguous():
                 x2 = x.reshape(rows, x.shape[-1]).contiguous()
-                if torch.compiler.is_compiling():
-                    y = float_linear_op(x2, self.weight)
-                else:
-                    y = torch.cat([k.float_linear(x2[i:i + ROW_CHUNK], self.weight) for i in range(0, rows, ROW_CHUNK)])
+                w = self.weight
+                y = float_linear_op(x2, w) if torch.compiler.is_compiling() else by_chunks(lambda c: k.float_linear(c, w), x2)
                 if self.bias is not None:
                     y = y + self.bias
                 return y.view(*x.shape[:-1], self.out_features)
@@ -110,18 +99,19 @@ def _decode_attention(qkv: torch.Tensor, step, attn: Attention, mask: torch.Tens
     return cpu_kernels().decode_attention(qkv, *args, attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
 
 
-def _linear_spec(m: nn.Module, rows: int) -> tuple | None:
+def _linear_spec(m: nn.Module) -> tuple | None:
     """(kind, tensors, group, bias) of a linear layer for the fused decode block, as its own forward
-    would compute `rows` rows (None: its forward would take another path, or it is not one of ours)."""
+    computes a one-token step (the row kernel at any batch size; None: its forward would take another
+    path, or it is not one of ours)."""
     t = type(m)
     if t is GemvLinear:
         p = m._parameters
         w = p["weight"]
-        if rows > GEMV_MAX_ROWS or w.dtype != torch.float32 or not w.is_contiguous():
+        if w.dtype != torch.float32 or not w.is_contiguous():
             return None
         return 0, (w,), 0, p["bias"]
-    if (t is Int4Linear or t is Int8Linear) and rows <= KERNEL_MAX_ROWS or t is HalfLinear and rows <= GEMV_MAX_ROWS:
-        kind, tensors = m.kernel_spec(rows)
+    if t is Int4Linear or t is Int8Linear or t is HalfLinear:
+        kind, tensors = m.kernel_spec(1)  # one token a sequence
         return kind, tensors, m.group_size, m.bias
     return None
 
@@ -149,8 +139,7 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
         return None
     am, mm = attn._modules, mlp._modules
     lins = (am["qkv"], am["o"], mm["gate_up"], mm["down"])
-    rows = x.shape[0]
-    specs = [_linear_spec(m, rows) for m in lins]
+    specs = [_linear_spec(m) for m in lins]
     if None in specs or _global_forward_hooks or _global_forward_pre_hooks or any(
             m._forward_hooks or m._forward_pre_hooks for m in (block, attn, mlp, n1, n2) + lins):
         return None

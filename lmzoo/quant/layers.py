@@ -38,6 +38,13 @@ ROW_CHUNK = 256  # rows per kernel call past the limits (they stay in cache)
 TILE = 1 << 19  # floats in one dequantised tile (2 MiB): multiplied while it is still in cache
 
 
+def by_chunks(fn, x2: torch.Tensor) -> torch.Tensor:
+    """fn(x2) with x2's rows in calls of at most ROW_CHUNK (a decode step's few rows: one call, no copy)."""
+    if x2.shape[0] <= ROW_CHUNK:
+        return fn(x2)
+    return torch.cat([fn(x2[i:i + ROW_CHUNK]) for i in range(0, x2.shape[0], ROW_CHUNK)])
+
+
 def needs_autograd(*tensors) -> bool:
     """Whether autograd would record a product of these: the C++ kernels have no backward, so such
     products take the differentiable path (a quantised or accelerated model stays trainable,
@@ -116,7 +123,7 @@ class _QuantLinear(nn.Module):
         raise NotImplementedError
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        k = cpu_kernels() if dtype == torch.float32 and self.kernel_spec()[1][0].device.type == "cpu" else None
+        k = cpu_kernels() if dtype == torch.float32 and self._buffers["q"].device.type == "cpu" else None
         if k is None:
             return self.dequantize_rows(None, dtype)
         out = torch.empty(self.out_features, self.in_features)  # one pass in C++ (PyTorch's ops take ~2.5x)
@@ -157,7 +164,7 @@ class _QuantLinear(nn.Module):
         if M <= self.kernel_rows:
             y = self._kernel(k, x2, T)
         elif T == 1 or k.isa() == "avx512":
-            y = torch.cat([self._kernel(k, x2[i:i + ROW_CHUNK], T) for i in range(0, M, ROW_CHUNK)])
+            y = by_chunks(lambda c: self._kernel(k, c, T), x2)
         else:
             y = self._tiled(k, x2)
         if bias is not None:

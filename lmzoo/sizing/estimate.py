@@ -527,12 +527,12 @@ def estimate_memory(
             act += 2 * batch * a.n_head * context * context * act_b
         terms["activations"] = act
         if dtype in ("int8", "int4"):  # a prefill dequantises one Linear at a time into the compute dtype
-            # the head sees only the last position of each row; on CPU our int8/int4 kernels take up to
-            # KERNEL_MAX_ROWS rows without dequantising, so there the head needs no buffer, and longer
-            # inputs dequantise a tile of TILE values at a time
-            from lmzoo.quant.layers import KERNEL_MAX_ROWS, TILE
+            # the head sees only the last position of each row (one token a sequence): on CPU our
+            # int8/int4 kernels take it without dequantising, at any batch, and longer inputs dequantise
+            # a tile of TILE values at a time (none at all on AVX-512 builds; the estimate keeps the tile)
+            from lmzoo.quant.layers import TILE
 
-            head_kernel = device == "cpu" and batch <= KERNEL_MAX_ROWS
+            head_kernel = device == "cpu"
             biggest = max((t.out_f * t.in_f for t in inv if t.linear
                            and not (head_kernel and t.role == "head")), default=0)
             terms["dequant_buffer"] = (min(biggest, TILE) if device == "cpu" else biggest) * compute
