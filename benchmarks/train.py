@@ -1,6 +1,7 @@
 """Training throughput and peak memory: lmzoo vs transformers + peft, same weights, data and batch.
 
-    python benchmarks/train.py [--rows 4] [--seq 256] [--steps 6] [--rounds 2] [--prompt-fraction 0.5]
+    python benchmarks/train.py [--rows 4] [--seq 256] [--steps 6] [--rounds 2] [--prompt-fraction 0,0.5]
+                               [--precision fp32,bf16] [--methods lora,full,qlora-gguf]
 
 The default model (SmolLM2-135M-Instruct) is exported once as a float32 HF checkpoint (lmzoo export),
 and both sides load that directory. Each (backend, method) runs in a fresh process, alternating
@@ -26,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int, prompt: float = 0.0) -> dict:
+def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int, prompt: float = 0.0,
+           precision: str = "fp32") -> dict:
     import resource
     import time
 
@@ -70,6 +72,10 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
         targets[:, :max(P - 1, 0)] = IGNORE  # targets[t] = ids[t + 1]: none inside the prompt
         batch = Batch(ids, targets, torch.zeros_like(ids))
         obj = SFTObjective()
+        if precision == "bf16":
+            from lmzoo.train.loop import hold_frozen_linears
+
+            hold_frozen_linears(model, torch.bfloat16)
 
         def loss_fn():
             total, _ = obj.loss(model, batch)
@@ -80,7 +86,8 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_fn()
         loss.backward()
         opt.step()
         return float(loss)
@@ -102,43 +109,51 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--prompt-fraction", type=float, default=0.0, help="share of each row that is a prompt "
-                    "without targets (SFT with the prompt masked); 0: every token a target")
+    ap.add_argument("--prompt-fraction", default="0,0.5", help="share of each row that is a prompt "
+                    "without targets (SFT with the prompt masked; 0: every token a target), comma-separated")
+    ap.add_argument("--precision", default="fp32,bf16", help="fp32 | bf16 (autocast), comma-separated")
+    ap.add_argument("--methods", default="lora,full,qlora-gguf")
     ap.add_argument("--worker", nargs=3, metavar=("BACKEND", "METHOD", "PATH"))
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(*a.worker, a.rows, a.seq, a.steps, a.prompt_fraction)))
+        print(json.dumps(worker(*a.worker, a.rows, a.seq, a.steps, float(a.prompt_fraction), a.precision)))
         return
     tmp = Path(tempfile.mkdtemp()) / "smollm2-hf"
     subprocess.run([sys.executable, "-m", "lmzoo", "export", "--out", str(tmp)], check=True, capture_output=True)
-    runs = [("lmzoo", "lora"), ("transformers", "lora"), ("lmzoo", "full"), ("transformers", "full"),
-            ("lmzoo", "qlora-gguf")]
+    methods = a.methods.split(",")
+    runs = [(backend, method, float(pf), prec) for pf in a.prompt_fraction.split(",") for prec in a.precision.split(",")
+            for method in methods for backend in ("lmzoo", "transformers") if backend == "lmzoo" or method != "qlora-gguf"]
     results: dict[tuple, list] = {r: [] for r in runs}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for _ in range(a.rounds):
-        for backend, method in runs:
+        for backend, method, pf, prec in runs:
             out = subprocess.run([sys.executable, __file__, "--worker", backend, method, str(tmp), "--rows", str(a.rows),
-                                  "--seq", str(a.seq), "--steps", str(a.steps), "--prompt-fraction",
-                                  str(a.prompt_fraction)], capture_output=True, text=True,
-                                 env=env, check=True)
-            results[(backend, method)].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"rows={a.rows} seq={a.seq} steps={a.steps} rounds={a.rounds} prompt fraction={a.prompt_fraction} "
-          "(SmolLM2-135M, fp32, CPU)")
-    print(f"{'backend':14} {'method':11} {'tokens/s':>17} {'peak MiB':>15} {'trainable':>12} {'loss first->last':>18}")
-    for (backend, method), rs in results.items():
+                                  "--seq", str(a.seq), "--steps", str(a.steps), "--prompt-fraction", str(pf),
+                                  "--precision", prec], capture_output=True, text=True, env=env, check=True)
+            results[(backend, method, pf, prec)].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"rows={a.rows} seq={a.seq} steps={a.steps} rounds={a.rounds} (SmolLM2-135M, CPU, {torch_threads()} threads)")
+    print(f"{'prompt':>6} {'prec':5} {'backend':13} {'method':11} {'tokens/s':>17} {'peak MiB':>15} {'trainable':>12} "
+          f"{'loss first->last':>18}")
+    for (backend, method, pf, prec), rs in results.items():
         tps = [r["tokens_per_s"] for r in rs]
         mem = [r["peak_mib"] for r in rs]
         r0 = rs[0]
-        print(f"{backend:14} {method:11} {min(tps):8.0f}-{max(tps):<8.0f} {min(mem):7.0f}-{max(mem):<7.0f} "
+        print(f"{pf:6.2f} {prec:5} {backend:13} {method:11} {min(tps):8.0f}-{max(tps):<8.0f} {min(mem):7.0f}-{max(mem):<7.0f} "
               f"{r0['trainable']:12,} {r0['first_loss']:8.3f}->{r0['last_loss']:.3f}")
-    for method in ("lora", "full"):
-        ours = [r["tokens_per_s"] for r in results[("lmzoo", method)]]
-        theirs = [r["tokens_per_s"] for r in results[("transformers", method)]]
-        om = [r["peak_mib"] for r in results[("lmzoo", method)]]
-        tm = [r["peak_mib"] for r in results[("transformers", method)]]
-        print(f"{method}: lmzoo / transformers+peft tokens/s {min(ours) / max(theirs):.2f}-{max(ours) / min(theirs):.2f}x, "
-              f"peak memory {min(om) / max(tm):.2f}-{max(om) / min(tm):.2f}x")
+    for (backend, method, pf, prec), ours in results.items():
+        theirs = results.get(("transformers", method, pf, prec))
+        if backend != "lmzoo" or not theirs:
+            continue
+        ot, tt = [r["tokens_per_s"] for r in ours], [r["tokens_per_s"] for r in theirs]
+        om, tm = [r["peak_mib"] for r in ours], [r["peak_mib"] for r in theirs]
+        print(f"prompt {pf:.2f} {prec} {method}: lmzoo / transformers+peft tokens/s "
+              f"{min(ot) / max(tt):.2f}-{max(ot) / min(tt):.2f}x, peak memory {min(om) / max(tm):.2f}-{max(om) / min(tm):.2f}x")
 
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 if __name__ == "__main__":
     main()

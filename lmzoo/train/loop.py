@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     activation_checkpointing: bool = False
     loss_chunk: int = 256
-    autocast_bf16: bool = True       # on CUDA: bf16 autocast for the forward (fp32 master weights)
+    autocast_bf16: bool | None = None  # bf16 autocast for the forward (fp32 master weights); None: on CUDA only
     parallel: str = "ddp"            # under torchrun: ddp (replicas) | fsdp (FSDP2 shards) | tp (tensor parallel)
     mixed_precision: str = "fp32"    # fsdp: fp32 | bf16 (MixedPrecisionPolicy: bf16 compute, fp32 reduce)
     tp_size: int = 1                 # fsdp: tensor-parallel ranks per FSDP2 replica (a 2-D mesh)
@@ -110,6 +110,29 @@ class TrainConfig:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def hold_frozen_linears(model: nn.Module, dtype: torch.dtype | None):
+    """Store the frozen weights of the linear layers in `dtype`, the dtype
+    autocast computes them in anyway: a LoRA base is cast once, not at every forward (autocast caches
+    casts of trainable leaves only), and takes half the memory; the matmuls see the same values.
+    Embedding tables (and heads tied to them) stay as they are: they feed the float32 residual stream.
+    Returns `restore()`, which gives the weights back their dtype (holding the rounded values the run
+    computed with). dtype None: nothing changes."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    held = []
+    if dtype is not None:
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if (isinstance(m, nn.Linear) and not w.requires_grad and w.is_floating_point() and w.dtype != dtype
+                    and id(w) not in tables):
+                held.append((w, w.dtype))
+                w.data = w.data.to(dtype)
+
+    def restore() -> None:
+        for w, was in held:
+            w.data = w.data.to(was)
+    return restore
 
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
@@ -436,9 +459,15 @@ class Trainer:
                        options=StateDictOptions(full_state_dict=True, strict=False))
 
     # --- the loop ---------------------------------------------------------------------------------
+    @property
+    def bf16(self) -> bool:
+        """bf16 autocast: asked for, or by default on CUDA. On CPUs with bf16 dot products (AVX512-BF16,
+        AMX) its matmuls run ~4x float32's (benchmarks/RESULTS.md)."""
+        on = self.cfg.autocast_bf16
+        return self.device.type == "cuda" if on is None else on
+
     def _autocast(self):
-        dev = next(self.model.parameters()).device
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and self.cfg.autocast_bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _on_signal(self, signum, frame) -> None:
         self._stop = True
@@ -503,6 +532,7 @@ class Trainer:
         metrics_f = open(self.out / "metrics.jsonl", "a") if main else None
         bar = _Progress(self.total, self.step, enabled=self.progress)
         last, stopping = {}, False
+        restore = hold_frozen_linears(self.model, torch.bfloat16 if self.bf16 and not self.sharded else None)
         try:
             if self.step == 0 and self.eval_data:
                 base = self.evaluate()  # the starting point, so the curve shows what training changed
@@ -558,6 +588,7 @@ class Trainer:
                     self.save_checkpoint()
             self.save_checkpoint()
         finally:
+            restore()
             bar.close()
             if metrics_f is not None:
                 metrics_f.close()

@@ -36,8 +36,10 @@ def _run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
 
 
-def test_resume_after_sigkill_ends_bitwise_equal(data, tmp_path):
-    steps = ["--max-steps", "6", "--save-every", "2"]
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_after_sigkill_ends_bitwise_equal(data, tmp_path, precision):
+    """bf16: autocast on the CPU, the frozen base held in bf16 during the run (deterministic as well)."""
+    steps = ["--max-steps", "6", "--save-every", "2"] + (["--bf16"] if precision == "bf16" else [])
     whole = _run(_cmd(data, tmp_path / "whole", *steps))
     assert whole.returncode == 0, whole.stderr
     killed = subprocess.Popen(_cmd(data, tmp_path / "killed", *steps), stdout=subprocess.DEVNULL,

@@ -115,6 +115,41 @@ def test_fused_chunked_cross_entropy_equals_plain(scale, bias):
     torch.testing.assert_close(lp, want)
 
 
+def test_fused_cross_entropy_under_bf16_autocast_equals_plain():
+    """Under autocast (bf16 on the CPU here, as on CUDA) the head's matmuls run in bf16 and the softmax in
+    float32, as autocast runs the unfused loss: loss and gradients agree with it to bf16 rounding (within
+    0.5% of each tensor's norm), and with float32 within 1%."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 300, bias=False)
+    h = torch.randn(3, 40, 64, requires_grad=True)
+    y = torch.randint(0, 300, (3, 40))
+    y[:, :7] = IGNORE
+    from types import SimpleNamespace
+
+    m = SimpleNamespace(config=SimpleNamespace(logit_scale=1.0), lm_head=head, head_input=lambda x: x,
+                        logits=head)
+
+    def run(fused: bool, autocast: bool):
+        h.grad, head.weight.grad = None, None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                total, _ = token_losses_sum(m, h, y, chunk=16)
+            else:
+                total = F.cross_entropy(head(h).reshape(-1, 300).float(), y.reshape(-1), ignore_index=IGNORE,
+                                        reduction="sum")
+        total.backward()
+        return total.detach(), h.grad.clone(), head.weight.grad.clone()
+
+    fused, plain, exact = run(True, True), run(False, True), run(False, False)
+    assert fused[0].dtype == torch.float32 and fused[1].dtype == h.dtype and fused[2].dtype == torch.float32
+    def rel(a, b):  # relative error of the whole tensor
+        return float((a - b).norm() / b.norm())
+
+    assert max(rel(a, b) for a, b in zip(fused, plain)) < 5e-3
+    assert max(rel(a, b) for a, b in zip(fused, exact)) < 1e-2
+    assert not torch.equal(fused[2], exact[2])  # the bf16 products really ran
+
+
 def test_disk_full_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypatch):
     """A checkpoint that cannot be written is one clear error; the previous checkpoint stays whole."""
     import errno
@@ -168,3 +203,32 @@ def test_activation_checkpointing_keeps_loss_and_gradients(tmp_path):
     assert ckpt_loss == pytest.approx(plain_loss, abs=1e-6)
     for n in plain:
         torch.testing.assert_close(ckpt[n], plain[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_frozen_base_held_in_bf16_computes_what_autocast_does(pair):
+    """Holding a LoRA base's frozen linear weights in bf16 (the trainer does it under --bf16) changes no
+    value autocast computes; embeddings (and a head tied to them) stay float32; restore() gives the
+    weights their dtype back."""
+    from lmzoo.checkpoints.peft import add_lora
+    from lmzoo.train.loop import hold_frozen_linears
+
+    import copy
+
+    model = copy.deepcopy(pair[1])
+    torch.manual_seed(0)
+    add_lora(model, targets="all-linear", r=4, alpha=8)
+    for lora in (m for m in model.modules() if hasattr(m, "lora_B")):
+        for B in lora.lora_B:
+            torch.nn.init.normal_(B, std=0.02)  # a non-zero update, so the adapters take part
+    ids = torch.randint(3, V, (2, 9), generator=torch.Generator().manual_seed(7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(ids)
+        restore = hold_frozen_linears(model, torch.bfloat16)
+        got = model(ids)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    frozen = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert frozen and all(w.dtype == (torch.float32 if id(w) in tables else torch.bfloat16) for w in frozen)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    restore()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
