@@ -2,8 +2,9 @@
 
 `open_lazy` reads a checkpoint's config and tensor map (HF directory or GGUF file) and hands out the
 canonical lmzoo tensors one at a time — assembled from the checkpoint's tensors as the shared builder
-(checkpoints.build) assembles them, but yielded instead of kept — so a GGUF export holds about one
-tensor at a time (plus the source's memory map) instead of the whole model.
+(checkpoints.build) assembles them, but yielded instead of kept — so an export holds about one tensor
+at a time (plus the source's memory map, and for HF out the shard being filled) instead of the whole
+model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lmzoo.checkpoints.build import empty_model, fill_template, name_template
+from lmzoo.checkpoints.build import check_all_used, empty_model, fill_template, name_template
 from lmzoo.checkpoints.checkpoint import split_index
 from lmzoo.config import ModelConfig
 from lmzoo.errors import CheckpointError, ModelNotFoundError, UnsupportedModelError
@@ -28,6 +29,7 @@ class LazyCheckpoint:
     tensors: Callable[[], Iterator[tuple[str, torch.Tensor]]]
     path: Path
     is_gguf: bool
+    hf_config: dict  # an HF source's config.json; a GGUF's config as the keys the HF weight maps read
 
 
 def open_lazy(path) -> LazyCheckpoint:
@@ -46,6 +48,7 @@ def _gguf(p: Path) -> LazyCheckpoint:
         SUPPORTED_TYPES,
         GGUFSource,
         _field,
+        _hf_view,
         gguf_config,
         gguf_weights,
     )
@@ -61,7 +64,7 @@ def _gguf(p: Path) -> LazyCheckpoint:
     weights = gguf_weights(reader.tensors)
     name = _field(reader, "general.architecture")
     model_type = (cfg.n_experts and arch.hf_moe_model_type) or arch.hf_model_type or name
-    return _lazy(cfg, model_type, source, weights, {**GGUF_TRANSFORMS, **arch.transforms}, p, True,
+    return _lazy(cfg, model_type, source, weights, {**GGUF_TRANSFORMS, **arch.transforms}, p, _hf_view(cfg),
                  ignore=CONFIG_TENSORS)
 
 
@@ -73,21 +76,25 @@ def _hf(p: Path) -> LazyCheckpoint:
     source = open_checkpoint_dir(p)
     weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
     transforms = (adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms) or {}
-    return _lazy(cfg, hf["model_type"], source, weights, transforms, p, False)
+    return _lazy(cfg, hf["model_type"], source, weights, transforms, p, None, ignore=adapter.ignore, hf=hf)
 
 
-def _lazy(cfg, model_type, source, weights, transforms, path: Path, is_gguf: bool, ignore=()) -> LazyCheckpoint:
+def _lazy(cfg, model_type, source, weights, transforms, path: Path, gguf_view: dict | None, ignore=(),
+          hf: dict | None = None) -> LazyCheckpoint:
     expected = dict(empty_model(cfg).state_dict())
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)
-    available = set(source.keys())
-    for name in expected:  # everything the model needs is there, before a byte is written
+    available, used = set(source.keys()), set()
+    for name in expected:  # everything the model needs is there, and nothing else, before a byte is written
         template, index = name_template(name)
         if template not in weights:
             raise CheckpointError(f"{path.name}: no checkpoint tensor maps to {name}")
-        missing = [q for q in (fill_template(x, index) for x in weights[template]) if split_index(q)[0] not in available]
+        parts = {split_index(fill_template(x, index))[0] for x in weights[template]}
+        missing = sorted(parts - available)
         if missing:
             raise CheckpointError(f"{path.name} is missing tensor(s) {missing[:3]}")
+        used |= parts
+    check_all_used(available, used, ignore, cfg, weights)
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for name, param in expected.items():
@@ -102,7 +109,8 @@ def _lazy(cfg, model_type, source, weights, transforms, path: Path, is_gguf: boo
                                       f"needs {tuple(param.shape)} for {name}")
             yield name, t.float() if t.is_floating_point() else t
 
-    return LazyCheckpoint(cfg, model_type, list(expected.items()), tensors, path, is_gguf)
+    return LazyCheckpoint(cfg, model_type, list(expected.items()), tensors, path, gguf_view is not None,
+                          gguf_view if gguf_view is not None else hf)
 
 
 def convert_to_gguf(src, out, *, type: str = "f16", overwrite: bool = False, tokenizer=None, progress=None):
@@ -115,3 +123,24 @@ def convert_to_gguf(src, out, *, type: str = "f16", overwrite: bool = False, tok
         tokenizer = lazy.path
     return write_gguf(out, lazy.cfg, lazy.model_type, lazy.tensors, lazy.shapes, tokenizer=tokenizer, type=type,
                       overwrite=overwrite, progress=progress)
+
+
+def convert_to_hf(src, out, *, dtype: torch.dtype | None = None, tokenizer=None, progress=None,
+                  max_shard_bytes: int = 2 << 30):
+    """Stream the checkpoint at `src` into an HF directory at `out` (see save.write_hf). dtype: default
+    an HF source's own, float32 from GGUF. tokenizer: written as tokenizer.json when the source is a GGUF
+    (an HF source's tokenizer files are copied). progress(bytes_done, bytes_total, name)."""
+    from lmzoo.checkpoints.save import hf_tensors, write_hf
+    from lmzoo.dtypes import resolve_dtype
+
+    lazy = open_lazy(src)
+    if dtype is None:
+        dtype = torch.float32 if lazy.is_gguf else resolve_dtype(
+            lazy.hf_config.get("torch_dtype") or lazy.hf_config.get("dtype") or "float32")
+    width = torch.empty((), dtype=dtype).element_size()
+    total = sum(t.numel() * (width if t.is_floating_point() else t.element_size()) for n, t in lazy.shapes)
+    tensors = hf_tensors(lazy.tensors(), model_type=lazy.model_type, hf_config=lazy.hf_config, cfg=lazy.cfg)
+    return write_hf(out, tensors, cfg=lazy.cfg, model_type=lazy.model_type,
+                    hf_config=None if lazy.is_gguf else lazy.hf_config, dtype=dtype, tokenizer=tokenizer,
+                    tokenizer_source=lazy.path, max_shard_bytes=max_shard_bytes,
+                    progress=progress and (lambda done, name: progress(done, total, name)))

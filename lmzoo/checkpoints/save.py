@@ -76,6 +76,14 @@ def _split_sizes(name: str, t: torch.Tensor, n_parts: int, cfg: ModelConfig) -> 
 
 def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under the checkpoint's names and layouts (the inverse of from_pretrained)."""
+    layout = layout_of(model)
+    return dict(hf_tensors(_model_tensors(model), model_type=layout.model_type, hf_config=layout.hf_config,
+                           cfg=model.config))
+
+
+def _model_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The model's (name, tensor) pairs the checkpoint stores: an exportable model (no LoRA layers, no
+    quantised weights), buffers the layout has no tensor for left out."""
     from lmzoo.checkpoints.hf import get_adapter
 
     if lora_layers(model):
@@ -85,36 +93,50 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if not isinstance(m, (nn.Linear, nn.Embedding)) and hasattr(m, "dequantize"):
             raise ConfigError(f"{name} holds quantised weights; load the model with keep_quantized=False to export it")
     layout = layout_of(model)
-    adapter = get_adapter(layout.model_type)
-    hf = layout.hf_config or {}
+    weights = _adapter_maps(get_adapter(layout.model_type), layout.hf_config)[0]
+    params = {n for n, _ in model.named_parameters()}
+    return [(n, t.detach()) for n, t in model.state_dict().items()
+            if n in params or name_template(n)[0] in weights]  # a buffer the checkpoint does not store: left out
+
+
+def _adapter_maps(adapter, hf_config: dict | None) -> tuple[dict, dict]:
+    hf = hf_config or {}
     weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
     transforms = (adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms) or {}
-    cfg = model.config
-    out: dict[str, torch.Tensor] = {}
+    return weights, transforms
+
+
+def hf_tensors(items, *, model_type: str, hf_config: dict | None, cfg: ModelConfig):
+    """(checkpoint name, tensor) for each lmzoo (name, tensor) of `items`, one at a time: each tensor is
+    split into the checkpoint tensors it was concatenated from and its layout transform undone; the
+    experts of a stacked tensor are stacked back as soon as a layer's set is complete."""
+    from lmzoo.checkpoints.hf import get_adapter
+
+    weights, transforms = _adapter_maps(get_adapter(model_type), hf_config)
     stacked: dict[str, dict[int, torch.Tensor]] = {}
-    params = {n for n, _ in model.named_parameters()}
-    for name, t in model.state_dict().items():
+    for name, t in items:
         if cfg.tie_embeddings and name == "lm_head.weight":
             continue
         template, index = name_template(name)
         if template not in weights:
-            if name in params:
-                raise UnsupportedModelError(f"the {layout.model_type!r} checkpoint layout has no tensor for {name}")
-            continue  # a buffer the checkpoint does not store
+            raise UnsupportedModelError(f"the {model_type!r} checkpoint layout has no tensor for {name}")
         parts = [fill_template(p, index) for p in weights[template]]
-        t = t.detach().cpu().contiguous()
+        t = t.cpu().contiguous()
         if template in transforms:
             t = _invert(transforms[template], t, cfg, name)
         pieces = t.split(_split_sizes(name, t, len(parts), cfg), dim=0) if len(parts) > 1 else [t]
         for part, piece in zip(parts, pieces):
             base, idx = split_index(part)
             if idx is None:
-                out[base] = piece.contiguous()
-            else:
-                stacked.setdefault(base, {})[idx] = piece
-    for base, items in stacked.items():
-        out[base] = torch.stack([items[i] for i in range(len(items))]).contiguous()
-    return out
+                yield base, piece.contiguous()
+                continue
+            group = stacked.setdefault(base, {})
+            group[idx] = piece
+            if len(group) == cfg.n_experts:
+                yield base, torch.stack([group[i] for i in range(len(group))]).contiguous()
+                del stacked[base]
+    for base, group in stacked.items():
+        yield base, torch.stack([group[i] for i in range(len(group))]).contiguous()
 
 
 # --- config.json for a GGUF-loaded model -------------------------------------------------------
@@ -233,52 +255,71 @@ def _tokenizer_files(src: Path, out: Path, tok) -> None:
 
 def save_hf(model: nn.Module, out_dir, *, tokenizer=None, tokenizer_source=None, dtype: torch.dtype | None = None,
             max_shard_bytes: int = 2 << 30) -> Path:
-    """Write `model` as an HF checkpoint directory. The files are written into a temporary directory
-    beside `out_dir` and renamed into place, so a failed export leaves nothing half-written.
-    tokenizer_source: where the tokenizer files come from (an HF directory's files are copied; from a
-    GGUF, `tokenizer` is written as tokenizer.json); default: the checkpoint the model was loaded from."""
+    """Write `model` as an HF checkpoint directory (see write_hf). tokenizer_source: where the tokenizer
+    files come from (an HF directory's files are copied; from a GGUF, `tokenizer` is written as
+    tokenizer.json); default: the checkpoint the model was loaded from."""
+    layout = layout_of(model)
+    items = _model_tensors(model)
+    dtype = dtype or next((t.dtype for _, t in items if t.is_floating_point()), torch.float32)
+    return write_hf(out_dir, hf_tensors(items, model_type=layout.model_type, hf_config=layout.hf_config,
+                                        cfg=model.config),
+                    cfg=model.config, model_type=layout.model_type,
+                    hf_config=layout.hf_config if layout.hf_config and not layout.from_gguf else None, dtype=dtype,
+                    tokenizer=tokenizer,
+                    tokenizer_source=tokenizer_source or layout.path, max_shard_bytes=max_shard_bytes)
+
+
+def write_hf(out_dir, tensors, *, cfg: ModelConfig, model_type: str, hf_config: dict | None, dtype: torch.dtype,
+             tokenizer=None, tokenizer_source=None, max_shard_bytes: int = 2 << 30, progress=None) -> Path:
+    """An HF checkpoint directory from (checkpoint name, tensor) pairs consumed one at a time: each
+    shard (up to max_shard_bytes) is written as soon as it fills, so peak memory is about one shard
+    plus the largest tensor, whatever the model's size. hf_config: the config.json to write (its
+    torch_dtype updated), None to build one from `cfg` (a GGUF-loaded model). The files go into a
+    temporary directory beside `out_dir`, renamed into place at the end: a failed export leaves
+    nothing half-written. progress(bytes_done, name): called after each tensor."""
     from safetensors.torch import save_file
 
-    layout = layout_of(model)
-    state = to_hf_state_dict(model)
-    dtype = dtype or next(iter(state.values())).dtype
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; choose a new directory for the export")
+    # before a byte is written: a GGUF architecture with no HF config fails here, not after the weights
+    hf = (hf_config_from(cfg, model_type, dtype) if hf_config is None else
+          {**{k: v for k, v in hf_config.items() if k != "dtype"}, "torch_dtype": str(dtype).removeprefix("torch.")})
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        shards, cur, size = [], {}, 0
-        for k, v in state.items():
+        shards: list[list[str]] = []  # each shard's tensor names, written as shard-N until the count is known
+        cur, size, total = {}, 0, 0
+
+        def flush() -> None:
+            save_file(cur, str(tmp / f"shard-{len(shards)}"), metadata={"format": "pt"})
+            shards.append(list(cur))
+
+        for k, v in tensors:
+            v = v.to(dtype) if v.is_floating_point() else v
             n = v.numel() * v.element_size()
             if cur and size + n > max_shard_bytes:
-                shards.append(cur)
+                flush()
                 cur, size = {}, 0
-            cur[k], size = v, size + n
-        shards.append(cur)
+            cur[k], size, total = v, size + n, total + n
+            if progress:
+                progress(total, k)
+        flush()
+        cur = {}
         if len(shards) == 1:
-            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            os.replace(tmp / "shard-0", tmp / "model.safetensors")
         else:
             weight_map = {}
-            for i, sh in enumerate(shards, 1):
-                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(sh, str(tmp / fname), metadata={"format": "pt"})
-                weight_map.update(dict.fromkeys(sh, fname))
-            total = sum(v.numel() * v.element_size() for v in state.values())
+            for i, keys in enumerate(shards):
+                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                os.replace(tmp / f"shard-{i}", tmp / fname)
+                weight_map.update(dict.fromkeys(keys, fname))
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        src = tokenizer_source or layout.path
-        src = Path(src) if src else None
-        if layout.hf_config and not layout.from_gguf:
-            hf = {**layout.hf_config, "torch_dtype": str(dtype).removeprefix("torch.")}
-            hf.pop("dtype", None)
-        else:
-            hf = hf_config_from(model.config, layout.model_type, dtype)
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
-        if src is not None:
-            _tokenizer_files(src, tmp, tokenizer)
+        if tokenizer_source is not None:
+            _tokenizer_files(Path(tokenizer_source), tmp, tokenizer)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

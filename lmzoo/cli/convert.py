@@ -4,13 +4,15 @@
     lmzoo convert ./my-finetune --to gguf --type f16 --out mine.f16.gguf    # for llama.cpp / Ollama
     lmzoo convert model.gguf --to hf --out ./model-hf                      # for transformers
 
-GGUF out streams tensor by tensor (peak memory about the largest tensor plus the source's memory
-map); HF out goes through the loaded model (save_hf). Either way the result is written under a
-temporary name beside DST and renamed into place, so a failure leaves nothing under DST.
+Both stream tensor by tensor, never building the model: GGUF out holds about the largest tensor (plus
+the source's memory map), HF out that plus the safetensors shard being filled (2 GiB at most). Either
+way the result is written under a temporary name beside DST and renamed into place, so a failure
+leaves nothing under DST.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def convert(
                 stop()
             typer.echo(str(summary))
         else:
-            typer.echo(_to_hf(src, out, type, overwrite))
+            typer.echo(_to_hf(src, out, type, overwrite, quiet))
     except OSError as e:  # disk full, permissions: nothing was left under the final name
         raise CheckpointError(f"writing {out} failed ({e.strerror or e}); nothing was written to {out}") from None
 
@@ -82,26 +84,28 @@ def _hf_tokenizer(src: Path):
     return None
 
 
-def _to_hf(src: Path, out: Path, dtype: str | None, overwrite: bool) -> str:
-    import lmzoo
-    from lmzoo.checkpoints.save import save_hf
+def _to_hf(src: Path, out: Path, dtype: str | None, overwrite: bool, quiet: bool) -> str:
+    from lmzoo.checkpoints.convert import convert_to_hf
+    from lmzoo.checkpoints.gguf import gguf_metadata
     from lmzoo.dtypes import resolve_dtype
     from lmzoo.tokenizer import load_tokenizer
-
-    m = lmzoo.from_pretrained(src, keep_quantized=False, cpu_kernels=False)
-    from lmzoo.checkpoints.gguf import gguf_metadata
 
     tok = load_tokenizer(src) if src.is_file() and gguf_metadata(src).get("tokenizer.ggml.tokens") else None
     target = out
     if out.exists() and overwrite:  # write beside, then swap: the old copy stays until the new one is whole
         target = out.with_name(f".{out.name}.new")
         shutil.rmtree(target, ignore_errors=True)
-    path = save_hf(m, target, tokenizer=tok, dtype=resolve_dtype(dtype))
+    update, stop = _bar(not quiet)
+    try:
+        path = convert_to_hf(src, target, dtype=resolve_dtype(dtype), tokenizer=tok, progress=update)
+    finally:
+        stop()
     if target != out:
         old = out.with_name(f".{out.name}.old")
         out.rename(old)
         target.rename(out)
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
         path = out
-    n = sum(f.stat().st_size for f in Path(path).iterdir())
-    return f"wrote {path}: HF {m.checkpoint_layout.model_type}, {len(list(Path(path).iterdir()))} files, {n / 2**20:.1f} MiB"
+    files = list(Path(path).iterdir())
+    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    return f"wrote {path}: HF {model_type}, {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB"

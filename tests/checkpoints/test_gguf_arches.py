@@ -280,15 +280,23 @@ def test_k_quant_mix_kept_as_codes_equals_decoded(tmp_path, key):
                                  "falcon-40b", "bloom", "stablelm", "stablelm2", "gpt2", "gptj", "mixtral",
                                  "deepseek2-v2-lite", "deepseek2-v3"])
 def test_gguf_exports_as_the_hf_model(tmp_path, key):
-    """`lmzoo export` of a GGUF-loaded model: the HF checkpoint of the same architecture, which
-    transformers loads with the original model's logits."""
+    """`lmzoo export` of a GGUF-loaded model, and `lmzoo convert --to hf` streaming the file tensor by
+    tensor (here into shards of ~40 kB): the HF checkpoint of the same architecture, which transformers
+    loads with the original model's logits."""
+    import json
+
+    from lmzoo.checkpoints.convert import convert_to_hf
     from lmzoo.checkpoints.save import save_hf
 
     ref = hf_model(key, "F32")
     p = tmp_path / "m.gguf"
     gguf_ref.write_gguf(p, *gguf_ref.hf_to_gguf(ref, AS_ARCH.get(key)), "F32")
     save_hf(lmzoo.from_pretrained(p, keep_quantized=False), tmp_path / "hf")
-    back = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    convert_to_hf(p, tmp_path / "streamed", max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "streamed" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
     ids = torch.randint(0, V, (2, 11), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        assert (back(ids).logits - ref(ids).logits).abs().max() <= 1e-4
+    for d in ("hf", "streamed"):
+        back = tf.AutoModelForCausalLM.from_pretrained(tmp_path / d, attn_implementation="eager").eval()
+        with torch.no_grad():
+            assert (back(ids).logits - ref(ids).logits).abs().max() <= 1e-4, d
