@@ -130,17 +130,13 @@ def convert_to_hf(src, out, *, dtype: torch.dtype | None = None, tokenizer=None,
     """Stream the checkpoint at `src` into an HF directory at `out` (see save.write_hf). dtype: default
     an HF source's own, float32 from GGUF. tokenizer: written as tokenizer.json when the source is a GGUF
     (an HF source's tokenizer files are copied). progress(bytes_done, bytes_total, name)."""
-    from lmzoo.checkpoints.save import hf_tensors, write_hf
+    from lmzoo.checkpoints.save import write_hf
     from lmzoo.dtypes import resolve_dtype
 
     lazy = open_lazy(src)
     if dtype is None:
         dtype = torch.float32 if lazy.is_gguf else resolve_dtype(
             lazy.hf_config.get("torch_dtype") or lazy.hf_config.get("dtype") or "float32")
-    width = torch.empty((), dtype=dtype).element_size()
-    total = sum(t.numel() * (width if t.is_floating_point() else t.element_size()) for n, t in lazy.shapes)
-    tensors = hf_tensors(lazy.tensors(), model_type=lazy.model_type, hf_config=lazy.hf_config, cfg=lazy.cfg)
-    return write_hf(out, tensors, cfg=lazy.cfg, model_type=lazy.model_type,
-                    hf_config=None if lazy.is_gguf else lazy.hf_config, dtype=dtype, tokenizer=tokenizer,
-                    tokenizer_source=lazy.path, max_shard_bytes=max_shard_bytes,
-                    progress=progress and (lambda done, name: progress(done, total, name)))
+    return write_hf(out, lazy.shapes, lazy.tensors, cfg=lazy.cfg, model_type=lazy.model_type,
+                    hf_config=lazy.hf_config, from_gguf=lazy.is_gguf, dtype=dtype, tokenizer=tokenizer,
+                    tokenizer_source=lazy.path, max_shard_bytes=max_shard_bytes, progress=progress)

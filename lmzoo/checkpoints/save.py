@@ -19,8 +19,10 @@ its ModelConfig and a tokenizer.json from the GGUF vocabulary.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -52,6 +54,8 @@ def _invert(transform, t: torch.Tensor, cfg: ModelConfig, name: str) -> torch.Te
         src = moved.flatten().round().long()
         if not torch.equal(src.sort().values, torch.arange(t.numel())):
             continue
+        if t.is_meta:  # planning the files: the shape is all there is to know
+            return torch.empty(shape, dtype=t.dtype, device="meta")
         out = torch.empty(t.numel(), dtype=t.dtype)
         out[src] = t.flatten()
         return out.view(shape)
@@ -109,7 +113,8 @@ def _adapter_maps(adapter, hf_config: dict | None) -> tuple[dict, dict]:
 def hf_tensors(items, *, model_type: str, hf_config: dict | None, cfg: ModelConfig):
     """(checkpoint name, tensor) for each lmzoo (name, tensor) of `items`, one at a time: each tensor is
     split into the checkpoint tensors it was concatenated from and its layout transform undone; the
-    experts of a stacked tensor are stacked back as soon as a layer's set is complete."""
+    experts of a stacked tensor are stacked back as soon as a layer's set is complete. Meta tensors in,
+    meta tensors out: the names and shapes alone (write_hf plans its files so)."""
     from lmzoo.checkpoints.hf import get_adapter
 
     weights, transforms = _adapter_maps(get_adapter(model_type), hf_config)
@@ -121,7 +126,7 @@ def hf_tensors(items, *, model_type: str, hf_config: dict | None, cfg: ModelConf
         if template not in weights:
             raise UnsupportedModelError(f"the {model_type!r} checkpoint layout has no tensor for {name}")
         parts = [fill_template(p, index) for p in weights[template]]
-        t = t.cpu().contiguous()
+        t = t if t.is_meta else t.cpu().contiguous()
         if template in transforms:
             t = _invert(transforms[template], t, cfg, name)
         pieces = t.split(_split_sizes(name, t, len(parts), cfg), dim=0) if len(parts) > 1 else [t]
@@ -261,60 +266,104 @@ def save_hf(model: nn.Module, out_dir, *, tokenizer=None, tokenizer_source=None,
     layout = layout_of(model)
     items = _model_tensors(model)
     dtype = dtype or next((t.dtype for _, t in items if t.is_floating_point()), torch.float32)
-    return write_hf(out_dir, hf_tensors(items, model_type=layout.model_type, hf_config=layout.hf_config,
-                                        cfg=model.config),
-                    cfg=model.config, model_type=layout.model_type,
-                    hf_config=layout.hf_config if layout.hf_config and not layout.from_gguf else None, dtype=dtype,
-                    tokenizer=tokenizer,
-                    tokenizer_source=tokenizer_source or layout.path, max_shard_bytes=max_shard_bytes)
+    return write_hf(out_dir, [(n, t.to("meta")) for n, t in items], lambda: iter(items), cfg=model.config,
+                    model_type=layout.model_type, hf_config=layout.hf_config, from_gguf=layout.from_gguf,
+                    dtype=dtype, tokenizer=tokenizer, tokenizer_source=tokenizer_source or layout.path,
+                    max_shard_bytes=max_shard_bytes)
 
 
-def write_hf(out_dir, tensors, *, cfg: ModelConfig, model_type: str, hf_config: dict | None, dtype: torch.dtype,
-             tokenizer=None, tokenizer_source=None, max_shard_bytes: int = 2 << 30, progress=None) -> Path:
-    """An HF checkpoint directory from (checkpoint name, tensor) pairs consumed one at a time: each
-    shard (up to max_shard_bytes) is written as soon as it fills, so peak memory is about one shard
-    plus the largest tensor, whatever the model's size. hf_config: the config.json to write (its
-    torch_dtype updated), None to build one from `cfg` (a GGUF-loaded model). The files go into a
-    temporary directory beside `out_dir`, renamed into place at the end: a failed export leaves
-    nothing half-written. progress(bytes_done, name): called after each tensor."""
-    from safetensors.torch import save_file
+# safetensors' names of the dtypes a checkpoint holds
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
 
+
+def _nbytes(shape: tuple, dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _safetensors_header(entries: list[tuple[str, tuple, torch.dtype]]) -> bytes:
+    """The head of a safetensors file holding `entries` (name, shape, dtype) in this order: an 8-byte
+    little-endian length, then the JSON table of each tensor's dtype, shape and byte range, padded with
+    spaces to a multiple of 8 (the layout safetensors' own writer produces)."""
+    table: dict = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for name, shape, dtype in entries:
+        n = _nbytes(shape, dtype)
+        table[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    head = json.dumps(table, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head
+
+
+def write_safetensors(path, entries: list[tuple[str, tuple, torch.dtype]], tensors, written=None) -> None:
+    """A safetensors file of `entries` (name, shape, dtype), its tensors taken one at a time from the
+    (name, tensor) iterator `tensors` (in the entries' order; each cast to its entry's dtype) and
+    written straight after the header. written(name, nbytes) after each."""
+    with open(path, "wb") as f:
+        f.write(_safetensors_header(entries))
+        for name, shape, dt in entries:
+            k, v = next(tensors)
+            if k != name or tuple(v.shape) != shape:  # the plan and the tensors come from one function
+                raise RuntimeError(f"export plan out of step: planned {name} {shape}, got {k} {tuple(v.shape)}")
+            f.write(v.to(dt).contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            if written:
+                written(name, _nbytes(shape, dt))
+
+
+def write_hf(out_dir, shapes, tensors, *, cfg: ModelConfig, model_type: str, hf_config: dict | None,
+             from_gguf: bool, dtype: torch.dtype, tokenizer=None, tokenizer_source=None,
+             max_shard_bytes: int = 2 << 30, progress=None) -> Path:
+    """An HF checkpoint directory from lmzoo tensors: `shapes`, their (name, meta tensor) pairs, and
+    `tensors()`, an iterator over the same (name, tensor) pairs, consumed one at a time. The files are
+    planned from the shapes (hf_tensors over meta tensors: names and shapes only); then each safetensors
+    shard (up to max_shard_bytes) is written tensor by tensor under its planned header, so peak memory
+    is about the largest tensor whatever the model's size (safetensors' own writer takes a whole shard
+    in memory; its reader, and transformers', read these files). hf_config: the source's config.json
+    (torch_dtype updated); a GGUF-loaded model's is built from `cfg`. The files go into a temporary
+    directory beside `out_dir`, renamed into place at the end: a failed export leaves nothing
+    half-written. progress(bytes_done, bytes_total, name) after each tensor."""
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; choose a new directory for the export")
     # before a byte is written: a GGUF architecture with no HF config fails here, not after the weights
-    hf = (hf_config_from(cfg, model_type, dtype) if hf_config is None else
-          {**{k: v for k, v in hf_config.items() if k != "dtype"}, "torch_dtype": str(dtype).removeprefix("torch.")})
+    if hf_config and not from_gguf:
+        hf = {**{k: v for k, v in hf_config.items() if k != "dtype"}, "torch_dtype": str(dtype).removeprefix("torch.")}
+    else:
+        hf = hf_config_from(cfg, model_type, dtype)
+
+    def convert(items):
+        return hf_tensors(items, model_type=model_type, hf_config=hf_config, cfg=cfg)
+
+    plan = [(n, tuple(t.shape), dtype if t.is_floating_point() else t.dtype) for n, t in convert(iter(shapes))]
+    shards: list[list] = [[]]
+    filled = 0
+    for e in plan:
+        if shards[-1] and filled + _nbytes(*e[1:]) > max_shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append(e)
+        filled += _nbytes(*e[1:])
+    total = sum(_nbytes(*e[1:]) for e in plan)
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        shards: list[list[str]] = []  # each shard's tensor names, written as shard-N until the count is known
-        cur, size, total = {}, 0, 0
+        stream, done = convert(tensors()), 0
 
-        def flush() -> None:
-            save_file(cur, str(tmp / f"shard-{len(shards)}"), metadata={"format": "pt"})
-            shards.append(list(cur))
-
-        for k, v in tensors:
-            v = v.to(dtype) if v.is_floating_point() else v
-            n = v.numel() * v.element_size()
-            if cur and size + n > max_shard_bytes:
-                flush()
-                cur, size = {}, 0
-            cur[k], size, total = v, size + n, total + n
+        def written(name: str, n: int) -> None:
+            nonlocal done
+            done += n
             if progress:
-                progress(total, k)
-        flush()
-        cur = {}
-        if len(shards) == 1:
-            os.replace(tmp / "shard-0", tmp / "model.safetensors")
-        else:
-            weight_map = {}
-            for i, keys in enumerate(shards):
-                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                os.replace(tmp / f"shard-{i}", tmp / fname)
-                weight_map.update(dict.fromkeys(keys, fname))
+                progress(done, total, name)
+
+        for fname, entries in zip(names, shards):
+            write_safetensors(tmp / fname, entries, stream, written)
+        if len(shards) > 1:
+            weight_map = {name: fname for fname, entries in zip(names, shards) for name, _, _ in entries}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))

@@ -4,9 +4,8 @@
     lmzoo convert ./my-finetune --to gguf --type f16 --out mine.f16.gguf    # for llama.cpp / Ollama
     lmzoo convert model.gguf --to hf --out ./model-hf                      # for transformers
 
-Both stream tensor by tensor, never building the model: GGUF out holds about the largest tensor (plus
-the source's memory map), HF out that plus the safetensors shard being filled (2 GiB at most). Either
-way the result is written under a temporary name beside DST and renamed into place, so a failure
+Both stream tensor by tensor, never building the model: peak memory is about the largest tensor plus
+the source's memory map. Either way the result is written under a temporary name beside DST and renamed into place, so a failure
 leaves nothing under DST.
 """
 

@@ -78,3 +78,25 @@ def test_default_gguf_model_exports_as_hf_llama(tmp_path, smollm2_path):
     assert hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == tok.apply_chat_template(msgs)
     with pytest.raises(ConfigError, match="not empty"):
         save_hf(ours, tmp_path / "hf")
+
+
+def test_streamed_safetensors_read_back_by_safetensors(tmp_path):
+    """The export's own safetensors writer (tensor by tensor under a planned header): safetensors' reader
+    gives back every tensor exactly — float, half, integer and bool dtypes, a scalar, an empty tensor,
+    odd byte counts — and a tensor out of step with the plan is an error."""
+    from safetensors.torch import load_file
+
+    from lmzoo.checkpoints.save import write_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a.weight": torch.randn(3, 5, generator=g), "b": torch.randn(7, generator=g).to(torch.bfloat16),
+               "c": torch.randn(2, 3, generator=g).half(), "ids": torch.arange(5), "mask": torch.tensor([True, False, True]),
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "bytes": torch.arange(3, dtype=torch.uint8)}
+    entries = [(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]
+    write_safetensors(tmp_path / "x.safetensors", entries, iter(tensors.items()))
+    back = load_file(tmp_path / "x.safetensors")
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    with pytest.raises(RuntimeError, match="out of step"):
+        write_safetensors(tmp_path / "y.safetensors", entries, iter(reversed(tensors.items())))

@@ -209,10 +209,10 @@ def test_frozen_base_held_in_bf16_computes_what_autocast_does(pair):
     """Holding a LoRA base's frozen linear weights in bf16 (the trainer does it under --bf16) changes no
     value autocast computes; embeddings (and a head tied to them) stay float32; restore() gives the
     weights their dtype back."""
+    import copy
+
     from lmzoo.checkpoints.peft import add_lora
     from lmzoo.train.loop import hold_frozen_linears
-
-    import copy
 
     model = copy.deepcopy(pair[1])
     torch.manual_seed(0)
