@@ -470,6 +470,17 @@ def set_activations(model: nn.Module, activations: str) -> nn.Module:
     return model
 
 
+def widen_unquantized(model: nn.Module) -> nn.Module:
+    """Every floating parameter and buffer outside the quantised layers as float32 (a half-precision
+    checkpoint loaded as stored and quantised: its norms, embeddings, biases), so activations are
+    float32 and the CPU kernels apply; the quantised layers' own tensors stay as they are."""
+    inside = {id(t) for m in model.modules() if isinstance(m, _QuantLinear) for t in [*m.parameters(), *m.buffers()]}
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in inside and t.is_floating_point() and t.dtype != torch.float32:
+            t.data = t.data.float()
+    return model
+
+
 MODES = ("int8", "int4", "nf4", "f16", "bf16")
 HALF = {"f16": torch.float16, "bf16": torch.bfloat16}
 

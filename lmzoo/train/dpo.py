@@ -121,9 +121,11 @@ def pair_batches(pairs: list[Pair], *, pairs_per_batch: int, seed: int, epoch: i
         yield _pair_batch([pairs[i] for i in order[s:s + pairs_per_batch]], pad_id)
 
 
-@torch.no_grad()
 def reference_logprobs(model, pairs: list[Pair], *, batch_pairs: int = 4, chunk: int = 1024) -> None:
-    """Fill each pair's reference log-probs from `model` as it is now."""
+    """Fill each pair's reference log-probs from `model` as it is now. Gradients stay enabled (each
+    batch's graph is dropped at once): the layers then take the path the training steps take (without
+    gradients quantised layers take their inference kernels, which ignore autocast), so with the policy
+    equal to the reference the first loss is ln 2 to float rounding, at either precision."""
     was = model.training
     model.eval()
     for s in range(0, len(pairs), batch_pairs):

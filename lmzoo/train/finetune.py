@@ -189,7 +189,11 @@ def _dpo_setup(cfg: FinetuneConfig, model, train, evals):
             for p, (c, r) in zip(pairs, saved[key]):
                 p.ref_chosen, p.ref_rejected = c, r
     else:
-        reference_logprobs(model, train + evals, chunk=cfg.train.loss_chunk)
+        # under the run's precision where the run computes on this device, so that at the first step
+        # the policy's log-probs are the reference's exactly (the loss ln 2)
+        dev, t = next(model.parameters()).device, cfg.train
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev == t.torch_device() and t.bf16_on(dev)):
+            reference_logprobs(model, train + evals, chunk=t.loss_chunk)
     t = cfg.train
 
     def make_batches(data, epoch, seed):

@@ -102,6 +102,10 @@ class TrainConfig:
 
         check_parallel(self.parallel, self.mixed_precision, self.tp_size)
 
+    def bf16_on(self, device: torch.device) -> bool:
+        """Whether the forward runs under bf16 autocast on `device`: as asked, or by default on CUDA."""
+        return device.type == "cuda" if self.autocast_bf16 is None else self.autocast_bf16
+
     def torch_device(self, local_rank: int = 0) -> torch.device:
         """Where the model and batches live: a rank's own GPU (cuda:LOCAL_RANK) or the CPU."""
         if self.device == "cpu" or not torch.cuda.is_available():
@@ -461,10 +465,9 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------
     @property
     def bf16(self) -> bool:
-        """bf16 autocast: asked for, or by default on CUDA. On CPUs with bf16 dot products (AVX512-BF16,
-        AMX) its matmuls run ~4x float32's (benchmarks/RESULTS.md)."""
-        on = self.cfg.autocast_bf16
-        return self.device.type == "cuda" if on is None else on
+        """bf16 autocast (TrainConfig.bf16_on). On CPUs with bf16 dot products (AVX512-BF16, AMX) its
+        matmuls run ~4x float32's (benchmarks/RESULTS.md)."""
+        return self.cfg.bf16_on(self.device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)

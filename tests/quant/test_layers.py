@@ -250,3 +250,11 @@ def test_from_pretrained_quantize(tmp_path, mode):
         # a misplaced row or scale gives errors of order 1
         assert ((a - b).square().mean() / a.square().mean()).sqrt() < (0.02 if mode in ("int8", "f16") else 0.4)
     assert lmzoo.generate(m, ids[:1], max_new_tokens=4, eos_token_id=[]).shape == (1, 4)  # the new tokens
+    if mode == "bf16":  # the CPU default for a half checkpoint: the same model as quantize="bf16"
+        d = lmzoo.from_pretrained(tmp_path)
+        assert d.quantization == "bf16" and d.token_dtype_device()[0] == torch.float32
+        assert all(p.dtype == torch.float32 for p in d.parameters())
+        with torch.inference_mode():
+            assert torch.equal(d(ids), b)
+        kept = lmzoo.from_pretrained(tmp_path, cpu_kernels=False)  # no kernels: the checkpoint's dtype
+        assert kept.embed.weight.dtype == torch.bfloat16 and not getattr(kept, "quantization", None)

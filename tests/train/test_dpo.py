@@ -86,3 +86,19 @@ def test_dpo_moves_a_held_out_preference(tmp_path):
     assert abs(m[1]["loss"] - math.log(2)) < 1e-4
     assert m[-1]["eval_loss"] < 0.5 and m[-1]["rewards/margin"] > 0
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "reference_logprobs.json").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_dpo_loss_is_ln2_at_either_precision(tmp_path, precision):
+    """The reference log-probs are computed under the run's precision (bf16 autocast with --bf16 on the
+    CPU): the first step's policy equals the reference, so its loss is ln 2 to float rounding."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join((EXAMPLES / "prefs_train.jsonl").read_text().splitlines(keepends=True)[:4]))
+    out = tmp_path / "dpo"
+    r = subprocess.run([sys.executable, "-m", "lmzoo", "finetune", "--objective", "dpo", "--data", str(data),
+                        "--out", str(out), "--max-steps", "1", "--batch-size", "2", "--quiet",
+                        *(["--bf16"] if precision == "bf16" else [])],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    m = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert abs(m[0]["loss"] - math.log(2)) < 1e-6, m[0]
