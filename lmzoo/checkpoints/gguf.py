@@ -68,6 +68,8 @@ class GGUFArch:
     # hf_moe_model_type: the one a file with expert tensors is (llama -> mixtral)
     hf_model_type: str | None = None
     hf_moe_model_type: str | None = None
+    # fn(reader, "arch.", config) -> config fields llama.cpp hard-codes for the architecture (overrides)
+    fields: Callable[[Any, str, ModelConfig], dict[str, Any]] | None = None
 
 
 def _glm_transforms() -> dict[str, Callable]:
@@ -84,6 +86,25 @@ def _deepseek_transforms() -> dict[str, Callable]:
     from lmzoo.checkpoints.adapters.moe import DEEPSEEK_TRANSFORMS
 
     return DEEPSEEK_TRANSFORMS
+
+
+def _llama4_fields(reader, a: str, cfg: ModelConfig) -> dict[str, Any]:
+    """Llama 4 as llama.cpp runs it (llama-model.cpp: none of this is in the file): every 4th layer
+    NoPE with the query temperature (floor 8192, scale 0.1), the others RoPE with chunked attention
+    (chunks of 8192) and a weightless L2 q/k norm — except in the 128-expert model (Maverick), which
+    has none; a sigmoid router whose weight scales each expert's *input*, an ungated shared expert.
+    A file with attention.sliding_window = 0 (MobileLLM-R1) has no chunking, and its NoPE step is the
+    layer count, as llama.cpp has it."""
+    n = cfg.n_layer
+    no_chunks = _field(reader, a + "attention.sliding_window") == 0
+    step = n if no_chunks else 4
+    nope = tuple(i for i in range(n) if (i + 1) % step == 0)
+    rope = tuple(i for i in range(n) if i not in nope)
+    moe = dict(router="sigmoid", moe_scale_input=True, moe_renormalize=False, shared_expert_gate=False)
+    return dict(nope_layers=nope or None, attention_chunk=None if no_chunks else 8192,
+                chunked_layers=None if no_chunks else rope, sliding_window=None,
+                qk_norm=cfg.n_experts != 128, qk_norm_kind="l2", qk_norm_layers=rope,
+                attn_temperature_floor=8192, attn_temperature_scale=0.1, **(moe if cfg.n_experts else {}))
 
 
 ARCHES = {
@@ -111,6 +132,8 @@ ARCHES = {
     # GLM-4-0414: separate q/k/v in pair order, fused gate|up as ffn_up, sandwich norms
     "glm4": GGUFArch(rope_pairs=True),
     "gptj": GGUFArch(norm="layernorm", mlp="gelu_tanh", rope_pairs=True, parallel_residual=True),
+    # Llama 4: q/k in Meta's pair order (the converter leaves them so); experts stacked as in Mixtral's
+    "llama4": GGUFArch(rope_pairs=True, hf_model_type="llama4_text", fields=_llama4_fields),
 }
 
 
@@ -298,6 +321,8 @@ def _gguf_config(reader: GGUFFile, path: Path) -> tuple[ModelConfig, GGUFArch]:
         **mla,
         moe_renormalize=bool(_field(reader, a + "expert_weights_norm", arch.moe_renormalize)),
     )
+    if arch.fields is not None:
+        cfg = cfg.replace(**arch.fields(reader, a, cfg))
     return cfg, arch
 
 

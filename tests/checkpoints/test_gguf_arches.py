@@ -82,6 +82,14 @@ MODELS = {
     "chatglm": lambda: tf.GlmConfig(**ATT, num_key_value_heads=2, head_dim=16, intermediate_size=128,
                                     pad_token_id=0),
     "glm4": lambda: tf.Glm4Config(**ATT, num_key_value_heads=2, head_dim=16, intermediate_size=128, pad_token_id=0),
+    # Llama 4 Scout's shape in small: a NoPE layer every 4th (query temperature), chunked attention and
+    # an L2 q/k norm on the others, MoE on every 2nd layer (sigmoid top-1 router scaling the expert's
+    # input, a shared expert); the chunk (8192) and temperature floor as llama.cpp hard-codes them
+    "llama4": lambda: tf.Llama4TextConfig(**{**ATT, "num_hidden_layers": 4}, num_key_value_heads=2, head_dim=16,
+                                          intermediate_size=32, intermediate_size_mlp=128, num_local_experts=4,
+                                          num_experts_per_tok=1, interleave_moe_layer_step=2, use_qk_norm=True,
+                                          attention_chunk_size=8192, floor_scale=8192, attn_scale=0.1,
+                                          pad_token_id=0, eos_token_id=2),
     "gpt2": lambda: tf.GPT2Config(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64),
     "gptj": lambda: tf.GPTJConfig(vocab_size=V, n_embd=D, n_layer=2, n_head=4, n_positions=64, rotary_dim=8),
 }

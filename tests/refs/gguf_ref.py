@@ -158,6 +158,10 @@ _LAYER_NAMES = {  # HF module path inside a block -> GGUF tensor stem
     "mlp.gate_up_proj": "ffn_up",  # phi3: gate | up fused, stored as ffn_up
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
     "post_self_attn_layernorm": "post_attention_norm", "post_mlp_layernorm": "post_ffw_norm",  # GLM-4
+    # Llama 4: feed_forward.* (a dense MLP, or a router + stacked experts + a shared expert)
+    "feed_forward.gate_proj": "ffn_gate", "feed_forward.up_proj": "ffn_up", "feed_forward.down_proj": "ffn_down",
+    "feed_forward.router": "ffn_gate_inp", "feed_forward.shared_expert.gate_proj": "ffn_gate_shexp",
+    "feed_forward.shared_expert.up_proj": "ffn_up_shexp", "feed_forward.shared_expert.down_proj": "ffn_down_shexp",
     "mlp.gate": "ffn_gate_inp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
     "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
     "mlp.shared_expert.down_proj": "ffn_down_shexp",
@@ -224,6 +228,8 @@ def hf_to_gguf(model, as_arch: str | None = None) -> tuple[str, dict, dict[str, 
             continue
         i, rest = k[len(layer):].split(".", 1)
         if rest.endswith(("experts.gate_up_proj", "experts.down_proj")):  # stacked (E, rows, cols)
+            if mt == "llama4_text":  # Llama4Model.modify_tensors: stored (E, in, out), transposed
+                a = np.ascontiguousarray(a.transpose(0, 2, 1))
             if rest.endswith("gate_up_proj"):
                 half = a.shape[1] // 2
                 out[f"blk.{i}.ffn_gate_exps.weight"], out[f"blk.{i}.ffn_up_exps.weight"] = a[:, :half], a[:, half:]
@@ -311,6 +317,17 @@ def _falcon_kv(c) -> int:
 
 def _metadata(c) -> tuple[str, dict]:
     mt = c.model_type
+    if mt == "llama4_text":  # LlamaModel.set_gguf_parameters + Llama4Model's (the MLP sizes swapped back)
+        return "llama4", {
+            "context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
+            "feed_forward_length": c.intermediate_size_mlp, "block_count": c.num_hidden_layers,
+            "attention.head_count": c.num_attention_heads, "attention.head_count_kv": c.num_key_value_heads,
+            "rope.freq_base": float(c.rope_parameters["rope_theta"]),
+            "attention.layer_norm_rms_epsilon": float(c.rms_norm_eps), "attention.key_length": c.head_dim,
+            "attention.value_length": c.head_dim, "rope.dimension_count": c.head_dim, "vocab_size": c.vocab_size,
+            "expert_count": c.num_local_experts, "expert_used_count": c.num_experts_per_tok,
+            "interleave_moe_layer_step": c.interleave_moe_layer_step,
+            "expert_feed_forward_length": c.intermediate_size}
     if mt in ("qwen2_moe", "qwen3_moe", "phi3", "llama", "mixtral", "glm", "glm4", "qwen2", "qwen3"):
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         m = {"context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
@@ -495,11 +512,13 @@ def round_to_(model, kind: str) -> None:
     conv1d = {n + ".weight" for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim < 2 or name.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):
-                continue
+            if p.ndim < 2 or name.endswith(("mlp.gate.weight", "shared_expert_gate.weight", "feed_forward.router.weight")):
+                continue  # vectors and routers stay F32
             a = p.detach().float().numpy()
             if name in conv1d:  # stored transposed
                 r = rt(a.T).T
+            elif c.model_type == "llama4_text" and name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                r = rt(np.ascontiguousarray(a.transpose(0, 2, 1))).transpose(0, 2, 1)  # stored (E, in, out)
             elif name.endswith("kv_b_proj.weight"):  # stored as k_b (transposed) and v_b per head
                 nope = c.qk_nope_head_dim
                 kv = a.reshape(c.num_attention_heads, nope + c.v_head_dim, a.shape[-1])
