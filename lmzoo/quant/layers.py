@@ -275,9 +275,17 @@ class HalfLinear(_QuantLinear):
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, *, dtype: torch.dtype = torch.float16) -> HalfLinear:
-        N, K = lin.weight.shape
-        m = cls(K, N, dtype=dtype, bias=lin.bias is not None, device=lin.weight.device)
-        m.w.copy_(lin.weight.detach())
+        """The layer's weight rounded to `dtype`; one already in it is taken as it is (no copy: a half
+        checkpoint loaded as stored keeps its tensors)."""
+        w = lin.weight.detach()
+        if w.dtype == dtype and w.is_contiguous():
+            m = cls.from_weight(w)
+            if lin.bias is not None:
+                m.bias = nn.Parameter(lin.bias.detach().float())
+            return m
+        N, K = w.shape
+        m = cls(K, N, dtype=dtype, bias=lin.bias is not None, device=w.device)
+        m.w.copy_(w)
         if lin.bias is not None:
             m.bias.data.copy_(lin.bias.detach().float())
         return m
