@@ -1,5 +1,6 @@
-"""DPO: the completion log-probs against transformers' logits, ln 2 at the first step (policy ==
-reference), and a preference that moves on held-out pairs (examples/prefs_*.jsonl)."""
+"""DPO: the completion log-probs against transformers' logits; loss, metrics and gradients against
+trl's DPOTrainer on the same ids; ln 2 at the first step (policy == reference), and a preference that
+moves on held-out pairs (examples/prefs_*.jsonl)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,70 @@ def test_first_loss_is_ln2_and_rewards_follow_trl(tmp_path):
     assert float(m2["rewards/chosen"]) == pytest.approx(0.1, abs=1e-5)
     assert float(m2["rewards/accuracy"]) == 1.0
     assert float(total2) / 3 == pytest.approx(-math.log(1 / (1 + math.exp(-0.1))), abs=1e-5)
+
+
+def test_loss_metrics_and_gradients_equal_trl(tmp_path):
+    """trl's DPOTrainer (sigmoid loss, beta 0.1, a reference model) and lmzoo's DPOObjective on the same
+    prompt / chosen / rejected ids, with a policy moved away from the reference the same way on both
+    sides: the same loss, rewards and gradients."""
+    import copy
+
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from lmzoo.train.dpo import reference_logprobs
+
+    ref = build_reference("qwen2", tmp_path)
+    ours = lmzoo.from_pretrained(tmp_path, dtype=torch.float32, cpu_kernels=False)
+    g = torch.Generator().manual_seed(0)
+    rows = [{"prompt_ids": torch.randint(3, V, (5,), generator=g).tolist(),
+             "chosen_ids": torch.randint(3, V, (n,), generator=g).tolist(),
+             "rejected_ids": torch.randint(3, V, (m,), generator=g).tolist()} for n, m in ((4, 6), (7, 3), (5, 5))]
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(V)}, unk_token="t1"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="t0", unk_token="t1", eos_token="t2")
+    policy = copy.deepcopy(ref).train()
+    trainer = DPOTrainer(model=policy, ref_model=ref, processing_class=tok,
+                         args=DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=3, beta=0.1,
+                                        report_to="none", use_cpu=True, bf16=False, precompute_ref_log_probs=False),
+                         train_dataset=Dataset.from_list([{"prompt": "t5", "chosen": " t6", "rejected": " t7"}]))
+    pairs = []
+    for r in rows:
+        P = len(r["prompt_ids"])
+        ids = [r["prompt_ids"] + r[k] for k in ("chosen_ids", "rejected_ids")]
+        pairs.append(Pair(*(Example(x, [x[t + 1] if t + 1 >= P else IGNORE for t in range(len(x) - 1)] + [IGNORE])
+                            for x in ids)))
+    reference_logprobs(ours, pairs)
+    with torch.no_grad():  # the policy leaves the reference: two matrices moved on both sides
+        for theirs, mine in ((policy.model.layers[0].self_attn.o_proj.weight, ours.layers[0].attn.o.weight),
+                             (policy.model.layers[1].mlp.down_proj.weight, ours.layers[1].mlp.down.weight)):
+            delta = 0.05 * torch.randn(theirs.shape, generator=g)
+            theirs += delta
+            mine += delta
+    loss = trainer.compute_loss(trainer.model, DataCollatorForPreference(pad_token_id=0)(rows))
+    loss.backward()
+    want = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    for p in ours.parameters():
+        p.requires_grad_(True)
+    ours.train()
+    obj = DPOObjective(beta=0.1)
+    pb = _pair_batch(pairs)
+    total, m = obj.loss(ours, pb)
+    (total / obj.units(pb)).backward()
+    assert abs(float(loss) - math.log(2)) > 1e-3  # the policy moved: not the trivial first step
+    assert float(total) / 3 == pytest.approx(float(loss), abs=1e-6)
+    for ours_key, trl_key in (("rewards/chosen", "rewards/chosen"), ("rewards/rejected", "rewards/rejected"),
+                              ("rewards/accuracy", "rewards/accuracies"), ("rewards/margin", "rewards/margins")):
+        assert float(m[ours_key]) == pytest.approx(want[trl_key], abs=1e-6), ours_key
+    hf, v = policy.model, policy.model.layers[1].self_attn.v_proj.weight
+    for theirs, mine in ((hf.layers[0].self_attn.o_proj.weight, ours.layers[0].attn.o.weight.grad),
+                         (hf.layers[1].mlp.down_proj.weight, ours.layers[1].mlp.down.weight.grad),
+                         (v, ours.layers[1].attn.qkv.weight.grad[-v.shape[0]:]),  # v's rows of the fused qkv
+                         (hf.embed_tokens.weight, ours.embed.weight.grad)):
+        torch.testing.assert_close(mine, theirs.grad, atol=1e-6, rtol=1e-4)
 
 
 def test_rows_of_a_pair_batch_do_not_mix():
