@@ -225,6 +225,41 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path, capsys, monkeypatch, exist
         assert out.read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_disk_full_mid_write_to_hf_leaves_nothing(tmp_path, capsys, monkeypatch, existing):
+    """GGUF -> HF failing in the middle of a shard (ENOSPC from the file write): one line, no directory
+    under the final name (or the old one untouched with --overwrite), nothing temporary left beside it."""
+    import lmzoo.checkpoints.save as save
+
+    _, d = hf_dir(tmp_path)
+    g = tmp_path / "m.gguf"
+    lmzoo.save_gguf(lmzoo.from_pretrained(d), None, g, "f32")
+    out = tmp_path / "out" / "hf"
+    out.parent.mkdir()
+    if existing:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    real, written = save.write_safetensors, {"n": 0}
+
+    def failing(path, entries, tensors, done=None):
+        def counted():
+            for item in tensors:
+                written["n"] += 1
+                if written["n"] == 4:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                yield item
+        return real(path, entries, counted(), done)
+
+    monkeypatch.setattr(save, "write_safetensors", failing)
+    args = ["convert", str(g), "--to", "hf", "--out", str(out), "-q"] + (["--overwrite"] if existing else [])
+    code, _, err = run(capsys, *args)
+    one_line_error(code, err, "No space left on device", f"nothing was written to {out}")
+    assert written["n"] == 4
+    assert [p.name for p in out.parent.iterdir()] == (["hf"] if existing else [])
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["config.json"]
+
+
 def test_export_to_gguf(tmp_path, capsys):
     """`lmzoo export --to gguf` (the model loaded, then lmzoo.save_gguf) writes what convert streams."""
     _, d = hf_dir(tmp_path)
