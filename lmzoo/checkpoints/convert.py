@@ -2,9 +2,8 @@
 
 `open_lazy` reads a checkpoint's config and tensor map (HF directory or GGUF file) and hands out the
 canonical lmzoo tensors one at a time — assembled from the checkpoint's tensors as the shared builder
-(checkpoints.build) assembles them, but yielded instead of kept — so an export holds about one tensor
-at a time (plus the source's memory map, and for HF out the shard being filled) instead of the whole
-model.
+(checkpoints.build) assembles them, but yielded instead of kept — so an export (GGUF or HF) holds about
+one tensor at a time, plus the source's memory map, instead of the whole model.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
     lmzoo convert model.gguf --to hf --out ./model-hf                      # for transformers
 
 Both stream tensor by tensor, never building the model: peak memory is about the largest tensor plus
-the source's memory map. Either way the result is written under a temporary name beside DST and renamed into place, so a failure
-leaves nothing under DST.
+the source's memory map. Either way the result is written under a temporary name beside DST and
+renamed into place, so a failure leaves nothing under DST.
 """
 
 from __future__ import annotations

@@ -117,9 +117,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def hold_frozen_linears(model: nn.Module, dtype: torch.dtype | None):
-    """Store the frozen weights of the linear layers in `dtype`, the dtype
-    autocast computes them in anyway: a LoRA base is cast once, not at every forward (autocast caches
-    casts of trainable leaves only), and takes half the memory; the matmuls see the same values.
+    """Store the frozen weights of the linear layers in `dtype`, the dtype autocast computes them in
+    anyway: a LoRA base is cast once, not at every forward (autocast caches casts of trainable leaves
+    only), and takes half the memory; the matmuls see the same values.
     Embedding tables (and heads tied to them) stay as they are: they feed the float32 residual stream.
     Returns `restore()`, which gives the weights back their dtype (holding the rounded values the run
     computed with). dtype None: nothing changes."""
