@@ -1,7 +1,7 @@
 """Training throughput and peak memory: lmzoo vs transformers + peft, same weights, data and batch.
 
     python benchmarks/train.py [--rows 4] [--seq 256] [--steps 6] [--rounds 2] [--prompt-fraction 0,0.5]
-                               [--precision fp32,bf16] [--methods lora,full,qlora-gguf]
+                               [--precision fp32,bf16] [--methods lora,full,qlora-gguf,dpo]
 
 The default model (SmolLM2-135M-Instruct) is exported once as a float32 HF checkpoint (lmzoo export),
 and both sides load that directory. Each (backend, method) runs in a fresh process, alternating
@@ -10,7 +10,8 @@ random ids (every token a target, or with --prompt-fraction F the first F of eac
 targets, as SFT on instruction or chat data masks the prompt: the same ids and labels for both sides),
 AdamW lr 1e-4. Methods: LoRA r=8 alpha=16 on every linear layer of
 the blocks, and full fine-tuning; plus lmzoo's LoRA over the GGUF's own 4-bit blocks (QLoRA-style,
-a row transformers + peft have no counterpart for on CPU). tokens/s = rows x seq x steps / time;
+a row transformers + peft have no counterpart for on CPU); and DPO with LoRA against trl's DPOTrainer
+(`dpo_setup`: `rows` pairs of two `seq`-token sequences). tokens/s = sequences x seq x steps / time;
 peak = the process's max RSS (ru_maxrss), which includes the Python/torch baseline of each side.
 """
 
@@ -38,7 +39,9 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
     V = 49152
     ids = torch.randint(0, V, (rows, seq), generator=torch.Generator().manual_seed(1))
     P = int(prompt * seq)  # tokens 0..P-1 of a row are its prompt: no loss on predicting them
-    if backend == "transformers":
+    if method == "dpo":
+        loss_fn, model = dpo_setup(backend, path, ids, V)
+    elif backend == "transformers":
         import peft
         import transformers
 
@@ -82,6 +85,8 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
             return total / obj.units(batch)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    if method == "dpo":
+        rows = 2 * rows  # a pair is two sequences
     opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
 
     def step():
@@ -103,6 +108,73 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
             "trainable": sum(p.numel() for p in params)}
 
 
+def dpo_setup(backend: str, path: str, ids, V: int):
+    """DPO with LoRA (r=8, all linear layers), beta 0.1, on `rows` pairs: the first half of each row the
+    prompt, its second half the chosen reply and the next row's second half the rejected one, each reply
+    ending in EOS (id 2), as trl appends it. The reference log-probs are computed once before the timed
+    steps on both sides (lmzoo's way; trl's `precompute_ref_log_probs=True`, which trl computes with
+    the adapters disabled). Returns (loss_fn, the trained module)."""
+    import torch
+
+    half = ids.shape[1] // 2
+    prompts = ids[:, :half].tolist()
+    replies = ids[:, half:-1].tolist()  # + EOS: the same sequence length as the other methods
+    pairs = [(prompts[i], replies[i] + [2], replies[(i + 1) % len(replies)] + [2]) for i in range(len(prompts))]
+    if backend == "transformers":
+        import peft
+        import transformers
+        from datasets import Dataset
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from trl import DPOConfig, DPOTrainer
+
+        # a word per id (the specials' names cannot occur inside another word: special tokens are
+        # matched anywhere in the text)
+        names = ["<pad>", "<unk>", "<eos>"] + [f"w{i}" for i in range(3, V)]
+        words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(names)}, unk_token="<unk>"))
+        words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>",
+                                                   eos_token="<eos>")
+
+        def text(xs):
+            return "".join(" " + names[x] for x in xs)
+
+        data = Dataset.from_list([{"prompt": text(p).strip(), "chosen": text(c[:-1]), "rejected": text(r[:-1])}
+                                  for p, c, r in pairs])  # trl tokenizes these to the ids above, EOS appended
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        import tempfile
+
+        trainer = DPOTrainer(model=model, processing_class=tok, train_dataset=data, args=DPOConfig(
+            output_dir=tempfile.mkdtemp(), per_device_train_batch_size=len(pairs), beta=0.1, report_to="none",
+            use_cpu=True, bf16=False, precompute_ref_log_probs=True, max_length=None))
+        batch = next(iter(trainer.get_train_dataloader()))
+        want = sorted([p + c for p, c, _ in pairs] + [p + r for p, _, r in pairs])
+        assert sorted(batch["input_ids"].tolist()) == want, "trl's ids differ from lmzoo's"  # (it shuffles)
+
+        def loss_fn():
+            return trainer.compute_loss(trainer.model, batch)
+        return loss_fn, trainer.model
+    import lmzoo
+    from lmzoo.checkpoints.peft import add_lora
+    from lmzoo.train.data import IGNORE, Example
+    from lmzoo.train.dpo import DPOObjective, Pair, _pair_batch, reference_logprobs
+
+    def example(p, reply):
+        x = p + reply
+        return Example(x, [x[t + 1] if t + 1 >= len(p) else IGNORE for t in range(len(x) - 1)] + [IGNORE])
+
+    model = lmzoo.from_pretrained(path, dtype=torch.float32, cpu_kernels=False)
+    add_lora(model, targets="all-linear", r=8, alpha=16)
+    ps = [Pair(example(p, c), example(p, r)) for p, c, r in pairs]
+    reference_logprobs(model, ps)
+    obj, pb = DPOObjective(beta=0.1), _pair_batch(ps)
+
+    def loss_fn():
+        total, _ = obj.loss(model, pb)
+        return total / obj.units(pb)
+    return loss_fn, model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=4)
@@ -112,7 +184,8 @@ def main() -> None:
     ap.add_argument("--prompt-fraction", default="0,0.5", help="share of each row that is a prompt "
                     "without targets (SFT with the prompt masked; 0: every token a target), comma-separated")
     ap.add_argument("--precision", default="fp32,bf16", help="fp32 | bf16 (autocast), comma-separated")
-    ap.add_argument("--methods", default="lora,full,qlora-gguf")
+    ap.add_argument("--methods", default="lora,full,qlora-gguf,dpo", help="lora | full | qlora-gguf (lmzoo "
+                    "only) | dpo (LoRA DPO, against trl's DPOTrainer)")
     ap.add_argument("--worker", nargs=3, metavar=("BACKEND", "METHOD", "PATH"))
     a = ap.parse_args()
     if a.worker:
@@ -121,8 +194,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp()) / "smollm2-hf"
     subprocess.run([sys.executable, "-m", "lmzoo", "export", "--out", str(tmp)], check=True, capture_output=True)
     methods = a.methods.split(",")
-    runs = [(backend, method, float(pf), prec) for pf in a.prompt_fraction.split(",") for prec in a.precision.split(",")
-            for method in methods for backend in ("lmzoo", "transformers") if backend == "lmzoo" or method != "qlora-gguf"]
+    runs = list(dict.fromkeys(  # DPO's prompt is always half of each row
+        (backend, method, 0.5 if method == "dpo" else float(pf), prec)
+        for pf in a.prompt_fraction.split(",") for prec in a.precision.split(",")
+        for method in methods for backend in ("lmzoo", "transformers") if backend == "lmzoo" or method != "qlora-gguf"))
     results: dict[tuple, list] = {r: [] for r in runs}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for _ in range(a.rounds):
