@@ -108,9 +108,12 @@ def test_pretrain_from_scratch_then_continue(corpus, tmp_path):
 
     assert hf_tok("the cat sat")["input_ids"] == load_tokenizer(out).encode("the cat sat")
     again = _run("--from", str(out), "--data", str(d), "--out", str(tmp_path / "more"), "--max-steps", "2",
-                 "--seq-len", "64", "--batch-size", "4")
+                 "--seq-len", "64", "--batch-size", "4", "--bf16")  # continued, under bf16 autocast on the CPU
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "more" / "model" / "model.safetensors").exists()
+    m = [json.loads(x) for x in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((tmp_path / "more" / "run.json").read_text())["config"]["autocast_bf16"] is True
+    assert len(m) == 2 and all(x["loss"] < 0.7 * 9 for x in m)  # continues from the trained weights
 
 
 @pytest.mark.parametrize("args,message", [
