@@ -39,7 +39,8 @@ def run(method: str, cfg, rows: int, seq: int, steps: int, device: str) -> dict:
     from lmzoo.train.loop import SFTObjective, checkpoint_blocks, param_groups
 
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if method == "lora" and device == "cuda" else torch.float32
+    # the CPU form (--smoke) runs the same precision path as the GPU: a bf16 LoRA base, bf16 autocast
+    dtype = torch.bfloat16 if method == "lora" else torch.float32
     with torch.device(device):
         model = Transformer(cfg).to(dtype)
     model.reset_buffers(device=device)
@@ -61,7 +62,7 @@ def run(method: str, cfg, rows: int, seq: int, steps: int, device: str) -> dict:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        with torch.autocast(device, dtype=torch.bfloat16):
             total, _ = obj.loss(model, batch)
         (total / obj.units(batch)).backward()
         opt.step()
