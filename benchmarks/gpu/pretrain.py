@@ -80,7 +80,7 @@ def main() -> None:
         p.requires_grad_(True)
     tc = TrainConfig(lr=3e-4, warmup_steps=2, max_steps=a.steps, batch_size=rows, seq_len=seq, log_every=1,
                      parallel="fsdp", mixed_precision="bf16", device=device, compile=not a.no_compile,
-                     keep_checkpoints=1)
+                     keep_checkpoints=1, autocast_bf16=True)  # CUDA's default, and the CPU form takes its path
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, tc, train, out_dir=Path(tmp) / "run", objective=SFTObjective(),
                           make_batches=lambda data, epoch, seed: data.batches(rows, seed, epoch),
