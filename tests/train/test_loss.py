@@ -119,13 +119,13 @@ def test_fused_cross_entropy_under_bf16_autocast_equals_plain():
     """Under autocast (bf16 on the CPU here, as on CUDA) the head's matmuls run in bf16 and the softmax in
     float32, as autocast runs the unfused loss: loss and gradients agree with it to bf16 rounding (within
     0.5% of each tensor's norm), and with float32 within 1%."""
+    from types import SimpleNamespace
+
     torch.manual_seed(0)
     head = torch.nn.Linear(64, 300, bias=False)
     h = torch.randn(3, 40, 64, requires_grad=True)
     y = torch.randint(0, 300, (3, 40))
     y[:, :7] = IGNORE
-    from types import SimpleNamespace
-
     m = SimpleNamespace(config=SimpleNamespace(logit_scale=1.0), lm_head=head, head_input=lambda x: x,
                         logits=head)
 
@@ -142,6 +142,7 @@ def test_fused_cross_entropy_under_bf16_autocast_equals_plain():
 
     fused, plain, exact = run(True, True), run(False, True), run(False, False)
     assert fused[0].dtype == torch.float32 and fused[1].dtype == h.dtype and fused[2].dtype == torch.float32
+
     def rel(a, b):  # relative error of the whole tensor
         return float((a - b).norm() / b.norm())
 
