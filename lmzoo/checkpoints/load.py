@@ -21,7 +21,7 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
 
     dtype: None keeps the checkpoint's dtype (float32 for GGUF), except on CPU with cpu_kernels, where a
     float16 / bfloat16 HF checkpoint loads as quantize="f16" / "bf16" does: its linear weights kept
-    exactly, in half precision, and the rest and every activation float32 (the decode kernels: ~2.4x
+    exactly, in half precision, and the rest and every activation float32 (the decode kernels: ~2.3x
     the bf16 model's decode speed on SmolLM2, the same memory). device: None -> cpu.
     cpu_kernels: on CPU, route few-row fp32 products through lmzoo's GEMV kernel
     (lmzoo.quant.gemv; about 1.8x faster decode on 2 cores, same weights and results). The kernels
