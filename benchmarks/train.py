@@ -2,6 +2,7 @@
 
     python benchmarks/train.py [--rows 4] [--seq 256] [--steps 6] [--rounds 2] [--prompt-fraction 0,0.5]
                                [--precision fp32,bf16] [--methods lora,full,qlora-gguf,dpo]
+    LITGPT_PYTHON=.venv-litgpt/bin/python python benchmarks/train.py ...   # + litgpt (setup_litgpt.sh)
 
 The default model (SmolLM2-135M-Instruct) is exported once as a float32 HF checkpoint (lmzoo export),
 and both sides load that directory. Each (backend, method) runs in a fresh process, alternating
@@ -11,7 +12,8 @@ targets, as SFT on instruction or chat data masks the prompt: the same ids and l
 AdamW lr 1e-4. Methods: LoRA r=8 alpha=16 on every linear layer of
 the blocks, and full fine-tuning; plus lmzoo's LoRA over the GGUF's own 4-bit blocks (QLoRA-style,
 a row transformers + peft have no counterpart for on CPU); and DPO with LoRA against trl's DPOTrainer
-(`dpo_setup`: `rows` pairs of two `seq`-token sequences). tokens/s = sequences x seq x steps / time;
+(`dpo_setup`: `rows` pairs of two `seq`-token sequences); with LITGPT_PYTHON, litgpt's LoRA and full
+steps too (`litgpt_setup`). tokens/s = sequences x seq x steps / time;
 peak = the process's max RSS (ru_maxrss), which includes the Python/torch baseline of each side.
 """
 
@@ -41,6 +43,8 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
     P = int(prompt * seq)  # tokens 0..P-1 of a row are its prompt: no loss on predicting them
     if method == "dpo":
         loss_fn, model = dpo_setup(backend, path, ids, V)
+    elif backend == "litgpt":
+        loss_fn, model = litgpt_setup(method, path, ids, P)
     elif backend == "transformers":
         import peft
         import transformers
@@ -108,6 +112,46 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
             "trainable": sum(p.numel() for p in params)}
 
 
+def litgpt_setup(method: str, path: str, ids, P: int):
+    """litgpt's fine-tuning step (litgpt/finetune/lora.py and full.py: the head in chunks of 128 rows,
+    chunked_cross_entropy) on the same weights (the HF export converted by litgpt's own
+    convert_hf_checkpoint), ids and targets; LoRA r=8 alpha=16 on q, k, v, projection and MLP, as peft's
+    all-linear. Runs in litgpt's own virtualenv (LITGPT_PYTHON): no lmzoo import."""
+    import shutil
+    import tempfile
+
+    import torch
+    from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
+    from litgpt.utils import chunked_cross_entropy
+
+    d = Path(tempfile.mkdtemp()) / "ckpt"
+    shutil.copytree(path, d)
+    convert_hf_checkpoint(checkpoint_dir=d, model_name="SmolLM2-135M-Instruct")
+    state = torch.load(d / "lit_model.pth")
+    if method == "lora":
+        from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
+
+        model = GPT(Config.from_name("SmolLM2-135M-Instruct", lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                                     lora_query=True, lora_key=True, lora_value=True, lora_projection=True,
+                                     lora_mlp=True, lora_head=False))
+        model.load_state_dict(state, strict=False)
+        mark_only_lora_as_trainable(model)
+    else:
+        from litgpt.config import Config
+        from litgpt.model import GPT
+
+        model = GPT(Config.from_name("SmolLM2-135M-Instruct"))
+        model.load_state_dict(state)
+    labels = ids.clone()
+    labels[:, :P] = -100
+
+    def loss_fn():
+        logits = model(ids, lm_head_chunk_size=128)
+        logits[-1] = logits[-1][..., :-1, :]
+        return chunked_cross_entropy(logits, labels[..., 1:])
+    return loss_fn, model
+
+
 def dpo_setup(backend: str, path: str, ids, V: int):
     """DPO with LoRA (r=8, all linear layers), beta 0.1, on `rows` pairs: the first half of each row the
     prompt, its second half the chosen reply and the next row's second half the rejected one, each reply
@@ -142,8 +186,6 @@ def dpo_setup(backend: str, path: str, ids, V: int):
                                   for p, c, r in pairs])  # trl tokenizes these to the ids above, EOS appended
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-        import tempfile
-
         trainer = DPOTrainer(model=model, processing_class=tok, train_dataset=data, args=DPOConfig(
             output_dir=tempfile.mkdtemp(), per_device_train_batch_size=len(pairs), beta=0.1, report_to="none",
             use_cpu=True, bf16=False, precompute_ref_log_probs=True, max_length=None))
@@ -194,17 +236,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp()) / "smollm2-hf"
     subprocess.run([sys.executable, "-m", "lmzoo", "export", "--out", str(tmp)], check=True, capture_output=True)
     methods = a.methods.split(",")
+    litgpt = os.environ.get("LITGPT_PYTHON")  # litgpt's own virtualenv (benchmarks/setup_litgpt.sh)
+    peers = {"transformers": ("lora", "full", "dpo"), "litgpt": ("lora", "full") if litgpt else ()}
     runs = list(dict.fromkeys(  # DPO's prompt is always half of each row
         (backend, method, 0.5 if method == "dpo" else float(pf), prec)
         for pf in a.prompt_fraction.split(",") for prec in a.precision.split(",")
-        for method in methods for backend in ("lmzoo", "transformers") if backend == "lmzoo" or method != "qlora-gguf"))
+        for method in methods for backend in ("lmzoo", *peers) if backend == "lmzoo" or method in peers[backend]))
     results: dict[tuple, list] = {r: [] for r in runs}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    no_lmzoo = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for _ in range(a.rounds):
         for backend, method, pf, prec in runs:
-            out = subprocess.run([sys.executable, __file__, "--worker", backend, method, str(tmp), "--rows", str(a.rows),
+            exe, e = (litgpt, no_lmzoo) if backend == "litgpt" else (sys.executable, env)
+            out = subprocess.run([exe, __file__, "--worker", backend, method, str(tmp), "--rows", str(a.rows),
                                   "--seq", str(a.seq), "--steps", str(a.steps), "--prompt-fraction", str(pf),
-                                  "--precision", prec], capture_output=True, text=True, env=env, check=True)
+                                  "--precision", prec], capture_output=True, text=True, env=e, check=True)
             results[(backend, method, pf, prec)].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"rows={a.rows} seq={a.seq} steps={a.steps} rounds={a.rounds} (SmolLM2-135M, CPU, {torch_threads()} threads)")
     print(f"{'prompt':>6} {'prec':5} {'backend':13} {'method':11} {'tokens/s':>17} {'peak MiB':>15} {'trainable':>12} "
@@ -216,13 +262,14 @@ def main() -> None:
         print(f"{pf:6.2f} {prec:5} {backend:13} {method:11} {min(tps):8.0f}-{max(tps):<8.0f} {min(mem):7.0f}-{max(mem):<7.0f} "
               f"{r0['trainable']:12,} {r0['first_loss']:8.3f}->{r0['last_loss']:.3f}")
     for (backend, method, pf, prec), ours in results.items():
-        theirs = results.get(("transformers", method, pf, prec))
-        if backend != "lmzoo" or not theirs:
-            continue
-        ot, tt = [r["tokens_per_s"] for r in ours], [r["tokens_per_s"] for r in theirs]
-        om, tm = [r["peak_mib"] for r in ours], [r["peak_mib"] for r in theirs]
-        print(f"prompt {pf:.2f} {prec} {method}: lmzoo / transformers+peft tokens/s "
-              f"{min(ot) / max(tt):.2f}-{max(ot) / min(tt):.2f}x, peak memory {min(om) / max(tm):.2f}-{max(om) / min(tm):.2f}x")
+        for peer in peers:
+            theirs = results.get((peer, method, pf, prec))
+            if backend != "lmzoo" or not theirs:
+                continue
+            ot, tt = [r["tokens_per_s"] for r in ours], [r["tokens_per_s"] for r in theirs]
+            om, tm = [r["peak_mib"] for r in ours], [r["peak_mib"] for r in theirs]
+            print(f"prompt {pf:.2f} {prec} {method}: lmzoo / {peer} tokens/s {min(ot) / max(tt):.2f}-"
+                  f"{max(ot) / min(tt):.2f}x, peak memory {min(om) / max(tm):.2f}-{max(om) / min(tm):.2f}x")
 
 
 def torch_threads() -> int:
