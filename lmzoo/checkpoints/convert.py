@@ -64,7 +64,7 @@ def _gguf(p: Path) -> LazyCheckpoint:
     name = _field(reader, "general.architecture")
     model_type = (cfg.n_experts and arch.hf_moe_model_type) or arch.hf_model_type or name
     return _lazy(cfg, model_type, source, weights, {**GGUF_TRANSFORMS, **arch.transforms}, p, _hf_view(cfg),
-                 ignore=CONFIG_TENSORS)
+                 is_gguf=True, ignore=CONFIG_TENSORS)
 
 
 def _hf(p: Path) -> LazyCheckpoint:
@@ -75,11 +75,11 @@ def _hf(p: Path) -> LazyCheckpoint:
     source = open_checkpoint_dir(p)
     weights = adapter.weights(hf) if callable(adapter.weights) else adapter.weights
     transforms = (adapter.transforms(hf) if callable(adapter.transforms) else adapter.transforms) or {}
-    return _lazy(cfg, hf["model_type"], source, weights, transforms, p, None, ignore=adapter.ignore, hf=hf)
+    return _lazy(cfg, hf["model_type"], source, weights, transforms, p, hf, is_gguf=False, ignore=adapter.ignore)
 
 
-def _lazy(cfg, model_type, source, weights, transforms, path: Path, gguf_view: dict | None, ignore=(),
-          hf: dict | None = None) -> LazyCheckpoint:
+def _lazy(cfg, model_type, source, weights, transforms, path: Path, hf_config: dict, *, is_gguf: bool,
+          ignore=()) -> LazyCheckpoint:
     expected = dict(empty_model(cfg).state_dict())
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)
@@ -108,8 +108,7 @@ def _lazy(cfg, model_type, source, weights, transforms, path: Path, gguf_view: d
                                       f"needs {tuple(param.shape)} for {name}")
             yield name, t.float() if t.is_floating_point() else t
 
-    return LazyCheckpoint(cfg, model_type, list(expected.items()), tensors, path, gguf_view is not None,
-                          gguf_view if gguf_view is not None else hf)
+    return LazyCheckpoint(cfg, model_type, list(expected.items()), tensors, path, is_gguf, hf_config)
 
 
 def convert_to_gguf(src, out, *, type: str = "f16", overwrite: bool = False, tokenizer=None, progress=None):
@@ -129,13 +128,13 @@ def convert_to_hf(src, out, *, dtype: torch.dtype | None = None, tokenizer=None,
     """Stream the checkpoint at `src` into an HF directory at `out` (see save.write_hf). dtype: default
     an HF source's own, float32 from GGUF. tokenizer: written as tokenizer.json when the source is a GGUF
     (an HF source's tokenizer files are copied). progress(bytes_done, bytes_total, name)."""
+    from lmzoo.checkpoints.load import stored_dtype
     from lmzoo.checkpoints.save import write_hf
     from lmzoo.dtypes import resolve_dtype
 
     lazy = open_lazy(src)
     if dtype is None:
-        dtype = torch.float32 if lazy.is_gguf else resolve_dtype(
-            lazy.hf_config.get("torch_dtype") or lazy.hf_config.get("dtype") or "float32")
+        dtype = torch.float32 if lazy.is_gguf else resolve_dtype(stored_dtype(lazy.hf_config))
     return write_hf(out, lazy.shapes, lazy.tensors, cfg=lazy.cfg, model_type=lazy.model_type,
                     hf_config=lazy.hf_config, from_gguf=lazy.is_gguf, dtype=dtype, tokenizer=tokenizer,
                     tokenizer_source=lazy.path, max_shard_bytes=max_shard_bytes, progress=progress)

@@ -57,15 +57,14 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
     stored = _stored_half(path) if on_cpu and dtype is None else None
     if stored is not None and quantize is None and cpu_kernels:  # the CPU default for half checkpoints
         quantize = {torch.float16: "f16", torch.bfloat16: "bf16"}[stored]
-    load_dtype = dtype
-    if quantize is not None and dtype is None and on_cpu:
-        # half weights that stay half load as stored (no float32 copy of the model on the way); the
-        # rest is widened to float32 after quantising, so the decode kernels apply
-        load_dtype = stored if stored is not None and HALF.get(quantize) == stored else torch.float32
+    # quantised on CPU: the rest float32, so the decode kernels apply. Half weights that stay half load as
+    # stored (no float32 copy of the model on the way) and the rest is widened after quantising
+    as_stored = quantize is not None and stored is not None and HALF.get(quantize) == stored
+    load_dtype = stored if as_stored else torch.float32 if quantize is not None and dtype is None and on_cpu else dtype
     model = _load(path, load_dtype, device, keep_quantized)
     if quantize is not None:
         quantize_model(model, mode=quantize)
-        if load_dtype != dtype and load_dtype != torch.float32:
+        if as_stored:
             widen_unquantized(model)
     if adapter is not None:
         from lmzoo.checkpoints.peft import load_adapter
@@ -123,7 +122,7 @@ def _load(path, dtype, device, keep_quantized: bool) -> Transformer:
     hf, adapter, cfg = read_hf_config(p)
     cfg_path = p / "config.json"
     if dtype is None:
-        stored = hf.get("torch_dtype") or hf.get("dtype") or "float32"
+        stored = stored_dtype(hf)
         try:
             dtype = resolve_dtype(stored)
         except ValueError as e:
@@ -164,15 +163,18 @@ def _is_gguf(p: Path) -> bool:
 def _stored_half(path) -> torch.dtype | None:
     """float16 / bfloat16 when `path` is an HF checkpoint directory stored in it (config.json's
     torch_dtype), else None (a GGUF file, a float32 checkpoint, an unreadable config: loading reports it)."""
-    import json
+    from lmzoo.checkpoints.checkpoint import read_json
 
-    p = Path(path).expanduser() / "config.json"
     try:
-        hf = json.loads(p.read_text())
-        stored = hf.get("torch_dtype") or hf.get("dtype")
-    except (OSError, ValueError, AttributeError):
+        stored = stored_dtype(read_json(Path(path).expanduser() / "config.json"))
+    except (OSError, LmzooError, AttributeError):
         return None
     return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(stored)
+
+
+def stored_dtype(hf: dict) -> str:
+    """The dtype a config.json says its weights are stored in (transformers writes torch_dtype, v5 dtype)."""
+    return hf.get("torch_dtype") or hf.get("dtype") or "float32"
 
 
 def read_hf_config(p: Path):
