@@ -111,8 +111,7 @@ def _linear_spec(m: nn.Module) -> tuple | None:
             return None
         return 0, (w,), 0, p["bias"]
     if t is Int4Linear or t is Int8Linear or t is HalfLinear:
-        kind, tensors = m.kernel_spec(1)  # one token a sequence
-        return kind, tensors, m.group_size, m.bias
+        return *m.kernel_spec(1), m.bias  # one token a sequence
     return None
 
 

@@ -36,6 +36,9 @@ Q8_MAX_ROWS = 48  # 8-bit activations up to here: llama.cpp's prompts of more to
 GEMV_MAX_ROWS = 16  # float weights (float32 / half)
 ROW_CHUNK = 256  # rows per kernel call past the limits (they stay in cache)
 TILE = 1 << 19  # floats in one dequantised tile (2 MiB): multiplied while it is still in cache
+# kernel_spec's kinds -> the compiled function (x2, *tensors, arg)
+KERNELS = {1: lambda k: k.int8_linear, 2: lambda k: k.int8_linear_q8, 3: lambda k: k.int4_linear,
+           4: lambda k: k.int4_linear_q8, 5: lambda k: k.tiles_linear_q8, 6: lambda k: k.tiles_linear_q8}
 
 
 def by_chunks(fn, x2: torch.Tensor) -> torch.Tensor:
@@ -106,13 +109,38 @@ class _QuantLinear(nn.Module):
     activations = "float"
     kernel_rows = KERNEL_MAX_ROWS  # the most activation rows the kernel takes
 
-    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """(kind, tensors) of the kernel for an input of `rows` rows, as the fused decode kernel takes
-        them (cpu.cpp, prenorm_decode_block)."""
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
+        """(kind, tensors, arg) of the kernel for an input of `rows` rows, as the fused decode kernel
+        takes them (cpu.cpp, prenorm_decode_block): arg is the group size, or the tiled kinds' N."""
+        raise NotImplementedError
+
+    def _codes(self) -> tuple[torch.Tensor, ...]:
+        """The row-major tensors (codes, scales[, mins]), as dequant_rows and pack_tiles_q8 take them."""
         raise NotImplementedError
 
     def _q8(self, rows: int) -> bool:
         return self.activations == "q8" and rows <= Q8_MAX_ROWS
+
+    def _q8_spec(self, row_major: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
+        """8-bit activations: on AVX-512 VNNI builds the tiled kernel (kinds 5 / 6) over this layer's
+        weights packed in 16-row tiles (cpu.cpp, q8_tiles) — packed on first use and kept beside the
+        codes, a second copy of about 1.2x their bytes; elsewhere the row-major kernel `row_major`.
+        The spec is cached per layer (a decode step asks ~120 times) under the codes' storage and
+        version: replaced or changed in place (load_state_dict), they are packed again."""
+        t = self._codes()
+        q = t[0]
+        key = (q.data_ptr(), -1 if q.is_inference() else q._version, t[1].data_ptr())
+        cached = self.__dict__.get("_q8_cached")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        k = cpu_kernels()
+        if k is None or k.isa() != "avx512" or q.device.type != "cpu":
+            spec = row_major, t, self.group_size
+        else:
+            spec = 6 if len(t) > 2 else 5, tuple(k.pack_tiles_q8(*t[:2], t[2] if len(t) > 2 else None,
+                                                                 self.group_size)), self.out_features
+        self.__dict__["_q8_cached"] = key, spec
+        return spec
 
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
@@ -132,8 +160,8 @@ class _QuantLinear(nn.Module):
 
     def _dequant_into(self, k, n0: int, out: torch.Tensor) -> None:
         """Weight rows [n0, n0 + len(out)) as float32 into out."""
-        kind, t = self.kernel_spec()
-        k.dequant_rows(kind, list(t), self.group_size, n0, out)
+        t = self._codes()
+        k.dequant_rows(3 if len(t) > 2 else 1, list(t), self.group_size, n0, out)
 
     def _tiled(self, k, x2: torch.Tensor) -> torch.Tensor:
         """x2 (M, K) @ W^T through BLAS on dequantised tiles of W's rows: y^T row blocks, each
@@ -192,6 +220,7 @@ class _QuantLinear(nn.Module):
         return m
 
 
+
 class Int8Linear(_QuantLinear):
     """y = x @ (scale * q)^T + bias with q int8 (N, K) and scale (N, K // group_size), float32 — or
     float16 where the checkpoint stores it so (GGUF Q8_0; from_codes keeps the given dtype)."""
@@ -226,18 +255,25 @@ class Int8Linear(_QuantLinear):
         N, K, g = q.shape[0], self.in_features, self.group_size
         return (q.view(N, K // g, g).to(dtype) * scale[..., None].to(dtype)).view(N, K)
 
-    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """1 int8_linear, 2 int8_linear_q8."""
-        b, g = self._buffers, self.group_size
-        q8 = self._q8(rows) and self.in_features % 32 == 0 and (g == 16 or g % 32 == 0)
-        return 2 if q8 else 1, (b["q"], b["scale"])
+    def _codes(self) -> tuple[torch.Tensor, ...]:
+        b = self._buffers
+        return b["q"], b["scale"]
+
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
+        """1 int8_linear, 2 int8_linear_q8, 5 tiles_linear_q8."""
+        g = self.group_size
+        if self._q8(rows) and self.in_features % 32 == 0:
+            if g % 32 == 0:
+                return self._q8_spec(2)
+            if g == 16:
+                return 2, self._codes(), g
+        return 1, self._codes(), g
 
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            b = self._buffers
-            return int8_linear_op(x2, b["q"], b["scale"], self.group_size)
-        kind, t = self.kernel_spec(rows or x2.shape[0])
-        return (k.int8_linear_q8 if kind == 2 else k.int8_linear)(x2, *t, self.group_size)
+            return int8_linear_op(x2, *self._codes(), self.group_size)
+        kind, t, arg = self.kernel_spec(rows or x2.shape[0])
+        return KERNELS[kind](k)(x2, *t, arg)
 
 
 class HalfLinear(_QuantLinear):
@@ -294,9 +330,9 @@ class HalfLinear(_QuantLinear):
         w = self._buffers["w"]
         return (w if rows is None else w[rows]).to(dtype)
 
-    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """0 float_linear."""
-        return 0, (self._buffers["w"],)
+        return 0, (self._buffers["w"],), 0
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         return self.dequantize_rows(None, dtype)  # a widening copy: nothing for a kernel to do
@@ -365,17 +401,19 @@ class Int4Linear(_QuantLinear):
         w = unpack_int4(q).view(N, K // g, g).to(dtype)
         return (w * scale[..., None].to(dtype) + mn[..., None].to(dtype)).view(N, K)
 
-    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """3 int4_linear, 4 int4_linear_q8."""
+    def _codes(self) -> tuple[torch.Tensor, ...]:
         b = self._buffers
-        return 4 if self._q8(rows) else 3, (b["q"], b["scale"], b["min"])
+        return b["q"], b["scale"], b["min"]
+
+    def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
+        """3 int4_linear, 4 int4_linear_q8, 6 tiles_linear_q8."""
+        return self._q8_spec(4) if self._q8(rows) else (3, self._codes(), self.group_size)
 
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            b = self._buffers
-            return int4_linear_op(x2, b["q"], b["scale"], b["min"], self.group_size)
-        kind, t = self.kernel_spec(rows or x2.shape[0])
-        return (k.int4_linear_q8 if kind == 4 else k.int4_linear)(x2, *t, self.group_size)
+            return int4_linear_op(x2, *self._codes(), self.group_size)
+        kind, t, arg = self.kernel_spec(rows or x2.shape[0])
+        return KERNELS[kind](k)(x2, *t, arg)
 
 
 class QuantEmbedding(nn.Module):

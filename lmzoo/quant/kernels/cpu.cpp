@@ -761,222 +761,190 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 #endif
 
 #ifdef LMZOO_AVX512
-// Activation rows against every weight row, 8-bit activations, two 32-blocks per 512-bit
-// instruction (the path every row count takes where the CPU has AVX-512 VNNI; q8_rows elsewhere).
-// A pair of blocks' integer products fill 16 float lanes; where a block's lanes sit is the weight
-// format's business (`Lanes`):
+// Activation rows against weight rows in tiles of 16, 8-bit activations, where the CPU has AVX-512
+// VNNI (q8_rows elsewhere). The tile's codes are first transposed into a scratch buffer, 4 bytes at a
+// time, so that one 64-byte vector holds the same 4 bytes of all 16 rows (lane i = weight row n0 + i):
 //
-//   int8     [ b: elements 0-31 (8 lanes) | b+1: 0-31 ]                 the bytes as stored
-//   int4     [ b: 0-15 | b+1: 0-15 | b: 16-31 | b+1: 16-31 ]            the two blocks' 32 bytes of
-//            nibbles, low nibbles then high: one shift and one mask, no cross-lane shuffle (the
-//            activations are put in that order once per call instead)
+//   as stored (row-major)            tile (dword column c of every row, one after another)
+//   row 0:   c0  c1  c2 ...          [c0: row 0 ... row 15] [c1: row 0 ... row 15] [c2: ...] ...
+//   row 1:   c0  c1  c2 ...
+//   ...      (16 rows)
 //
-// Per block four vector instructions per row: the integer dot product, its conversion to float, the
-// block's scale d_x[b] * scale[g(b)] spread over its lanes (one permute of 16 blocks' scales,
-// multiplied 16 at a time), and one FMA into the row's accumulator, as ggml's vec_dot does per block
-// (fmadd(d_x * d_w, dot, acc)). Int4's min term, sum_b min[g(b)] * s_x[b], is one more FMA per 16
-// blocks into an accumulator of its own, added at the end (ggml's `summs`; folding it into the
-// products' lanes rounds differently enough to flip a near-tie of SmolLM2's greedy tokens vs
-// llama.cpp's).
+// int4: a 32-block is 4 columns; column 4b+t holds elements 4t..4t+3 in its low nibbles and
+//       4t+16..4t+19 in its high ones (the block layout above)
+// int8: a block is 8 columns; column 8b+t holds elements 4t..4t+3
+//
+// One VNNI instruction then multiplies 4 codes of 16 weight rows by the same 4 activation codes
+// (broadcast from memory) and adds them into 16 int32 lanes: a block's 8 instructions leave the 16
+// rows' exact integer dot products in the 16 lanes, no horizontal sums or per-lane scale shuffles.
+// Per block and activation row: 8 dot products, 1 conversion, the block's scale (the weight rows'
+// 16 scales times the row's d_x, one multiply) and one FMA into the row's 16 accumulators — 512
+// multiply-adds for ~12 instructions, where a row at a time took ~32. The transposition is paid once
+// per tile and call, whatever the row count; a pass of up to RBT activation rows reuses the block's
+// unpacked codes from registers.
+//
+// Every (activation row, weight row) result is   sum_b fl(float(dot_b) * fl(scale_w[b] * d_x[b]))
+// summed over b in order in one float lane (+ int4's min term, sum_b min_w[b] * s_x[b], in a lane of
+// its own, added last): the same operations for any row count, so a row's result never depends on
+// the rows beside it.
+//
+// int8 x int8: VNNI multiplies unsigned by signed bytes. The activations go in as x + 128 (0..255,
+// x ^ 0x80) and the block's 128 * sum(w) is subtracted up front (the int32 lanes start at it): exact.
+
+constexpr int64_t RBT = 8;  // activation rows per pass over a tile (2 x 8 accumulators + 8 codes + scales in 32 zmm)
+
+// r[i] = row i (16 x 32-bit) -> r[j] = column j (lane i = row i's element j)
+inline void transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: pairs of rows interleaved
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[4g + e], 128-bit lane L: column 4L + e of rows 4g .. 4g+3
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int e = 0; e < 4; ++e) {  // a 4 x 4 transpose of 128-bit lanes across r[e], r[4+e], r[8+e], r[12+e]
+    const __m512i x0 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44), x1 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xEE);
+    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44), y1 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xEE);
+    t[e] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+    t[4 + e] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
+    t[8 + e] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+    t[12 + e] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// rows [n0, n0 + rows) (rows <= 16) of a row-major code matrix (rb bytes a row) -> out (rb / 4, 16)
+// dwords, column by column; rows past `rows` read as zeros
+inline void pack_codes(const uint8_t* q, int64_t rb, int64_t n0, int64_t rows, const uint8_t* zero, int32_t* out) {
+  const int64_t C = rb / 4;
+  const uint8_t* src[16];
+  for (int i = 0; i < 16; ++i) src[i] = i < rows ? q + (n0 + i) * rb : zero;
+  for (int64_t c = 0; c < C; c += 16) {
+    const int64_t cnt = std::min<int64_t>(16, C - c);
+    const __mmask16 k = (__mmask16)((1u << cnt) - 1);
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_epi32(k, src[i] + 4 * c);
+    transpose16x16(r);
+    for (int64_t j = 0; j < cnt; ++j) _mm512_storeu_si512((void*)(out + (c + j) * 16), r[j]);
+  }
+}
+
+// per-block values of the tile's rows (a row's group values v + n * G, block b -> group gof[b]) -> out
+// (nb, 16), as stored (float16 stays float16) or widened to float32 (exact either way)
+template <typename S, typename O>
+inline void pack_blocks(const S* v, int64_t G, const int64_t* gof, int64_t nb, int64_t n0, int64_t rows, O* out) {
+  std::fill_n(out, nb * 16, O(0.f));
+  for (int64_t i = 0; i < rows; ++i) {
+    const S* r = v + (n0 + i) * G;
+    for (int64_t b = 0; b < nb; ++b) out[b * 16 + i] = std::is_same<S, O>::value ? O(r[gof[b]]) : O(ld(r + gof[b]));
+  }
+}
 
 inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 ld16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
-inline __m512 ld16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
-inline __m512 ld16(const c10::Half* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
 
-struct Lanes {
-  __m512i pair[8];  // pair p of a 16-block chunk -> the lanes' scale indices (2p or 2p+1)
-  explicit Lanes(bool nibbles) {
-    for (int p = 0; p < 8; ++p) {
-      const __m256i e = _mm256_set1_epi32(2 * p), o = _mm256_set1_epi32(2 * p + 1);
-      pair[p] = nibbles ? _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_blend_epi32(e, o, 0xF0)),
-                                             _mm256_blend_epi32(e, o, 0xF0), 1)
-                        : _mm512_inserti64x4(_mm512_castsi256_si512(e), o, 1);
-    }
-  }
+// one tile's packed tensors: codes (C, 16) int32; scale (nb, 16), S = float32 or float16 as the
+// checkpoint stores them; extra (nb, 16): int4's mins (S) or int8's sums of each block's codes (int16)
+template <typename S>
+struct TileView {
+  const int32_t* codes;
+  const S* scale;
+  const void* extra;
 };
 
-// 16 floats from p, or (cnt < 16) the first cnt of them and zeros: FULL chunks are plain loads
-template <bool FULL, typename S>
-inline __m512 ld16n(const S* p, int64_t cnt) {
-  if (FULL) return ld16(p);
-  return ld16(p, (__mmask16)((1u << cnt) - 1));
-}
-
-// a weight row's per-group values (scales or mins) of blocks [b, b + cnt) as 16 lanes, 0 past cnt
-// (gof: block -> group, bpg blocks a group)
-template <bool FULL, typename S>
-inline __m512 per_block16(const S* v, const int64_t* gof, int64_t bpg, int64_t b, int64_t cnt) {
-  if (bpg == 1) return ld16n<FULL>(v + b, cnt);
-  float w[16] = {};
-  for (int64_t i = 0; i < cnt; ++i) w[i] = ld(v + gof[b + i]);
-  return _mm512_loadu_ps(w);
-}
-
-// RB512 activation rows per pass over a weight row: the pass keeps 2 x RB512 vectors (accumulators,
-// block scales) plus the prepared weight pair in the 32 AVX-512 registers
-constexpr int64_t RB512 = 8;
-
-// The loop the 512-bit kernels share, for MB activation rows m0 .. m0+MB-1 (xd, xs: their blocks'
-// d and s, row stride nb) against one weight row with scales sr and mins mr (null: none):
-// `weights(b)` prepares blocks b, b+1 once per pass, `dot(w, m, b)` is their integer products with row
-// m as 16 float lanes, `tail(m, b)` a last odd block's 8 lanes in element order; out[j] = row m0+j's
-// product. Each row's arithmetic is the same for any MB: a row's result never depends on its
-// neighbours.
-template <int MB, typename S, typename Mn, typename Weights, typename Dot, typename Tail>
-__attribute__((always_inline)) inline void q8_rows_avx512(
-    const Lanes& ln, int64_t m0, const float* xd, const float* xs, const S* sr, const Mn* mr, const int64_t* gof,
-    int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail, float* out) {
-  __m512 acc[MB], macc[MB];  // products; int4's min term, summed apart as ggml sums it (`summs`)
+// MB activation rows (codes x, row stride K; their blocks' d and s, row stride nb) against a packed
+// tile; out (MB, 16)
+template <int MB, bool I4, typename S>
+__attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64_t nb, const uint8_t* x, int64_t K,
+                                                     const float* xd, const float* xs, float* out) {
+  constexpr int COLS = I4 ? 4 : 8;    // code columns a block
+  constexpr int CH = MB == 1 ? 4 : 2;  // integer chains per row: one row needs more in flight (exact either way)
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[MB], macc[MB];
   for (int j = 0; j < MB; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
-  // blocks [b, b + cnt), cnt even: 16 (FULL, the pair loop unrolled) or the last chunk's rest
-  auto chunk = [&](int64_t b, int64_t cnt, auto full) {
-    constexpr bool FULL = decltype(full)::value;
-    const int64_t np = FULL ? 8 : cnt / 2;
-    const __m512 ws = per_block16<FULL>(sr, gof, bpg, b, cnt);
-    __m512 sc[MB];  // d_x[m, b+i] * scale[g(b+i)]
-    for (int j = 0; j < MB; ++j) sc[j] = _mm512_mul_ps(ld16n<FULL>(xd + (m0 + j) * nb + b, cnt), ws);
-    if (mr) {
-      const __m512 wm = per_block16<FULL>(mr, gof, bpg, b, cnt);
-      for (int j = 0; j < MB; ++j) macc[j] = _mm512_fmadd_ps(ld16n<FULL>(xs + (m0 + j) * nb + b, cnt), wm, macc[j]);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int32_t* cb = t.codes + b * COLS * 16;
+    __m512i w[8];  // w[u]: the 16 rows' codes of elements 4u .. 4u+3 (int4: u < 4 low nibbles, u >= 4 high)
+    if (I4) {
+      for (int u = 0; u < 4; ++u) {
+        const __m512i v = _mm512_loadu_si512((const void*)(cb + 16 * u));
+        w[u] = _mm512_and_si512(v, m4);
+        w[4 + u] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+      }
+    } else {
+      for (int u = 0; u < 8; ++u) w[u] = _mm512_loadu_si512((const void*)(cb + 16 * u));
     }
-    for (int64_t p = 0; p < np; ++p) {
-      const auto w = weights(b + 2 * p);
-      for (int j = 0; j < MB; ++j)
-        acc[j] = _mm512_fmadd_ps(dot(w, m0 + j, b + 2 * p), _mm512_permutexvar_ps(ln.pair[p], sc[j]), acc[j]);
+    const __m512 ws = ld16(t.scale + b * 16);
+    const __m512 wm = I4 ? ld16(static_cast<const S*>(t.extra) + b * 16) : _mm512_setzero_ps();
+    // int8: the lanes start at -128 * the block's sum of codes (x goes in as x + 128)
+    const __m512i wb = I4 ? _mm512_setzero_si512() : _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(
+        _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i*)(static_cast<const int16_t*>(t.extra) + b * 16))), 7));
+    for (int j = 0; j < MB; ++j) {
+      const uint8_t* xb = x + j * K + b * QB;
+      __m512i d[CH];
+      d[0] = wb;
+      for (int c = 1; c < CH; ++c) d[c] = _mm512_setzero_si512();
+      for (int u = 0; u < 8; ++u) {  // activation codes at element 4u (int4: 4u, then 16 + 4(u - 4))
+        const int off = I4 ? (u < 4 ? 4 * u : 16 + 4 * (u - 4)) : 4 * u;
+        int32_t xv;
+        std::memcpy(&xv, xb + off, 4);
+        const __m512i x4 = _mm512_set1_epi32(xv);
+        d[u % CH] = I4 ? _mm512_dpbusd_epi32(d[u % CH], w[u], x4) : _mm512_dpbusd_epi32(d[u % CH], x4, w[u]);
+      }
+      __m512i dot = d[0];
+      for (int c = 1; c < CH; ++c) dot = _mm512_add_epi32(dot, d[c]);
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, _mm512_set1_ps(xd[j * nb + b])), acc[j]);
+      if (I4) macc[j] = _mm512_fmadd_ps(wm, _mm512_set1_ps(xs[j * nb + b]), macc[j]);
     }
-  };
-  const int64_t pairs = nb & ~int64_t(1);
-  int64_t b = 0;
-  for (; b + 16 <= pairs; b += 16) chunk(b, 16, std::true_type());
-  if (b < pairs) chunk(b, pairs - b, std::false_type());
-  for (int j = 0; j < MB; ++j) {
-    __m256 r = _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm512_extractf32x8_ps(acc[j], 1));
-    float last = 0.f;
-    if (pairs < nb) {  // an odd last block
-      const int64_t m = m0 + j;
-      r = _mm256_fmadd_ps(tail(m, pairs), _mm256_set1_ps(xd[m * nb + pairs] * ld(sr + gof[pairs])), r);
-      if (mr) last = ld(mr + gof[pairs]) * xs[m * nb + pairs];
-    }
-    out[j] = hsum(r) + (mr ? _mm512_reduce_add_ps(macc[j]) + last : 0.f);
   }
+  for (int j = 0; j < MB; ++j) _mm512_storeu_ps(out + 16 * j, I4 ? _mm512_add_ps(acc[j], macc[j]) : acc[j]);
 }
 
-// Every activation row against one weight row, in passes of up to RB512 rows; y[m * N] = row m's product.
-// ONE: M is 1 (the kernels instantiate their loop apart for it: one-row decode is the hot case, and
-// sharing a function body with the eight pass widths made it 20-40% slower).
-template <bool ONE, typename S, typename Mn, typename Weights, typename Dot, typename Tail>
-__attribute__((always_inline)) inline void q8_passes_avx512(const Lanes& ln, int64_t M, const float* xd, const float* xs, const S* sr, const Mn* mr,
-                             const int64_t* gof, int64_t bpg, int64_t nb, Weights& weights, Dot& dot, Tail& tail,
-                             float* y, int64_t N) {
-  float out[RB512];
-  if (ONE) {  // decode's one row: its own instantiation, no dispatch
-    q8_rows_avx512<1>(ln, 0, xd, xs, sr, mr, gof, bpg, nb, weights, dot, tail, out);
-    y[0] = out[0];
-    return;
-  }
-  for (int64_t m0 = 0; m0 < M; m0 += RB512) {
-    const int64_t mb = std::min<int64_t>(RB512, M - m0);
-#define LMZOO_ROWS(R) q8_rows_avx512<R>(ln, m0, xd, xs, sr, mr, gof, bpg, nb, weights, dot, tail, out)
-    static_assert(RB512 == 8, "dispatch below");
-    switch (mb) {
-      case 8: LMZOO_ROWS(8); break;
-      case 7: LMZOO_ROWS(7); break;
-      case 6: LMZOO_ROWS(6); break;
-      case 5: LMZOO_ROWS(5); break;
-      case 4: LMZOO_ROWS(4); break;
-      case 3: LMZOO_ROWS(3); break;
-      case 2: LMZOO_ROWS(2); break;
-      default: LMZOO_ROWS(1);
-    }
+// Every activation row against every packed tile. x: the rows' codes (int4: as quantised; int8:
+// x ^ 0x80), xd / xs their blocks' d and s; N weight rows. ONE: M is 1 (its own instantiation:
+// one-row decode is the hot case).
+template <bool I4, bool ONE, typename S>
+void q8_tiles(const uint8_t* x, const float* xd, const float* xs, const int32_t* codes, const S* scale,
+              const void* extra, int64_t M, int64_t nb, int64_t N, float* y) {
+  const int64_t K = nb * QB, tiles = (N + 15) / 16, csz = nb * (I4 ? 4 : 8) * 16;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    float out[RBT * 16];
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t n0 = ti * 16, rows = std::min<int64_t>(16, N - n0);
+      const TileView<S> t{codes + ti * csz, scale + ti * nb * 16,
+                          I4 ? (const void*)(static_cast<const S*>(extra) + ti * nb * 16)
+                             : (const void*)(static_cast<const int16_t*>(extra) + ti * nb * 16)};
+      auto put = [&](int64_t m0, int64_t mb) {
+        for (int64_t j = 0; j < mb; ++j) std::copy_n(out + 16 * j, rows, y + (m0 + j) * N + n0);
+      };
+      if (ONE) {
+        tile_rows<1, I4, S>(t, nb, x, K, xd, xs, out);
+        put(0, 1);
+        continue;
+      }
+      for (int64_t m0 = 0; m0 < M; m0 += RBT) {
+        const int64_t mb = std::min<int64_t>(RBT, M - m0);
+        const uint8_t* xm = x + m0 * K;
+        const float *dm = xd + m0 * nb, *sm = xs + m0 * nb;
+#define LMZOO_ROWS(R) tile_rows<R, I4, S>(t, nb, xm, K, dm, sm, out)
+        static_assert(RBT == 8, "dispatch below");
+        switch (mb) {
+          case 8: LMZOO_ROWS(8); break;
+          case 7: LMZOO_ROWS(7); break;
+          case 6: LMZOO_ROWS(6); break;
+          case 5: LMZOO_ROWS(5); break;
+          case 4: LMZOO_ROWS(4); break;
+          case 3: LMZOO_ROWS(3); break;
+          case 2: LMZOO_ROWS(2); break;
+          default: LMZOO_ROWS(1);
+        }
 #undef LMZOO_ROWS
-    for (int64_t j = 0; j < mb; ++j) y[(m0 + j) * N] = out[j];
-  }
-}
-
-// the weight row's scales (and mins) as stored, float32 or float16, handed to `f`
-template <typename F>
-inline void with_rows(const Scales& ss, const Scales* ms, int64_t o, F&& f) {
-  const float* none = nullptr;
-  if (!ms) {
-    if (ss.f) f(ss.f + o, none);
-    else f(ss.h + o, none);
-  } else if (ss.f) {
-    if (ms->f) f(ss.f + o, ms->f + o);
-    else f(ss.f + o, ms->h + o);
-  } else {
-    if (ms->f) f(ss.h + o, ms->f + o);
-    else f(ss.h + o, ms->h + o);
-  }
-}
-
-// int4 weights
-template <bool ONE>
-void i4_q8_avx512(const Q8& a, const uint8_t* qp, const Scales& ss, const Scales& ms, const int64_t* gof,
-                  int64_t M, int64_t nb, int64_t G, int64_t N, float* y) {
-  const int64_t K = nb * QB, bpg = nb / G;
-  const Lanes ln(true);
-  const int8_t* xq = a.q.data();
-  // the activations of each pair of blocks in the nibbles' order: [b 0-15 | b+1 0-15 | b 16-31 | b+1 16-31]
-  std::vector<int8_t> xn(M * K);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t b = 0; b + 1 < nb; b += 2) {
-      const int8_t *x0 = xq + m * K + b * QB, *x1 = x0 + QB;
-      int8_t* o = xn.data() + m * K + b * QB;
-      std::copy(x0, x0 + 16, o);
-      std::copy(x1, x1 + 16, o + 16);
-      std::copy(x0 + 16, x0 + 32, o + 32);
-      std::copy(x1 + 16, x1 + 32, o + 48);
-    }
-  const int8_t* xv = xn.data();
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    for (int64_t n = n0; n < n1; ++n) {
-      const uint8_t* qr = qp + n * (K / 2);
-      auto weights = [&](int64_t b) {  // blocks b, b+1's 32 bytes: low nibbles, then high
-        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qr + b * 16));
-        return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1), m4);
-      };
-      auto dot = [&](__m512i w, int64_t m, int64_t b) {
-        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w,
-                                                      _mm512_loadu_si512((const void*)(xv + m * K + b * QB))));
-      };
-      auto tail = [&](int64_t m, int64_t b) {
-        return dot_u8i8(unpack_i4(qr + b * 16), _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB)));
-      };
-      with_rows(ss, &ms, n * G, [&](const auto* sr, const auto* mr) {
-        q8_passes_avx512<ONE>(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
-      });
-    }
-  });
-}
-
-// int8 weights (one scale per 32 or more)
-template <bool ONE>
-void i8_q8_avx512(const Q8& a, const int8_t* qp, const Scales& ss, const int64_t* gof, int64_t M, int64_t nb,
-                  int64_t G, int64_t N, float* y) {
-  const int64_t K = nb * QB, bpg = nb / G;
-  const Lanes ln(false);
-  const int8_t* xq = a.q.data();
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const int8_t* qr = qp + n * K;
-      // signed x signed as unsigned x signed: |w| times x carrying w's sign (x where w = 0 is
-      // multiplied by |w| = 0 either way)
-      auto weights = [&](int64_t b) { return _mm512_loadu_si512((const void*)(qr + b * QB)); };
-      auto dot = [&](__m512i w, int64_t m, int64_t b) {
-        const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * K + b * QB));
-        const __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
-        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs));
-      };
-      auto tail = [&](int64_t m, int64_t b) {
-        const __m256i w = _mm256_loadu_si256((const __m256i*)(qr + b * QB));
-        const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + m * K + b * QB));
-        return dot_u8i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-      };
-      with_rows(ss, nullptr, n * G, [&](const auto* sr, const auto* mr) {
-        q8_passes_avx512<ONE>(ln, M, a.d.data(), a.s.data(), sr, mr, gof, bpg, nb, weights, dot, tail, y + n, N);
-      });
+        put(m0, mb);
+      }
     }
   });
 }
@@ -1015,20 +983,116 @@ void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, const Scales& ss, const
 
 }  // namespace
 
+std::string isa();
+
+// ---------------------------------------------------------------------------------------------
+// The tiled 8-bit-activation kernels' entry points (AVX-512 VNNI builds; see q8_tiles).
+//   pack_tiles_q8(q, scale, mins, g) -> [codes (T, C, 16) int32, scale (T, nb, 16), extra (T, nb, 16)]:
+//       T = ceil(N / 16) tiles; int4 with mins (q (N, K/2) uint8, extra the mins) or int8 without
+//       (q (N, K) int8, extra int16: each block's sum of codes); g a multiple of 32. The scales (and
+//       mins) stay float16 where both are stored so (GGUF: the bytes a decode step streams stay
+//       what the file holds), float32 otherwise. Done once per layer (lmzoo.quant.layers keeps it).
+//   tiles_linear_q8(x, codes, scale, extra, N) -> (M, N): x (M, K) float32, quantised per 32-block,
+//       times the packed weights (int8 where extra is int16, int4 otherwise).
+std::vector<torch::Tensor> pack_tiles_q8(torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> mins,
+                                         int64_t g) {
+#ifdef LMZOO_AVX512
+  const bool i4 = mins.has_value();
+  TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && q.scalar_type() == (i4 ? torch::kByte : torch::kChar),
+              "pack_tiles_q8: contiguous codes, (N, K/2) uint8 with mins or (N, K) int8 without");
+  const int64_t N = q.size(0), rb = q.size(1), K = i4 ? 2 * rb : rb, nb = K / QB, T = (N + 15) / 16, C = rb / 4;
+  TORCH_CHECK(K % QB == 0 && g % QB == 0 && K % g == 0, "pack_tiles_q8: K = ", K, " and the group size ", g,
+              " must be multiples of 32, g dividing K");
+  const int64_t G = K / g;
+  const Scales ss(scale, N, G);
+  c10::optional<Scales> ms;
+  if (i4) ms.emplace(*mins, N, G);
+  const bool half = ss.h && (!i4 || ms->h);
+  const auto sdt = q.options().dtype(half ? torch::kHalf : torch::kFloat);
+  auto codes = torch::empty({T, C, 16}, q.options().dtype(torch::kInt)), sc = torch::empty({T, nb, 16}, sdt);
+  auto extra = torch::empty({T, nb, 16}, i4 ? sdt : q.options().dtype(torch::kShort));
+  const std::vector<int64_t> gof = group_of(nb, g / QB);
+  const uint8_t* qp = static_cast<const uint8_t*>(q.data_ptr());
+  const std::vector<uint8_t> zero(rb, 0);
+  at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t n0 = ti * 16, rows = std::min<int64_t>(16, N - n0), o = ti * nb * 16;
+      int32_t* cp = codes.data_ptr<int32_t>() + ti * C * 16;
+      pack_codes(qp, rb, n0, rows, zero.data(), cp);
+      auto blocks = [&](const Scales& v, torch::Tensor& out) {
+        if (half) pack_blocks(v.h, G, gof.data(), nb, n0, rows, out.data_ptr<c10::Half>() + o);
+        else if (v.f) pack_blocks(v.f, G, gof.data(), nb, n0, rows, out.data_ptr<float>() + o);
+        else pack_blocks(v.h, G, gof.data(), nb, n0, rows, out.data_ptr<float>() + o);
+      };
+      blocks(ss, sc);
+      if (i4) {
+        blocks(*ms, extra);
+        continue;
+      }
+      const __m512i ones = _mm512_set1_epi8(1);  // sums of codes: VNNI against bytes of 1 (|sum| <= 4096)
+      for (int64_t b = 0; b < nb; ++b) {
+        __m512i s = _mm512_setzero_si512();
+        for (int u = 0; u < 8; ++u) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512((const void*)(cp + (b * 8 + u) * 16)));
+        _mm256_storeu_si256((__m256i*)(extra.data_ptr<int16_t>() + o + b * 16), _mm512_cvtepi32_epi16(s));
+      }
+    }
+  });
+  return {codes, sc, extra};
+#else
+  TORCH_CHECK(false, "pack_tiles_q8 needs an AVX-512 VNNI build (this one: ", isa(), ")");
+#endif
+}
+
+torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor extra,
+                              int64_t N) {
+#ifdef LMZOO_AVX512
+  const bool i4 = extra.scalar_type() != torch::kShort, half = scale.scalar_type() == torch::kHalf;
+  TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
+              extra.is_contiguous() && codes.scalar_type() == torch::kInt &&
+              (half || scale.scalar_type() == torch::kFloat) && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
+              extra.sizes() == scale.sizes() && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
+              "tiles_linear_q8: the tensors pack_tiles_q8 returns for ", N, " weight rows");
+  const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0);
+  TORCH_CHECK(codes.size(1) == nb * (i4 ? 4 : 8), "tiles_linear_q8: codes and scales disagree on K");
+  check(x, K);
+  const Q8 a = quantize_q8(x);
+  auto y = torch::empty({M, N}, x.options());
+  const uint8_t* xq = reinterpret_cast<const uint8_t*>(a.q.data());
+  std::vector<uint8_t> xu;
+  if (!i4) {  // x + 128 as unsigned bytes (see q8_tiles)
+    xu.resize(M * K);
+    for (int64_t i = 0; i < M * K; ++i) xu[i] = xq[i] ^ 0x80;
+    xq = xu.data();
+  }
+  auto go = [&](auto s) {
+    using S = decltype(s);
+    const S* sp = static_cast<const S*>(scale.data_ptr());
+    auto run = i4 ? (M == 1 ? q8_tiles<true, true, S> : q8_tiles<true, false, S>)
+                  : (M == 1 ? q8_tiles<false, true, S> : q8_tiles<false, false, S>);
+    run(xq, a.d.data(), a.s.data(), codes.data_ptr<int32_t>(), sp, extra.data_ptr(), M, nb, N, y.data_ptr<float>());
+  };
+  if (half) go(c10::Half());
+  else go(0.f);
+  return y;
+#else
+  TORCH_CHECK(false, "tiles_linear_q8 needs an AVX-512 VNNI build (this one: ", isa(), ")");
+#endif
+}
+
 // x (M, K) f32, q (N, K/2) uint8 (the int4 block layout above), scale/min (N, K/g) -> (M, N) f32
 torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor scale, torch::Tensor mins, int64_t g) {
   const int64_t M = x.size(0), N = q.size(0), K = q.size(1) * 2, G = K / g, nb = K / QB, bpg = g / QB;
   check(x, K);
   TORCH_CHECK(g % 32 == 0 && K % g == 0, "int4 group size must divide K and be a multiple of 32");
+#ifdef LMZOO_AVX512  // packed on the fly: the layers pack once and call tiles_linear_q8
+  const auto p = pack_tiles_q8(q, scale, mins, g);
+  return tiles_linear_q8(x, p[0], p[1], p[2], N);
+#endif
   const Q8 a = quantize_q8(x);
   const std::vector<int64_t> gof = group_of(nb, bpg);
   auto y = torch::empty({M, N}, x.options());
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const Scales ss(scale, N, G), ms(mins, N, G);
-#ifdef LMZOO_AVX512
-  (M == 1 ? i4_q8_avx512<true> : i4_q8_avx512<false>)(a, qp, ss, ms, gof.data(), M, nb, G, N, y.data_ptr<float>());
-  return y;
-#endif
   std::vector<float> sg(M * G);  // (M, G): sum of d*sum(q) per weight group
   for (int64_t i = 0; i < M * G; ++i) sg[i] = sum_f32(a.s.data() + i * bpg, bpg);
   const int8_t* xq = a.q.data();
@@ -1058,6 +1122,12 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const int64_t M = x.size(0), N = q.size(0), K = q.size(1), G = K / g, nb = K / QB, bpg = std::max<int64_t>(g / QB, 1);
   check(x, K);
   TORCH_CHECK((g == 16 || g % 32 == 0) && K % g == 0, "8-bit activations need int8 groups of 16 or a multiple of 32");
+#ifdef LMZOO_AVX512
+  if (g != 16) {  // packed on the fly: the layers pack once and call tiles_linear_q8
+    const auto p = pack_tiles_q8(q, scale, c10::nullopt, g);
+    return tiles_linear_q8(x, p[0], p[1], p[2], N);
+  }
+#endif
   const Q8 a = quantize_q8(x);
   const std::vector<int64_t> gof = group_of(nb, bpg);
   auto y = torch::empty({M, N}, x.options());
@@ -1093,12 +1163,6 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
     for (int j = 0; j < QB; ++j) acc += w[j] * xb[j];
     return (float)acc * dx * sr[gof[b]];
   };
-#endif
-#ifdef LMZOO_AVX512
-  if (g != 16) {  // two blocks an instruction
-    (M == 1 ? i8_q8_avx512<true> : i8_q8_avx512<false>)(a, qp, ss, gof.data(), M, nb, G, N, y.data_ptr<float>());
-    return y;
-  }
 #endif
   q8_loop(M, N, nb, y.data_ptr<float>(), ss, nullptr, weights, block, extra);
   return y;
@@ -1439,6 +1503,8 @@ std::tuple<torch::Tensor, bool> greedy_ids(torch::Tensor logits) {
 //   0 float w (N, K)             float_linear (float32, float16 or bfloat16 weights)
 //   1 int8 q, scale               int8_linear        2  the same, 8-bit activations  int8_linear_q8
 //   3 int4 q, scale, min          int4_linear        4  the same, 8-bit activations  int4_linear_q8
+//   5 int8 tiles codes, scale, extra   tiles_linear_q8    6  int4 tiles (pack_tiles_q8's tensors); the
+//                                      linear's "group" is then its number of outputs N
 namespace {
 
 int64_t linear_tensors(int64_t kind) { return kind == 0 ? 1 : kind <= 2 ? 2 : 3; }
@@ -1452,6 +1518,8 @@ torch::Tensor any_linear(const torch::Tensor& x2, int64_t kind, const torch::Ten
     case 2: y = int8_linear_q8(x2, t[0], t[1], g); break;
     case 3: y = int4_linear(x2, t[0], t[1], t[2], g); break;
     case 4: y = int4_linear_q8(x2, t[0], t[1], t[2], g); break;
+    case 5:
+    case 6: y = tiles_linear_q8(x2, t[0], t[1], t[2], g); break;
     default: TORCH_CHECK(false, "decode block: unknown linear kind ", kind);
   }
   if (bias.has_value()) {
@@ -1568,6 +1636,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_linear", &int4_linear, "int4 weight-only linear (CPU)");
   m.def("int4_linear_q8", &int4_linear_q8, "int4 weights x 8-bit activations (CPU)");
   m.def("int8_linear_q8", &int8_linear_q8, "int8 weights x 8-bit activations (CPU)");
+  m.def("pack_tiles_q8", &pack_tiles_q8, "int4 / int8 weights in 16-row tiles for tiles_linear_q8 (AVX-512 VNNI)");
+  m.def("tiles_linear_q8", &tiles_linear_q8, "8-bit activations x tiled int4 / int8 weights (AVX-512 VNNI)");
   m.def("dequant_rows", &dequant_rows, "int8 / int4 weight rows as float32 into a given tensor (CPU)");
   m.def("rms_norm", &rms_norm, "RMSNorm, float32 (CPU)");
   m.def("decode_attention", &decode_attention, "one query per row against the KV cache, GQA, float32 (CPU)");
