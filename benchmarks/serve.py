@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import statistics
 import subprocess
@@ -55,12 +56,19 @@ async def one(client, model: str, question: str, new: int) -> tuple[float, list[
     return stamps[0] - t0 if stamps else float("nan"), [b - a for a, b in zip(stamps, stamps[1:])], tokens
 
 
-async def level(base: str, model: str, n: int, new: int) -> dict:
+def cpu_s(pid: int) -> float:
+    """A process's user + system CPU seconds so far (/proc/PID/stat)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def level(base: str, model: str, n: int, new: int, pid: int) -> dict:
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
     questions = [f"Write a short paragraph about the number {i}." for i in range(n)]
-    t0 = time.perf_counter()
+    t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_s(pid)
     results = await asyncio.gather(*(one(client, model, q, new) for q in questions))
     wall = time.perf_counter() - t0
+    client_cpu, server_cpu = time.process_time() - c0, cpu_s(pid) - s0
     await client.close()
     ok = [r for r in results if r[2] > 0]
     ttft = sorted(r[0] for r in ok) or [float("nan")]
@@ -68,7 +76,7 @@ async def level(base: str, model: str, n: int, new: int) -> dict:
     tokens = sum(r[2] for r in ok)
     return {"n": n, "ttft_p50": statistics.median(ttft), "ttft_p90": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
             "itl_p50": statistics.median(itl) if itl else float("nan"), "req_s": n / wall, "tok_s": tokens / wall,
-            "lost": n - len(ok)}
+            "lost": n - len(ok), "server_cpu": server_cpu / wall, "client_cpu": client_cpu / wall}
 
 
 def rss_mib(pid: int) -> float:
@@ -99,8 +107,6 @@ def main() -> int:
     ap.add_argument("--activations", default="float", choices=["float", "q8"], help="the lmzoo server's --activations")
     ap.add_argument("--llamacpp", action="store_true", help="then llama.cpp's server (LLAMACPP_PYTHON) on the same GGUF")
     a = ap.parse_args()
-    import os
-
     from lmzoo.checkpoints.assets import default_model_path
 
     port = free_port()
@@ -145,15 +151,18 @@ def run_server(name: str, cmd: list[str], port: int, a, ready: str, rss: bool = 
                 raise SystemExit(f"{name} exited: {log.read()[-3000:]}")
             time.sleep(0.2)
         model = httpx.get(base + "/v1/models").json()["data"][0]["id"]
-        asyncio.run(level(base, model, 2, 8))  # warm-up
-        print(f"{name}, {model}, {a.new} new tokens per request, greedy")
-        print("| concurrent | TTFT p50 s | TTFT p90 s | inter-token p50 ms | requests/s | generated tok/s | lost |")
-        print("|---|---|---|---|---|---|---|")
+        asyncio.run(level(base, model, 2, 8, proc.pid))  # warm-up
+        print(f"{name}, {model}, {a.new} new tokens per request, greedy; CPU: cores busy on average over the "
+              "level (server process / this client process; the host has 2)")
+        print("| concurrent | TTFT p50 s | TTFT p90 s | inter-token p50 ms | requests/s | generated tok/s | lost "
+              "| CPU server / client |")
+        print("|---|---|---|---|---|---|---|---|")
         for n in [int(x) for x in a.concurrency.split(",") if x]:
-            r = asyncio.run(level(base, model, n, a.new))
+            r = asyncio.run(level(base, model, n, a.new, proc.pid))
             out.append((n, r["tok_s"]))
             print(f"| {n} | {r['ttft_p50']:.2f} | {r['ttft_p90']:.2f} | {1000 * r['itl_p50']:.1f} | "
-                  f"{r['req_s']:.2f} | {r['tok_s']:.1f} | {r['lost']} |", flush=True)
+                  f"{r['req_s']:.2f} | {r['tok_s']:.1f} | {r['lost']} | {r['server_cpu']:.2f} / {r['client_cpu']:.2f} |",
+                  flush=True)
         if a.rss and rss:
             readings = asyncio.run(rss_run(base, model, proc.pid, a.rss))
             first = readings[0][1]
