@@ -791,7 +791,7 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 // int8 x int8: VNNI multiplies unsigned by signed bytes. The activations go in as x + 128 (0..255,
 // x ^ 0x80) and the block's 128 * sum(w) is subtracted up front (the int32 lanes start at it): exact.
 
-constexpr int64_t PF = 4;  // tiles ahead to prefetch
+constexpr int64_t PF = 1;  // tiles ahead to prefetch
 constexpr int64_t RBT = 8;  // activation rows per pass over a tile (2 x 8 accumulators + 8 codes + scales in 32 zmm)
 
 // r[i] = row i (16 x 32-bit) -> r[j] = column j (lane i = row i's element j)
