@@ -791,7 +791,6 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 // int8 x int8: VNNI multiplies unsigned by signed bytes. The activations go in as x + 128 (0..255,
 // x ^ 0x80) and the block's 128 * sum(w) is subtracted up front (the int32 lanes start at it): exact.
 
-constexpr int64_t PF = 1;  // tiles ahead to prefetch
 constexpr int64_t RBT = 8;  // activation rows per pass over a tile (2 x 8 accumulators + 8 codes + scales in 32 zmm)
 
 // r[i] = row i (16 x 32-bit) -> r[j] = column j (lane i = row i's element j)
@@ -855,6 +854,7 @@ struct TileView {
   const int32_t* codes;
   const S* scale;
   const void* extra;
+  const char* next[3];  // the next tile's codes, scale and extra, fetched into L2 block by block (or null)
 };
 
 // MB activation rows (codes x, row stride K; their blocks' d and s, row stride nb) against a packed
@@ -869,6 +869,11 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
   for (int j = 0; j < MB; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const int32_t* cb = t.codes + b * COLS * 16;
+    if (t.next[0]) {  // the next tile's block b, a few lines at a time amid this tile's arithmetic
+      for (int l = 0; l < COLS; ++l) _mm_prefetch(t.next[0] + (b * COLS + l) * 64, _MM_HINT_T1);
+      _mm_prefetch(t.next[1] + b * 16 * sizeof(S), _MM_HINT_T1);
+      _mm_prefetch(t.next[2] + b * 16 * (I4 ? sizeof(S) : sizeof(int16_t)), _MM_HINT_T1);
+    }
     __m512i w[8];  // w[u]: the 16 rows' codes of elements 4u .. 4u+3 (int4: u < 4 low nibbles, u >= 4 high)
     if (I4) {
       for (int u = 0; u < 4; ++u) {
@@ -913,24 +918,24 @@ void q8_tiles(const uint8_t* x, const float* xd, const float* xs, const int32_t*
               const void* extra, int64_t M, int64_t nb, int64_t N, float* y) {
   const int64_t K = nb * QB, tiles = (N + 15) / 16, csz = nb * (I4 ? 4 : 8) * 16;
   const int64_t xsz = I4 ? sizeof(S) : sizeof(int16_t);
-  // the next tile's bytes into L2 while this one is multiplied: the out-of-order window covers only a
-  // block or two ahead, and a batch's passes otherwise wait on DRAM at every tile (2x at 16 rows)
-  auto prefetch = [&](int64_t ti) {
-    auto lines = [](const void* p, int64_t bytes) {
-      for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(static_cast<const char*>(p) + o, _MM_HINT_T1);
-    };
-    lines(codes + ti * csz, csz * 4);
-    lines(scale + ti * nb * 16, nb * 16 * sizeof(S));
-    lines(static_cast<const char*>(extra) + ti * nb * 16 * xsz, nb * 16 * xsz);
-  };
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     float out[RBT * 16];
     for (int64_t ti = t0; ti < t1; ++ti) {
-      if (ti + PF < t1) prefetch(ti + PF);
       const int64_t n0 = ti * 16, rows = std::min<int64_t>(16, N - n0);
-      const TileView<S> t{codes + ti * csz, scale + ti * nb * 16,
-                          I4 ? (const void*)(static_cast<const S*>(extra) + ti * nb * 16)
-                             : (const void*)(static_cast<const int16_t*>(extra) + ti * nb * 16)};
+      // the next tile is fetched during this one's first pass: the out-of-order window reaches only a
+      // block or two ahead, and a batch's passes otherwise wait on DRAM at every tile
+      const int64_t tn = ti + 1 < t1 ? ti + 1 : -1;
+      auto at = [&](int64_t i) {
+        return TileView<S>{codes + i * csz, scale + i * nb * 16,
+                           static_cast<const char*>(extra) + i * nb * 16 * xsz, {nullptr, nullptr, nullptr}};
+      };
+      TileView<S> t = at(ti);
+      if (tn >= 0) {
+        const TileView<S> n = at(tn);
+        t.next[0] = reinterpret_cast<const char*>(n.codes);
+        t.next[1] = reinterpret_cast<const char*>(n.scale);
+        t.next[2] = static_cast<const char*>(n.extra);
+      }
       auto put = [&](int64_t m0, int64_t mb) {
         for (int64_t j = 0; j < mb; ++j) std::copy_n(out + 16 * j, rows, y + (m0 + j) * N + n0);
       };
@@ -943,6 +948,7 @@ void q8_tiles(const uint8_t* x, const float* xd, const float* xs, const int32_t*
         const int64_t mb = std::min<int64_t>(RBT, M - m0);
         const uint8_t* xm = x + m0 * K;
         const float *dm = xd + m0 * nb, *sm = xs + m0 * nb;
+        if (m0 == RBT) t.next[0] = nullptr;  // fetched during the first pass
 #define LMZOO_ROWS(R) tile_rows<R, I4, S>(t, nb, xm, K, dm, sm, out)
         static_assert(RBT == 8, "dispatch below");
         switch (mb) {
