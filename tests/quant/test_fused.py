@@ -90,6 +90,40 @@ def test_q8_row_result_does_not_depend_on_its_batch(Kdim, g):
         assert torch.equal(f(x[5:17].contiguous()), batched[5:17])
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_q8_tiles_keep_float16_scales_and_follow_the_codes(bits):
+    """GGUF stores scales (and Q4_1's mins) in float16: a layer's 16-row tiles keep them so, and its
+    products still match the reference over several passes of rows and a partial last tile. The
+    tiles are the layer's own copy: codes changed in place (load_state_dict) are packed again."""
+    if K.isa() != "avx512":
+        pytest.skip("the tiled kernel is the AVX-512 VNNI builds' path")
+    torch.manual_seed(0)
+
+    def layer(seed: int):
+        torch.manual_seed(seed)
+        lin = nn.Linear(576, 40, bias=False)
+        m = Int4Linear.from_linear(lin) if bits == 4 else Int8Linear.from_linear(lin, group_size=32)
+        m.scale = m.scale.half()
+        if bits == 4:
+            m.min = m.min.half()
+        return m
+
+    def reference(x, m):
+        return int4_reference(x, m) if bits == 4 else q8_reference(x)[0] @ m.dequantize().double().T
+
+    m = layer(0)
+    set_activations(m, "q8")
+    x = torch.randn(19, 576) * 3
+    for _ in range(2):
+        with torch.inference_mode():
+            y = m(x)
+        ref = reference(x, m)
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        kind, tiles, n = m.kernel_spec(1)
+        assert (kind, n, tiles[1].dtype) == (6 if bits == 4 else 5, 40, torch.float16)
+        m.load_state_dict(layer(1).state_dict())  # new codes, in place
+
+
 def test_q8_activations_in_a_layer(monkeypatch):
     torch.manual_seed(0)
     lin = nn.Linear(256, 48, bias=True)
