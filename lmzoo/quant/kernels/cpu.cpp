@@ -636,14 +636,16 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 //     int4:  y[m,n] = sum_b  d_x[m,b] * scale[n,g(b)] * dot(q_x, q_w) + sum_g min[n,g] * sum_{b in g} s[m,b]
 //     int8:  y[m,n] = sum_b  d_x[m,b] * scale[n,g(b)] * dot(q_x, q_w)         (g = 16: two scales a block)
 //
-// i.e. dequant(W) @ dequant(quant(x)) up to float summation order (the min term uses the stored s). Half the instructions of
-// widening every weight to float, so the product keeps up with memory instead of the FMA ports.
+// i.e. dequant(W) @ dequant(quant(x)) up to float summation order (the min term uses the stored s).
+// A quarter of the instructions of widening every weight to float. Two layouts: the row-major codes
+// (q8_loop, 256-bit: 8 float lanes a block, as ggml sums them) and, on AVX-512 VNNI builds,
+// 16-row tiles packed once per layer (q8_tiles: one float sum per block, ~2.5x fewer instructions).
 namespace {
 
 constexpr int64_t QB = 32;  // activation block
 
-// ggml keeps an activation block's d and s in float16: rounding them the same way makes a q8
-// product the one llama.cpp computes (its ggml_vec_dot_q4_1_q8_1 / _q8_0_q8_0), not just a similar one
+// ggml keeps an activation block's d and s in float16: rounding them the same way gives the q8 products
+// llama.cpp's inputs exactly (its ggml_vec_dot_q4_1_q8_1 / _q8_0_q8_0), not just similar ones
 inline float f16_round(float v) { return static_cast<float>(c10::Half(v)); }
 
 // x (M, K) -> q (M, K) int8, d (M, K/32), s (M, K/32)
