@@ -145,7 +145,10 @@ class _QuantLinear(nn.Module):
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
         (default: x2's rows; a long input goes in chunks, all of them multiplied alike)."""
-        raise NotImplementedError
+        if torch.compiler.is_compiling():  # the op torch.compile traces (row-major codes, float activations)
+            return self.compiled_op(x2, *self._codes(), self.group_size)
+        kind, t, arg = self.kernel_spec(rows or x2.shape[0])
+        return KERNELS[kind](k)(x2, *t, arg)
 
     def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         raise NotImplementedError
@@ -220,12 +223,12 @@ class _QuantLinear(nn.Module):
         return m
 
 
-
 class Int8Linear(_QuantLinear):
     """y = x @ (scale * q)^T + bias with q int8 (N, K) and scale (N, K // group_size), float32 — or
     float16 where the checkpoint stores it so (GGUF Q8_0; from_codes keeps the given dtype)."""
 
     bits = "int8"
+    compiled_op = staticmethod(int8_linear_op)
 
     def __init__(self, in_features: int, out_features: int, *, group_size: int | None = None,
                  bias: bool = False, device=None) -> None:
@@ -269,11 +272,6 @@ class Int8Linear(_QuantLinear):
                 return 2, self._codes(), g
         return 1, self._codes(), g
 
-    def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return int8_linear_op(x2, *self._codes(), self.group_size)
-        kind, t, arg = self.kernel_spec(rows or x2.shape[0])
-        return KERNELS[kind](k)(x2, *t, arg)
 
 
 class HalfLinear(_QuantLinear):
@@ -366,6 +364,7 @@ class Int4Linear(_QuantLinear):
     min float32, or float16 as GGUF's Q4_0 / Q4_1 store them (4 bytes per 32 weights instead of 8)."""
 
     bits = "int4"
+    compiled_op = staticmethod(int4_linear_op)
 
     def __init__(self, in_features: int, out_features: int, *, group_size: int = 32,
                  bias: bool = False, device=None) -> None:
@@ -409,11 +408,6 @@ class Int4Linear(_QuantLinear):
         """3 int4_linear, 4 int4_linear_q8, 6 tiles_linear_q8."""
         return self._q8_spec(4) if self._q8(rows) else (3, self._codes(), self.group_size)
 
-    def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return int4_linear_op(x2, *self._codes(), self.group_size)
-        kind, t, arg = self.kernel_spec(rows or x2.shape[0])
-        return KERNELS[kind](k)(x2, *t, arg)
 
 
 class QuantEmbedding(nn.Module):
