@@ -65,8 +65,9 @@ class Attention(nn.Module):
         # fused qkv output in place, installed by a kernel transform (lmzoo.quant.gemv) on layers whose
         # RoPE is plain (one segment, nothing between the projection and the rotation)
         self.rope_inplace = None
-        # decode_attention(qkv, kv_step, layer, mask) -> (B, 1, q_size) or None: one decode step's cache
-        # write + attention in one kernel call, installed by the same transform; None = not applicable
+        # decode_attention(qkv, kv_step, layer, mask) -> (B, T, q_size) or None: the cache write and
+        # attention of a decode step (or a short prompt chunk) in one kernel call, installed by the
+        # same transform; None = not applicable
         self.decode_attention = None
 
     def plain_rope(self) -> bool:
@@ -84,7 +85,7 @@ class Attention(nn.Module):
         roped = (self.rope_inplace is not None and a.cos is not None and query_input is None
                  and qkv.is_contiguous() and not (torch.is_grad_enabled() and qkv.requires_grad)
                  and self.rope_inplace(qkv, a.cos, a.sin, self.n_head + self.n_kv_head, self.head_dim))
-        if (roped and T == 1 and self.decode_attention is not None and a.kv is not None and a.q_scale is None
+        if (roped and self.decode_attention is not None and a.kv is not None and a.q_scale is None
                 and not self.softcap):
             y = self.decode_attention(qkv, a.kv, self, mask)
             if y is not None:
