@@ -781,14 +781,14 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 // rows' exact integer dot products in the 16 lanes, no horizontal sums or per-lane scale shuffles.
 // Per block and activation row: 8 dot products, 1 conversion, the block's scale (the weight rows'
 // 16 scales times the row's d_x, one multiply) and one FMA into the row's 16 accumulators — 512
-// multiply-adds for ~12 instructions, where a row at a time took ~32. The transposition is paid once
-// per tile and call, whatever the row count; a pass of up to RBT activation rows reuses the block's
-// unpacked codes from registers.
+// multiply-adds for ~12 instructions, where a row at a time took ~32. The tiles are packed once per
+// layer (pack_tiles_q8; lmzoo.quant.layers keeps them beside the codes); a pass of up to RBT
+// activation rows reuses a block's unpacked codes from registers.
 //
-// Every (activation row, weight row) result is   sum_b fl(float(dot_b) * fl(scale_w[b] * d_x[b]))
-// summed over b in order in one float lane (+ int4's min term, sum_b min_w[b] * s_x[b], in a lane of
-// its own, added last): the same operations for any row count, so a row's result never depends on
-// the rows beside it.
+// Every (activation row, weight row) result is one float lane: acc = fma(float(dot_b),
+// fl(scale_w[b] * d_x[b]), acc) over the blocks b in order (+ int4's min term, fma(min_w[b], s_x[b],
+// macc) in a lane of its own, added last): the same operations for any row count, so a row's result
+// never depends on the rows beside it.
 //
 // int8 x int8: VNNI multiplies unsigned by signed bytes. The activations go in as x + 128 (0..255,
 // x ^ 0x80) and the block's 128 * sum(w) is subtracted up front (the int32 lanes start at it): exact.
