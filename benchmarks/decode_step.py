@@ -2,7 +2,7 @@
 share of it, and the kernels' streaming rate against the host's memory read bandwidth.
 
     python benchmarks/decode_step.py [--model X.gguf] [--prompt 256] [--steps 60] [--threads 2]
-        [--activations float|q8] [--batch B]
+        [--activations float|q8] [--batch B] [--kv-dtype float16]
 
 0. prefill: the `--prompt`-token forward of `--batch` rows, best of three;
 1. step: the model's forward for one token per row after that prefill (no engine), averaged; tok/s
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--activations", default="float", choices=["float", "q8"])
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--kv-dtype", default="float32", choices=["float32", "float16"], help="the KV cache's dtype")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import lmzoo
@@ -48,7 +49,7 @@ def main() -> None:
     with torch.inference_mode():
         prefill = float("inf")
         for _ in range(3):  # best of three prompt forwards (the last one fills the cache used below)
-            cache = KVCache(model, a.batch, a.prompt + 3 * a.steps + 8)
+            cache = KVCache(model, a.batch, a.prompt + 3 * a.steps + 8, dtype=getattr(torch, a.kv_dtype))
             t0 = time.perf_counter()
             tok = model(ids, cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
             prefill = min(prefill, time.perf_counter() - t0)
@@ -93,7 +94,8 @@ def main() -> None:
                 m._kernel(k, rows[m.in_features])
         dt = (time.perf_counter() - t0) / 10
     kernels = spent[0] / a.steps
-    print(f"# {a.threads} threads, prompt {a.prompt}, {a.steps} steps, batch {a.batch}, activations {a.activations}")
+    print(f"# {a.threads} threads, prompt {a.prompt}, {a.steps} steps, batch {a.batch}, activations {a.activations}, "
+          f"KV cache {a.kv_dtype}")
     print(f"prefill: {prefill * 1e3:.1f} ms ({a.batch * a.prompt / prefill:.0f} tok/s)")
     print(f"step: {step * 1e3:.2f} ms ({a.batch / step:.1f} tok/s)")
     print(f"kernels: {kernels * 1e3:.2f} ms of a {timed_step * 1e3:.2f} ms timed step, "

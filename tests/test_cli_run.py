@@ -148,6 +148,7 @@ def test_chat_tiny_checkpoint_keeps_history(tiny):
 @pytest.mark.parametrize("args,needle", [
     (["generate", "--raw", "word " * 80, "--max-new-tokens", "2"], "longer than the model's context of 64"),
     (["generate", "--dtype", "float8", "hi"], "dtype"),
+    (["generate", "--kv-dtype", "int3", "hi"], "--kv-dtype: unknown dtype 'int3'"),
     (["generate", "--max-new-tokens", "0", "hi"], "max-new-tokens"),
 ])
 def test_tiny_checkpoint_bad_input(tiny, args, needle):

@@ -36,6 +36,8 @@ AdapterOpt = typer.Option(None, "--adapter", help="A PEFT LoRA/DoRA adapter dire
 DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [default: checkpoint's; float32 for GGUF]")
 QuantOpt = typer.Option(None, "--quantize", help="int8 | int4 | f16 | bf16: quantise a float checkpoint's linear "
                         "layers at load (CPU decode kernels; bf16 keeps a bf16 checkpoint's weights exactly)")
+KvOpt = typer.Option(None, "--kv-dtype", help="float16 | float32 | bfloat16: the KV cache's dtype [default: the "
+                     "activations'; float16 halves the cache and what each token reads of it, as llama.cpp stores it]")
 ActOpt = typer.Option("float", "--activations", help="float | q8: how int8/int4 (GGUF) layers take their input on "
                       "CPU; q8 = llama.cpp's 8-bit activations, faster decode, not bit-exact to the float weights")
 
@@ -52,7 +54,8 @@ def _status(msg: str):
         yield
 
 
-def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed=None, stop=None) -> None:
+def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed=None, stop=None,
+           kv_dtype=None) -> None:
     """Reject bad sampling values before spending seconds on loading."""
     from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import GenerationError
@@ -65,10 +68,11 @@ def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype,
         raise GenerationError("--stop needs a non-empty string (an empty one would stop before the first token)")
     if max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    try:
-        resolve_dtype(dtype)
-    except ValueError as e:
-        raise GenerationError(f"--dtype: {e}") from None
+    for flag, value in (("--dtype", dtype), ("--kv-dtype", kv_dtype)):
+        try:
+            resolve_dtype(value)
+        except ValueError as e:
+            raise GenerationError(f"{flag}: {e}") from None
 
 
 def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, activations: str = "float",
@@ -87,7 +91,7 @@ def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, ac
 
 
 def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-            seed, stop, out=sys.stdout, decode: str = "eager") -> tuple[list[int], str]:
+            seed, stop, out=sys.stdout, decode: str = "eager", kv_dtype=None) -> tuple[list[int], str]:
     """Generate from `ids` through the engine, printing text deltas as they come (stop strings are
     held back by the engine while they may still begin); returns (new ids, text)."""
     from lmzoo.errors import ContextLengthError
@@ -102,7 +106,7 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
         print(f"lmzoo: note: at most {ctx - len(ids)} new tokens fit (context {ctx}, prompt {len(ids)}); "
               f"--max-new-tokens {max_new_tokens} is cut to that", file=sys.stderr, flush=True)
         max_new_tokens = ctx - len(ids)
-    engine = Engine(model, tok, max_running=1, max_len=len(ids) + max_new_tokens, decode=decode)
+    engine = Engine(model, tok, max_running=1, max_len=len(ids) + max_new_tokens, decode=decode, kv_dtype=kv_dtype)
     engine.submit(Request(prompt=ids, max_tokens=max_new_tokens, stop=tuple(stop), sampling=SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)))
     new: list[int] = []
@@ -138,7 +142,7 @@ def _lines():
 
 
 def _chat_with_tools(m, tok, history: list, commands: list[str], *, max_new_tokens: int, sampling: dict,
-                     stop: list[str]) -> None:
+                     stop: list[str], kv_dtype=None) -> None:
     """`lmzoo chat --mcp`: the MCP servers' tools go to the model through its chat template; its calls
     are run (shown on stderr) and their results fed back until it answers in text."""
     import asyncio
@@ -154,7 +158,7 @@ def _chat_with_tools(m, tok, history: list, commands: list[str], *, max_new_toke
                              "tool-calling model (e.g. Qwen2.5-Instruct)")
 
     async def generate(messages, tools) -> str:
-        engine = Engine(m, tok, max_running=1)
+        engine = Engine(m, tok, max_running=1, kv_dtype=kv_dtype)
         req = Request(messages=messages, tools=tools, max_tokens=max_new_tokens, stop=tuple(stop),
                       sampling=SamplingParams(**sampling))
         return "".join(ev.text for ev in engine.run([req]))
@@ -195,13 +199,14 @@ def generate(
     adapter: Path | None = AdapterOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s to stderr."),
     decode: str = typer.Option("eager", "--decode", help="eager | static | compiled (torch.compile; CUDA graphs on GPU)."),
+    kv_dtype: str | None = KvOpt,
 ) -> None:
     """Complete PROMPT, streaming the answer to stdout."""
     from lmzoo.errors import GenerationError
 
     if decode not in ("eager", "static", "compiled"):
         raise GenerationError(f"--decode must be eager, static or compiled, got {decode!r}")
-    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed, stop)
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed, stop, kv_dtype)
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError:  # bytes that are not UTF-8 arrive from argv as lone surrogates
@@ -214,7 +219,8 @@ def generate(
         ids = tok.encode(prompt)
     t = time.perf_counter()
     new, _ = _stream(m, tok, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                     top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [], decode=decode)
+                     top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [], decode=decode,
+                     kv_dtype=kv_dtype)
     sys.stdout.write("\n")
     if stats:
         dt = time.perf_counter() - t
@@ -238,11 +244,12 @@ def chat(
     adapter: Path | None = AdapterOpt,
     mcp: list[str] | None = typer.Option(None, "--mcp", help="An MCP server command line (repeatable) whose tools "
                                          "the model may call, e.g. --mcp 'lmzoo mcp' or --mcp 'npx server-x'."),
+    kv_dtype: str | None = KvOpt,
 ) -> None:
     """Multi-turn chat: one user message per line on stdin; /exit or end of input quits."""
     from lmzoo.errors import TokenizerError
 
-    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed, stop)
+    _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed, stop, kv_dtype)
     if sys.stdin is None:  # `lmzoo chat <&-`: checked before the model loads
         from lmzoo.errors import GenerationError
 
@@ -255,7 +262,7 @@ def chat(
     if mcp:
         return _chat_with_tools(m, tok, history, mcp, max_new_tokens=max_new_tokens, sampling=dict(
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed),
-            stop=stop or [])
+            stop=stop or [], kv_dtype=kv_dtype)
     for line in _lines():
         ids = tok.encode_chat(history + [{"role": "user", "content": line}])
         if len(ids) >= m.config.max_seq_len:  # a turn that does not fit: say so, keep the session
@@ -265,7 +272,8 @@ def chat(
             continue
         history.append({"role": "user", "content": line})
         _, answer = _stream(m, tok, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [])
+                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [],
+                            kv_dtype=kv_dtype)
         sys.stdout.write("\n")
         sys.stdout.flush()
         history.append({"role": "assistant", "content": answer})

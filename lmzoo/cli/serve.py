@@ -42,6 +42,9 @@ def serve(
                                     "dequantised weights."),
     quantize: str | None = typer.Option(None, "--quantize", help="int8 | int4 | f16 | bf16: quantise a float "
                                         "checkpoint's linear layers at load."),
+    kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="float16 | float32 | bfloat16: the KV cache's dtype "
+                                        "[default: the activations'; float16 halves the cache and what each token "
+                                        "reads of it, as llama.cpp stores it]"),
 ) -> None:
     """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
     from lmzoo.errors import ConfigError
@@ -55,6 +58,12 @@ def serve(
 
     if activations not in ACTIVATIONS:
         raise ConfigError(f"--activations must be one of {ACTIVATIONS}, got {activations!r}")
+    from lmzoo.dtypes import resolve_dtype
+
+    try:
+        resolve_dtype(kv_dtype)
+    except ValueError as e:
+        raise ConfigError(f"--kv-dtype: {e}") from None
 
     import signal
     import threading
@@ -75,7 +84,7 @@ def serve(
     try:
         loop, tok = _engine_loop(model, state, dtype=dtype, adapter=adapter, max_running=max_running,
                                  max_queued=max_queued, max_len=max_len, batch_prefill=batch_prefill,
-                                 activations=activations, quantize=quantize)
+                                 activations=activations, quantize=quantize, kv_dtype=kv_dtype)
     except Exception:
         server.should_exit = True
         http.join(timeout=15)
@@ -115,7 +124,7 @@ def _model_path(model: Path | None, served_model_name: str | None, dtype: str | 
 
 
 def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_queued: int, max_len, batch_prefill: bool,
-                 activations: str = "float", quantize: str | None = None):
+                 activations: str = "float", quantize: str | None = None, kv_dtype=None):
     """Load the model and its engine into `state` (a serve.app.ServerState); the caller runs the loop
     on the main thread. A load failure is recorded in `state` (what clients are told) and re-raised."""
     import lmzoo
@@ -126,7 +135,8 @@ def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_qu
     try:
         m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations, quantize=quantize)
         tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
-        engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill)
+        engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill,
+                        kv_dtype=kv_dtype)
         loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)
     except Exception as e:
         state.error = f"{type(e).__name__}: {e}"

@@ -83,12 +83,13 @@ PREFILL_MAX_T = 64
 def _cache_args(step, attn: Attention, mask: torch.Tensor | None, T: int = 1) -> tuple | None:
     """The cache arguments of the decode attention kernel for this layer and step, its rows being the
     step's B x T queries: (k, v, rows, slots, end, mask (B*T or 1, end) bool or None); None when the
-    kernel cannot serve it (float32 eager caches of the standard layout, boolean or no masks)."""
+    kernel cannot serve it (float32 or float16 eager caches of the standard layout, boolean or no
+    masks)."""
     c = getattr(step, "cache", None)
     if c is None or c.layout != "standard" or step.starts is None:
         return None
     k, v = c.k[attn.layer], c.v[attn.layer]
-    if k.dtype != torch.float32 or v is None or not (k.is_contiguous() and v.is_contiguous()):
+    if k.dtype not in (torch.float32, torch.float16) or v is None or not (k.is_contiguous() and v.is_contiguous()):
         return None
     rows, slots = step.idx, step.q_slot.reshape(-1)
     if mask is not None:

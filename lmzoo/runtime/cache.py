@@ -208,22 +208,23 @@ class CacheStep:
     slot0: int | None = None  # all rows written at slots [slot0, slot0 + T) (None: per-row slots)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor | None):
-        """Write k, v (b, heads, T, dim) at this step's slots of `layer`; return all visible (b, heads, end, dim)."""
+        """Write k, v (b, heads, T, dim) at this step's slots of `layer`; return all visible (b, heads, end,
+        dim), in k's dtype (a float16 cache under float32 activations: stored rounded, read widened)."""
         c = self.cache
         if self.slot0 is not None:
             s = slice(self.slot0, self.slot0 + self.q_slot.shape[1])
             c.k[layer][:, :, s] = k
             if v is not None:
                 c.v[layer][:, :, s] = v
-            return self.read(layer)
+            return self.read(layer, k.dtype)
         rows = self.idx[:, None].expand_as(self.q_slot)
         # advanced indices around a slice put the indexed dims first: (b, T, heads, dim)
-        c.k[layer][rows, :, self.q_slot] = k.transpose(1, 2)
+        c.k[layer][rows, :, self.q_slot] = k.transpose(1, 2).to(c.k[layer].dtype)
         if v is not None:
-            c.v[layer][rows, :, self.q_slot] = v.transpose(1, 2)
-        return self.read(layer)
+            c.v[layer][rows, :, self.q_slot] = v.transpose(1, 2).to(c.v[layer].dtype)
+        return self.read(layer, k.dtype)
 
-    def read(self, layer: int):
+    def read(self, layer: int, dtype: torch.dtype | None = None):
         c = self.cache
         if self.whole:
             k = c.k[layer][:, :, : self.end]
@@ -231,6 +232,8 @@ class CacheStep:
         else:
             k = c.k[layer][self.idx, :, : self.end]
             v = c.v[layer][self.idx, :, : self.end] if c.v[layer] is not None else None
+        if dtype is not None and k.dtype != dtype:
+            k, v = k.to(dtype), None if v is None else v.to(dtype)
         return k, v
 
     def check_not_mixed(self, what: str) -> None:

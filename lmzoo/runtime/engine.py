@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmzoo.dtypes import resolve_dtype
 from lmzoo.errors import ContextLengthError, GenerationError
 from lmzoo.runtime.cache import KVCache
 from lmzoo.runtime.sampling import SamplingParams, apply_penalties, sample_next
@@ -97,7 +98,7 @@ class _Live:
 class Engine:
     def __init__(self, model, tokenizer=None, *, max_running: int = 8, max_len: int | None = None,
                  step_tokens: int = 512, prefill_chunk: int = 256, decode: str = "eager",
-                 batch_prefill: bool = False) -> None:
+                 batch_prefill: bool = False, kv_dtype=None) -> None:
         cfg = model.config
         if decode not in ("eager", "static", "compiled"):
             raise GenerationError(f"decode must be 'eager', 'static' or 'compiled', got {decode!r}")
@@ -120,7 +121,14 @@ class Engine:
             from lmzoo.runtime.compiled import decode_step
 
             self.decode_fn = decode_step(model, compile=decode == "compiled")
-        self.cache = KVCache(model, self.max_running, self.max_len, static=decode != "eager")
+        # kv_dtype: the cache's dtype (default: the activations'); "float16" under float32 activations
+        # halves the cache's memory and what a decode step reads of it (keys and values rounded once,
+        # as llama.cpp stores them by default)
+        try:
+            kv_dtype = resolve_dtype(kv_dtype)
+        except ValueError as e:
+            raise GenerationError(f"kv_dtype: {e}") from None
+        self.cache = KVCache(model, self.max_running, self.max_len, dtype=kv_dtype, static=decode != "eager")
         self.device = self.cache.device
         eos = cfg.eos_token_id
         self.default_stop_ids = set([eos] if isinstance(eos, int) else list(eos or []))

@@ -38,10 +38,12 @@ def stream_generate(
     stop: Sequence[str] | None = None,
     tokenizer=None,
     decode: str = "eager",
+    kv_dtype=None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until every row has stopped or `max_new_tokens`.
     decode: "eager" (default), "static" (fixed-shape steps) or "compiled" (those steps under
-    torch.compile; CUDA graphs on GPU). Same tokens; the choice is about speed."""
+    torch.compile; CUDA graphs on GPU). Same tokens; the choice is about speed. kv_dtype: the KV
+    cache's dtype (default: the activations'; "float16" halves it, see lmzoo.Engine)."""
     SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
@@ -69,7 +71,7 @@ def stream_generate(
     if attention_mask is not None:
         rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, attention_mask.tolist())]
     engine = Engine(model, tokenizer, max_running=B, max_len=T0 + max_new_tokens, decode=decode,
-                    step_tokens=max(512, B + 256))
+                    step_tokens=max(512, B + 256), kv_dtype=kv_dtype)
     ids = []
     for b, r in enumerate(rows):
         ids.append(engine.submit(Request(

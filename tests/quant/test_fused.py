@@ -190,13 +190,16 @@ def test_from_pretrained_q8_activations(smollm2_path):
 @pytest.mark.parametrize("H,Hkv", [(6, 2), (4, 4), (8, 1)])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("end", [33, 150])
-def test_decode_attention_matches_sdpa(H, Hkv, masked, end):
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_decode_attention_matches_sdpa(H, Hkv, masked, end, cache_dtype):
     """One query per row against a cache: the kernel writes the new key/value at each row's slot and
     attends like SDPA over the visible slots (rows at different lengths, a subset of cache rows; with
-    150 slots whole 64-key chunks of a row are masked: a short row's tail, a window's head)."""
+    150 slots whole 64-key chunks of a row are masked: a short row's tail, a window's head). A float16
+    cache holds the new keys and values rounded to float16, and the product is SDPA's over those
+    values in float32."""
     torch.manual_seed(H * 10 + Hkv)
     B, Bc, cap, hd = 3, 5, end + 7, 32
-    kc, vc = torch.randn(Bc, Hkv, cap, hd), torch.randn(Bc, Hkv, cap, hd)
+    kc, vc = torch.randn(Bc, Hkv, cap, hd).to(cache_dtype), torch.randn(Bc, Hkv, cap, hd).to(cache_dtype)
     qkv = torch.randn(B, 1, (H + 2 * Hkv) * hd + 7)  # wider than the heads: only its first columns are read
     rows, slots = torch.tensor([4, 0, 2]), torch.tensor([end - 1, 10, 0])
     mask = (torch.arange(end)[None] <= slots[:, None]) & (torch.rand(B, end) > 0.3 if masked else True)
@@ -209,7 +212,7 @@ def test_decode_attention_matches_sdpa(H, Hkv, masked, end):
         want_k[r, :, s] = qkv[b, 0, H * hd:(H + Hkv) * hd].view(Hkv, hd)
         want_v[r, :, s] = qkv[b, 0, (H + Hkv) * hd:(H + 2 * Hkv) * hd].view(Hkv, hd)
     want = torch.nn.functional.scaled_dot_product_attention(
-        q, want_k[rows, :, :end], want_v[rows, :, :end], attn_mask=mask[:, None, None], scale=0.3,
+        q, want_k[rows, :, :end].float(), want_v[rows, :, :end].float(), attn_mask=mask[:, None, None], scale=0.3,
         enable_gqa=H != Hkv).transpose(1, 2).reshape(B, 1, H * hd)
     got = K.decode_attention(qkv, kc, vc, rows, slots, end, mask, H, Hkv, 0.3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -229,10 +232,12 @@ def generation_inputs(cfg, seed: int | None) -> list[dict]:
     return [{"input_ids": ids[:1]}, {"input_ids": ids, "attention_mask": mask}]
 
 
-@pytest.mark.parametrize("extra", [{}, {"qkv_bias": True, "n_kv_head": 6}, {"sliding_window": 5}])
-def test_decode_attention_in_generation(extra):
+@pytest.mark.parametrize("extra,kv_dtype", [({}, None), ({"qkv_bias": True, "n_kv_head": 6}, None),
+                                            ({"sliding_window": 5}, None), ({}, "float16")])
+def test_decode_attention_in_generation(extra, kv_dtype):
     """Greedy generation with the kernels on equals the plain PyTorch model's, for one row and for a
-    left-padded batch whose rows run at different lengths (the masked, per-row-slot path)."""
+    left-padded batch whose rows run at different lengths (the masked, per-row-slot path); with a
+    float16 KV cache too (the plain model then reads it widened to float32)."""
     import lmzoo
     from lmzoo.nn.transformer import Transformer
     from lmzoo.quant.gemv import use_cpu_kernels
@@ -248,9 +253,9 @@ def test_decode_attention_in_generation(extra):
     kernel = fast.layers[0].attn.decode_attention
     fast.layers[0].attn.decode_attention = lambda qkv, *a: calls.append(qkv.shape[1]) or kernel(qkv, *a)
     for kw in generation_inputs(cfg, seed=None):
-        want = lmzoo.generate(plain, max_new_tokens=12, eos_token_id=[], **kw)
+        want = lmzoo.generate(plain, max_new_tokens=12, eos_token_id=[], kv_dtype=kv_dtype, **kw)
         n = len(calls)
-        got = lmzoo.generate(fast, max_new_tokens=12, eos_token_id=[], **kw)
+        got = lmzoo.generate(fast, max_new_tokens=12, eos_token_id=[], kv_dtype=kv_dtype, **kw)
         assert torch.equal(got, want)
         new = calls[n:]  # every decode step went to the kernel, and the prompt (T <= PREFILL_MAX_T) too
         assert new.count(1) == 11 and new[0] > 1

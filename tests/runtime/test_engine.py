@@ -74,6 +74,23 @@ def test_batched_greedy_equals_alone(family_model, monkeypatch):
         assert got[i] == alone(family_model, p, NEW[i]) == whole[i], f"request {i}"
 
 
+def test_float16_kv_cache_batches_too(tmp_path):
+    """kv_dtype="float16" (half the cache's memory, keys and values rounded as llama.cpp stores them):
+    batched greedy tokens still equal each request's alone with the same cache, and stay close to the
+    float32 cache's (the tiny random model's near-ties aside: most requests agree in full)."""
+    build_reference("llama-gqa", tmp_path)
+    model = lmzoo.from_pretrained(tmp_path, dtype=torch.float32)
+    assert Engine(model, kv_dtype="float16").cache.k[0].dtype == torch.float16
+    ps = prompts(V)
+    got = staggered(model, ps, kv_dtype="float16")
+    for i, p in enumerate(ps):
+        eng = Engine(model, max_running=1, kv_dtype="float16")
+        eng.submit(Request(prompt=p, max_tokens=NEW[i], stop_token_ids=[]))
+        assert got[i] == [e.token for e in eng.run() if e.token is not None], f"request {i}"
+    full = staggered(model, ps)
+    assert sum(got[i] == full[i] for i in range(len(ps))) >= len(ps) - 2
+
+
 def test_growing_cache_equals_a_whole_one(tmp_path, monkeypatch):
     """The eager cache grows on demand (doubling from GROW_STEP slots per row); batched greedy tokens
     and logprobs with a cache that grew many times equal those with the cache allocated whole."""
@@ -164,6 +181,8 @@ def test_request_errors_are_clear(tmp_path):
         eng.submit(Request(prompt=[1, V]))
     with pytest.raises(GenerationError, match="need a tokenizer"):
         eng.submit(Request(prompt=[1], stop=["x"]))
+    with pytest.raises(GenerationError, match="kv_dtype: unknown dtype 'int3'"):
+        Engine(m, kv_dtype="int3")
     # a prompt that fills the context gets no new token: finish_reason length, at once
     eng.submit(Request(prompt=[1] * 32, id="full"))
     assert [(e.token, e.finish_reason) for e in eng.run()] == [(None, "length")]

@@ -144,6 +144,12 @@ inline float dot_sf(const S* a, const float* b, int64_t n) {
 }
 #else
 inline float ld(const c10::Half* p) { return static_cast<float>(*p); }
+template <typename S>
+inline float dot_sf(const S* a, const float* b, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; ++i) acc += ld(a + i) * b[i];
+  return acc;
+}
 #endif
 
 #ifdef LMZOO_AVX2
@@ -1298,14 +1304,21 @@ void rope_heads_(torch::Tensor y, torch::Tensor cos, torch::Tensor sin, int64_t 
 // -> (B, 1, H*hd): softmax(scale * q.k_j) . v_j over the visible j < end, head h reading kv head
 // h / (H / Hkv) (Ainslie et al. 2023). SDPA's result in float32 (up to summation order), in one
 // call instead of the ~20 views, copies and SDPA's own setup that cost more than the product here.
-torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tensor vc, torch::Tensor rows,
-                               torch::Tensor slots, int64_t end, c10::optional<torch::Tensor> mask, int64_t H,
-                               int64_t Hkv, double scale) {
+namespace {
+// a cached key / value element as float (float16 caches widened, exactly), and back (rounded to nearest)
+inline float cf(float v) { return v; }
+inline float cf(c10::Half v) { return static_cast<float>(v); }
+template <typename C>
+inline C to_cache(float v) { return static_cast<C>(v); }
+
+template <typename C>
+torch::Tensor decode_attention_impl(torch::Tensor qkv, torch::Tensor kc, torch::Tensor vc, torch::Tensor rows,
+                                    torch::Tensor slots, int64_t end, c10::optional<torch::Tensor> mask, int64_t H,
+                                    int64_t Hkv, double scale) {
   TORCH_CHECK(qkv.dim() == 3 && qkv.size(1) == 1 && qkv.is_contiguous() && qkv.scalar_type() == torch::kFloat,
               "decode_attention: contiguous float32 qkv (B, 1, W)");
   TORCH_CHECK(kc.dim() == 4 && kc.sizes() == vc.sizes() && kc.is_contiguous() && vc.is_contiguous() &&
-              kc.scalar_type() == torch::kFloat && vc.scalar_type() == torch::kFloat,
-              "decode_attention: contiguous float32 caches (Bc, Hkv, cap, hd)");
+              kc.scalar_type() == vc.scalar_type(), "decode_attention: contiguous caches (Bc, Hkv, cap, hd) of one dtype");
   const int64_t B = qkv.size(0), W = qkv.size(2), Bc = kc.size(0), cap = kc.size(2), hd = kc.size(3);
   TORCH_CHECK(kc.size(1) == Hkv && H % Hkv == 0 && (H + 2 * Hkv) * hd <= W && end >= 1 && end <= cap,
               "decode_attention: head counts / cache length do not fit");
@@ -1322,14 +1335,18 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
   const int64_t* rp = rows.data_ptr<int64_t>();
   const int64_t* sp = slots.data_ptr<int64_t>();
   const float* qp = qkv.data_ptr<float>();
-  float *kp = kc.data_ptr<float>(), *vp = vc.data_ptr<float>();
+  C* kp = static_cast<C*>(kc.data_ptr());
+  C* vp = static_cast<C*>(vc.data_ptr());
   for (int64_t b = 0; b < B; ++b) {  // write this step's keys and values
     TORCH_CHECK(rp[b] >= 0 && rp[b] < Bc && sp[b] >= 0 && sp[b] < end, "decode_attention: row ", rp[b], " slot ",
                 sp[b], " outside the cache (", Bc, " rows, ", end, " visible slots)");
     for (int64_t g = 0; g < Hkv; ++g) {
       const int64_t off = ((rp[b] * Hkv + g) * cap + sp[b]) * hd;
-      std::copy_n(qp + b * W + (H + g) * hd, hd, kp + off);
-      std::copy_n(qp + b * W + (H + Hkv + g) * hd, hd, vp + off);
+      const float *kn = qp + b * W + (H + g) * hd, *vn = qp + b * W + (H + Hkv + g) * hd;
+      for (int64_t i = 0; i < hd; ++i) {
+        kp[off + i] = to_cache<C>(kn[i]);
+        vp[off + i] = to_cache<C>(vn[i]);
+      }
     }
   }
   auto y = torch::empty({B, 1, H * hd}, qkv.options());
@@ -1348,8 +1365,8 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / (Hkv * nch), g = (i / nch) % Hkv, c = i % nch;
       const int64_t j0 = c * CH, n = std::min(end, j0 + CH) - j0;
-      const float* kr = kp + ((rp[b] * Hkv + g) * cap + j0) * hd;  // (n, hd) keys of this chunk
-      const float* vr = vp + ((rp[b] * Hkv + g) * cap + j0) * hd;
+      const C* kr = kp + ((rp[b] * Hkv + g) * cap + j0) * hd;  // (n, hd) keys of this chunk
+      const C* vr = vp + ((rp[b] * Hkv + g) * cap + j0) * hd;
       const bool* m = mp ? mp + (mrows == 1 ? 0 : b) * end + j0 : nullptr;
       if (m && std::find(m, m + n, true) == m + n) {  // every key masked (a shorter row, a window): not read
         for (int64_t h = g * group; h < (g + 1) * group; ++h) {
@@ -1364,23 +1381,40 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
         const float* q = qp + b * W + h * hd;
         // scores q.k_j: four keys at a time, four independent FMA chains in flight
         int64_t j = 0;
+#ifdef LMZOO_AVX512
+        if (hd % 16 == 0) {  // 16 dims an instruction; each key's 16 lanes folded to 8, then as below
+          for (; j + 4 <= n; j += 4) {
+            const C* k0 = kr + j * hd;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < hd; d += 16) {
+              const __m512 qv = _mm512_loadu_ps(q + d);
+              a0 = _mm512_fmadd_ps(qv, ld16(k0 + d), a0);
+              a1 = _mm512_fmadd_ps(qv, ld16(k0 + hd + d), a1);
+              a2 = _mm512_fmadd_ps(qv, ld16(k0 + 2 * hd + d), a2);
+              a3 = _mm512_fmadd_ps(qv, ld16(k0 + 3 * hd + d), a3);
+            }
+            auto fold = [](__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); };
+            hsum4(fold(a0), fold(a1), fold(a2), fold(a3), p + j);
+          }
+        }
+#endif
 #ifdef LMZOO_AVX2
         if (hd % 8 == 0) {
           for (; j + 4 <= n; j += 4) {
-            const float* k0 = kr + j * hd;
+            const C* k0 = kr + j * hd;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t d = 0; d < hd; d += 8) {
               const __m256 qv = _mm256_loadu_ps(q + d);
-              a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
-              a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + hd + d), a1);
-              a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * hd + d), a2);
-              a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * hd + d), a3);
+              a0 = _mm256_fmadd_ps(qv, ld8(k0 + d), a0);
+              a1 = _mm256_fmadd_ps(qv, ld8(k0 + hd + d), a1);
+              a2 = _mm256_fmadd_ps(qv, ld8(k0 + 2 * hd + d), a2);
+              a3 = _mm256_fmadd_ps(qv, ld8(k0 + 3 * hd + d), a3);
             }
             hsum4(a0, a1, a2, a3, p + j);
           }
         }
 #endif
-        for (; j < n; ++j) p[j] = dot_f32(q, kr + j * hd, hd);
+        for (; j < n; ++j) p[j] = dot_sf(kr + j * hd, q, hd);
         float mx = -INFINITY;
         for (j = 0; j < n; ++j) {
           p[j] = (m && !m[j]) ? -INFINITY : p[j] * sc;
@@ -1415,23 +1449,37 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
         pl[slot] = sum;
         // o = sum_j p_j v_j: per 8 dims, four keys' chains at a time
         int64_t d0 = 0;
+#ifdef LMZOO_AVX512
+        for (; d0 + 16 <= hd; d0 += 16) {
+          __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+          const C* v = vr + d0;
+          for (j = 0; j + 4 <= n; j += 4) {
+            c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
+            c1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), c1);
+            c2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), c2);
+            c3 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), ld16(v + (j + 3) * hd), c3);
+          }
+          for (; j < n; ++j) c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
+          _mm512_storeu_ps(o + d0, _mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)));
+        }
+#endif
 #ifdef LMZOO_AVX2
         for (; d0 + 8 <= hd; d0 += 8) {
           __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-          const float* v = vr + d0;
+          const C* v = vr + d0;
           for (j = 0; j + 4 <= n; j += 4) {
-            c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * hd), c0);
-            c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), _mm256_loadu_ps(v + (j + 1) * hd), c1);
-            c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), _mm256_loadu_ps(v + (j + 2) * hd), c2);
-            c3 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), _mm256_loadu_ps(v + (j + 3) * hd), c3);
+            c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
+            c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), c1);
+            c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), c2);
+            c3 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), ld8(v + (j + 3) * hd), c3);
           }
-          for (; j < n; ++j) c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * hd), c0);
+          for (; j < n; ++j) c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
           _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
         }
 #endif
         for (int64_t d = d0; d < hd; ++d) {
           float acc = 0.f;
-          for (j = 0; j < n; ++j) acc += p[j] * vr[j * hd + d];
+          for (j = 0; j < n; ++j) acc += p[j] * cf(vr[j * hd + d]);
           o[d] = acc;
         }
       }
@@ -1456,11 +1504,19 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
   }
   return y;
 }
+}  // namespace
 
+// kc, vc float32, or float16 (a half-precision cache: half the bytes a step streams; keys and values
+// rounded once, as they are written, and widened exactly when read)
+torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tensor vc, torch::Tensor rows,
+                               torch::Tensor slots, int64_t end, c10::optional<torch::Tensor> mask, int64_t H,
+                               int64_t Hkv, double scale) {
+  if (kc.scalar_type() == torch::kHalf)
+    return decode_attention_impl<c10::Half>(qkv, kc, vc, rows, slots, end, mask, H, Hkv, scale);
+  TORCH_CHECK(kc.scalar_type() == torch::kFloat, "decode_attention: float32 or float16 caches, got ", kc.scalar_type());
+  return decode_attention_impl<float>(qkv, kc, vc, rows, slots, end, mask, H, Hkv, scale);
+}
 
-// logits (B, V) float32 -> ((B,) long, has_nan): each row's first index of its largest value (what
-// torch.argmax returns for finite rows), in one pass over the row instead of argmax + isnan().any();
-// has_nan: some row holds a NaN (the caller raises; its ids are then meaningless)
 std::tuple<torch::Tensor, bool> greedy_ids(torch::Tensor logits) {
   TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == torch::kFloat &&
               logits.size(1) > 0, "greedy_ids: contiguous float32 logits (B, V)");
