@@ -2,6 +2,7 @@
 clients (the official openai AsyncOpenAI), each asking its own question (greedy, `--new` tokens).
 
     python benchmarks/serve.py [--concurrency 1,4,16,64] [--new 64] [--max-running 16] [--rss 500] [--activations q8]
+        [--kv-dtype float16] [--requests 4]
     LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/serve.py --llamacpp   # + llama.cpp's server
 
 Per level: p50 / p90 time to first token, p50 inter-token latency, requests/s and aggregate
@@ -62,11 +63,16 @@ def cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def level(base: str, model: str, n: int, new: int, pid: int) -> dict:
+async def level(base: str, model: str, n: int, new: int, pid: int, requests: int = 1) -> dict:
+    """n clients, each sending `requests` requests one after another (its own questions)."""
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
-    questions = [f"Write a short paragraph about the number {i}." for i in range(n)]
+
+    async def client_run(c: int) -> list:
+        return [await one(client, model, f"Write a short paragraph about the number {c + n * r}.", new)
+                for r in range(requests)]
+
     t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_s(pid)
-    results = await asyncio.gather(*(one(client, model, q, new) for q in questions))
+    results = [x for rs in await asyncio.gather(*(client_run(c) for c in range(n))) for x in rs]
     wall = time.perf_counter() - t0
     client_cpu, server_cpu = time.process_time() - c0, cpu_s(pid) - s0
     await client.close()
@@ -75,8 +81,9 @@ async def level(base: str, model: str, n: int, new: int, pid: int) -> dict:
     itl = [x for r in ok for x in r[1]]
     tokens = sum(r[2] for r in ok)
     return {"n": n, "ttft_p50": statistics.median(ttft), "ttft_p90": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
-            "itl_p50": statistics.median(itl) if itl else float("nan"), "req_s": n / wall, "tok_s": tokens / wall,
-            "lost": n - len(ok), "server_cpu": server_cpu / wall, "client_cpu": client_cpu / wall}
+            "itl_p50": statistics.median(itl) if itl else float("nan"), "req_s": len(results) / wall,
+            "tok_s": tokens / wall, "lost": len(results) - len(ok), "server_cpu": server_cpu / wall,
+            "client_cpu": client_cpu / wall}
 
 
 def rss_mib(pid: int) -> float:
@@ -105,6 +112,9 @@ def main() -> int:
     ap.add_argument("--max-running", type=int, default=16)
     ap.add_argument("--batch-prefill", action="store_true", help="pass --batch-prefill to the server")
     ap.add_argument("--activations", default="float", choices=["float", "q8"], help="the lmzoo server's --activations")
+    ap.add_argument("--kv-dtype", help="the lmzoo server's --kv-dtype (e.g. float16)")
+    ap.add_argument("--requests", type=int, default=1, help="requests each client sends one after another "
+                    "(more: a steadier tok/s, one client's level especially)")
     ap.add_argument("--llamacpp", action="store_true", help="then llama.cpp's server (LLAMACPP_PYTHON) on the same GGUF")
     a = ap.parse_args()
     from lmzoo.checkpoints.assets import default_model_path
@@ -112,7 +122,8 @@ def main() -> int:
     port = free_port()
     lmzoo_cmd = [sys.executable, "-m", "lmzoo", "serve", "--port", str(port), "--max-running", str(a.max_running),
                  "--activations", a.activations,
-                 "--max-queued", "256"] + (["--batch-prefill"] if a.batch_prefill else [])
+                 "--max-queued", "256"] + (["--batch-prefill"] if a.batch_prefill else []) + (
+                     ["--kv-dtype", a.kv_dtype] if a.kv_dtype else [])
     totals = {"lmzoo": run_server(f"lmzoo serve --max-running {a.max_running}"
                                   f"{' --batch-prefill' if a.batch_prefill else ''}", lmzoo_cmd, port, a, "/health")}
     if a.llamacpp:
@@ -158,7 +169,7 @@ def run_server(name: str, cmd: list[str], port: int, a, ready: str, rss: bool = 
               "| CPU server / client |")
         print("|---|---|---|---|---|---|---|---|")
         for n in [int(x) for x in a.concurrency.split(",") if x]:
-            r = asyncio.run(level(base, model, n, a.new, proc.pid))
+            r = asyncio.run(level(base, model, n, a.new, proc.pid, a.requests))
             out.append((n, r["tok_s"]))
             print(f"| {n} | {r['ttft_p50']:.2f} | {r['ttft_p90']:.2f} | {1000 * r['itl_p50']:.1f} | "
                   f"{r['req_s']:.2f} | {r['tok_s']:.1f} | {r['lost']} | {r['server_cpu']:.2f} / {r['client_cpu']:.2f} |",
