@@ -45,7 +45,7 @@ def peak_mb() -> float:
 
 
 def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: str = "float",
-                 extra_prompts: list[list[int]] = ()) -> dict:
+                 extra_prompts: list[list[int]] = (), kv_dtype: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -57,10 +57,12 @@ def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: st
     ids = torch.tensor([prompt_ids(prompt, model.config.vocab_size)])
     out, times = [], []
     t0 = time.perf_counter()
-    for tok in lmzoo.stream_generate(model, ids, max_new_tokens=new, eos_token_id=[]):
+    kw = {"kv_dtype": kv_dtype} if kv_dtype else {}
+    for tok in lmzoo.stream_generate(model, ids, max_new_tokens=new, eos_token_id=[], **kw):
         times.append(time.perf_counter())
         out.append(int(tok))
-    extra = [[int(t) for t in lmzoo.stream_generate(model, torch.tensor([p]), max_new_tokens=new, eos_token_id=[])]
+    extra = [[int(t) for t in lmzoo.stream_generate(model, torch.tensor([p]), max_new_tokens=new, eos_token_id=[],
+                                                    **kw)]
              for p in extra_prompts]  # greedy tokens for more prompts (untimed)
     return dict(load_s=load, prefill_tps=prompt / (times[0] - t0), decode_tps=(new - 1) / (times[-1] - times[0]),
                 peak_mb=peak_mb(), tokens=out, extra=extra)
@@ -203,7 +205,9 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
 
 def run(python: str, backend: str, path: Path, a) -> dict:
     cmd = [python, __file__, "--worker", backend, "--model", str(path), "--prompt", str(a.prompt),
-           "--new", str(a.new), "--threads", str(a.threads)] + (["--extra-prompts", a.extra_prompts] if a.extra_prompts else [])
+           "--new", str(a.new), "--threads", str(a.threads)]
+    cmd += ["--extra-prompts", a.extra_prompts] if a.extra_prompts else []
+    cmd += ["--kv-dtype", a.kv_dtype] if a.kv_dtype and backend.startswith("lmzoo") else []
     tree = a.baseline if backend == "baseline" else str(ROOT)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=tree)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -270,6 +274,7 @@ def main() -> None:
                     "(other seeds, untimed): one prompt's near-tie decides less")
     ap.add_argument("--forms", default="", help="comma list of GGUF types to re-write the model in, e.g. q8_0,f16")
     ap.add_argument("--shape", choices=["1b"], help="a random-weight Llama of this shape instead")
+    ap.add_argument("--kv-dtype", help="the lmzoo backends' KV cache dtype (float16: llama.cpp's own cache type)")
     ap.add_argument("--backends", default="lmzoo,lmzoo-q8,llamacpp",
                     help="lmzoo (exact float activations), lmzoo-q8 (--activations q8), llamacpp")
     a = ap.parse_args()
@@ -279,7 +284,7 @@ def main() -> None:
             out = worker_llamacpp(a.model, a.prompt, a.new, a.threads, extra)
         else:
             out = worker_lmzoo(a.model, a.prompt, a.new, a.threads, "q8" if a.worker == "lmzoo-q8" else "float",
-                               extra)
+                               extra, a.kv_dtype)
         print(json.dumps(out))
         return
     from lmzoo.checkpoints.assets import default_model_path
