@@ -261,6 +261,28 @@ def test_decode_attention_in_generation(extra, kv_dtype):
         assert new.count(1) == 11 and new[0] > 1
 
 
+@pytest.mark.parametrize("activations", ["float", "q8"])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_prompt_whole_or_in_chunks_gives_the_same_bits(smollm2_path, activations, kv_dtype):
+    """A prompt prefilled whole or in chunks (the engine's prefill_chunk, a batch's step budget)
+    leaves the same cache and the same next-token logits, bit for bit: every key's score, exp and
+    value product are computed alike wherever the key sits in its attention chunk and however many
+    keys the chunk holds (also what keeps a row's decode the same alone and in a batch)."""
+    import lmzoo
+    from lmzoo.runtime.cache import KVCache
+
+    model = lmzoo.from_pretrained(smollm2_path, activations=activations)
+    ids = torch.randint(100, model.config.vocab_size, (1, 14), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        whole = KVCache(model, 1, 64, dtype=kv_dtype)
+        a = model(ids, cache=whole, last_only=True)[0, -1]
+        chunked = KVCache(model, 1, 64, dtype=kv_dtype)
+        for s in range(0, 14, 5):
+            b = model(ids[:, s:s + 5], cache=chunked, last_only=True)[0, -1]
+    assert torch.equal(a, b)
+    assert all(torch.equal(x[:, :, :14], y[:, :, :14]) for x, y in zip(whole.k + whole.v, chunked.k + chunked.v))
+
+
 def _decode_block_pair(cfg, form: str):
     """(plain PyTorch model, the same weights with the kernels on) in weight form `form`."""
     from lmzoo.nn.transformer import Transformer

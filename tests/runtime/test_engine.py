@@ -74,6 +74,21 @@ def test_batched_greedy_equals_alone(family_model, monkeypatch):
         assert got[i] == alone(family_model, p, NEW[i]) == whole[i], f"request {i}"
 
 
+@pytest.mark.parametrize("kv_dtype", [None, "float16"])
+def test_q8_gguf_batched_greedy_equals_alone(smollm2_path, kv_dtype):
+    """The default GGUF with 8-bit activations (AVX-512 VNNI builds: the 16-row tiled kernels, rows of
+    a batch in passes of 8) and either cache: every request's greedy tokens in a staggered batch equal
+    its tokens alone."""
+    model = lmzoo.from_pretrained(smollm2_path, activations="q8")
+    ps = prompts(model.config.vocab_size, lo=100)
+    got = staggered(model, ps, kv_dtype=kv_dtype)
+    assert staggered.batched
+    for i, p in enumerate(ps):
+        eng = Engine(model, max_running=1, kv_dtype=kv_dtype)
+        eng.submit(Request(prompt=p, max_tokens=NEW[i], stop_token_ids=[]))
+        assert got[i] == [e.token for e in eng.run() if e.token is not None], f"request {i}"
+
+
 def test_float16_kv_cache_batches_too(tmp_path):
     """kv_dtype="float16" (half the cache's memory, keys and values rounded as llama.cpp stores them):
     batched greedy tokens still equal each request's alone with the same cache, and stay close to the

@@ -1379,42 +1379,53 @@ torch::Tensor decode_attention_impl(torch::Tensor qkv, torch::Tensor kc, torch::
       }
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         const float* q = qp + b * W + h * hd;
+        // Every key gets the same operations wherever it sits in the chunk and however many keys the
+        // chunk holds (a row alone and in a batch see different `end`s; a prompt's query in a whole
+        // prompt or in a chunk of it): scores in groups of four (a last partial group repeats its
+        // last key), exp on whole 8-lane vectors (the chunk's tail padded with masked lanes), and
+        // key j's value always into chain j % 4 (keys past n add nothing).
         // scores q.k_j: four keys at a time, four independent FMA chains in flight
         int64_t j = 0;
+        bool scored = false;
 #ifdef LMZOO_AVX512
         if (hd % 16 == 0) {  // 16 dims an instruction; each key's 16 lanes folded to 8, then as below
-          for (; j + 4 <= n; j += 4) {
-            const C* k0 = kr + j * hd;
+          scored = true;
+          for (; j < n; j += 4) {
+            const C* k4[4];
+            for (int t = 0; t < 4; ++t) k4[t] = kr + std::min<int64_t>(j + t, n - 1) * hd;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t d = 0; d < hd; d += 16) {
               const __m512 qv = _mm512_loadu_ps(q + d);
-              a0 = _mm512_fmadd_ps(qv, ld16(k0 + d), a0);
-              a1 = _mm512_fmadd_ps(qv, ld16(k0 + hd + d), a1);
-              a2 = _mm512_fmadd_ps(qv, ld16(k0 + 2 * hd + d), a2);
-              a3 = _mm512_fmadd_ps(qv, ld16(k0 + 3 * hd + d), a3);
+              a0 = _mm512_fmadd_ps(qv, ld16(k4[0] + d), a0);
+              a1 = _mm512_fmadd_ps(qv, ld16(k4[1] + d), a1);
+              a2 = _mm512_fmadd_ps(qv, ld16(k4[2] + d), a2);
+              a3 = _mm512_fmadd_ps(qv, ld16(k4[3] + d), a3);
             }
             auto fold = [](__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); };
-            hsum4(fold(a0), fold(a1), fold(a2), fold(a3), p + j);
+            hsum4(fold(a0), fold(a1), fold(a2), fold(a3), p + j);  // p has room: CH is a multiple of 8
           }
         }
 #endif
 #ifdef LMZOO_AVX2
-        if (hd % 8 == 0) {
-          for (; j + 4 <= n; j += 4) {
-            const C* k0 = kr + j * hd;
+        if (!scored && hd % 8 == 0) {
+          scored = true;
+          for (; j < n; j += 4) {
+            const C* k4[4];
+            for (int t = 0; t < 4; ++t) k4[t] = kr + std::min<int64_t>(j + t, n - 1) * hd;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t d = 0; d < hd; d += 8) {
               const __m256 qv = _mm256_loadu_ps(q + d);
-              a0 = _mm256_fmadd_ps(qv, ld8(k0 + d), a0);
-              a1 = _mm256_fmadd_ps(qv, ld8(k0 + hd + d), a1);
-              a2 = _mm256_fmadd_ps(qv, ld8(k0 + 2 * hd + d), a2);
-              a3 = _mm256_fmadd_ps(qv, ld8(k0 + 3 * hd + d), a3);
+              a0 = _mm256_fmadd_ps(qv, ld8(k4[0] + d), a0);
+              a1 = _mm256_fmadd_ps(qv, ld8(k4[1] + d), a1);
+              a2 = _mm256_fmadd_ps(qv, ld8(k4[2] + d), a2);
+              a3 = _mm256_fmadd_ps(qv, ld8(k4[3] + d), a3);
             }
             hsum4(a0, a1, a2, a3, p + j);
           }
         }
 #endif
-        for (; j < n; ++j) p[j] = dot_sf(kr + j * hd, q, hd);
+        if (!scored)
+          for (j = 0; j < n; ++j) p[j] = dot_sf(kr + j * hd, q, hd);
         float mx = -INFINITY;
         for (j = 0; j < n; ++j) {
           p[j] = (m && !m[j]) ? -INFINITY : p[j] * sc;
@@ -1430,51 +1441,53 @@ torch::Tensor decode_attention_impl(torch::Tensor qkv, torch::Tensor kc, torch::
         }
         // p_j = exp(s_j - max), masked keys 0
         float sum = 0.f;
-        j = 0;
 #ifdef LMZOO_AVX2
+        const int64_t n8 = (n + 7) / 8 * 8;  // <= CH
+        std::fill(p + n, p + n8, -INFINITY);
         const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
         __m256 vs = _mm256_setzero_ps();
-        for (; j + 8 <= n; j += 8) {
+        for (j = 0; j < n8; j += 8) {
           const __m256 x = _mm256_loadu_ps(p + j);
           const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(x, vmx)), _mm256_cmp_ps(x, ninf, _CMP_NEQ_OQ));
           _mm256_storeu_ps(p + j, e);
           vs = _mm256_add_ps(vs, e);
         }
         sum = hsum(vs);
-#endif
-        for (; j < n; ++j) {
+#else
+        for (j = 0; j < n; ++j) {
           p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
           sum += p[j];
         }
+#endif
         pl[slot] = sum;
-        // o = sum_j p_j v_j: per 8 dims, four keys' chains at a time
+        // o = sum_j p_j v_j: per 16 (8) dims, key j into chain j % 4
         int64_t d0 = 0;
 #ifdef LMZOO_AVX512
         for (; d0 + 16 <= hd; d0 += 16) {
-          __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+          __m512 cc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
           const C* v = vr + d0;
           for (j = 0; j + 4 <= n; j += 4) {
-            c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
-            c1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), c1);
-            c2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), c2);
-            c3 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), ld16(v + (j + 3) * hd), c3);
+            cc[0] = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), cc[0]);
+            cc[1] = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), cc[1]);
+            cc[2] = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), cc[2]);
+            cc[3] = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), ld16(v + (j + 3) * hd), cc[3]);
           }
-          for (; j < n; ++j) c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
-          _mm512_storeu_ps(o + d0, _mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)));
+          for (; j < n; ++j) cc[j & 3] = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), cc[j & 3]);
+          _mm512_storeu_ps(o + d0, _mm512_add_ps(_mm512_add_ps(cc[0], cc[1]), _mm512_add_ps(cc[2], cc[3])));
         }
 #endif
 #ifdef LMZOO_AVX2
         for (; d0 + 8 <= hd; d0 += 8) {
-          __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+          __m256 cc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
           const C* v = vr + d0;
           for (j = 0; j + 4 <= n; j += 4) {
-            c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
-            c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), c1);
-            c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), c2);
-            c3 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), ld8(v + (j + 3) * hd), c3);
+            cc[0] = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), cc[0]);
+            cc[1] = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), cc[1]);
+            cc[2] = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), cc[2]);
+            cc[3] = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), ld8(v + (j + 3) * hd), cc[3]);
           }
-          for (; j < n; ++j) c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
-          _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
+          for (; j < n; ++j) cc[j & 3] = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), cc[j & 3]);
+          _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_add_ps(cc[0], cc[1]), _mm256_add_ps(cc[2], cc[3])));
         }
 #endif
         for (int64_t d = d0; d < hd; ++d) {
