@@ -1464,30 +1464,36 @@ torch::Tensor decode_attention_impl(torch::Tensor qkv, torch::Tensor kc, torch::
         int64_t d0 = 0;
 #ifdef LMZOO_AVX512
         for (; d0 + 16 <= hd; d0 += 16) {
-          __m512 cc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+          __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
           const C* v = vr + d0;
           for (j = 0; j + 4 <= n; j += 4) {
-            cc[0] = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), cc[0]);
-            cc[1] = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), cc[1]);
-            cc[2] = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), cc[2]);
-            cc[3] = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), ld16(v + (j + 3) * hd), cc[3]);
+            c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
+            c1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), c1);
+            c2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), c2);
+            c3 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), ld16(v + (j + 3) * hd), c3);
           }
-          for (; j < n; ++j) cc[j & 3] = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), cc[j & 3]);
-          _mm512_storeu_ps(o + d0, _mm512_add_ps(_mm512_add_ps(cc[0], cc[1]), _mm512_add_ps(cc[2], cc[3])));
+          // the last n % 4 keys: j is a multiple of 4 here, so key j + t goes to chain t
+          if (j < n) c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
+          if (j + 1 < n) c1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), c1);
+          if (j + 2 < n) c2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), c2);
+          _mm512_storeu_ps(o + d0, _mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)));
         }
 #endif
 #ifdef LMZOO_AVX2
         for (; d0 + 8 <= hd; d0 += 8) {
-          __m256 cc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+          __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
           const C* v = vr + d0;
           for (j = 0; j + 4 <= n; j += 4) {
-            cc[0] = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), cc[0]);
-            cc[1] = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), cc[1]);
-            cc[2] = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), cc[2]);
-            cc[3] = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), ld8(v + (j + 3) * hd), cc[3]);
+            c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
+            c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), c1);
+            c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), c2);
+            c3 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), ld8(v + (j + 3) * hd), c3);
           }
-          for (; j < n; ++j) cc[j & 3] = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), cc[j & 3]);
-          _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_add_ps(cc[0], cc[1]), _mm256_add_ps(cc[2], cc[3])));
+          // the last n % 4 keys: j is a multiple of 4 here, so key j + t goes to chain t
+          if (j < n) c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
+          if (j + 1 < n) c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), c1);
+          if (j + 2 < n) c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), c2);
+          _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
         }
 #endif
         for (int64_t d = d0; d < hd; ++d) {
