@@ -144,8 +144,11 @@ def current() -> Dist:
 
 
 def shutdown() -> None:
-    """Leave the process group (the end of a torchrun run)."""
+    """Leave the process group at the end of a finished torchrun run (every rank gets here): a barrier
+    first, so no rank tears gloo down while another still talks to it (pytorch/gloo#155 — a rank
+    aborting with "terminate called without an active exception" after a finished run)."""
     if dist.is_available() and dist.is_initialized():
+        barrier()
         dist.destroy_process_group()
 
 

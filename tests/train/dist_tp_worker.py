@@ -51,6 +51,7 @@ def main() -> None:
                     "qkv_rows": [cfg.q_size + 2 * cfg.kv_size, model.layers[0].attn.qkv.weight.to_local().shape[0]]}
     if dist.get_rank() == 0:
         print(json.dumps(out))
+    dist.barrier()  # every rank done before any tears gloo down (pytorch/gloo#155: a rank could abort)
     dist.destroy_process_group()
 
 
