@@ -53,17 +53,11 @@ def serve(
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     if max_running < 1 or max_queued < 0:
         raise ConfigError(f"--max-running must be >= 1 and --max-queued >= 0, got {max_running}, {max_queued}")
-    model, name = _model_path(model, served_model_name, dtype)
+    model, name = _model_path(model, served_model_name, dtype, kv_dtype)
     from lmzoo.quant.layers import ACTIVATIONS
 
     if activations not in ACTIVATIONS:
         raise ConfigError(f"--activations must be one of {ACTIVATIONS}, got {activations!r}")
-    from lmzoo.dtypes import resolve_dtype
-
-    try:
-        resolve_dtype(kv_dtype)
-    except ValueError as e:
-        raise ConfigError(f"--kv-dtype: {e}") from None
 
     import signal
     import threading
@@ -105,15 +99,18 @@ def serve(
     http.join(timeout=15)
 
 
-def _model_path(model: Path | None, served_model_name: str | None, dtype: str | None) -> tuple[Path, str]:
-    """The model to load (default: the embedded SmolLM2) and the id clients send; --dtype checked."""
+def _model_path(model: Path | None, served_model_name: str | None, dtype: str | None,
+                kv_dtype: str | None = None) -> tuple[Path, str]:
+    """The model to load (default: the embedded SmolLM2) and the id clients send; --dtype and
+    --kv-dtype checked."""
     from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import ConfigError
 
-    try:
-        resolve_dtype(dtype)
-    except ValueError as e:
-        raise ConfigError(f"--dtype: {e}") from None
+    for flag, value in (("--dtype", dtype), ("--kv-dtype", kv_dtype)):
+        try:
+            resolve_dtype(value)
+        except ValueError as e:
+            raise ConfigError(f"{flag}: {e}") from None
     if model is None:
         from lmzoo.checkpoints.assets import default_model_path
 

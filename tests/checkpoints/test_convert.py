@@ -197,6 +197,15 @@ def test_vocabulary_not_matching_the_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "hf-out").exists()
 
 
+def convert_fails_on_a_full_disk(capsys, src, to: str, out, existing: bool) -> None:
+    """`lmzoo convert SRC --to TO --out OUT` (--overwrite when OUT exists) under an ENOSPC: one line, and
+    beside OUT only OUT's old self, if any (no temporary left)."""
+    args = ["convert", str(src), "--to", to, "--out", str(out), "-q"] + (["--overwrite"] if existing else [])
+    code, _, err = run(capsys, *args)
+    one_line_error(code, err, "No space left on device", f"nothing was written to {out}")
+    assert [p.name for p in out.parent.iterdir()] == ([out.name] if existing else [])
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_disk_full_mid_write_leaves_nothing(tmp_path, capsys, monkeypatch, existing):
     """The write fails after a few tensors (ENOSPC): no file under the final name (or the old one
@@ -216,11 +225,8 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path, capsys, monkeypatch, exist
         return real(self, tensor, *a, **k)
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", failing)
-    args = ["convert", str(d), "--to", "gguf", "--out", str(out), "-q"] + (["--overwrite"] if existing else [])
-    code, _, err = run(capsys, *args)
-    one_line_error(code, err, "No space left on device", f"nothing was written to {out}")
+    convert_fails_on_a_full_disk(capsys, d, "gguf", out, existing)
     assert calls["n"] == 4
-    assert [p.name for p in out.parent.iterdir()] == (["o.gguf"] if existing else [])
     if existing:
         assert out.read_bytes() == b"old"
 
@@ -251,11 +257,8 @@ def test_disk_full_mid_write_to_hf_leaves_nothing(tmp_path, capsys, monkeypatch,
         return real(path, entries, counted(), done)
 
     monkeypatch.setattr(save, "write_safetensors", failing)
-    args = ["convert", str(g), "--to", "hf", "--out", str(out), "-q"] + (["--overwrite"] if existing else [])
-    code, _, err = run(capsys, *args)
-    one_line_error(code, err, "No space left on device", f"nothing was written to {out}")
+    convert_fails_on_a_full_disk(capsys, g, "hf", out, existing)
     assert written["n"] == 4
-    assert [p.name for p in out.parent.iterdir()] == (["hf"] if existing else [])
     if existing:
         assert [p.name for p in out.iterdir()] == ["config.json"]
 

@@ -1311,6 +1311,83 @@ inline float cf(c10::Half v) { return static_cast<float>(v); }
 template <typename C>
 inline C to_cache(float v) { return static_cast<C>(v); }
 
+#ifdef LMZOO_AVX2
+// The attention loops at two vector widths: V16 (512-bit, AVX-512 builds) and V8 (256-bit). W floats
+// a vector; `fold` brings a vector to 8 lanes for hsum4.
+struct V8 {
+  using T = __m256;
+  static constexpr int64_t W = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T set1(float v) { return _mm256_set1_ps(v); }
+  static T xld(const float* p) { return _mm256_loadu_ps(p); }
+  template <typename C>
+  static T ld(const C* p) { return ld8(p); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static void st(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static __m256 fold(T a) { return a; }
+};
+#ifdef LMZOO_AVX512
+struct V16 {
+  using T = __m512;
+  static constexpr int64_t W = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T set1(float v) { return _mm512_set1_ps(v); }
+  static T xld(const float* p) { return _mm512_loadu_ps(p); }
+  template <typename C>
+  static T ld(const C* p) { return ld16(p); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static void st(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static __m256 fold(T a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); }
+};
+#endif
+
+// p[j] = q . k_j for the chunk's n keys (hd % V::W == 0), four keys at a time with four independent FMA
+// chains; a last partial group repeats its last key, so every key gets the same operations wherever
+// it sits (p has room for the group: CH is a multiple of 8)
+template <typename V, typename C>
+inline void attn_scores(const float* q, const C* kr, int64_t n, int64_t hd, float* p) {
+  for (int64_t j = 0; j < n; j += 4) {
+    const C* k4[4];
+    for (int t = 0; t < 4; ++t) k4[t] = kr + std::min<int64_t>(j + t, n - 1) * hd;
+    typename V::T a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t d = 0; d < hd; d += V::W) {
+      const typename V::T qv = V::xld(q + d);
+      a0 = V::fma(qv, V::ld(k4[0] + d), a0);
+      a1 = V::fma(qv, V::ld(k4[1] + d), a1);
+      a2 = V::fma(qv, V::ld(k4[2] + d), a2);
+      a3 = V::fma(qv, V::ld(k4[3] + d), a3);
+    }
+    hsum4(V::fold(a0), V::fold(a1), V::fold(a2), V::fold(a3), p + j);
+  }
+}
+
+// o[d0 ...] = sum_j p_j v_j, V::W dims at a time from d0 while they fit; key j into chain j % 4 (keys
+// past n add nothing); returns the first dim left
+template <typename V, typename C>
+inline int64_t attn_values(const float* p, const C* vr, int64_t n, int64_t hd, int64_t d0, float* o) {
+  for (; d0 + V::W <= hd; d0 += V::W) {
+    typename V::T c0 = V::zero(), c1 = c0, c2 = c0, c3 = c0;
+    const C* v = vr + d0;
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      c0 = V::fma(V::set1(p[j]), V::ld(v + j * hd), c0);
+      c1 = V::fma(V::set1(p[j + 1]), V::ld(v + (j + 1) * hd), c1);
+      c2 = V::fma(V::set1(p[j + 2]), V::ld(v + (j + 2) * hd), c2);
+      c3 = V::fma(V::set1(p[j + 3]), V::ld(v + (j + 3) * hd), c3);
+    }
+    // the last n % 4 keys: j is a multiple of 4 here, so key j + t goes to chain t (named chains: an
+    // indexed array of vectors spilled to memory, 10-15% slower)
+    if (j < n) c0 = V::fma(V::set1(p[j]), V::ld(v + j * hd), c0);
+    if (j + 1 < n) c1 = V::fma(V::set1(p[j + 1]), V::ld(v + (j + 1) * hd), c1);
+    if (j + 2 < n) c2 = V::fma(V::set1(p[j + 2]), V::ld(v + (j + 2) * hd), c2);
+    V::st(o + d0, V::add(V::add(c0, c1), V::add(c2, c3)));
+  }
+  return d0;
+}
+#endif
+
 template <typename C>
 torch::Tensor decode_attention_impl(torch::Tensor qkv, torch::Tensor kc, torch::Tensor vc, torch::Tensor rows,
                                     torch::Tensor slots, int64_t end, c10::optional<torch::Tensor> mask, int64_t H,
@@ -1384,44 +1461,18 @@ torch::Tensor decode_attention_impl(torch::Tensor qkv, torch::Tensor kc, torch::
         // prompt or in a chunk of it): scores in groups of four (a last partial group repeats its
         // last key), exp on whole 8-lane vectors (the chunk's tail padded with masked lanes), and
         // key j's value always into chain j % 4 (keys past n add nothing).
-        // scores q.k_j: four keys at a time, four independent FMA chains in flight
         int64_t j = 0;
-        bool scored = false;
+        bool scored = false;  // scores q.k_j
 #ifdef LMZOO_AVX512
-        if (hd % 16 == 0) {  // 16 dims an instruction; each key's 16 lanes folded to 8, then as below
+        if (hd % 16 == 0) {
+          attn_scores<V16>(q, kr, n, hd, p);
           scored = true;
-          for (; j < n; j += 4) {
-            const C* k4[4];
-            for (int t = 0; t < 4; ++t) k4[t] = kr + std::min<int64_t>(j + t, n - 1) * hd;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t d = 0; d < hd; d += 16) {
-              const __m512 qv = _mm512_loadu_ps(q + d);
-              a0 = _mm512_fmadd_ps(qv, ld16(k4[0] + d), a0);
-              a1 = _mm512_fmadd_ps(qv, ld16(k4[1] + d), a1);
-              a2 = _mm512_fmadd_ps(qv, ld16(k4[2] + d), a2);
-              a3 = _mm512_fmadd_ps(qv, ld16(k4[3] + d), a3);
-            }
-            auto fold = [](__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); };
-            hsum4(fold(a0), fold(a1), fold(a2), fold(a3), p + j);  // p has room: CH is a multiple of 8
-          }
         }
 #endif
 #ifdef LMZOO_AVX2
         if (!scored && hd % 8 == 0) {
+          attn_scores<V8>(q, kr, n, hd, p);
           scored = true;
-          for (; j < n; j += 4) {
-            const C* k4[4];
-            for (int t = 0; t < 4; ++t) k4[t] = kr + std::min<int64_t>(j + t, n - 1) * hd;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t d = 0; d < hd; d += 8) {
-              const __m256 qv = _mm256_loadu_ps(q + d);
-              a0 = _mm256_fmadd_ps(qv, ld8(k4[0] + d), a0);
-              a1 = _mm256_fmadd_ps(qv, ld8(k4[1] + d), a1);
-              a2 = _mm256_fmadd_ps(qv, ld8(k4[2] + d), a2);
-              a3 = _mm256_fmadd_ps(qv, ld8(k4[3] + d), a3);
-            }
-            hsum4(a0, a1, a2, a3, p + j);
-          }
         }
 #endif
         if (!scored)
@@ -1460,41 +1511,12 @@ torch::Tensor decode_attention_impl(torch::Tensor qkv, torch::Tensor kc, torch::
         }
 #endif
         pl[slot] = sum;
-        // o = sum_j p_j v_j: per 16 (8) dims, key j into chain j % 4
-        int64_t d0 = 0;
+        int64_t d0 = 0;  // o = sum_j p_j v_j
 #ifdef LMZOO_AVX512
-        for (; d0 + 16 <= hd; d0 += 16) {
-          __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-          const C* v = vr + d0;
-          for (j = 0; j + 4 <= n; j += 4) {
-            c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
-            c1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), c1);
-            c2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), c2);
-            c3 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), ld16(v + (j + 3) * hd), c3);
-          }
-          // the last n % 4 keys: j is a multiple of 4 here, so key j + t goes to chain t
-          if (j < n) c0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), ld16(v + j * hd), c0);
-          if (j + 1 < n) c1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), ld16(v + (j + 1) * hd), c1);
-          if (j + 2 < n) c2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), ld16(v + (j + 2) * hd), c2);
-          _mm512_storeu_ps(o + d0, _mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)));
-        }
+        d0 = attn_values<V16>(p, vr, n, hd, d0, o);
 #endif
 #ifdef LMZOO_AVX2
-        for (; d0 + 8 <= hd; d0 += 8) {
-          __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-          const C* v = vr + d0;
-          for (j = 0; j + 4 <= n; j += 4) {
-            c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
-            c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), c1);
-            c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), c2);
-            c3 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 3]), ld8(v + (j + 3) * hd), c3);
-          }
-          // the last n % 4 keys: j is a multiple of 4 here, so key j + t goes to chain t
-          if (j < n) c0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v + j * hd), c0);
-          if (j + 1 < n) c1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), ld8(v + (j + 1) * hd), c1);
-          if (j + 2 < n) c2 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 2]), ld8(v + (j + 2) * hd), c2);
-          _mm256_storeu_ps(o + d0, _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
-        }
+        d0 = attn_values<V8>(p, vr, n, hd, d0, o);
 #endif
         for (int64_t d = d0; d < hd; ++d) {
           float acc = 0.f;
