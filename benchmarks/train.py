@@ -3,6 +3,7 @@
     python benchmarks/train.py [--rows 4] [--seq 256] [--steps 6] [--rounds 2] [--prompt-fraction 0,0.5]
                                [--precision fp32,bf16] [--methods lora,full,qlora-gguf,dpo]
     LITGPT_PYTHON=.venv-litgpt/bin/python python benchmarks/train.py ...   # + litgpt (setup_litgpt.sh)
+    python benchmarks/train.py --data chitchat --rows 8 --seq 512 ...      # real chat examples
 
 The default model (SmolLM2-135M-Instruct) is exported once as a float32 HF checkpoint (lmzoo export),
 and both sides load that directory. Each (backend, method) runs in a fresh process, alternating
@@ -15,6 +16,11 @@ a row transformers + peft have no counterpart for on CPU); and DPO with LoRA aga
 (`dpo_setup`: `rows` pairs of two `seq`-token sequences); with LITGPT_PYTHON, litgpt's LoRA and full
 steps too (`litgpt_setup`). tokens/s = sequences x seq x steps / time;
 peak = the process's max RSS (ru_maxrss), which includes the Python/torch baseline of each side.
+
+With --data chitchat the rows are real SFT examples of varied length instead (`chitchat_groups`), a new
+group of --rows examples each step, the same groups for both sides: lmzoo packs a group into rows of
+--seq tokens with no attention across examples (`lmzoo finetune`'s default), transformers pads it to
+its longest example (`padded`, as its collators do); tokens/s counts the examples' own tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int, prompt: float = 0.0,
-           precision: str = "fp32") -> dict:
+           precision: str = "fp32", data: str | None = None) -> dict:
     import resource
     import time
 
@@ -41,11 +47,14 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
     V = 49152
     ids = torch.randint(0, V, (rows, seq), generator=torch.Generator().manual_seed(1))
     P = int(prompt * seq)  # tokens 0..P-1 of a row are its prompt: no loss on predicting them
+    # --data: step i trains on group i of `rows` real examples ([ids, shifted targets] each)
+    groups = json.loads(Path(data).read_text())[: steps + 2] if data else None
+    batches = [None]  # what loss_fn takes at step i: batches[i % len(batches)]
     if method == "dpo":
         loss_fn, model = dpo_setup(backend, path, ids, V)
     elif backend == "litgpt":
         loss_fn, model = litgpt_setup(method, path, ids, P)
-    elif backend == "transformers":
+    elif backend.startswith("transformers"):
         import peft
         import transformers
 
@@ -55,13 +64,14 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
 
         labels = ids.clone()
         labels[:, :P] = -100  # transformers shifts: labels[t] is the target of position t - 1
+        batches = [padded(g) for g in groups] if groups else [(ids, None, labels)]
 
-        def loss_fn():
-            return model(input_ids=ids, labels=labels).loss
+        def loss_fn(b):
+            return model(input_ids=b[0], attention_mask=b[1], labels=b[2]).loss
     else:
         import lmzoo
         from lmzoo.checkpoints.peft import add_lora
-        from lmzoo.train.data import IGNORE, Batch
+        from lmzoo.train.data import IGNORE, Batch, Example, collate, pack
         from lmzoo.train.loop import SFTObjective
 
         if method == "qlora-gguf":
@@ -77,39 +87,92 @@ def worker(backend: str, method: str, path: str, rows: int, seq: int, steps: int
                 p.requires_grad_(True)
         targets = torch.cat([ids[:, 1:], torch.full((rows, 1), IGNORE)], dim=1)
         targets[:, :max(P - 1, 0)] = IGNORE  # targets[t] = ids[t + 1]: none inside the prompt
-        batch = Batch(ids, targets, torch.zeros_like(ids))
+        batches = [Batch(ids, targets, torch.zeros_like(ids))]
+        if groups:  # packed into rows of `seq` tokens, no attention across examples (lmzoo finetune's default)
+            examples = [[Example(i, t) for i, t in g] for g in groups]
+            batches = [collate(e, pack(e, seq)) for e in examples]
         obj = SFTObjective()
         if precision == "bf16":
             from lmzoo.train.loop import hold_frozen_linears
 
             hold_frozen_linears(model, torch.bfloat16)
 
-        def loss_fn():
-            total, _ = obj.loss(model, batch)
-            return total / obj.units(batch)
+        def loss_fn(b):
+            total, _ = obj.loss(model, b)
+            return total / obj.units(b)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if method == "dpo":
         rows = 2 * rows  # a pair is two sequences
     opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
 
-    def step():
+    def step(i):
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = loss_fn()
+            loss = loss_fn(batches[i % len(batches)])
         loss.backward()
         opt.step()
         return float(loss)
 
-    for _ in range(2):
-        first = step()
+    first = step(0)
+    step(1)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        last = step()
+    for i in range(steps):
+        last = step(2 + i)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    return {"tokens_per_s": rows * seq * steps / dt, "peak_mib": peak, "first_loss": first, "last_loss": last,
+    tokens = sum(len(x) for g in groups[2:] for x, _ in g) if groups else rows * seq * steps
+    return {"tokens_per_s": tokens / dt, "peak_mib": peak, "first_loss": first, "last_loss": last,
             "trainable": sum(p.numel() for p in params)}
+
+
+def padded(group):
+    """Examples ([ids, shifted targets]) as transformers' collators batch them: right-padded to the
+    longest, attention_mask 0 on the padding, labels -100 there and on prompt tokens (transformers shifts:
+    labels[t] is the target of position t - 1). Packing with transformers on the CPU would let examples
+    attend to each other (its packed-sequence attention needs flash-attention 2, a GPU kernel)."""
+    import torch
+
+    T = max(len(x) for x, _ in group)
+    ids = torch.zeros(len(group), T, dtype=torch.long)
+    mask = torch.zeros(len(group), T, dtype=torch.long)
+    labels = torch.full((len(group), T), -100, dtype=torch.long)
+    for b, (x, t) in enumerate(group):
+        ids[b, : len(x)], mask[b, : len(x)] = torch.tensor(x), 1
+        labels[b, 1 : len(x)] = torch.tensor(t[:-1])  # lmzoo's IGNORE is -100 too
+    return ids, mask, labels
+
+
+def chitchat_groups(tok, n_groups: int, rows: int, seq: int) -> list:
+    """Groups of `rows` SFT examples from PyPI chitchat-dataset (MIT; 7k English conversations): each
+    conversation cut into pieces of 2, 4, ..., 12 turns in turn (the first speaker the user), rendered
+    with the model's chat template, loss on the assistant's turns (the first 450 pieces: 47-649 tokens,
+    median 136, a third of the tokens targets, as instruction and chat data spread). Longer pieces are cut to `seq`."""
+    import random
+
+    from lmzoo.train.data import IGNORE, encode_sft
+
+    try:
+        from chitchat_dataset import Dataset
+    except ImportError:
+        raise SystemExit("--data chitchat needs PyPI chitchat-dataset: pip install chitchat-dataset") from None
+    examples = []
+    for conv in Dataset().values():
+        turns = [" ".join(u["text"] for u in m) for m in conv["messages"]]
+        start, width = 0, 2
+        while start + 1 < len(turns):
+            piece = turns[start:start + width]
+            msgs = [{"role": ("user", "assistant")[k % 2], "content": t} for k, t in enumerate(piece[: len(piece) // 2 * 2])]
+            ex = encode_sft(tok, msgs)
+            ids, targets = ex.ids[:seq], ex.targets[:seq]
+            targets[-1] = IGNORE  # a cut piece: its last token's target is beyond the cut
+            if any(t != IGNORE for t in targets):
+                examples.append([ids, targets])
+            start, width = start + width, 2 + width % 12
+        if len(examples) >= 4 * n_groups * rows:
+            break
+    random.Random(0).shuffle(examples)
+    return [examples[i * rows:(i + 1) * rows] for i in range(n_groups)]
 
 
 def litgpt_setup(method: str, path: str, ids, P: int):
@@ -145,7 +208,7 @@ def litgpt_setup(method: str, path: str, ids, P: int):
     labels = ids.clone()
     labels[:, :P] = -100
 
-    def loss_fn():
+    def loss_fn(_):
         logits = model(ids, lm_head_chunk_size=128)
         logits[-1] = logits[-1][..., :-1, :]
         return chunked_cross_entropy(logits, labels[..., 1:])
@@ -193,7 +256,7 @@ def dpo_setup(backend: str, path: str, ids, V: int):
         want = sorted([p + c for p, c, _ in pairs] + [p + r for p, _, r in pairs])
         assert sorted(batch["input_ids"].tolist()) == want, "trl's ids differ from lmzoo's"  # (it shuffles)
 
-        def loss_fn():
+        def loss_fn(_):
             return trainer.compute_loss(trainer.model, batch)
         return loss_fn, trainer.model
     import lmzoo
@@ -211,7 +274,7 @@ def dpo_setup(backend: str, path: str, ids, V: int):
     reference_logprobs(model, ps)
     obj, pb = DPOObjective(beta=0.1), _pair_batch(ps)
 
-    def loss_fn():
+    def loss_fn(_):
         total, _ = obj.loss(model, pb)
         return total / obj.units(pb)
     return loss_fn, model
@@ -228,16 +291,37 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32,bf16", help="fp32 | bf16 (autocast), comma-separated")
     ap.add_argument("--methods", default="lora,full,qlora-gguf,dpo", help="lora | full | qlora-gguf (lmzoo "
                     "only) | dpo (LoRA DPO, against trl's DPOTrainer)")
+    ap.add_argument("--data", help="chitchat: real SFT examples (chitchat_groups), a new group of --rows "
+                    "examples each step, lmzoo packing them into --seq-token rows, transformers padding them; "
+                    "tokens/s counts the examples' tokens; lora / full / qlora-gguf only")
     ap.add_argument("--worker", nargs=3, metavar=("BACKEND", "METHOD", "PATH"))
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(*a.worker, a.rows, a.seq, a.steps, float(a.prompt_fraction), a.precision)))
+        print(json.dumps(worker(*a.worker, a.rows, a.seq, a.steps, float(a.prompt_fraction), a.precision, a.data)))
         return
     tmp = Path(tempfile.mkdtemp()) / "smollm2-hf"
     subprocess.run([sys.executable, "-m", "lmzoo", "export", "--out", str(tmp)], check=True, capture_output=True)
     methods = a.methods.split(",")
     litgpt = os.environ.get("LITGPT_PYTHON")  # litgpt's own virtualenv (benchmarks/setup_litgpt.sh)
     peers = {"transformers": ("lora", "full", "dpo"), "litgpt": ("lora", "full") if litgpt else ()}
+    data = {}  # backend (or "*") -> its --data file
+    if a.data:
+        from lmzoo.tokenizer import load_tokenizer
+
+        if a.data != "chitchat":
+            raise SystemExit(f"--data {a.data!r}: expected chitchat")
+        groups = chitchat_groups(load_tokenizer(tmp), a.steps + 2, a.rows, a.seq)
+        timed = sorted((x for g in groups[2:] for x in g), key=lambda x: len(x[0]))
+        by_length = groups[:2] + [timed[i:i + a.rows] for i in range(0, len(timed), a.rows)]
+        # transformers-by-length: the same timed examples regrouped by length (Trainer's group_by_length,
+        # at its best: every group of similar length, the least padding)
+        for name, gs in (("*", groups), ("transformers-by-length", by_length)):
+            data[name] = tmp.parent / f"groups-{len(data)}.json"
+            data[name].write_text(json.dumps(gs))
+        a.prompt_fraction = "0"
+        peers = {"transformers": ("lora", "full"), "transformers-by-length": ("lora", "full")}
+        n = [len(x) for g in groups[2:] for x, _ in g]
+        print(f"data: {len(n)} timed examples, {sum(n)} tokens, lengths {min(n)}-{max(n)}")
     runs = list(dict.fromkeys(  # DPO's prompt is always half of each row
         (backend, method, 0.5 if method == "dpo" else float(pf), prec)
         for pf in a.prompt_fraction.split(",") for prec in a.precision.split(",")
@@ -248,18 +332,19 @@ def main() -> None:
     for _ in range(a.rounds):
         for backend, method, pf, prec in runs:
             exe, e = (litgpt, no_lmzoo) if backend == "litgpt" else (sys.executable, env)
+            d = ["--data", str(data.get(backend, data["*"]))] if data else []
             out = subprocess.run([exe, __file__, "--worker", backend, method, str(tmp), "--rows", str(a.rows),
                                   "--seq", str(a.seq), "--steps", str(a.steps), "--prompt-fraction", str(pf),
-                                  "--precision", prec], capture_output=True, text=True, env=e, check=True)
+                                  "--precision", prec, *d], capture_output=True, text=True, env=e, check=True)
             results[(backend, method, pf, prec)].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"rows={a.rows} seq={a.seq} steps={a.steps} rounds={a.rounds} (SmolLM2-135M, CPU, {torch_threads()} threads)")
-    print(f"{'prompt':>6} {'prec':5} {'backend':13} {'method':11} {'tokens/s':>17} {'peak MiB':>15} {'trainable':>12} "
+    print(f"{'prompt':>6} {'prec':5} {'backend':22} {'method':11} {'tokens/s':>17} {'peak MiB':>15} {'trainable':>12} "
           f"{'loss first->last':>18}")
     for (backend, method, pf, prec), rs in results.items():
         tps = [r["tokens_per_s"] for r in rs]
         mem = [r["peak_mib"] for r in rs]
         r0 = rs[0]
-        print(f"{pf:6.2f} {prec:5} {backend:13} {method:11} {min(tps):8.0f}-{max(tps):<8.0f} {min(mem):7.0f}-{max(mem):<7.0f} "
+        print(f"{pf:6.2f} {prec:5} {backend:22} {method:11} {min(tps):8.0f}-{max(tps):<8.0f} {min(mem):7.0f}-{max(mem):<7.0f} "
               f"{r0['trainable']:12,} {r0['first_loss']:8.3f}->{r0['last_loss']:.3f}")
     for (backend, method, pf, prec), ours in results.items():
         for peer in peers:
