@@ -123,15 +123,6 @@ PAIRS = [("llama.cpp, float16 cache (its default)", "llama.cpp, float32 cache"),
          ("lmzoo float, float32 cache", "lmzoo q8, float32 cache")]
 
 
-def agreement(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def worker(name: str, files: str, prompts_json: str, ref_npz: str, out: str, new: int, forced: int) -> None:
     _, cls, args = BACKENDS[name]
     session = globals()[cls](*[a.format(**json.loads(files)) for a in args])
@@ -152,7 +143,7 @@ def main() -> None:
     if not exe:
         raise SystemExit("set LLAMACPP_PYTHON to a python with llama-cpp-python (benchmarks/setup_llamacpp.sh)")
     sys.path.insert(0, str(Path(__file__).parent))
-    from vs_llamacpp import CHAT_PROMPTS
+    from vs_llamacpp import CHAT_PROMPTS, agreement
 
     from lmzoo.checkpoints.assets import default_model_path
     from lmzoo.tokenizer import load_tokenizer
