@@ -310,6 +310,8 @@ def main() -> None:
 
         if a.data != "chitchat":
             raise SystemExit(f"--data {a.data!r}: expected chitchat")
+        if not set(methods) <= {"lora", "full", "qlora-gguf"}:
+            raise SystemExit(f"--data takes --methods lora, full or qlora-gguf, got {a.methods}")
         groups = chitchat_groups(load_tokenizer(tmp), a.steps + 2, a.rows, a.seq)
         timed = sorted((x for g in groups[2:] for x in g), key=lambda x: len(x[0]))
         by_length = groups[:2] + [timed[i:i + a.rows] for i in range(0, len(timed), a.rows)]
