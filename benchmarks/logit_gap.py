@@ -10,9 +10,9 @@ reference's (tokens equal before the first difference), and, teacher-forced alon
 continuation (so every backend sees the same ids at every step), its next-token logits: mean |logit
 difference| over the vocabulary, and how often its argmax is the reference's. Backends: transformers
 float32, lmzoo with float activations and with 8-bit activations (float32 and float16 KV caches), and
-llama.cpp (llama-cpp-python, 2 threads) with its default float16 KV cache and with a float32 one; then
-the pairs a user compares directly — llama.cpp against itself with the other cache type, and lmzoo
-against llama.cpp.
+llama.cpp (llama-cpp-python, 2 threads) with its default float16 KV cache, with a float32 one, on one
+thread and with the prompt in 8-token batches; then the pairs a user compares directly — llama.cpp
+against itself with one setting changed, and lmzoo against llama.cpp.
 
 A 135M model's greedy path on chat questions meets near-ties (top-2 logits within a few hundredths)
 every few dozen tokens; there, any change of arithmetic order can pick the other token and the two texts
@@ -55,12 +55,12 @@ def continuations(session, prompts, reference, new: int, forced: int) -> dict:
 
 
 class LlamaCpp:
-    def __init__(self, gguf: str, kv: str) -> None:
+    def __init__(self, gguf: str, kv: str, threads: str = "2", batch: str = "512") -> None:
         from llama_cpp import Llama
 
         types = {"float16": 1, "float32": 0}  # GGML_TYPE_F16 / GGML_TYPE_F32
-        self.llm = Llama(model_path=gguf, n_ctx=512, n_threads=2, n_threads_batch=2, n_batch=512, verbose=False,
-                         type_k=types[kv], type_v=types[kv])
+        self.llm = Llama(model_path=gguf, n_ctx=512, n_threads=int(threads), n_threads_batch=int(threads),
+                         n_batch=int(batch), n_ubatch=int(batch), verbose=False, type_k=types[kv], type_v=types[kv])
 
     def reset(self) -> None:
         self.llm.reset()
@@ -116,8 +116,12 @@ BACKENDS = {  # name: (python, constructor and its arguments; "{gguf}" / "{hf}" 
     "lmzoo q8, float16 cache": ("self", "Lmzoo", ["{gguf}", "q8", "float16"]),
     "llama.cpp, float16 cache (its default)": ("llamacpp", "LlamaCpp", ["{gguf}", "float16"]),
     "llama.cpp, float32 cache": ("llamacpp", "LlamaCpp", ["{gguf}", "float32"]),
+    "llama.cpp, 1 thread": ("llamacpp", "LlamaCpp", ["{gguf}", "float16", "1"]),
+    "llama.cpp, prompt in 8-token batches": ("llamacpp", "LlamaCpp", ["{gguf}", "float16", "2", "8"]),
 }
 PAIRS = [("llama.cpp, float16 cache (its default)", "llama.cpp, float32 cache"),
+         ("llama.cpp, float16 cache (its default)", "llama.cpp, 1 thread"),
+         ("llama.cpp, float16 cache (its default)", "llama.cpp, prompt in 8-token batches"),
          ("llama.cpp, float16 cache (its default)", "lmzoo q8, float16 cache"),
          ("llama.cpp, float16 cache (its default)", "lmzoo float, float32 cache"),
          ("lmzoo float, float32 cache", "lmzoo q8, float32 cache")]
