@@ -54,10 +54,20 @@ def _status(msg: str):
         yield
 
 
+def check_dtypes(error, dtype, kv_dtype) -> None:
+    """--dtype and --kv-dtype name known dtypes, else `error` naming the flag (before any loading)."""
+    from lmzoo.dtypes import resolve_dtype
+
+    for flag, value in (("--dtype", dtype), ("--kv-dtype", kv_dtype)):
+        try:
+            resolve_dtype(value)
+        except ValueError as e:
+            raise error(f"{flag}: {e}") from None
+
+
 def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype, seed=None, stop=None,
            kv_dtype=None) -> None:
     """Reject bad sampling values before spending seconds on loading."""
-    from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import GenerationError
     from lmzoo.runtime.sampling import SamplingParams
 
@@ -68,11 +78,7 @@ def _check(temperature, top_k, top_p, repetition_penalty, max_new_tokens, dtype,
         raise GenerationError("--stop needs a non-empty string (an empty one would stop before the first token)")
     if max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    for flag, value in (("--dtype", dtype), ("--kv-dtype", kv_dtype)):
-        try:
-            resolve_dtype(value)
-        except ValueError as e:
-            raise GenerationError(f"{flag}: {e}") from None
+    check_dtypes(GenerationError, dtype, kv_dtype)
 
 
 def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, activations: str = "float",

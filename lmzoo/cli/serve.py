@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from lmzoo.cli import app
+from lmzoo.cli.run import KvOpt, check_dtypes
 
 
 @app.command()
@@ -42,9 +43,7 @@ def serve(
                                     "dequantised weights."),
     quantize: str | None = typer.Option(None, "--quantize", help="int8 | int4 | f16 | bf16: quantise a float "
                                         "checkpoint's linear layers at load."),
-    kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="float16 | float32 | bfloat16: the KV cache's dtype "
-                                        "[default: the activations'; float16 halves the cache and what each token "
-                                        "reads of it, as llama.cpp stores it]"),
+    kv_dtype: str | None = KvOpt,
 ) -> None:
     """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
     from lmzoo.errors import ConfigError
@@ -103,14 +102,9 @@ def _model_path(model: Path | None, served_model_name: str | None, dtype: str | 
                 kv_dtype: str | None = None) -> tuple[Path, str]:
     """The model to load (default: the embedded SmolLM2) and the id clients send; --dtype and
     --kv-dtype checked."""
-    from lmzoo.dtypes import resolve_dtype
     from lmzoo.errors import ConfigError
 
-    for flag, value in (("--dtype", dtype), ("--kv-dtype", kv_dtype)):
-        try:
-            resolve_dtype(value)
-        except ValueError as e:
-            raise ConfigError(f"{flag}: {e}") from None
+    check_dtypes(ConfigError, dtype, kv_dtype)
     if model is None:
         from lmzoo.checkpoints.assets import default_model_path
 
