@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from lmzoo.catalog import get_config
 from lmzoo.nn.transformer import Transformer
-from lmzoo.train.parallel import tensor_parallel, tp_full_state_dict
+from lmzoo.train.parallel import shutdown, tensor_parallel, tp_full_state_dict
 
 SHAPES = {
     "llama": ("Llama-2-7B", dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)),
@@ -51,8 +51,7 @@ def main() -> None:
                     "qkv_rows": [cfg.q_size + 2 * cfg.kv_size, model.layers[0].attn.qkv.weight.to_local().shape[0]]}
     if dist.get_rank() == 0:
         print(json.dumps(out))
-    dist.barrier()  # every rank done before any tears gloo down (pytorch/gloo#155: a rank could abort)
-    dist.destroy_process_group()
+    shutdown()  # a barrier, then leave the group
 
 
 if __name__ == "__main__":
