@@ -1,10 +1,17 @@
 """lmzoo vs llama.cpp on the same GGUF, side by side (issue 16): load time, prefill and decode tok/s,
 peak RSS, greedy agreement. Each (backend, round) is a fresh process; backends alternate.
 
-    bash benchmarks/setup_llamacpp.sh        # once: llama-cpp-python built from its sdist (~15-25 min)
+    bash benchmarks/setup_llamacpp.sh [avx512]  # once: llama-cpp-python built from its sdist (~15-25 min)
     LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/vs_llamacpp.py [--model X.gguf]
         [--rounds 3] [--prompt 256] [--new 128] [--threads 2] [--forms q4_1,q8_0,f16] [--shape 1b]
-        [--agree 4] [--agree-chat]
+        [--agree 4] [--agree-chat] [--backends lmzoo,lmzoo-q8,llamacpp]
+
+A backend may name the instruction set it runs with, `backend:isa`: lmzoo:avx2 builds lmzoo's kernels
+for AVX2 (LMZOO_CPU_ISA; a laptop without AVX-512), llamacpp:avx512 runs the llama.cpp of
+.venv-llamacpp-avx512 (`setup_llamacpp.sh avx512`; llamacpp:avx2 and plain llamacpp: LLAMACPP_PYTHON
+or .venv-llamacpp). Each lmzoo backend's ratio is taken against the llama.cpp of its own instruction
+set when that is listed, else against the first llama.cpp listed. Compare like with like:
+`--backends lmzoo:avx512,llamacpp:avx512,lmzoo:avx2,llamacpp:avx2` on an AVX-512 host.
 
 --forms re-writes the model in other GGUF block types with the `gguf` package (dequantise every
 tensor, quantise again; metadata copied) into ~/.cache/lmzoo/bench/; --shape 1b writes a Llama with
@@ -203,13 +210,50 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
     return finish(w, dst)
 
 
-def run(python: str, backend: str, path: Path, a) -> dict:
-    cmd = [python, __file__, "--worker", backend, "--model", str(path), "--prompt", str(a.prompt),
+LLAMACPP = "llamacpp"
+WORKERS = ("lmzoo", "lmzoo-q8", LLAMACPP, "baseline")
+
+
+def split_backend(backend: str) -> tuple[str, str | None]:
+    """'lmzoo-q8:avx2' -> ('lmzoo-q8', 'avx2'); 'llamacpp' -> ('llamacpp', None)."""
+    kind, _, isa = backend.partition(":")
+    if kind not in WORKERS or isa not in ("", "avx2", "avx512"):
+        raise SystemExit(f"--backends: unknown backend {backend!r}; expected one of {', '.join(WORKERS)}, "
+                         "each optionally followed by :avx2 / :avx512")
+    return kind, isa or None
+
+
+def llamacpp_python(isa: str | None) -> str:
+    """The python of the llama.cpp build for `isa` (setup_llamacpp.sh's virtual environments)."""
+    if isa is None and os.environ.get("LLAMACPP_PYTHON"):
+        return os.environ["LLAMACPP_PYTHON"]
+    venv = ROOT / (".venv-llamacpp" if isa in (None, "avx2") else f".venv-llamacpp-{isa}")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"no llama.cpp for {isa or 'the default build'}: {python} is missing; run "
+                         f"bash benchmarks/setup_llamacpp.sh {isa or ''} (or set LLAMACPP_PYTHON)")
+    return str(python)
+
+
+def llamacpp_reference(backend: str, backends: list[str]) -> str | None:
+    """The llama.cpp backend `backend`'s decode ratio is taken against: its own instruction set's when
+    listed, else the first llama.cpp listed."""
+    ours = [b for b in backends if split_backend(b)[0] == LLAMACPP]
+    same = [b for b in ours if split_backend(b)[1] == split_backend(backend)[1]]
+    return (same or ours or [None])[0]
+
+
+def run(backend: str, path: Path, a) -> dict:
+    kind, isa = split_backend(backend)
+    python = llamacpp_python(isa) if kind == LLAMACPP else sys.executable
+    cmd = [python, __file__, "--worker", kind, "--model", str(path), "--prompt", str(a.prompt),
            "--new", str(a.new), "--threads", str(a.threads)]
     cmd += ["--extra-prompts", a.extra_prompts] if a.extra_prompts else []
-    cmd += ["--kv-dtype", a.kv_dtype] if a.kv_dtype and backend.startswith("lmzoo") else []
-    tree = a.baseline if backend == "baseline" else str(ROOT)
+    cmd += ["--kv-dtype", a.kv_dtype] if a.kv_dtype and kind != LLAMACPP else []
+    tree = a.baseline if kind == "baseline" else str(ROOT)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=tree)
+    if isa and kind != LLAMACPP:
+        env["LMZOO_CPU_ISA"] = isa
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{backend} failed: {r.stderr.strip()[-2000:]}")
@@ -259,7 +303,7 @@ def agreement(a: list[int], b: list[int]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", choices=["lmzoo", "lmzoo-q8", "llamacpp", "baseline"])
+    ap.add_argument("--worker", choices=WORKERS)
     ap.add_argument("--baseline", help="another lmzoo checkout (git worktree add /tmp/old <commit>): adds its "
                     "lmzoo as backend 'baseline'")
     ap.add_argument("--model")
@@ -276,7 +320,8 @@ def main() -> None:
     ap.add_argument("--shape", choices=["1b"], help="a random-weight Llama of this shape instead")
     ap.add_argument("--kv-dtype", help="the lmzoo backends' KV cache dtype (float16: llama.cpp's own cache type)")
     ap.add_argument("--backends", default="lmzoo,lmzoo-q8,llamacpp",
-                    help="lmzoo (exact float activations), lmzoo-q8 (--activations q8), llamacpp")
+                    help="lmzoo (exact float activations), lmzoo-q8 (--activations q8), llamacpp; each may "
+                    "end in :avx2 or :avx512 (the instruction set its kernels are built for)")
     a = ap.parse_args()
     if a.worker:
         extra = json.loads(Path(a.extra_prompts).read_text()) if a.extra_prompts else []
@@ -294,11 +339,11 @@ def main() -> None:
     files = {"file": src} if not a.shape else {}
     for kind in filter(None, a.forms.split(",")):
         files[kind] = random_llama(src, kind) if a.shape else requantize(src, kind)
-    pythons = {"lmzoo": sys.executable, "lmzoo-q8": sys.executable, "baseline": sys.executable,
-               "llamacpp": os.environ.get("LLAMACPP_PYTHON", "")}
     backends = (["baseline"] if a.baseline else []) + a.backends.split(",")
-    if "llamacpp" in backends and not pythons["llamacpp"]:
-        raise SystemExit("set LLAMACPP_PYTHON to a python with llama-cpp-python (benchmarks/setup_llamacpp.sh)")
+    for b in backends:  # unknown names and missing llama.cpp builds stop here, before any model is written
+        kind, isa = split_backend(b)
+        if kind == LLAMACPP:
+            llamacpp_python(isa)
     a.extra_prompts = extra_prompts(a, src)
     print(f"# {time.strftime('%Y-%m-%d')}, {a.threads} threads, prompt {a.prompt}, {a.new} new tokens, greedy; "
           f"memory read {read_bandwidth_gbs(a.threads):.1f} GB/s; {a.rounds} rounds alternating")
@@ -308,8 +353,7 @@ def main() -> None:
         res: dict[str, list[dict]] = {b: [] for b in backends}
         for _ in range(a.rounds):
             for b in backends:
-                res[b].append(run(pythons[b], b, path, a))
-        ref = res.get("llamacpp")
+                res[b].append(run(b, path, a))
 
         def rng(b, key, fmt="{:.1f}", res=res):
             v = [r[key] for r in res[b]]
@@ -317,9 +361,11 @@ def main() -> None:
 
         for b in backends:
             ratio = same = ""
-            if ref and b != "llamacpp":
+            ref_name = llamacpp_reference(b, backends)
+            ref = res.get(ref_name)
+            if ref and split_backend(b)[0] != LLAMACPP:
                 rs = [x["decode_tps"] / y["decode_tps"] for x, y in zip(res[b], ref)]
-                ratio = f"{min(rs):.2f} - {max(rs):.2f}x"
+                ratio = f"{min(rs):.2f} - {max(rs):.2f}x" + (f" ({ref_name})" if ref_name != LLAMACPP else "")
                 same = f"{min(agreement(x['tokens'], y['tokens']) for x, y in zip(res[b], ref))}/{a.new}"
                 if res[b][0]["extra"]:  # per extra prompt, the fewest tokens equal over the rounds
                     per = [min(agreement(x["extra"][i], y["extra"][i]) for x, y in zip(res[b], ref))
