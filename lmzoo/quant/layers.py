@@ -24,11 +24,11 @@ from lmzoo.errors import ConfigError
 from lmzoo.quant.kernels import cpu_kernels
 
 # Rows of activations (tokens) -> the path a product takes on CPU (float32 activations, inference).
-# Decode rows (one token a sequence) always take the row kernels. Longer inputs do too on AVX-512
-# builds (they match BLAS there: ~780 prompt tok/s on the default model); AVX2 and portable builds
-# switch to BLAS on dequantised tiles past KERNEL_MAX_ROWS rows (the crossover measured with
-# LMZOO_CPU_ISA=avx2: ~48 rows; benchmarks/RESULTS.md 2026-12-06). activations="q8" applies to
-# inputs of up to Q8_MAX_ROWS tokens a sequence, float activations beyond:
+# Decode rows (one token a sequence) always take the row kernels; longer inputs switch to BLAS on
+# dequantised tiles past KERNEL_MAX_ROWS rows (the crossover measured with LMZOO_CPU_ISA=avx2: ~48
+# rows; 512-bit row kernels only tied BLAS there on an AMD EPYC and lost to it by a third on a Xeon
+# with AMX: benchmarks/RESULTS.md 2026-12-06, 2026-12-07). activations="q8" applies to inputs of up
+# to Q8_MAX_ROWS tokens a sequence, float activations beyond:
 KERNEL_MAX_ROWS = 48  # int8 / int4 weights
 Q8_MAX_ROWS = 48  # 8-bit activations up to here: llama.cpp's prompts of more tokens are nearer float
 # activations (its last-position logits, mean |diff| over the vocabulary, default model, q8 / float:
@@ -194,7 +194,7 @@ class _QuantLinear(nn.Module):
         T = x.shape[-2] if x.dim() > 2 else M
         if M <= self.kernel_rows:
             y = self._kernel(k, x2, T)
-        elif T == 1 or k.isa() == "avx512":
+        elif T == 1:
             y = by_chunks(lambda c: self._kernel(k, c, T), x2)
         else:
             y = self._tiled(k, x2)
@@ -278,7 +278,7 @@ class HalfLinear(_QuantLinear):
     """y = x @ w^T + bias with w (N, K) kept in float16 or bfloat16 (a GGUF's F16 / BF16 tensors,
     `quantize(mode="f16" | "bf16")`). The kernel multiplies it widened in registers (exact: the float32
     weights' product up to summation order), streaming half of float32's bytes; past GEMV_MAX_ROWS rows
-    AVX2 / portable builds multiply float tiles with BLAS (see the row limits above)."""
+    BLAS multiplies float tiles (see the row limits above)."""
 
     kernel_rows = GEMV_MAX_ROWS
 

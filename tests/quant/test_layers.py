@@ -61,7 +61,7 @@ def test_quantised_linear_matches_dequantised_weight(M, cls, kw, monkeypatch):
     assert q.kernel_rows == (16 if cls is HalfLinear else Q.KERNEL_MAX_ROWS)
     kernel = "float_linear" if cls is HalfLinear else f"{q.bits}_linear"
     called = [n for n in counter.names if n != "isa"]
-    if 2 * M <= q.kernel_rows or cpu_kernels().isa() == "avx512":  # 512-bit builds: the kernel at any length
+    if 2 * M <= q.kernel_rows:
         assert called == [kernel]
     else:
         assert called == ([] if cls is HalfLinear else ["dequant_rows"])
