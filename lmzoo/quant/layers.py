@@ -122,7 +122,7 @@ class _QuantLinear(nn.Module):
         return self.activations == "q8" and rows <= Q8_MAX_ROWS
 
     def _q8_spec(self, row_major: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
-        """8-bit activations: on AVX-512 VNNI builds the tiled kernel (kinds 5 / 6) over this layer's
+        """8-bit activations: on AVX2 and AVX-512 builds the tiled kernel (kinds 5 / 6) over this layer's
         weights packed in 16-row tiles (cpu.cpp, q8_tiles) — packed on first use and kept beside the
         codes, a second copy of about 1.2x their bytes; elsewhere the row-major kernel `row_major`.
         The spec is cached per layer (a decode step asks ~120 times) under the codes' storage and
@@ -134,7 +134,7 @@ class _QuantLinear(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         k = cpu_kernels()
-        if k is None or k.isa() != "avx512" or q.device.type != "cpu":
+        if k is None or k.isa() == "portable" or q.device.type != "cpu":
             spec = row_major, t, self.group_size
         else:
             spec = 6 if len(t) > 2 else 5, tuple(k.pack_tiles_q8(*t[:2], t[2] if len(t) > 2 else None,

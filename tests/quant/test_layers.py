@@ -204,8 +204,8 @@ def test_8bit_activations_up_to_q8_max_rows_then_float(cls, monkeypatch):
     monkeypatch.setattr(Q, "cpu_kernels", lambda: counter)
     x = torch.randn(1, Q.Q8_MAX_ROWS + 13, 256)
     ref = nn.functional.linear(x, reference_weight(q), q.bias)
-    # AVX-512 VNNI builds: the tiled kernel on the layer's weights, packed once; others: the row kernel
-    tiled = cpu_kernels().isa() == "avx512"
+    # AVX2 / AVX-512 builds: the tiled kernel on the layer's weights, packed once; portable: the row kernel
+    tiled = cpu_kernels().isa() != "portable"
     q8_kernel = "tiles_linear_q8" if tiled else f"{q.bits}_linear_q8"
     with torch.inference_mode():
         short = q(x[:, :Q.Q8_MAX_ROWS])

@@ -644,8 +644,9 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 //
 // i.e. dequant(W) @ dequant(quant(x)) up to float summation order (the min term uses the stored s).
 // A quarter of the instructions of widening every weight to float. Two layouts: the row-major codes
-// (q8_loop, 256-bit: 8 float lanes a block, as ggml sums them) and, on AVX-512 VNNI builds,
-// 16-row tiles packed once per layer (q8_tiles: one float sum per block, ~2.5x fewer instructions).
+// (q8_loop: 8 float lanes a block, as ggml sums them; portable builds, and int8 with two scales a
+// block) and, on AVX2 and AVX-512 builds, 16-row tiles packed once per layer (q8_tiles: one float sum
+// per block and weight row, ~2.5x fewer instructions on AVX-512 VNNI, ~3x on plain AVX2).
 namespace {
 
 constexpr int64_t QB = 32;  // activation block
@@ -768,9 +769,9 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 }
 #endif
 
-#ifdef LMZOO_AVX512
-// Activation rows against weight rows in tiles of 16, 8-bit activations, where the CPU has AVX-512
-// VNNI (q8_rows elsewhere). The tile's codes are first transposed into a scratch buffer, 4 bytes at a
+#ifdef LMZOO_AVX2
+// Activation rows against weight rows in tiles of 16, 8-bit activations (q8_rows on portable
+// builds). The tile's codes are first transposed into a scratch buffer, 4 bytes at a
 // time, so that one 64-byte vector holds the same 4 bytes of all 16 rows (lane i = weight row n0 + i):
 //
 //   as stored (row-major)            tile (dword column c of every row, one after another)
@@ -798,9 +799,20 @@ inline void q8_rows(int64_t m0, int64_t n, int64_t N, int64_t nb, float* y, cons
 //
 // int8 x int8: VNNI multiplies unsigned by signed bytes. The activations go in as x + 128 (0..255,
 // x ^ 0x80) and the block's 128 * sum(w) is subtracted up front (the int32 lanes start at it): exact.
+//
+// AVX2 builds take a tile as two halves of 8 rows (bytes 0-31 and 32-63 of every 64-byte column),
+// one after the other over all blocks, with the same per-lane arithmetic (the same bits). Without
+// VNNI a 4-byte product is maddubs (unsigned x signed bytes -> pairs summed in 16 bits) and madd
+// (pairs -> 32 bits); see tile_rows below for why each stays exact.
 
 constexpr int64_t RBT = 8;  // activation rows per pass over a tile (2 x 8 accumulators + 8 codes + scales in 32 zmm)
+#ifdef LMZOO_AVX512
+constexpr bool X8_OFFSET = true;  // int8 tiles take x + 128 (the VNNI scheme above)
+#else
+constexpr bool X8_OFFSET = false;  // the 256-bit int8 tiles take x as it is (sign trick, tile_rows)
+#endif
 
+#ifdef LMZOO_AVX512
 // r[i] = row i (16 x 32-bit) -> r[j] = column j (lane i = row i's element j)
 inline void transpose16x16(__m512i r[16]) {
   __m512i t[16];
@@ -840,6 +852,14 @@ inline void pack_codes(const uint8_t* q, int64_t rb, int64_t n0, int64_t rows, c
     for (int64_t j = 0; j < cnt; ++j) _mm512_storeu_si512((void*)(out + (c + j) * 16), r[j]);
   }
 }
+#else
+inline void pack_codes(const uint8_t* q, int64_t rb, int64_t n0, int64_t rows, const uint8_t* zero, int32_t* out) {
+  for (int64_t i = 0; i < 16; ++i) {
+    const uint8_t* src = i < rows ? q + (n0 + i) * rb : zero;
+    for (int64_t c = 0; c < rb / 4; ++c) std::memcpy(out + c * 16 + i, src + 4 * c, 4);
+  }
+}
+#endif
 
 // per-block values of the tile's rows (a row's group values v + n * G, block b -> group gof[b]) -> out
 // (nb, 16), as stored (float16 stays float16) or widened to float32 (exact either way)
@@ -852,8 +872,10 @@ inline void pack_blocks(const S* v, int64_t G, const int64_t* gof, int64_t nb, i
   }
 }
 
+#ifdef LMZOO_AVX512
 inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 ld16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+#endif
 
 // one tile's packed tensors: codes (C, 16) int32; scale (nb, 16), S = float32 or float16 as the
 // checkpoint stores them; extra (nb, 16): int4's mins (S) or int8's sums of each block's codes (int16)
@@ -865,8 +887,18 @@ struct TileView {
   const char* next[3];  // the next tile's codes, scale and extra, fetched into L2 block by block (or null)
 };
 
+// the next tile's block b, a few lines at a time amid this tile's arithmetic
+template <bool I4, typename S>
+inline void prefetch_block(const TileView<S>& t, int64_t b) {
+  constexpr int COLS = I4 ? 4 : 8;
+  for (int l = 0; l < COLS; ++l) _mm_prefetch(t.next[0] + (b * COLS + l) * 64, _MM_HINT_T1);
+  _mm_prefetch(t.next[1] + b * 16 * sizeof(S), _MM_HINT_T1);
+  _mm_prefetch(t.next[2] + b * 16 * (I4 ? sizeof(S) : sizeof(int16_t)), _MM_HINT_T1);
+}
+
 // MB activation rows (codes x, row stride K; their blocks' d and s, row stride nb) against a packed
 // tile; out (MB, 16)
+#ifdef LMZOO_AVX512
 template <int MB, bool I4, typename S>
 __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64_t nb, const uint8_t* x, int64_t K,
                                                      const float* xd, const float* xs, float* out) {
@@ -877,11 +909,7 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
   for (int j = 0; j < MB; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const int32_t* cb = t.codes + b * COLS * 16;
-    if (t.next[0]) {  // the next tile's block b, a few lines at a time amid this tile's arithmetic
-      for (int l = 0; l < COLS; ++l) _mm_prefetch(t.next[0] + (b * COLS + l) * 64, _MM_HINT_T1);
-      _mm_prefetch(t.next[1] + b * 16 * sizeof(S), _MM_HINT_T1);
-      _mm_prefetch(t.next[2] + b * 16 * (I4 ? sizeof(S) : sizeof(int16_t)), _MM_HINT_T1);
-    }
+    if (t.next[0]) prefetch_block<I4>(t, b);
     __m512i w[8];  // w[u]: the 16 rows' codes of elements 4u .. 4u+3 (int4: u < 4 low nibbles, u >= 4 high)
     if (I4) {
       for (int u = 0; u < 4; ++u) {
@@ -917,6 +945,75 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
   }
   for (int j = 0; j < MB; ++j) _mm512_storeu_ps(out + 16 * j, I4 ? _mm512_add_ps(acc[j], macc[j]) : acc[j]);
 }
+#else
+// 8 lanes of 4-byte products (unsigned u x signed v, one weight row a lane) added to d, exact in 32 bits
+inline __m256i dot4_add(__m256i d, __m256i u, __m256i v) {
+#ifdef __AVXVNNI__
+  return _mm256_dpbusd_avx_epi32(d, u, v);
+#else
+  return _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1)));
+#endif
+}
+
+// The 256-bit tile_rows: half h of the tile (weight rows n0 + 8h .. n0 + 8h + 7) over every block,
+// then the other half. int4 without VNNI: maddubs(codes 0..15, x in -127..127) gives pairs of at
+// most 2 * 15 * 127 = 3810 in 16 bits, so a block's eight such vectors add up exactly in 16 bits
+// (<= 30480) before one madd widens them. int8: |w| x (x carrying w's sign), as ggml's AVX2
+// q8_0 dot product does: a pair is at most 2 * 128 * 127 = 32512, each column widened at once.
+template <int MB, bool I4, typename S>
+__attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64_t nb, const uint8_t* x, int64_t K,
+                                                     const float* xd, const float* xs, float* out) {
+  constexpr int COLS = I4 ? 4 : 8;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int h = 0; h < 2; ++h) {
+    __m256 acc[MB], macc[MB];
+    for (int j = 0; j < MB; ++j) acc[j] = macc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int32_t* cb = t.codes + b * COLS * 16 + 8 * h;
+      if (h == 0 && t.next[0]) prefetch_block<I4>(t, b);
+      __m256i w[8], wa[8];  // as in the 512-bit kernel; wa: int8's |w|
+      if (I4) {
+        for (int u = 0; u < 4; ++u) {
+          const __m256i v = _mm256_loadu_si256((const __m256i*)(cb + 16 * u));
+          w[u] = _mm256_and_si256(v, m4);
+          w[4 + u] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+      } else {
+        for (int u = 0; u < 8; ++u) {
+          w[u] = _mm256_loadu_si256((const __m256i*)(cb + 16 * u));
+          wa[u] = _mm256_abs_epi8(w[u]);
+        }
+      }
+      const __m256 ws = ld8(t.scale + b * 16 + 8 * h);
+      const __m256 wm = I4 ? ld8(static_cast<const S*>(t.extra) + b * 16 + 8 * h) : _mm256_setzero_ps();
+      for (int j = 0; j < MB; ++j) {
+        const uint8_t* xb = x + j * K + b * QB;
+        __m256i x4[8];
+        for (int u = 0; u < 8; ++u) {
+          int32_t xv;
+          std::memcpy(&xv, xb + (I4 ? (u < 4 ? 4 * u : 16 + 4 * (u - 4)) : 4 * u), 4);
+          x4[u] = _mm256_set1_epi32(xv);
+        }
+        __m256i dot = _mm256_setzero_si256();
+        if (I4) {
+#ifdef __AVXVNNI__
+          for (int u = 0; u < 8; ++u) dot = _mm256_dpbusd_avx_epi32(dot, w[u], x4[u]);
+#else
+          __m256i s16 = _mm256_maddubs_epi16(w[0], x4[0]);
+          for (int u = 1; u < 8; ++u) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[u], x4[u]));
+          dot = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+#endif
+        } else {
+          for (int u = 0; u < 8; ++u) dot = dot4_add(dot, wa[u], _mm256_sign_epi8(x4[u], w[u]));
+        }
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(ws, _mm256_set1_ps(xd[j * nb + b])), acc[j]);
+        if (I4) macc[j] = _mm256_fmadd_ps(wm, _mm256_set1_ps(xs[j * nb + b]), macc[j]);
+      }
+    }
+    for (int j = 0; j < MB; ++j) _mm256_storeu_ps(out + 16 * j + 8 * h, I4 ? _mm256_add_ps(acc[j], macc[j]) : acc[j]);
+  }
+}
+#endif
 
 // Every activation row against every packed tile. x: the rows' codes (int4: as quantised; int8:
 // x ^ 0x80), xd / xs their blocks' d and s; N weight rows. ONE: M is 1 (its own instantiation:
@@ -1013,7 +1110,7 @@ void q8_loop(int64_t M, int64_t N, int64_t nb, float* y, const Scales& ss, const
 std::string isa();
 
 // ---------------------------------------------------------------------------------------------
-// The tiled 8-bit-activation kernels' entry points (AVX-512 VNNI builds; see q8_tiles).
+// The tiled 8-bit-activation kernels' entry points (AVX2 and AVX-512 builds; see q8_tiles).
 //   pack_tiles_q8(q, scale, mins, g) -> [codes (T, C, 16) int32, scale (T, nb, 16), extra (T, nb, 16)]:
 //       T = ceil(N / 16) tiles; int4 with mins (q (N, K/2) uint8, extra the mins) or int8 without
 //       (q (N, K) int8, extra int16: each block's sum of codes); g a multiple of 32. The scales (and
@@ -1023,7 +1120,7 @@ std::string isa();
 //       times the packed weights (int8 where extra is int16, int4 otherwise).
 std::vector<torch::Tensor> pack_tiles_q8(torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> mins,
                                          int64_t g) {
-#ifdef LMZOO_AVX512
+#ifdef LMZOO_AVX2
   const bool i4 = mins.has_value();
   TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && q.scalar_type() == (i4 ? torch::kByte : torch::kChar),
               "pack_tiles_q8: contiguous codes, (N, K/2) uint8 with mins or (N, K) int8 without");
@@ -1056,23 +1153,27 @@ std::vector<torch::Tensor> pack_tiles_q8(torch::Tensor q, torch::Tensor scale, c
         blocks(*ms, extra);
         continue;
       }
-      const __m512i ones = _mm512_set1_epi8(1);  // sums of codes: VNNI against bytes of 1 (|sum| <= 4096)
-      for (int64_t b = 0; b < nb; ++b) {
-        __m512i s = _mm512_setzero_si512();
-        for (int u = 0; u < 8; ++u) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512((const void*)(cp + (b * 8 + u) * 16)));
-        _mm256_storeu_si256((__m256i*)(extra.data_ptr<int16_t>() + o + b * 16), _mm512_cvtepi32_epi16(s));
+      int16_t* sums = extra.data_ptr<int16_t>() + o;  // each block's sum of codes (|sum| <= 4096), rows past N 0
+      std::fill_n(sums, nb * 16, int16_t(0));
+      for (int64_t i = 0; i < rows; ++i) {
+        const int8_t* r = reinterpret_cast<const int8_t*>(qp) + (n0 + i) * rb;
+        for (int64_t b = 0; b < nb; ++b) {
+          int sum = 0;
+          for (int64_t e = 0; e < QB; ++e) sum += r[b * QB + e];
+          sums[b * 16 + i] = static_cast<int16_t>(sum);
+        }
       }
     }
   });
   return {codes, sc, extra};
 #else
-  TORCH_CHECK(false, "pack_tiles_q8 needs an AVX-512 VNNI build (this one: ", isa(), ")");
+  TORCH_CHECK(false, "pack_tiles_q8 needs an AVX2 or AVX-512 build (this one: ", isa(), ")");
 #endif
 }
 
 torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor extra,
                               int64_t N) {
-#ifdef LMZOO_AVX512
+#ifdef LMZOO_AVX2
   const bool i4 = extra.scalar_type() != torch::kShort, half = scale.scalar_type() == torch::kHalf;
   TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
               extra.is_contiguous() && codes.scalar_type() == torch::kInt &&
@@ -1086,7 +1187,7 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
   auto y = torch::empty({M, N}, x.options());
   const uint8_t* xq = reinterpret_cast<const uint8_t*>(a.q.data());
   std::vector<uint8_t> xu;
-  if (!i4) {  // x + 128 as unsigned bytes (see q8_tiles)
+  if (!i4 && X8_OFFSET) {  // x + 128 as unsigned bytes (see q8_tiles)
     xu.resize(M * K);
     for (int64_t i = 0; i < M * K; ++i) xu[i] = xq[i] ^ 0x80;
     xq = xu.data();
@@ -1102,7 +1203,7 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
   else go(0.f);
   return y;
 #else
-  TORCH_CHECK(false, "tiles_linear_q8 needs an AVX-512 VNNI build (this one: ", isa(), ")");
+  TORCH_CHECK(false, "tiles_linear_q8 needs an AVX2 or AVX-512 build (this one: ", isa(), ")");
 #endif
 }
 
@@ -1111,7 +1212,7 @@ torch::Tensor int4_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const int64_t M = x.size(0), N = q.size(0), K = q.size(1) * 2, G = K / g, nb = K / QB, bpg = g / QB;
   check(x, K);
   TORCH_CHECK(g % 32 == 0 && K % g == 0, "int4 group size must divide K and be a multiple of 32");
-#ifdef LMZOO_AVX512  // packed on the fly: the layers pack once and call tiles_linear_q8
+#ifdef LMZOO_AVX2  // packed on the fly: the layers pack once and call tiles_linear_q8
   const auto p = pack_tiles_q8(q, scale, mins, g);
   return tiles_linear_q8(x, p[0], p[1], p[2], N);
 #endif
@@ -1149,7 +1250,7 @@ torch::Tensor int8_linear_q8(torch::Tensor x, torch::Tensor q, torch::Tensor sca
   const int64_t M = x.size(0), N = q.size(0), K = q.size(1), G = K / g, nb = K / QB, bpg = std::max<int64_t>(g / QB, 1);
   check(x, K);
   TORCH_CHECK((g == 16 || g % 32 == 0) && K % g == 0, "8-bit activations need int8 groups of 16 or a multiple of 32");
-#ifdef LMZOO_AVX512
+#ifdef LMZOO_AVX2
   if (g != 16) {  // packed on the fly: the layers pack once and call tiles_linear_q8
     const auto p = pack_tiles_q8(q, scale, c10::nullopt, g);
     return tiles_linear_q8(x, p[0], p[1], p[2], N);
