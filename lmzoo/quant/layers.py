@@ -38,7 +38,8 @@ ROW_CHUNK = 256  # rows per kernel call past the limits (they stay in cache)
 TILE = 1 << 19  # floats in one dequantised tile (2 MiB): multiplied while it is still in cache
 # kernel_spec's kinds -> the compiled function (x2, *tensors, arg)
 KERNELS = {1: lambda k: k.int8_linear, 2: lambda k: k.int8_linear_q8, 3: lambda k: k.int4_linear,
-           4: lambda k: k.int4_linear_q8, 5: lambda k: k.tiles_linear_q8, 6: lambda k: k.tiles_linear_q8}
+           4: lambda k: k.int4_linear_q8, 5: lambda k: k.tiles_linear_q8, 6: lambda k: k.tiles_linear_q8,
+           7: lambda k: k.tiles_linear_f}
 
 
 def by_chunks(fn, x2: torch.Tensor) -> torch.Tensor:
@@ -121,26 +122,24 @@ class _QuantLinear(nn.Module):
     def _q8(self, rows: int) -> bool:
         return self.activations == "q8" and rows <= Q8_MAX_ROWS
 
-    def _q8_spec(self, row_major: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
-        """8-bit activations: on AVX2 and AVX-512 builds the tiled kernel (kinds 5 / 6) over this layer's
-        weights packed in 16-row tiles (cpu.cpp, q8_tiles) — packed on first use and kept beside the
-        codes, a second copy of about 1.2x their bytes; elsewhere the row-major kernel `row_major`.
-        The spec is cached per layer (a decode step asks ~120 times) under the codes' storage and
-        version: replaced or changed in place (load_state_dict), they are packed again."""
+    def _tiles_spec(self, tiled: int, row_major: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
+        """The tiled kernel `tiled` (5 / 6: 8-bit activations, 7: int4 with float ones) over this
+        layer's weights packed in 16-row tiles (cpu.cpp, q8_tiles) on AVX2 and AVX-512 builds — packed
+        on first use and kept beside the codes, a second copy of about 1.2x their bytes; on portable
+        builds the row-major kernel `row_major`. The tiles are cached per layer (a decode step asks
+        ~120 times) under the codes' storage and version: replaced or changed in place
+        (load_state_dict), they are packed again."""
         t = self._codes()
         q = t[0]
         key = (q.data_ptr(), -1 if q.is_inference() else q._version, t[1].data_ptr())
-        cached = self.__dict__.get("_q8_cached")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        k = cpu_kernels()
-        if k is None or k.isa() == "portable" or q.device.type != "cpu":
-            spec = row_major, t, self.group_size
-        else:
-            spec = 6 if len(t) > 2 else 5, tuple(k.pack_tiles_q8(*t[:2], t[2] if len(t) > 2 else None,
-                                                                 self.group_size)), self.out_features
-        self.__dict__["_q8_cached"] = key, spec
-        return spec
+        cached = self.__dict__.get("_tiles_cached")
+        if cached is None or cached[0] != key:
+            k = cpu_kernels()
+            tiles = None
+            if k is not None and k.isa() != "portable" and q.device.type == "cpu":
+                tiles = tuple(k.pack_tiles_q8(*t[:2], t[2] if len(t) > 2 else None, self.group_size))
+            cached = self.__dict__["_tiles_cached"] = key, tiles
+        return (row_major, t, self.group_size) if cached[1] is None else (tiled, cached[1], self.out_features)
 
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
@@ -267,7 +266,7 @@ class Int8Linear(_QuantLinear):
         g = self.group_size
         if self._q8(rows) and self.in_features % 32 == 0:
             if g % 32 == 0:
-                return self._q8_spec(2)
+                return self._tiles_spec(5, 2)
             if g == 16:
                 return 2, self._codes(), g
         return 1, self._codes(), g
@@ -405,8 +404,8 @@ class Int4Linear(_QuantLinear):
         return b["q"], b["scale"], b["min"]
 
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
-        """3 int4_linear, 4 int4_linear_q8, 6 tiles_linear_q8."""
-        return self._q8_spec(4) if self._q8(rows) else (3, self._codes(), self.group_size)
+        """3 int4_linear, 4 int4_linear_q8, 6 tiles_linear_q8, 7 tiles_linear_f."""
+        return self._tiles_spec(6, 4) if self._q8(rows) else self._tiles_spec(7, 3)
 
 
 

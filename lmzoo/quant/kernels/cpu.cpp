@@ -1015,62 +1015,159 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
 }
 #endif
 
-// Every activation row against every packed tile. x: the rows' codes (int4: as quantised; int8:
-// x ^ 0x80), xd / xs their blocks' d and s; N weight rows. ONE: M is 1 (its own instantiation:
-// one-row decode is the hot case).
-template <bool I4, bool ONE, typename S>
-void q8_tiles(const uint8_t* x, const float* xd, const float* xs, const int32_t* codes, const S* scale,
-              const void* extra, int64_t M, int64_t nb, int64_t N, float* y) {
-  const int64_t K = nb * QB, tiles = (N + 15) / 16, csz = nb * (I4 ? 4 : 8) * 16;
-  const int64_t xsz = I4 ? sizeof(S) : sizeof(int16_t);
+// Float activations against int4 tiles: the exact product of int4_linear (dequant(W) x in float32),
+// summed in another order. The tile's lanes are its weight rows, so a column's nibbles become floats
+// once for all of them: element 4u + k of the 16 rows (low nibbles; 16 + 4u + k: high) is byte k of
+// each dword, moved to the dword's low byte by one byte shuffle, then converted and multiplied by the
+// activation broadcast:
+//
+//   y[m, n] = sum_b ( scale[n, b] * sum_{e in b} x[m, e] * q[n, e]  +  min[n, b] * sum_{e in b} x[m, e] )
+//
+// A block's 32 products go to four chains per row (low / high nibbles x even / odd k, 8 FMAs each),
+// added as (c0 + c1) + (c2 + c3) and scaled into the row's accumulator; the min terms sum in a lane
+// of their own, added last. Per 16 weight rows and element: one shuffle, one conversion and an FMA
+// per activation row, where the row-major kernel widened every weight for one row at a time (about
+// half the instructions at decode). Every (activation row, weight row) is one lane through the same
+// operations at any row count: a row's result does not depend on the rows beside it.
+#ifdef LMZOO_AVX512
+struct FV {  // 16 weight rows a vector
+  using F = __m512;
+  using I = __m512i;
+  static constexpr int L = 16;
+  static I load(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
+  static I nib_lo(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
+  static I nib_hi(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)); }
+  // vpshufb control: byte k of each dword to its low byte, zeros above (control bytes 0x80 give 0)
+  static I byte_sel(int k) { return _mm512_add_epi32(_mm512_set1_epi32(0x80808000 | k), _mm512_set4_epi32(12, 8, 4, 0)); }
+  static F elem(I v, I sel) { return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, sel)); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F zero() { return _mm512_setzero_ps(); }
+  template <typename S>
+  static F ld(const S* p) { return ld16(p); }
+  static void st(float* p, F v) { _mm512_storeu_ps(p, v); }
+};
+#else
+struct FV {  // 8 weight rows a vector: a tile in two halves
+  using F = __m256;
+  using I = __m256i;
+  static constexpr int L = 8;
+  static I load(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+  static I nib_lo(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0F)); }
+  static I nib_hi(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)); }
+  static I byte_sel(int k) { return _mm256_add_epi32(_mm256_set1_epi32(0x80808000 | k), _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12)); }
+  static F elem(I v, I sel) { return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel)); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F zero() { return _mm256_setzero_ps(); }
+  template <typename S>
+  static F ld(const S* p) { return ld8(p); }
+  static void st(float* p, F v) { _mm256_storeu_ps(p, v); }
+};
+#endif
+
+constexpr int64_t RBF = 4;  // float activation rows per pass over a tile (4 chains + 2 accumulators a row)
+
+// MB float rows x (row stride K; xsum: their blocks' sums, row stride nb) against an int4 tile; out (MB, 16)
+template <int MB, typename S>
+__attribute__((always_inline)) inline void tile_rows_f(const TileView<S>& t, int64_t nb, const float* x, int64_t K,
+                                                       const float* xsum, float* out) {
+  using F = FV::F;
+  using I = FV::I;
+  const I sel[4] = {FV::byte_sel(0), FV::byte_sel(1), FV::byte_sel(2), FV::byte_sel(3)};
+  for (int h = 0; h < 16 / FV::L; ++h) {
+    F acc[MB], macc[MB];
+    for (int j = 0; j < MB; ++j) acc[j] = macc[j] = FV::zero();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int32_t* cb = t.codes + b * 4 * 16 + FV::L * h;
+      if (h == 0 && t.next[0]) prefetch_block<true>(t, b);
+      F c[MB][4];
+      for (int j = 0; j < MB; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = FV::zero();
+      for (int u = 0; u < 4; ++u) {
+        const I v = FV::load(cb + 16 * u), lo = FV::nib_lo(v), hi = FV::nib_hi(v);
+        for (int k = 0; k < 4; ++k) {
+          const F wl = FV::elem(lo, sel[k]), wh = FV::elem(hi, sel[k]);
+          for (int j = 0; j < MB; ++j) {
+            const float* xb = x + j * K + b * QB;
+            c[j][2 * (k & 1)] = FV::fma(FV::set1(xb[4 * u + k]), wl, c[j][2 * (k & 1)]);
+            c[j][2 * (k & 1) + 1] = FV::fma(FV::set1(xb[16 + 4 * u + k]), wh, c[j][2 * (k & 1) + 1]);
+          }
+        }
+      }
+      const F ws = FV::ld(t.scale + b * 16 + FV::L * h);
+      const F wm = FV::ld(static_cast<const S*>(t.extra) + b * 16 + FV::L * h);
+      for (int j = 0; j < MB; ++j) {
+        acc[j] = FV::fma(ws, FV::add(FV::add(c[j][0], c[j][1]), FV::add(c[j][2], c[j][3])), acc[j]);
+        macc[j] = FV::fma(wm, FV::set1(xsum[j * nb + b]), macc[j]);
+      }
+    }
+    for (int j = 0; j < MB; ++j) FV::st(out + 16 * j + FV::L * h, FV::add(acc[j], macc[j]));
+  }
+}
+
+// Every pass of up to R activation rows against every packed tile, the tiles split across threads:
+// rows(t, m0, mb, out) multiplies rows [m0, m0 + mb) by tile t into out (mb, 16). csz: a tile's code
+// dwords; xsz: the bytes of one extra value.
+template <typename S, typename Rows>
+void over_tiles(const int32_t* codes, const S* scale, const void* extra, int64_t csz, int64_t xsz, int64_t nb,
+                int64_t M, int64_t N, int64_t R, float* y, Rows rows) {
+  const int64_t tiles = (N + 15) / 16;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    float out[RBT * 16];
+    std::vector<float> out(R * 16);
     for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t n0 = ti * 16, rows = std::min<int64_t>(16, N - n0);
       // the next tile is fetched during this one's first pass: the out-of-order window reaches only a
       // block or two ahead, and a batch's passes otherwise wait on DRAM at every tile
-      const int64_t tn = ti + 1 < t1 ? ti + 1 : -1;
       auto at = [&](int64_t i) {
         return TileView<S>{codes + i * csz, scale + i * nb * 16,
                            static_cast<const char*>(extra) + i * nb * 16 * xsz, {nullptr, nullptr, nullptr}};
       };
       TileView<S> t = at(ti);
-      if (tn >= 0) {
-        const TileView<S> n = at(tn);
+      if (ti + 1 < t1) {
+        const TileView<S> n = at(ti + 1);
         t.next[0] = reinterpret_cast<const char*>(n.codes);
         t.next[1] = reinterpret_cast<const char*>(n.scale);
         t.next[2] = static_cast<const char*>(n.extra);
       }
-      auto put = [&](int64_t m0, int64_t mb) {
-        for (int64_t j = 0; j < mb; ++j) std::copy_n(out + 16 * j, rows, y + (m0 + j) * N + n0);
-      };
-      if (ONE) {
-        tile_rows<1, I4, S>(t, nb, x, K, xd, xs, out);
-        put(0, 1);
-        continue;
-      }
-      for (int64_t m0 = 0; m0 < M; m0 += RBT) {
-        const int64_t mb = std::min<int64_t>(RBT, M - m0);
-        const uint8_t* xm = x + m0 * K;
-        const float *dm = xd + m0 * nb, *sm = xs + m0 * nb;
-        if (m0 == RBT) t.next[0] = nullptr;  // fetched during the first pass
-#define LMZOO_ROWS(R) tile_rows<R, I4, S>(t, nb, xm, K, dm, sm, out)
-        static_assert(RBT == 8, "dispatch below");
-        switch (mb) {
-          case 8: LMZOO_ROWS(8); break;
-          case 7: LMZOO_ROWS(7); break;
-          case 6: LMZOO_ROWS(6); break;
-          case 5: LMZOO_ROWS(5); break;
-          case 4: LMZOO_ROWS(4); break;
-          case 3: LMZOO_ROWS(3); break;
-          case 2: LMZOO_ROWS(2); break;
-          default: LMZOO_ROWS(1);
-        }
-#undef LMZOO_ROWS
-        put(m0, mb);
+      const int64_t n0 = ti * 16, width = std::min<int64_t>(16, N - n0);
+      for (int64_t m0 = 0; m0 < M; m0 += R) {
+        const int64_t mb = std::min<int64_t>(R, M - m0);
+        if (m0 == R) t.next[0] = nullptr;  // fetched during the first pass
+        rows(t, m0, mb, out.data());
+        for (int64_t j = 0; j < mb; ++j) std::copy_n(out.data() + 16 * j, width, y + (m0 + j) * N + n0);
       }
     }
   });
+}
+
+// mb (1 .. 8) as a compile-time row count: f(std::integral_constant<int, mb>)
+template <typename F>
+inline void rows_dispatch(int64_t mb, F&& f) {
+  switch (mb) {
+    case 8: f(std::integral_constant<int, 8>()); break;
+    case 7: f(std::integral_constant<int, 7>()); break;
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    default: f(std::integral_constant<int, 1>());
+  }
+}
+
+// Every activation row against every packed tile. x: the rows' codes (int4: as quantised; int8:
+// x ^ 0x80 where X8_OFFSET), xd / xs their blocks' d and s; N weight rows.
+template <bool I4, typename S>
+void q8_tiles(const uint8_t* x, const float* xd, const float* xs, const int32_t* codes, const S* scale,
+              const void* extra, int64_t M, int64_t nb, int64_t N, float* y) {
+  const int64_t K = nb * QB;
+  over_tiles<S>(codes, scale, extra, nb * (I4 ? 4 : 8) * 16, I4 ? sizeof(S) : sizeof(int16_t), nb, M, N, RBT, y,
+                [&](const TileView<S>& t, int64_t m0, int64_t mb, float* out) {
+                  rows_dispatch(mb, [&](auto R) {
+                    tile_rows<decltype(R)::value, I4, S>(t, nb, x + m0 * K, K, xd + m0 * nb, xs + m0 * nb, out);
+                  });
+                });
 }
 #endif
 
@@ -1195,8 +1292,7 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
   auto go = [&](auto s) {
     using S = decltype(s);
     const S* sp = static_cast<const S*>(scale.data_ptr());
-    auto run = i4 ? (M == 1 ? q8_tiles<true, true, S> : q8_tiles<true, false, S>)
-                  : (M == 1 ? q8_tiles<false, true, S> : q8_tiles<false, false, S>);
+    auto run = i4 ? q8_tiles<true, S> : q8_tiles<false, S>;
     run(xq, a.d.data(), a.s.data(), codes.data_ptr<int32_t>(), sp, extra.data_ptr(), M, nb, N, y.data_ptr<float>());
   };
   if (half) go(c10::Half());
@@ -1204,6 +1300,45 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
   return y;
 #else
   TORCH_CHECK(false, "tiles_linear_q8 needs an AVX2 or AVX-512 build (this one: ", isa(), ")");
+#endif
+}
+
+// tiles_linear_f(x, codes, scale, mins, N) -> (M, N): x (M, K) float32 times int4 tiles (pack_tiles_q8's
+// tensors with mins), float activations (see tile_rows_f).
+torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor mins, int64_t N) {
+#ifdef LMZOO_AVX2
+  const bool half = scale.scalar_type() == torch::kHalf;
+  TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
+              mins.is_contiguous() && codes.scalar_type() == torch::kInt &&
+              (half || scale.scalar_type() == torch::kFloat) && mins.scalar_type() == scale.scalar_type() &&
+              mins.sizes() == scale.sizes() && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
+              "tiles_linear_f: the int4 tensors pack_tiles_q8 returns for ", N, " weight rows");
+  const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0);
+  TORCH_CHECK(codes.size(1) == nb * 4, "tiles_linear_f: codes and scales disagree on K");
+  check(x, K);
+  const float* xp = x.data_ptr<float>();
+  std::vector<float> xsum(M * nb);  // each block's sum of x (the min term)
+  for (int64_t i = 0; i < M * nb; ++i) xsum[i] = sum_f32(xp + i * QB, QB);
+  auto y = torch::empty({M, N}, x.options());
+  auto go = [&](auto s) {
+    using S = decltype(s);
+    over_tiles<S>(codes.data_ptr<int32_t>(), static_cast<const S*>(scale.data_ptr()), mins.data_ptr(), nb * 4 * 16,
+                  sizeof(S), nb, M, N, RBF, y.data_ptr<float>(),
+                  [&](const TileView<S>& t, int64_t m0, int64_t mb, float* out) {
+                    switch (mb) {
+                      case 4: tile_rows_f<4, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out); break;
+                      case 3: tile_rows_f<3, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out); break;
+                      case 2: tile_rows_f<2, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out); break;
+                      default: tile_rows_f<1, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out);
+                    }
+                  });
+  };
+  static_assert(RBF == 4, "dispatch above");
+  if (half) go(c10::Half());
+  else go(0.f);
+  return y;
+#else
+  TORCH_CHECK(false, "tiles_linear_f needs an AVX2 or AVX-512 build (this one: ", isa(), ")");
 #endif
 }
 
@@ -1724,6 +1859,7 @@ std::tuple<torch::Tensor, bool> greedy_ids(torch::Tensor logits) {
 //   3 int4 q, scale, min          int4_linear        4  the same, 8-bit activations  int4_linear_q8
 //   5 int8 tiles codes, scale, extra   tiles_linear_q8    6  int4 tiles (pack_tiles_q8's tensors); the
 //                                      linear's "group" is then its number of outputs N
+//   7 int4 tiles, float activations    tiles_linear_f        (the same tensors and N)
 namespace {
 
 int64_t linear_tensors(int64_t kind) { return kind == 0 ? 1 : kind <= 2 ? 2 : 3; }
@@ -1739,6 +1875,7 @@ torch::Tensor any_linear(const torch::Tensor& x2, int64_t kind, const torch::Ten
     case 4: y = int4_linear_q8(x2, t[0], t[1], t[2], g); break;
     case 5:
     case 6: y = tiles_linear_q8(x2, t[0], t[1], t[2], g); break;
+    case 7: y = tiles_linear_f(x2, t[0], t[1], t[2], g); break;
     default: TORCH_CHECK(false, "decode block: unknown linear kind ", kind);
   }
   if (bias.has_value()) {
@@ -1855,6 +1992,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_linear", &int4_linear, "int4 weight-only linear (CPU)");
   m.def("int4_linear_q8", &int4_linear_q8, "int4 weights x 8-bit activations (CPU)");
   m.def("int8_linear_q8", &int8_linear_q8, "int8 weights x 8-bit activations (CPU)");
+  m.def("tiles_linear_f", &tiles_linear_f, "int4 weights packed in 16-row tiles x float activations (CPU)");
   m.def("pack_tiles_q8", &pack_tiles_q8, "int4 / int8 weights in 16-row tiles for tiles_linear_q8 (AVX-512 VNNI)");
   m.def("tiles_linear_q8", &tiles_linear_q8, "8-bit activations x tiled int4 / int8 weights (AVX-512 VNNI)");
   m.def("dequant_rows", &dequant_rows, "int8 / int4 weight rows as float32 into a given tensor (CPU)");
