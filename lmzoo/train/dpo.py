@@ -113,23 +113,33 @@ def _pair_batch(chunk: list[Pair], pad_id: int = 0) -> PairBatch:
     return PairBatch(collate(examples, [[i] for i in range(len(examples))], pad_id), ref)
 
 
-def pair_batches(pairs: list[Pair], *, pairs_per_batch: int, seed: int, epoch: int, pad_id: int = 0):
-    """One epoch of pair batches in an order fixed by (seed, epoch)."""
+def pair_groups(pairs: list[Pair], *, pairs_per_batch: int, seed: int, epoch: int) -> list[list[Pair]]:
+    """One epoch's pairs, batch by batch, in an order fixed by (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(pairs), generator=g).tolist()
-    for s in range(0, len(order), pairs_per_batch):
-        yield _pair_batch([pairs[i] for i in order[s:s + pairs_per_batch]], pad_id)
+    return [[pairs[i] for i in order[s:s + pairs_per_batch]] for s in range(0, len(order), pairs_per_batch)]
 
 
-def reference_logprobs(model, pairs: list[Pair], *, batch_pairs: int = 4, chunk: int = 1024) -> None:
-    """Fill each pair's reference log-probs from `model` as it is now. Gradients stay enabled (each
-    batch's graph is dropped at once): the layers then take the path the training steps take (without
-    gradients quantised layers take their inference kernels, which ignore autocast), so with the policy
-    equal to the reference the first loss is ln 2 to float rounding, at either precision."""
+def pair_batches(pairs: list[Pair], *, pairs_per_batch: int, seed: int, epoch: int, pad_id: int = 0):
+    """One epoch of pair batches in an order fixed by (seed, epoch)."""
+    for group in pair_groups(pairs, pairs_per_batch=pairs_per_batch, seed=seed, epoch=epoch):
+        yield _pair_batch(group, pad_id)
+
+
+def reference_logprobs(model, pairs: list[Pair], *, batch_pairs: int = 4, chunk: int = 1024,
+                       groups: list[list[Pair]] | None = None) -> None:
+    """Fill each pair's reference log-probs from `model` as it is now, `batch_pairs` pairs a batch or
+    in the given `groups` (the run's own batches: fine-tuning passes the first epoch's, so that the
+    first step repeats its reference forward shape for shape: bf16 GEMMs, e.g. oneDNN's on AMX, round
+    differently for different batch shapes). Gradients stay enabled (each batch's graph is dropped at
+    once): the layers then take the path the training steps take (without gradients quantised layers
+    take their inference kernels, which ignore autocast), so with the policy equal to the reference
+    the first loss is ln 2 to float rounding, at either precision."""
     was = model.training
     model.eval()
-    for s in range(0, len(pairs), batch_pairs):
-        group = pairs[s:s + batch_pairs]
+    if groups is None:
+        groups = [pairs[s:s + batch_pairs] for s in range(0, len(pairs), batch_pairs)]
+    for group in groups:
         b = _pair_batch(group).batch
         h = model(b.ids, segment_ids=b.segments, hidden_only=True)
         lp = sequence_logprobs(model, h, b.targets, chunk=chunk).tolist()

@@ -176,7 +176,7 @@ REF_FILE = "reference_logprobs.json"
 def _dpo_setup(cfg: FinetuneConfig, model, train, evals):
     import json
 
-    from lmzoo.train.dpo import DPOObjective, pair_batches, reference_logprobs
+    from lmzoo.train.dpo import DPOObjective, pair_batches, pair_groups, reference_logprobs
 
     objective = DPOObjective(cfg.beta, cfg.train.loss_chunk)
     ref_path = Path(cfg.out) / REF_FILE
@@ -189,11 +189,14 @@ def _dpo_setup(cfg: FinetuneConfig, model, train, evals):
             for p, (c, r) in zip(pairs, saved[key]):
                 p.ref_chosen, p.ref_rejected = c, r
     else:
-        # under the run's precision where the run computes on this device, so that at the first step
-        # the policy's log-probs are the reference's exactly (the loss ln 2)
+        # under the run's precision where the run computes on this device, and in the batches of the
+        # first epoch (and of the evaluation), so that at the first step the policy's log-probs are the
+        # reference's exactly (the loss ln 2)
         dev, t = next(model.parameters()).device, cfg.train
+        groups = [g for data in (train, evals)
+                  for g in pair_groups(data, pairs_per_batch=t.batch_size, seed=t.seed, epoch=0)]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev == t.torch_device() and t.bf16_on(dev)):
-            reference_logprobs(model, train + evals, chunk=t.loss_chunk)
+            reference_logprobs(model, train + evals, chunk=t.loss_chunk, groups=groups)
     t = cfg.train
 
     def make_batches(data, epoch, seed):
