@@ -76,7 +76,7 @@ def test_batched_greedy_equals_alone(family_model, monkeypatch):
 
 @pytest.mark.parametrize("kv_dtype", [None, "float16"])
 def test_q8_gguf_batched_greedy_equals_alone(smollm2_path, kv_dtype):
-    """The default GGUF with 8-bit activations (AVX-512 VNNI builds: the 16-row tiled kernels, rows of
+    """The default GGUF with 8-bit activations (AVX2 and AVX-512 builds: the 16-row tiled kernels, rows of
     a batch in passes of 8) and either cache: every request's greedy tokens in a staggered batch equal
     its tokens alone."""
     model = lmzoo.from_pretrained(smollm2_path, activations="q8")
