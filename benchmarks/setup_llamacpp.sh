@@ -6,7 +6,7 @@
 #                                              #   -> .venv-llamacpp
 #   bash benchmarks/setup_llamacpp.sh avx512   # + AVX-512 F/BW/VL/VNNI/BF16/VBMI, as lmzoo's kernels use
 #                                              #   on such a host -> .venv-llamacpp-avx512
-#   LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/vs_llamacpp.py
+#   python benchmarks/vs_llamacpp.py   # plain `llamacpp`: the build matching lmzoo's kernels here
 #
 # The instruction sets are named, not GGML_NATIVE: a native build on a Sapphire Rapids VM enabled AMX
 # and segfaulted on every multi-token batch. Compare like with like: lmzoo picks AVX-512 kernels where

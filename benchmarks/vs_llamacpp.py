@@ -2,16 +2,17 @@
 peak RSS, greedy agreement. Each (backend, round) is a fresh process; backends alternate.
 
     bash benchmarks/setup_llamacpp.sh [avx512]  # once: llama-cpp-python built from its sdist (~15-25 min)
-    LLAMACPP_PYTHON=.venv-llamacpp/bin/python python benchmarks/vs_llamacpp.py [--model X.gguf]
+    python benchmarks/vs_llamacpp.py [--model X.gguf]
         [--rounds 3] [--prompt 256] [--new 128] [--threads 2] [--forms q4_1,q8_0,f16] [--shape 1b]
         [--agree 4] [--agree-chat] [--backends lmzoo,lmzoo-q8,llamacpp]
 
 A backend may name the instruction set it runs with, `backend:isa`: lmzoo:avx2 builds lmzoo's kernels
 for AVX2 (LMZOO_CPU_ISA; a laptop without AVX-512), llamacpp:avx512 runs the llama.cpp of
-.venv-llamacpp-avx512 (`setup_llamacpp.sh avx512`; llamacpp:avx2 and plain llamacpp: LLAMACPP_PYTHON
-or .venv-llamacpp). Each lmzoo backend's ratio is taken against the llama.cpp of its own instruction
-set when that is listed, else against the first llama.cpp listed. Compare like with like:
-`--backends lmzoo:avx512,llamacpp:avx512,lmzoo:avx2,llamacpp:avx2` on an AVX-512 host.
+.venv-llamacpp-avx512 (`setup_llamacpp.sh avx512`), llamacpp:avx2 that of .venv-llamacpp. Plain
+lmzoo builds the widest kernels the CPU allows and plain llamacpp is the llama.cpp built for the
+same instruction set (LLAMACPP_PYTHON overrides it). Each lmzoo backend's ratio is taken against the
+llama.cpp of its own instruction set when that is listed, else against the first llama.cpp listed.
+Both builds on an AVX-512 host: `--backends lmzoo:avx512,llamacpp:avx512,lmzoo:avx2,llamacpp:avx2`.
 
 --forms re-writes the model in other GGUF block types with the `gguf` package (dequantise every
 tensor, quantise again; metadata copied) into ~/.cache/lmzoo/bench/; --shape 1b writes a Llama with
@@ -223,15 +224,24 @@ def split_backend(backend: str) -> tuple[str, str | None]:
     return kind, isa or None
 
 
+def host_isa() -> str:
+    """The instruction set lmzoo's kernels are built for on this CPU by default (avx512 or avx2)."""
+    from lmzoo.quant.kernels import _flags
+
+    return "avx512" if "-mavx512f" in _flags() else "avx2"
+
+
 def llamacpp_python(isa: str | None) -> str:
-    """The python of the llama.cpp build for `isa` (setup_llamacpp.sh's virtual environments)."""
-    if isa is None and os.environ.get("LLAMACPP_PYTHON"):
-        return os.environ["LLAMACPP_PYTHON"]
-    venv = ROOT / (".venv-llamacpp" if isa in (None, "avx2") else f".venv-llamacpp-{isa}")
-    python = venv / "bin" / "python"
+    """The python of the llama.cpp build for `isa` (setup_llamacpp.sh's virtual environments); None:
+    LLAMACPP_PYTHON, else the build for lmzoo's default kernels here (like with like)."""
+    if isa is None:
+        if os.environ.get("LLAMACPP_PYTHON"):
+            return os.environ["LLAMACPP_PYTHON"]
+        isa = host_isa()
+    python = ROOT / (".venv-llamacpp" if isa == "avx2" else f".venv-llamacpp-{isa}") / "bin" / "python"
     if not python.exists():
-        raise SystemExit(f"no llama.cpp for {isa or 'the default build'}: {python} is missing; run "
-                         f"bash benchmarks/setup_llamacpp.sh {isa or ''} (or set LLAMACPP_PYTHON)")
+        raise SystemExit(f"no llama.cpp built for {isa}: {python} is missing; run "
+                         f"bash benchmarks/setup_llamacpp.sh {isa} (or set LLAMACPP_PYTHON)")
     return str(python)
 
 
@@ -335,15 +345,15 @@ def main() -> None:
     from lmzoo.checkpoints.assets import default_model_path
     from lmzoo.tools.bench import read_bandwidth_gbs
 
-    src = Path(a.model) if a.model else default_model_path()
-    files = {"file": src} if not a.shape else {}
-    for kind in filter(None, a.forms.split(",")):
-        files[kind] = random_llama(src, kind) if a.shape else requantize(src, kind)
     backends = (["baseline"] if a.baseline else []) + a.backends.split(",")
     for b in backends:  # unknown names and missing llama.cpp builds stop here, before any model is written
         kind, isa = split_backend(b)
         if kind == LLAMACPP:
-            llamacpp_python(isa)
+            print(f"# {b}: {llamacpp_python(isa)}")
+    src = Path(a.model) if a.model else default_model_path()
+    files = {"file": src} if not a.shape else {}
+    for kind in filter(None, a.forms.split(",")):
+        files[kind] = random_llama(src, kind) if a.shape else requantize(src, kind)
     a.extra_prompts = extra_prompts(a, src)
     print(f"# {time.strftime('%Y-%m-%d')}, {a.threads} threads, prompt {a.prompt}, {a.new} new tokens, greedy; "
           f"memory read {read_bandwidth_gbs(a.threads):.1f} GB/s; {a.rounds} rounds alternating")
