@@ -373,6 +373,9 @@ inline WVec wld(const c10::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 inline WVec wfma(WVec a, WVec b, WVec c) { return _mm512_fmadd_ps(a, b, c); }
+inline WVec wadd(WVec a, WVec b) { return _mm512_add_ps(a, b); }
+inline WVec wset1(float v) { return _mm512_set1_ps(v); }
+inline void wst(float* p, WVec v) { _mm512_storeu_ps(p, v); }
 inline float wsum(WVec a, WVec b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
 #elif defined(LMZOO_AVX2)
 constexpr int64_t RW = 4, WL = 8;  // 2 x 4 accumulators + 2 weight vectors of 16 ymm
@@ -385,6 +388,9 @@ inline WVec wld(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 inline WVec wfma(WVec a, WVec b, WVec c) { return _mm256_fmadd_ps(a, b, c); }
+inline WVec wadd(WVec a, WVec b) { return _mm256_add_ps(a, b); }
+inline WVec wset1(float v) { return _mm256_set1_ps(v); }
+inline void wst(float* p, WVec v) { _mm256_storeu_ps(p, v); }
 inline float wsum(WVec a, WVec b) { return hsum(_mm256_add_ps(a, b)); }
 #else
 constexpr int64_t RW = 4;  // portable: scalar loops
@@ -1029,42 +1035,25 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
 // per activation row, where the row-major kernel widened every weight for one row at a time (about
 // half the instructions at decode). Every (activation row, weight row) is one lane through the same
 // operations at any row count: a row's result does not depend on the rows beside it.
+// The code side, WL weight rows a vector (the float side is float_rows' WVec helpers above).
 #ifdef LMZOO_AVX512
-struct FV {  // 16 weight rows a vector
-  using F = __m512;
+struct Codes {
   using I = __m512i;
-  static constexpr int L = 16;
   static I load(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
   static I nib_lo(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
   static I nib_hi(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)); }
   // vpshufb control: byte k of each dword to its low byte, zeros above (control bytes 0x80 give 0)
   static I byte_sel(int k) { return _mm512_add_epi32(_mm512_set1_epi32(0x80808000 | k), _mm512_set4_epi32(12, 8, 4, 0)); }
-  static F elem(I v, I sel) { return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, sel)); }
-  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-  static F add(F a, F b) { return _mm512_add_ps(a, b); }
-  static F set1(float v) { return _mm512_set1_ps(v); }
-  static F zero() { return _mm512_setzero_ps(); }
-  template <typename S>
-  static F ld(const S* p) { return ld16(p); }
-  static void st(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static WVec elem(I v, I sel) { return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, sel)); }
 };
-#else
-struct FV {  // 8 weight rows a vector: a tile in two halves
-  using F = __m256;
+#else  // a tile in two halves of 8 rows
+struct Codes {
   using I = __m256i;
-  static constexpr int L = 8;
   static I load(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
   static I nib_lo(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0F)); }
   static I nib_hi(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)); }
   static I byte_sel(int k) { return _mm256_add_epi32(_mm256_set1_epi32(0x80808000 | k), _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12)); }
-  static F elem(I v, I sel) { return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel)); }
-  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  static F add(F a, F b) { return _mm256_add_ps(a, b); }
-  static F set1(float v) { return _mm256_set1_ps(v); }
-  static F zero() { return _mm256_setzero_ps(); }
-  template <typename S>
-  static F ld(const S* p) { return ld8(p); }
-  static void st(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static WVec elem(I v, I sel) { return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel)); }
 };
 #endif
 
@@ -1074,36 +1063,35 @@ constexpr int64_t RBF = 4;  // float activation rows per pass over a tile (4 cha
 template <int MB, typename S>
 __attribute__((always_inline)) inline void tile_rows_f(const TileView<S>& t, int64_t nb, const float* x, int64_t K,
                                                        const float* xsum, float* out) {
-  using F = FV::F;
-  using I = FV::I;
-  const I sel[4] = {FV::byte_sel(0), FV::byte_sel(1), FV::byte_sel(2), FV::byte_sel(3)};
-  for (int h = 0; h < 16 / FV::L; ++h) {
-    F acc[MB], macc[MB];
-    for (int j = 0; j < MB; ++j) acc[j] = macc[j] = FV::zero();
+  using I = Codes::I;
+  const I sel[4] = {Codes::byte_sel(0), Codes::byte_sel(1), Codes::byte_sel(2), Codes::byte_sel(3)};
+  for (int h = 0; h < 16 / WL; ++h) {
+    WVec acc[MB], macc[MB];
+    for (int j = 0; j < MB; ++j) acc[j] = macc[j] = wzero();
     for (int64_t b = 0; b < nb; ++b) {
-      const int32_t* cb = t.codes + b * 4 * 16 + FV::L * h;
+      const int32_t* cb = t.codes + b * 4 * 16 + WL * h;
       if (h == 0 && t.next[0]) prefetch_block<true>(t, b);
-      F c[MB][4];
-      for (int j = 0; j < MB; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = FV::zero();
+      WVec c[MB][4];
+      for (int j = 0; j < MB; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = wzero();
       for (int u = 0; u < 4; ++u) {
-        const I v = FV::load(cb + 16 * u), lo = FV::nib_lo(v), hi = FV::nib_hi(v);
+        const I v = Codes::load(cb + 16 * u), lo = Codes::nib_lo(v), hi = Codes::nib_hi(v);
         for (int k = 0; k < 4; ++k) {
-          const F wl = FV::elem(lo, sel[k]), wh = FV::elem(hi, sel[k]);
+          const WVec wl = Codes::elem(lo, sel[k]), wh = Codes::elem(hi, sel[k]);
           for (int j = 0; j < MB; ++j) {
             const float* xb = x + j * K + b * QB;
-            c[j][2 * (k & 1)] = FV::fma(FV::set1(xb[4 * u + k]), wl, c[j][2 * (k & 1)]);
-            c[j][2 * (k & 1) + 1] = FV::fma(FV::set1(xb[16 + 4 * u + k]), wh, c[j][2 * (k & 1) + 1]);
+            c[j][2 * (k & 1)] = wfma(wset1(xb[4 * u + k]), wl, c[j][2 * (k & 1)]);
+            c[j][2 * (k & 1) + 1] = wfma(wset1(xb[16 + 4 * u + k]), wh, c[j][2 * (k & 1) + 1]);
           }
         }
       }
-      const F ws = FV::ld(t.scale + b * 16 + FV::L * h);
-      const F wm = FV::ld(static_cast<const S*>(t.extra) + b * 16 + FV::L * h);
+      const WVec ws = wld(t.scale + b * 16 + WL * h);
+      const WVec wm = wld(static_cast<const S*>(t.extra) + b * 16 + WL * h);
       for (int j = 0; j < MB; ++j) {
-        acc[j] = FV::fma(ws, FV::add(FV::add(c[j][0], c[j][1]), FV::add(c[j][2], c[j][3])), acc[j]);
-        macc[j] = FV::fma(wm, FV::set1(xsum[j * nb + b]), macc[j]);
+        acc[j] = wfma(ws, wadd(wadd(c[j][0], c[j][1]), wadd(c[j][2], c[j][3])), acc[j]);
+        macc[j] = wfma(wm, wset1(xsum[j * nb + b]), macc[j]);
       }
     }
-    for (int j = 0; j < MB; ++j) FV::st(out + 16 * j + FV::L * h, FV::add(acc[j], macc[j]));
+    for (int j = 0; j < MB; ++j) wst(out + 16 * j + WL * h, wadd(acc[j], macc[j]));
   }
 }
 
@@ -1141,18 +1129,15 @@ void over_tiles(const int32_t* codes, const S* scale, const void* extra, int64_t
   });
 }
 
-// mb (1 .. 8) as a compile-time row count: f(std::integral_constant<int, mb>)
-template <typename F>
+// mb (1 .. MAX) as a compile-time row count: f(std::integral_constant<int, mb>)
+template <int MAX, int R = MAX, typename F>
 inline void rows_dispatch(int64_t mb, F&& f) {
-  switch (mb) {
-    case 8: f(std::integral_constant<int, 8>()); break;
-    case 7: f(std::integral_constant<int, 7>()); break;
-    case 6: f(std::integral_constant<int, 6>()); break;
-    case 5: f(std::integral_constant<int, 5>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    default: f(std::integral_constant<int, 1>());
+  if constexpr (R == 1) {
+    f(std::integral_constant<int, 1>());
+  } else if (mb == R) {
+    f(std::integral_constant<int, R>());
+  } else {
+    rows_dispatch<MAX, R - 1>(mb, f);
   }
 }
 
@@ -1164,7 +1149,7 @@ void q8_tiles(const uint8_t* x, const float* xd, const float* xs, const int32_t*
   const int64_t K = nb * QB;
   over_tiles<S>(codes, scale, extra, nb * (I4 ? 4 : 8) * 16, I4 ? sizeof(S) : sizeof(int16_t), nb, M, N, RBT, y,
                 [&](const TileView<S>& t, int64_t m0, int64_t mb, float* out) {
-                  rows_dispatch(mb, [&](auto R) {
+                  rows_dispatch<RBT>(mb, [&](auto R) {
                     tile_rows<decltype(R)::value, I4, S>(t, nb, x + m0 * K, K, xd + m0 * nb, xs + m0 * nb, out);
                   });
                 });
@@ -1325,15 +1310,11 @@ torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor
     over_tiles<S>(codes.data_ptr<int32_t>(), static_cast<const S*>(scale.data_ptr()), mins.data_ptr(), nb * 4 * 16,
                   sizeof(S), nb, M, N, RBF, y.data_ptr<float>(),
                   [&](const TileView<S>& t, int64_t m0, int64_t mb, float* out) {
-                    switch (mb) {
-                      case 4: tile_rows_f<4, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out); break;
-                      case 3: tile_rows_f<3, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out); break;
-                      case 2: tile_rows_f<2, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out); break;
-                      default: tile_rows_f<1, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out);
-                    }
+                    rows_dispatch<RBF>(mb, [&](auto R) {
+                      tile_rows_f<decltype(R)::value, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out);
+                    });
                   });
   };
-  static_assert(RBF == 4, "dispatch above");
   if (half) go(c10::Half());
   else go(0.f);
   return y;
