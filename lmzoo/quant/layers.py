@@ -98,6 +98,17 @@ def _(x, q, scale, mn, group):
     return x.new_empty((x.shape[0], q.shape[0]))
 
 
+@torch.library.custom_op("lmzoo::tiles_linear_f", mutates_args=())
+def tiles_linear_f_op(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor,
+                      N: int) -> torch.Tensor:
+    return cpu_kernels().tiles_linear_f(x, codes, scale, mins, N)
+
+
+@tiles_linear_f_op.register_fake
+def _(x, codes, scale, mins, N):
+    return x.new_empty((x.shape[0], N))
+
+
 class _QuantLinear(nn.Module):
     """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM.
 
@@ -115,8 +126,17 @@ class _QuantLinear(nn.Module):
         takes them (cpu.cpp, prenorm_decode_block): arg is the group size, or the tiled kinds' N."""
         raise NotImplementedError
 
-    def _codes(self) -> tuple[torch.Tensor, ...]:
-        """The row-major tensors (codes, scales[, mins]), as dequant_rows and pack_tiles_q8 take them."""
+    def _codes(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The row-major tensors (codes, scales[, mins]) of weight rows `rows` (all when None), as
+        dequant_rows and pack_tiles_q8 take them."""
+        raise NotImplementedError
+
+    def _span(self, n0: int, n1: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        """Row-major tensors holding weight rows [n0, n1), and the first one's index in them."""
+        return self._codes(), n0
+
+    def _tiles(self, k, t: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The layer's weights in 16-row tiles (k.pack_tiles_q8 of the row-major tensors t)."""
         raise NotImplementedError
 
     def _q8(self, rows: int) -> bool:
@@ -124,27 +144,24 @@ class _QuantLinear(nn.Module):
 
     def _tiles_spec(self, tiled: int, row_major: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """The tiled kernel `tiled` (5 / 6: 8-bit activations, 7: int4 with float ones) over this
-        layer's weights packed in 16-row tiles (cpu.cpp, q8_tiles) on AVX2 and AVX-512 builds — packed
-        on first use and kept beside the codes, a second copy of about 1.2x their bytes; on portable
-        builds the row-major kernel `row_major`. The tiles are cached per layer (a decode step asks
-        ~120 times) under the codes' storage and version: replaced or changed in place
-        (load_state_dict), they are packed again."""
+        layer's weights packed in 16-row tiles (cpu.cpp, q8_tiles) on AVX2 and AVX-512 builds, packed on
+        first use (`_tiles`); on portable builds (or off the CPU) the row-major kernel `row_major`."""
+        b = self._buffers
+        if "tiles_q" in b:  # an int4 layer already packed (its only copy)
+            return tiled, (b["tiles_q"], b["tiles_scale"], b["tiles_min"]), self.out_features
         t = self._codes()
-        q = t[0]
-        key = (q.data_ptr(), -1 if q.is_inference() else q._version, t[1].data_ptr())
-        cached = self.__dict__.get("_tiles_cached")
-        if cached is None or cached[0] != key:
-            k = cpu_kernels()
-            tiles = None
-            if k is not None and k.isa() != "portable" and q.device.type == "cpu":
-                tiles = tuple(k.pack_tiles_q8(*t[:2], t[2] if len(t) > 2 else None, self.group_size))
-            cached = self.__dict__["_tiles_cached"] = key, tiles
-        return (row_major, t, self.group_size) if cached[1] is None else (tiled, cached[1], self.out_features)
+        k = cpu_kernels()
+        if k is None or k.isa() == "portable" or t[0].device.type != "cpu":
+            return row_major, t, self.group_size
+        return tiled, self._tiles(k, t), self.out_features
 
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
         (default: x2's rows; a long input goes in chunks, all of them multiplied alike)."""
-        if torch.compiler.is_compiling():  # the op torch.compile traces (row-major codes, float activations)
+        if torch.compiler.is_compiling():  # the ops torch.compile traces (float activations)
+            b = self._buffers
+            if "tiles_q" in b:
+                return tiles_linear_f_op(x2, b["tiles_q"], b["tiles_scale"], b["tiles_min"], self.out_features)
             return self.compiled_op(x2, *self._codes(), self.group_size)
         kind, t, arg = self.kernel_spec(rows or x2.shape[0])
         return KERNELS[kind](k)(x2, *t, arg)
@@ -153,7 +170,7 @@ class _QuantLinear(nn.Module):
         raise NotImplementedError
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        k = cpu_kernels() if dtype == torch.float32 and self._buffers["q"].device.type == "cpu" else None
+        k = cpu_kernels() if dtype == torch.float32 and next(iter(self._buffers.values())).device.type == "cpu" else None
         if k is None:
             return self.dequantize_rows(None, dtype)
         out = torch.empty(self.out_features, self.in_features)  # one pass in C++ (PyTorch's ops take ~2.5x)
@@ -162,8 +179,8 @@ class _QuantLinear(nn.Module):
 
     def _dequant_into(self, k, n0: int, out: torch.Tensor) -> None:
         """Weight rows [n0, n0 + len(out)) as float32 into out."""
-        t = self._codes()
-        k.dequant_rows(3 if len(t) > 2 else 1, list(t), self.group_size, n0, out)
+        t, i = self._span(n0, n0 + len(out))
+        k.dequant_rows(3 if len(t) > 2 else 1, list(t), self.group_size, i, out)
 
     def _tiled(self, k, x2: torch.Tensor) -> torch.Tensor:
         """x2 (M, K) @ W^T through BLAS on dequantised tiles of W's rows: y^T row blocks, each
@@ -253,13 +270,24 @@ class Int8Linear(_QuantLinear):
 
     def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         """Weight rows `rows` (all when None) as float: (len(rows), K)."""
-        q, scale = (self.q, self.scale) if rows is None else (self.q[rows], self.scale[rows])
+        q, scale = self._codes(rows)
         N, K, g = q.shape[0], self.in_features, self.group_size
         return (q.view(N, K // g, g).to(dtype) * scale[..., None].to(dtype)).view(N, K)
 
-    def _codes(self) -> tuple[torch.Tensor, ...]:
+    def _codes(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         b = self._buffers
-        return b["q"], b["scale"]
+        return (b["q"], b["scale"]) if rows is None else (b["q"][rows], b["scale"][rows])
+
+    def _tiles(self, k, t: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Kept beside the codes (float activations multiply the row-major rows, 8-bit ones the tiles),
+        cached per layer (a decode step asks ~120 times) under the codes' storage and version:
+        replaced or changed in place (load_state_dict), they are packed again."""
+        q = t[0]
+        key = (q.data_ptr(), -1 if q.is_inference() else q._version, t[1].data_ptr())
+        cached = self.__dict__.get("_tiles_cached")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_tiles_cached"] = key, tuple(k.pack_tiles_q8(*t, None, self.group_size))
+        return cached[1]
 
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """1 int8_linear, 2 int8_linear_q8, 5 tiles_linear_q8."""
@@ -358,12 +386,44 @@ def unpack_int4(p: torch.Tensor) -> torch.Tensor:
     return torch.stack((b & 0x0F, b >> 4), dim=2).reshape(N, H * 2)
 
 
+ROWS = ("q", "scale", "min")  # Int4Linear's row-major buffers
+TILES = ("tiles_q", "tiles_scale", "tiles_min")  # the same weights in 16-row tiles
+
+
+def _row_buffer(name: str) -> property:
+    """Int4Linear.q / .scale / .min: the row-major buffer, unpacked from the tiles first if the layer
+    holds those (so whoever reads or writes the codes gets the real tensors)."""
+
+    def get(self):
+        self._unpack_()
+        b = self._buffers
+        if name not in b:
+            raise AttributeError(name)
+        return b[name]
+
+    def set(self, value):
+        self._unpack_()
+        self._buffers[name] = value
+
+    return property(get, set)
+
+
 class Int4Linear(_QuantLinear):
     """y = x @ (scale * q + min)^T + bias, q in 0..15 packed two per byte, per group of K; scale and
-    min float32, or float16 as GGUF's Q4_0 / Q4_1 store them (4 bytes per 32 weights instead of 8)."""
+    min float32, or float16 as GGUF's Q4_0 / Q4_1 store them (4 bytes per 32 weights instead of 8).
+
+    Two forms of the same weights, one held at a time. Row-major buffers q (N, K/2), scale and min
+    (N, K/g) are the checkpoint's form (state_dict, GGUF, other devices). The first CPU kernel call on
+    an AVX2 / AVX-512 build packs them into 16-row tiles (cpu.cpp, q8_tiles: what the decode kernels
+    stream) and drops them: buffers tiles_q (T, K/8, 16) int32, tiles_scale and tiles_min (T, K/32,
+    16), T = ceil(N / 16). A model then holds its codes once, as the file does. Everything else reads
+    the row-major form from the tiles: state_dict() and prompt tiles unpack temporary copies;
+    load_state_dict, .to() / .half() / .cuda() and any use of .q / .scale / .min put the row-major
+    buffers back (the kernels pack them again on next use)."""
 
     bits = "int4"
     compiled_op = staticmethod(int4_linear_op)
+    q, scale, min = (_row_buffer(n) for n in ROWS)
 
     def __init__(self, in_features: int, out_features: int, *, group_size: int = 32,
                  bias: bool = False, device=None) -> None:
@@ -393,15 +453,73 @@ class Int4Linear(_QuantLinear):
 
     def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         """Weight rows `rows` (all when None) as float: (len(rows), K)."""
-        b = self._buffers
-        q, scale, mn = (b["q"], b["scale"], b["min"]) if rows is None else (b["q"][rows], b["scale"][rows], b["min"][rows])
+        q, scale, mn = self._codes(rows)
         N, K, g = q.shape[0], self.in_features, self.group_size
         w = unpack_int4(q).view(N, K // g, g).to(dtype)
         return (w * scale[..., None].to(dtype) + mn[..., None].to(dtype)).view(N, K)
 
-    def _codes(self) -> tuple[torch.Tensor, ...]:
+    def _codes(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         b = self._buffers
-        return b["q"], b["scale"], b["min"]
+        if "tiles_q" not in b:
+            return tuple(b[n] if rows is None else b[n][rows] for n in ROWS)
+        if rows is None:
+            return self._from_tiles(0, self.out_features)
+        # row n is lane n % 16 of tile n // 16; tiles_q[t, :, i] -> (R, K/8) int32 = (R, K/2) bytes
+        t, i, every = rows // 16, rows % 16, self.group_size // 32
+        return (b["tiles_q"][t, :, i].contiguous().view(torch.uint8),
+                *(b[n][t, ::every, i].to(dt) for n, dt in zip(TILES[1:], self._row_dtypes)))
+
+    def _from_tiles(self, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
+        """Row-major (q, scale, min) of the tiles holding rows [n0, n1), from tile n0 // 16's first row."""
+        b = self._buffers
+        t0, t1 = n0 // 16, (n1 + 15) // 16
+        n = min(self.out_features, 16 * t1) - 16 * t0
+        # tiles_q (T, C, 16): column c of lane i is bytes 4c..4c+3 of the tile's row i
+        q = b["tiles_q"][t0:t1].transpose(1, 2).contiguous().view(torch.uint8).view(-1, self.in_features // 2)
+        every = self.group_size // 32  # the tiles repeat a group's scale and min for each 32-block of it
+        return (q[:n], *(b[name][t0:t1, ::every].transpose(1, 2).reshape(-1, b[name].shape[1] // every)[:n].to(dt)
+                         for name, dt in zip(TILES[1:], self._row_dtypes)))
+
+    def _span(self, n0: int, n1: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        if "tiles_q" in self._buffers:
+            return self._from_tiles(n0, n1), n0 % 16
+        return self._codes(), n0
+
+    def _tiles(self, k, t: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Pack the codes into tiles and keep only those (see the class)."""
+        tiles = k.pack_tiles_q8(*t, self.group_size)
+        self._row_dtypes = (t[1].dtype, t[2].dtype)  # float16 scales beside float32 mins pack as float32
+        b = self._buffers
+        for n in ROWS:
+            del b[n]
+        for n, v in zip(TILES, tiles):
+            b[n] = v
+            self._non_persistent_buffers_set.add(n)
+        return tuple(tiles)
+
+    def _unpack_(self) -> None:
+        """Put the row-major buffers back in place of the tiles (nothing to do when they are there)."""
+        b = self._buffers
+        if "tiles_q" not in b:
+            return
+        rows = self._from_tiles(0, self.out_features)
+        for n in TILES:
+            del b[n]
+            self._non_persistent_buffers_set.discard(n)
+        b.update(zip(ROWS, rows))
+
+    def _apply(self, fn, recurse=True):
+        self._unpack_()  # moves and dtype changes apply to the checkpoint's form
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if "tiles_q" in self._buffers:  # the tiles are not persistent: the row-major form, unpacked
+            destination.update((prefix + n, t) for n, t in zip(ROWS, self._codes()))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._unpack_()
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """3 int4_linear, 4 int4_linear_q8, 6 tiles_linear_q8, 7 tiles_linear_f."""

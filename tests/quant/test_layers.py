@@ -264,3 +264,67 @@ def test_from_pretrained_quantize(tmp_path, mode):
             assert torch.equal(d(ids), b)
         kept = lmzoo.from_pretrained(tmp_path, cpu_kernels=False)  # no kernels: the checkpoint's dtype
         assert kept.embed.weight.dtype == torch.bfloat16 and not getattr(kept, "quantization", None)
+
+
+TILED = cpu_kernels() is not None and cpu_kernels().isa() != "portable"
+
+
+@pytest.mark.skipif(not TILED, reason="16-row tiles are packed on AVX2 / AVX-512 kernel builds only")
+@pytest.mark.parametrize("g,dtypes", [(32, (torch.float16, torch.float16)), (128, (torch.float32, torch.float32)),
+                                      (64, (torch.float16, torch.float32))])
+def test_int4_tiles_are_the_only_copy(g, dtypes):
+    """After the first kernel call an int4 layer holds its weights once, as 16-row tiles (40 rows: the
+    last tile part-filled); every other use reads the row-major form back from them exactly:
+    state_dict (dtypes included), row lookups, prompt tiles, dequantize; reading .q / .scale / .min,
+    load_state_dict or .to() put the row-major buffers back, and the next kernel call packs again."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 40, bias=True)
+    q = Int4Linear.from_linear(lin, group_size=g)
+    q.scale, q.min = q.scale.to(dtypes[0]), q.min.to(dtypes[1])
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    weight = reference_weight(q)
+    x = torch.randn(3, 256)
+    prompt = torch.randn(1, 60, 256)  # past KERNEL_MAX_ROWS: BLAS on dequantised tiles of rows
+    with torch.inference_mode():
+        before, long_before = q(x), q(prompt)
+        assert set(dict(q.named_buffers())) == {"tiles_q", "tiles_scale", "tiles_min"}
+        # 3 tiles of 16 rows: 128 code bytes a row, a scale and a min per 32-block (float16 if both were)
+        size = 2 if dtypes == (torch.float16, torch.float16) else 4
+        assert sum(b.numel() * b.element_size() for b in q.buffers()) == 48 * (128 + 2 * 8 * size)
+        assert "_tiles_cached" not in q.__dict__
+        after = q(x)
+        assert torch.equal(after, before)
+        assert torch.equal(q(prompt), long_before)
+        got = q.state_dict()
+        assert list(got) == list(state)
+        for k, v in state.items():
+            assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+        ids = torch.tensor([39, 0, 17, 16, 17])
+        assert torch.equal(q.dequantize_rows(ids), weight[ids])
+        assert torch.equal(q.dequantize(), weight)
+        assert "tiles_q" in q._buffers  # all of the above read the tiles as they are
+        # reading the codes puts them back in rows; the next product packs again
+        assert torch.equal(q.q, state["q"]) and "tiles_q" not in q._buffers and "q" in q._buffers
+        assert torch.equal(q(x), before) and "tiles_q" in q._buffers
+        # loading new weights into a packed layer: the product uses them
+        new = Int4Linear.from_linear(nn.Linear(256, 40, bias=True), group_size=g)
+        new.scale, new.min = new.scale.to(dtypes[0]), new.min.to(dtypes[1])
+        q.load_state_dict(new.state_dict())
+        assert torch.equal(q(x), new(x))
+        assert (q(x) - before).abs().max() > 0.01
+    q.to(torch.float64)  # dtype changes apply to the row-major form
+    assert q.scale.dtype == torch.float64 and "tiles_q" not in q._buffers
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TILED, reason="16-row tiles are packed on AVX2 / AVX-512 kernel builds only")
+def test_compiled_int4_layer_multiplies_its_tiles():
+    """torch.compile traces a packed int4 layer through the tiles' custom op (the same product)."""
+    torch.manual_seed(0)
+    q = Int4Linear.from_linear(nn.Linear(256, 40), group_size=32)
+    x = torch.randn(2, 256)
+    with torch.inference_mode():
+        eager = q(x)
+        assert "tiles_q" in q._buffers
+        assert torch.equal(torch.compile(q, dynamic=False)(x), eager)
+        assert "tiles_q" in q._buffers
