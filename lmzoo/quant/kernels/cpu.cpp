@@ -46,6 +46,17 @@ inline float hsum(__m256 v) {
 }
 #endif
 
+// The row kernels ask for the weights PF_BYTES ahead of the row they multiply: the hardware prefetcher
+// alone left the int8 LM head at 10-14 GB/s of a 21-28 GB/s memory read rate (2 threads), 2 KB ahead
+// brought it to 14-20 (-20-30% time; 1-4 KB ahead all helped; benchmarks/RESULTS.md 2026-12-07).
+constexpr int64_t PF_BYTES = 2048;
+// `bytes` from p on into L1, a line at a time (prefetches never fault: reaching past the matrix is harmless)
+inline void prefetch_rows(const void* p, int64_t bytes) {
+#ifdef LMZOO_AVX2
+  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(static_cast<const char*>(p) + o, _MM_HINT_T0);
+#endif
+}
+
 // block b -> its scale group b / per_group, as a table: a 64-bit division per block costs more
 // than the block's whole product
 inline std::vector<int64_t> group_of(int64_t nb, int64_t per_group) {
@@ -432,6 +443,7 @@ void float_rows(const float* xp, int64_t M, int64_t K, const W* wp, int64_t N, f
   weight_row_tiles(N, M, RW, 0, [&](int64_t n, int64_t m0, std::vector<float>&) {
     const float* x = xp + m0 * K;
     const W* w = wp + n * K;
+    if (m0 == 0) prefetch_rows(reinterpret_cast<const char*>(w) + PF_BYTES, K * sizeof(W));
     float* y = yp + m0 * N + n;
     switch (std::min<int64_t>(RW, M - m0)) {
       case 1: float_pass<1>(x, K, w, y, N); break;
@@ -478,6 +490,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
 #ifdef LMZOO_AVX512
   weight_row_tiles(N, M, RI4, 0, [&](int64_t n, int64_t m0, std::vector<float>&) {
     const int8_t* qr = qp + n * K;
+    if (m0 == 0) prefetch_rows(qr + PF_BYTES, K);
     auto pass = [&](const auto* sr) {
       const float* x = xp + m0 * K;
       float* y = yp + m0 * N + n;
@@ -501,6 +514,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
     for (int64_t n = n0; n < n1; ++n) {
       const int8_t* qr = qp + n * K;
 #if defined(LMZOO_AVX2)
+      prefetch_rows(qr + PF_BYTES, K);
       const float* sr = M == 1 ? nullptr : ss.row(n, sbuf);  // one row reads the scales as stored
       // rows in passes of RB: each 16-weight chunk is widened to float once and used for RB rows
       for (int64_t m0 = 0; m0 < M; m0 += RB) {
