@@ -109,17 +109,50 @@ def _(x, codes, scale, mins, N):
     return x.new_empty((x.shape[0], N))
 
 
+TILES = ("tiles_q", "tiles_scale", "tiles_extra")  # a layer's weights in 16-row tiles (cpu.cpp, q8_tiles)
+
+
+def _row_buffer(name: str) -> property:
+    """A quantised layer's row-major buffer (q, scale, min), unpacked from the tiles first if the layer
+    holds those: whoever reads or writes the codes gets the real tensors."""
+
+    def get(self):
+        self._unpack_()
+        b = self._buffers
+        if name not in b:
+            raise AttributeError(name)
+        return b[name]
+
+    def set(self, value):
+        self._unpack_()
+        self._buffers[name] = value
+
+    return property(get, set)
+
+
 class _QuantLinear(nn.Module):
     """Shared forward: few fp32 CPU rows -> the integer kernel; anything else -> dequantise + GEMM.
 
     activations (a runtime choice, `set_activations`): "float" multiplies the float32 rows by the
     integer weights exactly (dequant(W) @ x, up to summation order); "q8" first quantises each row
     per 32 values to int8, as llama.cpp does, and multiplies integers (dequant(W) @ dequant(q8(x))).
+
+    Int8Linear / Int4Linear hold their weights in one of two forms at a time. The row-major buffers
+    (ROWS: q (N, K) int8 or (N, K/2) uint8, scale [, min] (N, K/g)) are the checkpoint's form:
+    state_dict, GGUF, other devices. The kernels that multiply 16-row tiles (AVX2 / AVX-512 builds:
+    int4 always, int8 with 8-bit activations) pack them on first use and drop them: buffers tiles_q
+    (T, K/8 or K/4, 16) int32, tiles_scale and tiles_extra (T, K/32, 16: int4's mins, int8's sums of
+    codes), T = ceil(N / 16). A model then holds its codes once, as its file does. Everything else
+    reads the row-major form from the tiles (state_dict(), embedding lookups and prompt tiles unpack
+    temporary copies), and what needs the buffers themselves puts them back: load_state_dict, .to() /
+    .half() / .cuda(), any use of .q / .scale / .min, a kernel on row-major codes (int8 with float
+    activations). The next tiled kernel packs them again.
     """
 
     bits = ""
     activations = "float"
     kernel_rows = KERNEL_MAX_ROWS  # the most activation rows the kernel takes
+    ROWS: tuple[str, ...] = ()  # the row-major buffers (codes first); none: the layer has no tiles
 
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """(kind, tensors, arg) of the kernel for an input of `rows` rows, as the fused decode kernel
@@ -128,40 +161,100 @@ class _QuantLinear(nn.Module):
 
     def _codes(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The row-major tensors (codes, scales[, mins]) of weight rows `rows` (all when None), as
-        dequant_rows and pack_tiles_q8 take them."""
-        raise NotImplementedError
+        dequant_rows and pack_tiles_q8 take them: the buffers, or copies read from the tiles."""
+        b = self._buffers
+        if "tiles_q" not in b:
+            return tuple(b[n] if rows is None else b[n][rows] for n in self.ROWS)
+        if rows is None:
+            return self._from_tiles(0, self.out_features)
+        # row n is lane n % 16 of tile n // 16: tiles_q[t, :, i] (R, C) int32 = the rows' code bytes
+        t, i, every = rows // 16, rows % 16, self.group_size // 32
+        return (b["tiles_q"][t, :, i].contiguous().view(self._row_dtypes[0]),
+                *(b[n][t, ::every, i].to(dt) for n, dt in zip(TILES[1:], self._row_dtypes[1:])))
+
+    def _from_tiles(self, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
+        """Row-major codes, scales [, mins] of the tiles holding rows [n0, n1), from tile n0 // 16's
+        first row (torch ops: any device)."""
+        b = self._buffers
+        t0, t1 = n0 // 16, (n1 + 15) // 16
+        n = min(self.out_features, 16 * t1) - 16 * t0
+        # tiles_q (T, C, 16): column c of lane i is bytes 4c..4c+3 of the tile's row i
+        q = b["tiles_q"][t0:t1].transpose(1, 2).contiguous().view(self._row_dtypes[0]).flatten(0, 1)
+        every = self.group_size // 32  # the tiles repeat a group's values for each 32-block of it
+        return (q[:n], *(b[name][t0:t1, ::every].transpose(1, 2).flatten(0, 1)[:n].to(dt).contiguous()
+                         for name, dt in zip(TILES[1:], self._row_dtypes[1:])))
 
     def _span(self, n0: int, n1: int) -> tuple[tuple[torch.Tensor, ...], int]:
         """Row-major tensors holding weight rows [n0, n1), and the first one's index in them."""
+        if "tiles_q" in self._buffers:
+            return self._from_tiles(n0, n1), n0 % 16
         return self._codes(), n0
 
-    def _tiles(self, k, t: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """The layer's weights in 16-row tiles (k.pack_tiles_q8 of the row-major tensors t)."""
-        raise NotImplementedError
+    def _pack_(self, k) -> tuple[torch.Tensor, ...]:
+        """Pack the row-major buffers into tiles and keep only those (see the class); the tiles."""
+        t = self._codes()
+        tiles = k.pack_tiles_q8(t[0], t[1], t[2] if len(t) > 2 else None, self.group_size)
+        # float16 scales beside float32 mins pack as float32: unpacking restores each dtype
+        self._row_dtypes = tuple(v.dtype for v in t)
+        b = self._buffers
+        for n in self.ROWS:
+            del b[n]
+        for n, v in zip(TILES, tiles):
+            b[n] = v
+            self._non_persistent_buffers_set.add(n)
+        return tuple(tiles)
+
+    def _unpack_(self) -> None:
+        """Put the row-major buffers back in place of the tiles (nothing to do when they are there)."""
+        b = self._buffers
+        if "tiles_q" not in b:
+            return
+        rows = self._from_tiles(0, self.out_features)
+        for n in TILES:
+            del b[n]
+            self._non_persistent_buffers_set.discard(n)
+        b.update(zip(self.ROWS, rows))
+
+    def _apply(self, fn, recurse=True):
+        self._unpack_()  # moves and dtype changes apply to the checkpoint's form
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if "tiles_q" in self._buffers:  # the tiles are not persistent: the row-major form, unpacked
+            destination.update((prefix + n, t) for n, t in zip(self.ROWS, self._codes()))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._unpack_()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _row_spec(self, kind: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
+        """The row-major kernel `kind` over the row-major buffers (put back if the layer holds tiles)."""
+        self._unpack_()
+        return kind, self._codes(), self.group_size
 
     def _q8(self, rows: int) -> bool:
         return self.activations == "q8" and rows <= Q8_MAX_ROWS
 
     def _tiles_spec(self, tiled: int, row_major: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """The tiled kernel `tiled` (5 / 6: 8-bit activations, 7: int4 with float ones) over this
-        layer's weights packed in 16-row tiles (cpu.cpp, q8_tiles) on AVX2 and AVX-512 builds, packed on
-        first use (`_tiles`); on portable builds (or off the CPU) the row-major kernel `row_major`."""
+        layer's 16-row tiles on AVX2 and AVX-512 builds, packed on first use; on portable builds (or
+        off the CPU) the row-major kernel `row_major`."""
         b = self._buffers
-        if "tiles_q" in b:  # an int4 layer already packed (its only copy)
-            return tiled, (b["tiles_q"], b["tiles_scale"], b["tiles_min"]), self.out_features
-        t = self._codes()
+        if "tiles_q" in b:
+            return tiled, (b["tiles_q"], b["tiles_scale"], b["tiles_extra"]), self.out_features
         k = cpu_kernels()
-        if k is None or k.isa() == "portable" or t[0].device.type != "cpu":
-            return row_major, t, self.group_size
-        return tiled, self._tiles(k, t), self.out_features
+        if k is None or k.isa() == "portable" or b[self.ROWS[0]].device.type != "cpu":
+            return row_major, self._codes(), self.group_size
+        return tiled, self._pack_(k), self.out_features
 
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
         (default: x2's rows; a long input goes in chunks, all of them multiplied alike)."""
         if torch.compiler.is_compiling():  # the ops torch.compile traces (float activations)
             b = self._buffers
-            if "tiles_q" in b:
-                return tiles_linear_f_op(x2, b["tiles_q"], b["tiles_scale"], b["tiles_min"], self.out_features)
+            if "tiles_q" in b and self.bits == "int4":
+                return tiles_linear_f_op(x2, b["tiles_q"], b["tiles_scale"], b["tiles_extra"], self.out_features)
             return self.compiled_op(x2, *self._codes(), self.group_size)
         kind, t, arg = self.kernel_spec(rows or x2.shape[0])
         return KERNELS[kind](k)(x2, *t, arg)
@@ -245,6 +338,8 @@ class Int8Linear(_QuantLinear):
 
     bits = "int8"
     compiled_op = staticmethod(int8_linear_op)
+    ROWS = ("q", "scale")
+    q, scale = (_row_buffer(n) for n in ROWS)
 
     def __init__(self, in_features: int, out_features: int, *, group_size: int | None = None,
                  bias: bool = False, device=None) -> None:
@@ -274,21 +369,6 @@ class Int8Linear(_QuantLinear):
         N, K, g = q.shape[0], self.in_features, self.group_size
         return (q.view(N, K // g, g).to(dtype) * scale[..., None].to(dtype)).view(N, K)
 
-    def _codes(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        b = self._buffers
-        return (b["q"], b["scale"]) if rows is None else (b["q"][rows], b["scale"][rows])
-
-    def _tiles(self, k, t: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Kept beside the codes (float activations multiply the row-major rows, 8-bit ones the tiles),
-        cached per layer (a decode step asks ~120 times) under the codes' storage and version:
-        replaced or changed in place (load_state_dict), they are packed again."""
-        q = t[0]
-        key = (q.data_ptr(), -1 if q.is_inference() else q._version, t[1].data_ptr())
-        cached = self.__dict__.get("_tiles_cached")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_tiles_cached"] = key, tuple(k.pack_tiles_q8(*t, None, self.group_size))
-        return cached[1]
-
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """1 int8_linear, 2 int8_linear_q8, 5 tiles_linear_q8."""
         g = self.group_size
@@ -296,8 +376,8 @@ class Int8Linear(_QuantLinear):
             if g % 32 == 0:
                 return self._tiles_spec(5, 2)
             if g == 16:
-                return 2, self._codes(), g
-        return 1, self._codes(), g
+                return self._row_spec(2)
+        return self._row_spec(1)
 
 
 
@@ -386,43 +466,14 @@ def unpack_int4(p: torch.Tensor) -> torch.Tensor:
     return torch.stack((b & 0x0F, b >> 4), dim=2).reshape(N, H * 2)
 
 
-ROWS = ("q", "scale", "min")  # Int4Linear's row-major buffers
-TILES = ("tiles_q", "tiles_scale", "tiles_min")  # the same weights in 16-row tiles
-
-
-def _row_buffer(name: str) -> property:
-    """Int4Linear.q / .scale / .min: the row-major buffer, unpacked from the tiles first if the layer
-    holds those (so whoever reads or writes the codes gets the real tensors)."""
-
-    def get(self):
-        self._unpack_()
-        b = self._buffers
-        if name not in b:
-            raise AttributeError(name)
-        return b[name]
-
-    def set(self, value):
-        self._unpack_()
-        self._buffers[name] = value
-
-    return property(get, set)
-
-
 class Int4Linear(_QuantLinear):
     """y = x @ (scale * q + min)^T + bias, q in 0..15 packed two per byte, per group of K; scale and
     min float32, or float16 as GGUF's Q4_0 / Q4_1 store them (4 bytes per 32 weights instead of 8).
-
-    Two forms of the same weights, one held at a time. Row-major buffers q (N, K/2), scale and min
-    (N, K/g) are the checkpoint's form (state_dict, GGUF, other devices). The first CPU kernel call on
-    an AVX2 / AVX-512 build packs them into 16-row tiles (cpu.cpp, q8_tiles: what the decode kernels
-    stream) and drops them: buffers tiles_q (T, K/8, 16) int32, tiles_scale and tiles_min (T, K/32,
-    16), T = ceil(N / 16). A model then holds its codes once, as the file does. Everything else reads
-    the row-major form from the tiles: state_dict() and prompt tiles unpack temporary copies;
-    load_state_dict, .to() / .half() / .cuda() and any use of .q / .scale / .min put the row-major
-    buffers back (the kernels pack them again on next use)."""
+    On AVX2 / AVX-512 builds the first kernel call packs them into tiles (see _QuantLinear)."""
 
     bits = "int4"
     compiled_op = staticmethod(int4_linear_op)
+    ROWS = ("q", "scale", "min")
     q, scale, min = (_row_buffer(n) for n in ROWS)
 
     def __init__(self, in_features: int, out_features: int, *, group_size: int = 32,
@@ -457,69 +508,6 @@ class Int4Linear(_QuantLinear):
         N, K, g = q.shape[0], self.in_features, self.group_size
         w = unpack_int4(q).view(N, K // g, g).to(dtype)
         return (w * scale[..., None].to(dtype) + mn[..., None].to(dtype)).view(N, K)
-
-    def _codes(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        b = self._buffers
-        if "tiles_q" not in b:
-            return tuple(b[n] if rows is None else b[n][rows] for n in ROWS)
-        if rows is None:
-            return self._from_tiles(0, self.out_features)
-        # row n is lane n % 16 of tile n // 16; tiles_q[t, :, i] -> (R, K/8) int32 = (R, K/2) bytes
-        t, i, every = rows // 16, rows % 16, self.group_size // 32
-        return (b["tiles_q"][t, :, i].contiguous().view(torch.uint8),
-                *(b[n][t, ::every, i].to(dt) for n, dt in zip(TILES[1:], self._row_dtypes)))
-
-    def _from_tiles(self, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
-        """Row-major (q, scale, min) of the tiles holding rows [n0, n1), from tile n0 // 16's first row."""
-        b = self._buffers
-        t0, t1 = n0 // 16, (n1 + 15) // 16
-        n = min(self.out_features, 16 * t1) - 16 * t0
-        # tiles_q (T, C, 16): column c of lane i is bytes 4c..4c+3 of the tile's row i
-        q = b["tiles_q"][t0:t1].transpose(1, 2).contiguous().view(torch.uint8).view(-1, self.in_features // 2)
-        every = self.group_size // 32  # the tiles repeat a group's scale and min for each 32-block of it
-        return (q[:n], *(b[name][t0:t1, ::every].transpose(1, 2).reshape(-1, b[name].shape[1] // every)[:n].to(dt)
-                         for name, dt in zip(TILES[1:], self._row_dtypes)))
-
-    def _span(self, n0: int, n1: int) -> tuple[tuple[torch.Tensor, ...], int]:
-        if "tiles_q" in self._buffers:
-            return self._from_tiles(n0, n1), n0 % 16
-        return self._codes(), n0
-
-    def _tiles(self, k, t: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Pack the codes into tiles and keep only those (see the class)."""
-        tiles = k.pack_tiles_q8(*t, self.group_size)
-        self._row_dtypes = (t[1].dtype, t[2].dtype)  # float16 scales beside float32 mins pack as float32
-        b = self._buffers
-        for n in ROWS:
-            del b[n]
-        for n, v in zip(TILES, tiles):
-            b[n] = v
-            self._non_persistent_buffers_set.add(n)
-        return tuple(tiles)
-
-    def _unpack_(self) -> None:
-        """Put the row-major buffers back in place of the tiles (nothing to do when they are there)."""
-        b = self._buffers
-        if "tiles_q" not in b:
-            return
-        rows = self._from_tiles(0, self.out_features)
-        for n in TILES:
-            del b[n]
-            self._non_persistent_buffers_set.discard(n)
-        b.update(zip(ROWS, rows))
-
-    def _apply(self, fn, recurse=True):
-        self._unpack_()  # moves and dtype changes apply to the checkpoint's form
-        return super()._apply(fn, recurse)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if "tiles_q" in self._buffers:  # the tiles are not persistent: the row-major form, unpacked
-            destination.update((prefix + n, t) for n, t in zip(ROWS, self._codes()))
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._unpack_()
-        return super()._load_from_state_dict(*args, **kwargs)
 
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """3 int4_linear, 4 int4_linear_q8, 6 tiles_linear_q8, 7 tiles_linear_f."""

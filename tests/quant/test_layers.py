@@ -270,30 +270,43 @@ TILED = cpu_kernels() is not None and cpu_kernels().isa() != "portable"
 
 
 @pytest.mark.skipif(not TILED, reason="16-row tiles are packed on AVX2 / AVX-512 kernel builds only")
-@pytest.mark.parametrize("g,dtypes", [(32, (torch.float16, torch.float16)), (128, (torch.float32, torch.float32)),
-                                      (64, (torch.float16, torch.float32))])
-def test_int4_tiles_are_the_only_copy(g, dtypes):
-    """After the first kernel call an int4 layer holds its weights once, as 16-row tiles (40 rows: the
-    last tile part-filled); every other use reads the row-major form back from them exactly:
-    state_dict (dtypes included), row lookups, prompt tiles, dequantize; reading .q / .scale / .min,
-    load_state_dict or .to() put the row-major buffers back, and the next kernel call packs again."""
+@pytest.mark.parametrize("cls,g,dtypes", [(Int4Linear, 32, (torch.float16, torch.float16)),
+                                          (Int4Linear, 128, (torch.float32, torch.float32)),
+                                          (Int4Linear, 64, (torch.float16, torch.float32)),
+                                          (Int8Linear, 32, (torch.float16,)), (Int8Linear, None, (torch.float32,))])
+def test_tiles_are_the_only_copy(cls, g, dtypes, monkeypatch):
+    """After the first tiled kernel call (int4; int8 with 8-bit activations) a layer holds its weights
+    once, as 16-row tiles (40 rows: the last tile part-filled); every other use reads the row-major
+    form back from them exactly: state_dict (dtypes included), row lookups, prompt tiles, dequantize;
+    reading .q / .scale / .min, a row-major kernel (int8 with float activations), load_state_dict or
+    .to() put the row-major buffers back, and the next tiled kernel call packs again."""
+    import lmzoo.quant.layers as Q
+    from lmzoo.quant.layers import set_activations
+
+    monkeypatch.setattr(Q, "TILE", 256 * 10)  # prompt tiles of 10 rows: within one 16-row tile or across two
+
+    def make(lin):
+        q = cls.from_linear(lin, group_size=g)
+        for name, dt in zip(cls.ROWS[1:], dtypes):
+            setattr(q, name, getattr(q, name).to(dt))
+        return set_activations(q, "q8" if cls is Int8Linear else "float")
+
     torch.manual_seed(0)
-    lin = nn.Linear(256, 40, bias=True)
-    q = Int4Linear.from_linear(lin, group_size=g)
-    q.scale, q.min = q.scale.to(dtypes[0]), q.min.to(dtypes[1])
+    q = make(nn.Linear(256, 40, bias=True))
     state = {k: v.clone() for k, v in q.state_dict().items()}
     weight = reference_weight(q)
     x = torch.randn(3, 256)
     prompt = torch.randn(1, 60, 256)  # past KERNEL_MAX_ROWS: BLAS on dequantised tiles of rows
     with torch.inference_mode():
         before, long_before = q(x), q(prompt)
-        assert set(dict(q.named_buffers())) == {"tiles_q", "tiles_scale", "tiles_min"}
-        # 3 tiles of 16 rows: 128 code bytes a row, a scale and a min per 32-block (float16 if both were)
-        size = 2 if dtypes == (torch.float16, torch.float16) else 4
-        assert sum(b.numel() * b.element_size() for b in q.buffers()) == 48 * (128 + 2 * 8 * size)
-        assert "_tiles_cached" not in q.__dict__
-        after = q(x)
-        assert torch.equal(after, before)
+        assert set(dict(q.named_buffers())) == {"tiles_q", "tiles_scale", "tiles_extra"}
+        # 3 tiles of 16 rows: the code bytes of a row; per 32-block a scale, and int4's min (float16
+        # if both were) or int8's int16 sum of codes
+        codes = 128 if cls is Int4Linear else 256
+        size = 2 if all(dt == torch.float16 for dt in dtypes) else 4
+        per_block = 2 * size if cls is Int4Linear else size + 2
+        assert sum(b.numel() * b.element_size() for b in q.buffers()) == 48 * (codes + 8 * per_block)
+        assert torch.equal(q(x), before)
         assert torch.equal(q(prompt), long_before)
         got = q.state_dict()
         assert list(got) == list(state)
@@ -306,9 +319,14 @@ def test_int4_tiles_are_the_only_copy(g, dtypes):
         # reading the codes puts them back in rows; the next product packs again
         assert torch.equal(q.q, state["q"]) and "tiles_q" not in q._buffers and "q" in q._buffers
         assert torch.equal(q(x), before) and "tiles_q" in q._buffers
+        if cls is Int8Linear:  # float activations multiply the row-major codes
+            float_y = set_activations(q, "float")(x)
+            assert "q" in q._buffers and "tiles_q" not in q._buffers
+            assert (float_y - nn.functional.linear(x, weight, q.bias)).abs().max() < 1e-4
+            set_activations(q, "q8")
         # loading new weights into a packed layer: the product uses them
-        new = Int4Linear.from_linear(nn.Linear(256, 40, bias=True), group_size=g)
-        new.scale, new.min = new.scale.to(dtypes[0]), new.min.to(dtypes[1])
+        q(x)
+        new = make(nn.Linear(256, 40, bias=True))
         q.load_state_dict(new.state_dict())
         assert torch.equal(q(x), new(x))
         assert (q(x) - before).abs().max() > 0.01
