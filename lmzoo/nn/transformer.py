@@ -55,6 +55,10 @@ class Transformer(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         # distinct (window, chunk) attention patterns; one mask is built per pattern per forward
         self.patterns = sorted({(cfg.layer_window(i), cfg.layer_chunk(i)) for i in range(cfg.n_layer)}, key=str)
+        # decode_layers(model, x, a, masks) -> (B, 1, d) or None: a one-token step through every layer
+        # at once, installed by a kernel transform (lmzoo.quant.gemv); None = not applicable to this
+        # call, the layers run one by one
+        self.decode_layers = None
 
     def token_dtype_device(self) -> tuple[torch.dtype, torch.device]:
         """The dtype and device of the token embeddings, i.e. of the activations (a float table's, or
@@ -174,12 +178,14 @@ class Transformer(nn.Module):
             if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
                 m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
             masks[w, c] = m
-        for layer in self.layers:
+        y = self.decode_layers(self, x, a, masks) if self.decode_layers is not None and T == 1 else None
+        for layer in self.layers if y is None else ():
             mask = masks[layer.attn.window, layer.attn.chunk]
             if isinstance(layer, QueryLayer):  # PanGu-alpha: final norm, then the query layer
                 x = layer(self.norm(x), a, mask, query=self.query_embed(positions))
             else:
                 x = layer(x, a, mask)
+        x = x if y is None else y
         if last_only:
             x = x[:, -1:]
         return x if hidden_only else self.logits(x)

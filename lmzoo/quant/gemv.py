@@ -12,6 +12,8 @@ the same gradients as without.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,7 @@ from lmzoo.nn.attention import Attention
 from lmzoo.nn.block import PreNormBlock
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import RMSNorm
+from lmzoo.nn.transformer import Transformer
 from lmzoo.quant.kernels import cpu_kernels
 from lmzoo.quant.layers import GEMV_MAX_ROWS, HalfLinear, Int4Linear, Int8Linear, by_chunks, float_linear_op, needs_autograd
 
@@ -140,16 +143,23 @@ def _swiglu(m: nn.Module) -> bool:
     return type(m) is MLP and m.gated and m.act is F.silu
 
 
-def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """PreNormBlock.decode_step: the block's one-token step in one kernel call, when every part is one
-    the kernel reproduces (FusedRMSNorm, plain-RoPE attention with the cache kernel, a SwiGLU MLP,
-    linears on their kernel paths), nothing records autograd, torch.compile is not tracing (it traces
-    the modules) and no forward hook would miss a call; None otherwise (the modules run). Runs once
-    per layer and token: submodules are read from `_modules` (nn.Module's __getattr__ costs a
-    microsecond a name)."""
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or a.kv is None or a.cos is None
-            or a.q_scale is not None or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
-            or a.cos.dtype != torch.float32 or not (a.cos.is_contiguous() and a.sin.is_contiguous())):
+def _step_inputs_fit(x: torch.Tensor, a) -> bool:
+    """Whether a one-token step with these inputs can run fused: nothing records autograd,
+    torch.compile is not tracing (it traces the modules), float32 CPU activations, plain RoPE angles
+    and a KV cache, and no global forward hook that a fused call would skip."""
+    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or a.kv is None or a.cos is None
+                or a.q_scale is not None or x.dtype != torch.float32 or x.device.type != "cpu"
+                or not x.is_contiguous() or a.cos.dtype != torch.float32
+                or not (a.cos.is_contiguous() and a.sin.is_contiguous())
+                or _global_forward_hooks or _global_forward_pre_hooks)
+
+
+def _block_parts(block: nn.Module) -> tuple | None:
+    """(attn, mlp, norms, linears, block arguments of the kernel) of a block whose one-token step the
+    kernel reproduces — a PreNormBlock with FusedRMSNorm norms, plain-RoPE attention with the cache
+    kernel, a SwiGLU MLP, linears on their kernel paths, no forward hooks on any of these — else
+    None. Submodules are read from `_modules` (nn.Module's __getattr__ costs a microsecond a name)."""
+    if type(block) is not PreNormBlock:
         return None
     bm = block._modules
     attn, mlp, n1, n2 = bm["attn"], bm["mlp"], bm["attn_norm"], bm["mlp_norm"]
@@ -160,24 +170,102 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
     am, mm = attn._modules, mlp._modules
     lins = (am["qkv"], am["o"], mm["gate_up"], mm["down"])
     specs = [_linear_spec(m) for m in lins]
-    if None in specs or _global_forward_hooks or _global_forward_pre_hooks or any(
-            m._forward_hooks or m._forward_pre_hooks for m in (block, attn, mlp, n1, n2) + lins):
-        return None
     w1, w2 = n1._parameters["weight"], n2._parameters["weight"]
-    cache = _cache_args(a.kv, attn, mask)
-    if cache is None or w1.dtype != torch.float32 or w2.dtype != torch.float32:
+    if (None in specs or w1.dtype != torch.float32 or w2.dtype != torch.float32
+            or any(m._forward_hooks or m._forward_pre_hooks for m in (block, attn, mlp, n1, n2) + lins)):
         return None
-    return cpu_kernels().prenorm_decode_block(
-        x, w1, n1.eps, w2, n2.eps, [s[0] for s in specs], [s[2] for s in specs],
-        [t for s in specs for t in s[1]], [s[3] for s in specs], a.cos, a.sin, *cache,
-        attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
+    args = (w1, n1.eps, w2, n2.eps, [s[0] for s in specs], [s[2] for s in specs],
+            [t for s in specs for t in s[1]], [s[3] for s in specs])
+    return attn, mlp, (n1, n2), lins, args
+
+
+def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """PreNormBlock.decode_step: the block's one-token step in one kernel call, when the step's inputs
+    and every part of the block allow it (_step_inputs_fit, _block_parts); None otherwise (the
+    modules run)."""
+    parts = _block_parts(block) if _step_inputs_fit(x, a) else None
+    if parts is None:
+        return None
+    attn, _, _, _, args = parts
+    cache = _cache_args(a.kv, attn, mask)
+    if cache is None:
+        return None
+    return cpu_kernels().prenorm_decode_block(x, *args, a.cos, a.sin, *cache, attn.n_head, attn.n_kv_head,
+                                              attn.scale or attn.head_dim ** -0.5)
+
+
+# model -> (still_valid(), DecodeStack or None): each model's blocks prepared for decode_stack, kept
+# while nothing they were built from has changed (weakly: a stack never keeps its model alive)
+_STACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MISSING = object()
+
+
+def _build_stack(model: nn.Module) -> tuple:
+    """(still_valid, stack): every layer's _block_parts in a DecodeStack (None when a layer does not
+    fuse or the layers attend in more than one pattern), and a check that all it was built from is
+    as it was: the same modules of the same classes, the same tensors in every linear and norm, the
+    same activation modes, attention functions and decode steps, forward hooks on the same modules
+    (~3 us a layer, against ~20 for building a layer's arguments anew). A layer that does not fuse is
+    watched whole (all its modules), so that the stack is tried again once it would."""
+    same: list[tuple[dict, str, object]] = []  # d.get(key) is obj
+    types: list[tuple[nn.Module, type]] = []
+    hooks: list[tuple[dict, bool]] = []  # whether each module had hooks
+
+    def still_valid() -> bool:
+        return (all(d.get(k, _MISSING) is o for d, k, o in same) and all(type(m) is t for m, t in types)
+                and all(bool(h) is had for h, had in hooks))
+
+    def watch(m: nn.Module) -> None:
+        types.append((m, type(m)))
+        hooks.extend((h, bool(h)) for h in (m._forward_hooks, m._forward_pre_hooks))
+        # submodules, parameters, buffers and instance attributes (decode_step, eps, activations, ...)
+        for d in (m._modules, m._parameters, m._buffers, m.__dict__):
+            same.extend((d, k, v) for k, v in d.items() if k not in ("_modules", "_parameters", "_buffers"))
+        same.append((m.__dict__, "activations", m.__dict__.get("activations", _MISSING)))
+
+    layers = model._modules.get("layers")
+    same.append((model._modules, "layers", layers))
+    stack = cpu_kernels().DecodeStack() if len(getattr(model, "patterns", ())) == 1 and layers is not None else None
+    for i, (name, block) in enumerate(layers._modules.items() if stack is not None else ()):
+        same.append((layers._modules, name, block))
+        parts = _block_parts(block) if block.decode_step is _decode_block else None
+        if parts is None or block.attn.layer != i:
+            for m in block.modules():
+                watch(m)
+            stack = None
+            break
+        attn, mlp, norms, lins, args = parts
+        stack.add(*args, attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
+        for m in (block, attn, mlp, *norms, *lins):
+            watch(m)
+    return still_valid, stack
+
+
+def _decode_stack(model: nn.Module, x: torch.Tensor, a, masks: dict) -> torch.Tensor | None:
+    """Transformer.decode_layers: one token a row through every layer in one kernel call (DecodeStack),
+    when every layer fuses (_block_parts) and they share one attention pattern; None otherwise (the
+    layers run one by one, each still fused where it can be)."""
+    if len(masks) != 1 or not _step_inputs_fit(x, a):
+        _STACKS.pop(model, None)  # not used on this path: let go of the tensors it holds
+        return None
+    entry = _STACKS.get(model)
+    if entry is None or not entry[0]():
+        entry = _STACKS[model] = _build_stack(model)
+    stack = entry[1]
+    if stack is None:
+        return None
+    c = a.kv.cache
+    cache = _cache_args(a.kv, model._modules["layers"]._modules["0"]._modules["attn"], next(iter(masks.values())))
+    if cache is None:
+        return None
+    return stack.run(x, a.cos, a.sin, c.k, c.v, *cache[2:])
 
 
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
     """Swap every plain nn.Linear for GemvLinear and RMSNorm for FusedRMSNorm in place (class
     changes: no weights move), give plain-RoPE attention layers the in-place rotation kernel and the
-    one-token cache attention kernel, and pre-norm blocks the fused one-token step (used when every
-    part of the block is one of these).
+    one-token cache attention kernel, pre-norm blocks the fused one-token step (used when every
+    part of the block is one of these), and the model the step through all its layers in one call.
     Does nothing when the kernels cannot be built."""
     if cpu_kernels() is None:
         return model
@@ -191,4 +279,6 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
             m.decode_attention = _decode_attention
         elif type(m) is PreNormBlock:
             m.decode_step = _decode_block
+        elif isinstance(m, Transformer):
+            m.decode_layers = _decode_stack
     return model

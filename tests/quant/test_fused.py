@@ -335,51 +335,121 @@ def copy_model(m):
 
 @pytest.mark.parametrize("form", ["f32", "f16", "bf16", "int8", "int8/q8", "int4", "int4/q8"])
 @pytest.mark.parametrize("extra", [{}, {"qkv_bias": True, "n_kv_head": 4}, {"sliding_window": 5}])
-def test_decode_block_in_generation(form, extra):
-    """The fused one-token block step gives the modules' own logits, bit for bit (the same kernels in
-    the same order), in every weight form, for one row and a left-padded batch at different lengths,
-    and it ran every decode step of every layer; against the plain PyTorch model it agrees within
-    the forms' tolerance and greedy tokens are identical."""
+@pytest.mark.parametrize("path", ["stack", "blocks"])
+def test_decode_block_in_generation(form, extra, path):
+    """The fused one-token step — all layers in one call (stack), or block by block (blocks) — gives
+    the modules' own logits, bit for bit (the same kernels in the same order), in every weight form,
+    for one row and a left-padded batch at different lengths, and it ran every decode step; against
+    the plain PyTorch model it agrees within the forms' tolerance and greedy tokens are identical."""
     import lmzoo
 
     cfg = lmzoo.ModelConfig(**{**dict(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
                                       intermediate_size=96), **extra})
     plain, fast = _decode_block_pair(cfg, form)
-    steps = [layer.decode_step for layer in fast.layers]
-    assert all(s is not None for s in steps)
     ran = []
-    for layer, s in zip(fast.layers, steps):
-        layer.decode_step = lambda *a, s=s: ran.append(y := s(*a)) or y
+    if path == "stack":
+        stack = fast.decode_layers
+        assert stack is not None
+        fast.decode_layers = lambda *a: ran.append(y := stack(*a)) or y
+        per_step = 1
+    else:
+        fast.decode_layers = None
+        steps = [layer.decode_step for layer in fast.layers]
+        assert all(s is not None for s in steps)
+        for layer, s in zip(fast.layers, steps):
+            layer.decode_step = lambda *a, s=s: ran.append(y := s(*a)) or y
+        per_step = cfg.n_layer
     inputs = generation_inputs(cfg, seed=1)
     for kw in inputs:
         want = lmzoo.generate(plain, max_new_tokens=10, eos_token_id=[], **kw)
         n = len(ran)
         got = lmzoo.generate(fast, max_new_tokens=10, eos_token_id=[], **kw)
         assert torch.equal(got, want)
-        assert len(ran) - n == 9 * cfg.n_layer and all(y is not None for y in ran[n:])
-    # logits, fused vs the modules with the same kernels (decode_step off), then vs plain PyTorch
+        assert len(ran) - n == 9 * per_step and all(y is not None for y in ran[n:])
+    # logits, fused vs the modules with the same kernels (fused steps off), then vs plain PyTorch
     from lmzoo.runtime.cache import KVCache
 
     ids, mask = inputs[1]["input_ids"], inputs[1]["attention_mask"]
 
     def logits(model, off: bool):
-        saved = [layer.decode_step for layer in model.layers]
+        saved = [layer.decode_step for layer in model.layers], model.decode_layers
         if off:
             for layer in model.layers:
                 layer.decode_step = None
+            model.decode_layers = None
         try:
             cache = KVCache(model, 3, 16)
             with torch.inference_mode():
                 model(ids, cache=cache, attention_mask=mask)
                 return torch.cat([model(ids[:, j:j + 1], cache=cache) for j in range(4)], 1)
         finally:
-            for layer, s in zip(model.layers, saved):
+            for layer, s in zip(model.layers, saved[0]):
                 layer.decode_step = s
+            model.decode_layers = saved[1]
 
     fused = logits(fast, off=False)
     assert torch.equal(fused, logits(fast, off=True))
     tol = 5e-2 if form.endswith("/q8") else 1e-4  # q8: the activations are rounded
     torch.testing.assert_close(fused, logits(plain, off=True), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("form", ["f32", "int4", "int8"])
+def test_decode_stack_follows_changes_to_the_model(form):
+    """The all-layers step is prepared once per model and kept while the model is unchanged; after
+    each change below the next step follows it (a stale stack would give the old logits): new weights
+    loaded into a layer, another layer put in, a norm weight changed in place, the activation mode
+    switched, a forward hook that changes an output (the step then runs the modules, hook
+    included) and the hook removed again."""
+    import lmzoo
+    from lmzoo.quant.gemv import _STACKS
+    from lmzoo.runtime.cache import KVCache
+
+    cfg = lmzoo.ModelConfig(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=96)
+    _, fast = _decode_block_pair(cfg, form)
+    _, other = _decode_block_pair(lmzoo.ModelConfig(**{**cfg.__dict__, "name": "other"}), form)
+    for t in [*other.parameters(), *other.buffers()]:  # other weights (quantised ones: their scales)
+        if t.is_floating_point():
+            t.data.mul_(-1.5)
+    ids = torch.randint(0, cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
+
+    def logits(fused: bool):
+        saved = fast.decode_layers, [layer.decode_step for layer in fast.layers]
+        if not fused:
+            fast.decode_layers = None
+            for layer in fast.layers:
+                layer.decode_step = None
+        try:
+            cache = KVCache(fast, 2, 16)
+            with torch.inference_mode():
+                fast(ids, cache=cache)
+                return torch.cat([fast(ids[:, j:j + 1], cache=cache) for j in range(3)], 1)
+        finally:
+            fast.decode_layers = saved[0]
+            for layer, s in zip(fast.layers, saved[1]):
+                layer.decode_step = s
+
+    def check(built: bool = True):
+        got = logits(True)
+        assert (_STACKS[fast][1] is not None) == built
+        assert torch.equal(got, logits(False))
+        return got
+
+    before = check()
+    changes = [lambda: fast.layers[1].mlp.down.load_state_dict(other.layers[1].mlp.down.state_dict()),
+               lambda: setattr(fast.layers[0].attn, "o", copy_model(other.layers[0].attn.o)),
+               lambda: fast.layers[0].mlp_norm.weight.data.mul_(0.5)]
+    if form != "f32":
+        changes.append(lambda: set_activations(fast, "q8"))
+    for change in changes:
+        change()
+        after = check()
+        assert not torch.equal(after, before)
+        before = after
+    handle = fast.layers[1].mlp.register_forward_hook(lambda m, i, o: o * 2)
+    hooked = check(built=False)
+    assert not torch.equal(hooked, before)
+    handle.remove()
+    assert torch.equal(check(), before)
 
 
 def test_decode_block_steps_aside_for_hooks_and_lora(tmp_path):
