@@ -195,7 +195,9 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
 
 
 # model -> (still_valid(), DecodeStack or None): each model's blocks prepared for decode_stack, kept
-# while nothing they were built from has changed (weakly: a stack never keeps its model alive)
+# while nothing they were built from has changed (weakly: a stack never keeps its model alive). A
+# stack holds its tensors: a model changed, moved or switched to training lets go of the old ones at
+# its next one-token step.
 _STACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MISSING = object()
 
