@@ -7,9 +7,10 @@ share of it, and the kernels' streaming rate against the host's memory read band
 0. prefill: the `--prompt`-token forward of `--batch` rows, best of three;
 1. step: the model's forward for one token per row after that prefill (no engine), averaged; tok/s
    counts every row's token (a batched step is what serving 16 clients runs);
-2. kernels: the same steps with a timer around every call into lmzoo's compiled kernels (the fused
-   decode blocks, the LM head's product, norms; their sum per step, and per kernel), and the rest of
-   the step (Python, PyTorch ops and dispatch outside the kernels);
+2. kernels: the same steps with a timer around every call into lmzoo's compiled kernels (the layers'
+   fused step — all layers in one call, or block by block —, the LM head's product, norms; their sum
+   per step, and per kernel), and the rest of the step (Python, PyTorch ops and dispatch outside the
+   kernels);
 3. pass: every quantised matrix of the model multiplied once by one row, back to back (weights come
    from DRAM, as in a decode step), in ms and GB/s of weights read, beside
    `lmzoo.tools.bench.read_bandwidth_gbs` (a plain streaming read of a large buffer).
@@ -80,11 +81,15 @@ def main() -> None:
 
         for n, f in originals.items():
             setattr(k, n, timed(n, f))
+        stack = model.decode_layers  # all layers in one call (DecodeStack.run), when the model fuses
+        if stack is not None:
+            model.decode_layers = timed("decode stack (all layers)", stack)
         try:
             timed_step = steps(a.steps)
         finally:
             for n, f in originals.items():
                 setattr(k, n, f)
+            model.decode_layers = stack
         rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
         for m in layers:
             m._kernel(k, rows[m.in_features])
