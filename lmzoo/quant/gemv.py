@@ -256,10 +256,10 @@ def _decode_stack(model: nn.Module, x: torch.Tensor, a, masks: dict) -> torch.Te
     stack = entry[1]
     if stack is None:
         return None
-    c = a.kv.cache
     cache = _cache_args(a.kv, model._modules["layers"]._modules["0"]._modules["attn"], next(iter(masks.values())))
     if cache is None:
         return None
+    c = a.kv.cache  # every layer's keys and values (the kernel checks each layer's like the first's)
     return stack.run(x, a.cos, a.sin, c.k, c.v, *cache[2:])
 
 
