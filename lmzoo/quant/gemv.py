@@ -200,15 +200,19 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
 # its next one-token step.
 _STACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MISSING = object()
+# the instance attributes of a layer's modules that its fused step depends on (besides submodules,
+# parameters and buffers)
+_ATTRS = ("decode_step", "decode_attention", "rope_inplace", "act", "gated", "eps", "activations")
 
 
 def _build_stack(model: nn.Module) -> tuple:
     """(still_valid, stack): every layer's _block_parts in a DecodeStack (None when a layer does not
     fuse or the layers attend in more than one pattern), and a check that all it was built from is
     as it was: the same modules of the same classes, the same tensors in every linear and norm, the
-    same activation modes, attention functions and decode steps, forward hooks on the same modules
-    (~3 us a layer, against ~20 for building a layer's arguments anew). A layer that does not fuse is
-    watched whole (all its modules), so that the stack is tried again once it would."""
+    same activation modes, attention functions, norm epsilons and decode steps, forward hooks on the
+    same modules (~60 checks a layer, against ~20 us for building a layer's arguments anew). A layer
+    that does not fuse is watched whole (all its modules), so that the stack is tried again once it
+    would."""
     same: list[tuple[dict, str, object]] = []  # d.get(key) is obj
     types: list[tuple[nn.Module, type]] = []
     hooks: list[tuple[dict, bool]] = []  # whether each module had hooks
@@ -217,13 +221,12 @@ def _build_stack(model: nn.Module) -> tuple:
         return (all(d.get(k, _MISSING) is o for d, k, o in same) and all(type(m) is t for m, t in types)
                 and all(bool(h) is had for h, had in hooks))
 
-    def watch(m: nn.Module) -> None:
+    def watch(m: nn.Module, attrs: tuple[str, ...] = _ATTRS) -> None:
         types.append((m, type(m)))
         hooks.extend((h, bool(h)) for h in (m._forward_hooks, m._forward_pre_hooks))
-        # submodules, parameters, buffers and instance attributes (decode_step, eps, activations, ...)
-        for d in (m._modules, m._parameters, m._buffers, m.__dict__):
-            same.extend((d, k, v) for k, v in d.items() if k not in ("_modules", "_parameters", "_buffers"))
-        same.append((m.__dict__, "activations", m.__dict__.get("activations", _MISSING)))
+        for d in (m._modules, m._parameters, m._buffers):
+            same.extend((d, k, v) for k, v in d.items())
+        same.extend((m.__dict__, a, m.__dict__.get(a, _MISSING)) for a in attrs)
 
     layers = model._modules.get("layers")
     same.append((model._modules, "layers", layers))
@@ -238,8 +241,10 @@ def _build_stack(model: nn.Module) -> tuple:
             break
         attn, mlp, norms, lins, args = parts
         stack.add(*args, attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
-        for m in (block, attn, mlp, *norms, *lins):
-            watch(m)
+        for m, attrs in ((block, ("decode_step",)), (attn, ("decode_attention", "rope_inplace")),
+                         (mlp, ("act", "gated")), *((n, ("eps",)) for n in norms),
+                         *((lin, ("activations",)) for lin in lins)):
+            watch(m, attrs)
     return still_valid, stack
 
 
