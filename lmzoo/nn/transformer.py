@@ -178,14 +178,16 @@ class Transformer(nn.Module):
             if bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
                 m = bias.to(x.dtype).masked_fill(~m, float("-inf"))
             masks[w, c] = m
-        y = self.decode_layers(self, x, a, masks) if self.decode_layers is not None and T == 1 else None
-        for layer in self.layers if y is None else ():
-            mask = masks[layer.attn.window, layer.attn.chunk]
-            if isinstance(layer, QueryLayer):  # PanGu-alpha: final norm, then the query layer
-                x = layer(self.norm(x), a, mask, query=self.query_embed(positions))
-            else:
-                x = layer(x, a, mask)
-        x = x if y is None else y
+        fused = self.decode_layers(self, x, a, masks) if self.decode_layers is not None and T == 1 else None
+        if fused is not None:
+            x = fused
+        else:
+            for layer in self.layers:
+                mask = masks[layer.attn.window, layer.attn.chunk]
+                if isinstance(layer, QueryLayer):  # PanGu-alpha: final norm, then the query layer
+                    x = layer(self.norm(x), a, mask, query=self.query_embed(positions))
+                else:
+                    x = layer(x, a, mask)
         if last_only:
             x = x[:, -1:]
         return x if hidden_only else self.logits(x)

@@ -155,10 +155,10 @@ def _step_inputs_fit(x: torch.Tensor, a) -> bool:
 
 
 def _block_parts(block: nn.Module) -> tuple | None:
-    """(attn, mlp, norms, linears, block arguments of the kernel) of a block whose one-token step the
-    kernel reproduces — a PreNormBlock with FusedRMSNorm norms, plain-RoPE attention with the cache
-    kernel, a SwiGLU MLP, linears on their kernel paths, no forward hooks on any of these — else
-    None. Submodules are read from `_modules` (nn.Module's __getattr__ costs a microsecond a name)."""
+    """(attn, mlp, norms, linears, the kernel's weight arguments, its head arguments) of a block whose
+    one-token step the kernel reproduces — a PreNormBlock with FusedRMSNorm norms, plain-RoPE
+    attention with the cache kernel, a SwiGLU MLP, linears on their kernel paths, no forward hooks on
+    any of these — else None. Submodules are read from `_modules` (nn.Module's __getattr__ costs a microsecond a name)."""
     if type(block) is not PreNormBlock:
         return None
     bm = block._modules
@@ -176,7 +176,8 @@ def _block_parts(block: nn.Module) -> tuple | None:
         return None
     args = (w1, n1.eps, w2, n2.eps, [s[0] for s in specs], [s[2] for s in specs],
             [t for s in specs for t in s[1]], [s[3] for s in specs])
-    return attn, mlp, (n1, n2), lins, args
+    heads = (attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
+    return attn, mlp, (n1, n2), lins, args, heads
 
 
 def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -186,12 +187,11 @@ def _decode_block(block: PreNormBlock, x: torch.Tensor, a, mask: torch.Tensor | 
     parts = _block_parts(block) if _step_inputs_fit(x, a) else None
     if parts is None:
         return None
-    attn, _, _, _, args = parts
+    attn, _, _, _, args, heads = parts
     cache = _cache_args(a.kv, attn, mask)
     if cache is None:
         return None
-    return cpu_kernels().prenorm_decode_block(x, *args, a.cos, a.sin, *cache, attn.n_head, attn.n_kv_head,
-                                              attn.scale or attn.head_dim ** -0.5)
+    return cpu_kernels().prenorm_decode_block(x, *args, a.cos, a.sin, *cache, *heads)
 
 
 # model -> (still_valid(), DecodeStack or None): each model's blocks prepared for decode_stack, kept
@@ -239,8 +239,8 @@ def _build_stack(model: nn.Module) -> tuple:
                 watch(m)
             stack = None
             break
-        attn, mlp, norms, lins, args = parts
-        stack.add(*args, attn.n_head, attn.n_kv_head, attn.scale or attn.head_dim ** -0.5)
+        attn, mlp, norms, lins, args, heads = parts
+        stack.add(*args, *heads)
         for m, attrs in ((block, ("decode_step",)), (attn, ("decode_attention", "rope_inplace")),
                          (mlp, ("act", "gated")), *((n, ("eps",)) for n in norms),
                          *((lin, ("activations",)) for lin in lins)):
