@@ -142,7 +142,7 @@ class _QuantLinear(nn.Module):
     state_dict, GGUF, other devices. The kernels that multiply 16-row tiles (AVX2 / AVX-512 builds:
     int4 always, int8 with 8-bit activations) pack them on first use and drop them: buffers tiles_q
     (T, K/8 or K/4, 16) int32, tiles_scale and tiles_extra (T, K/32, 16: int4's mins, int8's sums of
-    codes), T = ceil(N / 16). A model then holds its codes once, as its file does. Everything else
+    codes; (T, 0, 16) for int4 whose mins are -8 * scale, GGUF's Q4_0: 10% fewer bytes), T = ceil(N / 16). A model then holds its codes once, as its file does. Everything else
     reads the row-major form from the tiles (state_dict(), embedding lookups and prompt tiles unpack
     temporary copies), and what needs the buffers themselves puts them back: load_state_dict, .to() /
     .half() / .cuda(), any use of .q / .scale / .min, a kernel on row-major codes (int8 with float
@@ -169,8 +169,8 @@ class _QuantLinear(nn.Module):
             return self._from_tiles(0, self.out_features)
         # row n is lane n % 16 of tile n // 16: tiles_q[t, :, i] (R, C) int32 = the rows' code bytes
         t, i, every = rows // 16, rows % 16, self.group_size // 32
-        return (b["tiles_q"][t, :, i].contiguous().view(self._row_dtypes[0]),
-                *(b[n][t, ::every, i].to(dt) for n, dt in zip(TILES[1:], self._row_dtypes[1:])))
+        return self._mins_back((b["tiles_q"][t, :, i].contiguous().view(self._row_dtypes[0]),
+                                *(b[n][t, ::every, i].to(dt) for n, dt in zip(TILES[1:], self._row_dtypes[1:]))))
 
     def _from_tiles(self, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
         """Row-major codes, scales [, mins] of the tiles holding rows [n0, n1), from tile n0 // 16's
@@ -181,8 +181,15 @@ class _QuantLinear(nn.Module):
         # tiles_q (T, C, 16): column c of lane i is bytes 4c..4c+3 of the tile's row i
         q = b["tiles_q"][t0:t1].transpose(1, 2).contiguous().view(self._row_dtypes[0]).flatten(0, 1)
         every = self.group_size // 32  # the tiles repeat a group's values for each 32-block of it
-        return (q[:n], *(b[name][t0:t1, ::every].transpose(1, 2).flatten(0, 1)[:n].to(dt).contiguous()
-                         for name, dt in zip(TILES[1:], self._row_dtypes[1:])))
+        return self._mins_back((q[:n], *(b[name][t0:t1, ::every].transpose(1, 2).flatten(0, 1)[:n].to(dt).contiguous()
+                                         for name, dt in zip(TILES[1:], self._row_dtypes[1:]))))
+
+    def _mins_back(self, rows: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Rows read from the tiles, with the mins of symmetric int4 tiles (stored as none, see
+        _pack_) put back: -8 * scale, the very values _pack_ checked them to be."""
+        if len(rows) == 3 and self._buffers["tiles_extra"].numel() == 0:
+            return rows[0], rows[1], rows[1].to(self._row_dtypes[2]) * -8
+        return rows
 
     def _span(self, n0: int, n1: int) -> tuple[tuple[torch.Tensor, ...], int]:
         """Row-major tensors holding weight rows [n0, n1), and the first one's index in them."""
@@ -193,7 +200,10 @@ class _QuantLinear(nn.Module):
     def _pack_(self, k) -> tuple[torch.Tensor, ...]:
         """Pack the row-major buffers into tiles and keep only those (see the class); the tiles."""
         t = self._codes()
-        tiles = k.pack_tiles_q8(t[0], t[1], t[2] if len(t) > 2 else None, self.group_size)
+        mins = t[2] if len(t) > 2 else None
+        if mins is not None and torch.equal(mins, t[1].to(mins.dtype) * -8):
+            mins = mins.new_empty(0)  # GGUF Q4_0 (w = d q - 8 d): the kernels take the mins from the scales
+        tiles = k.pack_tiles_q8(t[0], t[1], mins, self.group_size)
         # float16 scales beside float32 mins pack as float32: unpacking restores each dtype
         self._row_dtypes = tuple(v.dtype for v in t)
         b = self._buffers

@@ -270,16 +270,20 @@ TILED = cpu_kernels() is not None and cpu_kernels().isa() != "portable"
 
 
 @pytest.mark.skipif(not TILED, reason="16-row tiles are packed on AVX2 / AVX-512 kernel builds only")
-@pytest.mark.parametrize("cls,g,dtypes", [(Int4Linear, 32, (torch.float16, torch.float16)),
-                                          (Int4Linear, 128, (torch.float32, torch.float32)),
-                                          (Int4Linear, 64, (torch.float16, torch.float32)),
-                                          (Int8Linear, 32, (torch.float16,)), (Int8Linear, None, (torch.float32,))])
-def test_tiles_are_the_only_copy(cls, g, dtypes, monkeypatch):
+@pytest.mark.parametrize("cls,g,dtypes,sym", [(Int4Linear, 32, (torch.float16, torch.float16), False),
+                                              (Int4Linear, 128, (torch.float32, torch.float32), False),
+                                              (Int4Linear, 64, (torch.float16, torch.float32), False),
+                                              (Int4Linear, 32, (torch.float16, torch.float16), True),
+                                              (Int4Linear, 64, (torch.float16, torch.float32), True),
+                                              (Int8Linear, 32, (torch.float16,), False),
+                                              (Int8Linear, None, (torch.float32,), False)])
+def test_tiles_are_the_only_copy(cls, g, dtypes, sym, monkeypatch):
     """After the first tiled kernel call (int4; int8 with 8-bit activations) a layer holds its weights
     once, as 16-row tiles (40 rows: the last tile part-filled); every other use reads the row-major
     form back from them exactly: state_dict (dtypes included), row lookups, prompt tiles, dequantize;
     reading .q / .scale / .min, a row-major kernel (int8 with float activations), load_state_dict or
-    .to() put the row-major buffers back, and the next tiled kernel call packs again."""
+    .to() put the row-major buffers back, and the next tiled kernel call packs again. sym: int4 whose
+    mins are -8 * scale (GGUF Q4_0) keeps no mins in its tiles."""
     import lmzoo.quant.layers as Q
     from lmzoo.quant.layers import set_activations
 
@@ -289,6 +293,8 @@ def test_tiles_are_the_only_copy(cls, g, dtypes, monkeypatch):
         q = cls.from_linear(lin, group_size=g)
         for name, dt in zip(cls.ROWS[1:], dtypes):
             setattr(q, name, getattr(q, name).to(dt))
+        if sym:  # GGUF Q4_0's form
+            q.min = q.scale.to(dtypes[1]) * -8
         return set_activations(q, "q8" if cls is Int8Linear else "float")
 
     torch.manual_seed(0)
@@ -303,8 +309,8 @@ def test_tiles_are_the_only_copy(cls, g, dtypes, monkeypatch):
         # 3 tiles of 16 rows: the code bytes of a row; per 32-block a scale, and int4's min (float16
         # if both were) or int8's int16 sum of codes
         codes = 128 if cls is Int4Linear else 256
-        size = 2 if all(dt == torch.float16 for dt in dtypes) else 4
-        per_block = 2 * size if cls is Int4Linear else size + 2
+        size = 2 if all(dt == torch.float16 for dt in dtypes[:1 if sym else 2]) else 4
+        per_block = size if sym else 2 * size if cls is Int4Linear else size + 2
         assert sum(b.numel() * b.element_size() for b in q.buffers()) == 48 * (codes + 8 * per_block)
         assert torch.equal(q(x), before)
         assert torch.equal(q(prompt), long_before)
@@ -346,3 +352,28 @@ def test_compiled_int4_layer_multiplies_its_tiles():
         assert "tiles_q" in q._buffers
         assert torch.equal(torch.compile(q, dynamic=False)(x), eager)
         assert "tiles_q" in q._buffers
+
+
+@pytest.mark.skipif(not TILED, reason="16-row tiles are packed on AVX2 / AVX-512 kernel builds only")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_symmetric_int4_tiles_give_the_stored_mins_products(dtype):
+    """Tiles packed without mins (min = -8 * scale) multiply to the same bits as the same weights
+    packed with their mins stored, float and 8-bit activations, 1 to 9 rows; a layer whose mins are
+    -8 * scale but for one value keeps its mins."""
+    k = cpu_kernels()
+    g = torch.Generator().manual_seed(0)
+    for N, K, gs in ((40, 96, 32), (33, 128, 64), (16, 256, 128)):
+        q = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, generator=g)
+        scale = (torch.rand(N, K // gs, generator=g) * 0.02 + 1e-3).to(dtype)
+        stored = k.pack_tiles_q8(q, scale, scale * -8, gs)
+        packed = k.pack_tiles_q8(q, scale, scale.new_empty(0), gs)
+        assert packed[2].shape == (stored[0].shape[0], 0, 16)
+        for M in (1, 3, 9):
+            x = torch.randn(M, K, generator=g)
+            for f in (k.tiles_linear_f, k.tiles_linear_q8):
+                assert torch.equal(f(x, *packed, N), f(x, *stored, N))
+    layer = Int4Linear.from_codes(q, scale, scale * -8)
+    layer.min[3, 0] += 1e-3
+    with torch.inference_mode():
+        layer(torch.randn(1, 256))
+    assert layer._buffers["tiles_extra"].shape == layer._buffers["tiles_scale"].shape

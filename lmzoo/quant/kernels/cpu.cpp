@@ -898,13 +898,17 @@ inline __m512 ld16(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si2
 #endif
 
 // one tile's packed tensors: codes (C, 16) int32; scale (nb, 16), S = float32 or float16 as the
-// checkpoint stores them; extra (nb, 16): int4's mins (S) or int8's sums of each block's codes (int16)
+// checkpoint stores them; extra (nb, 16): int4's mins (S) or int8's sums of each block's codes (int16).
+// Symmetric int4 (GGUF Q4_0: w = d q - 8 d) stores no mins: extra is then the scales themselves and
+// mf = -8, so the min term sum_b mf * scale[b] * s[b] is the stored -8 d's, bit for bit (a product
+// by a power of two is exact: fma(-8 d, s, -8 m) = -8 fma(d, s, m)). int8 and stored mins: mf = 1.
 template <typename S>
 struct TileView {
   const int32_t* codes;
   const S* scale;
   const void* extra;
   const char* next[3];  // the next tile's codes, scale and extra, fetched into L2 block by block (or null)
+  float mf;             // the min term's factor
 };
 
 // the next tile's block b, a few lines at a time amid this tile's arithmetic
@@ -963,7 +967,8 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
       if (I4) macc[j] = _mm512_fmadd_ps(wm, _mm512_set1_ps(xs[j * nb + b]), macc[j]);
     }
   }
-  for (int j = 0; j < MB; ++j) _mm512_storeu_ps(out + 16 * j, I4 ? _mm512_add_ps(acc[j], macc[j]) : acc[j]);
+  const __m512 mf = _mm512_set1_ps(t.mf);
+  for (int j = 0; j < MB; ++j) _mm512_storeu_ps(out + 16 * j, I4 ? _mm512_fmadd_ps(mf, macc[j], acc[j]) : acc[j]);
 }
 #else
 // 8 lanes of 4-byte products (unsigned u x signed v, one weight row a lane) added to d, exact in 32 bits
@@ -1030,7 +1035,8 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
         if (I4) macc[j] = _mm256_fmadd_ps(wm, _mm256_set1_ps(xs[j * nb + b]), macc[j]);
       }
     }
-    for (int j = 0; j < MB; ++j) _mm256_storeu_ps(out + 16 * j + 8 * h, I4 ? _mm256_add_ps(acc[j], macc[j]) : acc[j]);
+    const __m256 mf = _mm256_set1_ps(t.mf);
+    for (int j = 0; j < MB; ++j) _mm256_storeu_ps(out + 16 * j + 8 * h, I4 ? _mm256_fmadd_ps(mf, macc[j], acc[j]) : acc[j]);
   }
 }
 #endif
@@ -1105,16 +1111,17 @@ __attribute__((always_inline)) inline void tile_rows_f(const TileView<S>& t, int
         macc[j] = wfma(wm, wset1(xsum[j * nb + b]), macc[j]);
       }
     }
-    for (int j = 0; j < MB; ++j) wst(out + 16 * j + WL * h, wadd(acc[j], macc[j]));
+    const WVec mf = wset1(t.mf);
+    for (int j = 0; j < MB; ++j) wst(out + 16 * j + WL * h, wfma(mf, macc[j], acc[j]));
   }
 }
 
 // Every pass of up to R activation rows against every packed tile, the tiles split across threads:
 // rows(t, m0, mb, out) multiplies rows [m0, m0 + mb) by tile t into out (mb, 16). csz: a tile's code
-// dwords; xsz: the bytes of one extra value.
+// dwords; xsz: the bytes of one extra value; mf: TileView's.
 template <typename S, typename Rows>
 void over_tiles(const int32_t* codes, const S* scale, const void* extra, int64_t csz, int64_t xsz, int64_t nb,
-                int64_t M, int64_t N, int64_t R, float* y, Rows rows) {
+                int64_t M, int64_t N, int64_t R, float* y, float mf, Rows rows) {
   const int64_t tiles = (N + 15) / 16;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> out(R * 16);
@@ -1123,7 +1130,7 @@ void over_tiles(const int32_t* codes, const S* scale, const void* extra, int64_t
       // block or two ahead, and a batch's passes otherwise wait on DRAM at every tile
       auto at = [&](int64_t i) {
         return TileView<S>{codes + i * csz, scale + i * nb * 16,
-                           static_cast<const char*>(extra) + i * nb * 16 * xsz, {nullptr, nullptr, nullptr}};
+                           static_cast<const char*>(extra) + i * nb * 16 * xsz, {nullptr, nullptr, nullptr}, mf};
       };
       TileView<S> t = at(ti);
       if (ti + 1 < t1) {
@@ -1159,9 +1166,9 @@ inline void rows_dispatch(int64_t mb, F&& f) {
 // x ^ 0x80 where X8_OFFSET), xd / xs their blocks' d and s; N weight rows.
 template <bool I4, typename S>
 void q8_tiles(const uint8_t* x, const float* xd, const float* xs, const int32_t* codes, const S* scale,
-              const void* extra, int64_t M, int64_t nb, int64_t N, float* y) {
+              const void* extra, int64_t M, int64_t nb, int64_t N, float* y, float mf) {
   const int64_t K = nb * QB;
-  over_tiles<S>(codes, scale, extra, nb * (I4 ? 4 : 8) * 16, I4 ? sizeof(S) : sizeof(int16_t), nb, M, N, RBT, y,
+  over_tiles<S>(codes, scale, extra, nb * (I4 ? 4 : 8) * 16, I4 ? sizeof(S) : sizeof(int16_t), nb, M, N, RBT, y, mf,
                 [&](const TileView<S>& t, int64_t m0, int64_t mb, float* out) {
                   rows_dispatch<RBT>(mb, [&](auto R) {
                     tile_rows<decltype(R)::value, I4, S>(t, nb, x + m0 * K, K, xd + m0 * nb, xs + m0 * nb, out);
@@ -1208,7 +1215,8 @@ std::string isa();
 // ---------------------------------------------------------------------------------------------
 // The tiled 8-bit-activation kernels' entry points (AVX2 and AVX-512 builds; see q8_tiles).
 //   pack_tiles_q8(q, scale, mins, g) -> [codes (T, C, 16) int32, scale (T, nb, 16), extra (T, nb, 16)]:
-//       T = ceil(N / 16) tiles; int4 with mins (q (N, K/2) uint8, extra the mins) or int8 without
+//       T = ceil(N / 16) tiles; int4 with mins (q (N, K/2) uint8, extra the mins; empty mins: the
+//       weights are scale * q - 8 scale and extra is empty, (T, 0, 16), see TileView) or int8 without
 //       (q (N, K) int8, extra int16: each block's sum of codes); g a multiple of 32. The scales (and
 //       mins) stay float16 where both are stored so (GGUF: the bytes a decode step streams stay
 //       what the file holds), float32 otherwise. Done once per layer (lmzoo.quant.layers keeps it).
@@ -1217,7 +1225,7 @@ std::string isa();
 std::vector<torch::Tensor> pack_tiles_q8(torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> mins,
                                          int64_t g) {
 #ifdef LMZOO_AVX2
-  const bool i4 = mins.has_value();
+  const bool i4 = mins.has_value(), sym = i4 && mins->numel() == 0;
   TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && q.scalar_type() == (i4 ? torch::kByte : torch::kChar),
               "pack_tiles_q8: contiguous codes, (N, K/2) uint8 with mins or (N, K) int8 without");
   const int64_t N = q.size(0), rb = q.size(1), K = i4 ? 2 * rb : rb, nb = K / QB, T = (N + 15) / 16, C = rb / 4;
@@ -1226,11 +1234,11 @@ std::vector<torch::Tensor> pack_tiles_q8(torch::Tensor q, torch::Tensor scale, c
   const int64_t G = K / g;
   const Scales ss(scale, N, G);
   c10::optional<Scales> ms;
-  if (i4) ms.emplace(*mins, N, G);
-  const bool half = ss.h && (!i4 || ms->h);
+  if (i4 && !sym) ms.emplace(*mins, N, G);
+  const bool half = ss.h && (!ms || ms->h);
   const auto sdt = q.options().dtype(half ? torch::kHalf : torch::kFloat);
   auto codes = torch::empty({T, C, 16}, q.options().dtype(torch::kInt)), sc = torch::empty({T, nb, 16}, sdt);
-  auto extra = torch::empty({T, nb, 16}, i4 ? sdt : q.options().dtype(torch::kShort));
+  auto extra = torch::empty({T, sym ? 0 : nb, 16}, i4 ? sdt : q.options().dtype(torch::kShort));
   const std::vector<int64_t> gof = group_of(nb, g / QB);
   const uint8_t* qp = static_cast<const uint8_t*>(q.data_ptr());
   const std::vector<uint8_t> zero(rb, 0);
@@ -1246,7 +1254,7 @@ std::vector<torch::Tensor> pack_tiles_q8(torch::Tensor q, torch::Tensor scale, c
       };
       blocks(ss, sc);
       if (i4) {
-        blocks(*ms, extra);
+        if (ms) blocks(*ms, extra);
         continue;
       }
       int16_t* sums = extra.data_ptr<int16_t>() + o;  // each block's sum of codes (|sum| <= 4096), rows past N 0
@@ -1271,10 +1279,11 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
                               int64_t N) {
 #ifdef LMZOO_AVX2
   const bool i4 = extra.scalar_type() != torch::kShort, half = scale.scalar_type() == torch::kHalf;
+  const bool sym = i4 && extra.numel() == 0;
   TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
               extra.is_contiguous() && codes.scalar_type() == torch::kInt &&
               (half || scale.scalar_type() == torch::kFloat) && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
-              extra.sizes() == scale.sizes() && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
+              (sym || extra.sizes() == scale.sizes()) && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
               "tiles_linear_q8: the tensors pack_tiles_q8 returns for ", N, " weight rows");
   const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0);
   TORCH_CHECK(codes.size(1) == nb * (i4 ? 4 : 8), "tiles_linear_q8: codes and scales disagree on K");
@@ -1292,7 +1301,8 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
     using S = decltype(s);
     const S* sp = static_cast<const S*>(scale.data_ptr());
     auto run = i4 ? q8_tiles<true, S> : q8_tiles<false, S>;
-    run(xq, a.d.data(), a.s.data(), codes.data_ptr<int32_t>(), sp, extra.data_ptr(), M, nb, N, y.data_ptr<float>());
+    run(xq, a.d.data(), a.s.data(), codes.data_ptr<int32_t>(), sp, sym ? sp : extra.data_ptr(), M, nb, N,
+        y.data_ptr<float>(), sym ? -8.f : 1.f);
   };
   if (half) go(c10::Half());
   else go(0.f);
@@ -1306,11 +1316,11 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
 // tensors with mins), float activations (see tile_rows_f).
 torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor mins, int64_t N) {
 #ifdef LMZOO_AVX2
-  const bool half = scale.scalar_type() == torch::kHalf;
+  const bool half = scale.scalar_type() == torch::kHalf, sym = mins.numel() == 0;
   TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
               mins.is_contiguous() && codes.scalar_type() == torch::kInt &&
               (half || scale.scalar_type() == torch::kFloat) && mins.scalar_type() == scale.scalar_type() &&
-              mins.sizes() == scale.sizes() && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
+              (sym || mins.sizes() == scale.sizes()) && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
               "tiles_linear_f: the int4 tensors pack_tiles_q8 returns for ", N, " weight rows");
   const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0);
   TORCH_CHECK(codes.size(1) == nb * 4, "tiles_linear_f: codes and scales disagree on K");
@@ -1321,8 +1331,9 @@ torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor
   auto y = torch::empty({M, N}, x.options());
   auto go = [&](auto s) {
     using S = decltype(s);
-    over_tiles<S>(codes.data_ptr<int32_t>(), static_cast<const S*>(scale.data_ptr()), mins.data_ptr(), nb * 4 * 16,
-                  sizeof(S), nb, M, N, RBF, y.data_ptr<float>(),
+    over_tiles<S>(codes.data_ptr<int32_t>(), static_cast<const S*>(scale.data_ptr()),
+                  sym ? scale.data_ptr() : mins.data_ptr(), nb * 4 * 16, sizeof(S), nb, M, N, RBF, y.data_ptr<float>(),
+                  sym ? -8.f : 1.f,
                   [&](const TileView<S>& t, int64_t m0, int64_t mb, float* out) {
                     rows_dispatch<RBF>(mb, [&](auto R) {
                       tile_rows_f<decltype(R)::value, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out);
