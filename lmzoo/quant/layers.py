@@ -142,10 +142,11 @@ class _QuantLinear(nn.Module):
     state_dict, GGUF, other devices. The kernels that multiply 16-row tiles (AVX2 / AVX-512 builds:
     int4 always, int8 with 8-bit activations) pack them on first use and drop them: buffers tiles_q
     (T, K/8 or K/4, 16) int32, tiles_scale and tiles_extra (T, K/32, 16: int4's mins, int8's sums of
-    codes; (T, 0, 16) for int4 whose mins are -8 * scale, GGUF's Q4_0: 10% fewer bytes), T = ceil(N / 16). A model then holds its codes once, as its file does. Everything else
-    reads the row-major form from the tiles (state_dict(), embedding lookups and prompt tiles unpack
-    temporary copies), and what needs the buffers themselves puts them back: load_state_dict, .to() /
-    .half() / .cuda(), any use of .q / .scale / .min, a kernel on row-major codes (int8 with float
+    codes; (T, 0, 16) for int4 whose mins are -8 * scale, GGUF's Q4_0: 10% fewer bytes),
+    T = ceil(N / 16). A model then holds its codes once, as its file does. Everything else reads the
+    row-major form from the tiles (state_dict(), embedding lookups and prompt tiles unpack temporary
+    copies), and what needs the buffers themselves puts them back: load_state_dict, .to() / .half() /
+    .cuda(), any use of .q / .scale / .min, a kernel on row-major codes (int8 with float
     activations). The next tiled kernel packs them again.
     """
 
