@@ -140,14 +140,14 @@ class _QuantLinear(nn.Module):
     Int8Linear / Int4Linear hold their weights in one of two forms at a time. The row-major buffers
     (ROWS: q (N, K) int8 or (N, K/2) uint8, scale [, min] (N, K/g)) are the checkpoint's form:
     state_dict, GGUF, other devices. The kernels that multiply 16-row tiles (AVX2 / AVX-512 builds:
-    int4 always, int8 with 8-bit activations) pack them on first use and drop them: buffers tiles_q
+    whenever K and the group size are multiples of 32) pack them on first use and drop them: buffers tiles_q
     (T, K/8 or K/4, 16) int32, tiles_scale and tiles_extra (T, K/32, 16: int4's mins, int8's sums of
     codes; (T, 0, 16) for int4 whose mins are -8 * scale, GGUF's Q4_0: 10% fewer bytes),
     T = ceil(N / 16). A model then holds its codes once, as its file does. Everything else reads the
     row-major form from the tiles (state_dict(), embedding lookups and prompt tiles unpack temporary
     copies), and what needs the buffers themselves puts them back: load_state_dict, .to() / .half() /
-    .cuda(), any use of .q / .scale / .min, a kernel on row-major codes (int8 with float
-    activations). The next tiled kernel packs them again.
+    .cuda(), any use of .q / .scale / .min, a kernel on row-major codes (int8 with two scales a
+    32-block and 8-bit activations). The next tiled kernel packs them again.
     """
 
     bits = ""
@@ -248,7 +248,7 @@ class _QuantLinear(nn.Module):
         return self.activations == "q8" and rows <= Q8_MAX_ROWS
 
     def _tiles_spec(self, tiled: int, row_major: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
-        """The tiled kernel `tiled` (5 / 6: 8-bit activations, 7: int4 with float ones) over this
+        """The tiled kernel `tiled` (5 / 6: 8-bit activations, 7: float ones) over this
         layer's 16-row tiles on AVX2 and AVX-512 builds, packed on first use; on portable builds (or
         off the CPU) the row-major kernel `row_major`."""
         b = self._buffers
@@ -264,7 +264,7 @@ class _QuantLinear(nn.Module):
         (default: x2's rows; a long input goes in chunks, all of them multiplied alike)."""
         if torch.compiler.is_compiling():  # the ops torch.compile traces (float activations)
             b = self._buffers
-            if "tiles_q" in b and self.bits == "int4":
+            if "tiles_q" in b:
                 return tiles_linear_f_op(x2, b["tiles_q"], b["tiles_scale"], b["tiles_extra"], self.out_features)
             return self.compiled_op(x2, *self._codes(), self.group_size)
         kind, t, arg = self.kernel_spec(rows or x2.shape[0])
@@ -381,14 +381,12 @@ class Int8Linear(_QuantLinear):
         return (q.view(N, K // g, g).to(dtype) * scale[..., None].to(dtype)).view(N, K)
 
     def kernel_spec(self, rows: int = 1) -> tuple[int, tuple[torch.Tensor, ...], int]:
-        """1 int8_linear, 2 int8_linear_q8, 5 tiles_linear_q8."""
+        """1 int8_linear, 2 int8_linear_q8, 5 tiles_linear_q8, 7 tiles_linear_f."""
         g = self.group_size
-        if self._q8(rows) and self.in_features % 32 == 0:
-            if g % 32 == 0:
-                return self._tiles_spec(5, 2)
-            if g == 16:
-                return self._row_spec(2)
-        return self._row_spec(1)
+        q8 = self._q8(rows)
+        if self.in_features % 32 == 0 and g % 32 == 0:  # 16-row tiles: 32-blocks of one scale each
+            return self._tiles_spec(5, 2) if q8 else self._tiles_spec(7, 1)
+        return self._row_spec(2 if q8 and g == 16 and self.in_features % 32 == 0 else 1)
 
 
 

@@ -124,30 +124,36 @@ def test_q8_tiles_keep_float16_scales_and_follow_the_codes(bits):
         m.load_state_dict(layer(1).state_dict())  # new codes, in place
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("half", [False, True])
 @pytest.mark.parametrize("Kdim,N,g", [(576, 67, 32), (1536, 40, 32), (96, 5, 32), (1152, 33, 128)])
-def test_int4_tiles_with_float_activations(Kdim, N, g, half):
-    """The default decode path of int4 layers on AVX2 / AVX-512 builds: float rows times the 16-row
-    tiles, the exact product of the float weights (float64 reference) up to float32 summation, the
-    same bits for a row alone or in any pass of rows, scales and mins kept float16 as GGUF stores them."""
+def test_tiles_with_float_activations(Kdim, N, g, half, bits):
+    """The default decode path of int4 and int8 layers on AVX2 / AVX-512 builds: float rows times the
+    16-row tiles, the exact product of the float weights (float64 reference) up to float32 summation,
+    the same bits for a row alone or in any pass of rows, scales (and mins) kept float16 as GGUF
+    stores them."""
     if K.isa() == "portable":
         pytest.skip("the tiled kernel is the AVX2 and AVX-512 builds' path")
     torch.manual_seed(Kdim + N)
-    m = Int4Linear.from_linear(nn.Linear(Kdim, N), group_size=g)
+    lin = nn.Linear(Kdim, N)
+    m = Int4Linear.from_linear(lin, group_size=g) if bits == 4 else Int8Linear.from_linear(lin, group_size=g)
     if half:
-        m.scale, m.min = m.scale.half(), m.min.half()
-    codes, scale, mins = K.pack_tiles_q8(m.q, m.scale, m.min, g)
-    assert scale.dtype == mins.dtype == (torch.float16 if half else torch.float32)
+        m.scale = m.scale.half()
+        if bits == 4:
+            m.min = m.min.half()
+    codes, scale, extra = K.pack_tiles_q8(m.q, m.scale, m.min if bits == 4 else None, g)
+    assert scale.dtype == (torch.float16 if half else torch.float32)
+    assert extra.dtype == (scale.dtype if bits == 4 else torch.int16)
     x = torch.randn(11, Kdim) * 3
     x[0, :32] = 0.0
-    y = K.tiles_linear_f(x, codes, scale, mins, N)
+    y = K.tiles_linear_f(x, codes, scale, extra, N)
     ref = x.double() @ m.dequantize().double().T
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    alone = torch.cat([K.tiles_linear_f(x[i:i + 1].contiguous(), codes, scale, mins, N) for i in range(11)])
+    alone = torch.cat([K.tiles_linear_f(x[i:i + 1].contiguous(), codes, scale, extra, N) for i in range(11)])
     assert torch.equal(y, alone)
-    assert torch.equal(K.tiles_linear_f(x[2:9].contiguous(), codes, scale, mins, N), y[2:9])
-    with pytest.raises(RuntimeError, match=f"tiles_linear_f: the int4 tensors pack_tiles_q8 returns for {N + 16} weight rows"):
-        K.tiles_linear_f(x, codes, scale, mins, N + 16)  # a tile more than packed
+    assert torch.equal(K.tiles_linear_f(x[2:9].contiguous(), codes, scale, extra, N), y[2:9])
+    with pytest.raises(RuntimeError, match=f"tiles_linear_f: the tensors pack_tiles_q8 returns for {N + 16} weight rows"):
+        K.tiles_linear_f(x, codes, scale, extra, N + 16)  # a tile more than packed
 
 
 def test_q8_activations_in_a_layer(monkeypatch):

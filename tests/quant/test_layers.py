@@ -60,7 +60,7 @@ def test_quantised_linear_matches_dequantised_weight(M, cls, kw, monkeypatch):
     # the path the case claims to test: the row kernel, or BLAS over dequantised tiles (half weights: copies)
     assert q.kernel_rows == (16 if cls is HalfLinear else Q.KERNEL_MAX_ROWS)
     kernel = ["float_linear"] if cls is HalfLinear else [f"{q.bits}_linear"]
-    if cls is Int4Linear and cpu_kernels().isa() != "portable":  # int4: 16-row tiles, packed on first use
+    if cls is not HalfLinear and cpu_kernels().isa() != "portable":  # 16-row tiles, packed on first use
         kernel = ["pack_tiles_q8", "tiles_linear_f"]
     called = [n for n in counter.names if n != "isa"]
     if 2 * M <= q.kernel_rows:
@@ -281,9 +281,9 @@ def test_tiles_are_the_only_copy(cls, g, dtypes, sym, monkeypatch):
     """After the first tiled kernel call (int4; int8 with 8-bit activations) a layer holds its weights
     once, as 16-row tiles (40 rows: the last tile part-filled); every other use reads the row-major
     form back from them exactly: state_dict (dtypes included), row lookups, prompt tiles, dequantize;
-    reading .q / .scale / .min, a row-major kernel (int8 with float activations), load_state_dict or
-    .to() put the row-major buffers back, and the next tiled kernel call packs again. sym: int4 whose
-    mins are -8 * scale (GGUF Q4_0) keeps no mins in its tiles."""
+    reading .q / .scale / .min, load_state_dict or .to() put the row-major buffers back, and the next
+    tiled kernel call packs again. sym: int4 whose mins are -8 * scale (GGUF Q4_0) keeps no mins in
+    its tiles."""
     import lmzoo.quant.layers as Q
     from lmzoo.quant.layers import set_activations
 
@@ -325,9 +325,9 @@ def test_tiles_are_the_only_copy(cls, g, dtypes, sym, monkeypatch):
         # reading the codes puts them back in rows; the next product packs again
         assert torch.equal(q.q, state["q"]) and "tiles_q" not in q._buffers and "q" in q._buffers
         assert torch.equal(q(x), before) and "tiles_q" in q._buffers
-        if cls is Int8Linear:  # float activations multiply the row-major codes
+        if cls is Int8Linear:  # float activations multiply the same tiles
             float_y = set_activations(q, "float")(x)
-            assert "q" in q._buffers and "tiles_q" not in q._buffers
+            assert "tiles_q" in q._buffers and "q" not in q._buffers
             assert (float_y - nn.functional.linear(x, weight, q.bias)).abs().max() < 1e-4
             set_activations(q, "q8")
         # loading new weights into a packed layer: the product uses them

@@ -911,13 +911,14 @@ struct TileView {
   float mf;             // the min term's factor
 };
 
-// the next tile's block b, a few lines at a time amid this tile's arithmetic
-template <bool I4, typename S>
+// block b's lines of the stream ahead (over_tiles sets t.next), a few at a time amid the arithmetic;
+// EX: the kernel reads extra (int8's sums go unread with float activations)
+template <bool I4, typename S, bool EX = true>
 inline void prefetch_block(const TileView<S>& t, int64_t b) {
   constexpr int COLS = I4 ? 4 : 8;
   for (int l = 0; l < COLS; ++l) _mm_prefetch(t.next[0] + (b * COLS + l) * 64, _MM_HINT_T1);
   _mm_prefetch(t.next[1] + b * 16 * sizeof(S), _MM_HINT_T1);
-  _mm_prefetch(t.next[2] + b * 16 * (I4 ? sizeof(S) : sizeof(int16_t)), _MM_HINT_T1);
+  if (EX) _mm_prefetch(t.next[2] + b * 16 * (I4 ? sizeof(S) : sizeof(int16_t)), _MM_HINT_T1);
 }
 
 // MB activation rows (codes x, row stride K; their blocks' d and s, row stride nb) against a packed
@@ -1055,6 +1056,13 @@ __attribute__((always_inline)) inline void tile_rows(const TileView<S>& t, int64
 // per activation row, where the row-major kernel widened every weight for one row at a time (about
 // half the instructions at decode). Every (activation row, weight row) is one lane through the same
 // operations at any row count: a row's result does not depend on the rows beside it.
+//
+// int8 tiles (8 columns a block, column 8b + u holding elements 4u .. 4u+3) take the same path without
+// the min term: byte k of each dword goes to the dword's top byte (byte 3 is there already) and an
+// arithmetic shift by 24 sign-extends it; element 4u + k goes to chain k.
+// Against the row-major int8 kernel this drops the per-row horizontal sums and per-group scale
+// broadcasts: with the weights in cache it takes 45-60% of its time; a step from DRAM is memory-bound
+// either way, and a batch of 8 rows decodes 23% (AVX-512) to 45% (AVX2) faster on a Q8_0 model.
 // The code side, WL weight rows a vector (the float side is float_rows' WVec helpers above).
 #ifdef LMZOO_AVX512
 struct Codes {
@@ -1065,6 +1073,13 @@ struct Codes {
   // vpshufb control: byte k of each dword to its low byte, zeros above (control bytes 0x80 give 0)
   static I byte_sel(int k) { return _mm512_add_epi32(_mm512_set1_epi32(0x80808000 | k), _mm512_set4_epi32(12, 8, 4, 0)); }
   static WVec elem(I v, I sel) { return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, sel)); }
+  // vpshufb control: byte k of each dword to its top byte, zeros below
+  static I top_sel(int k) {
+    return _mm512_add_epi32(_mm512_set1_epi32(0x00808080 | (k << 24)), _mm512_set4_epi32(12 << 24, 8 << 24, 4 << 24, 0));
+  }
+  static WVec elem_i8(I v, I sel, int k) {  // byte k of each dword, sign-extended, as float
+    return _mm512_cvtepi32_ps(_mm512_srai_epi32(k == 3 ? v : _mm512_shuffle_epi8(v, sel), 24));
+  }
 };
 #else  // a tile in two halves of 8 rows
 struct Codes {
@@ -1074,45 +1089,64 @@ struct Codes {
   static I nib_hi(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)); }
   static I byte_sel(int k) { return _mm256_add_epi32(_mm256_set1_epi32(0x80808000 | k), _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12)); }
   static WVec elem(I v, I sel) { return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel)); }
+  static I top_sel(int k) {
+    return _mm256_add_epi32(_mm256_set1_epi32(0x00808080 | (k << 24)),
+                            _mm256_setr_epi32(0, 4 << 24, 8 << 24, 12 << 24, 0, 4 << 24, 8 << 24, 12 << 24));
+  }
+  static WVec elem_i8(I v, I sel, int k) {
+    return _mm256_cvtepi32_ps(_mm256_srai_epi32(k == 3 ? v : _mm256_shuffle_epi8(v, sel), 24));
+  }
 };
 #endif
 
 constexpr int64_t RBF = 4;  // float activation rows per pass over a tile (4 chains + 2 accumulators a row)
 
-// MB float rows x (row stride K; xsum: their blocks' sums, row stride nb) against an int4 tile; out (MB, 16)
-template <int MB, typename S>
+// MB float rows x (row stride K; xsum: their blocks' sums, row stride nb, int4 only) against an int4
+// (I4) or int8 tile; out (MB, 16)
+template <int MB, bool I4, typename S>
 __attribute__((always_inline)) inline void tile_rows_f(const TileView<S>& t, int64_t nb, const float* x, int64_t K,
                                                        const float* xsum, float* out) {
   using I = Codes::I;
-  const I sel[4] = {Codes::byte_sel(0), Codes::byte_sel(1), Codes::byte_sel(2), Codes::byte_sel(3)};
+  constexpr int COLS = I4 ? 4 : 8;
+  const I sel[4] = {I4 ? Codes::byte_sel(0) : Codes::top_sel(0), I4 ? Codes::byte_sel(1) : Codes::top_sel(1),
+                    I4 ? Codes::byte_sel(2) : Codes::top_sel(2), I4 ? Codes::byte_sel(3) : Codes::top_sel(3)};
   for (int h = 0; h < 16 / WL; ++h) {
     WVec acc[MB], macc[MB];
     for (int j = 0; j < MB; ++j) acc[j] = macc[j] = wzero();
     for (int64_t b = 0; b < nb; ++b) {
-      const int32_t* cb = t.codes + b * 4 * 16 + WL * h;
-      if (h == 0 && t.next[0]) prefetch_block<true>(t, b);
+      const int32_t* cb = t.codes + b * COLS * 16 + WL * h;
+      if (h == 0 && t.next[0]) prefetch_block<I4, S, I4>(t, b);
       WVec c[MB][4];
       for (int j = 0; j < MB; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = wzero();
-      for (int u = 0; u < 4; ++u) {
-        const I v = Codes::load(cb + 16 * u), lo = Codes::nib_lo(v), hi = Codes::nib_hi(v);
-        for (int k = 0; k < 4; ++k) {
-          const WVec wl = Codes::elem(lo, sel[k]), wh = Codes::elem(hi, sel[k]);
-          for (int j = 0; j < MB; ++j) {
-            const float* xb = x + j * K + b * QB;
-            c[j][2 * (k & 1)] = wfma(wset1(xb[4 * u + k]), wl, c[j][2 * (k & 1)]);
-            c[j][2 * (k & 1) + 1] = wfma(wset1(xb[16 + 4 * u + k]), wh, c[j][2 * (k & 1) + 1]);
+      const float* xb = x + b * QB;
+      if (I4) {
+        for (int u = 0; u < 4; ++u) {
+          const I v = Codes::load(cb + 16 * u), lo = Codes::nib_lo(v), hi = Codes::nib_hi(v);
+          for (int k = 0; k < 4; ++k) {
+            const WVec wl = Codes::elem(lo, sel[k]), wh = Codes::elem(hi, sel[k]);
+            for (int j = 0; j < MB; ++j) {
+              c[j][2 * (k & 1)] = wfma(wset1(xb[j * K + 4 * u + k]), wl, c[j][2 * (k & 1)]);
+              c[j][2 * (k & 1) + 1] = wfma(wset1(xb[j * K + 16 + 4 * u + k]), wh, c[j][2 * (k & 1) + 1]);
+            }
+          }
+        }
+      } else {
+        for (int u = 0; u < 8; ++u) {
+          const I v = Codes::load(cb + 16 * u);
+          for (int k = 0; k < 4; ++k) {
+            const WVec w = Codes::elem_i8(v, sel[k], k);
+            for (int j = 0; j < MB; ++j) c[j][k] = wfma(wset1(xb[j * K + 4 * u + k]), w, c[j][k]);
           }
         }
       }
       const WVec ws = wld(t.scale + b * 16 + WL * h);
-      const WVec wm = wld(static_cast<const S*>(t.extra) + b * 16 + WL * h);
       for (int j = 0; j < MB; ++j) {
         acc[j] = wfma(ws, wadd(wadd(c[j][0], c[j][1]), wadd(c[j][2], c[j][3])), acc[j]);
-        macc[j] = wfma(wm, wset1(xsum[j * nb + b]), macc[j]);
+        if (I4) macc[j] = wfma(wld(static_cast<const S*>(t.extra) + b * 16 + WL * h), wset1(xsum[j * nb + b]), macc[j]);
       }
     }
     const WVec mf = wset1(t.mf);
-    for (int j = 0; j < MB; ++j) wst(out + 16 * j + WL * h, wfma(mf, macc[j], acc[j]));
+    for (int j = 0; j < MB; ++j) wst(out + 16 * j + WL * h, I4 ? wfma(mf, macc[j], acc[j]) : acc[j]);
   }
 }
 
@@ -1122,23 +1156,19 @@ __attribute__((always_inline)) inline void tile_rows_f(const TileView<S>& t, int
 template <typename S, typename Rows>
 void over_tiles(const int32_t* codes, const S* scale, const void* extra, int64_t csz, int64_t xsz, int64_t nb,
                 int64_t M, int64_t N, int64_t R, float* y, float mf, Rows rows) {
-  const int64_t tiles = (N + 15) / 16;
+  const int64_t tiles = (N + 15) / 16, ahead = std::max<int64_t>(1, PF_BYTES / (csz * 4 / nb));
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> out(R * 16);
     for (int64_t ti = t0; ti < t1; ++ti) {
-      // the next tile is fetched during this one's first pass: the out-of-order window reaches only a
-      // block or two ahead, and a batch's passes otherwise wait on DRAM at every tile
-      auto at = [&](int64_t i) {
-        return TileView<S>{codes + i * csz, scale + i * nb * 16,
-                           static_cast<const char*>(extra) + i * nb * 16 * xsz, {nullptr, nullptr, nullptr}, mf};
-      };
-      TileView<S> t = at(ti);
-      if (ti + 1 < t1) {
-        const TileView<S> n = at(ti + 1);
-        t.next[0] = reinterpret_cast<const char*>(n.codes);
-        t.next[1] = reinterpret_cast<const char*>(n.scale);
-        t.next[2] = static_cast<const char*>(n.extra);
-      }
+      // The first pass over a tile fetches the weights `ahead` blocks on (PF_BYTES of codes, their
+      // scales and extras; past the tile's end into the next tile's, which follow it): the out-of-order
+      // window reaches only a block or two ahead, and a batch's passes otherwise wait on DRAM at every
+      // tile. (A whole tile ahead, 5-25 KB, ran int8 layers ~10% slower than the row kernels' 2 KB.)
+      TileView<S> t{codes + ti * csz, scale + ti * nb * 16, static_cast<const char*>(extra) + ti * nb * 16 * xsz,
+                    {nullptr, nullptr, nullptr}, mf};
+      t.next[0] = reinterpret_cast<const char*>(t.codes + ahead * (csz / nb));
+      t.next[1] = reinterpret_cast<const char*>(t.scale + ahead * 16);
+      t.next[2] = static_cast<const char*>(t.extra) + ahead * 16 * xsz;
       const int64_t n0 = ti * 16, width = std::min<int64_t>(16, N - n0);
       for (int64_t m0 = 0; m0 < M; m0 += R) {
         const int64_t mb = std::min<int64_t>(R, M - m0);
@@ -1312,36 +1342,40 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
 #endif
 }
 
-// tiles_linear_f(x, codes, scale, mins, N) -> (M, N): x (M, K) float32 times int4 tiles (pack_tiles_q8's
-// tensors with mins), float activations (see tile_rows_f).
-torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor mins, int64_t N) {
+// tiles_linear_f(x, codes, scale, extra, N) -> (M, N): x (M, K) float32 times the tiles pack_tiles_q8
+// returns (int4, or int8 where extra is int16: its sums of codes go unused), float activations (see
+// tile_rows_f).
+torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor extra, int64_t N) {
 #ifdef LMZOO_AVX2
-  const bool half = scale.scalar_type() == torch::kHalf, sym = mins.numel() == 0;
+  const bool i4 = extra.scalar_type() != torch::kShort, half = scale.scalar_type() == torch::kHalf;
+  const bool sym = i4 && extra.numel() == 0;
   TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
-              mins.is_contiguous() && codes.scalar_type() == torch::kInt &&
-              (half || scale.scalar_type() == torch::kFloat) && mins.scalar_type() == scale.scalar_type() &&
-              (sym || mins.sizes() == scale.sizes()) && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
-              "tiles_linear_f: the int4 tensors pack_tiles_q8 returns for ", N, " weight rows");
-  const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0);
-  TORCH_CHECK(codes.size(1) == nb * 4, "tiles_linear_f: codes and scales disagree on K");
+              extra.is_contiguous() && codes.scalar_type() == torch::kInt &&
+              (half || scale.scalar_type() == torch::kFloat) && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
+              (sym || extra.sizes() == scale.sizes()) && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
+              "tiles_linear_f: the tensors pack_tiles_q8 returns for ", N, " weight rows");
+  const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0), cols = i4 ? 4 : 8;
+  TORCH_CHECK(codes.size(1) == nb * cols, "tiles_linear_f: codes and scales disagree on K");
   check(x, K);
   const float* xp = x.data_ptr<float>();
-  std::vector<float> xsum(M * nb);  // each block's sum of x (the min term)
-  for (int64_t i = 0; i < M * nb; ++i) xsum[i] = sum_f32(xp + i * QB, QB);
+  std::vector<float> xsum(i4 ? M * nb : 0);  // each block's sum of x (int4's min term)
+  for (int64_t i = 0; i < (int64_t)xsum.size(); ++i) xsum[i] = sum_f32(xp + i * QB, QB);
   auto y = torch::empty({M, N}, x.options());
-  auto go = [&](auto s) {
+  auto go = [&](auto s, auto bits) {
     using S = decltype(s);
-    over_tiles<S>(codes.data_ptr<int32_t>(), static_cast<const S*>(scale.data_ptr()),
-                  sym ? scale.data_ptr() : mins.data_ptr(), nb * 4 * 16, sizeof(S), nb, M, N, RBF, y.data_ptr<float>(),
-                  sym ? -8.f : 1.f,
+    constexpr bool I4 = decltype(bits)::value;
+    // extra read (and fetched ahead) only where it holds mins: otherwise the scales stand in for it
+    const void* ex = I4 && !sym ? extra.data_ptr() : scale.data_ptr();
+    over_tiles<S>(codes.data_ptr<int32_t>(), static_cast<const S*>(scale.data_ptr()), ex, nb * cols * 16, sizeof(S), nb,
+                  M, N, RBF, y.data_ptr<float>(), sym ? -8.f : 1.f,
                   [&](const TileView<S>& t, int64_t m0, int64_t mb, float* out) {
                     rows_dispatch<RBF>(mb, [&](auto R) {
-                      tile_rows_f<decltype(R)::value, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out);
+                      tile_rows_f<decltype(R)::value, I4, S>(t, nb, xp + m0 * K, K, xsum.data() + m0 * nb, out);
                     });
                   });
   };
-  if (half) go(c10::Half());
-  else go(0.f);
+  if (half) i4 ? go(c10::Half(), std::true_type()) : go(c10::Half(), std::false_type());
+  else i4 ? go(0.f, std::true_type()) : go(0.f, std::false_type());
   return y;
 #else
   TORCH_CHECK(false, "tiles_linear_f needs an AVX2 or AVX-512 build (this one: ", isa(), ")");
@@ -1865,7 +1899,7 @@ std::tuple<torch::Tensor, bool> greedy_ids(torch::Tensor logits) {
 //   3 int4 q, scale, min          int4_linear        4  the same, 8-bit activations  int4_linear_q8
 //   5 int8 tiles codes, scale, extra   tiles_linear_q8    6  int4 tiles (pack_tiles_q8's tensors); the
 //                                      linear's "group" is then its number of outputs N
-//   7 int4 tiles, float activations    tiles_linear_f        (the same tensors and N)
+//   7 int4 or int8 tiles, float activations    tiles_linear_f        (the same tensors and N)
 namespace {
 
 int64_t linear_tensors(int64_t kind) { return kind == 0 ? 1 : kind <= 2 ? 2 : 3; }
