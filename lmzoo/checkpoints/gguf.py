@@ -573,6 +573,9 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         return mod
 
     model = empty_model(cfg)
+    # the checkpoint's names, taken while every weight is a meta tensor (a built layer's state_dict()
+    # would copy its codes out of its tiles)
+    persistent = set(model.state_dict())
     used: set[str] = set()
     heads = {"lm_head"}
     for name, module in list(model.named_modules()):
@@ -600,7 +603,6 @@ def _load_quantized(f: GGUFFile, cfg: ModelConfig, arch: GGUFArch, source: GGUFS
         model.embed = QuantEmbedding(table)
     # everything still on the meta device (embedding, norms, float linears) loads as floats
     state = {}
-    persistent = set(model.state_dict())
     available = set(source.keys())
     transforms = {**GGUF_TRANSFORMS, **arch.transforms}  # buffers recomputed from the config (RoPE, ALiBi) are not loaded
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):

@@ -205,13 +205,16 @@ class _QuantLinear(nn.Module):
         if mins is not None and torch.equal(mins, t[1].to(mins.dtype) * -8):
             mins = mins.new_empty(0)  # GGUF Q4_0 (w = d q - 8 d): the kernels take the mins from the scales
         tiles = k.pack_tiles_q8(t[0], t[1], mins, self.group_size)
-        # float16 scales beside float32 mins pack as float32: unpacking restores each dtype
-        self._row_dtypes = tuple(v.dtype for v in t)
-        b = self._buffers
         for n in self.ROWS:
-            del b[n]
+            del self._buffers[n]
+        return self._hold_tiles_(tiles, tuple(v.dtype for v in t))
+
+    def _hold_tiles_(self, tiles, row_dtypes: tuple[torch.dtype, ...]) -> tuple[torch.Tensor, ...]:
+        """Keep pack_tiles_q8's tensors as the layer's weights; row_dtypes: the row-major buffers'
+        dtypes, restored on unpacking (float16 scales beside float32 mins pack as float32)."""
+        self._row_dtypes = row_dtypes
         for n, v in zip(TILES, tiles):
-            b[n] = v
+            self._buffers[n] = v
             self._non_persistent_buffers_set.add(n)
         return tuple(tiles)
 
@@ -227,7 +230,11 @@ class _QuantLinear(nn.Module):
         b.update(zip(self.ROWS, rows))
 
     def _apply(self, fn, recurse=True):
-        self._unpack_()  # moves and dtype changes apply to the checkpoint's form
+        b = self._buffers
+        if "tiles_q" in b:  # moves and dtype changes apply to the checkpoint's form; .to() a no-op keeps the tiles
+            probes = [b[n].new_empty(0) for n in TILES]
+            if any(fn(p) is not p for p in probes):
+                self._unpack_()
         return super()._apply(fn, recurse)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -235,9 +242,17 @@ class _QuantLinear(nn.Module):
         if "tiles_q" in self._buffers:  # the tiles are not persistent: the row-major form, unpacked
             destination.update((prefix + n, t) for n, t in zip(self.ROWS, self._codes()))
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._unpack_()
-        return super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # weights to load go into the row-major buffers; without any, the tiles stay as they are and
+        # the weights count as missing, as the buffers' would (an error only for a strict load)
+        kept = "tiles_q" in self._buffers and not any(prefix + n in state_dict for n in self.ROWS)
+        if not kept:
+            self._unpack_()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if kept:
+            missing_keys.extend(prefix + n for n in self.ROWS)
 
     def _row_spec(self, kind: int) -> tuple[int, tuple[torch.Tensor, ...], int]:
         """The row-major kernel `kind` over the row-major buffers (put back if the layer holds tiles)."""
@@ -340,6 +355,16 @@ class _QuantLinear(nn.Module):
         if cls is Int4Linear:
             m.register_buffer("min", mn)
         m.bias = None
+        return m
+
+    @classmethod
+    def from_tiles(cls, tiles, row_dtypes: tuple[torch.dtype, ...], *, in_features: int, out_features: int):
+        """A layer holding pack_tiles_q8's tensors (group 32) from the start, as if packed on first use
+        (row_dtypes: the row-major form's; loading GGUF blocks on tiled kernel builds)."""
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        m.in_features, m.out_features, m.group_size, m.bias = in_features, out_features, 32, None
+        m._hold_tiles_(tiles, row_dtypes)
         return m
 
 

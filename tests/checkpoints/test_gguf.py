@@ -221,21 +221,39 @@ def test_block_split_kernel_equals_numpy_codes(kind):
         k.split_blocks(torch.from_numpy(raw), bs, qo, torch.tensor([0, 10]), q[:2], d[:2], m[:2] if has_min else None)
 
 
+@pytest.mark.parametrize("chunk", [16, 1024])
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
-def test_kernel_load_equals_numpy_load(tmp_path, kind, monkeypatch):
+def test_kernel_load_equals_numpy_load(tmp_path, kind, chunk, monkeypatch):
     """A whole model (q/k rows permuted, fused qkv and gate|up from several tensors, a tied head and
-    table) loads into the same buffers through the split kernel as through numpy."""
+    table) loads into the same buffers through the split kernel as through numpy. On tiled kernel
+    builds the layers come packed (rows split and packed `chunk` at a time, chunks crossing the
+    tensors' boundaries), holding no row-major copy, and multiply to the same bits."""
     from lmzoo.checkpoints import gguf_quant
+    from lmzoo.quant.kernels import cpu_kernels
+    from lmzoo.quant.layers import Int4Linear, Int8Linear
 
+    monkeypatch.setattr(gguf_quant, "TILE_CHUNK", chunk)
     p = tmp_path / f"m-{kind}.gguf"
     write_gguf(p, gguf_tensors(hf_model(tied=True)), kind, rng=np.random.default_rng(0))
     fast = lmzoo.from_pretrained(p, keep_quantized=True)
+    layers = [m for m in fast.modules() if isinstance(m, (Int4Linear, Int8Linear))]
+    tiled = cpu_kernels() is not None and cpu_kernels().isa() != "portable"
+    assert layers and all(("tiles_q" in m._buffers) == tiled and ("q" in m._buffers) != tiled for m in layers)
+    if tiled and kind == "Q4_0":  # no mins kept
+        assert all(m._buffers["tiles_extra"].numel() == 0 for m in layers)
     monkeypatch.setattr(gguf_quant, "cpu_kernels", lambda: None)
     slow = lmzoo.from_pretrained(p, keep_quantized=True)
     a, b = fast.state_dict(), slow.state_dict()
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    ids = torch.randint(0, fast.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(fast(ids), slow(ids))
+        fast.to("cpu")  # a no-op keeps the tiles; a dtype change unpacks them
+        assert all(("tiles_q" in m._buffers) == tiled for m in layers)
+        fast.to(torch.float64)
+        assert all("q" in m._buffers and "tiles_q" not in m._buffers for m in layers)
 
 
 NEW_BLOCKS = ["Q5_0", "Q5_1", "Q5_K", "Q3_K", "Q2_K"]

@@ -330,8 +330,13 @@ def test_tiles_are_the_only_copy(cls, g, dtypes, sym, monkeypatch):
             assert "tiles_q" in q._buffers and "q" not in q._buffers
             assert (float_y - nn.functional.linear(x, weight, q.bias)).abs().max() < 1e-4
             set_activations(q, "q8")
-        # loading new weights into a packed layer: the product uses them
+        # loading new weights into a packed layer: the product uses them; a load without them keeps
+        # the tiles, and a strict one names the weights missing
         q(x)
+        assert q.load_state_dict({}, strict=False).missing_keys == list(state)
+        assert "tiles_q" in q._buffers and torch.equal(q(x), before)
+        with pytest.raises(RuntimeError, match="Missing key"):
+            q.load_state_dict({})
         new = make(nn.Linear(256, 40, bias=True))
         q.load_state_dict(new.state_dict())
         assert torch.equal(q(x), new(x))
