@@ -192,12 +192,6 @@ class _QuantLinear(nn.Module):
             return rows[0], rows[1], rows[1].to(self._row_dtypes[2]) * -8
         return rows
 
-    def _span(self, n0: int, n1: int) -> tuple[tuple[torch.Tensor, ...], int]:
-        """Row-major tensors holding weight rows [n0, n1), and the first one's index in them."""
-        if "tiles_q" in self._buffers:
-            return self._from_tiles(n0, n1), n0 % 16
-        return self._codes(), n0
-
     def _pack_(self, k) -> tuple[torch.Tensor, ...]:
         """Pack the row-major buffers into tiles and keep only those (see the class); the tiles."""
         t = self._codes()
@@ -298,8 +292,23 @@ class _QuantLinear(nn.Module):
 
     def _dequant_into(self, k, n0: int, out: torch.Tensor) -> None:
         """Weight rows [n0, n0 + len(out)) as float32 into out."""
-        t, i = self._span(n0, n0 + len(out))
-        k.dequant_rows(3 if len(t) > 2 else 1, list(t), self.group_size, i, out)
+        b = self._buffers
+        if "tiles_q" in b:
+            k.dequant_tiles(b["tiles_q"], b["tiles_scale"], b["tiles_extra"], self.out_features,
+                            torch.arange(n0, n0 + len(out)), out)
+        else:
+            k.dequant_rows(3 if len(self.ROWS) > 2 else 1, list(self._codes()), self.group_size, n0, out)
+
+    def _tile_rows(self, rows: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """Weight rows `rows` as float32 by the kernel, straight from the tiles (an embedding lookup);
+        None where the layer holds none or another dtype is asked for."""
+        b = self._buffers
+        if rows is None or dtype != torch.float32 or "tiles_q" not in b:
+            return None
+        out = torch.empty(len(rows), self.in_features)
+        cpu_kernels().dequant_tiles(b["tiles_q"], b["tiles_scale"], b["tiles_extra"], self.out_features,
+                                    rows.long().contiguous(), out)
+        return out
 
     def _tiled(self, k, x2: torch.Tensor) -> torch.Tensor:
         """x2 (M, K) @ W^T through BLAS on dequantised tiles of W's rows: y^T row blocks, each
@@ -401,6 +410,8 @@ class Int8Linear(_QuantLinear):
 
     def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         """Weight rows `rows` (all when None) as float: (len(rows), K)."""
+        if (w := self._tile_rows(rows, dtype)) is not None:
+            return w
         q, scale = self._codes(rows)
         N, K, g = q.shape[0], self.in_features, self.group_size
         return (q.view(N, K // g, g).to(dtype) * scale[..., None].to(dtype)).view(N, K)
@@ -538,6 +549,8 @@ class Int4Linear(_QuantLinear):
 
     def dequantize_rows(self, rows: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
         """Weight rows `rows` (all when None) as float: (len(rows), K)."""
+        if (w := self._tile_rows(rows, dtype)) is not None:
+            return w
         q, scale, mn = self._codes(rows)
         N, K, g = q.shape[0], self.in_features, self.group_size
         w = unpack_int4(q).view(N, K // g, g).to(dtype)

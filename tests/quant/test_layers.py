@@ -382,3 +382,23 @@ def test_symmetric_int4_tiles_give_the_stored_mins_products(dtype):
     with torch.inference_mode():
         layer(torch.randn(1, 256))
     assert layer._buffers["tiles_extra"].shape == layer._buffers["tiles_scale"].shape
+
+
+@pytest.mark.skipif(not TILED, reason="16-row tiles are packed on AVX2 / AVX-512 kernel builds only")
+@pytest.mark.parametrize("cls", [Int4Linear, Int8Linear])
+def test_rows_read_from_tiles(cls):
+    """dequant_tiles gives dequant_rows' values for any rows of the tiles (a lookup of repeated and
+    unordered ids, the last tile part-filled), and refuses rows past the layer's N (rows that pad
+    the last tile included) with the offending row."""
+    k = cpu_kernels()
+    torch.manual_seed(0)
+    q = cls.from_linear(nn.Linear(96, 40))
+    rows = torch.tensor([39, 0, 17, 17, 5])
+    ref = torch.empty(40, 96)
+    k.dequant_rows(3 if cls is Int4Linear else 1, list(q._codes()), q.group_size, 0, ref)
+    tiles = k.pack_tiles_q8(q.q, q.scale, q.min if cls is Int4Linear else None, q.group_size)
+    out = torch.empty(5, 96)
+    k.dequant_tiles(*tiles, 40, rows, out)
+    assert torch.equal(out, ref[rows])
+    with pytest.raises(RuntimeError, match="row 40 outside the 40 weight rows"):
+        k.dequant_tiles(*tiles, 40, torch.tensor([3, 40]), torch.empty(2, 96))

@@ -1522,6 +1522,58 @@ void dequant_rows(int64_t kind, std::vector<torch::Tensor> t, int64_t g, int64_t
   });
 }
 
+// Weight rows `rows` (R,) of pack_tiles_q8's tiles of N rows as float32 into out (R, K): dequant_rows' values
+// (code * scale [+ min]: the same roundings; symmetric int4 tiles' min is -8 * scale, exact), read
+// from the tiles where the layers keep their only copy (prompt tiles, embedding lookups).
+void dequant_tiles(torch::Tensor codes, torch::Tensor scale, torch::Tensor extra, int64_t N, torch::Tensor rows,
+                   torch::Tensor out) {
+  const bool i4 = extra.scalar_type() != torch::kShort, sym = i4 && extra.numel() == 0;
+  TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous() && codes.scalar_type() == torch::kInt && scale.dim() == 3 &&
+              scale.is_contiguous() && (scale.scalar_type() == torch::kFloat || scale.scalar_type() == torch::kHalf) &&
+              extra.is_contiguous() && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
+              (sym || extra.sizes() == scale.sizes()) && scale.size(0) == codes.size(0) && codes.size(0) == (N + 15) / 16,
+              "dequant_tiles: the tensors pack_tiles_q8 returns for ", N, " weight rows");
+  const int64_t C = codes.size(1), nb = scale.size(1), K = nb * QB, R = rows.numel();
+  TORCH_CHECK(C == nb * (i4 ? 4 : 8), "dequant_tiles: codes and scales disagree on K");
+  TORCH_CHECK(rows.scalar_type() == torch::kLong && rows.is_contiguous() && out.scalar_type() == torch::kFloat &&
+              out.is_contiguous() && out.dim() == 2 && out.size(0) == R && out.size(1) == K,
+              "dequant_tiles: rows (R,) long, out (R, K) float32 contiguous");
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r)
+    TORCH_CHECK(rp[r] >= 0 && rp[r] < N, "dequant_tiles: row ", rp[r], " outside the ", N, " weight rows");
+  const int32_t* cp = codes.data_ptr<int32_t>();
+  float* op = out.data_ptr<float>();
+  auto go = [&](const auto* sp) {
+    using S = std::remove_cv_t<std::remove_pointer_t<decltype(sp)>>;
+    const S* mp = static_cast<const S*>(i4 && !sym ? extra.data_ptr() : nullptr);
+    at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t t = rp[r] / 16, lane = rp[r] % 16;
+        const int32_t* c = cp + t * C * 16 + lane;  // the row's dword j: c[16 j]
+        const S* sc = sp + t * nb * 16 + lane;      // block b's scale: sc[16 b]
+        float* o = op + r * K;
+        for (int64_t b = 0; b < nb; ++b) {
+          const float s = static_cast<float>(sc[16 * b]);
+          uint8_t q[32];
+          for (int j = 0; j < (i4 ? 4 : 8); ++j) std::memcpy(q + 4 * j, c + 16 * ((i4 ? 4 : 8) * b + j), 4);
+          float* ob = o + b * QB;
+          if (!i4) {
+            for (int e = 0; e < 32; ++e) ob[e] = static_cast<float>(static_cast<int8_t>(q[e])) * s;
+            continue;
+          }
+          const float mn = mp ? static_cast<float>(mp[t * nb * 16 + lane + 16 * b]) : -8.f * s;
+          for (int j = 0; j < 16; ++j) {  // byte j: element j (low nibble) and j + 16 (high)
+            ob[j] = static_cast<float>(q[j] & 0x0F) * s + mn;
+            ob[j + 16] = static_cast<float>(q[j] >> 4) * s + mn;
+          }
+        }
+      }
+    });
+  };
+  if (scale.scalar_type() == torch::kHalf) go(static_cast<const c10::Half*>(scale.data_ptr()));
+  else go(scale.data_ptr<float>());
+}
+
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.is_contiguous() && w.scalar_type() == torch::kFloat &&
               w.is_contiguous() && x.size(-1) == w.numel(), "rms_norm: contiguous float32 x (..., D), w (D,)");
@@ -2089,6 +2141,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_linear_q8", &int4_linear_q8, "int4 weights x 8-bit activations (CPU)");
   m.def("int8_linear_q8", &int8_linear_q8, "int8 weights x 8-bit activations (CPU)");
   m.def("tiles_linear_f", &tiles_linear_f, "int4 weights packed in 16-row tiles x float activations (CPU)");
+  m.def("dequant_tiles", &dequant_tiles, "weight rows of 16-row tiles as float32 (dequant_rows' values)");
   m.def("pack_tiles_q8", &pack_tiles_q8, "int4 / int8 weights in 16-row tiles for tiles_linear_q8 (AVX-512 VNNI)");
   m.def("tiles_linear_q8", &tiles_linear_q8, "8-bit activations x tiled int4 / int8 weights (AVX-512 VNNI)");
   m.def("dequant_rows", &dequant_rows, "int8 / int4 weight rows as float32 into a given tensor (CPU)");
