@@ -1557,15 +1557,28 @@ void dequant_tiles(torch::Tensor codes, torch::Tensor scale, torch::Tensor extra
           uint8_t q[32];
           for (int j = 0; j < (i4 ? 4 : 8); ++j) std::memcpy(q + 4 * j, c + 16 * ((i4 ? 4 : 8) * b + j), 4);
           float* ob = o + b * QB;
-          if (!i4) {
-            for (int e = 0; e < 32; ++e) ob[e] = static_cast<float>(static_cast<int8_t>(q[e])) * s;
-            continue;
+          const float mn = !i4 ? 0.f : mp ? static_cast<float>(mp[t * nb * 16 + lane + 16 * b]) : -8.f * s;
+#ifdef LMZOO_AVX2
+          const __m256 vs = _mm256_set1_ps(s), vm = _mm256_set1_ps(mn);
+          for (int e = 0; e < 32; e += 8) {  // the codes of elements e .. e + 7, then the same operations
+            __m256i c8;
+            if (i4) {  // element j < 16: low nibble of byte j; j >= 16: high nibble of byte j - 16
+              const __m128i by = _mm_loadl_epi64((const __m128i*)(q + e % 16));
+              c8 = _mm256_cvtepu8_epi32(e < 16 ? _mm_and_si128(by, _mm_set1_epi8(0x0F))
+                                               : _mm_and_si128(_mm_srli_epi16(by, 4), _mm_set1_epi8(0x0F)));
+            } else {
+              c8 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + e)));
+            }
+            const __m256 w = _mm256_mul_ps(_mm256_cvtepi32_ps(c8), vs);
+            _mm256_storeu_ps(ob + e, i4 ? _mm256_add_ps(w, vm) : w);
           }
-          const float mn = mp ? static_cast<float>(mp[t * nb * 16 + lane + 16 * b]) : -8.f * s;
-          for (int j = 0; j < 16; ++j) {  // byte j: element j (low nibble) and j + 16 (high)
+#else
+          for (int j = 0; j < 16 && i4; ++j) {  // byte j: element j (low nibble) and j + 16 (high)
             ob[j] = static_cast<float>(q[j] & 0x0F) * s + mn;
             ob[j + 16] = static_cast<float>(q[j] >> 4) * s + mn;
           }
+          for (int e = 0; e < 32 && !i4; ++e) ob[e] = static_cast<float>(static_cast<int8_t>(q[e])) * s;
+#endif
         }
       }
     });
