@@ -17,13 +17,13 @@ import time
 import torch
 
 
-def median_us(f, n: int = 200) -> float:
+def median_us(f, *args, n: int = 200) -> float:
     for _ in range(20):
-        f()
+        f(*args)
     ts = []
     for _ in range(n):
         t0 = time.perf_counter()
-        f()
+        f(*args)
         ts.append(time.perf_counter() - t0)
     return sorted(ts)[n // 2] * 1e6
 
@@ -49,8 +49,8 @@ def main() -> None:
         t4s = k.pack_tiles_q8(q4, sc, sc.new_empty(0), 32)
         for M in (1, 8):
             x = torch.randn(M, K, generator=g)
-            cells = [median_us(lambda: k.int8_linear(x, q8, sc, 32)), median_us(lambda: k.tiles_linear_f(x, *t8, N)),
-                     median_us(lambda: k.tiles_linear_f(x, *t4, N)), median_us(lambda: k.tiles_linear_f(x, *t4s, N))]
+            cells = [median_us(k.int8_linear, x, q8, sc, 32), median_us(k.tiles_linear_f, x, *t8, N),
+                     median_us(k.tiles_linear_f, x, *t4, N), median_us(k.tiles_linear_f, x, *t4s, N)]
             print(f"| {N}x{K} | {M} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
 
 

@@ -238,20 +238,20 @@ def _split_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.nd
                 if hi == starts[i + 1]:
                     f.release(t)
             if kind == "Q8_0":
-                q, mn = q.view(torch.int8), None
-            elif mn is None:
-                mn = d * -8.0  # Q4_0: w = d q - 8 d (exact in float16)
+                q = q.view(torch.int8)
             if not tiled:
-                return Int8Linear.from_codes(q, d) if mn is None else Int4Linear.from_codes(q, d, mn)
-            # Q4_0's tiles keep no mins (the kernels take -8 d from the scales; see _QuantLinear)
-            part = k.pack_tiles_q8(q, d, None if mn is None else mn.new_empty(0) if kind == "Q4_0" else mn, 32)
+                if kind == "Q8_0":
+                    return Int8Linear.from_codes(q, d)
+                return Int4Linear.from_codes(q, d, d * -8.0 if mn is None else mn)  # Q4_0: w = d q - 8 d (exact)
+            # Q4_0's tiles keep no mins (empty: the kernels take -8 d from the scales; see _QuantLinear)
+            part = k.pack_tiles_q8(q, d, None if kind == "Q8_0" else d.new_empty(0) if mn is None else mn, 32)
             if not tiles:
                 tiles = [p.new_empty((-(-N // 16),) + tuple(p.shape[1:])) for p in part]
             for whole, p in zip(tiles, part):
                 whole[a // 16:a // 16 + len(p)] = p
-    cls = Int8Linear if kind == "Q8_0" else Int4Linear
-    return cls.from_tiles(tiles, (q.dtype, d.dtype) if cls is Int8Linear else (q.dtype, d.dtype, mn.dtype),
-                          in_features=K, out_features=N)
+    if kind == "Q8_0":
+        return Int8Linear.from_tiles(tiles, (torch.int8, torch.float16), in_features=K, out_features=N)
+    return Int4Linear.from_tiles(tiles, (torch.uint8, torch.float16, torch.float16), in_features=K, out_features=N)
 
 
 def quantised_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.ndarray | None]) -> nn.Module:

@@ -139,15 +139,16 @@ class _QuantLinear(nn.Module):
 
     Int8Linear / Int4Linear hold their weights in one of two forms at a time. The row-major buffers
     (ROWS: q (N, K) int8 or (N, K/2) uint8, scale [, min] (N, K/g)) are the checkpoint's form:
-    state_dict, GGUF, other devices. The kernels that multiply 16-row tiles (AVX2 / AVX-512 builds:
-    whenever K and the group size are multiples of 32) pack them on first use and drop them: buffers tiles_q
-    (T, K/8 or K/4, 16) int32, tiles_scale and tiles_extra (T, K/32, 16: int4's mins, int8's sums of
-    codes; (T, 0, 16) for int4 whose mins are -8 * scale, GGUF's Q4_0: 10% fewer bytes),
-    T = ceil(N / 16). A model then holds its codes once, as its file does. Everything else reads the
-    row-major form from the tiles (state_dict(), embedding lookups and prompt tiles unpack temporary
-    copies), and what needs the buffers themselves puts them back: load_state_dict, .to() / .half() /
-    .cuda(), any use of .q / .scale / .min, a kernel on row-major codes (int8 with two scales a
-    32-block and 8-bit activations). The next tiled kernel packs them again.
+    state_dict, other devices. The kernels that multiply 16-row tiles (AVX2 / AVX-512 builds, K and the
+    group size multiples of 32) pack them on first use and drop them (GGUF loading packs its blocks
+    straight into tiles, `from_tiles`): buffers tiles_q (T, K/8 or K/4, 16) int32, tiles_scale and
+    tiles_extra (T, K/32, 16: int4's mins, int8's sums of codes; (T, 0, 16) for int4 whose mins are
+    -8 * scale, GGUF's Q4_0: 10% fewer bytes), T = ceil(N / 16). A model then holds its codes once, as
+    its file does. Embedding lookups and prompt tiles read rows from the tiles (`dequant_tiles`),
+    state_dict() unpacks temporary copies, and what needs the buffers themselves puts them back:
+    load_state_dict with this layer's weights, moves and dtype changes (.to() to where the layer
+    already is keeps the tiles), any use of .q / .scale / .min, a kernel on row-major codes (int8 with
+    two scales a 32-block and 8-bit activations). The next tiled kernel packs them again.
     """
 
     bits = ""

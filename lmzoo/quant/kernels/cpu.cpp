@@ -1140,9 +1140,10 @@ __attribute__((always_inline)) inline void tile_rows_f(const TileView<S>& t, int
         }
       }
       const WVec ws = wld(t.scale + b * 16 + WL * h);
+      const WVec wm = wld(static_cast<const S*>(t.extra) + b * 16 + WL * h);  // int8: the scales again, unused
       for (int j = 0; j < MB; ++j) {
         acc[j] = wfma(ws, wadd(wadd(c[j][0], c[j][1]), wadd(c[j][2], c[j][3])), acc[j]);
-        if (I4) macc[j] = wfma(wld(static_cast<const S*>(t.extra) + b * 16 + WL * h), wset1(xsum[j * nb + b]), macc[j]);
+        if (I4) macc[j] = wfma(wm, wset1(xsum[j * nb + b]), macc[j]);
       }
     }
     const WVec mf = wset1(t.mf);
@@ -1163,7 +1164,8 @@ void over_tiles(const int32_t* codes, const S* scale, const void* extra, int64_t
       // The first pass over a tile fetches the weights `ahead` blocks on (PF_BYTES of codes, their
       // scales and extras; past the tile's end into the next tile's, which follow it): the out-of-order
       // window reaches only a block or two ahead, and a batch's passes otherwise wait on DRAM at every
-      // tile. (A whole tile ahead, 5-25 KB, ran int8 layers ~10% slower than the row kernels' 2 KB.)
+      // tile. (A whole tile ahead, 16-64 KB on a 1B model's layers, left its AVX2 decode ~12% slower:
+      // benchmarks/RESULTS.md, 2026-12-07 sixth session.)
       TileView<S> t{codes + ti * csz, scale + ti * nb * 16, static_cast<const char*>(extra) + ti * nb * 16 * xsz,
                     {nullptr, nullptr, nullptr}, mf};
       t.next[0] = reinterpret_cast<const char*>(t.codes + ahead * (csz / nb));
@@ -1533,8 +1535,8 @@ void dequant_tiles(torch::Tensor codes, torch::Tensor scale, torch::Tensor extra
               extra.is_contiguous() && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
               (sym || extra.sizes() == scale.sizes()) && scale.size(0) == codes.size(0) && codes.size(0) == (N + 15) / 16,
               "dequant_tiles: the tensors pack_tiles_q8 returns for ", N, " weight rows");
-  const int64_t C = codes.size(1), nb = scale.size(1), K = nb * QB, R = rows.numel();
-  TORCH_CHECK(C == nb * (i4 ? 4 : 8), "dequant_tiles: codes and scales disagree on K");
+  const int64_t C = codes.size(1), nb = scale.size(1), K = nb * QB, R = rows.numel(), cols = i4 ? 4 : 8;
+  TORCH_CHECK(C == nb * cols, "dequant_tiles: codes and scales disagree on K");
   TORCH_CHECK(rows.scalar_type() == torch::kLong && rows.is_contiguous() && out.scalar_type() == torch::kFloat &&
               out.is_contiguous() && out.dim() == 2 && out.size(0) == R && out.size(1) == K,
               "dequant_tiles: rows (R,) long, out (R, K) float32 contiguous");
@@ -1554,8 +1556,8 @@ void dequant_tiles(torch::Tensor codes, torch::Tensor scale, torch::Tensor extra
         float* o = op + r * K;
         for (int64_t b = 0; b < nb; ++b) {
           const float s = static_cast<float>(sc[16 * b]);
-          uint8_t q[32];
-          for (int j = 0; j < (i4 ? 4 : 8); ++j) std::memcpy(q + 4 * j, c + 16 * ((i4 ? 4 : 8) * b + j), 4);
+          uint8_t q[32];  // the block's code bytes as in the row-major form
+          for (int64_t j = 0; j < cols; ++j) std::memcpy(q + 4 * j, c + 16 * (cols * b + j), 4);
           float* ob = o + b * QB;
           const float mn = !i4 ? 0.f : mp ? static_cast<float>(mp[t * nb * 16 + lane + 16 * b]) : -8.f * s;
 #ifdef LMZOO_AVX2
