@@ -265,7 +265,12 @@ def wrap(model: nn.Module, parallel: str, d: Dist, mixed_precision: str = "fp32"
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     dev = next(model.parameters()).device
-    # buffers (RoPE tables, ALiBi slopes) are computed alike on every rank: no broadcast per forward
+    # buffers (RoPE tables, ALiBi slopes) are computed alike on every rank: no broadcast per forward;
+    # the non-persistent ones (those, and quantised layers' tiles, packed alike from the same file)
+    # are not broadcast at the start either (gloo has no int16, which int8 tiles' sums of codes are)
+    DDP._set_params_and_buffers_to_ignore_for_model(model, [
+        f"{name}.{b}" if name else b for name, mod in model.named_modules()
+        for b in mod._non_persistent_buffers_set if b in mod._buffers])
     ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, forward_sync_buffers=False)
     return Replica(ddp, model)
 
