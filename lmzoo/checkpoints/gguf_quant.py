@@ -34,7 +34,7 @@ from torch import nn
 
 from lmzoo.checkpoints.gguf_file import GGUFFile, GGUFTensor
 from lmzoo.quant.kernels import cpu_kernels
-from lmzoo.quant.layers import HalfLinear, Int4Linear, Int8Linear, pack_int4
+from lmzoo.quant.layers import HalfLinear, Int4Linear, Int8Linear, pack_int4, tiles_kernels
 
 QUANTISED = ("Q8_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q3_K")  # kept as integer layers
 HALF = {"F16": torch.float16, "BF16": torch.bfloat16}  # kept as they are: HalfLinear
@@ -213,7 +213,7 @@ def _split_linear(f: GGUFFile, tensors: list[GGUFTensor], row_orders: list[np.nd
     counts = [int(np.prod(t.ne[1:])) if o is None else len(o) for t, o in zip(tensors, row_orders)]
     N, G = sum(counts), K // 32
     k = cpu_kernels()
-    tiled = k.isa() != "portable"
+    tiled = tiles_kernels(k)
     chunk = TILE_CHUNK if tiled else N
     starts = np.cumsum([0] + counts)
     orders = [None if o is None else torch.from_numpy(np.ascontiguousarray(o, dtype=np.int64)) for o in row_orders]

@@ -112,6 +112,11 @@ def _(x, codes, scale, mins, N):
 TILES = ("tiles_q", "tiles_scale", "tiles_extra")  # a layer's weights in 16-row tiles (cpu.cpp, q8_tiles)
 
 
+def tiles_kernels(k) -> bool:
+    """Whether the compiled kernels `k` multiply 16-row tiles (AVX2 and AVX-512 builds)."""
+    return k is not None and k.isa() != "portable"
+
+
 def _row_buffer(name: str) -> property:
     """A quantised layer's row-major buffer (q, scale, min), unpacked from the tiles first if the layer
     holds those: whoever reads or writes the codes gets the real tensors."""
@@ -265,7 +270,7 @@ class _QuantLinear(nn.Module):
         if "tiles_q" in b:
             return tiled, (b["tiles_q"], b["tiles_scale"], b["tiles_extra"]), self.out_features
         k = cpu_kernels()
-        if k is None or k.isa() == "portable" or b[self.ROWS[0]].device.type != "cpu":
+        if not tiles_kernels(k) or b[self.ROWS[0]].device.type != "cpu":
             return row_major, self._codes(), self.group_size
         return tiled, self._pack_(k), self.out_features
 
