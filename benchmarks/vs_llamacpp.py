@@ -53,14 +53,15 @@ def peak_mb() -> float:
 
 
 def worker_lmzoo(path: str, prompt: int, new: int, threads: int, activations: str = "float",
-                 extra_prompts: list[list[int]] = (), kv_dtype: str | None = None) -> dict:
+                 extra_prompts: list[list[int]] = (), kv_dtype: str | None = None, huge_pages: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     import lmzoo
 
     t0 = time.perf_counter()
-    model = lmzoo.from_pretrained(path, **({} if activations == "float" else {"activations": activations}))
+    opts = ({} if activations == "float" else {"activations": activations}) | ({"huge_pages": True} if huge_pages else {})
+    model = lmzoo.from_pretrained(path, **opts)  # only the options set: a baseline checkout may predate them
     load = time.perf_counter() - t0
     ids = torch.tensor([prompt_ids(prompt, model.config.vocab_size)])
     out, times = [], []
@@ -212,7 +213,7 @@ def random_llama(src: Path, kind: str, *, n_layer=16, n_embd=2048, n_head=32, n_
 
 
 LLAMACPP = "llamacpp"
-WORKERS = ("lmzoo", "lmzoo-q8", LLAMACPP, "baseline")
+WORKERS = ("lmzoo", "lmzoo-q8", "lmzoo-hp", "lmzoo-q8-hp", LLAMACPP, "baseline")
 
 
 def split_backend(backend: str) -> tuple[str, str | None]:
@@ -330,16 +331,17 @@ def main() -> None:
     ap.add_argument("--shape", choices=["1b"], help="a random-weight Llama of this shape instead")
     ap.add_argument("--kv-dtype", help="the lmzoo backends' KV cache dtype (float16: llama.cpp's own cache type)")
     ap.add_argument("--backends", default="lmzoo,lmzoo-q8,llamacpp",
-                    help="lmzoo (exact float activations), lmzoo-q8 (--activations q8), llamacpp; each may "
-                    "end in :avx2 or :avx512 (the instruction set its kernels are built for)")
+                    help="lmzoo (exact float activations), lmzoo-q8 (--activations q8), lmzoo-hp / lmzoo-q8-hp "
+                    "(the same with huge_pages=True), llamacpp; each may end in :avx2 or :avx512 (the "
+                    "instruction set its kernels are built for)")
     a = ap.parse_args()
     if a.worker:
         extra = json.loads(Path(a.extra_prompts).read_text()) if a.extra_prompts else []
         if a.worker == "llamacpp":
             out = worker_llamacpp(a.model, a.prompt, a.new, a.threads, extra)
         else:
-            out = worker_lmzoo(a.model, a.prompt, a.new, a.threads, "q8" if a.worker == "lmzoo-q8" else "float",
-                               extra, a.kv_dtype)
+            out = worker_lmzoo(a.model, a.prompt, a.new, a.threads, "q8" if "-q8" in a.worker else "float",
+                               extra, a.kv_dtype, huge_pages=a.worker.endswith("-hp"))
         print(json.dumps(out))
         return
     from lmzoo.checkpoints.assets import default_model_path

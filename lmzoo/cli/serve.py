@@ -124,7 +124,8 @@ def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_qu
     from lmzoo.tokenizer import load_tokenizer
 
     try:
-        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations, quantize=quantize)
+        m = lmzoo.from_pretrained(model, dtype=dtype, adapter=adapter, activations=activations, quantize=quantize,
+                                  huge_pages=True)  # a long-running server: decode speed before load time
         tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
         engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill,
                         kv_dtype=kv_dtype)

@@ -24,6 +24,7 @@ from lmzoo.nn.block import PreNormBlock
 from lmzoo.nn.mlp import MLP
 from lmzoo.nn.norm import RMSNorm
 from lmzoo.nn.transformer import Transformer
+from lmzoo.quant.hugepages import into_huge_pages
 from lmzoo.quant.kernels import cpu_kernels
 from lmzoo.quant.layers import GEMV_MAX_ROWS, HalfLinear, Int4Linear, Int8Linear, by_chunks, float_linear_op, needs_autograd
 
@@ -268,12 +269,14 @@ def _decode_stack(model: nn.Module, x: torch.Tensor, a, masks: dict) -> torch.Te
     return stack.run(x, a.cos, a.sin, c.k, c.v, *cache[2:])
 
 
-def use_cpu_kernels(model: nn.Module) -> nn.Module:
+def use_cpu_kernels(model: nn.Module, *, huge_pages: bool = False) -> nn.Module:
     """Swap every plain nn.Linear for GemvLinear and RMSNorm for FusedRMSNorm in place (class
     changes: no weights move), give plain-RoPE attention layers the in-place rotation kernel and the
     one-token cache attention kernel, pre-norm blocks the fused one-token step (used when every
     part of the block is one of these), and the model the step through all its layers in one call.
-    Does nothing when the kernels cannot be built."""
+    huge_pages: move the linear layers' weights (`streamed_weights`; quantised layers' tiles packed
+    now) into transparent huge pages (lmzoo.quant.hugepages): decode reads them faster, at a load-time
+    cost that depends on the machine. Does nothing when the kernels cannot be built."""
     if cpu_kernels() is None:
         return model
     for m in model.modules():
@@ -288,4 +291,19 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
             m.decode_step = _decode_block
         elif isinstance(m, Transformer):
             m.decode_layers = _decode_stack
+    if huge_pages:
+        into_huge_pages(t for m in model.modules() for t in streamed_weights(m))
     return model
+
+
+def streamed_weights(m: nn.Module) -> tuple[torch.Tensor, ...]:
+    """The tensors a decode step reads whole from module `m` (not its children): a linear layer's
+    weights in the form its kernel multiplies (quantised layers' tiles, packed now where the kernels
+    take tiles)."""
+    if isinstance(m, (Int8Linear, Int4Linear)):
+        return m.tiles_now() or tuple(m._buffers[n] for n in m.ROWS)
+    if isinstance(m, HalfLinear):
+        return (m.w,)
+    if isinstance(m, GemvLinear):
+        return (m.weight,)
+    return ()

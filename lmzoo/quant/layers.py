@@ -274,6 +274,12 @@ class _QuantLinear(nn.Module):
             return row_major, self._codes(), self.group_size
         return tiled, self._pack_(k), self.out_features
 
+    def tiles_now(self) -> tuple[torch.Tensor, ...]:
+        """The layer's tiles, packed now where a one-row product multiplies tiles (else none)."""
+        self.kernel_spec(1)
+        b = self._buffers
+        return tuple(b[n] for n in TILES) if "tiles_q" in b else ()
+
     def _kernel(self, k, x2: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
         (default: x2's rows; a long input goes in chunks, all of them multiplied alike)."""
