@@ -503,6 +503,19 @@ def test_greedy_ids_matches_argmax(V):
         assert K.greedy_ids(y)[1]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("lines,streams", [(1, 4), (37, 4), (1000, 1), (1003, 8)])
+def test_stream_read_reads_every_line_once(lines, streams, threads):
+    """The bandwidth probe's sum is every 64-byte line's first 8-byte word, once, whatever the split."""
+    words = torch.randint(-(2**40), 2**40, (lines, 8), dtype=torch.int64)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert K.stream_read(words.view(torch.uint8).flatten(), streams) == int(words[:, 0].sum())
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("g", [16, 32, 64])
 @pytest.mark.parametrize("M", [1, 3, 9])
 def test_float16_scales_give_the_float32_results(g, M):

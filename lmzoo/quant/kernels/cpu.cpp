@@ -1901,6 +1901,40 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor kc, torch::Tenso
   return decode_attention_impl<float>(qkv, kc, vc, rows, slots, end, mask, H, Hkv, scale);
 }
 
+// Memory read bandwidth probe (lmzoo.tools.bench.read_bandwidth_gbs): one 8-byte load from every
+// 64-byte line of buf, each thread's share read as `streams` interleaved sequential streams fetched
+// 4 KB ahead. On the 2-vCPU Xeon of benchmarks/RESULTS.md one plain stream a core (what a sum over a
+// tensor does) reads ~11 GB/s a core, 23 GB/s on two; four streams a core with prefetching reach
+// 29-31 GB/s, the bound a decode step is measured against. Returns the sum of the words read.
+int64_t stream_read(torch::Tensor buf, int64_t streams) {
+  TORCH_CHECK(buf.is_contiguous() && buf.scalar_type() == torch::kByte && streams >= 1,
+              "stream_read: a contiguous uint8 tensor and streams >= 1");
+  const char* p = static_cast<const char*>(buf.data_ptr());
+  const int64_t lines = buf.numel() / 64, nt = at::get_num_threads();
+  std::vector<int64_t> part(nt * 8, 0);  // a cache line per thread
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t a = lines * t / nt, b = lines * (t + 1) / nt, per = (b - a) / streams;
+      int64_t sum = 0;
+      auto word = [&](int64_t line) {
+        int64_t w;
+        std::memcpy(&w, p + line * 64, 8);
+        return w;
+      };
+      for (int64_t i = 0; i < per; ++i)
+        for (int64_t j = 0; j < streams; ++j) {
+          __builtin_prefetch(p + (a + j * per + i) * 64 + 4096, 0, 1);
+          sum += word(a + j * per + i);
+        }
+      for (int64_t l = a + streams * per; l < b; ++l) sum += word(l);  // the share's last lines
+      part[t * 8] = sum;
+    }
+  });
+  int64_t total = 0;
+  for (int64_t t = 0; t < nt; ++t) total += part[t * 8];
+  return total;
+}
+
 std::tuple<torch::Tensor, bool> greedy_ids(torch::Tensor logits) {
   TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == torch::kFloat &&
               logits.size(1) > 0, "greedy_ids: contiguous float32 logits (B, V)");
@@ -2167,6 +2201,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<>())
       .def("add", &DecodeStack::add, "append a block (prenorm_decode_block's weight arguments)")
       .def("run", &DecodeStack::run, "x through every block: (x, cos, sin, k caches, v caches, rows, slots, end, mask)");
+  m.def("stream_read", &stream_read, "read every cache line of a uint8 buffer, `streams` streams a thread (bandwidth probe)");
   m.def("greedy_ids", &greedy_ids, "argmax of each logits row and whether any is NaN (CPU)");
   m.def("rope_heads_", &rope_heads_, "rotate-half RoPE in place on the first heads of a fused projection (CPU)");
 }
