@@ -2,7 +2,7 @@
 share of it, and the kernels' streaming rate against the host's memory read bandwidth.
 
     python benchmarks/decode_step.py [--model X.gguf] [--prompt 256] [--steps 60] [--threads 2]
-        [--activations float|q8] [--batch B] [--kv-dtype float16]
+        [--activations float|q8] [--batch B] [--kv-dtype float16] [--huge-pages]
 
 0. prefill: the `--prompt`-token forward of `--batch` rows, best of three;
 1. step: the model's forward for one token per row after that prefill (no engine), averaged; tok/s
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--activations", default="float", choices=["float", "q8"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--kv-dtype", default="float32", choices=["float32", "float16"], help="the KV cache's dtype")
+    ap.add_argument("--huge-pages", action="store_true", help="from_pretrained(huge_pages=True)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import lmzoo
@@ -42,7 +43,8 @@ def main() -> None:
     from lmzoo.runtime.cache import KVCache
     from lmzoo.tools.bench import read_bandwidth_gbs
 
-    model = lmzoo.from_pretrained(a.model or str(default_model_path()), activations=a.activations)
+    model = lmzoo.from_pretrained(a.model or str(default_model_path()), activations=a.activations,
+                                  **({"huge_pages": True} if a.huge_pages else {}))
     layers = [m for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
     nbytes = sum(b.numel() * b.element_size() for m in layers for b in m.buffers())
     ids = torch.randint(100, model.config.vocab_size, (a.batch, a.prompt), generator=torch.Generator().manual_seed(0))
@@ -100,7 +102,7 @@ def main() -> None:
         dt = (time.perf_counter() - t0) / 10
     kernels = spent[0] / a.steps
     print(f"# {a.threads} threads, prompt {a.prompt}, {a.steps} steps, batch {a.batch}, activations {a.activations}, "
-          f"KV cache {a.kv_dtype}")
+          f"KV cache {a.kv_dtype}" + (", huge pages" if a.huge_pages else ""))
     print(f"prefill: {prefill * 1e3:.1f} ms ({a.batch * a.prompt / prefill:.0f} tok/s)")
     print(f"step: {step * 1e3:.2f} ms ({a.batch / step:.1f} tok/s)")
     print(f"kernels: {kernels * 1e3:.2f} ms of a {timed_step * 1e3:.2f} ms timed step, "
