@@ -41,9 +41,10 @@ def from_pretrained(path, dtype=None, device=None, *, cpu_kernels: bool = True,
     decode kernels apply: an HF bf16 checkpoint with "bf16" keeps its weights exactly, in half the
     memory of float32). A GGUF file's blocks are already quantised: refused.
     huge_pages: with cpu_kernels on CPU (Linux), hold the linear layers' weights in transparent huge
-    pages (lmzoo.quant.hugepages): one-token decode 7-20% faster on the default model's GGUF forms,
-    for 0.02-1 s more load time (faulting in huge pages; on a VM often the slow end). Worth it for a
-    long-running process (`lmzoo serve` and `lmzoo chat` turn it on), not for one short answer.
+    pages (lmzoo.quant.hugepages): one-token decode 4-25% faster (the default model's GGUF forms, a 1B
+    shape), for more load time faulting them in (0.1-0.5 s on the default model, 1.3 s on the 1B one
+    on the VM of benchmarks/RESULTS.md; far less on bare metal). Worth it for a long-running process
+    (`lmzoo serve` and `lmzoo chat` turn it on), not for one short answer.
     """
     from lmzoo.quant.layers import ACTIVATIONS, HALF, MODES, set_activations, widen_unquantized
     from lmzoo.quant.layers import quantize as quantize_model

@@ -301,7 +301,7 @@ def streamed_weights(m: nn.Module) -> tuple[torch.Tensor, ...]:
     weights in the form its kernel multiplies (quantised layers' tiles, packed now where the kernels
     take tiles)."""
     if isinstance(m, (Int8Linear, Int4Linear)):
-        return m.tiles_now() or tuple(m._buffers[n] for n in m.ROWS)
+        return m.tiles_now() or tuple(getattr(m, n) for n in m.ROWS)
     if isinstance(m, HalfLinear):
         return (m.w,)
     if isinstance(m, GemvLinear):

@@ -7,7 +7,8 @@ for transparent huge pages (2 MiB: the whole model in ~50 TLB entries) and point
 in place (`Tensor.set_`: every holder of the tensor, Python or C++, sees the new memory; values,
 dtypes, shapes, strides and aliasing are kept). Measured: the quantised matrices of the default model
 streamed back to back 12% faster, the 28 MB LM head 25% (benchmarks/RESULTS.md, 2026-12-07 seventh
-session). `lmzoo.quant.gemv.use_cpu_kernels` applies it to the quantised layers' tiles.
+session). `from_pretrained(..., huge_pages=True)` applies it to the linear layers' weights
+(`lmzoo.quant.gemv.streamed_weights`).
 
 The kernel grants huge pages where it can (`/sys/kernel/mm/transparent_hugepage/enabled` "always"
 or "madvise"); with "never", off Linux, or where 2 MiB pages are not available, the tensors stay or
