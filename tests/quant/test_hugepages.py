@@ -71,8 +71,9 @@ def test_model_weights_sit_in_huge_pages_with_the_same_logits(smollm2_path):
     weights = [t for m in model.modules() for t in streamed_weights(m)]
     assert weights and len({t.untyped_storage().data_ptr() for t in weights}) == 1
     assert "hg" in mapping_of(weights[0].data_ptr())[2]
-    plain = lmzoo.from_pretrained(smollm2_path)  # the default: weights where loading put them
-    assert all("hg" not in mapping_of(t.data_ptr())[2] for m in plain.modules() for t in streamed_weights(m))
+    plain = lmzoo.from_pretrained(smollm2_path)  # the default: weights where loading put them (heap
+    # memory may be advised too: numpy advises its large arrays, and freed heap keeps the flag)
+    assert len({t.untyped_storage().data_ptr() for m in plain.modules() for t in streamed_weights(m)}) > 1
     ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 2]])
     with torch.inference_mode():
         assert torch.equal(model(ids), plain(ids))
