@@ -97,18 +97,14 @@ def reuse_freed_memory() -> None:
     afresh on every call, unless the load happened to free a big array first: the default model's
     256-token prefill ran at 2/3 speed (benchmarks/RESULTS.md, 2026-12-06). Pin the thresholds at
     glibc's own maximum so such blocks are reused. Once per process; a no-op off glibc."""
-    import ctypes
-    import platform
+    from lmzoo.quant.hugepages import glibc
 
-    if platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    libc = glibc()
+    if libc is None:
         return
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 64 << 20)
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
 def _load(path, dtype, device, keep_quantized: bool) -> Transformer:

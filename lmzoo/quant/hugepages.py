@@ -18,6 +18,7 @@ end up in ordinary pages, with the same values.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import re
 from collections.abc import Iterable
@@ -89,19 +90,19 @@ def into_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
 def _trim() -> None:
     """Give the heap's free memory back to the system (glibc keeps freed blocks under its mmap
     threshold, 32 MiB here: lmzoo.checkpoints.load.reuse_freed_memory); a no-op off glibc."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
-def _libc_trim():
+@functools.cache
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library where it is glibc (its malloc tunables), else None."""
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None)
+    except OSError:
         return None
-
-
-_malloc_trim = _libc_trim()

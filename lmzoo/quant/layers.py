@@ -266,17 +266,20 @@ class _QuantLinear(nn.Module):
         """The tiled kernel `tiled` (5 / 6: 8-bit activations, 7: float ones) over this
         layer's 16-row tiles on AVX2 and AVX-512 builds, packed on first use; on portable builds (or
         off the CPU) the row-major kernel `row_major`."""
-        b = self._buffers
-        if "tiles_q" in b:
-            return tiled, (b["tiles_q"], b["tiles_scale"], b["tiles_extra"]), self.out_features
+        if t := self._tiles():
+            return tiled, t, self.out_features
         k = cpu_kernels()
-        if not tiles_kernels(k) or b[self.ROWS[0]].device.type != "cpu":
+        if not tiles_kernels(k) or self._buffers[self.ROWS[0]].device.type != "cpu":
             return row_major, self._codes(), self.group_size
         return tiled, self._pack_(k), self.out_features
 
     def tiles_now(self) -> tuple[torch.Tensor, ...]:
         """The layer's tiles, packed now where a one-row product multiplies tiles (else none)."""
         self.kernel_spec(1)
+        return self._tiles()
+
+    def _tiles(self) -> tuple[torch.Tensor, ...]:
+        """The tiles (pack_tiles_q8's tensors) the layer holds now; () when it holds its rows."""
         b = self._buffers
         return tuple(b[n] for n in TILES) if "tiles_q" in b else ()
 
@@ -284,9 +287,8 @@ class _QuantLinear(nn.Module):
         """x2's product through the kernel, its activation mode chosen for `rows` tokens a sequence
         (default: x2's rows; a long input goes in chunks, all of them multiplied alike)."""
         if torch.compiler.is_compiling():  # the ops torch.compile traces (float activations)
-            b = self._buffers
-            if "tiles_q" in b:
-                return tiles_linear_f_op(x2, b["tiles_q"], b["tiles_scale"], b["tiles_extra"], self.out_features)
+            if t := self._tiles():
+                return tiles_linear_f_op(x2, *t, self.out_features)
             return self.compiled_op(x2, *self._codes(), self.group_size)
         kind, t, arg = self.kernel_spec(rows or x2.shape[0])
         return KERNELS[kind](k)(x2, *t, arg)
@@ -304,22 +306,19 @@ class _QuantLinear(nn.Module):
 
     def _dequant_into(self, k, n0: int, out: torch.Tensor) -> None:
         """Weight rows [n0, n0 + len(out)) as float32 into out."""
-        b = self._buffers
-        if "tiles_q" in b:
-            k.dequant_tiles(b["tiles_q"], b["tiles_scale"], b["tiles_extra"], self.out_features,
-                            torch.arange(n0, n0 + len(out)), out)
+        if t := self._tiles():
+            k.dequant_tiles(*t, self.out_features, torch.arange(n0, n0 + len(out)), out)
         else:
             k.dequant_rows(3 if len(self.ROWS) > 2 else 1, list(self._codes()), self.group_size, n0, out)
 
     def _tile_rows(self, rows: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         """Weight rows `rows` as float32 by the kernel, straight from the tiles (an embedding lookup);
         None where the layer holds none or another dtype is asked for."""
-        b = self._buffers
-        if rows is None or dtype != torch.float32 or "tiles_q" not in b:
+        t = self._tiles()
+        if rows is None or dtype != torch.float32 or not t:
             return None
         out = torch.empty(len(rows), self.in_features)
-        cpu_kernels().dequant_tiles(b["tiles_q"], b["tiles_scale"], b["tiles_extra"], self.out_features,
-                                    rows.long().contiguous(), out)
+        cpu_kernels().dequant_tiles(*t, self.out_features, rows.long().contiguous(), out)
         return out
 
     def _tiled(self, k, x2: torch.Tensor) -> torch.Tensor:

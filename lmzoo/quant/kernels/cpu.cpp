@@ -1307,18 +1307,33 @@ std::vector<torch::Tensor> pack_tiles_q8(torch::Tensor q, torch::Tensor scale, c
 #endif
 }
 
-torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor extra,
-                              int64_t N) {
-#ifdef LMZOO_AVX2
+// pack_tiles_q8's tensors for N weight rows, checked for kernel `fn`: what the kernels read off their
+// dtypes and shapes (int8 where extra is int16; int4 without mins where extra is empty)
+struct Tiles {
+  bool i4, sym, half;
+  int64_t nb, cols;  // 32-blocks a row; code dwords a block
+};
+inline Tiles check_tiles(const char* fn, const torch::Tensor& codes, const torch::Tensor& scale,
+                         const torch::Tensor& extra, int64_t N) {
   const bool i4 = extra.scalar_type() != torch::kShort, half = scale.scalar_type() == torch::kHalf;
   const bool sym = i4 && extra.numel() == 0;
   TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
               extra.is_contiguous() && codes.scalar_type() == torch::kInt &&
               (half || scale.scalar_type() == torch::kFloat) && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
               (sym || extra.sizes() == scale.sizes()) && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
-              "tiles_linear_q8: the tensors pack_tiles_q8 returns for ", N, " weight rows");
-  const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0);
-  TORCH_CHECK(codes.size(1) == nb * (i4 ? 4 : 8), "tiles_linear_q8: codes and scales disagree on K");
+              fn, ": the tensors pack_tiles_q8 returns for ", N, " weight rows");
+  const int64_t nb = scale.size(1), cols = i4 ? 4 : 8;
+  TORCH_CHECK(codes.size(1) == nb * cols, fn, ": codes and scales disagree on K");
+  return {i4, sym, half, nb, cols};
+}
+
+torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor extra,
+                              int64_t N) {
+#ifdef LMZOO_AVX2
+  const Tiles tl = check_tiles("tiles_linear_q8", codes, scale, extra, N);
+  const bool i4 = tl.i4, sym = tl.sym;  // plain names: the lambdas below capture them
+  const int64_t nb = tl.nb;
+  const int64_t K = nb * QB, M = x.size(0);
   check(x, K);
   const Q8 a = quantize_q8(x);
   auto y = torch::empty({M, N}, x.options());
@@ -1336,7 +1351,7 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
     run(xq, a.d.data(), a.s.data(), codes.data_ptr<int32_t>(), sp, sym ? sp : extra.data_ptr(), M, nb, N,
         y.data_ptr<float>(), sym ? -8.f : 1.f);
   };
-  if (half) go(c10::Half());
+  if (tl.half) go(c10::Half());
   else go(0.f);
   return y;
 #else
@@ -1349,15 +1364,10 @@ torch::Tensor tiles_linear_q8(torch::Tensor x, torch::Tensor codes, torch::Tenso
 // tile_rows_f).
 torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor extra, int64_t N) {
 #ifdef LMZOO_AVX2
-  const bool i4 = extra.scalar_type() != torch::kShort, half = scale.scalar_type() == torch::kHalf;
-  const bool sym = i4 && extra.numel() == 0;
-  TORCH_CHECK(codes.dim() == 3 && scale.dim() == 3 && codes.is_contiguous() && scale.is_contiguous() &&
-              extra.is_contiguous() && codes.scalar_type() == torch::kInt &&
-              (half || scale.scalar_type() == torch::kFloat) && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
-              (sym || extra.sizes() == scale.sizes()) && codes.size(0) == (N + 15) / 16 && scale.size(0) == codes.size(0),
-              "tiles_linear_f: the tensors pack_tiles_q8 returns for ", N, " weight rows");
-  const int64_t nb = scale.size(1), K = nb * QB, M = x.size(0), cols = i4 ? 4 : 8;
-  TORCH_CHECK(codes.size(1) == nb * cols, "tiles_linear_f: codes and scales disagree on K");
+  const Tiles tl = check_tiles("tiles_linear_f", codes, scale, extra, N);
+  const bool i4 = tl.i4, sym = tl.sym;  // plain names: the lambdas below capture them
+  const int64_t nb = tl.nb, cols = tl.cols;
+  const int64_t K = nb * QB, M = x.size(0);
   check(x, K);
   const float* xp = x.data_ptr<float>();
   std::vector<float> xsum(i4 ? M * nb : 0);  // each block's sum of x (int4's min term)
@@ -1376,7 +1386,7 @@ torch::Tensor tiles_linear_f(torch::Tensor x, torch::Tensor codes, torch::Tensor
                     });
                   });
   };
-  if (half) i4 ? go(c10::Half(), std::true_type()) : go(c10::Half(), std::false_type());
+  if (tl.half) i4 ? go(c10::Half(), std::true_type()) : go(c10::Half(), std::false_type());
   else i4 ? go(0.f, std::true_type()) : go(0.f, std::false_type());
   return y;
 #else
@@ -1529,14 +1539,10 @@ void dequant_rows(int64_t kind, std::vector<torch::Tensor> t, int64_t g, int64_t
 // from the tiles where the layers keep their only copy (prompt tiles, embedding lookups).
 void dequant_tiles(torch::Tensor codes, torch::Tensor scale, torch::Tensor extra, int64_t N, torch::Tensor rows,
                    torch::Tensor out) {
-  const bool i4 = extra.scalar_type() != torch::kShort, sym = i4 && extra.numel() == 0;
-  TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous() && codes.scalar_type() == torch::kInt && scale.dim() == 3 &&
-              scale.is_contiguous() && (scale.scalar_type() == torch::kFloat || scale.scalar_type() == torch::kHalf) &&
-              extra.is_contiguous() && (!i4 || extra.scalar_type() == scale.scalar_type()) &&
-              (sym || extra.sizes() == scale.sizes()) && scale.size(0) == codes.size(0) && codes.size(0) == (N + 15) / 16,
-              "dequant_tiles: the tensors pack_tiles_q8 returns for ", N, " weight rows");
-  const int64_t C = codes.size(1), nb = scale.size(1), K = nb * QB, R = rows.numel(), cols = i4 ? 4 : 8;
-  TORCH_CHECK(C == nb * cols, "dequant_tiles: codes and scales disagree on K");
+  const Tiles tl = check_tiles("dequant_tiles", codes, scale, extra, N);
+  const bool i4 = tl.i4, sym = tl.sym;  // plain names: the lambdas below capture them
+  const int64_t nb = tl.nb, cols = tl.cols;
+  const int64_t C = codes.size(1), K = nb * QB, R = rows.numel();
   TORCH_CHECK(rows.scalar_type() == torch::kLong && rows.is_contiguous() && out.scalar_type() == torch::kFloat &&
               out.is_contiguous() && out.dim() == 2 && out.size(0) == R && out.size(1) == K,
               "dequant_tiles: rows (R,) long, out (R, K) float32 contiguous");
@@ -1585,7 +1591,7 @@ void dequant_tiles(torch::Tensor codes, torch::Tensor scale, torch::Tensor extra
       }
     });
   };
-  if (scale.scalar_type() == torch::kHalf) go(static_cast<const c10::Half*>(scale.data_ptr()));
+  if (tl.half) go(static_cast<const c10::Half*>(scale.data_ptr()));
   else go(scale.data_ptr<float>());
 }
 
