@@ -56,3 +56,28 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(path):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
     assert ours.apply_chat_template(msgs) == ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.slow
+def test_long_context_decode_matches_transformers(path, model):
+    """Decode far into the context, where attention spans dozens of 64-key chunks and the cache has
+    grown several times: a 1,500-token prompt, then greedy one-token steps through the fused CPU
+    kernels (the path every chat token takes), against transformers' forward over the same tokens
+    with the same GGUF weights dequantised to float32 (a near-tie there once separated lmzoo from
+    llama.cpp: benchmarks/RESULTS.md, eighth session)."""
+    from transformers import AutoModelForCausalLM
+
+    from lmzoo.runtime.cache import KVCache
+
+    ids = torch.randint(100, model.config.vocab_size, (1, 1500), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        cache = KVCache(model, 1, 1520)
+        steps = [model(ids, cache=cache, last_only=True)[:, -1]]
+        for _ in range(8):
+            ids = torch.cat([ids, steps[-1].argmax(-1, keepdim=True)], 1)
+            steps.append(model(ids[:, -1:], cache=cache)[:, -1])
+        ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32)
+        want = ref(ids).logits[0, 1499:]
+    got = torch.cat(steps)
+    assert (got - want).abs().max() <= 1e-4
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
