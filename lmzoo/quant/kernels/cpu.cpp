@@ -2212,7 +2212,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm, float32 (CPU)");
   m.def("decode_attention", &decode_attention, "one query per row against the KV cache, GQA, float32 (CPU)");
   m.def("prenorm_decode_block", &prenorm_decode_block, "one pre-norm block's decode step (RMSNorm, RoPE attention, SwiGLU; CPU)");
-  py::class_<DecodeStack>(m, "DecodeStack", "pre-norm blocks prepared for one-token steps, run back to back (CPU)")
+  // module_local: two builds (two checkouts) can be imported into one process (benchmarks/ab_kernels.py)
+  py::class_<DecodeStack>(m, "DecodeStack", py::module_local(), "pre-norm blocks prepared for one-token steps, run back to back (CPU)")
       .def(py::init<>())
       .def("add", &DecodeStack::add, "append a block (prenorm_decode_block's weight arguments)")
       .def("run", &DecodeStack::run, "x through every block: (x, cos, sin, k caches, v caches, rows, slots, end, mask)");
