@@ -98,9 +98,10 @@ def _load(model: Path | None, dtype: str | None, adapter: Path | None = None, ac
 
 
 def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-            seed, stop, out=sys.stdout, decode: str = "eager", kv_dtype=None) -> tuple[list[int], str]:
+            seed, stop, out=sys.stdout, decode: str = "eager", kv_dtype=None, engine=None) -> tuple[list[int], str]:
     """Generate from `ids` through the engine, printing text deltas as they come (stop strings are
-    held back by the engine while they may still begin); returns (new ids, text)."""
+    held back by the engine while they may still begin); returns (new ids, text). engine: a session's
+    (`lmzoo chat`: its cache row keeps the conversation), else one made for this prompt."""
     from lmzoo.errors import ContextLengthError
     from lmzoo.runtime import Engine, Request, SamplingParams
 
@@ -113,7 +114,9 @@ def _stream(model, tok, ids: list[int], *, max_new_tokens, temperature, top_k, t
         print(f"lmzoo: note: at most {ctx - len(ids)} new tokens fit (context {ctx}, prompt {len(ids)}); "
               f"--max-new-tokens {max_new_tokens} is cut to that", file=sys.stderr, flush=True)
         max_new_tokens = ctx - len(ids)
-    engine = Engine(model, tok, max_running=1, max_len=len(ids) + max_new_tokens, decode=decode, kv_dtype=kv_dtype)
+    if engine is None:
+        engine = Engine(model, tok, max_running=1, max_len=len(ids) + max_new_tokens, decode=decode,
+                        kv_dtype=kv_dtype)
     engine.submit(Request(prompt=ids, max_tokens=max_new_tokens, stop=tuple(stop), sampling=SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)))
     new: list[int] = []
@@ -164,8 +167,9 @@ def _chat_with_tools(m, tok, history: list, commands: list[str], *, max_new_toke
         raise TokenizerError("this model's chat template does not render tools, so it cannot call MCP tools; use a "
                              "tool-calling model (e.g. Qwen2.5-Instruct)")
 
+    engine = Engine(m, tok, max_running=1, kv_dtype=kv_dtype, prompt_cache=True)  # the session's: turns reuse it
+
     async def generate(messages, tools) -> str:
-        engine = Engine(m, tok, max_running=1, kv_dtype=kv_dtype)
         req = Request(messages=messages, tools=tools, max_tokens=max_new_tokens, stop=tuple(stop),
                       sampling=SamplingParams(**sampling))
         return "".join(ev.text for ev in engine.run([req]))
@@ -272,6 +276,11 @@ def chat(
         return _chat_with_tools(m, tok, history, mcp, max_new_tokens=max_new_tokens, sampling=dict(
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed),
             stop=stop or [], kv_dtype=kv_dtype)
+    from lmzoo.runtime import Engine
+
+    # one engine for the session: its cache row keeps the conversation, so a turn prefills only what is
+    # new since the last one (the model's reply as the template renders it, and the new message)
+    engine = Engine(m, tok, max_running=1, kv_dtype=kv_dtype, prompt_cache=True)
     for line in _lines():
         ids = tok.encode_chat(history + [{"role": "user", "content": line}])
         if len(ids) >= m.config.max_seq_len:  # a turn that does not fit: say so, keep the session
@@ -282,7 +291,7 @@ def chat(
         history.append({"role": "user", "content": line})
         _, answer = _stream(m, tok, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [],
-                            kv_dtype=kv_dtype)
+                            engine=engine)
         sys.stdout.write("\n")
         sys.stdout.flush()
         history.append({"role": "assistant", "content": answer})

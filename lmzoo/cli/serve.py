@@ -44,6 +44,10 @@ def serve(
     quantize: str | None = typer.Option(None, "--quantize", help="int8 | int4 | f16 | bf16: quantise a float "
                                         "checkpoint's linear layers at load."),
     kv_dtype: str | None = KvOpt,
+    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help="Start a request on the cache "
+                                      "row holding the longest prefix of its prompt and prefill only the rest (a "
+                                      "chat's history is not prefilled again each turn); reused keys were computed "
+                                      "when first seen, so logits may differ from a fresh prefill in the last bits."),
 ) -> None:
     """Serve a model over the OpenAI API (chat and completions, streaming, continuous batching)."""
     from lmzoo.errors import ConfigError
@@ -77,7 +81,8 @@ def serve(
     try:
         loop, tok = _engine_loop(model, state, dtype=dtype, adapter=adapter, max_running=max_running,
                                  max_queued=max_queued, max_len=max_len, batch_prefill=batch_prefill,
-                                 activations=activations, quantize=quantize, kv_dtype=kv_dtype)
+                                 activations=activations, quantize=quantize, kv_dtype=kv_dtype,
+                                 prompt_cache=prompt_cache)
     except Exception:
         server.should_exit = True
         http.join(timeout=15)
@@ -115,7 +120,7 @@ def _model_path(model: Path | None, served_model_name: str | None, dtype: str | 
 
 
 def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_queued: int, max_len, batch_prefill: bool,
-                 activations: str = "float", quantize: str | None = None, kv_dtype=None):
+                 activations: str = "float", quantize: str | None = None, kv_dtype=None, prompt_cache: bool = True):
     """Load the model and its engine into `state` (a serve.app.ServerState); the caller runs the loop
     on the main thread. A load failure is recorded in `state` (what clients are told) and re-raised."""
     import lmzoo
@@ -128,7 +133,7 @@ def _engine_loop(model: Path, state, *, dtype, adapter, max_running: int, max_qu
                                   huge_pages=True)  # a long-running server: decode speed before load time
         tok = load_tokenizer(model, vocab_size=m.config.vocab_size)
         engine = Engine(m, tok, max_running=max_running, max_len=max_len or 4096, batch_prefill=batch_prefill,
-                        kv_dtype=kv_dtype)
+                        kv_dtype=kv_dtype, prompt_cache=prompt_cache)
         loop = EngineLoop(engine, max_queued=max_queued, thread=False, metrics=state.metrics)
     except Exception as e:
         state.error = f"{type(e).__name__}: {e}"

@@ -23,6 +23,15 @@ A request's greedy output is the same token for token whether it runs alone or w
 row's attention sees only its own slots, and each row's products are computed independently); a
 seeded sampled request draws from its own generator, so it gives the same text alone or batched.
 
+prompt_cache=True (`lmzoo serve`, `lmzoo chat`) keeps what a finished request left in its cache row
+and starts a new request on the free row whose tokens share the longest prefix with its prompt: only
+the rest is prefilled (llama.cpp's server does the same with `cache_prompt`). A chat client resends
+the whole conversation every turn, so a turn then costs its new message, not the history again.
+The reused keys and values are the ones computed when those tokens were first seen (by a decode
+step, or a prefill chunk of another length), so logits can differ from a fresh prefill's in the
+last bits (greedy tokens only at a near-tie). Models whose cached keys depend on more than their
+tokens' positions (dynamic NTK / LongRoPE, GLM's prefix-LM, Qwen v1's NTK alpha) never reuse rows.
+
 Per-row state fixed at a prompt's prefill (GLM's prefix-LM context, Qwen v1's NTK alpha) needs the
 prompt in one forward, so those prompts are not chunked. RoPE rules recomputed from the current
 length across the batch (dynamic NTK, LongRoPE and its re-encode past the trained context) would
@@ -75,6 +84,7 @@ class Event:
     top_logprobs: list[tuple[int, float]] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys and values were already in the cache (prompt_cache)
 
 
 class _Live:
@@ -86,6 +96,8 @@ class _Live:
         self.output: list[int] = []
         self.slot: int | None = None
         self.prefilled = 0
+        self.cached = 0  # prompt tokens found in the cache row at admission
+        self.padded = False  # prefilled left-padded beside others (batch_prefill): slots are not tokens
         self.pending: int | None = None  # sampled, not yet fed to the model
         self.cancelled = False
         self.decoder = tokenizer.stream_decoder() if tokenizer is not None else None
@@ -98,7 +110,7 @@ class _Live:
 class Engine:
     def __init__(self, model, tokenizer=None, *, max_running: int = 8, max_len: int | None = None,
                  step_tokens: int = 512, prefill_chunk: int = 256, decode: str = "eager",
-                 batch_prefill: bool = False, kv_dtype=None) -> None:
+                 batch_prefill: bool = False, kv_dtype=None, prompt_cache: bool = False) -> None:
         cfg = model.config
         if decode not in ("eager", "static", "compiled"):
             raise GenerationError(f"decode must be 'eager', 'static' or 'compiled', got {decode!r}")
@@ -134,6 +146,12 @@ class Engine:
         self.default_stop_ids = set([eos] if isinstance(eos, int) else list(eos or []))
         if tokenizer is not None:
             self.default_stop_ids |= set(tokenizer.eos_token_ids)
+        # prompt_cache: the tokens whose keys and values fill each free row's first slots (None: nothing
+        # reusable), and when each row was last freed (a new prompt sharing no prefix takes the oldest)
+        self.prompt_cache = prompt_cache and not (self.serial or self.whole_prompts or self.refill_at is not None)
+        self.row_tokens: list[list[int] | None] = [None] * self.max_running
+        self._freed = [0] * self.max_running
+        self._frees = itertools.count(1)
         self.waiting: deque[_Live] = deque()
         self.running: dict[int, _Live] = {}  # slot -> request
         self._by_id: dict[str, _Live] = {}
@@ -245,7 +263,7 @@ class Engine:
             logits = self.model(ids, cache=self.cache, rows=[r.slot for r in group], attention_mask=mask,
                                 last_only=True)[:, -1].float()
             for i, r in enumerate(group):
-                r.prefilled = len(r.prompt)
+                r.prefilled, r.padded = len(r.prompt), len(r.prompt) < T
                 budget -= len(r.prompt)
                 events.extend(self._emit(r, logits[i:i + 1]))
             pending = [r for r in pending if r not in group]
@@ -284,9 +302,36 @@ class Engine:
             if live.max_tokens == 0:  # no room for a single new token
                 events.append(self._finish(live, None, "", "length"))
                 continue
-            live.slot = free.pop(0)
-            self.cache.reset([live.slot])
-            self.running[live.slot] = live
+            slot, keep = self._pick_row(free, live.prompt)
+            free.remove(slot)
+            live.slot = slot
+            self.row_tokens[slot] = None
+            if keep:  # the row's first `keep` slots hold this prompt's first tokens: prefill the rest
+                self.cache.rewind(slot, keep)
+                live.prefilled = live.cached = keep
+            else:
+                self.cache.reset([slot])
+            self.running[slot] = live
+
+    def _pick_row(self, free: list[int], prompt: list[int]) -> tuple[int, int]:
+        """(row, tokens of it to keep) for a new prompt: the free row sharing the longest prefix with it
+        (prompt_cache), else the longest-free row (first in order without prompt_cache). At least
+        the prompt's last token is always prefilled again: its logits give the first new token."""
+        if not self.prompt_cache:
+            return free[0], 0
+        best, keep = min(free, key=lambda s: self._freed[s]), 0
+        for s in free:
+            have = self.row_tokens[s]
+            if not have:
+                continue
+            n = 0
+            for a, b in zip(have, prompt[:-1]):
+                if a != b:
+                    break
+                n += 1
+            if n > keep:
+                best, keep = s, n
+        return best, keep
 
     def _needs_refill(self, r: _Live) -> bool:
         n = len(r.prompt) + len(r.output) - 1  # tokens in the cache before the pending one
@@ -339,12 +384,17 @@ class Engine:
                 text += "" if r.matcher.stopped else r.matcher.flush()
             return [self._finish(r, tok, text, "stop" if r.matcher.stopped else "length", lp, top)]
         r.pending = tok
-        return [Event(r.id, tok, text, None, lp, top, len(r.prompt), len(r.output))]
+        return [Event(r.id, tok, text, None, lp, top, len(r.prompt), len(r.output), r.cached)]
 
     def _finish(self, r: _Live, tok, text: str, reason: str, lp=None, top=None) -> Event:
         if r.slot is not None and self.running.get(r.slot) is r:
             del self.running[r.slot]
+            if self.prompt_cache and not r.padded:
+                # what the row's slots hold: the prompt as far as it was prefilled, then every output
+                # token but the last (sampled, never fed back)
+                self.row_tokens[r.slot] = r.prompt[:r.prefilled] + r.output[:-1]
+                self._freed[r.slot] = next(self._frees)
         elif r in self.waiting:
             self.waiting.remove(r)
         self._by_id.pop(r.id, None)
-        return Event(r.id, tok, text, reason, lp, top, len(r.prompt), len(r.output))
+        return Event(r.id, tok, text, reason, lp, top, len(r.prompt), len(r.output), r.cached)

@@ -71,10 +71,17 @@ class ServerState:
         self.tokenizer, self.loop = tokenizer, loop
 
 
+def usage_body(prompt: int, completion: int, cached: int) -> dict:
+    """OpenAI's usage object; cached: prompt tokens whose keys and values a cache row already held
+    (the engine's prompt_cache), as OpenAI reports its own prompt caching."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
 def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name: str, api_keys: tuple[str, ...] = (),
                max_running: int = 8, max_queued: int = 64, max_len: int | None = None,
-               max_body_bytes: int = 4 << 20, batch_prefill: bool = False, host: str = "127.0.0.1",
-               port: int = 8000) -> FastAPI:
+               max_body_bytes: int = 4 << 20, batch_prefill: bool = False, prompt_cache: bool = True,
+               host: str = "127.0.0.1", port: int = 8000) -> FastAPI:
     """With `load` (returning (model, tokenizer)), the app loads it in a thread at start-up and steps
     the engine on a thread of its own (embedding in another ASGI host). Without it, the caller loads
     and attaches an EngineLoop to `app.state.lmzoo` (`lmzoo serve` does, stepping on the main thread)."""
@@ -83,7 +90,8 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
     def start() -> None:
         try:
             model, tok = load()
-            engine = Engine(model, tok, max_running=max_running, max_len=max_len, batch_prefill=batch_prefill)
+            engine = Engine(model, tok, max_running=max_running, max_len=max_len, batch_prefill=batch_prefill,
+                            prompt_cache=prompt_cache)
             state.attach(EngineLoop(engine, max_queued=max_queued, metrics=state.metrics), tok)
         except Exception as e:  # reported by /health and every request
             state.error = f"{type(e).__name__}: {e}"
@@ -281,7 +289,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
             texts = [""] * len(streams)
             lps: list[list] = [[] for _ in streams]
             finish: list[str | None] = [None] * len(streams)
-            usage = [0, 0]
+            usage = [0, 0, 0]
             try:
                 async for i, ev in merged(streams):
                     texts[i] += ev.text
@@ -289,7 +297,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                         lps[i].append(ev)
                     if ev.finish_reason is not None:
                         finish[i] = ev.finish_reason
-                        usage[0] = ev.prompt_tokens
+                        usage[0], usage[2] = ev.prompt_tokens, ev.cached_tokens
                         usage[1] += ev.completion_tokens
             except asyncio.CancelledError:
                 cancel_all()
@@ -313,8 +321,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                     choices.append({"index": i, "text": text, "logprobs": legacy_logprobs(lps[i]) if req.logprobs
                                     is not None else None, "finish_reason": FINISH[finish[i]]})
             return {"id": rid, "object": obj, "created": created, "model": model_name, "choices": choices,
-                    "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                              "total_tokens": usage[0] + usage[1]}, "system_fingerprint": None}
+                    "usage": usage_body(*usage), "system_fingerprint": None}
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -328,7 +335,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
 
         async def sse() -> AsyncIterator[str]:
             done = False
-            usage = [0, 0]
+            usage = [0, 0, 0]
             try:
                 if kind == "chat":
                     for i in range(len(streams)):
@@ -337,7 +344,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                 async for i, ev in merged(streams):
                     fr = FINISH[ev.finish_reason] if ev.finish_reason else None
                     if fr:
-                        usage[0] = ev.prompt_tokens
+                        usage[0], usage[2] = ev.prompt_tokens, ev.cached_tokens
                         usage[1] += ev.completion_tokens
                     if kind == "chat":
                         lp = {"content": [token_logprobs(ev)]} if req.logprobs and ev.token is not None \
@@ -360,8 +367,7 @@ def create_app(load: Callable[[], tuple[Any, Any]] | None = None, *, model_name:
                         yield chunk([{"index": i, "text": ev.text, "logprobs": None, "finish_reason": fr}])
                 done = True
                 if include_usage:
-                    yield chunk([], {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                                     "total_tokens": usage[0] + usage[1]})
+                    yield chunk([], usage_body(*usage))
                 yield "data: [DONE]\n\n"
             except ApiError as e:
                 yield f"data: {json.dumps(error_body(str(e), e.type, code=e.code))}\n\n"

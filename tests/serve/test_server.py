@@ -277,3 +277,15 @@ def test_sigterm_drains_in_flight_requests():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_second_turn_reports_its_history_as_cached(client):
+    """A chat client resends the conversation each turn; the server starts the turn on the cache row
+    holding it and prefills only the new part (the engine's prompt_cache), reported as OpenAI
+    reports prompt caching: usage.prompt_tokens_details.cached_tokens."""
+    first = [{"role": "user", "content": "Name a large city in Japan."}]
+    r1 = client.chat.completions.create(model=MODEL, messages=first, temperature=0, max_tokens=12)
+    turn = first + [{"role": "assistant", "content": r1.choices[0].message.content},
+                    {"role": "user", "content": "And one in Korea?"}]
+    r2 = client.chat.completions.create(model=MODEL, messages=turn, temperature=0, max_tokens=12)
+    assert r1.usage.prompt_tokens <= r2.usage.prompt_tokens_details.cached_tokens < r2.usage.prompt_tokens
