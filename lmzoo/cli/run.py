@@ -279,7 +279,7 @@ def chat(
     from lmzoo.runtime import Engine
 
     # one engine for the session: its cache row keeps the conversation, so a turn prefills only what is
-    # new since the last one (the model's reply as the template renders it, and the new message)
+    # new since the last one (the end of the model's turn as the template renders it, the new message)
     engine = Engine(m, tok, max_running=1, kv_dtype=kv_dtype, prompt_cache=True)
     for line in _lines():
         ids = tok.encode_chat(history + [{"role": "user", "content": line}])
