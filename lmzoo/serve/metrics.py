@@ -2,6 +2,7 @@
 
     lmzoo_requests_running / lmzoo_requests_waiting      gauges, read at scrape time
     lmzoo_prompt_tokens_total / lmzoo_generation_tokens_total
+    lmzoo_prompt_cached_tokens_total                     prompt tokens found in a cache row (not prefilled)
     lmzoo_requests_finished_total{finish_reason}         stop / length / cancelled / error
     lmzoo_time_to_first_token_seconds                    histogram: submit -> first generated token
     lmzoo_inter_token_latency_seconds                    histogram: between a request's tokens
@@ -30,6 +31,8 @@ class ServerMetrics:
         self.running = Gauge("lmzoo_requests_running", "Requests being decoded.", registry=r)
         self.waiting = Gauge("lmzoo_requests_waiting", "Requests queued for a slot.", registry=r)
         self.prompt_tokens = Counter("lmzoo_prompt_tokens", "Prompt tokens of finished requests.", registry=r)
+        self.cached_tokens = Counter("lmzoo_prompt_cached_tokens", "Prompt tokens of finished requests found in "
+                                     "a cache row (the engine's prompt cache), not prefilled.", registry=r)
         self.generation_tokens = Counter("lmzoo_generation_tokens", "Generated tokens.", registry=r)
         self.finished = Counter("lmzoo_requests_finished", "Finished requests.", ["finish_reason"], registry=r)
         self.ttft = Histogram("lmzoo_time_to_first_token_seconds", "Submit to first token.", buckets=TTFT_BUCKETS,
@@ -63,6 +66,7 @@ class ServerMetrics:
                 self._times[ev.request_id] = (start, now)
             if ev.finish_reason is not None:
                 self.prompt_tokens.inc(ev.prompt_tokens or 0)
+                self.cached_tokens.inc(ev.cached_tokens or 0)
                 self.finished.labels(ev.finish_reason).inc()
                 self.e2e.observe(now - start)
                 self._times.pop(ev.request_id, None)

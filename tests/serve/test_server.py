@@ -279,13 +279,17 @@ def test_sigterm_drains_in_flight_requests():
             proc.kill()
 
 
-def test_a_second_turn_reports_its_history_as_cached(client):
+def test_a_second_turn_reports_its_history_as_cached(client, server):
     """A chat client resends the conversation each turn; the server starts the turn on the cache row
     holding it and prefills only the new part (the engine's prompt_cache), reported as OpenAI
-    reports prompt caching: usage.prompt_tokens_details.cached_tokens."""
+    reports prompt caching (usage.prompt_tokens_details.cached_tokens) and counted in /metrics."""
     first = [{"role": "user", "content": "Name a large city in Japan."}]
     r1 = client.chat.completions.create(model=MODEL, messages=first, temperature=0, max_tokens=12)
     turn = first + [{"role": "assistant", "content": r1.choices[0].message.content},
                     {"role": "user", "content": "And one in Korea?"}]
+    before = scrape(server)
     r2 = client.chat.completions.create(model=MODEL, messages=turn, temperature=0, max_tokens=12)
-    assert r1.usage.prompt_tokens <= r2.usage.prompt_tokens_details.cached_tokens < r2.usage.prompt_tokens
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert r1.usage.prompt_tokens <= cached < r2.usage.prompt_tokens
+    assert scrape(server)["lmzoo_prompt_cached_tokens_total"] - before.get("lmzoo_prompt_cached_tokens_total", 0) \
+        == cached
