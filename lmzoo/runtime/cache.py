@@ -138,6 +138,23 @@ class KVCache:
         self.n_valid[row] = self.valid[row, :length].sum()
         self.host_lengths[row] = length
 
+    def copy_prefix(self, src: int, dst: int, length: int) -> None:
+        """Row dst becomes the first `length` slots of row src (keys, values, validity and positions):
+        a prefix shared by two requests is computed once (Engine's prompt cache)."""
+        have = self.row_lengths([src])[0]
+        if not 0 <= length <= have:
+            raise ValueError(f"copy of {length} slots outside row {src}'s {have}")
+        for t in self.k + self.v:
+            if t is not None:
+                t[dst, :, :length] = t[src, :, :length]
+        self.valid[dst, :length] = self.valid[src, :length]
+        self.pos[dst, :length] = self.pos[src, :length]
+        self.valid[dst, length:] = False
+        self.lengths[dst] = length
+        self.n_valid[dst] = self.valid[dst, :length].sum()
+        self.host_lengths[dst] = length
+        self.host_padded[dst] = self.host_padded[src]
+
     # --- one forward ------------------------------------------------------------------------------
     def begin(self, rows, T: int, attention_mask: torch.Tensor | None) -> CacheStep:
         """Reserve slots for T new tokens per selected row and record them; returns what the model

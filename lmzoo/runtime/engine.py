@@ -26,7 +26,8 @@ seeded sampled request draws from its own generator, so it gives the same text a
 prompt_cache=True (`lmzoo serve`, `lmzoo chat`) keeps what a finished request left in its cache row
 and starts a new request on the free row whose tokens share the longest prefix with its prompt: only
 the rest is prefilled (llama.cpp's server does the same with `cache_prompt`). A chat client resends
-the whole conversation every turn, so a turn then costs its new message, not the history again.
+the whole conversation every turn, so a turn then costs its new message, not the history again. A
+longer prefix in a running request's row (a system prompt every client sends) is copied from it.
 The reused keys and values are the ones computed when those tokens were first seen (by a decode
 step, or a prefill chunk of another length), so logits can differ from a fresh prefill's in the
 last bits (greedy tokens only at a near-tie). Models whose cached keys depend on more than their
@@ -105,6 +106,16 @@ class _Live:
         s = req.sampling.seed
         self.generator = torch.Generator(device=device).manual_seed(s) if s is not None else None
         self.constraint = None
+
+
+def _shared(have: Iterable[int], prompt: list[int]) -> int:
+    """How many of the prompt's first tokens, all but its last, `have` starts with."""
+    n = 0
+    for a, b in zip(have, prompt[:-1]):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 class Engine:
@@ -302,36 +313,39 @@ class Engine:
             if live.max_tokens == 0:  # no room for a single new token
                 events.append(self._finish(live, None, "", "length"))
                 continue
-            slot, keep = self._pick_row(free, live.prompt)
+            slot, keep, src = self._pick_row(free, live.prompt)
             free.remove(slot)
             live.slot = slot
             self.row_tokens[slot] = None
-            if keep:  # the row's first `keep` slots hold this prompt's first tokens: prefill the rest
+            if src is not None:  # a running request's row holds this prompt's first `keep` tokens
+                self.cache.copy_prefix(src, slot, keep)
+            elif keep:  # this row's first `keep` slots hold them
                 self.cache.rewind(slot, keep)
-                live.prefilled = live.cached = keep
             else:
                 self.cache.reset([slot])
+            live.prefilled = live.cached = keep
             self.running[slot] = live
 
-    def _pick_row(self, free: list[int], prompt: list[int]) -> tuple[int, int]:
-        """(row, tokens of it to keep) for a new prompt: the free row sharing the longest prefix with it
-        (prompt_cache), else the longest-free row (first in order without prompt_cache). At least
-        the prompt's last token is always prefilled again: its logits give the first new token."""
+    def _pick_row(self, free: list[int], prompt: list[int]) -> tuple[int, int, int | None]:
+        """(row, tokens to keep, row to copy them from or None) for a new prompt. With prompt_cache:
+        the free row sharing the longest prefix with it, kept in place; or, when a running request's
+        row shares a longer one (a system prompt many clients send), that prefix copied into the row
+        freed longest ago; else that row, empty. Without: the first free row, empty. At least the
+        prompt's last token is always prefilled again: its logits give the first new token."""
         if not self.prompt_cache:
-            return free[0], 0
-        best, keep = min(free, key=lambda s: self._freed[s]), 0
+            return free[0], 0, None
+        oldest = min(free, key=lambda s: self._freed[s])
+        best = (oldest, 0, None)
         for s in free:
-            have = self.row_tokens[s]
-            if not have:
-                continue
-            n = 0
-            for a, b in zip(have, prompt[:-1]):
-                if a != b:
-                    break
-                n += 1
-            if n > keep:
-                best, keep = s, n
-        return best, keep
+            n = _shared(self.row_tokens[s] or (), prompt)
+            if n > best[1]:
+                best = (s, n, None)
+        for s, r in self.running.items():
+            if not r.padded:  # the slots it has written: its prompt so far, then its fed outputs
+                n = _shared(itertools.chain(r.prompt[:r.prefilled], r.output[:-1]), prompt)
+                if n > best[1]:
+                    best = (oldest, n, s)
+        return best
 
     def _needs_refill(self, r: _Live) -> bool:
         n = len(r.prompt) + len(r.output) - 1  # tokens in the cache before the pending one

@@ -89,6 +89,27 @@ def test_the_row_with_the_longest_prefix_is_chosen(llama):
     assert eng.row_tokens[0][:len(d)] == d and eng.row_tokens[2][:len(c)] == c
 
 
+def test_a_prefix_is_copied_from_a_running_request(llama):
+    """Two clients sending the same system prompt: the second, arriving while the first decodes,
+    gets the shared prefix copied from the first one's row instead of prefilling it; neither
+    answer changes."""
+    eng = Engine(llama, max_running=2, prompt_cache=True)
+    system = [5] + ids(25, seed=13)
+    a, b = system + ids(6, seed=14), system + [7] + ids(4, seed=15)
+    assert a[len(system)] != 7
+    ra = eng.submit(Request(prompt=a, max_tokens=10, stop_token_ids=[], logprobs=True))
+    events = eng.step() + eng.step()  # a is prefilled and decoding
+    assert any(e.request_id == ra and e.token is not None for e in events)
+    rb = eng.submit(Request(prompt=b, max_tokens=8, stop_token_ids=[], logprobs=True))
+    while eng.has_work:
+        events += eng.step()
+    got = {r: [e for e in events if e.request_id == r and e.token is not None] for r in (ra, rb)}
+    last_b = [e for e in events if e.request_id == rb][-1]
+    assert last_b.cached_tokens == len(system)
+    for r, p, n in ((ra, a, 10), (rb, b, 8)):
+        assert_like_fresh(llama, p, n, [e.token for e in got[r]], [e.logprob for e in got[r]])
+
+
 def test_off_by_default_and_where_cached_keys_depend_on_more_than_positions(llama, tmp_path):
     p = ids(12, seed=10)
     eng = Engine(llama, max_running=1)
