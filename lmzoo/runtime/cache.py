@@ -133,10 +133,7 @@ class KVCache:
         have = self.row_lengths([row])[0]
         if not 0 <= length <= have:
             raise ValueError(f"rewind to {length} outside the row's {have} slots")
-        self.lengths[row] = length
-        self.valid[row, length:] = False
-        self.n_valid[row] = self.valid[row, :length].sum()
-        self.host_lengths[row] = length
+        self._keep(row, length)
 
     def copy_prefix(self, src: int, dst: int, length: int) -> None:
         """Row dst becomes the first `length` slots of row src (keys, values, validity and positions):
@@ -149,11 +146,15 @@ class KVCache:
                 t[dst, :, :length] = t[src, :, :length]
         self.valid[dst, :length] = self.valid[src, :length]
         self.pos[dst, :length] = self.pos[src, :length]
-        self.valid[dst, length:] = False
-        self.lengths[dst] = length
-        self.n_valid[dst] = self.valid[dst, :length].sum()
-        self.host_lengths[dst] = length
         self.host_padded[dst] = self.host_padded[src]
+        self._keep(dst, length)
+
+    def _keep(self, row: int, length: int) -> None:
+        """The row holds its first `length` slots, the next write goes to slot `length`."""
+        self.lengths[row] = length
+        self.valid[row, length:] = False
+        self.n_valid[row] = self.valid[row, :length].sum()
+        self.host_lengths[row] = length
 
     # --- one forward ------------------------------------------------------------------------------
     def begin(self, rows, T: int, attention_mask: torch.Tensor | None) -> CacheStep:

@@ -150,3 +150,16 @@ def test_chat_turns_on_the_real_model(smollm2_model):
     assert len(tok.encode_chat(first)) < last.cached_tokens < last.prompt_tokens and fresh.cached_tokens == 0
     assert got == want
     torch.testing.assert_close(torch.tensor(lp), torch.tensor(want_lp), rtol=0, atol=1e-4)
+
+
+def test_copy_prefix_checks_the_source_row(llama):
+    from lmzoo.runtime.cache import KVCache
+
+    cache = KVCache(llama, 2, 32)
+    with torch.inference_mode():
+        llama(torch.tensor([ids(5, seed=16)]), cache=cache, rows=[0])
+    with pytest.raises(ValueError, match="copy of 6 slots outside row 0's 5"):
+        cache.copy_prefix(0, 1, 6)
+    cache.copy_prefix(0, 1, 3)
+    assert cache.row_lengths() == [5, 3] and int(cache.n_valid[1]) == 3
+    assert all(torch.equal(t[1, :, :3], t[0, :, :3]) for t in cache.k + cache.v)

@@ -1697,8 +1697,8 @@ struct V16 {
 // it sits (p has room for the group: CH is a multiple of 8). vr (or null): the chunk's values, each
 // key's value row fetched into L1 as its key is scored, so that the values pass finds them there: a
 // core streaming keys and values one after the other reads ~11 GB/s from DRAM on the host of
-// benchmarks/RESULTS.md, with both streams in flight a decode step at 1,500-2,300 tokens of context
-// ran 8% faster (4% at 300-1,100).
+// benchmarks/RESULTS.md; with both streams in flight a decode step at 1,500-2,300 tokens of context
+// ran 8% faster (4% at 300-1,100) while the cache came from DRAM (no change once its L3 held it).
 template <typename V, typename C>
 inline void attn_scores(const float* q, const C* kr, int64_t n, int64_t hd, float* p, const C* vr) {
   for (int64_t j = 0; j < n; j += 4) {
