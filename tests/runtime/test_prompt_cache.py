@@ -57,6 +57,21 @@ def test_a_turn_prefills_only_what_is_new(llama, monkeypatch):
     assert_like_fresh(llama, p2, 6, out2, lp2)
 
 
+def test_static_decode_reuses_rows_too(llama):
+    """decode="static" (fixed shapes for torch.compile / CUDA graphs) steps idle rows on a dummy
+    token: a freed row's prefix survives that, and a reused row is cut back past the dummies."""
+    eng = Engine(llama, max_running=2, decode="static", max_len=96, prompt_cache=True)
+    p1 = [1] + ids(19, seed=17)
+    out1, _, _ = run(eng, p1, 6)
+    run(eng, [2] + ids(8, seed=19), 6)  # on the other row: p1's row is stepped on dummy tokens meanwhile
+    p2 = p1 + out1 + ids(5, seed=18)
+    out2, lp2, cached = run(eng, p2, 6)
+    assert cached == len(p1) + len(out1) - 1
+    want, want_lp, _ = run(Engine(llama, max_running=2, decode="static", max_len=96), p2, 6)
+    assert out2 == want
+    torch.testing.assert_close(torch.tensor(lp2), torch.tensor(want_lp), rtol=0, atol=1e-5)
+
+
 def test_a_row_is_cut_back_to_the_shared_prefix(llama):
     """A prompt that leaves the cached one part-way reuses only the shared part: the slots past it
     (the old prompt's tail and its output) are not attended."""
