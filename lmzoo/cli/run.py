@@ -151,14 +151,14 @@ def _lines():
             yield line.rstrip("\r\n")
 
 
-def _chat_with_tools(m, tok, history: list, commands: list[str], *, max_new_tokens: int, sampling: dict,
-                     stop: list[str], kv_dtype=None) -> None:
+def _chat_with_tools(engine, tok, history: list, commands: list[str], *, max_new_tokens: int, sampling: dict,
+                     stop: list[str]) -> None:
     """`lmzoo chat --mcp`: the MCP servers' tools go to the model through its chat template; its calls
     are run (shown on stderr) and their results fed back until it answers in text."""
     import asyncio
 
     from lmzoo.errors import TokenizerError
-    from lmzoo.runtime import Engine, Request, SamplingParams
+    from lmzoo.runtime import Request, SamplingParams
     from lmzoo.serve.mcp import McpTools, run_tool_loop
     from lmzoo.serve.tools import detect_format
 
@@ -166,8 +166,6 @@ def _chat_with_tools(m, tok, history: list, commands: list[str], *, max_new_toke
     if fmt is None:
         raise TokenizerError("this model's chat template does not render tools, so it cannot call MCP tools; use a "
                              "tool-calling model (e.g. Qwen2.5-Instruct)")
-
-    engine = Engine(m, tok, max_running=1, kv_dtype=kv_dtype, prompt_cache=True)  # the session's: turns reuse it
 
     async def generate(messages, tools) -> str:
         req = Request(messages=messages, tools=tools, max_tokens=max_new_tokens, stop=tuple(stop),
@@ -272,15 +270,15 @@ def chat(
     if not tok.chat_template:
         raise TokenizerError("this model has no chat template; use `lmzoo generate --raw` instead")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    if mcp:
-        return _chat_with_tools(m, tok, history, mcp, max_new_tokens=max_new_tokens, sampling=dict(
-            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed),
-            stop=stop or [], kv_dtype=kv_dtype)
     from lmzoo.runtime import Engine
 
     # one engine for the session: its cache row keeps the conversation, so a turn prefills only what is
     # new since the last one (the end of the model's turn as the template renders it, the new message)
     engine = Engine(m, tok, max_running=1, kv_dtype=kv_dtype, prompt_cache=True)
+    if mcp:
+        return _chat_with_tools(engine, tok, history, mcp, max_new_tokens=max_new_tokens, sampling=dict(
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed),
+            stop=stop or [])
     for line in _lines():
         ids = tok.encode_chat(history + [{"role": "user", "content": line}])
         if len(ids) >= m.config.max_seq_len:  # a turn that does not fit: say so, keep the session

@@ -107,8 +107,13 @@ class _Live:
         self.generator = torch.Generator(device=device).manual_seed(s) if s is not None else None
         self.constraint = None
 
+    def written(self) -> list[int]:
+        """The tokens whose keys and values its cache row holds: the prompt as far as it is prefilled,
+        then every output token but the last (sampled, not yet fed back)."""
+        return self.prompt[:self.prefilled] + self.output[:-1]
 
-def _shared(have: Iterable[int], prompt: list[int]) -> int:
+
+def _shared(have: list[int], prompt: list[int]) -> int:
     """How many of the prompt's first tokens, all but its last, `have` starts with."""
     n = 0
     for a, b in zip(have, prompt[:-1]):
@@ -341,8 +346,8 @@ class Engine:
             if n > best[1]:
                 best = (s, n, None)
         for s, r in self.running.items():
-            if not r.padded:  # the slots it has written: its prompt so far, then its fed outputs
-                n = _shared(itertools.chain(r.prompt[:r.prefilled], r.output[:-1]), prompt)
+            if not r.padded:
+                n = _shared(r.written(), prompt)
                 if n > best[1]:
                     best = (oldest, n, s)
         return best
@@ -404,9 +409,7 @@ class Engine:
         if r.slot is not None and self.running.get(r.slot) is r:
             del self.running[r.slot]
             if self.prompt_cache and not r.padded:
-                # what the row's slots hold: the prompt as far as it was prefilled, then every output
-                # token but the last (sampled, never fed back)
-                self.row_tokens[r.slot] = r.prompt[:r.prefilled] + r.output[:-1]
+                self.row_tokens[r.slot] = r.written()
                 self._freed[r.slot] = next(self._frees)
         elif r in self.waiting:
             self.waiting.remove(r)
